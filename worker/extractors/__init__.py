@@ -1,0 +1,37 @@
+"""Feature extractor registry. An extractor turns a batch of RGB PIL images into (B, d) features.
+
+Every extractor has:
+- `info`: dict for report.json (name, checkpoint, revision, feature_dim, pooling, image_size)
+- `cache_key`: string that changes whenever the features would (model, revision, pooling,
+  image size, prompt); the embedding cache keys on (image bytes hash, cache_key)
+- `embed(images) -> np.ndarray` of shape (B, d), float32
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+from worker.job import ModelConfig
+
+
+class Extractor(Protocol):
+    info: dict
+    cache_key: str
+
+    def embed(self, images: list[Image.Image]) -> np.ndarray: ...
+
+
+def get_extractor(cfg: ModelConfig) -> Extractor:
+    """Build the extractor a job's `model:` names."""
+    if cfg.name == "hog":
+        from worker.extractors.hog import HogExtractor
+
+        return HogExtractor(image_size=cfg.image_size or 128)
+    if cfg.name == "precomputed":
+        raise ValueError("'precomputed' has no extractor: every dataset must give 'embeddings'")
+    from worker.extractors import hf
+
+    return hf.build(cfg)

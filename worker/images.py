@@ -1,0 +1,73 @@
+"""Decode and normalise images: the one place that turns bytes into an RGB PIL image.
+
+Every mode is converted the same way every time: palette and grey to RGB, alpha composited
+on black, CMYK through PIL's conversion, 16-bit scaled to 8-bit by its full range (>> 8).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image
+
+MAX_IMAGE_PIXELS = 100_000_000  # decompression-bomb guard: larger images are skipped
+
+
+class ImageError(Exception):
+    """An image that cannot be used; the message is the reason listed in `skipped`."""
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Bytes to an RGB image, or ImageError with a short reason."""
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise ImageError(f"too large ({w}x{h} pixels > {MAX_IMAGE_PIXELS})")
+            img.load()
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageError(f"too large (decompression bomb guard): {err}") from None
+    except Exception as err:  # PIL raises many types for corrupt data
+        raise ImageError(f"cannot decode image ({err.__class__.__name__}: {err})") from None
+    return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB, the same way every time."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.uint32)
+        if img.mode == "I" and arr.max(initial=0) > 65535:
+            arr = arr >> 24
+        else:
+            arr = arr >> 8
+        return Image.fromarray(arr.astype(np.uint8), mode="L").convert("RGB")
+    if img.mode == "F":
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        lo, hi = float(arr.min(initial=0)), float(arr.max(initial=0))
+        scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo) * 255.0
+        return Image.fromarray(scaled.round().astype(np.uint8), mode="L").convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, img).convert("RGB")
+    return img.convert("RGB")
+
+
+def resize_square(img: Image.Image, size: int) -> Image.Image:
+    """Resize to size x size (bilinear), as the paper does before feature extraction."""
+    if img.size == (size, size):
+        return img
+    return img.resize((size, size), Image.Resampling.BILINEAR)
