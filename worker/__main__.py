@@ -1,0 +1,131 @@
+"""Command line: run, validate, evaluate, schema, demo.
+
+Exit codes: 0 done and every gate passed; 1 done, report written, some gate failed;
+2 invalid job or input (the message names the field or file; nothing is written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+from worker.errors import JobError
+
+EXIT_OK, EXIT_GATE_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m worker", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
+        sp.add_argument("--log-format", choices=("text", "json"), default="text")
+
+    run = sub.add_parser("run", help="run a job: report.json, report.pdf, figures/")
+    run.add_argument("job", help="the job YAML file")
+    run.add_argument("--out", help="output folder or s3:// prefix (overrides output.dir)")
+    run.add_argument("--junit", help="also write gate results as JUnit XML to this path")
+    common(run)
+
+    val = sub.add_parser("validate", help="check a job file and its inputs' locations")
+    val.add_argument("job")
+    common(val)
+
+    sub.add_parser("schema", help="print the report.json JSON Schema")
+
+    ev = sub.add_parser("evaluate", help="ODS/OIS F-score of saved probability maps vs masks")
+    ev.add_argument("--pred", required=True, help="folder of 8-bit PNG probability maps")
+    ev.add_argument("--masks", required=True, help="folder of masks with the same stems")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+
+    demo = sub.add_parser("demo", help="write the embedded demo data and run its job")
+    demo.add_argument("--dir", default="demo", help="where the demo data and job go")
+    common(demo)
+    return p
+
+
+def _show_progress(args: argparse.Namespace) -> bool:
+    return not args.quiet and sys.stderr.isatty()
+
+
+def _run_job(job_path: Path, args: argparse.Namespace, out: str | None = None) -> int:
+    from worker.job import load_job
+    from worker.pipeline import run
+
+    job = load_job(job_path)
+    result = run(
+        job,
+        out_dir=out or getattr(args, "out", None),
+        job_source=str(job_path),
+        show_progress=_show_progress(args),
+        junit_path=getattr(args, "junit", None),
+    )
+    failed = [g for g in result.report["gates"] if not g["passed"]]
+    print(f"report: {result.out_dir}/report.json and {result.out_dir}/report.pdf")
+    for g in failed:
+        bound = f"<= {g['max']}" if "max" in g else f">= {g['min']}"
+        print(f"gate failed: {g['metric']}[{g['dataset']}] = {g['value']} (want {bound})")
+    return result.exit_code
+
+
+def _validate(job_path: Path) -> int:
+    from worker.job import load_job
+
+    job = load_job(job_path)
+    for ds in job.all_datasets:
+        for key in ("path", "embeddings", "masks"):
+            loc = getattr(ds, key)
+            if loc is None or loc.startswith("s3://"):
+                continue
+            if not Path(job.resolve(loc)).exists():
+                raise JobError(f"datasets.{ds.name}.{key}: {job.resolve(loc)} does not exist")
+    print(f"{job_path}: valid ({1 + len(job.datasets.secondary)} datasets)")
+    return EXIT_OK
+
+
+def _terminate(signum, frame) -> None:  # noqa: ARG001
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from worker.logs import setup_logging
+
+    setup_logging(getattr(args, "log_format", "text"), getattr(args, "quiet", False))
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        if args.command == "schema":
+            from worker.report.model import load_schema
+
+            print(json.dumps(load_schema(), indent=2))
+            return EXIT_OK
+        if args.command == "validate":
+            return _validate(Path(args.job))
+        if args.command == "run":
+            return _run_job(Path(args.job), args)
+        if args.command == "evaluate":
+            from worker.adapt.evaluate_cli import main as evaluate_main
+
+            ev_args = ["--pred", args.pred, "--masks", args.masks] + (["--json"] if args.json else [])
+            return evaluate_main(ev_args)
+        if args.command == "demo":
+            from worker.demo import write_demo
+
+            job_path = write_demo(Path(args.dir))
+            return _run_job(job_path, args)
+    except JobError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    except KeyboardInterrupt as err:
+        print(f"interrupted ({err or 'Ctrl-C'}); no report was written; "
+              "embeddings finished so far are cached, run again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_INVALID
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""The measure stage for one feature extractor: P and every S -> the report's numbers.
+
+Wires PCA, metrics, selection and statistics together (DESIGN.md sections 1-3); every number
+itself comes from a pure function in worker.metrics / worker.selection / worker.stats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from worker import metrics, selection, stats
+from worker.embeddings import EmbeddedSet
+from worker.job import Job
+from worker.pca import joint_pca
+
+THUMBNAILS_PER_END = 4
+
+
+@dataclass
+class PairSpace:
+    """P and S projected by one joint PCA fit (DESIGN 1.2), plus the sweep's wider fit."""
+
+    primary: np.ndarray  # (n, z)
+    secondary: np.ndarray  # (m, z)
+    info: dict
+    sweep_primary: np.ndarray | None = None  # (n, max sweep) for the PCA sweep
+    sweep_secondary: np.ndarray | None = None
+
+
+@dataclass
+class ModelAnalysis:
+    """What the measure stage hands to the report for one extractor."""
+
+    primary: dict
+    pca: dict
+    secondaries: list[dict]
+    o_dist: dict[str, float]
+    o_dist_scaled: dict[str, float]
+    pca_sweep: list[dict]
+    pca_sweep_stable: bool
+    warnings: list[str] = field(default_factory=list)
+    selections: dict[str, dict[tuple[str, int], list[int]]] = field(default_factory=dict)
+    i_dist_scaled: dict[str, np.ndarray] = field(default_factory=dict)
+    scatter: dict = field(default_factory=dict)
+
+
+def _engine_kw(job: Job) -> dict:
+    device = job.compute.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return {
+        "memory_budget_mb": job.compute.memory_budget_mb,
+        "precision": job.compute.precision,
+        "device": device,
+    }
+
+
+def project_pair(p: np.ndarray, s: np.ndarray, job: Job) -> PairSpace:
+    """Joint PCA of [P; S] to `pca.dims` (DESIGN 1.1-1.2); one wider fit serves the sweep."""
+    dims = job.pca.dims
+    sweep_max = max(job.pca.sweep) if job.pca.sweep else None
+    seed = job.seed
+    if dims is not None and (sweep_max is None or sweep_max <= dims):
+        (pl, sl), info = joint_pca([p, s], dims, route=job.pca.route, seed=seed)
+        return PairSpace(pl, sl, info, pl, sl)
+    if dims is None:
+        (pl, sl), info = joint_pca([p, s], None, route=job.pca.route, seed=seed)
+        wide = None
+        if sweep_max is not None:
+            wide, _ = joint_pca([p, s], sweep_max, route=job.pca.route, seed=seed)
+        return PairSpace(pl, sl, info, *(wide or (None, None)))
+    (pw, sw), info = joint_pca([p, s], sweep_max, route=job.pca.route, seed=seed)
+    z = min(dims, pw.shape[1])
+    info = dict(info)
+    info["dims"] = z
+    info["requested_dims"] = dims
+    info["explained_variance_ratio"] = list(info.get("explained_variance_ratio", []))[:z]
+    return PairSpace(pw[:, :z], sw[:, :z], info, pw, sw)
+
+
+def _spread(d: dict | None, bins: int) -> dict | None:
+    """A diversity result as the report stores it: mean/min/max plus its histogram."""
+    if d is None or d.get("mean") is None:
+        return None
+    return {
+        "mean": d["mean"],
+        "min": d["min"],
+        "max": d["max"],
+        "histogram": metrics.histogram(d["values"], bins),
+    }
+
+
+def _cover(c: dict | None) -> dict | None:
+    if c is None:
+        return None
+    return {"mean": c["mean"], "max": c["max"]}
+
+
+def _selections(
+    sec: EmbeddedSet, space: PairSpace, i_dist: np.ndarray, job: Job
+) -> tuple[list[dict], dict[tuple[str, int], list[int]]]:
+    """Every (strategy, count) selection with its diversity and coverage (DESIGN 2-3).
+
+    The adaptation stage's (strategy, count) pairs are chosen here too, by the same code.
+    """
+    bins = job.metrics.histogram_bins
+    s_l, p_l = space.secondary, space.primary
+    out, chosen = [], {}
+    if job.adaptation.enabled:
+        for q in job.adaptation.counts:
+            chosen[(job.adaptation.selection, q)] = selection.select(
+                job.adaptation.selection,
+                S_L=s_l,
+                P_L=p_l,
+                i_dist=i_dist,
+                count=q,
+                band=job.selection.band,
+                seed=job.seed,
+            )
+    for strategy in job.selection.strategies:
+        for count in job.selection.counts:
+            idx = selection.select(
+                strategy,
+                S_L=s_l,
+                P_L=p_l,
+                i_dist=i_dist,
+                count=count,
+                band=job.selection.band,
+                seed=job.seed,
+            )
+            chosen[(strategy, count)] = idx
+            entry = {"strategy": strategy, "count": len(idx), "ids": [sec.ids[i] for i in idx]}
+            if job.metrics.diversity:
+                rand = selection.random_subset(len(s_l), len(idx), job.seed)
+                entry["diversity"] = _spread(metrics.diversity(s_l[idx]), bins)
+                entry["random_diversity"] = _spread(metrics.diversity(s_l[rand]), bins)
+                entry["pool_diversity"] = _spread(
+                    metrics.diversity(np.vstack([p_l, s_l[idx]])), bins
+                )
+            if job.metrics.coverage:
+                entry["coverage"] = _cover(metrics.coverage(s_l, s_l[idx]))
+            out.append(entry)
+    return out, chosen
+
+
+def _statistics(p_l: np.ndarray, s_l: np.ndarray, o_dist_mean: float, job: Job) -> dict:
+    """Null calibration, MMD, FID and KID in the pair's PCA space (issue 8)."""
+    null = stats.null_o_dist_means(p_l, repeats=job.metrics.null_repeats, seed=job.seed)
+    mmd = stats.mmd_test(p_l, s_l, permutations=job.metrics.mmd_permutations, seed=job.seed)
+    return {
+        "o_dist_null_mean": float(np.mean(null)) if len(null) else None,
+        "o_dist_ratio": stats.o_dist_ratio(o_dist_mean, null),
+        "o_dist_percentile": stats.o_dist_percentile(o_dist_mean, null),
+        "mmd": mmd,
+        "fid": stats.fid(p_l, s_l),
+        "kid": stats.kid(p_l, s_l, seed=job.seed),
+    }
+
+
+def _duplicates(
+    primary: EmbeddedSet, sec: EmbeddedSet, p_l: np.ndarray, s_l: np.ndarray
+) -> dict:
+    """Exact (content hash) and near (calibrated distance) duplicates within S and with P."""
+    return stats.find_duplicates(
+        s_l,
+        p_l,
+        ids=sec.ids,
+        primary_ids=primary.ids,
+        hashes=sec.hashes or None,
+        primary_hashes=primary.hashes or None,
+    )
+
+
+def analyse_secondary(
+    primary: EmbeddedSet, sec: EmbeddedSet, job: Job
+) -> tuple[dict, PairSpace, np.ndarray, dict]:
+    """All per-pair numbers of one secondary (DESIGN 1-3) as a report entry."""
+    kw = _engine_kw(job)
+    bins = job.metrics.histogram_bins
+    space = project_pair(primary.vectors, sec.vectors, job)
+    p_l, s_l = space.primary, space.secondary
+    i_dist = metrics.image_dataset_distances(s_l, p_l, **kw)
+    scaled = metrics.min_max_scale(i_dist)
+    per_image_mean = metrics.mean_distance_per_image(i_dist, len(p_l))
+    o_dist = metrics.dataset_distance(i_dist)
+    entry: dict = {
+        "name": sec.name,
+        "count": sec.count,
+        "o_dist": o_dist,
+        "o_dist_scaled": None,  # filled once every secondary is known (table 2)
+        "o_dist_mean": metrics.dataset_distance(per_image_mean),
+        "i_dist": metrics.summary_stats(i_dist),
+        "i_dist_scaled_p90": float(np.percentile(scaled, 90)),
+        "images": [
+            {"id": i, "i_dist": float(d), "i_dist_scaled": float(x), "i_dist_mean": float(a)}
+            for i, d, x, a in zip(sec.ids, i_dist, scaled, per_image_mean, strict=True)
+        ],
+        "splits": {
+            "halves": metrics.sorted_splits(i_dist, 2),
+            "thirds": metrics.sorted_splits(i_dist, 3),
+        },
+        "pca": space.info,
+        "diversity": _spread(metrics.diversity(s_l), bins) if job.metrics.diversity else None,
+        "coverage_by_primary": _cover(metrics.coverage(s_l, p_l)) if job.metrics.coverage else None,
+    }
+    entry["selections"], chosen = _selections(sec, space, i_dist, job)
+    if job.metrics.statistics:
+        entry["statistics"] = _statistics(p_l, s_l, entry["o_dist_mean"], job)
+    if job.metrics.duplicates:
+        entry["duplicates"] = _duplicates(primary, sec, p_l, s_l)
+    return entry, space, scaled, chosen
+
+
+def pca_sweep(spaces: dict[str, PairSpace], sweep: list[int]) -> tuple[list[dict], bool]:
+    """Scaled O_dist for each z of the sweep (paper appendix A.1, table 6) and ranking stability.
+
+    Each z reuses the pair's widest joint fit: the first z principal components of a PCA
+    are the z-dimensional PCA, so slicing columns equals refitting.
+    """
+    rows = []
+    for z in sweep:
+        o = {}
+        for name, space in spaces.items():
+            if space.sweep_primary is None:
+                continue
+            zz = min(z, space.sweep_primary.shape[1])
+            i_dist = metrics.image_dataset_distances(
+                space.sweep_secondary[:, :zz], space.sweep_primary[:, :zz]
+            )
+            o[name] = metrics.dataset_distance(i_dist)
+        if not o:
+            continue
+        scaled = metrics.scaled_dataset_distances(o)
+        ranking = sorted(scaled, key=lambda n: (-scaled[n], n))
+        rows.append({"dims": z, "o_dist_scaled": scaled, "ranking": ranking})
+    stable = len({tuple(r["ranking"]) for r in rows}) <= 1
+    return rows, stable
+
+
+def primary_diversity(primary: EmbeddedSet, job: Job) -> dict | None:
+    """P's diversity in a PCA fitted on P alone (raw space when dims is null; DESIGN 2)."""
+    if not job.metrics.diversity:
+        return None
+    (p_l,), _ = joint_pca([primary.vectors], job.pca.dims, route=job.pca.route, seed=job.seed)
+    return _spread(metrics.diversity(p_l), job.metrics.histogram_bins)
+
+
+def scatter_points(primary: EmbeddedSet, secondaries: list[EmbeddedSet], seed: int) -> dict:
+    """2-D coordinates of P and every S from one PCA fitted on all of them (DESIGN 2)."""
+    blocks = [primary.vectors] + [s.vectors for s in secondaries]
+    projected, _ = joint_pca(blocks, 2, seed=seed)
+    names = [primary.name] + [s.name for s in secondaries]
+    points = {}
+    for name, pts in zip(names, projected, strict=True):
+        pts = np.asarray(pts)
+        if pts.shape[1] < 2:
+            pts = np.hstack([pts, np.zeros((len(pts), 2 - pts.shape[1]))])
+        points[name] = pts
+    return {"names": names, "points": points}
+
+
+def analyse_model(primary: EmbeddedSet, secondaries: list[EmbeddedSet], job: Job) -> ModelAnalysis:
+    """Every number of the report for one extractor's features."""
+    entries, spaces, warnings = [], {}, []
+    chosen_all, scaled_all = {}, {}
+    for sec in secondaries:
+        entry, space, scaled, chosen = analyse_secondary(primary, sec, job)
+        for w in space.info.get("warnings", []):
+            warnings.append(f"{sec.name}: {w}")
+        entries.append(entry)
+        spaces[sec.name] = space
+        chosen_all[sec.name] = chosen
+        scaled_all[sec.name] = scaled
+    o_dist = {e["name"]: e["o_dist"] for e in entries}
+    o_scaled = metrics.scaled_dataset_distances(o_dist)
+    for e in entries:
+        e["o_dist_scaled"] = o_scaled[e["name"]]
+    sweep, stable = pca_sweep(spaces, job.pca.sweep)
+    first = entries[0]["pca"]
+    pca_info = {
+        "dims": first.get("dims"),
+        "requested_dims": job.pca.dims,
+        "route": first.get("route"),
+        "explained_variance_ratio": first.get("explained_variance_ratio", []),
+    }
+    scatter = scatter_points(primary, secondaries, job.seed)
+    scatter["selected"] = {
+        name: chosen[(job.selection.strategies[0], max(job.selection.counts))]
+        for name, chosen in chosen_all.items()
+    }
+    return ModelAnalysis(
+        primary={"name": primary.name, "count": primary.count, "diversity": primary_diversity(primary, job)},
+        pca=pca_info,
+        secondaries=entries,
+        o_dist=o_dist,
+        o_dist_scaled=o_scaled,
+        pca_sweep=sweep,
+        pca_sweep_stable=stable,
+        warnings=warnings,
+        selections=chosen_all,
+        i_dist_scaled=scaled_all,
+        scatter=scatter,
+    )

@@ -1,0 +1,363 @@
+"""run(job) -> report: the one place that wires the stages, top to bottom.
+
+job -> sources -> embeddings -> analysis (PCA, metrics, selection, statistics)
+    -> [adaptation] -> gates -> report.json + report.pdf (+ figures, JUnit)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from worker import __version__
+from worker.analysis import THUMBNAILS_PER_END, ModelAnalysis, analyse_model
+from worker.embeddings import EmbeddedSet, embed_items, load_precomputed
+from worker.errors import JobError
+from worker.gates import evaluate_gates
+from worker.job import DatasetConfig, Job, ModelConfig
+from worker.logs import LOGGER, stage
+from worker.sources import is_s3, list_images, read_bytes
+
+RUN_BLOCK = "run"  # the only report block allowed to differ between identical runs
+
+
+@dataclass
+class RunResult:
+    report: dict
+    out_dir: str
+    files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.report["passed"] else 1
+
+
+def _check_location(job: Job, ds: DatasetConfig, key: str, location: str) -> str:
+    resolved = job.resolve(location)
+    if not job.allow_outside_paths and not is_s3(resolved):
+        real = Path(resolved).resolve()
+        base = job.base_dir.resolve()
+        if base != real and base not in real.parents:
+            raise JobError(
+                f"datasets.{ds.name}.{key}: {location} resolves outside the job folder "
+                f"({real}); move the data under {base} or set allow_outside_paths: true"
+            )
+    return resolved
+
+
+def load_dataset(job: Job, ds: DatasetConfig, extractor, cache, progress) -> EmbeddedSet:
+    """One dataset's features: a precomputed array, or its images embedded (cached)."""
+    storage = job.storage
+    if ds.embeddings is not None:
+        uri = _check_location(job, ds, "embeddings", ds.embeddings)
+        return load_precomputed(ds.name, uri, storage)
+    root = _check_location(job, ds, "path", ds.path)
+    if extractor is None:
+        raise JobError(
+            f"datasets.{ds.name}: model 'precomputed' needs 'embeddings', but this dataset "
+            "gives 'path' (images); name an extractor in model.name (e.g. hog) instead"
+        )
+    items = list_images(root, storage)
+    if not items:
+        raise JobError(
+            f"datasets.{ds.name}.path: no images found in {root} "
+            "(looked for .jpg .jpeg .png .bmp .tif .tiff .webp, recursively)"
+        )
+    bar = progress(len(items), f"embed {ds.name}")
+    try:
+        result = embed_items(
+            ds.name,
+            items,
+            extractor,
+            cache=cache,
+            batch_size=job.model_list[0].batch_size,
+            storage=storage,
+            progress=bar.update_to,
+        )
+    finally:
+        bar.close()
+    return result
+
+
+def _check_sets(job: Job, sets: list[EmbeddedSet]) -> None:
+    for ds in sets:
+        if ds.count == 0:
+            raise JobError(
+                f"datasets.{ds.name}: no usable images (all {len(ds.skipped)} skipped: "
+                f"{ds.skipped[0]['reason'] if ds.skipped else 'empty'}); check the files"
+            )
+        total = ds.count + len(ds.skipped)
+        fraction = len(ds.skipped) / total
+        if fraction > job.max_skipped_fraction:
+            raise JobError(
+                f"datasets.{ds.name}: {len(ds.skipped)} of {total} images could not be used "
+                f"({fraction:.0%} > max_skipped_fraction {job.max_skipped_fraction:.0%}), "
+                f"e.g. {ds.skipped[0]['id']}: {ds.skipped[0]['reason']}; fix the files or "
+                "raise max_skipped_fraction"
+            )
+    widths = {ds.name: ds.vectors.shape[1] for ds in sets}
+    if len(set(widths.values())) > 1:
+        detail = ", ".join(f"{k}: {v}" for k, v in widths.items())
+        raise JobError(
+            f"datasets: feature widths differ ({detail}); every dataset must be embedded "
+            "by the same model"
+        )
+
+
+class _Progress:
+    """A tqdm bar when enabled (TTY and not --quiet), otherwise a no-op with the same calls."""
+
+    def __init__(self, total: int, desc: str, enabled: bool) -> None:
+        self._bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=desc, unit="img", leave=False, file=sys.stderr)
+
+    def update_to(self, done: int) -> None:
+        if self._bar is not None:
+            self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def embed_all(job: Job, model: ModelConfig, show_progress: bool) -> list[EmbeddedSet]:
+    """Features of P and every S for one model, in job order (primary first)."""
+    extractor = cache = None
+    if model.name != "precomputed" and any(d.path for d in job.all_datasets):
+        from worker.extractors import get_extractor
+
+        extractor = get_extractor(model)
+        if job.cache.enabled and job.cache.dir:
+            from worker.cache import EmbeddingCache
+
+            cache = EmbeddingCache(job.resolve(job.cache.dir), storage=job.storage)
+
+    def progress(total: int, desc: str) -> _Progress:
+        return _Progress(total, desc, show_progress)
+
+    sets = [load_dataset(job, ds, extractor, cache, progress) for ds in job.all_datasets]
+    _check_sets(job, sets)
+    info = dict(extractor.info) if extractor is not None else {"name": "precomputed"}
+    info.setdefault("feature_dim", int(sets[0].vectors.shape[1]))
+    info["feature_dim"] = int(sets[0].vectors.shape[1])
+    for s in sets:
+        s.model_info = info  # type: ignore[attr-defined]
+    return sets
+
+
+def _model_block(info: dict) -> dict:
+    keys = ("name", "checkpoint", "revision", "feature_dim", "pooling", "image_size")
+    return {k: info.get(k) for k in keys}
+
+
+def _thumbnails(sets: list[EmbeddedSet], analysis: ModelAnalysis, storage) -> dict:
+    """Closest and farthest images of each S (by I_dist), decoded for the PDF."""
+    from worker.images import ImageError, decode_image
+
+    out = {}
+    for sec, entry in zip(sets[1:], analysis.secondaries, strict=True):
+        if not sec.has_images:
+            continue
+        order = np.argsort([im["i_dist"] for im in entry["images"]], kind="stable")
+        ends = {"closest": order[:THUMBNAILS_PER_END], "farthest": order[::-1][:THUMBNAILS_PER_END]}
+        out[sec.name] = {}
+        for label, rows in ends.items():
+            thumbs = []
+            for r in rows:
+                try:
+                    img = decode_image(read_bytes(sec.uris[r], storage))
+                except (OSError, ImageError):
+                    continue
+                img.thumbnail((160, 160))
+                thumbs.append((sec.ids[r], img))
+            out[sec.name][label] = thumbs
+    return out
+
+
+def _versions() -> dict[str, str]:
+    import sklearn
+    import torch
+    import transformers
+
+    return {
+        "worker": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "scikit-learn": sklearn.__version__,
+    }
+
+
+def build_report(
+    job: Job,
+    job_source: str | None,
+    analyses: list[tuple[dict, ModelAnalysis]],
+    skipped: list[dict],
+    adaptation: dict | None,
+    started: float,
+) -> dict:
+    """Assemble report.json's dict (schema in worker/report/report.schema.json)."""
+    from worker.report.model import SCHEMA_VERSION
+
+    info, first = analyses[0]
+    report: dict = {
+        "schema_version": SCHEMA_VERSION,
+        "passed": True,
+        "run": {},
+        "job": {"seed": job.seed, "source": job_source},
+        "model": _model_block(info),
+        "primary": first.primary,
+        "pca": first.pca,
+        "o_dist_scaled": first.o_dist_scaled,
+        "secondaries": first.secondaries,
+        "pca_sweep": first.pca_sweep,
+        "pca_sweep_stable": first.pca_sweep_stable,
+        "models": [
+            {
+                "model": _model_block(inf),
+                "label": label,
+                "o_dist": a.o_dist,
+                "o_dist_scaled": a.o_dist_scaled,
+                "secondaries": a.secondaries if i else [],
+            }
+            for i, ((inf, a), label) in enumerate(
+                zip(analyses, [m.label for m in job.model_list], strict=True)
+            )
+        ],
+        "gates": [],
+        "skipped": skipped,
+        "warnings": sorted({w for _, a in analyses for w in a.warnings}),
+    }
+    if len(analyses) > 1:
+        from worker import stats
+
+        report["model_agreement"] = stats.model_agreement(
+            {m["label"]: m["o_dist"] for m in report["models"]},
+            {
+                label: {s["name"]: [im["i_dist"] for im in s["images"]] for s in a.secondaries}
+                for (_, a), label in zip(analyses, [m.label for m in job.model_list], strict=True)
+            },
+        )
+    if adaptation is not None:
+        report["adaptation"] = adaptation
+    report["gates"] = evaluate_gates(report, job.gates)
+    report["passed"] = all(g["passed"] for g in report["gates"])
+    finished = time.time()
+    report["run"] = {
+        "started": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(timespec="seconds"),
+        "finished": dt.datetime.fromtimestamp(finished, dt.timezone.utc).isoformat(timespec="seconds"),
+        "duration_s": round(finished - started, 3),
+        "host": platform.node(),
+        "versions": _versions(),
+    }
+    return report
+
+
+def _publish(staging: Path, out_uri: str, storage) -> None:
+    """Move finished outputs into place: report.json last, so it never appears alone."""
+    if is_s3(out_uri):
+        from worker.outputs import publish_outputs
+
+        publish_outputs(staging, out_uri, storage)
+        return
+    out = Path(out_uri)
+    out.mkdir(parents=True, exist_ok=True)
+    names = sorted(p.relative_to(staging) for p in staging.rglob("*") if p.is_file())
+    names.sort(key=lambda p: p.name == "report.json")
+    for rel in names:
+        target = out / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.partial")
+        shutil.copyfile(staging / rel, tmp)
+        tmp.replace(target)
+
+
+def run(
+    job: Job,
+    *,
+    out_dir: str | None = None,
+    job_source: str | None = None,
+    show_progress: bool = False,
+    junit_path: str | None = None,
+) -> RunResult:
+    """Run every stage of a job; write report.json, report.pdf and figures/ to the output."""
+    started = time.time()
+    out_uri = out_dir or job.resolve(job.output.dir)
+    analyses: list[tuple[dict, ModelAnalysis]] = []
+    skipped: list[dict] = []
+    image_sets: list[EmbeddedSet] | None = None
+    for model in job.model_list:
+        with stage("embed", model=model.label):
+            sets = embed_all(job, model, show_progress)
+        if not skipped:
+            skipped = [s for ds in sets for s in ds.skipped]
+        if image_sets is None:
+            image_sets = sets
+        with stage("measure", model=model.label):
+            analyses.append((sets[0].model_info, analyse_model(sets[0], sets[1:], job)))
+
+    adaptation, adapt_extras = None, {}
+    with tempfile.TemporaryDirectory(prefix="worker-out-") as tmp:
+        staging = Path(tmp)
+        if job.adaptation.enabled:
+            with stage("adapt"):
+                adaptation, adapt_extras = _run_adaptation(job, analyses[0][1], staging)
+        report = build_report(job, job_source, analyses, skipped, adaptation, started)
+
+        with stage("report"):
+            from worker.report.figures import make_figures
+            from worker.report.model import write_report_json
+            from worker.report.pdf import render_pdf
+
+            first = analyses[0][1]
+            extras = {
+                "scatter": first.scatter,
+                "thumbnails": _thumbnails(image_sets, first, job.storage),
+                **adapt_extras,
+            }
+            figures = make_figures(report, extras, staging / "figures")
+            render_pdf(report, figures, staging / "report.pdf")
+            write_report_json(report, staging / "report.json")
+            if junit_path:
+                from worker.report.junit import write_junit
+
+                write_junit(report, Path(junit_path))
+        _publish(staging, out_uri, job.storage)
+    LOGGER.info("reports written to %s", out_uri, extra={"fields": {"out": out_uri}})
+    return RunResult(report=report, out_dir=out_uri)
+
+
+def _run_adaptation(job: Job, analysis: ModelAnalysis, staging: Path) -> tuple[dict, dict]:
+    """Train M and M_q on P + selected far images; evaluate ODS (DESIGN 4)."""
+    from worker.adapt.run import build_masked_sets, run_adaptation
+
+    strategy = job.adaptation.selection
+    sets = build_masked_sets(job)
+    selections = {}
+    for entry in analysis.secondaries:
+        name = entry["name"]
+        if name not in sets:
+            continue
+        chosen = analysis.selections.get(name, {})
+        ids = [im["id"] for im in entry["images"]]
+        selections[name] = {
+            q: [ids[i] for i in chosen[(strategy, q)]]
+            for q in job.adaptation.counts
+            if (strategy, q) in chosen
+        }
+    i_dist_scaled = {
+        e["name"]: {im["id"]: im["i_dist_scaled"] for im in e["images"]} for e in analysis.secondaries
+    }
+    return run_adaptation(job, sets, selections, i_dist_scaled, staging)
