@@ -73,3 +73,9 @@ def test_yaml_tags_are_not_executed(tmp_path):
     path.write_text("version: !!python/object/apply:os.system ['echo hi']\n", encoding="utf-8")
     with pytest.raises(JobError, match="malformed YAML"):
         load_job(path)
+
+
+def test_config_example_is_a_valid_job():
+    job = load_job(__import__("pathlib").Path(__file__).parents[1] / "config.example.yaml")
+    assert job.datasets.primary.name == "P"
+    assert [g.metric for g in job.gates] == ["o_dist_scaled", "i_dist_scaled_p90"]
