@@ -133,7 +133,15 @@ def _selections(
                 seed=job.seed,
             )
             chosen[(strategy, count)] = idx
-            entry = {"strategy": strategy, "count": len(idx), "ids": [sec.ids[i] for i in idx]}
+            entry = {
+                "strategy": strategy,
+                "count": len(idx),
+                "ids": [sec.ids[i] for i in idx],
+                "diversity": None,
+                "random_diversity": None,
+                "pool_diversity": None,
+                "coverage": None,
+            }
             if job.metrics.diversity:
                 rand = selection.random_subset(len(s_l), len(idx), job.seed)
                 entry["diversity"] = _spread(metrics.diversity(s_l[idx]), bins)

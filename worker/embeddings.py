@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
+import logging
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,6 +16,8 @@ import numpy as np
 from worker.errors import JobError
 from worker.images import ImageError, decode_image
 from worker.sources import Item, read_bytes
+
+LOGGER = logging.getLogger("worker")
 
 
 @dataclass
@@ -37,6 +44,54 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+@dataclass
+class _Loaded:
+    """One item after the parallel stage: a cached vector, a prepared input, or a skip."""
+
+    item: Item
+    digest: str | None = None
+    vector: np.ndarray | None = None
+    prepared: object = None
+    skip: str | None = None
+
+
+def default_num_workers(extractor=None) -> int:
+    """The extractor's `num_workers` (from model.num_workers) if it has one, else 2."""
+    n = getattr(extractor, "num_workers", None)
+    return int(n) if n is not None else 2
+
+
+_END = object()
+
+
+def _ordered_parallel_map(fn, items, workers: int, window: int) -> Iterator:
+    """fn over items, results in input order, at most `window` in flight (threads).
+
+    Threads, not processes: reading (local or S3), hashing, JPEG/PNG decoding, PIL resizing
+    and numpy normalisation all release the GIL, and threads need no pickling of the
+    extractor or the storage client. workers == 0 runs inline (sequential).
+    """
+    if workers <= 0:
+        yield from map(fn, items)
+        return
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="embed-load")
+    pending: deque = deque()
+    source = iter(items)
+    try:
+        for item in itertools.islice(source, max(window, 1)):
+            pending.append(pool.submit(fn, item))
+        while pending:
+            result = pending.popleft().result()
+            nxt = next(source, _END)
+            if nxt is not _END:
+                pending.append(pool.submit(fn, nxt))
+            yield result
+    finally:
+        for fut in pending:
+            fut.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def embed_items(
     name: str,
     items: list[Item],
@@ -46,57 +101,118 @@ def embed_items(
     batch_size: int = 32,
     storage=None,
     progress=None,
+    num_workers: int | None = None,
+    prefetch_batches: int = 2,
 ) -> EmbeddedSet:
     """Read, decode and embed every item; unreadable images are skipped and listed.
 
-    `cache` (optional) has get(hash, key) -> vector | None and put_many(hashes, key, vectors).
-    `progress` (optional) is called with the number of items done after each batch.
+    Reading, hashing, the cache lookup, decoding and the extractor's `prepare` (resize and
+    processor, when it has one) run in `num_workers` threads (default: the extractor's
+    `num_workers`, else 2; 0 = sequential), up to `prefetch_batches` batches ahead, while
+    the main thread runs the model on full batches. Results keep the order of `items`
+    whatever `num_workers` is, so the vectors are the same as a sequential run.
+
+    `cache` (optional) has get(hash, key) -> vector | None and put_many(hashes, key, vectors);
+    each finished batch is written (in a background thread) before the next one is started
+    on the writer, so a killed run keeps the batches it finished.
+    `progress` (optional) is called with the number of items done (embedded, cached or
+    skipped) whenever that number grows.
     """
+    key = extractor.cache_key
+    prepare = getattr(extractor, "prepare", None)
+    embed_prepared = getattr(extractor, "embed_prepared", None)
+    if prepare is None or embed_prepared is None:
+        prepare, embed_prepared = None, extractor.embed
+    workers = default_num_workers(extractor) if num_workers is None else max(0, int(num_workers))
+    window = max(batch_size * max(prefetch_batches, 1), 2 * workers, 1)
+
+    def load(item: Item) -> _Loaded:
+        try:
+            data = read_bytes(item.uri, storage)
+        except OSError as err:
+            return _Loaded(item, skip=f"cannot read: {err.strerror or err}")
+        digest = content_hash(data)
+        if cache is not None:
+            vector = cache.get(digest, key)
+            if vector is not None:
+                return _Loaded(item, digest, vector=vector)
+        try:
+            img = decode_image(data)
+        except ImageError as err:
+            return _Loaded(item, skip=str(err))
+        del data
+        if prepare is None:
+            return _Loaded(item, digest, prepared=img)
+        try:
+            return _Loaded(item, digest, prepared=prepare(img))
+        except Exception as err:  # noqa: BLE001 - an image the processor rejects is skipped
+            return _Loaded(item, skip=f"cannot preprocess ({err.__class__.__name__}: {err})")
+
     ids: list[str] = []
     uris: list[str] = []
     hashes: list[str] = []
-    rows: list[np.ndarray] = []
+    rows: list[np.ndarray | None] = []
     skipped: list[dict] = []
-    pending: list[tuple[int, object]] = []  # (row index, decoded image)
+    pending: list[tuple[int, object]] = []  # (row index, prepared input)
+    writes: deque = deque()
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed-cache") if cache else None
+    consumed = reported = 0
+
+    def report() -> None:
+        nonlocal reported
+        if progress is not None and not pending and consumed > reported:
+            reported = consumed
+            progress(consumed)
 
     def flush() -> None:
         if not pending:
             return
-        vectors = extractor.embed([img for _, img in pending])
+        vectors = np.asarray(embed_prepared([p for _, p in pending]), dtype=np.float32)
+        if vectors.ndim != 2 or len(vectors) != len(pending):
+            raise RuntimeError(
+                f"extractor returned shape {vectors.shape} for a batch of {len(pending)} images"
+            )
         for (row, _), vec in zip(pending, vectors, strict=True):
             rows[row] = vec
-        if cache is not None:
-            cache.put_many([hashes[r] for r, _ in pending], extractor.cache_key, vectors)
+        if writer is not None:
+            while len(writes) >= 2:  # bound memory: wait for the oldest batch's write
+                writes.popleft().result()
+            batch_hashes = [hashes[r] for r, _ in pending]
+            writes.append(writer.submit(cache.put_many, batch_hashes, key, vectors))
         pending.clear()
 
-    for done, item in enumerate(items, start=1):
-        try:
-            data = read_bytes(item.uri, storage)
-        except OSError as err:
-            skipped.append({"dataset": name, "id": item.id, "reason": f"cannot read: {err.strerror or err}"})
-            continue
-        digest = content_hash(data)
-        cached = cache.get(digest, extractor.cache_key) if cache is not None else None
-        if cached is None:
-            try:
-                img = decode_image(data)
-            except ImageError as err:
-                skipped.append({"dataset": name, "id": item.id, "reason": str(err)})
+    loader = _ordered_parallel_map(load, items, workers, window)
+    try:
+        for loaded in loader:
+            consumed += 1
+            item = loaded.item
+            if loaded.skip is not None:
+                skipped.append({"dataset": name, "id": item.id, "reason": loaded.skip})
+                report()
                 continue
-        ids.append(item.id)
-        uris.append(item.uri)
-        hashes.append(digest)
-        rows.append(cached)
-        if cached is None:
-            pending.append((len(rows) - 1, img))
-            if len(pending) >= batch_size:
-                flush()
-        if progress is not None:
-            progress(done)
-    flush()
+            ids.append(item.id)
+            uris.append(item.uri)
+            hashes.append(loaded.digest)
+            rows.append(loaded.vector)
+            if loaded.vector is None:
+                pending.append((len(rows) - 1, loaded.prepared))
+                if len(pending) >= batch_size:
+                    flush()
+            report()
+        flush()
+        report()
+    finally:
+        loader.close()  # stop the loading threads now, also on an error or Ctrl-C
+        if writer is not None:
+            writer.shutdown(wait=True)  # finished batches reach the cache even on Ctrl-C
+        for fut in writes:
+            if fut.done() and fut.exception() is not None:
+                LOGGER.warning("embedding cache: a batch write failed: %s", fut.exception())
     dim = extractor.info.get("feature_dim") or 0
     vectors = np.stack(rows).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
-    return EmbeddedSet(name=name, ids=ids, vectors=vectors, uris=uris, hashes=hashes, skipped=skipped)
+    return EmbeddedSet(
+        name=name, ids=ids, vectors=vectors, uris=uris, hashes=hashes, skipped=skipped
+    )
 
 
 def load_precomputed(name: str, uri: str, storage=None) -> EmbeddedSet:
@@ -104,7 +220,9 @@ def load_precomputed(name: str, uri: str, storage=None) -> EmbeddedSet:
     try:
         data = read_bytes(uri, storage)
     except FileNotFoundError:
-        raise JobError(f"{uri}: embeddings file not found (dataset {name!r}); check 'embeddings'") from None
+        raise JobError(
+            f"{uri}: embeddings file not found (dataset {name!r}); check 'embeddings'"
+        ) from None
     except OSError as err:
         raise JobError(f"{uri}: cannot read embeddings (dataset {name!r}): {err}") from None
     try:
@@ -117,7 +235,8 @@ def load_precomputed(name: str, uri: str, storage=None) -> EmbeddedSet:
     if isinstance(loaded, np.lib.npyio.NpzFile):
         if "embeddings" not in loaded.files:
             raise JobError(
-                f"{uri}: .npz has no array named 'embeddings' (has: {', '.join(loaded.files) or 'none'}); "
+                f"{uri}: .npz has no array named 'embeddings' "
+                f"(has: {', '.join(loaded.files) or 'none'}); "
                 "save it as numpy.savez(path, embeddings=X, ids=ids)"
             )
         vectors = loaded["embeddings"]
@@ -125,18 +244,24 @@ def load_precomputed(name: str, uri: str, storage=None) -> EmbeddedSet:
     else:
         vectors, ids = loaded, None
     if vectors.ndim != 2 or vectors.shape[0] == 0 or vectors.shape[1] == 0:
-        raise JobError(f"{uri}: embeddings must be a non-empty 2-D array (n x d), got shape {vectors.shape}")
+        raise JobError(
+            f"{uri}: embeddings must be a non-empty 2-D array (n x d), got shape {vectors.shape}"
+        )
     if not np.issubdtype(vectors.dtype, np.number):
         raise JobError(f"{uri}: embeddings must be numeric, got dtype {vectors.dtype}")
     vectors = vectors.astype(np.float64)
     bad = ~np.isfinite(vectors).all(axis=1)
     if bad.any():
         rows = ", ".join(str(i) for i in np.flatnonzero(bad)[:5])
-        raise JobError(f"{uri}: embeddings contain NaN or inf (rows {rows}); clean or drop those rows")
+        raise JobError(
+            f"{uri}: embeddings contain NaN or inf (rows {rows}); clean or drop those rows"
+        )
     if ids is None:
         ids = [str(i) for i in range(len(vectors))]
     if len(ids) != len(vectors):
-        raise JobError(f"{uri}: 'ids' has {len(ids)} entries but 'embeddings' has {len(vectors)} rows")
+        raise JobError(
+            f"{uri}: 'ids' has {len(ids)} entries but 'embeddings' has {len(vectors)} rows"
+        )
     if len(set(ids)) != len(ids):
         raise JobError(f"{uri}: 'ids' must be unique")
     return EmbeddedSet(name=name, ids=ids, vectors=vectors)

@@ -1,32 +1,268 @@
 """Blocked distance engine (torch, CPU or CUDA): row sums, nearest neighbours, k-center.
 
-All inputs are (N, z) float arrays; nothing here builds an N x M matrix for large sets:
-work is done in row blocks whose size follows a memory budget.
+All inputs are (N, z) float arrays; nothing here builds an N x M matrix for large sets.
+
+How it works (DESIGN.md section 6, issue 10):
+
+- Both sets are centred jointly (distances are translation invariant), converted once to the
+  working precision and augmented so that one GEMM gives squared distances directly:
+  ``[a, |a|^2, 1] @ [-2b, 1, |b|^2]^T = |a|^2 + |b|^2 - 2ab``. The result is clamped at 0
+  before the square root.
+- The (m x n) distance matrix is visited in small cache-sized tiles (256 x 1024 by default)
+  that are reused from a per-thread buffer; on CPU the row blocks are spread over a pool of
+  ``torch.get_num_threads()`` Python threads, each running torch single-threaded (the ops
+  release the GIL). This beats one multi-threaded op per large chunk by a wide margin for
+  small z, because the tile stays in L2 between the GEMM, the sqrt and the row sum.
+  On CUDA one stream processes larger tiles.
+- ``memory_budget_mb`` bounds the tiles of all threads together; besides the tiles the
+  engine holds one copy of the inputs in the working precision (O((n + m) z)), never O(n m).
+- Row sums are reduced per tile in the working precision and accumulated across tiles in
+  float64. Nearest-neighbour distances are recomputed exactly in float64 for the chosen
+  neighbour, so their values do not suffer from the cancellation of the GEMM trick.
+- TF32 is switched off for these matmuls on CUDA (and restored afterwards).
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
+from worker.errors import JobError
+
 DEFAULT_MEMORY_BUDGET_MB = 256
 
+#: CPU tile shape (rows x columns); about 1 MiB of float32, which fits the L2 cache.
+CPU_TILE_ROWS = 256
+CPU_TILE_COLS = 1024
+#: CUDA tiles are as large as the budget allows, up to this many columns.
+CUDA_TILE_COLS = 16384
+#: smallest tile (values) whatever the budget, so tiny budgets stay usable.
+MIN_TILE = 16
 
-def _block_rows(n_cols: int, memory_budget_mb: float, bytes_per_value: int = 8) -> int:
-    """Rows per block so that a (rows x n_cols) block stays within the budget."""
-    budget = memory_budget_mb * 1024 * 1024
-    return max(1, int(budget // max(1, n_cols * bytes_per_value * 3)))
+_PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
+_POOL_LOCK = threading.Lock()
 
 
-def _as_tensor(x: np.ndarray, dtype: torch.dtype, device: str) -> torch.Tensor:
-    return torch.as_tensor(np.ascontiguousarray(x), dtype=dtype, device=device)
+# --------------------------------------------------------------------------- helpers
 
 
-def _block_distances(a: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances between rows of a and b: sqrt(max(|a|^2 + |b|^2 - 2ab, 0))."""
-    a_sq = (a * a).sum(dim=1, keepdim=True)
-    d2 = a_sq + b_sq[None, :] - 2.0 * (a @ b.T)
-    return d2.clamp_min_(0).sqrt_()
+def resolve_device(device: str | torch.device = "cpu") -> torch.device:
+    """'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when available) -> torch.device."""
+    if isinstance(device, torch.device):
+        dev = device
+    else:
+        name = str(device).strip().lower()
+        if name == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            dev = torch.device(name)
+        except (RuntimeError, ValueError) as exc:
+            raise JobError(
+                f"compute.device: unknown device {device!r}; use 'cpu', 'cuda', 'cuda:N' or 'auto'"
+            ) from exc
+    if dev.type not in ("cpu", "cuda"):
+        raise JobError(f"compute.device: {device!r} is not supported; use cpu, cuda or auto")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise JobError(
+                f"compute.device: {device!r} requested but CUDA is not available; "
+                "use 'cpu' or 'auto'"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise JobError(
+                f"compute.device: {device!r} does not exist "
+                f"({torch.cuda.device_count()} CUDA device(s) visible)"
+            )
+    return dev
+
+
+def _dtype(precision: str) -> torch.dtype:
+    try:
+        return _PRECISIONS[precision]
+    except KeyError:
+        raise JobError(
+            f"compute.precision: {precision!r} is not supported; use 'float32' or 'float64'"
+        ) from None
+
+
+def _as_2d(x: np.ndarray, name: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    arr = np.asarray(x)
+    if arr.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array (N, z), got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"{name}: expected a numeric array, got dtype {arr.dtype}")
+    return arr
+
+
+def _check_pair(a: np.ndarray, b: np.ndarray, na: str, nb: str) -> None:
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(
+            f"{na} and {nb} must have the same number of columns, got {a.shape[1]} and "
+            f"{b.shape[1]}"
+        )
+
+
+@contextmanager
+def _no_tf32(device: torch.device) -> Iterator[None]:
+    """Disable TF32 for matmuls on CUDA for the duration of the block, then restore it."""
+    if device.type != "cuda":
+        yield
+        return
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def _joint_mean(arrays: list[np.ndarray]) -> np.ndarray:
+    total = sum(len(a) for a in arrays)
+    z = arrays[0].shape[1]
+    if total == 0:
+        return np.zeros(z)
+    acc = np.zeros(z, dtype=np.float64)
+    for a in arrays:
+        if len(a):
+            acc += a.sum(axis=0, dtype=np.float64)
+    return acc / total
+
+
+def _centred(
+    x: np.ndarray, mean: np.ndarray, dtype: torch.dtype, device: torch.device, *, augment: str
+) -> torch.Tensor:
+    """(x - mean) in `dtype` on `device`, with two extra columns for the GEMM trick.
+
+    augment='rows' -> [a, |a|^2, 1]; augment='cols' -> [-2b, 1, |b|^2];
+    augment='none' -> a. Converted in row chunks so no full float64 temporary is made.
+    The squared norms are taken in float64 from the already rounded values.
+    """
+    n, z = x.shape
+    extra = 0 if augment == "none" else 2
+    out = torch.empty((n, z + extra), dtype=dtype, device=device)
+    step = max(1, (32 * 1024 * 1024) // max(1, 8 * z))
+    for s in range(0, n, step):
+        chunk = torch.as_tensor(np.asarray(x[s : s + step], dtype=np.float64), device=device)
+        chunk = (chunk - torch.as_tensor(mean, device=device)).to(dtype)
+        if augment == "none":
+            out[s : s + step] = chunk
+            continue
+        sq = chunk.double().pow(2).sum(dim=1).to(dtype)
+        if augment == "rows":
+            out[s : s + step, :z] = chunk
+            out[s : s + step, z] = sq
+            out[s : s + step, z + 1] = 1.0
+        else:
+            out[s : s + step, :z] = chunk * -2.0
+            out[s : s + step, z] = 1.0
+            out[s : s + step, z + 1] = sq
+    return out
+
+
+@dataclass(frozen=True)
+class _Plan:
+    tile_rows: int
+    tile_cols: int
+    workers: int
+
+
+def _plan(
+    n_rows: int,
+    n_cols: int,
+    itemsize: int,
+    memory_budget_mb: float,
+    device: torch.device,
+    *,
+    workers: int | None = None,
+) -> _Plan:
+    """Tile shape and thread count such that all tiles together stay within the budget."""
+    if memory_budget_mb is None or not memory_budget_mb > 0:
+        raise JobError(f"compute.memory_budget_mb must be > 0, got {memory_budget_mb!r}")
+    budget = float(memory_budget_mb) * 1024 * 1024
+    n_rows, n_cols = max(1, n_rows), max(1, n_cols)
+    if device.type == "cuda":
+        workers = 1
+        # a tile plus one temporary of the same size (min/argmin, comparisons)
+        elems = max(1, int(budget // (2 * itemsize)))
+        cols = min(n_cols, CUDA_TILE_COLS, elems)
+        rows = min(n_rows, max(1, elems // cols))
+    else:
+        if workers is None:
+            workers = max(1, torch.get_num_threads())
+        # per worker: one tile plus one row vector; never below MIN_TILE values
+        elems = max(MIN_TILE, int(budget // (workers * itemsize)))
+        cols = min(n_cols, CPU_TILE_COLS, max(MIN_TILE, elems // 4))
+        # narrow inputs get taller tiles, so a tile always holds about the same work
+        tall = max(CPU_TILE_ROWS, (CPU_TILE_ROWS * CPU_TILE_COLS) // cols)
+        rows = min(n_rows, tall, max(1, elems // (cols + 1)))
+        if workers > 1:  # at least one row block per worker
+            rows = min(rows, max(1, -(-n_rows // workers)))
+        workers = max(1, min(workers, -(-n_rows // rows)))
+    return _Plan(tile_rows=rows, tile_cols=cols, workers=workers)
+
+
+def _run_row_blocks(
+    n_rows: int,
+    plan: _Plan,
+    device: torch.device,
+    make_buffer: Callable[[], torch.Tensor],
+    fn: Callable,
+) -> None:
+    """Call fn(start, stop, buffer) for each row block; on CPU spread over a thread pool.
+
+    On CPU every tile runs torch single-threaded (several threads on one small tile cost
+    more in wake-ups than they gain), and the row blocks are shared by `plan.workers` Python
+    threads; the process-wide torch thread count is restored afterwards, and such calls are
+    serialised by a lock. On CUDA the blocks run in order on the current stream.
+    """
+    starts = list(range(0, n_rows, plan.tile_rows))
+
+    def serial() -> None:
+        buf = make_buffer()
+        for s in starts:
+            fn(s, min(s + plan.tile_rows, n_rows), buf)
+
+    if device.type != "cpu":
+        serial()
+        return
+
+    local = threading.local()
+
+    def task(s: int) -> None:
+        if not getattr(local, "ready", False):
+            torch.set_num_threads(1)
+            local.buf = make_buffer()
+            local.ready = True
+        fn(s, min(s + plan.tile_rows, n_rows), local.buf)
+
+    with _POOL_LOCK:
+        old = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            if plan.workers <= 1 or len(starts) <= 1:
+                serial()
+            else:
+                with ThreadPoolExecutor(max_workers=plan.workers) as pool:
+                    for _ in pool.map(task, starts):
+                        pass
+        finally:
+            torch.set_num_threads(old)
+
+
+def _tile(buf: torch.Tensor, r: int, c: int) -> torch.Tensor:
+    """A contiguous (r, c) view of the flat buffer."""
+    return buf[: r * c].view(r, c)
+
+
+# --------------------------------------------------------------------------- public API
 
 
 def row_distance_sums(
@@ -37,16 +273,57 @@ def row_distance_sums(
     precision: str = "float64",
     device: str = "cpu",
 ) -> np.ndarray:
-    """I_dist: out[j] = sum_k ||rows[j] - cols[k]||_2, accumulated in float64. Shape (m,)."""
-    dtype = torch.float64 if precision == "float64" else torch.float32
-    b = _as_tensor(cols, dtype, device)
-    b_sq = (b * b).sum(dim=1)
-    out = np.empty(len(rows), dtype=np.float64)
-    step = _block_rows(len(cols), memory_budget_mb)
-    for start in range(0, len(rows), step):
-        a = _as_tensor(rows[start : start + step], dtype, device)
-        out[start : start + step] = _block_distances(a, b, b_sq).sum(dim=1, dtype=torch.float64).cpu().numpy()
-    return out
+    """I_dist: out[j] = sum_k ||rows[j] - cols[k]||_2, accumulated in float64. Shape (m,).
+
+    precision: 'float32' (fast, relative error ~1e-7) or 'float64' (~1e-15).
+    device: 'cpu', 'cuda', 'cuda:N' or 'auto'.
+    """
+    return _row_distance_sums(
+        rows, cols, memory_budget_mb=memory_budget_mb, precision=precision, device=device
+    )
+
+
+def _row_distance_sums(
+    rows: np.ndarray,
+    cols: np.ndarray,
+    *,
+    memory_budget_mb: float,
+    precision: str,
+    device: str,
+    workers: int | None = None,
+) -> np.ndarray:
+    a_np, b_np = _as_2d(rows, "rows"), _as_2d(cols, "cols")
+    _check_pair(a_np, b_np, "rows", "cols")
+    dtype, dev = _dtype(precision), resolve_device(device)
+    m, n = len(a_np), len(b_np)
+    out = torch.zeros(m, dtype=torch.float64, device=dev)
+    if m == 0 or n == 0:
+        return out.cpu().numpy()
+    mean = _joint_mean([a_np, b_np])
+    a = _centred(a_np, mean, dtype, dev, augment="rows")
+    bt = _centred(b_np, mean, dtype, dev, augment="cols").t()  # (z+2, n)
+    plan = _plan(m, n, a.element_size(), memory_budget_mb, dev, workers=workers)
+    tr, tc = plan.tile_rows, plan.tile_cols
+
+    def make_buffer() -> torch.Tensor:
+        return torch.empty(tr * tc + tr, dtype=dtype, device=dev)
+
+    def block(s: int, e: int, buf: torch.Tensor) -> None:
+        r = e - s
+        ai = a[s:e]
+        acc = buf[tr * tc : tr * tc + r]
+        total = out[s:e]
+        for c0 in range(0, n, tc):
+            c1 = min(c0 + tc, n)
+            t = _tile(buf, r, c1 - c0)
+            torch.mm(ai, bt[:, c0:c1], out=t)
+            t.clamp_min_(0).sqrt_()
+            torch.sum(t, dim=1, out=acc)
+            total.add_(acc)
+
+    with _no_tf32(dev):
+        _run_row_blocks(m, plan, dev, make_buffer, block)
+    return out.cpu().numpy()
 
 
 def nearest_distances(
@@ -55,28 +332,87 @@ def nearest_distances(
     *,
     exclude_self: bool = False,
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
+    precision: str = "float64",
     device: str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Distance from each query to its nearest point, and that point's index. Shapes (m,), (m,).
 
     exclude_self: queries and points are the same set; row j ignores column j (by index,
-    so exact duplicates still count as distance 0).
+    so exact duplicates still count as distance 0). A query with no admissible point
+    (exclude_self with a single point, or no points at all) gets distance inf, index -1.
+    Ties go to the lowest index. The returned distance is recomputed in float64 from the
+    original vectors for the chosen neighbour; `precision` only affects which neighbour
+    wins among near-ties.
     """
-    b = _as_tensor(points, torch.float64, device)
-    b_sq = (b * b).sum(dim=1)
-    dist = np.empty(len(queries), dtype=np.float64)
-    index = np.empty(len(queries), dtype=np.int64)
-    step = _block_rows(len(points), memory_budget_mb)
-    for start in range(0, len(queries), step):
-        a = _as_tensor(queries[start : start + step], torch.float64, device)
-        d = _block_distances(a, b, b_sq)
-        if exclude_self:
-            rows = torch.arange(d.shape[0], device=d.device)
-            d[rows, rows + start] = float("inf")
-        values, idx = d.min(dim=1)
-        dist[start : start + step] = values.cpu().numpy()
-        index[start : start + step] = idx.cpu().numpy()
-    return dist, index
+    return _nearest_distances(
+        queries,
+        points,
+        exclude_self=exclude_self,
+        memory_budget_mb=memory_budget_mb,
+        precision=precision,
+        device=device,
+    )
+
+
+def _nearest_distances(
+    queries: np.ndarray,
+    points: np.ndarray,
+    *,
+    exclude_self: bool,
+    memory_budget_mb: float,
+    precision: str,
+    device: str,
+    workers: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    q_np, p_np = _as_2d(queries, "queries"), _as_2d(points, "points")
+    _check_pair(q_np, p_np, "queries", "points")
+    if exclude_self and len(q_np) != len(p_np):
+        raise ValueError(
+            "exclude_self=True needs queries and points to be the same set "
+            f"(got {len(q_np)} and {len(p_np)} rows)"
+        )
+    dtype, dev = _dtype(precision), resolve_device(device)
+    m, n = len(q_np), len(p_np)
+    best = torch.full((m,), float("inf"), dtype=dtype, device=dev)
+    best_idx = torch.full((m,), -1, dtype=torch.int64, device=dev)
+    if m and n:
+        mean = _joint_mean([p_np] if exclude_self else [q_np, p_np])
+        a = _centred(q_np, mean, dtype, dev, augment="rows")
+        bt = _centred(p_np, mean, dtype, dev, augment="cols").t()
+        plan = _plan(m, n, a.element_size(), memory_budget_mb, dev, workers=workers)
+        tr, tc = plan.tile_rows, plan.tile_cols
+        inf = float("inf")
+
+        def make_buffer() -> torch.Tensor:
+            return torch.empty(tr * tc, dtype=dtype, device=dev)
+
+        def block(s: int, e: int, buf: torch.Tensor) -> None:
+            r = e - s
+            ai = a[s:e]
+            bv, bi = best[s:e], best_idx[s:e]
+            for c0 in range(0, n, tc):
+                c1 = min(c0 + tc, n)
+                t = _tile(buf, r, c1 - c0)
+                torch.mm(ai, bt[:, c0:c1], out=t)
+                if exclude_self and c0 < e and s < c1:
+                    t.diagonal(offset=s - c0).fill_(inf)
+                v, ix = t.min(dim=1)
+                better = v < bv  # strict: earlier columns win ties
+                bv.copy_(torch.where(better, v, bv))
+                bi.copy_(torch.where(better, ix + c0, bi))
+
+        with _no_tf32(dev):
+            _run_row_blocks(m, plan, dev, make_buffer, block)
+
+    idx = best_idx.cpu().numpy()
+    dist = np.full(m, np.inf, dtype=np.float64)
+    ok = np.flatnonzero(idx >= 0)
+    step = max(1, (32 * 1024 * 1024) // max(1, 16 * q_np.shape[1]))
+    for s in range(0, len(ok), step):  # exact float64 distance to the chosen neighbour
+        sel = ok[s : s + step]
+        diff = np.asarray(q_np[sel], dtype=np.float64) - np.asarray(p_np[idx[sel]], np.float64)
+        dist[sel] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+    return dist, idx
 
 
 def kcenter_greedy(
@@ -84,26 +420,51 @@ def kcenter_greedy(
     k: int,
     centers: np.ndarray | None = None,
     *,
+    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
+    precision: str = "float64",
     device: str = "cpu",
 ) -> list[int]:
     """Greedy k-center (Sener & Savarese 2017): pick k candidate indices, each the candidate
     farthest from all centres so far; `centers` (e.g. P) count as already chosen.
     O(k * N) distance evaluations with an incrementally updated min-distance vector.
     Ties go to the lowest index. Without centres the first pick is the candidate farthest
-    from the candidates' mean.
+    from the candidates' mean. k is clamped to the number of candidates.
     """
-    x = _as_tensor(candidates, torch.float64, device)
-    k = min(k, len(candidates))
-    if centers is not None and len(centers):
-        min_d, _ = nearest_distances(candidates, centers, device=device)
-        min_d = torch.as_tensor(min_d, dtype=torch.float64, device=device)
+    x_np = _as_2d(candidates, "candidates")
+    if centers is not None:
+        c_np = _as_2d(centers, "centers")
+        _check_pair(x_np, c_np, "candidates", "centers")
     else:
-        min_d = ((x - x.mean(dim=0, keepdim=True)) ** 2).sum(dim=1).sqrt()
-    chosen: list[int] = []
-    for _ in range(k):
-        j = int(torch.argmax(min_d))
-        chosen.append(j)
-        d = ((x - x[j]) ** 2).sum(dim=1).sqrt()
-        min_d = torch.minimum(min_d, d)
-        min_d[j] = -1.0
+        c_np = None
+    k = min(int(k), len(x_np))
+    if k <= 0:
+        return []
+    dtype, dev = _dtype(precision), resolve_device(device)
+    # distances from each pick are direct differences (fused in cdist), not the GEMM trick,
+    # so duplicates give exactly 0 and the order matches a plain float64 implementation
+    mean = _joint_mean([x_np])
+    x = _centred(x_np, mean, dtype, dev, augment="none")
+    first = None
+    with _no_tf32(dev):
+        if c_np is not None and len(c_np):
+            d0, _ = nearest_distances(
+                x_np, c_np, memory_budget_mb=memory_budget_mb, precision=precision, device=device
+            )
+            min_d = torch.as_tensor(d0, dtype=torch.float64, device=dev)
+        else:
+            # the mean only seeds the first pick; it is not a centre afterwards
+            first = int(torch.argmax(torch.linalg.vector_norm(x.double(), dim=1)))
+            min_d = torch.full((len(x),), float("inf"), dtype=torch.float64, device=dev)
+        chunk = max(1, int(memory_budget_mb * 1024 * 1024 // (8 * max(1, x.shape[1]))))
+        chosen: list[int] = []
+        for it in range(k):
+            j = first if (it == 0 and first is not None) else int(torch.argmax(min_d))
+            chosen.append(j)
+            xj = x[j : j + 1]
+            for s in range(0, len(x), chunk):
+                d = torch.cdist(
+                    x[s : s + chunk], xj, compute_mode="donot_use_mm_for_euclid_dist"
+                ).squeeze(1)
+                torch.minimum(min_d[s : s + chunk], d.double(), out=min_d[s : s + chunk])
+            min_d[j] = -1.0
     return chosen

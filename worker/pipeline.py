@@ -273,15 +273,26 @@ def _publish(staging: Path, out_uri: str, storage) -> None:
         publish_outputs(staging, out_uri, storage)
         return
     out = Path(out_uri)
-    out.mkdir(parents=True, exist_ok=True)
     names = sorted(p.relative_to(staging) for p in staging.rglob("*") if p.is_file())
     names.sort(key=lambda p: p.name == "report.json")
-    for rel in names:
-        target = out / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.partial")
-        shutil.copyfile(staging / rel, tmp)
-        tmp.replace(target)
+    written: list[Path] = []
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for rel in names:
+            target = out / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.partial")
+            written.append(tmp)
+            shutil.copyfile(staging / rel, tmp)
+            tmp.replace(target)
+            written.append(target)
+    except OSError as err:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise JobError(
+            f"output.dir: cannot write the reports to {out} ({err.strerror or err}); "
+            "free disk space or choose another folder with --out"
+        ) from None
 
 
 def run(
@@ -308,6 +319,19 @@ def run(
         with stage("measure", model=model.label):
             analyses.append((sets[0].model_info, analyse_model(sets[0], sets[1:], job)))
 
+    try:
+        report = _write_outputs(job, analyses, skipped, image_sets, out_uri, job_source, junit_path, started)
+    except OSError as err:
+        raise JobError(
+            f"output.dir: cannot write the reports ({err.strerror or err}); "
+            "free disk space or choose another folder with --out"
+        ) from None
+    LOGGER.info("reports written to %s", out_uri, extra={"fields": {"out": out_uri}})
+    return RunResult(report=report, out_dir=out_uri)
+
+
+def _write_outputs(job, analyses, skipped, image_sets, out_uri, job_source, junit_path, started):
+    """Adaptation (it writes checkpoints), report assembly, rendering, then publishing."""
     adaptation, adapt_extras = None, {}
     with tempfile.TemporaryDirectory(prefix="worker-out-") as tmp:
         staging = Path(tmp)
@@ -335,8 +359,7 @@ def run(
 
                 write_junit(report, Path(junit_path))
         _publish(staging, out_uri, job.storage)
-    LOGGER.info("reports written to %s", out_uri, extra={"fields": {"out": out_uri}})
-    return RunResult(report=report, out_dir=out_uri)
+    return report
 
 
 def _run_adaptation(job: Job, analysis: ModelAnalysis, staging: Path) -> tuple[dict, dict]:

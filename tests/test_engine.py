@@ -1,0 +1,290 @@
+"""Engine vs independent float64 references (numpy direct differences, hand vectors)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from worker import engine
+from worker.engine import kcenter_greedy, nearest_distances, row_distance_sums
+from worker.errors import JobError
+
+RNG = np.random.default_rng(20240611)
+
+
+def ref_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Full (m, n) float64 distance matrix by direct differences (no GEMM trick)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    return np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
+
+
+def ref_nearest(a, b, exclude_self=False):
+    d = ref_dist(a, b)
+    if exclude_self:
+        np.fill_diagonal(d, np.inf)
+    idx = np.argmin(d, axis=1)
+    return d[np.arange(len(a)), idx], idx
+
+
+def ref_kcenter(x, k, centers=None):
+    """Straightforward numpy greedy k-center with the engine's documented conventions."""
+    x = np.asarray(x, dtype=np.float64)
+    if centers is not None and len(centers):
+        min_d = ref_dist(x, centers).min(axis=1)
+    else:  # first pick: farthest from the mean; the mean is not a centre afterwards
+        min_d = np.full(len(x), np.inf)
+        first = int(np.argmax(np.linalg.norm(x - x.mean(axis=0), axis=1)))
+    chosen = []
+    for it in range(min(k, len(x))):
+        j = first if (it == 0 and (centers is None or not len(centers))) else np.argmax(min_d)
+        j = int(j)
+        chosen.append(j)
+        min_d = np.minimum(min_d, np.linalg.norm(x - x[j], axis=1))
+        min_d[j] = -1.0
+    return chosen
+
+
+# --------------------------------------------------------------------------- hand vectors
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_design_hand_vector_idist(precision):
+    p = np.array([[0, 0], [2, 0], [0, 2]], dtype=float)
+    s = np.array([[1, 1], [3, 3]], dtype=float)
+    out = row_distance_sums(s, p, precision=precision)
+    assert out.dtype == np.float64 and out.shape == (2,)
+    np.testing.assert_allclose(out, [4.242641, 10.567196], atol=1e-6)
+    assert out.mean() == pytest.approx(7.404918, abs=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_design_hand_vector_diversity(precision):
+    x = np.array([[0, 0], [1, 0], [0, 2], [4, 0], [4, 1], [10, 10]], dtype=float)
+    d, idx = nearest_distances(x, x, exclude_self=True, precision=precision)
+    assert d.mean() == pytest.approx(2.802776, abs=1e-6)
+    assert d.min() == 1.0
+    assert d.max() == pytest.approx(10.816654, abs=1e-6)
+    np.testing.assert_array_equal(idx, [1, 0, 0, 4, 3, 4])
+
+
+# --------------------------------------------------------------------------- row sums
+
+
+@pytest.mark.parametrize(
+    ("m", "n", "z"), [(37, 53, 5), (1, 40, 3), (40, 1, 3), (1, 1, 4), (30, 20, 1), (300, 1500, 25)]
+)
+@pytest.mark.parametrize(("precision", "rtol"), [("float64", 1e-12), ("float32", 1e-6)])
+def test_row_sums_match_numpy(m, n, z, precision, rtol):
+    s, p = RNG.standard_normal((m, z)), RNG.standard_normal((n, z))
+    out = row_distance_sums(s, p, precision=precision)
+    np.testing.assert_allclose(out, ref_dist(s, p).sum(axis=1), rtol=rtol)
+
+
+@pytest.mark.parametrize(("precision", "rtol"), [("float64", 1e-12), ("float32", 1e-6)])
+def test_row_sums_uncentred_data(precision, rtol):
+    # far from the origin, where |a|^2 + |b|^2 - 2ab cancels badly without centring
+    s = RNG.standard_normal((50, 8)) + 1e4
+    p = RNG.standard_normal((70, 8)) + 1e4
+    out = row_distance_sums(s, p, precision=precision)
+    np.testing.assert_allclose(out, ref_dist(s, p).sum(axis=1), rtol=rtol)
+
+
+def test_row_sums_duplicates_and_float32_input():
+    p = RNG.standard_normal((20, 6)).astype(np.float32)
+    s = np.vstack([p[:5], p[:5], RNG.standard_normal((3, 6)).astype(np.float32)])
+    out = row_distance_sums(s, p)
+    np.testing.assert_allclose(out, ref_dist(s, p).sum(axis=1), rtol=1e-12)
+    np.testing.assert_array_equal(out[:5], out[5:10])
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_row_sums_chunked_equals_unchunked(precision):
+    s, p = RNG.standard_normal((300, 7)), RNG.standard_normal((1100, 7))
+    whole = engine._row_distance_sums(
+        s, p, memory_budget_mb=4096, precision=precision, device="cpu", workers=1
+    )
+    for budget, workers in [(0.001, 1), (0.001, 2), (0.02, 2), (1, 2), (256, 2)]:
+        plan = engine._plan(len(s), len(p), 8, budget, torch.device("cpu"), workers=workers)
+        used = plan.tile_rows * (plan.tile_cols + 1) * plan.workers * 8
+        assert used <= budget * 2**20
+        part = engine._row_distance_sums(
+            s, p, memory_budget_mb=budget, precision=precision, device="cpu", workers=workers
+        )
+        np.testing.assert_allclose(part, whole, rtol=1e-13 if precision == "float64" else 1e-6)
+    tiny = engine._plan(len(s), len(p), 8, 0.001, torch.device("cpu"), workers=2)
+    assert tiny.tile_rows <= 4 and tiny.tile_cols < len(p)  # really many blocks
+
+
+def test_row_sums_empty_inputs():
+    assert row_distance_sums(np.zeros((0, 3)), np.ones((4, 3))).shape == (0,)
+    np.testing.assert_array_equal(row_distance_sums(np.ones((2, 3)), np.zeros((0, 3))), [0, 0])
+
+
+def test_pca_invariant_distances_equal_raw():
+    """DESIGN 1: z >= rank of centred X -> PCA is a rotation, distances are the raw ones."""
+    from worker.pca import joint_pca
+
+    p, s = RNG.standard_normal((15, 4)) * 3 + 1, RNG.standard_normal((9, 4))
+    (p_l, s_l), info = joint_pca([p, s], 4, route="exact")
+    assert info["dims"] == 4
+    np.testing.assert_allclose(
+        row_distance_sums(s_l, p_l), ref_dist(s, p).sum(axis=1), rtol=1e-12
+    )
+
+
+# --------------------------------------------------------------------------- nearest
+
+
+@pytest.mark.parametrize(("m", "n", "z"), [(40, 60, 5), (1, 30, 3), (30, 1, 3), (25, 25, 1)])
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_nearest_matches_numpy(m, n, z, precision):
+    q, p = RNG.standard_normal((m, z)), RNG.standard_normal((n, z))
+    d, idx = nearest_distances(q, p, precision=precision)
+    rd, ridx = ref_nearest(q, p)
+    np.testing.assert_allclose(d, rd, rtol=1e-12)
+    np.testing.assert_array_equal(idx, ridx)
+    assert d.dtype == np.float64 and idx.dtype == np.int64
+
+
+@pytest.mark.parametrize("budget", [0.0005, 0.01, 256])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_nearest_exclude_self_duplicates_chunked(budget, workers):
+    base = RNG.standard_normal((120, 4))
+    x = np.vstack([base, base[:10], base[50:51]])  # exact duplicates: true zero distances
+    d, idx = engine._nearest_distances(
+        x,
+        x,
+        exclude_self=True,
+        memory_budget_mb=budget,
+        precision="float64",
+        device="cpu",
+        workers=workers,
+    )
+    rd, _ = ref_nearest(x, x, exclude_self=True)
+    np.testing.assert_allclose(d, rd, rtol=1e-12, atol=0)
+    # the index points at a nearest neighbour (among exact duplicates any one may win)
+    np.testing.assert_allclose(np.linalg.norm(x - x[idx], axis=1), rd, rtol=1e-12, atol=0)
+    assert (d[:10] == 0).all() and (idx[:10] == np.arange(120, 130)).all()
+    assert d[50] == 0 and idx[50] == 130
+    assert (idx != np.arange(len(x))).all()
+
+
+def test_nearest_single_point_and_empty():
+    d, idx = nearest_distances(np.ones((1, 3)), np.ones((1, 3)), exclude_self=True)
+    assert np.isinf(d[0]) and idx[0] == -1
+    d, idx = nearest_distances(np.ones((2, 3)), np.zeros((0, 3)))
+    assert np.isinf(d).all() and (idx == -1).all()
+    d, idx = nearest_distances(np.ones((1, 3)), np.ones((1, 3)))
+    assert d[0] == 0 and idx[0] == 0
+    with pytest.raises(ValueError, match="same set"):
+        nearest_distances(np.ones((2, 3)), np.ones((3, 3)), exclude_self=True)
+
+
+def test_nearest_float32_near_duplicates_distance_exact():
+    # distances of 1e-4 around |x| ~ 1e3: the float32 GEMM cannot resolve them, the
+    # float64 recomputation of the chosen neighbour still returns an exact distance
+    p = RNG.standard_normal((30, 5)) * 1e3
+    q = p + 1e-4 * RNG.standard_normal(p.shape)
+    d, idx = nearest_distances(q, p, precision="float32")
+    np.testing.assert_array_equal(idx, np.arange(30))
+    np.testing.assert_allclose(d, np.linalg.norm(q - p, axis=1), rtol=1e-12)
+
+
+# --------------------------------------------------------------------------- k-center
+
+
+@pytest.mark.parametrize("with_centers", [False, True])
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_kcenter_matches_numpy(with_centers, precision):
+    x = RNG.standard_normal((300, 6))
+    c = RNG.standard_normal((40, 6)) if with_centers else None
+    got = kcenter_greedy(x, 25, c, precision=precision)
+    assert got == ref_kcenter(x, 25, c)
+    assert len(set(got)) == 25
+
+
+def test_kcenter_duplicates_and_clamping():
+    base = RNG.standard_normal((6, 3))
+    x = np.vstack([base, base])  # every point twice
+    got = kcenter_greedy(x, 20)  # clamped to 12 candidates
+    assert got == ref_kcenter(x, 20)
+    assert sorted(got) == list(range(12))
+    assert kcenter_greedy(x, 0) == []
+    assert kcenter_greedy(x[:1], 3) == [0]
+    c = RNG.standard_normal((1, 3))
+    assert kcenter_greedy(x, 5, c, memory_budget_mb=0.0001) == ref_kcenter(x, 5, c)
+    assert kcenter_greedy(x, 3, np.zeros((0, 3))) == ref_kcenter(x, 3)
+
+
+def test_kcenter_one_dimensional():
+    x = np.array([[0.0], [1.0], [10.0], [4.0], [5.0]])
+    assert kcenter_greedy(x, 3) == [2, 0, 4]
+    assert kcenter_greedy(x, 2, np.array([[10.0]])) == [0, 4]
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_device_and_precision_validation():
+    assert engine.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert engine.resolve_device("CPU").type == "cpu"
+    with pytest.raises(JobError, match="compute.device"):
+        engine.resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(JobError, match="CUDA is not available"):
+            row_distance_sums(np.ones((2, 2)), np.ones((2, 2)), device="cuda:0")
+    with pytest.raises(JobError, match="compute.precision"):
+        row_distance_sums(np.ones((2, 2)), np.ones((2, 2)), precision="float16")
+    with pytest.raises(JobError, match="memory_budget_mb"):
+        row_distance_sums(np.ones((2, 2)), np.ones((2, 2)), memory_budget_mb=0)
+    with pytest.raises(ValueError, match="same number of columns"):
+        row_distance_sums(np.ones((2, 2)), np.ones((2, 3)))
+
+
+def test_tf32_disabled_on_cuda_and_restored():
+    old = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        with engine._no_tf32(torch.device("cuda")):
+            assert torch.backends.cuda.matmul.allow_tf32 is False
+        assert torch.backends.cuda.matmul.allow_tf32 is True
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def test_cuda_plan_respects_budget():
+    plan = engine._plan(100_000, 100_000, 4, 64, torch.device("cuda"))
+    assert plan.workers == 1
+    assert plan.tile_rows * plan.tile_cols * 4 * 2 <= 64 * 2**20
+    assert plan.tile_cols == engine.CUDA_TILE_COLS
+
+
+def test_threads_restored_after_pool():
+    before = torch.get_num_threads()
+    engine._row_distance_sums(
+        RNG.standard_normal((600, 3)),
+        RNG.standard_normal((50, 3)),
+        memory_budget_mb=1,
+        precision="float64",
+        device="cpu",
+        workers=2,
+    )
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu():
+    s, p = RNG.standard_normal((500, 25)), RNG.standard_normal((800, 25))
+    for precision, rtol in [("float64", 1e-12), ("float32", 1e-6)]:
+        np.testing.assert_allclose(
+            row_distance_sums(s, p, precision=precision, device="cuda"),
+            ref_dist(s, p).sum(axis=1),
+            rtol=rtol,
+        )
+    d, idx = nearest_distances(s, s, exclude_self=True, device="cuda")
+    rd, ridx = ref_nearest(s, s, exclude_self=True)
+    np.testing.assert_allclose(d, rd, rtol=1e-12)
+    np.testing.assert_array_equal(idx, ridx)
+    assert kcenter_greedy(s, 10, p, device="cuda") == ref_kcenter(s, 10, p)

@@ -1,0 +1,520 @@
+"""report.json schema, figures, report.pdf and JUnit XML on a hand-built report."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from worker.report import figures as figmod
+from worker.report.junit import gate_case_name, write_junit
+from worker.report.model import (
+    SCHEMA_VERSION,
+    clean_numbers,
+    load_schema,
+    to_json_bytes,
+    validate_report,
+    write_report_json,
+)
+from worker.report.pdf import fmt_num, render_html, render_pdf
+
+HOSTILE_ID = "<b>&x.png"
+SCRIPT_ID = "<script>alert(1)</script>.png"
+LONG_ID = "very/deep/" * 12 + "folder_without_any_spaces_at_all_0001.png"
+
+
+def _spread(values: np.ndarray, bins: int = 10) -> dict:
+    counts, edges = np.histogram(values, bins=bins)
+    return {
+        "mean": float(values.mean()),
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
+    }
+
+
+def _summary(x: np.ndarray) -> dict:
+    return {
+        "mean": float(x.mean()),
+        "std": float(x.std()),
+        "min": float(x.min()),
+        "max": float(x.max()),
+        "p50": float(np.percentile(x, 50)),
+        "p90": float(np.percentile(x, 90)),
+    }
+
+
+def _splits(x: np.ndarray, parts: int) -> list[dict]:
+    return [
+        {"mean": float(p.mean()), "std": float(p.std()), "count": len(p)}
+        for p in np.array_split(np.sort(x), parts)
+    ]
+
+
+def _secondary(
+    name: str, ids: list[str], loc: float, n_primary: int, rng, far_ids: tuple[str, ...] = ()
+) -> dict:
+    i_dist = rng.gamma(4.0, 1.0, size=len(ids)) * 10 * n_primary * loc
+    scaled = (i_dist - i_dist.min()) / (i_dist.max() - i_dist.min())
+    nn = rng.gamma(2.0, 0.4, size=len(ids))
+    order = np.argsort(-i_dist)
+    ids = list(ids)
+    for k, far in zip(order, far_ids, strict=False):  # the farthest images get these ids
+        ids[k] = far
+    selections = []
+    for strategy in ("band", "farthest"):
+        for q in (3, 7):
+            chosen = [ids[k] for k in order[:q]]
+            selections.append(
+                {
+                    "strategy": strategy,
+                    "count": q,
+                    "ids": chosen,
+                    "diversity": _spread(nn[:q] * 1.5, 5),
+                    "coverage": {"mean": float(nn.mean() * 2), "max": float(nn.max() * 3)},
+                    "random_diversity": _spread(nn[-q:], 5),
+                    "pool_diversity": _spread(nn * 0.9, 10),
+                }
+            )
+    return {
+        "name": name,
+        "count": len(ids),
+        "o_dist": float(i_dist.mean()),
+        "o_dist_scaled": None,
+        "o_dist_mean": float(i_dist.mean() / n_primary),
+        "i_dist": _summary(i_dist),
+        "i_dist_scaled_p90": float(np.percentile(scaled, 90)),
+        "images": [
+            {
+                "id": i,
+                "i_dist": float(d),
+                "i_dist_scaled": float(s),
+                "i_dist_mean": float(d / n_primary),
+            }
+            for i, d, s in zip(ids, i_dist, scaled, strict=True)
+        ],
+        "splits": {"halves": _splits(i_dist, 2), "thirds": _splits(i_dist, 3)},
+        "diversity": _spread(nn),
+        "coverage_by_primary": {"mean": float(nn.mean() * 3), "max": float(nn.max() * 4)},
+        "selections": selections,
+    }
+
+
+def make_report() -> dict:
+    """A realistic report: 3 secondaries (one embeddings-only), sweep, 2 models, failing gates."""
+    rng = np.random.default_rng(3)
+    n_primary = 40
+    s1_ids = [f"s1/img_{k:03d}.png" for k in range(30)]
+    s2_ids = [f"far/{k:04d}.jpg" for k in range(90)]
+    s3_ids = [str(k) for k in range(25)]
+    secs = [
+        _secondary("S1 near", s1_ids, 1.0, n_primary, rng, (HOSTILE_ID, LONG_ID)),
+        _secondary("S2 far & wide", s2_ids, 2.2, n_primary, rng),
+        _secondary("S3-emb", s3_ids, 1.5, n_primary, rng),
+    ]
+    # One long selection to exercise truncation.
+    secs[1]["selections"].append(
+        {
+            "strategy": "kcenter",
+            "count": 60,
+            "ids": s2_ids[:60],
+            "diversity": None,
+            "coverage": None,
+            "random_diversity": None,
+            "pool_diversity": None,
+        }
+    )
+    o = {s["name"]: s["o_dist"] for s in secs}
+    total = sum(o.values())
+    scaled = {k: v / total for k, v in o.items()}
+    for s in secs:
+        s["o_dist_scaled"] = scaled[s["name"]]
+    sweep = []
+    for z, jitter in ((5, 0.0), (10, 0.01), (15, 0.02)):
+        vals = {k: v + jitter * (i - 1) for i, (k, v) in enumerate(scaled.items())}
+        sweep.append(
+            {"dims": z, "o_dist_scaled": vals, "ranking": sorted(vals, key=lambda n: -vals[n])}
+        )
+    model = {
+        "name": "hog",
+        "checkpoint": None,
+        "revision": None,
+        "feature_dim": 1764,
+        "pooling": None,
+        "image_size": 64,
+    }
+    gates = [
+        {
+            "metric": "o_dist_scaled",
+            "dataset": "S1 near",
+            "model": None,
+            "value": scaled["S1 near"],
+            "max": 0.5,
+            "passed": True,
+        },
+        {
+            "metric": "o_dist_scaled",
+            "dataset": "S2 far & wide",
+            "model": None,
+            "value": scaled["S2 far & wide"],
+            "max": 0.3,
+            "passed": False,
+        },
+        {
+            "metric": "i_dist_scaled_p90",
+            "dataset": "S3-emb",
+            "model": None,
+            "value": secs[2]["i_dist_scaled_p90"],
+            "max": 0.99,
+            "passed": True,
+        },
+        {
+            "metric": "mmd_p_value",
+            "dataset": "S1 near",
+            "model": "clip",
+            "value": None,
+            "min": 0.05,
+            "passed": False,
+            "reason": "mmd_p_value was not computed for S1 near",
+        },
+    ]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "passed": False,
+        "run": {
+            "started": "2026-01-01T00:00:00+00:00",
+            "finished": "2026-01-01T00:01:00+00:00",
+            "duration_s": 60.0,
+            "host": "test-host",
+            "versions": {"worker": "0.1.0", "python": "3.12"},
+        },
+        "job": {"seed": 0, "source": "jobs/nightly.yaml"},
+        "model": model,
+        "primary": {
+            "name": "P-train",
+            "count": n_primary,
+            "diversity": _spread(rng.gamma(2.0, 0.5, size=n_primary)),
+        },
+        "pca": {
+            "dims": 15,
+            "requested_dims": 25,
+            "route": "exact",
+            "explained_variance_ratio": [0.3, 0.2, 0.1],
+        },
+        "o_dist_scaled": scaled,
+        "secondaries": secs,
+        "pca_sweep": sweep,
+        "pca_sweep_stable": False,
+        "models": [
+            {"model": model, "label": "hog", "o_dist": o, "o_dist_scaled": scaled},
+            {
+                "model": {**model, "name": "clip", "feature_dim": 512},
+                "label": "clip",
+                "o_dist": {k: v * 0.5 for k, v in o.items()},
+                "o_dist_scaled": scaled,
+            },
+        ],
+        "gates": gates,
+        "skipped": [
+            {"dataset": "S1 near", "id": SCRIPT_ID, "reason": "cannot decode image"},
+            {"dataset": "P-train", "id": "broken.tif", "reason": "truncated file"},
+        ],
+        "warnings": ["S3-emb: pca dims 25 > rank 15; clamped to 15"],
+    }
+
+
+def make_extras(report: dict) -> dict:
+    rng = np.random.default_rng(5)
+    names = [report["primary"]["name"]] + [s["name"] for s in report["secondaries"]]
+    points = {
+        n: rng.normal(size=(k, 2)) + i
+        for i, (n, k) in enumerate(
+            [(report["primary"]["name"], report["primary"]["count"])]
+            + [(s["name"], s["count"]) for s in report["secondaries"]]
+        )
+    }
+    selected = {s["name"]: [0, 1, 2] for s in report["secondaries"]}
+    thumbs = {}
+    for s in report["secondaries"][:2]:  # S3-emb is embeddings-only: no thumbnails
+        modes = ["RGB", "L", "RGBA", "I;16"]
+        ends = {}
+        by_dist = [im["id"] for im in sorted(s["images"], key=lambda im: im["i_dist"])]
+        for label, chosen in (("closest", by_dist[:4]), ("farthest", by_dist[::-1][:4])):
+            items = []
+            for k, image_id in enumerate(chosen):
+                arr = rng.integers(0, 255, size=(48, 64, 3), dtype=np.uint8)
+                img = Image.fromarray(arr, "RGB")
+                mode = modes[k % len(modes)]
+                img = img.convert(mode) if mode != "I;16" else img.convert("L").convert("I;16")
+                items.append((image_id, img))
+            ends[label] = items
+        thumbs[s["name"]] = ends
+    return {
+        "scatter": {"names": names, "points": points, "selected": selected},
+        "thumbnails": thumbs,
+    }
+
+
+@pytest.fixture(scope="module")
+def report() -> dict:
+    return make_report()
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory, report):
+    out = tmp_path_factory.mktemp("report")
+    figs = figmod.make_figures(report, make_extras(report), out / "figures")
+    pdf = render_pdf(report, figs, out / "report.pdf")
+    return {"out": out, "figures": figs, "pdf": pdf, "html": render_html(report, figs)}
+
+
+# --- report.json -----------------------------------------------------------------------------
+
+
+def test_schema_is_draft_2020_12_and_report_validates(report):
+    schema = load_schema()
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert {"schema_version", "passed", "secondaries", "gates", "skipped"} <= set(
+        schema["required"]
+    )
+    validate_report(report)
+    extra = copy.deepcopy(report)
+    extra["something_new"] = {"x": 1}  # extra fields are allowed
+    extra["secondaries"][0]["statistics"] = {"fid": 1.5}
+    validate_report(extra)
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        (("passed",), "$: 'passed' is a required property"),
+        (("secondaries", 1, "o_dist"), "$.secondaries[1]: 'o_dist' is a required property"),
+        (("secondaries", 0, "selections", 2, "ids"), "$.secondaries[0].selections[2]"),
+        (("secondaries", 2, "images", 3, "i_dist_scaled"), "$.secondaries[2].images[3]"),
+        (("pca", "dims"), "$.pca: 'dims' is a required property"),
+    ],
+)
+def test_schema_rejects_missing_required_field(report, path, expected):
+    bad = copy.deepcopy(report)
+    node = bad
+    for key in path[:-1]:
+        node = node[key]
+    del node[path[-1]]
+    with pytest.raises(ValueError) as err:
+        validate_report(bad)
+    assert expected in str(err.value)
+
+
+def test_schema_rejects_wrong_types_and_gate_without_bound(report):
+    bad = copy.deepcopy(report)
+    bad["secondaries"][0]["count"] = "30"
+    with pytest.raises(ValueError, match=r"\$\.secondaries\[0\]\.count"):
+        validate_report(bad)
+    bad = copy.deepcopy(report)
+    del bad["gates"][0]["max"]
+    with pytest.raises(ValueError, match=r"\$\.gates\[0\]"):
+        validate_report(bad)
+
+
+def test_nan_and_inf_are_refused(report, tmp_path):
+    bad = copy.deepcopy(report)
+    bad["secondaries"][1]["images"][7]["i_dist"] = float("nan")
+    with pytest.raises(ValueError, match=r"\$\.secondaries\[1\]\.images\[7\]\.i_dist"):
+        validate_report(bad)
+    with pytest.raises(ValueError, match="use null"):
+        to_json_bytes(bad)
+    with pytest.raises(ValueError):
+        write_report_json(bad, tmp_path / "report.json")
+    assert not (tmp_path / "report.json").exists()
+    bad = copy.deepcopy(report)
+    bad["o_dist_scaled"]["S1 near"] = np.float64("inf")
+    with pytest.raises(ValueError, match=r'\$\.o_dist_scaled\["S1 near"\]'):
+        validate_report(bad)
+    ok = copy.deepcopy(report)
+    ok["secondaries"][1]["images"][7]["i_dist_scaled"] = None  # null is the missing value
+    validate_report(ok)
+
+
+def test_clean_numbers_converts_numpy():
+    out = clean_numbers(
+        {
+            "a": np.float32(0.5),
+            "b": np.int64(3),
+            "c": np.arange(3),
+            "d": np.bool_(True),
+            "e": (1, np.float64(2.0)),
+            "f": None,
+            "g": np.str_("x"),
+        }
+    )
+    assert out == {"a": 0.5, "b": 3, "c": [0, 1, 2], "d": True, "e": [1, 2.0], "f": None, "g": "x"}
+    assert type(out["b"]) is int and type(out["a"]) is float and type(out["d"]) is bool
+    with pytest.raises(ValueError, match=r"\$\.x\[1\]"):
+        clean_numbers({"x": np.array([1.0, np.nan])})
+    with pytest.raises(ValueError, match="not a JSON type"):
+        clean_numbers({"x": object()})
+
+
+def test_write_report_json_roundtrip_is_atomic(report, tmp_path):
+    numpyish = copy.deepcopy(report)
+    numpyish["primary"]["count"] = np.int64(40)
+    numpyish["secondaries"][0]["o_dist"] = np.float64(report["secondaries"][0]["o_dist"])
+    path = write_report_json(numpyish, tmp_path / "sub" / "report.json")
+    data = path.read_bytes()
+    assert json.loads(data) == report
+    assert data == to_json_bytes(report)  # deterministic bytes, insertion order kept
+    assert data.decode().startswith('{\n  "schema_version": "1.0.0"')
+    assert sorted(p.name for p in path.parent.iterdir()) == ["report.json"]
+    # An invalid report leaves the previous file untouched.
+    bad = copy.deepcopy(report)
+    del bad["gates"]
+    with pytest.raises(ValueError):
+        write_report_json(bad, path)
+    assert path.read_bytes() == data
+    assert sorted(p.name for p in path.parent.iterdir()) == ["report.json"]
+
+
+# --- figures and PDF -------------------------------------------------------------------------
+
+
+def test_figures_cover_every_dataset(rendered, report):
+    figs = rendered["figures"]
+    expected = {"i_dist_violin", "i_dist_sorted", "diversity_overview", "scatter"}
+    for s in report["secondaries"]:
+        expected |= {f"i_dist:{s['name']}", f"diversity:{s['name']}"}
+    expected |= {"thumbnails:S1 near", "thumbnails:S2 far & wide"}
+    assert set(figs) == expected  # no thumbnails for the embeddings-only S3-emb
+    for path in figs.values():
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert path.parent == rendered["out"] / "figures"
+    with Image.open(figs["i_dist_violin"]) as im:
+        assert im.size[0] >= 1000  # about 170 dpi at text width
+
+
+def test_figures_deterministic_and_without_extras(report, tmp_path):
+    small = copy.deepcopy(report)
+    small["secondaries"] = small["secondaries"][:1]
+    small["secondaries"][0]["selections"] = small["secondaries"][0]["selections"][:1]
+    a = figmod.make_figures(small, {}, tmp_path / "a")
+    b = figmod.make_figures(small, None, tmp_path / "b")
+    assert set(a) == {"i_dist_violin", "i_dist_sorted", "diversity_overview"} | {
+        "i_dist:S1 near",
+        "diversity:S1 near",
+    }  # no scatter or thumbnails without extras
+    for key in a:
+        assert a[key].read_bytes() == b[key].read_bytes(), key
+
+
+def test_html_is_autoescaped(rendered, report):
+    html = rendered["html"]
+    assert HOSTILE_ID not in html and "<b>&" not in html
+    assert "&lt;b&gt;&amp;x.png" in html
+    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;.png" in html
+    assert "S2 far &amp; wide" in html and "S2 far & wide" not in html
+    # Truncated long id lists say how many were left out.
+    assert "and 20 more" in html
+    # Both models of the cross-model table and every secondary section.
+    assert html.count('class="secondary"') == 3
+    assert ">clip</th>" in html and ">hog</th>" in html
+    # Embeddings-only secondary gets a note instead of thumbnails.
+    assert "No thumbnails: S3-emb" in html
+    # Figures are referenced as file URIs of the generated PNGs.
+    for path in rendered["figures"].values():
+        assert path.resolve().as_uri() in html
+
+
+def _pdftotext(pdf: Path) -> str:
+    if not shutil.which("pdftotext"):
+        pytest.skip("pdftotext (poppler-utils) is not installed")
+    return subprocess.run(
+        ["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_pdf_opens_and_names_every_dataset(rendered, report):
+    pdf = rendered["pdf"]
+    data = pdf.read_bytes()
+    assert data.startswith(b"%PDF-") and b"%%EOF" in data[-1024:]
+    assert sorted(p.name for p in pdf.parent.iterdir()) == ["figures", "report.pdf"]
+    text = _pdftotext(pdf)
+    for name in [report["primary"]["name"]] + [s["name"] for s in report["secondaries"]]:
+        assert name in text
+    assert "Page 1 of" in text
+    pages = text.count("\f")
+    assert f"Page {pages} of {pages}" in text
+    assert HOSTILE_ID in text  # shown as text, not swallowed as markup
+    assert "FAILED" in text and "ranking of the secondaries changes" in text
+
+
+def test_fmt_num():
+    assert fmt_num(None) == "n/a"
+    assert fmt_num(12345) == "12,345"
+    assert fmt_num(0.123456) == "0.1235"
+    assert fmt_num(123456.7) == "123,457"
+    assert fmt_num(1.5e-5) == "1.500e-05"
+    assert fmt_num(float("nan")) == "n/a"
+    assert fmt_num(math.pi, 3) == "3.14"
+
+
+# --- JUnit -----------------------------------------------------------------------------------
+
+
+def test_junit_one_case_per_gate(report, tmp_path):
+    path = write_junit(report, tmp_path / "ci" / "gates.xml")
+    root = ET.parse(path).getroot()
+    cases = root.findall("./testsuite/testcase")
+    assert [c.get("name") for c in cases] == [gate_case_name(g) for g in report["gates"]]
+    assert cases[0].get("name") == "o_dist_scaled[S1 near] <= 0.5"
+    assert cases[3].get("name") == "mmd_p_value[S1 near @ clip] >= 0.05"
+    failed = [c for c in cases if c.find("failure") is not None]
+    assert [c.get("name") for c in failed] == [
+        gate_case_name(g) for g in report["gates"] if not g["passed"]
+    ]
+    suite = root.find("testsuite")
+    assert suite.get("tests") == "4" and suite.get("failures") == "2"
+    value_failure = failed[0].find("failure")
+    value = report["gates"][1]["value"]
+    assert repr(value) in value_failure.get("message") and "max 0.3" in value_failure.get("message")
+    assert "not computed" in failed[1].find("failure").get("message")
+    assert sorted(p.name for p in path.parent.iterdir()) == ["gates.xml"]
+
+
+def test_junit_all_pass_and_odd_characters(tmp_path):
+    rep = {
+        "schema_version": SCHEMA_VERSION,
+        "passed": True,
+        "gates": [
+            {
+                "metric": "o_dist",
+                "dataset": "a<&>\x01b",
+                "model": None,
+                "value": 1.0,
+                "min": 0.5,
+                "max": 2,
+                "passed": True,
+            }
+        ],
+    }
+    root = ET.parse(write_junit(rep, tmp_path / "j.xml")).getroot()
+    (case,) = root.iter("testcase")
+    assert case.get("name") == "o_dist[a<&>\ufffdb] in [0.5, 2]"
+    assert case.find("failure") is None and root.get("failures") == "0"
+
+
+def test_pdf_fetcher_reads_only_report_resources(tmp_path):
+    from worker.report.pdf import _allowed
+
+    roots = [tmp_path / "figures"]
+    assert _allowed((tmp_path / "figures" / "a b.png").as_uri(), roots)
+    assert _allowed("data:image/png;base64,AAAA", roots)
+    assert not _allowed((tmp_path / "other.png").as_uri(), roots)
+    assert not _allowed((tmp_path / "figures" / ".." / "x.png").as_uri(), roots)
+    assert not _allowed("http://example.com/x.png", roots)

@@ -1,0 +1,435 @@
+"""The paper's seven transformers extractors (DESIGN.md section 5; paper tables 1 and 8).
+
+| name         | model class                  | feature (pooling "flatten", the paper's)          |
+|--------------|------------------------------|---------------------------------------------------|
+| sam          | SamModel                     | get_image_embeddings (C x h x w), flattened        |
+| clipseg      | CLIPSegForImageSegmentation  | decoder hidden states with the prompt, concatenated|
+| efficientnet | EfficientNetModel            | pooler_output                                      |
+| clip         | CLIPModel                    | get_image_features (projected image embedding)     |
+| dinov2       | Dinov2Model                  | last_hidden_state (tokens x hidden), flattened     |
+| convnextv2   | ConvNextV2Model              | last_hidden_state (C x h x w), flattened           |
+| swinv2       | Swinv2Model                  | last_hidden_state (tokens x hidden), flattened     |
+
+Pooling acts on the paper's feature tensor: `flatten` keeps all of it, `mean` averages over
+positions (spatial cells or patch tokens; a CLS token is left out), `cls` takes the CLS token.
+Families whose feature has no CLS token refuse `cls`; EfficientNet and CLIP, whose features
+are already one vector, accept only `flatten`. For CLIPSeg, `mean` and `cls` apply to each
+decoder hidden state and the results are concatenated.
+
+Each image is resized to `image_size` x `image_size` (bilinear, default 448 as in the paper),
+then goes through the checkpoint's own image processor, always with the PIL backend, so the
+features do not depend on whether torchvision happens to be installed.
+
+`prepare(image)` (resize + processor, thread-safe, no model) and `embed_prepared(list)` (the
+forward pass) are separate so that worker.embeddings can run preparation in parallel threads
+while the model works; `embed(images)` does both.
+
+Loading goes through `from_pretrained` only, `trust_remote_code` is never passed, and a
+Hugging Face id's revision is resolved once to a commit hash that config, processor and
+weights are all loaded from. Offline use: set HF_HUB_OFFLINE=1 with a filled HF cache, or
+point `model.checkpoint` at a local folder written by `save_pretrained`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from worker.errors import JobError
+from worker.images import resize_square
+from worker.job import ModelConfig
+
+LOGGER = logging.getLogger("worker")
+
+# Bump when the way a feature is computed changes: old cache entries then stop matching.
+FEATURE_VERSION = 1
+DEFAULT_IMAGE_SIZE = 448  # the paper resizes every image to 448 x 448 first
+DEFAULT_PROMPT = "line structures"  # the paper's CLIPSeg prompt (crack / line segmentation)
+_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    model_type: str  # config.model_type a checkpoint must have
+    checkpoint: str  # the paper's checkpoint
+    model_class: str  # transformers class name
+    poolings: tuple[str, ...]
+    feature: str  # what "flatten" returns, for report.json
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family(
+            "sam",
+            "sam",
+            "facebook/sam-vit-base",
+            "SamModel",
+            ("flatten", "mean"),
+            "image embeddings (get_image_embeddings)",
+        ),
+        Family(
+            "clipseg",
+            "clipseg",
+            "CIDAS/clipseg-rd64-refined",
+            "CLIPSegForImageSegmentation",
+            ("flatten", "mean", "cls"),
+            "decoder hidden states with the prompt, concatenated",
+        ),
+        Family(
+            "efficientnet",
+            "efficientnet",
+            "google/efficientnet-b3",
+            "EfficientNetModel",
+            ("flatten",),
+            "pooler_output",
+        ),
+        Family(
+            "clip",
+            "clip",
+            "openai/clip-vit-base-patch32",
+            "CLIPModel",
+            ("flatten",),
+            "projected image embedding (get_image_features)",
+        ),
+        Family(
+            "dinov2",
+            "dinov2",
+            "facebook/dinov2-base",
+            "Dinov2Model",
+            ("flatten", "mean", "cls"),
+            "last_hidden_state",
+        ),
+        Family(
+            "convnextv2",
+            "convnextv2",
+            "facebook/convnextv2-tiny-1k-224",
+            "ConvNextV2Model",
+            ("flatten", "mean"),
+            "last_hidden_state",
+        ),
+        Family(
+            "swinv2",
+            "swinv2",
+            "microsoft/swinv2-tiny-patch4-window8-256",
+            "Swinv2Model",
+            ("flatten", "mean"),
+            "last_hidden_state",
+        ),
+    )
+}
+
+_POOLING_HELP = {
+    "efficientnet": "its feature (pooler_output) is already one vector per image",
+    "clip": "its feature (the projected image embedding) is already one vector per image",
+    "sam": "SAM image embeddings are a spatial grid without a CLS token",
+    "convnextv2": "ConvNeXtV2 features are a spatial grid without a CLS token",
+    "swinv2": "SwinV2 tokens have no CLS token",
+}
+
+
+# ----------------------------------------------------------------------------- device, dtype
+
+
+def resolve_device(device: str) -> torch.device:
+    """auto -> cuda when a GPU is visible, else cpu; cuda[:N] must exist."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise JobError(
+            f"model.device: {device!r} asks for a CUDA GPU but none is visible to torch; "
+            "use device: auto or cpu"
+        )
+    dev = torch.device(device)
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise JobError(
+            f"model.device: {device!r} but only {torch.cuda.device_count()} CUDA device(s) "
+            "are visible; use cuda:0 .. cuda:N-1 or auto"
+        )
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """auto -> bfloat16 on a GPU that supports it, float32 otherwise."""
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _is_local(checkpoint: str) -> bool:
+    return os.path.isdir(checkpoint) or checkpoint.startswith(("/", "./", "../", "~", "."))
+
+
+def _offline_hint(checkpoint: str) -> str:
+    return (
+        "If this machine has no internet, download the model once elsewhere "
+        f"(hf download {checkpoint}) and run with HF_HUB_OFFLINE=1 and the same HF_HOME, "
+        "or save it with save_pretrained and set model.checkpoint to that local folder"
+    )
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """sha256 over the names and contents of a checkpoint folder's top-level files.
+
+    Local checkpoints have no commit hash; this makes the cache key change when the weights,
+    config or processor in the folder change (and not when the folder moves).
+    """
+    h = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        h.update(path.name.encode() + b"\0")
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):  # noqa: B023
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _resolve_commit(checkpoint: str, revision: str | None) -> tuple[str | None, str | None]:
+    """(revision to load with, commit hash or None) for a Hugging Face id (best effort)."""
+    try:
+        from transformers.utils.hub import resolve_revision
+
+        resolved = resolve_revision(checkpoint, revision)
+    except Exception:  # noqa: BLE001 - best effort; the load reports real problems
+        return revision, (revision if revision and _COMMIT_RE.match(revision) else None)
+    commit = getattr(resolved, "resolved", None)
+    if commit is None and resolved and _COMMIT_RE.match(str(resolved)):
+        commit = str(resolved)
+    return resolved, commit
+
+
+def _load_error(checkpoint: str, what: str, err: Exception) -> JobError:
+    detail = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
+    return JobError(
+        f"model.checkpoint {checkpoint!r}: cannot load the {what} ({err.__class__.__name__}: "
+        f"{detail[:300]}). {_offline_hint(checkpoint)}"
+    )
+
+
+# ----------------------------------------------------------------------------- extractor
+
+
+class HFExtractor:
+    """One loaded transformers model, its processor and the feature it returns."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        import transformers
+        from transformers import AutoConfig, AutoImageProcessor, AutoProcessor
+
+        if cfg.name not in FAMILIES:
+            raise JobError(
+                f"model.name: {cfg.name!r} is not a transformers family; "
+                f"use one of {', '.join(FAMILIES)}"
+            )
+        fam = FAMILIES[cfg.name]
+        self.family = fam
+        self.pooling = cfg.pooling or "flatten"
+        if self.pooling not in fam.poolings:
+            why = _POOLING_HELP.get(fam.name, "")
+            raise JobError(
+                f"model.pooling: {self.pooling!r} does not apply to {fam.name}"
+                f"{f' ({why})' if why else ''}; use {' or '.join(fam.poolings)}"
+            )
+        if cfg.prompt is not None and fam.name != "clipseg":
+            raise JobError(
+                f"model.prompt: only clipseg takes a text prompt, not {fam.name}; remove 'prompt'"
+            )
+        self.prompt = (cfg.prompt or DEFAULT_PROMPT) if fam.name == "clipseg" else None
+        self.image_size = cfg.image_size or DEFAULT_IMAGE_SIZE
+        self.batch_size = cfg.batch_size
+        self.num_workers = cfg.num_workers
+        self.device = resolve_device(cfg.device)
+        self.dtype = resolve_dtype(cfg.dtype, self.device)
+        checkpoint = cfg.checkpoint or fam.checkpoint
+
+        # Where the weights come from, and what identifies them in the cache key.
+        if _is_local(checkpoint):
+            folder = Path(checkpoint).expanduser()
+            if not folder.is_dir():
+                raise JobError(
+                    f"model.checkpoint: local folder {checkpoint!r} not found; give a folder "
+                    "written by save_pretrained (config.json, weights, preprocessor_config.json) "
+                    "or a Hugging Face id"
+                )
+            source = str(folder.resolve())
+            load_revision, commit = None, None
+            try:
+                model_id = "local:" + folder_fingerprint(folder)
+            except OSError as err:
+                raise JobError(
+                    f"model.checkpoint {checkpoint!r}: cannot read the folder: {err}"
+                ) from None
+        else:
+            source = checkpoint
+            load_revision, commit = _resolve_commit(checkpoint, cfg.revision)
+            model_id = f"hf:{checkpoint}@{commit or cfg.revision or 'main'}"
+        kw = {"revision": load_revision} if load_revision is not None else {}
+
+        try:
+            config = AutoConfig.from_pretrained(source, **kw)
+        except Exception as err:  # noqa: BLE001 - hub, OS, JSON and remote-code errors alike
+            raise _load_error(checkpoint, "model config", err) from None
+        model_type = getattr(config, "model_type", None)
+        if model_type != fam.model_type:
+            raise JobError(
+                f"model.checkpoint {checkpoint!r} is a {model_type!r} model, but model.name is "
+                f"{fam.name!r} (needs a {fam.model_type!r} checkpoint); fix name or checkpoint"
+            )
+        try:
+            if fam.name == "clipseg":
+                processor = AutoProcessor.from_pretrained(source, backend="pil", **kw)
+                self.image_processor = processor.image_processor
+                tokens = processor.tokenizer([self.prompt], return_tensors="pt")
+            else:
+                self.image_processor = AutoImageProcessor.from_pretrained(
+                    source, backend="pil", **kw
+                )
+        except Exception as err:  # noqa: BLE001
+            raise _load_error(
+                checkpoint, "image processor (preprocessor_config.json)", err
+            ) from None
+        try:
+            model_cls = getattr(transformers, fam.model_class)
+            model = model_cls.from_pretrained(source, config=config, dtype=self.dtype, **kw)
+        except Exception as err:  # noqa: BLE001
+            raise _load_error(checkpoint, "model weights", err) from None
+        self.model = model.to(self.device).eval()
+
+        self._cond = None
+        if fam.name == "clipseg":
+            # The prompt is the same for every image: embed it once, reuse it per batch.
+            with torch.inference_mode():
+                tokens = {k: v.to(self.device) for k, v in tokens.items()}
+                self._cond = self.model.get_conditional_embeddings(
+                    batch_size=1,
+                    input_ids=tokens["input_ids"],
+                    attention_mask=tokens.get("attention_mask"),
+                )
+
+        self.revision = commit or cfg.revision
+        self.cache_key = "|".join(
+            [
+                f"hf-v{FEATURE_VERSION}",
+                fam.name,
+                model_id,
+                f"pool={self.pooling}",
+                f"size={self.image_size}",
+                f"prompt={self.prompt}" if self.prompt is not None else "prompt=",
+                f"dtype={str(self.dtype).removeprefix('torch.')}",
+            ]
+        )
+        self.info = {
+            "name": fam.name,
+            "checkpoint": checkpoint,
+            "revision": self.revision,
+            "feature_dim": None,  # known after the first forward pass (see feature_dim)
+            "pooling": self.pooling,
+            "image_size": self.image_size,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "feature": fam.feature,
+        }
+        if self.prompt is not None:
+            self.info["prompt"] = self.prompt
+        if model_id.startswith("local:"):
+            self.info["checkpoint_sha256"] = model_id.removeprefix("local:")
+        self._lock = threading.Lock()
+
+    # -- preparation (runs in worker threads) ------------------------------------------
+
+    def prepare(self, image: Image.Image) -> np.ndarray:
+        """One RGB image -> the model's input tensor (C, H, W) float32, as numpy."""
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        resized = resize_square(image, self.image_size)
+        out = self.image_processor(images=[resized], return_tensors="np")
+        return np.ascontiguousarray(out["pixel_values"][0], dtype=np.float32)
+
+    # -- forward (main thread) ----------------------------------------------------------
+
+    def _features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) model input -> (B, d) feature, per family and pooling."""
+        fam, pool, model = self.family.name, self.pooling, self.model
+        if fam == "sam":
+            emb = model.get_image_embeddings(pixel_values)  # (B, C, h, w)
+            return emb.flatten(1) if pool == "flatten" else emb.mean(dim=(2, 3))
+        if fam == "clipseg":
+            cond = self._cond.expand(pixel_values.shape[0], -1)
+            out = model(
+                pixel_values=pixel_values, conditional_embeddings=cond, output_hidden_states=True
+            )
+            states = out.decoder_output.hidden_states  # each (B, 1 + tokens, reduce_dim)
+            if pool == "flatten":
+                parts = [h.flatten(1) for h in states]
+            elif pool == "mean":
+                parts = [h[:, 1:].mean(dim=1) for h in states]
+            else:
+                parts = [h[:, 0] for h in states]
+            return torch.cat(parts, dim=1)
+        if fam == "efficientnet":
+            return model(pixel_values=pixel_values).pooler_output.flatten(1)
+        if fam == "clip":
+            feats = model.get_image_features(pixel_values=pixel_values)
+            if not isinstance(feats, torch.Tensor):  # transformers 5 returns an output object
+                feats = feats.pooler_output
+            return feats.flatten(1)
+        hidden = model(pixel_values=pixel_values).last_hidden_state
+        if pool == "flatten":
+            return hidden.flatten(1)
+        if fam == "dinov2":
+            return hidden[:, 1:].mean(dim=1) if pool == "mean" else hidden[:, 0]
+        if fam == "convnextv2":  # (B, C, h, w)
+            return hidden.mean(dim=(2, 3))
+        return hidden.mean(dim=1)  # swinv2: (B, tokens, C)
+
+    def embed_prepared(self, inputs: list[np.ndarray]) -> np.ndarray:
+        """Prepared inputs (from `prepare`) -> (B, d) float32 features, in batches."""
+        if not inputs:
+            return np.zeros((0, self.info["feature_dim"] or 0), dtype=np.float32)
+        chunks = []
+        for start in range(0, len(inputs), self.batch_size):
+            batch = torch.from_numpy(np.stack(inputs[start : start + self.batch_size]))
+            if self.device.type == "cuda":
+                batch = batch.pin_memory().to(self.device, non_blocking=True)
+            batch = batch.to(dtype=self.dtype)
+            with self._lock, torch.inference_mode():
+                feats = self._features(batch)
+            chunks.append(feats.float().cpu().numpy())
+        out = np.concatenate(chunks, axis=0)
+        self.info["feature_dim"] = int(out.shape[1])
+        return out
+
+    def embed(self, images: list[Image.Image]) -> np.ndarray:
+        """RGB PIL images -> (B, d) float32 features."""
+        return self.embed_prepared([self.prepare(im) for im in images])
+
+    @property
+    def feature_dim(self) -> int:
+        """The feature width; runs one forward pass on a black image if none has run yet."""
+        if self.info["feature_dim"] is None:
+            self.embed([Image.new("RGB", (self.image_size, self.image_size))])
+        return int(self.info["feature_dim"])
+
+
+def build(cfg: ModelConfig) -> HFExtractor:
+    """The extractor a job's `model:` names (sam, clipseg, efficientnet, clip, dinov2, ...)."""
+    return HFExtractor(cfg)

@@ -1,0 +1,187 @@
+"""Figures of the adaptation section (paper figures 4-8). Plotting only: every number comes from
+report["adaptation"] (and the per-image scaled I_dist / example predictions in extras).
+
+- `adaptation_f_vs_idist_<dataset>`: per-image F (at the model's ODS threshold) against min-max
+  scaled I_dist, images sorted by I_dist, moving average of window max(1, |S| // 10), one line
+  per model (figs. 4-6);
+- `adaptation_f_bars`: ODS F per model per secondary (fig. 7);
+- `adaptation_grid_<dataset>`: image / mask / one prediction per model for the farthest images
+  (fig. 8).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+DPI = 120
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:80] or "dataset"
+
+
+def moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Mean of each run of `window` consecutive values ('valid' mode; window clamped to len)."""
+    v = np.asarray(values, dtype=np.float64)
+    w = max(1, min(int(window), len(v)))
+    if len(v) == 0:
+        return v
+    return np.convolve(v, np.ones(w) / w, mode="valid")
+
+
+def f_vs_idist_series(per_image: list[dict], scaled: dict[str, float]) -> tuple[np.ndarray, ...]:
+    """(x, f) smoothed: images sorted by scaled I_dist, moving average of window |S| // 10."""
+    rows = [(scaled[r["id"]], r["f"]) for r in per_image if r["id"] in scaled]
+    if not rows:
+        return np.zeros(0), np.zeros(0)
+    rows.sort(key=lambda t: t[0])
+    x = np.array([r[0] for r in rows])
+    f = np.array([r[1] for r in rows])
+    w = max(1, len(rows) // 10)
+    return moving_average(x, w), moving_average(f, w)
+
+
+def _model_order(adaptation: dict, extras: dict) -> list[str]:
+    order = (extras or {}).get("model_order")
+    return list(order) if order else [m["name"] for m in adaptation.get("models", [])]
+
+
+def _colours(models: list[str]) -> dict[str, tuple]:
+    cmap = plt.get_cmap("tab10")
+    return {m: cmap(i % 10) for i, m in enumerate(models)}
+
+
+def plot_f_vs_idist(adaptation: dict, extras: dict, dataset: str, path: Path) -> Path | None:
+    curves = (extras or {}).get("curves", {}).get(dataset)
+    if not curves or curves.get("i_dist_scaled") is None:
+        return None
+    scaled = dict(zip(curves["ids"], curves["i_dist_scaled"], strict=True))
+    models = _model_order(adaptation, extras)
+    colours = _colours(models)
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    drawn = False
+    for r in adaptation.get("results", []):
+        if r["dataset"] != dataset or r["model"] not in colours:
+            continue
+        x, f = f_vs_idist_series(r["per_image"], scaled)
+        if len(x) == 0:
+            continue
+        style = "--" if r["model"].startswith("M_B") else "-"
+        ax.plot(x, f, style, color=colours[r["model"]], label=r["model"], lw=1.6)
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    n = len(curves["ids"])
+    ax.set_xlabel("I_dist (min-max scaled)")
+    ax.set_ylabel("F-score at ODS threshold")
+    ax.set_title(f"{dataset}: F-score vs I_dist (moving average, window {max(1, n // 10)})")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def plot_f_bars(adaptation: dict, extras: dict, path: Path) -> Path | None:
+    results = adaptation.get("results", [])
+    if not results:
+        return None
+    models = _model_order(adaptation, extras)
+    datasets = list(dict.fromkeys(r["dataset"] for r in results))
+    value = {(r["model"], r["dataset"]): r["ods_f"] for r in results}
+    colours = _colours(models)
+    width = 0.8 / max(1, len(models))
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.35 * len(datasets) * max(1, len(models)) + 2), 3.8))
+    pos = np.arange(len(datasets))
+    for k, m in enumerate(models):
+        heights = [value.get((m, d)) for d in datasets]
+        heights = [np.nan if h is None else h for h in heights]
+        ax.bar(pos + (k - (len(models) - 1) / 2) * width, heights, width, label=m, color=colours[m])
+    no_pos = {r["dataset"] for r in results if r.get("mask_pixels") == 0}
+    ax.set_xticks(pos)
+    ax.set_xticklabels([f"{d}\n(no positive pixels)" if d in no_pos else d for d in datasets])
+    ax.set_ylabel("ODS F-score")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("ODS F-score per model and secondary")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def plot_grid(adaptation: dict, extras: dict, dataset: str, path: Path) -> Path | None:
+    examples = (extras or {}).get("examples", {}).get(dataset) or []
+    if not examples:
+        return None
+    models = [m for m in _model_order(adaptation, extras) if m in examples[0]["predictions"]]
+    cols = ["image", "mask", *models]
+    rows = len(examples)
+    fig, axes = plt.subplots(rows, len(cols), figsize=(1.5 * len(cols), 1.55 * rows), squeeze=False)
+    scaled = dict(
+        zip(
+            (extras.get("curves", {}).get(dataset) or {}).get("ids", []),
+            (extras.get("curves", {}).get(dataset) or {}).get("i_dist_scaled") or [],
+            strict=False,
+        )
+    )
+    for i, ex in enumerate(examples):
+        panels = [ex["image"], ex["mask"], *[ex["predictions"][m] for m in models]]
+        for j, (title, arr) in enumerate(zip(cols, panels, strict=True)):
+            ax = axes[i, j]
+            ax.imshow(arr, cmap=None if arr.ndim == 3 else "gray", vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(title, fontsize=8)
+        label = ex["id"] if len(ex["id"]) <= 18 else "..." + ex["id"][-15:]
+        if ex["id"] in scaled:
+            label += f"\nI_dist {scaled[ex['id']]:.2f}"
+        axes[i, 0].set_ylabel(label, fontsize=6)
+    fig.suptitle(f"{dataset}: farthest images", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def make_adaptation_figures(report: dict, extras: dict, out_dir: str | Path) -> dict[str, Path]:
+    """Every adaptation figure for `report` (no-op without report["adaptation"]).
+
+    `extras` is the pipeline's extras dict (its "adaptation" entry from run_adaptation is used)
+    or that entry itself. Returns {figure key: path}; keys start with "adaptation_".
+    """
+    adaptation = report.get("adaptation")
+    if not adaptation:
+        return {}
+    extras = extras or {}
+    data = extras.get("adaptation", extras)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figures: dict[str, Path] = {}
+    datasets = list(dict.fromkeys(r["dataset"] for r in adaptation.get("results", [])))
+    for k, name in enumerate(datasets):
+        p = plot_f_vs_idist(
+            adaptation, data, name, out / f"adaptation_f_vs_idist_{k}_{_safe(name)}.png"
+        )
+        if p is not None:
+            figures[f"adaptation_f_vs_idist_{name}"] = p
+    p = plot_f_bars(adaptation, data, out / "adaptation_f_bars.png")
+    if p is not None:
+        figures["adaptation_f_bars"] = p
+    for k, name in enumerate(datasets):
+        p = plot_grid(adaptation, data, name, out / f"adaptation_grid_{k}_{_safe(name)}.png")
+        if p is not None:
+            figures[f"adaptation_grid_{name}"] = p
+    return figures

@@ -1,0 +1,545 @@
+"""Figures of report.pdf. Plotting only: every number is read from the report dict or `extras`.
+
+`make_figures(report, extras, out_dir)` returns {key: PNG path}. Keys:
+
+- `i_dist_violin`: raw I_dist per image, one violin per secondary (paper fig. 3);
+- `i_dist_sorted`: min-max scaled I_dist sorted ascending against rank fraction (fig. 10);
+- `diversity_overview`: nearest-neighbour distance histograms of the primary and each secondary;
+- `scatter`: 2-D PCA of P and every S, selected images outlined (extras["scatter"]);
+- `i_dist:<S>`: one secondary's violin and sorted curve, selected images marked;
+- `diversity:<S>`: histograms of S and of each selection (random subset of the same size dashed);
+- `thumbnails:<S>`: closest and farthest images of S (extras["thumbnails"], image inputs only);
+- `adaptation_*`: from worker.report.adaptation_figures when report["adaptation"] exists.
+
+`extras` (all optional):
+  "scatter":    {"names": [str], "points": {name: array (k, 2)}, "selected": {name: [row]}}
+  "thumbnails": {S_name: {"closest": [(id, PIL.Image)], "farthest": [(id, PIL.Image)]}}
+  "adaptation": whatever worker.report.adaptation_figures expects.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from cycler import cycler  # noqa: E402
+
+DPI = 150
+WIDTH_IN = 6.7  # A4 text width (170 mm)
+PRIMARY_COLOUR = "#5F5F5F"
+RANDOM_COLOUR = "#000000"
+# Okabe-Ito, colour-blind safe; yellow last (weak on white paper).
+PALETTE = [
+    "#0072B2",
+    "#E69F00",
+    "#009E73",
+    "#CC79A7",
+    "#56B4E9",
+    "#D55E00",
+    "#000000",
+    "#F0E442",
+]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+STRATEGY_MARKERS = {"band": "o", "farthest": "^", "kcenter": "s"}
+MAX_HIST_PANELS = 24
+
+STYLE = {
+    "font.family": "DejaVu Sans",
+    "font.size": 8,
+    "axes.titlesize": 8.5,
+    "axes.labelsize": 8,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "legend.fontsize": 7,
+    "legend.frameon": False,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.35,
+    "grid.linewidth": 0.5,
+    "axes.axisbelow": True,
+    "axes.prop_cycle": cycler(color=PALETTE),
+    "text.parse_math": False,  # ids and names may contain '$'
+    "svg.hashsalt": "dataset-distance-worker",
+    "figure.dpi": 100,
+    "savefig.dpi": DPI,
+}
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name))[:60] or "dataset"
+
+
+def short(text: str, limit: int = 24) -> str:
+    """Shorten a label for a plot, keeping both ends (ids often differ only at the end)."""
+    text = str(text).replace("\n", " ")
+    if len(text) <= limit:
+        return text
+    head = (limit - 1) // 2
+    return text[:head] + "…" + text[-(limit - 1 - head) :]
+
+
+def colours(report: dict) -> dict[str, str]:
+    """Colour of every dataset, stable across figures: P grey, secondaries in job order."""
+    out = {report.get("primary", {}).get("name", "P"): PRIMARY_COLOUR}
+    for i, sec in enumerate(report.get("secondaries", [])):
+        out.setdefault(sec["name"], PALETTE[i % len(PALETTE)])
+    return out
+
+
+def _save(fig, path: Path) -> Path:
+    """Draw at DPI and write an RGB PNG without metadata: deterministic bytes, and WeasyPrint
+    embeds an opaque PNG as is (an RGBA one it would have to decode and split)."""
+    from PIL import Image
+
+    fig.set_dpi(DPI)
+    fig.set_facecolor("white")
+    fig.canvas.draw()
+    rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3]
+    Image.fromarray(np.ascontiguousarray(rgb), "RGB").save(path, format="PNG", compress_level=6)
+    plt.close(fig)
+    return path
+
+
+def _values(images: list[dict], key: str) -> np.ndarray:
+    vals = [im.get(key) for im in images]
+    return np.array([v for v in vals if v is not None], dtype=np.float64)
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.4g}"
+
+
+# --- I_dist ---------------------------------------------------------------------------------
+
+
+def _violin(ax, data: list[np.ndarray], positions: list[float], cols: list[str]) -> None:
+    """Horizontal violins; a set with fewer than two distinct values is drawn as points."""
+    for vals, pos, col in zip(data, positions, cols, strict=True):
+        if len(vals) == 0:
+            continue
+        if len(np.unique(vals)) < 2:
+            ax.scatter(vals, np.full(len(vals), pos), color=col, s=12, zorder=3)
+            continue
+        parts = ax.violinplot(
+            [vals], positions=[pos], orientation="horizontal", showextrema=False, widths=0.8
+        )
+        for body in parts["bodies"]:
+            body.set_facecolor(col)
+            body.set_edgecolor(col)
+            body.set_alpha(0.45)
+        lo, hi = float(np.min(vals)), float(np.max(vals))
+        ax.plot([lo, hi], [pos, pos], color=col, linewidth=0.8)
+
+
+def _stat_marks(ax, summary: dict | None, pos: float, *, legend: bool) -> None:
+    """Mean (diamond), median and p90 (ticks) read from the report's i_dist summary."""
+    summary = summary or {}
+    marks = [("mean", "D", 14), ("p50", "|", 60), ("p90", "|", 60)]
+    for key, marker, size in marks:
+        v = summary.get(key)
+        if v is None:
+            continue
+        colour = "#000000" if key != "p90" else "#D55E00"
+        label = {"mean": "mean", "p50": "median", "p90": "90th percentile"}[key]
+        ax.scatter(
+            [v],
+            [pos],
+            marker=marker,
+            s=size,
+            color=colour,
+            linewidths=1.4,
+            zorder=4,
+            label=label if legend else None,
+        )
+
+
+def plot_violin_overview(report: dict, path: Path) -> Path | None:
+    secs = [s for s in report.get("secondaries", []) if s.get("images")]
+    if not secs:
+        return None
+    col = colours(report)
+    data = [_values(s["images"], "i_dist") for s in secs]
+    positions = list(range(len(secs), 0, -1))  # first secondary on top
+    height = 1.0 + 0.45 * len(secs)
+    fig, ax = plt.subplots(figsize=(WIDTH_IN, min(max(height, 2.2), 9.0)))
+    _violin(ax, data, positions, [col[s["name"]] for s in secs])
+    for i, (s, pos) in enumerate(zip(secs, positions, strict=True)):
+        _stat_marks(ax, s.get("i_dist"), pos, legend=i == 0)
+    ax.set_yticks(positions, [short(s["name"], 28) for s in secs])
+    ax.set_ylim(0.4, len(secs) + 0.6)
+    ax.set_xlabel("I_dist (sum of distances to every primary image)")
+    ax.grid(axis="y", visible=False)
+    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=3, fontsize=6.5)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _sorted_curve(images: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    y = np.sort(_values(images, "i_dist_scaled"), kind="stable")
+    if len(y) == 0:
+        return y, y
+    x = np.arange(len(y)) / (len(y) - 1) if len(y) > 1 else np.array([0.5])
+    return x, y
+
+
+def plot_sorted_overview(report: dict, path: Path) -> Path | None:
+    secs = [s for s in report.get("secondaries", []) if s.get("images")]
+    if not secs:
+        return None
+    col = colours(report)
+    fig, ax = plt.subplots(figsize=(WIDTH_IN, 3.0))
+    handles, labels = [], []
+    for i, s in enumerate(secs):
+        x, y = _sorted_curve(s["images"])
+        style = ["-", "--", "-.", ":"][(i // len(PALETTE)) % 4]
+        (line,) = ax.plot(x, y, color=col[s["name"]], linewidth=1.4, linestyle=style)
+        handles.append(line)
+        labels.append(short(s["name"], 28))
+    ax.set_xlabel("image rank fraction (sorted by I_dist)")
+    ax.set_ylabel("min-max scaled I_dist")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.03, 1.03)
+    ax.legend(handles, labels, loc="upper left", ncols=2 if len(secs) > 6 else 1)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _selected_ranks(sec: dict) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """For each strategy's largest selection: (label, x, y) of the selected images on the curve."""
+    images = [im for im in sec.get("images", []) if im.get("i_dist_scaled") is not None]
+    if not images:
+        return []
+    order = sorted(range(len(images)), key=lambda k: images[k]["i_dist_scaled"])
+    n = len(order)
+    where = {}
+    for rank, k in enumerate(order):
+        where.setdefault(images[k]["id"], (rank / (n - 1) if n > 1 else 0.5, images[k]))
+    largest: dict[str, dict] = {}
+    for sel in sec.get("selections", []):
+        if sel["strategy"] not in largest or sel["count"] > largest[sel["strategy"]]["count"]:
+            largest[sel["strategy"]] = sel
+    out = []
+    for strategy, sel in largest.items():
+        pts = [where[i] for i in sel.get("ids", []) if i in where]
+        if not pts:
+            continue
+        x = np.array([p[0] for p in pts])
+        y = np.array([p[1]["i_dist_scaled"] for p in pts])
+        out.append((f"{strategy} (q={sel['count']})", x, y))
+    return out
+
+
+def plot_secondary_idist(report: dict, sec: dict, path: Path) -> Path | None:
+    if not sec.get("images"):
+        return None
+    colour = colours(report)[sec["name"]]
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(WIDTH_IN, 2.6), gridspec_kw={"width_ratios": [1, 1.25]}
+    )
+    _violin(left, [_values(sec["images"], "i_dist")], [1.0], [colour])
+    _stat_marks(left, sec.get("i_dist"), 1.0, legend=True)
+    left.set_yticks([])
+    left.set_ylim(0.4, 1.6)
+    left.set_xlabel("I_dist")
+    left.set_title("I_dist per image")
+    left.legend(loc="upper center", ncols=3, fontsize=6, bbox_to_anchor=(0.5, -0.28))
+    x, y = _sorted_curve(sec["images"])
+    right.plot(x, y, color=colour, linewidth=1.4)
+    for k, (label, sx, sy) in enumerate(_selected_ranks(sec)):
+        strategy = label.split(" ")[0]
+        right.scatter(
+            sx,
+            sy,
+            marker=STRATEGY_MARKERS.get(strategy, MARKERS[k % len(MARKERS)]),
+            s=30 + 8 * k,
+            facecolor="none",
+            edgecolor="#000000",
+            linewidths=1.0,
+            zorder=3,
+            label=label,
+        )
+    right.set_xlim(0, 1)
+    right.set_ylim(-0.03, 1.03)
+    right.set_xlabel("image rank fraction")
+    right.set_ylabel("scaled I_dist")
+    right.set_title("sorted I_dist, selected images marked")
+    if right.get_legend_handles_labels()[0]:
+        right.legend(loc="upper left")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# --- diversity --------------------------------------------------------------------------------
+
+
+def _panel(ax, label: str, spread: dict, colour: str, overlay: dict | None) -> bool:
+    hist = (spread or {}).get("histogram")
+    if not hist or not hist.get("counts"):
+        return False
+    edges = np.asarray(hist["edges"], dtype=np.float64)
+    counts = np.asarray(hist["counts"], dtype=np.float64)
+    if len(edges) != len(counts) + 1:
+        return False
+    ax.stairs(counts, edges, fill=True, color=colour, alpha=0.55)
+    ax.stairs(counts, edges, color=colour, linewidth=0.8)
+    ohist = (overlay or {}).get("histogram")
+    if ohist and ohist.get("counts") and len(ohist["edges"]) == len(ohist["counts"]) + 1:
+        ax.stairs(
+            np.asarray(ohist["counts"], dtype=np.float64),
+            np.asarray(ohist["edges"], dtype=np.float64),
+            color=RANDOM_COLOUR,
+            linestyle="--",
+            linewidth=0.9,
+            label="random subset",
+        )
+    ax.set_title(f"{short(label, 34)}\nmean {_fmt(spread.get('mean'))}", fontsize=7)
+    ax.tick_params(labelsize=6)
+    return True
+
+
+def plot_histograms(panels: list[tuple[str, dict, str, dict | None]], path: Path) -> Path | None:
+    """Small multiples of diversity histograms: (label, spread, colour, overlay spread)."""
+    panels = [p for p in panels if p[1] and (p[1].get("histogram") or {}).get("counts")]
+    if not panels:
+        return None
+    dropped = max(0, len(panels) - MAX_HIST_PANELS)
+    panels = panels[:MAX_HIST_PANELS]
+    ncols = 3 if len(panels) <= 9 else 4
+    ncols = min(ncols, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    height = 0.45 + 1.6 * nrows
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(WIDTH_IN, height),
+        sharex=True,
+        squeeze=False,
+    )
+    # Fixed margins (in inches) instead of tight_layout: as good here, and much faster.
+    fig.subplots_adjust(
+        left=0.55 / WIDTH_IN,
+        right=1 - 0.1 / WIDTH_IN,
+        bottom=0.5 / height,
+        top=1 - 0.38 / height,
+        wspace=0.28,
+        hspace=0.62 * 1.6 / 1.2,
+    )
+    overlay_shown = False
+    for ax, (label, spread, colour, overlay) in zip(axes.flat, panels, strict=False):
+        _panel(ax, label, spread, colour, overlay)
+        overlay_shown |= bool(overlay and (overlay.get("histogram") or {}).get("counts"))
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("distance to nearest neighbour", fontsize=6.5)
+        ax.tick_params(labelbottom=True)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("images", fontsize=6.5)
+    if overlay_shown or dropped:
+        text = "dashed: random subset of the same size" if overlay_shown else ""
+        if dropped:
+            text += f"{'; ' if text else ''}{dropped} more selections not drawn"
+        fig.text(0.99, 0.01, text, ha="right", va="bottom", fontsize=6.5)
+    return _save(fig, path)
+
+
+def diversity_overview_panels(report: dict) -> list[tuple[str, dict, str, dict | None]]:
+    col = colours(report)
+    prim = report.get("primary", {})
+    panels = [(f"{prim.get('name', 'P')} (primary)", prim.get("diversity"), PRIMARY_COLOUR, None)]
+    for s in report.get("secondaries", []):
+        panels.append((s["name"], s.get("diversity"), col[s["name"]], None))
+    return panels
+
+
+def secondary_diversity_panels(report: dict, sec: dict) -> list[tuple[str, dict, str, dict | None]]:
+    colour = colours(report)[sec["name"]]
+    panels = [(f"{sec['name']} (input)", sec.get("diversity"), colour, None)]
+    for sel in sec.get("selections", []):
+        label = f"{sel['strategy']}, q={sel['count']}"
+        panels.append((label, sel.get("diversity"), colour, sel.get("random_diversity")))
+    return panels
+
+
+# --- scatter and thumbnails -----------------------------------------------------------------
+
+
+def plot_scatter(report: dict, scatter: dict, path: Path) -> Path | None:
+    points = scatter.get("points") or {}
+    names = list(scatter.get("names") or points.keys())
+    names = [n for n in names if n in points and len(np.asarray(points[n]))]
+    if not names:
+        return None
+    col = colours(report)
+    primary = report.get("primary", {}).get("name")
+    selected = scatter.get("selected") or {}
+    fig, ax = plt.subplots(figsize=(WIDTH_IN, 4.6))
+    handles, labels = [], []
+    sec_index = 0
+    for name in names:
+        pts = np.asarray(points[name], dtype=np.float64).reshape(-1, 2)
+        if name == primary:
+            h = ax.scatter(pts[:, 0], pts[:, 1], s=6, color=PRIMARY_COLOUR, alpha=0.45, zorder=1)
+            labels.append(f"{short(name, 26)} (primary, {len(pts)})")
+        else:
+            marker = MARKERS[(sec_index // 1) % len(MARKERS)]
+            h = ax.scatter(
+                pts[:, 0],
+                pts[:, 1],
+                s=10,
+                marker=marker,
+                color=col.get(name, PALETTE[sec_index % len(PALETTE)]),
+                alpha=0.7,
+                linewidths=0,
+                zorder=2,
+            )
+            labels.append(f"{short(name, 26)} ({len(pts)})")
+            sec_index += 1
+        handles.append(h)
+    sel_handle = None
+    for name in names:
+        rows = [int(r) for r in selected.get(name, [])]
+        pts = np.asarray(points[name], dtype=np.float64).reshape(-1, 2)
+        rows = [r for r in rows if 0 <= r < len(pts)]
+        if not rows:
+            continue
+        sel_handle = ax.scatter(
+            pts[rows, 0],
+            pts[rows, 1],
+            s=46,
+            marker="o",
+            facecolor="none",
+            edgecolor="#000000",
+            linewidths=1.1,
+            zorder=4,
+        )
+    if sel_handle is not None:
+        handles.append(sel_handle)
+        labels.append("selected for labelling")
+    ax.set_xlabel("principal component 1")
+    ax.set_ylabel("principal component 2")
+    ncols = min(3, len(labels))
+    ax.legend(
+        handles,
+        labels,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.14),
+        ncols=ncols,
+        markerscale=1.5,
+    )
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _as_array(img) -> tuple[np.ndarray, str | None]:
+    """Pixels ready for imshow; 16-bit and float images are stretched to their own range."""
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
+        return arr.astype(np.uint8), "gray"
+    if img.mode not in ("RGB", "RGBA", "L"):
+        img = img.convert("RGBA" if "A" in img.mode or "transparency" in img.info else "RGB")
+    arr = np.asarray(img)
+    return arr, ("gray" if img.mode == "L" else None)
+
+
+def plot_thumbnails(sec: dict, thumbs: dict, path: Path) -> Path | None:
+    rows = [(label, list(thumbs.get(label) or [])) for label in ("closest", "farthest")]
+    rows = [(label, items) for label, items in rows if items]
+    if not rows:
+        return None
+    scaled = {im["id"]: im.get("i_dist_scaled") for im in sec.get("images", [])}
+    ncols = max(4, max(len(items) for _, items in rows))
+    cell = (WIDTH_IN - 0.35) / ncols
+    height = len(rows) * (cell + 0.4)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(WIDTH_IN, height), squeeze=False)
+    fig.subplots_adjust(
+        left=0.3 / WIDTH_IN,
+        right=1 - 0.05 / WIDTH_IN,
+        bottom=0.05 / height,
+        top=1 - 0.35 / height,
+        wspace=0.08,
+        hspace=0.4 / cell,
+    )
+    for r, (label, items) in enumerate(rows):
+        for c in range(ncols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if c >= len(items):
+                ax.set_visible(False)
+                continue
+            image_id, img = items[c]
+            arr, cmap = _as_array(img)
+            ax.imshow(arr, cmap=cmap, vmin=0 if cmap else None, vmax=255 if cmap else None)
+            s = scaled.get(image_id)
+            ax.set_title(
+                f"{short(image_id, 22)}\nscaled I_dist {_fmt(s) if s is not None else 'n/a'}",
+                fontsize=6,
+            )
+            if c == 0:
+                ax.set_ylabel(label, fontsize=8)
+                ax.spines["left"].set_visible(False)
+    return _save(fig, path)
+
+
+# --- entry point ----------------------------------------------------------------------------
+
+
+def make_figures(report: dict, extras: dict | None, out_dir: str | Path) -> dict[str, Path]:
+    """Draw every figure of the PDF into `out_dir`; returns {figure key: PNG path}.
+
+    Figures whose data is missing (no images, no histogram, no scatter) are left out; the
+    template checks each key before using it.
+    """
+    extras = extras or {}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figures: dict[str, Path] = {}
+
+    def add(key: str, path: Path | None) -> None:
+        if path is not None:
+            figures[key] = path
+
+    with plt.rc_context(STYLE):
+        add("i_dist_violin", plot_violin_overview(report, out / "i_dist_violin.png"))
+        add("i_dist_sorted", plot_sorted_overview(report, out / "i_dist_sorted.png"))
+        add(
+            "diversity_overview",
+            plot_histograms(diversity_overview_panels(report), out / "diversity_overview.png"),
+        )
+        if extras.get("scatter"):
+            add("scatter", plot_scatter(report, extras["scatter"], out / "scatter.png"))
+        thumbnails = extras.get("thumbnails") or {}
+        for k, sec in enumerate(report.get("secondaries", [])):
+            name = sec["name"]
+            stem = f"{k:02d}_{_safe(name)}"
+            add(f"i_dist:{name}", plot_secondary_idist(report, sec, out / f"i_dist_{stem}.png"))
+            add(
+                f"diversity:{name}",
+                plot_histograms(
+                    secondary_diversity_panels(report, sec), out / f"diversity_{stem}.png"
+                ),
+            )
+            if thumbnails.get(name):
+                add(
+                    f"thumbnails:{name}",
+                    plot_thumbnails(sec, thumbnails[name], out / f"thumbnails_{stem}.png"),
+                )
+    if report.get("adaptation"):
+        from worker.report.adaptation_figures import make_adaptation_figures
+
+        with plt.rc_context(STYLE):
+            figures.update(make_adaptation_figures(report, extras, out))
+    return figures

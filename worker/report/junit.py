@@ -1,0 +1,153 @@
+"""Gate results as JUnit XML, so CI systems show each gate as a test case (issue 6).
+
+One <testcase> per gate result, named like "o_dist_scaled[S1] <= 0.5"; a failed gate carries
+a <failure> with its value and bound (or the reason it could not be computed).
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from worker.report.model import atomic_write_bytes
+
+SUITE_NAME = "dataset-distance gates"
+# Characters XML 1.0 cannot carry, even escaped.
+_INVALID_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _text(value) -> str:
+    return _INVALID_XML.sub("\ufffd", str(value))
+
+
+def _number(x) -> str:
+    if x is None:
+        return "null"
+    if isinstance(x, bool):
+        return str(x).lower()
+    if isinstance(x, int):
+        return str(x)
+    x = float(x)
+    return str(int(x)) if x.is_integer() and abs(x) < 1e15 else repr(x)
+
+
+def gate_target(gate: dict) -> str:
+    """'metric[dataset]' or 'metric[dataset @ model]'."""
+    where = gate.get("dataset", "*")
+    if gate.get("model"):
+        where = f"{where} @ {gate['model']}"
+    return f"{gate.get('metric', '?')}[{where}]"
+
+
+def gate_bound(gate: dict) -> str:
+    lo, hi = gate.get("min"), gate.get("max")
+    if lo is not None and hi is not None:
+        return f"in [{_number(lo)}, {_number(hi)}]"
+    if hi is not None:
+        return f"<= {_number(hi)}"
+    if lo is not None:
+        return f">= {_number(lo)}"
+    return "(no bound)"
+
+
+def gate_case_name(gate: dict) -> str:
+    """e.g. 'o_dist_scaled[S1] <= 0.5', 'o_dist_ratio[S2] >= 1.5'."""
+    return f"{gate_target(gate)} {gate_bound(gate)}"
+
+
+def _failure_message(gate: dict) -> str:
+    value = gate.get("value")
+    if value is None:
+        return gate.get("reason") or f"{gate_target(gate)} was not computed"
+    lo, hi = gate.get("min"), gate.get("max")
+    if hi is not None and value > hi:
+        return f"{gate_target(gate)} = {_number(value)} > max {_number(hi)}"
+    if lo is not None and value < lo:
+        return f"{gate_target(gate)} = {_number(value)} < min {_number(lo)}"
+    return gate.get("reason") or f"{gate_target(gate)} = {_number(value)} failed {gate_bound(gate)}"
+
+
+def build_junit(report: dict) -> ET.Element:
+    """The <testsuites> element for report["gates"]."""
+    gates = report.get("gates", [])
+    failures = sum(1 for g in gates if not g.get("passed"))
+    duration = (report.get("run") or {}).get("duration_s") or 0
+    root = ET.Element(
+        "testsuites",
+        {"name": SUITE_NAME, "tests": str(len(gates)), "failures": str(failures), "errors": "0"},
+    )
+    suite = ET.SubElement(
+        root,
+        "testsuite",
+        {
+            "name": SUITE_NAME,
+            "tests": str(len(gates)),
+            "failures": str(failures),
+            "errors": "0",
+            "skipped": "0",
+            "time": f"{float(duration):.3f}",
+        },
+    )
+    started = (report.get("run") or {}).get("started")
+    if started:
+        suite.set("timestamp", _text(started))
+    props = ET.SubElement(suite, "properties")
+    primary = (report.get("primary") or {}).get("name")
+    model = (report.get("model") or {}).get("name")
+    for name, value in (
+        ("schema_version", report.get("schema_version")),
+        ("primary", primary),
+        ("model", model),
+        ("passed", report.get("passed")),
+    ):
+        if value is not None:
+            ET.SubElement(
+                props,
+                "property",
+                {
+                    "name": name,
+                    "value": _text(_number(value) if isinstance(value, bool) else value),
+                },
+            )
+    for gate in gates:
+        case = ET.SubElement(
+            suite,
+            "testcase",
+            {
+                "name": _text(gate_case_name(gate)),
+                "classname": _text(f"gates.{gate.get('metric', 'unknown')}"),
+                "time": "0",
+            },
+        )
+        out = ET.SubElement(case, "system-out")
+        lines = [
+            f"metric: {gate.get('metric')}",
+            f"dataset: {gate.get('dataset')}",
+            f"model: {gate.get('model') or '-'}",
+            f"value: {_number(gate.get('value'))}",
+            f"bound: {gate_bound(gate)}",
+        ]
+        if gate.get("reason"):
+            lines.append(f"reason: {gate['reason']}")
+        out.text = _text("\n".join(lines))
+        if not gate.get("passed"):
+            failure = ET.SubElement(
+                case, "failure", {"message": _text(_failure_message(gate)), "type": "GateFailed"}
+            )
+            failure.text = _text(
+                f"value {_number(gate.get('value'))}, bound {gate_bound(gate)}"
+                + (f": {gate['reason']}" if gate.get("reason") else "")
+            )
+    return root
+
+
+def junit_bytes(report: dict) -> bytes:
+    root = build_junit(report)
+    ET.indent(root)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
+
+
+def write_junit(report: dict, path: str | Path) -> Path:
+    """Write the gates of `report` as JUnit XML to `path` (atomic; parent folders created)."""
+    return atomic_write_bytes(path, junit_bytes(report))

@@ -1,0 +1,179 @@
+"""report.pdf: Jinja2 (autoescaped) HTML from templates/report.html.j2, printed by WeasyPrint.
+
+`render_html(report, figures)` returns the HTML string; `render_pdf(report, figures, out_path)`
+writes the PDF atomically. `figures` is make_figures' {key: path}; the template and its
+partials (adaptation.html.j2, statistics.html.j2) receive it as {key: file URI}.
+WeasyPrint may only read the stylesheet, the templates folder and the figure files.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from jinja2 import Environment, FileSystemLoader
+
+from worker.report.model import atomic_write_bytes
+
+ID_LIST_LIMIT = 40  # ids shown per selection before "... and N more"
+SKIPPED_LIMIT = 150  # rows of the skipped-images table
+FARTHEST_ROWS = 10  # rows of the farthest-images table per secondary
+
+
+def templates_dir() -> Path:
+    """templates/ of the project (WORKER_TEMPLATES overrides, e.g. in an installed image)."""
+    env = os.environ.get("WORKER_TEMPLATES")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "templates"
+
+
+def fmt_num(x, digits: int = 4) -> str:
+    """A number for a table cell: None -> 'n/a', ints with thousands separators, floats %.4g."""
+    if x is None:
+        return "n/a"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return f"{x:,}"
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    if not math.isfinite(x):
+        return "n/a"
+    if x != 0 and (abs(x) >= 10 ** (digits + 2) or abs(x) < 1e-3):
+        return f"{x:.{max(digits - 1, 1)}e}"
+    if abs(x) >= 10**digits:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}g}"
+
+
+def fmt_bound(gate: dict) -> str:
+    """'<= 0.5', '>= 2' or 'in [a, b]' for a gate result."""
+    lo, hi = gate.get("min"), gate.get("max")
+    if lo is not None and hi is not None:
+        return f"in [{fmt_num(lo)}, {fmt_num(hi)}]"
+    if hi is not None:
+        return f"≤ {fmt_num(hi)}"
+    if lo is not None:
+        return f"≥ {fmt_num(lo)}"
+    return ""
+
+
+@lru_cache(maxsize=4)
+def _environment(folder: str) -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(folder),
+        autoescape=True,  # every string: names and ids come from users' files
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["num"] = fmt_num
+    env.filters["bound"] = fmt_bound
+    return env
+
+
+def _figure_uris(figures: dict | None) -> dict[str, str]:
+    return {str(k): Path(v).resolve().as_uri() for k, v in (figures or {}).items() if v}
+
+
+def _context(report: dict, figures: dict | None) -> dict:
+    secondaries = report.get("secondaries", [])
+    names = [s["name"] for s in secondaries]
+    gates = report.get("gates", [])
+    skipped = report.get("skipped", [])
+    skipped_by = {}
+    for s in skipped:
+        skipped_by[s["dataset"]] = skipped_by.get(s["dataset"], 0) + 1
+    farthest = {}
+    for s in secondaries:
+        imgs = [im for im in s.get("images", []) if im.get("i_dist") is not None]
+        imgs.sort(key=lambda im: -im["i_dist"])
+        farthest[s["name"]] = imgs[:FARTHEST_ROWS]
+    models = report.get("models") or []
+    if not models:
+        models = [
+            {
+                "model": report.get("model", {}),
+                "o_dist": {s["name"]: s.get("o_dist") for s in secondaries},
+                "o_dist_scaled": report.get("o_dist_scaled", {}),
+            }
+        ]
+    return {
+        "report": report,
+        "figures": _figure_uris(figures),
+        "names": names,
+        "gates_failed": [g for g in gates if not g.get("passed")],
+        "skipped_by": skipped_by,
+        "farthest": farthest,
+        "table_models": models,
+        "id_limit": ID_LIST_LIMIT,
+        "skipped_limit": SKIPPED_LIMIT,
+        "has_statistics": any(s.get("statistics") or s.get("duplicates") for s in secondaries)
+        or bool(report.get("model_agreement")),
+    }
+
+
+def render_html(report: dict, figures: dict | None) -> str:
+    """The report as one HTML document (stylesheet linked as report.css next to the template)."""
+    env = _environment(str(templates_dir()))
+    return env.get_template("report.html.j2").render(**_context(report, figures))
+
+
+def _allowed(url: str, roots: list[Path]) -> bool:
+    parsed = urlparse(url)
+    if parsed.scheme == "data":
+        return True
+    if parsed.scheme != "file":
+        return False
+    target = Path(unquote(parsed.path)).resolve()
+    return any(target == r or r in target.parents for r in roots)
+
+
+def _url_fetcher(allowed: list[Path]):
+    """A WeasyPrint fetcher that reads only data: URIs and files under `allowed` (no network)."""
+    import weasyprint
+
+    roots = [p.resolve() for p in allowed]
+
+    def refuse(url: str):
+        raise ValueError(f"report.pdf: refusing to load {url!r} (not a report resource)")
+
+    base = getattr(weasyprint, "URLFetcher", None)
+    if base is not None:  # WeasyPrint >= 68: a URLFetcher subclass
+
+        class _Fetcher(base):
+            def fetch(self, url, headers=None):
+                if not _allowed(url, roots):
+                    refuse(url)
+                return super().fetch(url, headers)
+
+        return _Fetcher(allowed_protocols={"file", "data"})
+
+    def fetch(url: str, *args, **kwargs):  # older WeasyPrint: a plain function
+        if not _allowed(url, roots):
+            refuse(url)
+        return weasyprint.default_url_fetcher(url, *args, **kwargs)
+
+    return fetch
+
+
+def render_pdf(report: dict, figures: dict | None, out_path: str | Path) -> Path:
+    """Render report.pdf (A4, page numbers) and write it atomically to `out_path`."""
+    from weasyprint import HTML
+
+    folder = templates_dir()
+    html = render_html(report, figures)
+    allowed = [folder] + [Path(p).resolve() for p in (figures or {}).values() if p]
+    document = HTML(
+        string=html,
+        base_url=folder.resolve().as_uri() + "/",
+        url_fetcher=_url_fetcher(allowed),
+    )
+    data = document.write_pdf()
+    return atomic_write_bytes(out_path, data)
