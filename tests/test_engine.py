@@ -99,6 +99,19 @@ def test_row_sums_duplicates_and_float32_input():
     np.testing.assert_array_equal(out[:5], out[5:10])
 
 
+@pytest.mark.parametrize(("precision", "rtol"), [("float64", 1e-12), ("float32", 1e-6)])
+def test_row_sums_near_duplicates_small_n(precision, rtol):
+    # few columns, so a badly rounded tiny distance would show in the sum
+    p = RNG.standard_normal((4, 5)) * 10 + 3
+    s = np.vstack([p, p + 1e-6 * RNG.standard_normal(p.shape), p[::-1] + 1e-3])
+    out = row_distance_sums(s, p, precision=precision)
+    np.testing.assert_allclose(out, ref_dist(s, p).sum(axis=1), rtol=rtol)
+    d, idx = nearest_distances(s, p, precision=precision)
+    np.testing.assert_array_equal(d[:4], 0.0)
+    np.testing.assert_array_equal(idx, [0, 1, 2, 3, 0, 1, 2, 3, 3, 2, 1, 0])
+    np.testing.assert_allclose(d, ref_dist(s, p).min(axis=1), rtol=1e-12)
+
+
 @pytest.mark.parametrize("precision", ["float32", "float64"])
 def test_row_sums_chunked_equals_unchunked(precision):
     s, p = RNG.standard_normal((300, 7)), RNG.standard_normal((1100, 7))
@@ -129,9 +142,7 @@ def test_pca_invariant_distances_equal_raw():
     p, s = RNG.standard_normal((15, 4)) * 3 + 1, RNG.standard_normal((9, 4))
     (p_l, s_l), info = joint_pca([p, s], 4, route="exact")
     assert info["dims"] == 4
-    np.testing.assert_allclose(
-        row_distance_sums(s_l, p_l), ref_dist(s, p).sum(axis=1), rtol=1e-12
-    )
+    np.testing.assert_allclose(row_distance_sums(s_l, p_l), ref_dist(s, p).sum(axis=1), rtol=1e-12)
 
 
 # --------------------------------------------------------------------------- nearest

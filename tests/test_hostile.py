@@ -59,7 +59,17 @@ def _run(folder: Path, job: dict | str, *extra: str) -> subprocess.CompletedProc
     path = folder / "job.yaml"
     path.write_text(job if isinstance(job, str) else yaml.safe_dump(job), encoding="utf-8")
     return subprocess.run(
-        [sys.executable, "-m", "worker", "run", str(path), "--out", str(folder / "out"), "--quiet", *extra],
+        [
+            sys.executable,
+            "-m",
+            "worker",
+            "run",
+            str(path),
+            "--out",
+            str(folder / "out"),
+            "--quiet",
+            *extra,
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -200,7 +210,9 @@ def test_symlink_escaping_job_folder_when_forbidden(base, tmp_path_factory):
 # --- images ------------------------------------------------------------------------------
 
 
-def _one_bad(folder: Path, job: dict, name: str, data: bytes) -> tuple[subprocess.CompletedProcess, dict]:
+def _one_bad(
+    folder: Path, job: dict, name: str, data: bytes
+) -> tuple[subprocess.CompletedProcess, dict]:
     (folder / "S" / name).write_bytes(data)
     res = _run(folder, job)
     assert res.returncode == 0, res.stderr
@@ -210,7 +222,10 @@ def _one_bad(folder: Path, job: dict, name: str, data: bytes) -> tuple[subproces
 def test_corrupt_image_is_skipped_and_listed(base):
     folder, job = base
     _, report = _one_bad(folder, job, "bad.png", b"\x89PNG\r\n\x1a\n garbage")
-    assert report["skipped"][0]["id"] == "bad.png" and "cannot decode" in report["skipped"][0]["reason"]
+    assert (
+        report["skipped"][0]["id"] == "bad.png"
+        and "cannot decode" in report["skipped"][0]["reason"]
+    )
     assert report["secondaries"][0]["count"] == 10
 
 
@@ -256,7 +271,9 @@ def test_decompression_bomb_is_skipped(base):
     buf = io.BytesIO()
     Image.new("1", (12000, 12000)).save(buf, format="PNG")  # 144 MP, a few KB on disk
     _, report = _one_bad(folder, job, "bomb.png", buf.getvalue())
-    assert report["skipped"][0]["id"] == "bomb.png" and "too large" in report["skipped"][0]["reason"]
+    assert (
+        report["skipped"][0]["id"] == "bomb.png" and "too large" in report["skipped"][0]["reason"]
+    )
 
 
 def test_too_many_skipped_images_fails(base):
@@ -328,7 +345,16 @@ def test_output_location_not_writable(base):
     path = folder / "job.yaml"
     path.write_text(yaml.safe_dump(job))
     res = subprocess.run(
-        [sys.executable, "-m", "worker", "run", str(path), "--out", str(folder / "blocker" / "out"), "--quiet"],
+        [
+            sys.executable,
+            "-m",
+            "worker",
+            "run",
+            str(path),
+            "--out",
+            str(folder / "blocker" / "out"),
+            "--quiet",
+        ],
         capture_output=True,
         text=True,
         timeout=300,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import write_job
 from worker.errors import JobError
 from worker.job import load_job
-from tests.conftest import write_job
 
 
 def _error(tmp_path, job) -> str:
@@ -31,8 +31,14 @@ def test_valid_job_loads_with_defaults(embedding_job):
         (lambda j: j["pca"].update(dims=-3), "pca.dims"),
         (lambda j: j["pca"].update(dims="many"), "pca.dims"),
         (lambda j: j["model"].update(name="resnet9000"), "unknown extractor 'resnet9000'"),
-        (lambda j: j["datasets"]["secondary"].append({"name": "S1", "embeddings": "x.npy"}), "repeated: S1"),
-        (lambda j: j["datasets"]["primary"].pop("embeddings"), "exactly one of 'path' or 'embeddings'"),
+        (
+            lambda j: j["datasets"]["secondary"].append({"name": "S1", "embeddings": "x.npy"}),
+            "repeated: S1",
+        ),
+        (
+            lambda j: j["datasets"]["primary"].pop("embeddings"),
+            "exactly one of 'path' or 'embeddings'",
+        ),
         (lambda j: j["datasets"].update(secondary=[]), "datasets.secondary"),
         (lambda j: j["selection"].update(band=[0.9, 0.1]), "selection.band"),
         (lambda j: j["selection"].update(counts=[0]), "selection.counts"),

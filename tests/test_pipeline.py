@@ -115,7 +115,9 @@ def test_primary_diversity_uses_pca_on_p_alone(reports):
     (runs, data) = reports
     _, report = runs[5]
     pl = PCA(n_components=5, svd_solver="full").fit_transform(data["P"])
-    assert report["primary"]["diversity"]["mean"] == pytest.approx(_nearest_other(pl).mean(), rel=1e-9)
+    assert report["primary"]["diversity"]["mean"] == pytest.approx(
+        _nearest_other(pl).mean(), rel=1e-9
+    )
 
 
 def test_pca_sweep_matches_refits(reports):
@@ -148,7 +150,11 @@ def test_reports_written_and_pdf_names_datasets(reports):
 
 def _cli(*args, cwd=None):
     return subprocess.run(
-        [sys.executable, "-m", "worker", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+        [sys.executable, "-m", "worker", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
     )
 
 

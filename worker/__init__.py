@@ -1,3 +1,3 @@
-"""Dataset distance worker: distances between datasets, what to label next, and whether it helped."""
+"""Dataset distance worker: how far new data is, what to label next, and whether it helped."""
 
 __version__ = "0.1.0"

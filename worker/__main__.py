@@ -110,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "evaluate":
             from worker.adapt.evaluate_cli import main as evaluate_main
 
-            ev_args = ["--pred", args.pred, "--masks", args.masks] + (["--json"] if args.json else [])
+            ev_args = ["--pred", args.pred, "--masks", args.masks] + (
+                ["--json"] if args.json else []
+            )
             return evaluate_main(ev_args)
         if args.command == "demo":
             from worker.demo import write_demo
@@ -121,8 +123,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_INVALID
     except KeyboardInterrupt as err:
-        print(f"interrupted ({err or 'Ctrl-C'}); no report was written; "
-              "embeddings finished so far are cached, run again to resume", file=sys.stderr)
+        from worker.logs import CURRENT
+
+        where = f" during the {CURRENT['stage']} stage" if CURRENT["stage"] else ""
+        print(
+            f"interrupted{where} ({err or 'Ctrl-C'}); no report was written; "
+            "embeddings finished so far are cached: run the same job again to resume",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     return EXIT_INVALID
 

@@ -169,9 +169,7 @@ def _statistics(p_l: np.ndarray, s_l: np.ndarray, o_dist_mean: float, job: Job) 
     }
 
 
-def _duplicates(
-    primary: EmbeddedSet, sec: EmbeddedSet, p_l: np.ndarray, s_l: np.ndarray
-) -> dict:
+def _duplicates(primary: EmbeddedSet, sec: EmbeddedSet, p_l: np.ndarray, s_l: np.ndarray) -> dict:
     """Exact (content hash) and near (calibrated distance) duplicates within S and with P."""
     return stats.find_duplicates(
         s_l,
@@ -301,7 +299,11 @@ def analyse_model(primary: EmbeddedSet, secondaries: list[EmbeddedSet], job: Job
         for name, chosen in chosen_all.items()
     }
     return ModelAnalysis(
-        primary={"name": primary.name, "count": primary.count, "diversity": primary_diversity(primary, job)},
+        primary={
+            "name": primary.name,
+            "count": primary.count,
+            "diversity": primary_diversity(primary, job),
+        },
         pca=pca_info,
         secondaries=entries,
         o_dist=o_dist,

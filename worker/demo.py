@@ -107,7 +107,9 @@ def make_demo_data(root: Path, seed: int = 0, per_set: int = 24) -> None:
         _save(root / "S1", i, *_cracked(bg, rng, darkness=0.45))
     for i, crop in enumerate(_crops(skdata.brick(), rng, per_set)):
         _save(root / "S2", i, *_cracked(crop, rng, darkness=0.4))
-    textures = _crops(skdata.grass(), rng, per_set // 2) + _crops(skdata.gravel(), rng, per_set // 2)
+    textures = _crops(skdata.grass(), rng, per_set // 2) + _crops(
+        skdata.gravel(), rng, per_set // 2
+    )
     for i, crop in enumerate(textures):
         rgb = crop if crop.ndim == 3 else np.stack([crop] * 3, axis=-1)
         _save(root / "S3", i, rgb, np.zeros((SIZE, SIZE), dtype=bool))

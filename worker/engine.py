@@ -46,6 +46,8 @@ CUDA_TILE_COLS = 16384
 MIN_TILE = 16
 
 _PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
+#: relative size d^2 / (|a|^2 + |b|^2) under which a pair is recomputed by differences
+_TAU = {torch.float32: 1e-2, torch.float64: 1e-4}
 _POOL_LOCK = threading.Lock()
 
 
@@ -105,8 +107,7 @@ def _as_2d(x: np.ndarray, name: str) -> np.ndarray:
 def _check_pair(a: np.ndarray, b: np.ndarray, na: str, nb: str) -> None:
     if a.shape[1] != b.shape[1]:
         raise ValueError(
-            f"{na} and {nb} must have the same number of columns, got {a.shape[1]} and "
-            f"{b.shape[1]}"
+            f"{na} and {nb} must have the same number of columns, got {a.shape[1]} and {b.shape[1]}"
         )
 
 
@@ -262,6 +263,33 @@ def _tile(buf: torch.Tensor, r: int, c: int) -> torch.Tensor:
     return buf[: r * c].view(r, c)
 
 
+def _col_sq_max(b: torch.Tensor, tile_cols: int) -> list[float]:
+    """Largest |b|^2 within each column tile (for the cheap near-duplicate test)."""
+    sq = b[:, -1]
+    return [float(sq[c : c + tile_cols].max()) for c in range(0, sq.shape[0], tile_cols)]
+
+
+def _fix_small(
+    t: torch.Tensor, ai: torch.Tensor, b: torch.Tensor, c0: int, limit: float, tau: float
+) -> None:
+    """Replace squared distances of near-duplicate pairs in the tile by exact ones.
+
+    |a|^2 + |b|^2 - 2ab loses about log10(S / d^2) digits where S = |a|^2 + |b|^2; entries
+    with d^2 < tau * S are recomputed by direct differences, so exact duplicates give 0 and
+    close pairs keep full relative precision. `limit` bounds tau * S over the tile, so the
+    common case costs one min-reduction.
+    """
+    if float(t.amin()) >= limit:
+        return
+    z = ai.shape[1] - 2
+    c1 = c0 + t.shape[1]
+    thr = (ai[:, z : z + 1] + b[c0:c1, z + 1]).mul_(tau)
+    ri, ci = torch.nonzero(t < thr, as_tuple=True)
+    if len(ri):
+        diff = ai[ri, :z] + 0.5 * b[c0 + ci, :z]  # a - b, as b holds -2b
+        t[ri, ci] = diff.pow(2).sum(dim=1)
+
+
 # --------------------------------------------------------------------------- public API
 
 
@@ -301,22 +329,27 @@ def _row_distance_sums(
         return out.cpu().numpy()
     mean = _joint_mean([a_np, b_np])
     a = _centred(a_np, mean, dtype, dev, augment="rows")
-    bt = _centred(b_np, mean, dtype, dev, augment="cols").t()  # (z+2, n)
+    b = _centred(b_np, mean, dtype, dev, augment="cols")  # (n, z+2); mm with b.T views
     plan = _plan(m, n, a.element_size(), memory_budget_mb, dev, workers=workers)
     tr, tc = plan.tile_rows, plan.tile_cols
 
     def make_buffer() -> torch.Tensor:
         return torch.empty(tr * tc + tr, dtype=dtype, device=dev)
 
+    tau = _TAU[dtype]
+    col_max = _col_sq_max(b, tc)
+
     def block(s: int, e: int, buf: torch.Tensor) -> None:
         r = e - s
         ai = a[s:e]
+        row_max = float(ai[:, -2].max())
         acc = buf[tr * tc : tr * tc + r]
         total = out[s:e]
-        for c0 in range(0, n, tc):
+        for k, c0 in enumerate(range(0, n, tc)):
             c1 = min(c0 + tc, n)
             t = _tile(buf, r, c1 - c0)
-            torch.mm(ai, bt[:, c0:c1], out=t)
+            torch.mm(ai, b[c0:c1].t(), out=t)
+            _fix_small(t, ai, b, c0, tau * (row_max + col_max[k]), tau)
             t.clamp_min_(0).sqrt_()
             torch.sum(t, dim=1, out=acc)
             total.add_(acc)
@@ -378,7 +411,7 @@ def _nearest_distances(
     if m and n:
         mean = _joint_mean([p_np] if exclude_self else [q_np, p_np])
         a = _centred(q_np, mean, dtype, dev, augment="rows")
-        bt = _centred(p_np, mean, dtype, dev, augment="cols").t()
+        b = _centred(p_np, mean, dtype, dev, augment="cols")
         plan = _plan(m, n, a.element_size(), memory_budget_mb, dev, workers=workers)
         tr, tc = plan.tile_rows, plan.tile_cols
         inf = float("inf")
@@ -386,20 +419,29 @@ def _nearest_distances(
         def make_buffer() -> torch.Tensor:
             return torch.empty(tr * tc, dtype=dtype, device=dev)
 
+        tau = _TAU[dtype]
+        col_max = _col_sq_max(b, tc)
+
         def block(s: int, e: int, buf: torch.Tensor) -> None:
             r = e - s
             ai = a[s:e]
+            row_max = float(ai[:, -2].max())
             bv, bi = best[s:e], best_idx[s:e]
-            for c0 in range(0, n, tc):
+            for k, c0 in enumerate(range(0, n, tc)):
                 c1 = min(c0 + tc, n)
                 t = _tile(buf, r, c1 - c0)
-                torch.mm(ai, bt[:, c0:c1], out=t)
+                torch.mm(ai, b[c0:c1].t(), out=t)
                 if exclude_self and c0 < e and s < c1:
                     t.diagonal(offset=s - c0).fill_(inf)
-                v, ix = t.min(dim=1)
+                _fix_small(t, ai, b, c0, tau * (row_max + col_max[k]), tau)
+                # amin is a fast vectorised reduction; the (slow) argmin only runs on the
+                # rows this tile improves, which are few once the first tiles are done
+                v = t.amin(dim=1)
                 better = v < bv  # strict: earlier columns win ties
-                bv.copy_(torch.where(better, v, bv))
-                bi.copy_(torch.where(better, ix + c0, bi))
+                if bool(better.any()):
+                    rows = better.nonzero().squeeze(1)
+                    bi[rows] = t.index_select(0, rows).argmin(dim=1) + c0
+                    bv[rows] = v[rows]
 
         with _no_tf32(dev):
             _run_row_blocks(m, plan, dev, make_buffer, block)

@@ -97,7 +97,9 @@ def evaluate_gates(report: dict, gates: list[GateConfig]) -> list[dict]:
                 result["passed"] = False
                 result["reason"] = f"{gate.metric} was not computed for {dataset}"
             else:
-                ok = (gate.max is None or value <= gate.max) and (gate.min is None or value >= gate.min)
+                ok = (gate.max is None or value <= gate.max) and (
+                    gate.min is None or value >= gate.min
+                )
                 result["passed"] = bool(ok)
             results.append(result)
     return results

@@ -131,9 +131,9 @@ class MetricsConfig(Strict):
 
 
 class SelectionConfig(Strict):
-    strategy: Literal["band", "farthest", "kcenter"] | list[
-        Literal["band", "farthest", "kcenter"]
-    ] = "band"
+    strategy: (
+        Literal["band", "farthest", "kcenter"] | list[Literal["band", "farthest", "kcenter"]]
+    ) = "band"
     counts: list[int] = Field(default_factory=lambda: [1, 3, 7])
     band: tuple[float, float] = (0.6, 1.0)
 
@@ -322,7 +322,9 @@ def format_validation_error(err: ValidationError, source: str) -> str:
 
 def parse_job(data: object, base_dir: Path, source: str = "job") -> Job:
     if not isinstance(data, dict):
-        raise JobError(f"{source}: the job must be a YAML mapping (key: value), got {type(data).__name__}")
+        raise JobError(
+            f"{source}: the job must be a YAML mapping (key: value), got {type(data).__name__}"
+        )
     try:
         job = Job.model_validate(data)
     except ValidationError as err:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 LOGGER = logging.getLogger("worker")
+CURRENT = {"stage": None}  # the stage running now, for "interrupted during ..." messages
 
 
 class JsonFormatter(logging.Formatter):
@@ -39,9 +40,11 @@ def stage(name: str, **fields) -> Iterator[dict]:
     """Log one line when a stage ends, with its duration in seconds."""
     start = time.perf_counter()
     extra: dict = dict(fields)
+    previous, CURRENT["stage"] = CURRENT["stage"], name
     try:
         yield extra
     finally:
+        CURRENT["stage"] = previous
         duration = round(time.perf_counter() - start, 3)
         extra.update({"stage": name, "duration_s": duration})
         LOGGER.info("%s done in %.2fs", name, duration, extra={"fields": extra})

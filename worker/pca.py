@@ -296,8 +296,7 @@ def fit_pca(
     z = min(requested, x.n, x.q)
     if z < requested:
         warnings.append(
-            f"dims={requested} exceeds min(samples, features) = min({x.n}, {x.q}); "
-            f"using dims={z}"
+            f"dims={requested} exceeds min(samples, features) = min({x.n}, {x.q}); using dims={z}"
         )
     chosen = _choose_route(x.n, x.q) if route == "auto" else route
     if chosen == "covariance" and x.q > COVARIANCE_HARD_MAX_Q:

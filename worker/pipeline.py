@@ -53,7 +53,9 @@ def _check_location(job: Job, ds: DatasetConfig, key: str, location: str) -> str
     return resolved
 
 
-def load_dataset(job: Job, ds: DatasetConfig, extractor, cache, progress) -> EmbeddedSet:
+def load_dataset(
+    job: Job, ds: DatasetConfig, extractor, cache, progress, batch_size: int = 32
+) -> EmbeddedSet:
     """One dataset's features: a precomputed array, or its images embedded (cached)."""
     storage = job.storage
     if ds.embeddings is not None:
@@ -78,7 +80,7 @@ def load_dataset(job: Job, ds: DatasetConfig, extractor, cache, progress) -> Emb
             items,
             extractor,
             cache=cache,
-            batch_size=job.model_list[0].batch_size,
+            batch_size=batch_size,
             storage=storage,
             progress=bar.update_to,
         )
@@ -131,22 +133,38 @@ class _Progress:
             self._bar.close()
 
 
-def embed_all(job: Job, model: ModelConfig, show_progress: bool) -> list[EmbeddedSet]:
-    """Features of P and every S for one model, in job order (primary first)."""
-    extractor = cache = None
-    if model.name != "precomputed" and any(d.path for d in job.all_datasets):
+def _local_checkpoint(job: Job, model: ModelConfig) -> ModelConfig:
+    """A checkpoint that names a folder relative to the job file is resolved against it."""
+    if model.checkpoint and not is_s3(model.checkpoint):
+        candidate = Path(job.resolve(model.checkpoint))
+        if candidate.is_dir():
+            return model.model_copy(update={"checkpoint": str(candidate)})
+    return model
+
+
+def embed_all(
+    job: Job, model: ModelConfig, show_progress: bool, extractor=None
+) -> list[EmbeddedSet]:
+    """Features of P and every S for one model, in job order (primary first).
+
+    `extractor` overrides the model's own (the trained baseline's encoder)."""
+    cache = None
+    if extractor is None and model.name != "precomputed" and any(d.path for d in job.all_datasets):
         from worker.extractors import get_extractor
 
-        extractor = get_extractor(model)
-        if job.cache.enabled and job.cache.dir:
-            from worker.cache import EmbeddingCache
+        extractor = get_extractor(_local_checkpoint(job, model))
+    if extractor is not None and job.cache.enabled and job.cache.dir:
+        from worker.cache import EmbeddingCache
 
-            cache = EmbeddingCache(job.resolve(job.cache.dir), storage=job.storage)
+        cache = EmbeddingCache(job.resolve(job.cache.dir), storage=job.storage)
 
     def progress(total: int, desc: str) -> _Progress:
         return _Progress(total, desc, show_progress)
 
-    sets = [load_dataset(job, ds, extractor, cache, progress) for ds in job.all_datasets]
+    sets = [
+        load_dataset(job, ds, extractor, cache, progress, model.batch_size)
+        for ds in job.all_datasets
+    ]
     _check_sets(job, sets)
     info = dict(extractor.info) if extractor is not None else {"name": "precomputed"}
     info.setdefault("feature_dim", int(sets[0].vectors.shape[1]))
@@ -204,6 +222,7 @@ def build_report(
     job: Job,
     job_source: str | None,
     analyses: list[tuple[dict, ModelAnalysis]],
+    labels: list[str],
     skipped: list[dict],
     adaptation: dict | None,
     started: float,
@@ -232,9 +251,7 @@ def build_report(
                 "o_dist_scaled": a.o_dist_scaled,
                 "secondaries": a.secondaries if i else [],
             }
-            for i, ((inf, a), label) in enumerate(
-                zip(analyses, [m.label for m in job.model_list], strict=True)
-            )
+            for i, ((inf, a), label) in enumerate(zip(analyses, labels, strict=True))
         ],
         "gates": [],
         "skipped": skipped,
@@ -247,7 +264,7 @@ def build_report(
             {m["label"]: m["o_dist"] for m in report["models"]},
             {
                 label: {s["name"]: [im["i_dist"] for im in s["images"]] for s in a.secondaries}
-                for (_, a), label in zip(analyses, [m.label for m in job.model_list], strict=True)
+                for (_, a), label in zip(analyses, labels, strict=True)
             },
         )
     if adaptation is not None:
@@ -256,8 +273,12 @@ def build_report(
     report["passed"] = all(g["passed"] for g in report["gates"])
     finished = time.time()
     report["run"] = {
-        "started": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(timespec="seconds"),
-        "finished": dt.datetime.fromtimestamp(finished, dt.timezone.utc).isoformat(timespec="seconds"),
+        "started": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(
+            timespec="seconds"
+        ),
+        "finished": dt.datetime.fromtimestamp(finished, dt.timezone.utc).isoformat(
+            timespec="seconds"
+        ),
         "duration_s": round(finished - started, 3),
         "host": platform.node(),
         "versions": _versions(),
@@ -320,7 +341,9 @@ def run(
             analyses.append((sets[0].model_info, analyse_model(sets[0], sets[1:], job)))
 
     try:
-        report = _write_outputs(job, analyses, skipped, image_sets, out_uri, job_source, junit_path, started)
+        report = _write_outputs(
+            job, analyses, skipped, image_sets, out_uri, job_source, junit_path, started
+        )
     except OSError as err:
         raise JobError(
             f"output.dir: cannot write the reports ({err.strerror or err}); "
@@ -335,10 +358,20 @@ def _write_outputs(job, analyses, skipped, image_sets, out_uri, job_source, juni
     adaptation, adapt_extras = None, {}
     with tempfile.TemporaryDirectory(prefix="worker-out-") as tmp:
         staging = Path(tmp)
+        labels = [m.label for m in job.model_list]
         if job.adaptation.enabled:
             with stage("adapt"):
                 adaptation, adapt_extras = _run_adaptation(job, analyses[0][1], staging)
-        report = build_report(job, job_source, analyses, skipped, adaptation, started)
+            trained = adapt_extras.pop("trained_extractor", None)
+            if trained is not None:
+                with stage("measure", model="trained"):
+                    sets = embed_all(job, ModelConfig(name="trained"), False, extractor=trained)
+                    analyses = [
+                        *analyses,
+                        (sets[0].model_info, analyse_model(sets[0], sets[1:], job)),
+                    ]
+                labels.append("trained (baseline M encoder)")
+        report = build_report(job, job_source, analyses, labels, skipped, adaptation, started)
 
         with stage("report"):
             from worker.report.figures import make_figures
@@ -380,7 +413,10 @@ def _run_adaptation(job: Job, analysis: ModelAnalysis, staging: Path) -> tuple[d
             for q in job.adaptation.counts
             if (strategy, q) in chosen
         }
-    i_dist_scaled = {
-        e["name"]: {im["id"]: im["i_dist_scaled"] for im in e["images"]} for e in analysis.secondaries
-    }
-    return run_adaptation(job, sets, selections, i_dist_scaled, staging)
+
+    def per_image(key: str) -> dict[str, dict[str, float]]:
+        return {e["name"]: {im["id"]: im[key] for im in e["images"]} for e in analysis.secondaries}
+
+    return run_adaptation(
+        job, sets, selections, per_image("i_dist_scaled"), staging, i_dist=per_image("i_dist")
+    )
