@@ -32,6 +32,15 @@ datasets:
 metrics: {{diversity: true, coverage: true, null_repeats: 10, mmd_permutations: 200}}
 selection: {{strategy: [band, farthest, kcenter], counts: [1, 3, 7], band: [0.6, 1.0]}}
 cache: {{dir: .cache}}
+adaptation:            # a few CPU epochs of a small UNet: the paper's experiment in miniature
+  enabled: true
+  model: unet
+  counts: [1, 3, 7]
+  selection: band
+  epochs: 4
+  image_size: 96
+  batch_size: 8
+  lr: 0.003
 gates:
   - {{metric: o_dist_scaled, dataset: S1-concrete-b, max: 0.5}}
   - {{metric: i_dist_scaled_p90, dataset: "*", max: 0.95}}
