@@ -42,13 +42,15 @@ CPU_TILE_ROWS = 256
 CPU_TILE_COLS = 1024
 #: CUDA tiles are as large as the budget allows, up to this many columns.
 CUDA_TILE_COLS = 16384
+#: memory per tile element, in units of the element size (tile + temporaries)
+TILE_OVERHEAD = 3
 #: smallest tile (values) whatever the budget, so tiny budgets stay usable.
 MIN_TILE = 16
 
 _PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
 #: relative size d^2 / (|a|^2 + |b|^2) under which a pair is recomputed by differences
 _TAU = {torch.float32: 1e-2, torch.float64: 1e-4}
-_POOL_LOCK = threading.Lock()
+_POOL_LOCK = threading.RLock()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -189,17 +191,19 @@ def _plan(
         raise JobError(f"compute.memory_budget_mb must be > 0, got {memory_budget_mb!r}")
     budget = float(memory_budget_mb) * 1024 * 1024
     n_rows, n_cols = max(1, n_rows), max(1, n_cols)
+    # bytes per tile element: the tile itself plus temporaries that are at most as large
+    # (near-duplicate fix-up: thresholds, mask, gathered rows; argmin on a row subset)
+    per_elem = TILE_OVERHEAD * itemsize
     if device.type == "cuda":
         workers = 1
-        # a tile plus one temporary of the same size (min/argmin, comparisons)
-        elems = max(1, int(budget // (2 * itemsize)))
+        elems = max(1, int(budget // per_elem))
         cols = min(n_cols, CUDA_TILE_COLS, elems)
         rows = min(n_rows, max(1, elems // cols))
     else:
         if workers is None:
             workers = max(1, torch.get_num_threads())
         # per worker: one tile plus one row vector; never below MIN_TILE values
-        elems = max(MIN_TILE, int(budget // (workers * itemsize)))
+        elems = max(MIN_TILE, int(budget // (workers * per_elem)))
         cols = min(n_cols, CPU_TILE_COLS, max(MIN_TILE, elems // 4))
         # narrow inputs get taller tiles, so a tile always holds about the same work
         tall = max(CPU_TILE_ROWS, (CPU_TILE_ROWS * CPU_TILE_COLS) // cols)
@@ -208,6 +212,25 @@ def _plan(
             rows = min(rows, max(1, -(-n_rows // workers)))
         workers = max(1, min(workers, -(-n_rows // rows)))
     return _Plan(tile_rows=rows, tile_cols=cols, workers=workers)
+
+
+@contextmanager
+def _single_threaded(device: torch.device) -> Iterator[None]:
+    """On CPU run torch with one intra-op thread for the block, then restore the count.
+
+    Small ops with several OpenMP threads cost milliseconds of wake-ups when the cores are
+    shared with other processes; one thread per tile (or per memory-bound pass) does not.
+    """
+    if device.type != "cpu":
+        yield
+        return
+    with _POOL_LOCK:
+        old = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            yield
+        finally:
+            torch.set_num_threads(old)
 
 
 def _run_row_blocks(
@@ -244,18 +267,13 @@ def _run_row_blocks(
             local.ready = True
         fn(s, min(s + plan.tile_rows, n_rows), local.buf)
 
-    with _POOL_LOCK:
-        old = torch.get_num_threads()
-        try:
-            torch.set_num_threads(1)
-            if plan.workers <= 1 or len(starts) <= 1:
-                serial()
-            else:
-                with ThreadPoolExecutor(max_workers=plan.workers) as pool:
-                    for _ in pool.map(task, starts):
-                        pass
-        finally:
-            torch.set_num_threads(old)
+    with _single_threaded(device):
+        if plan.workers <= 1 or len(starts) <= 1:
+            serial()
+        else:
+            with ThreadPoolExecutor(max_workers=plan.workers) as pool:
+                for _ in pool.map(task, starts):
+                    pass
 
 
 def _tile(buf: torch.Tensor, r: int, c: int) -> torch.Tensor:
@@ -270,24 +288,39 @@ def _col_sq_max(b: torch.Tensor, tile_cols: int) -> list[float]:
 
 
 def _fix_small(
-    t: torch.Tensor, ai: torch.Tensor, b: torch.Tensor, c0: int, limit: float, tau: float
-) -> None:
+    t: torch.Tensor,
+    ai: torch.Tensor,
+    b: torch.Tensor,
+    c0: int,
+    limit: float,
+    tau: float,
+    tile_min: float | None = None,
+) -> bool:
     """Replace squared distances of near-duplicate pairs in the tile by exact ones.
 
     |a|^2 + |b|^2 - 2ab loses about log10(S / d^2) digits where S = |a|^2 + |b|^2; entries
     with d^2 < tau * S are recomputed by direct differences, so exact duplicates give 0 and
     close pairs keep full relative precision. `limit` bounds tau * S over the tile, so the
-    common case costs one min-reduction.
+    common case costs one min-reduction (or none, given `tile_min`). True if t changed.
     """
-    if float(t.amin()) >= limit:
-        return
+    if (float(t.amin()) if tile_min is None else tile_min) >= limit:
+        return False
     z = ai.shape[1] - 2
-    c1 = c0 + t.shape[1]
-    thr = (ai[:, z : z + 1] + b[c0:c1, z + 1]).mul_(tau)
-    ri, ci = torch.nonzero(t < thr, as_tuple=True)
-    if len(ri):
-        diff = ai[ri, :z] + 0.5 * b[c0 + ci, :z]  # a - b, as b holds -2b
-        t[ri, ci] = diff.pow(2).sum(dim=1)
+    r, c = t.shape
+    changed = False
+    step = max(1, r // 4)  # temporaries stay below the tile's own size
+    for r0 in range(0, r, step):
+        tr = t[r0 : r0 + step]
+        thr = (ai[r0 : r0 + step, z : z + 1] + b[c0 : c0 + c, z + 1]).mul_(tau)
+        ri, ci = torch.nonzero(tr < thr, as_tuple=True)
+        del thr
+        hits = max(1, (step * c) // max(1, 2 * z))
+        for h in range(0, len(ri), hits):
+            rr, cc = ri[h : h + hits], ci[h : h + hits]
+            diff = ai[r0 + rr, :z] + 0.5 * b[c0 + cc, :z]  # a - b, as b holds -2b
+            tr[rr, cc] = diff.pow(2).sum(dim=1)
+            changed = True
+    return changed
 
 
 # --------------------------------------------------------------------------- public API
@@ -433,14 +466,20 @@ def _nearest_distances(
                 torch.mm(ai, b[c0:c1].t(), out=t)
                 if exclude_self and c0 < e and s < c1:
                     t.diagonal(offset=s - c0).fill_(inf)
-                _fix_small(t, ai, b, c0, tau * (row_max + col_max[k]), tau)
                 # amin is a fast vectorised reduction; the (slow) argmin only runs on the
                 # rows this tile improves, which are few once the first tiles are done
                 v = t.amin(dim=1)
+                limit = tau * (row_max + col_max[k])
+                if _fix_small(t, ai, b, c0, limit, tau, tile_min=float(v.min())):
+                    v = t.amin(dim=1)
                 better = v < bv  # strict: earlier columns win ties
                 if bool(better.any()):
                     rows = better.nonzero().squeeze(1)
-                    bi[rows] = t.index_select(0, rows).argmin(dim=1) + c0
+                    if len(rows) > r // 4:
+                        ix = t.argmin(dim=1).index_select(0, rows)
+                    else:
+                        ix = t.index_select(0, rows).argmin(dim=1)
+                    bi[rows] = ix + c0
                     bv[rows] = v[rows]
 
         with _no_tf32(dev):
@@ -499,14 +538,21 @@ def kcenter_greedy(
             min_d = torch.full((len(x),), float("inf"), dtype=torch.float64, device=dev)
         chunk = max(1, int(memory_budget_mb * 1024 * 1024 // (8 * max(1, x.shape[1]))))
         chosen: list[int] = []
-        for it in range(k):
-            j = first if (it == 0 and first is not None) else int(torch.argmax(min_d))
-            chosen.append(j)
-            xj = x[j : j + 1]
-            for s in range(0, len(x), chunk):
-                d = torch.cdist(
-                    x[s : s + chunk], xj, compute_mode="donot_use_mm_for_euclid_dist"
-                ).squeeze(1)
-                torch.minimum(min_d[s : s + chunk], d.double(), out=min_d[s : s + chunk])
-            min_d[j] = -1.0
+        with _single_threaded(dev):  # each pick is one memory-bound pass over x
+            _kcenter_loop(x, k, first, min_d, chunk, chosen)
     return chosen
+
+
+def _kcenter_loop(
+    x: torch.Tensor, k: int, first: int | None, min_d: torch.Tensor, chunk: int, chosen: list
+) -> None:
+    """The O(k N) greedy loop; min_d (float64) is updated in place after each pick."""
+    for it in range(k):
+        j = first if (it == 0 and first is not None) else int(torch.argmax(min_d))
+        chosen.append(j)
+        xj = x[j : j + 1]
+        for s in range(0, len(x), chunk):
+            part = min_d[s : s + chunk]
+            d = torch.cdist(x[s : s + chunk], xj, compute_mode="donot_use_mm_for_euclid_dist")
+            torch.minimum(part, d.squeeze(1).double(), out=part)
+        min_d[j] = -1.0
