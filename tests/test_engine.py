@@ -118,15 +118,15 @@ def test_row_sums_chunked_equals_unchunked(precision):
     whole = engine._row_distance_sums(
         s, p, memory_budget_mb=4096, precision=precision, device="cpu", workers=1
     )
-    for budget, workers in [(0.001, 1), (0.001, 2), (0.02, 2), (1, 2), (256, 2)]:
+    for budget, workers in [(0.003, 1), (0.003, 2), (0.02, 2), (1, 2), (256, 2)]:
         plan = engine._plan(len(s), len(p), 8, budget, torch.device("cpu"), workers=workers)
-        used = plan.tile_rows * (plan.tile_cols + 1) * plan.workers * 8
+        used = plan.tile_rows * (plan.tile_cols + 1) * plan.workers * 8 * engine.TILE_OVERHEAD
         assert used <= budget * 2**20
         part = engine._row_distance_sums(
             s, p, memory_budget_mb=budget, precision=precision, device="cpu", workers=workers
         )
         np.testing.assert_allclose(part, whole, rtol=1e-13 if precision == "float64" else 1e-6)
-    tiny = engine._plan(len(s), len(p), 8, 0.001, torch.device("cpu"), workers=2)
+    tiny = engine._plan(len(s), len(p), 8, 0.003, torch.device("cpu"), workers=2)
     assert tiny.tile_rows <= 4 and tiny.tile_cols < len(p)  # really many blocks
 
 
@@ -180,6 +180,17 @@ def test_nearest_exclude_self_duplicates_chunked(budget, workers):
     assert (d[:10] == 0).all() and (idx[:10] == np.arange(120, 130)).all()
     assert d[50] == 0 and idx[50] == 130
     assert (idx != np.arange(len(x))).all()
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_all_points_identical(precision):
+    x = np.full((300, 4), 7.5)
+    np.testing.assert_array_equal(row_distance_sums(x, x, precision=precision), 0.0)
+    d, idx = engine._nearest_distances(
+        x, x, exclude_self=True, memory_budget_mb=0.05, precision=precision, device="cpu"
+    )
+    np.testing.assert_array_equal(d, 0.0)
+    assert (idx != np.arange(300)).all() and (idx >= 0).all()
 
 
 def test_nearest_single_point_and_empty():
@@ -268,7 +279,7 @@ def test_tf32_disabled_on_cuda_and_restored():
 def test_cuda_plan_respects_budget():
     plan = engine._plan(100_000, 100_000, 4, 64, torch.device("cuda"))
     assert plan.workers == 1
-    assert plan.tile_rows * plan.tile_cols * 4 * 2 <= 64 * 2**20
+    assert plan.tile_rows * plan.tile_cols * 4 * engine.TILE_OVERHEAD <= 64 * 2**20
     assert plan.tile_cols == engine.CUDA_TILE_COLS
 
 

@@ -63,3 +63,50 @@ def test_demo_job_runs_and_ranks_far_sets_farther(demo_dir):
     assert report["primary"]["count"] == 24
     assert [s["count"] for s in report["secondaries"]] == [24, 24, 24]
     bad.unlink()
+
+
+def test_robustness_probe_matches_independent_computation(tmp_path):
+    from sklearn.decomposition import PCA
+
+    from worker.images import perturb_image
+    from worker.job import load_job
+    from worker.pipeline import run
+
+    make_demo_data(tmp_path / "data", seed=2, per_set=8)
+    job = {
+        "model": {"name": "hog", "image_size": 64},
+        "pca": {"dims": 4, "sweep": [4]},
+        "datasets": {
+            "primary": {"name": "P", "path": "data/P/images"},
+            "secondary": [
+                {"name": "S1", "path": "data/S1/images"},
+                {"name": "S2", "path": "data/S2/images"},
+                {"name": "S3", "path": "data/S3/images"},
+            ],
+        },
+        "metrics": {"robustness": True, "statistics": False, "duplicates": False},
+        "cache": {"enabled": False},
+    }
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    report = run(load_job(tmp_path / "job.yaml"), out_dir=str(tmp_path / "out")).report
+    ext = HogExtractor(image_size=64)
+
+    def feats(name, kind=None):
+        files = sorted((tmp_path / "data" / name / "images").glob("*.png"))
+        imgs = [decode_image(f.read_bytes()) for f in files]
+        return ext.embed([perturb_image(i, kind) if kind else i for i in imgs]).astype(np.float64)
+
+    p = feats("P")
+    for kind in ("brighten", "darken", "blur"):
+        o = {}
+        for name in ("S1", "S2", "S3"):
+            s = feats(name, kind)
+            y = PCA(n_components=4, svd_solver="full").fit_transform(np.vstack([p, s]))
+            pl, sl = y[: len(p)], y[len(p) :]
+            o[name] = np.sqrt(((sl[:, None] - pl[None]) ** 2).sum(-1)).sum(1).mean()
+        total = sum(o.values())
+        got = report["robustness"][kind]["o_dist_scaled"]
+        for name in o:
+            assert got[name] == pytest.approx(o[name] / total, rel=1e-4)
+        assert -1.0 <= report["robustness"][kind]["kendall_tau"] <= 1.0
+        assert set(report["secondaries"][0]["robustness"]) == {"brighten", "darken", "blur"}

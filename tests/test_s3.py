@@ -621,8 +621,11 @@ def test_cli_runs_a_job_from_s3_to_s3(bucket, admin, moto_endpoint, tmp_path):
     assert pdf.startswith(b"%PDF")
 
 
-def test_cli_missing_bucket_exits_2_naming_the_uri(moto_endpoint, tmp_path):
+def test_cli_missing_bucket_exits_2_naming_the_uri(moto_endpoint, tmp_path, monkeypatch, capsys):
     _pipeline_or_skip()
+    from worker.__main__ import main
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
     job = tmp_path / "job.yaml"
     job.write_text(
         textwrap.dedent(
@@ -637,15 +640,9 @@ def test_cli_missing_bucket_exits_2_naming_the_uri(moto_endpoint, tmp_path):
             """
         )
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "worker", "run", str(job), "--quiet"],
-        env=_cli_env(moto_endpoint),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "s3://no-such-bucket-4242/P.npy" in proc.stderr
-    _assert_no_secrets(proc.stdout, proc.stderr)
+    rc = main(["run", str(job), "--quiet"])  # in-process: the pipeline is imported already
+    err = capsys.readouterr().err
+    assert rc == 2, err[-3000:]
+    assert "s3://no-such-bucket-4242/P.npy" in err and "does not exist" in err
+    _assert_no_secrets(err)
     assert not (tmp_path / "out" / "report.json").exists()

@@ -44,6 +44,7 @@ class ModelAnalysis:
     selections: dict[str, dict[tuple[str, int], list[int]]] = field(default_factory=dict)
     i_dist_scaled: dict[str, np.ndarray] = field(default_factory=dict)
     scatter: dict = field(default_factory=dict)
+    robustness: dict | None = None
 
 
 def _engine_kw(job: Job) -> dict:
@@ -315,3 +316,40 @@ def analyse_model(primary: EmbeddedSet, secondaries: list[EmbeddedSet], job: Job
         i_dist_scaled=scaled_all,
         scatter=scatter,
     )
+
+
+def robustness_probe(
+    primary: EmbeddedSet,
+    clean: ModelAnalysis,
+    perturbed: dict[str, list[EmbeddedSet]],
+    job: Job,
+) -> dict:
+    """Ranking stability under perturbed S images (paper appendix D).
+
+    For each perturbation: O_dist of every perturbed S from the clean P (joint PCA as
+    usual), Kendall tau between the clean and perturbed ranking of the secondaries, and per
+    secondary the Kendall tau of its per-image I_dist ranking."""
+    kw = _engine_kw(job)
+    out: dict = {}
+    for kind, sets in perturbed.items():
+        o_dist, per_image = {}, {}
+        for sec, entry in zip(sets, clean.secondaries, strict=True):
+            space = project_pair(primary.vectors, sec.vectors, job)
+            i_dist = metrics.image_dataset_distances(space.secondary, space.primary, **kw)
+            o_dist[sec.name] = metrics.dataset_distance(i_dist)
+            clean_by_id = {im["id"]: im["i_dist"] for im in entry["images"]}
+            common = [i for i in sec.ids if i in clean_by_id]
+            pert_by_id = dict(zip(sec.ids, i_dist, strict=True))
+            per_image[sec.name] = stats.rank_correlations(
+                [clean_by_id[i] for i in common], [float(pert_by_id[i]) for i in common]
+            )["kendall_tau"]
+        names = list(o_dist)
+        tau = stats.rank_correlations([clean.o_dist[n] for n in names], [o_dist[n] for n in names])[
+            "kendall_tau"
+        ]
+        out[kind] = {
+            "kendall_tau": tau,
+            "o_dist_scaled": metrics.scaled_dataset_distances(o_dist),
+            "image_kendall_tau": per_image,
+        }
+    return out

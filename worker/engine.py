@@ -14,11 +14,15 @@ How it works (DESIGN.md section 6, issue 10):
   release the GIL). This beats one multi-threaded op per large chunk by a wide margin for
   small z, because the tile stays in L2 between the GEMM, the sqrt and the row sum.
   On CUDA one stream processes larger tiles.
-- ``memory_budget_mb`` bounds the tiles of all threads together; besides the tiles the
-  engine holds one copy of the inputs in the working precision (O((n + m) z)), never O(n m).
+- ``memory_budget_mb`` bounds the tiles of all threads together, with their temporaries
+  (``TILE_OVERHEAD`` x the tile bytes); besides them the engine holds one copy of the inputs
+  in the working precision (O((n + m) z)), never O(n m).
+- Pairs with d^2 < tau (|a|^2 + |b|^2) (near-duplicates, where the GEMM trick cancels) are
+  recomputed by direct differences, so exact duplicates give exactly 0; a min-reduction per
+  tile finds out cheaply whether a tile has any.
 - Row sums are reduced per tile in the working precision and accumulated across tiles in
   float64. Nearest-neighbour distances are recomputed exactly in float64 for the chosen
-  neighbour, so their values do not suffer from the cancellation of the GEMM trick.
+  neighbour. k-center uses fused direct differences (``cdist`` without the GEMM trick).
 - TF32 is switched off for these matmuls on CUDA (and restored afterwards).
 """
 

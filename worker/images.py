@@ -71,3 +71,20 @@ def resize_square(img: Image.Image, size: int) -> Image.Image:
     if img.size == (size, size):
         return img
     return img.resize((size, size), Image.Resampling.BILINEAR)
+
+
+PERTURBATIONS = ("brighten", "darken", "blur")
+
+
+def perturb_image(img: Image.Image, kind: str) -> Image.Image:
+    """The robustness probe's perturbations (paper appendix D): brightness +30% / -30%,
+    Gaussian blur (radius 2 pixels)."""
+    from PIL import ImageEnhance, ImageFilter
+
+    if kind == "brighten":
+        return ImageEnhance.Brightness(img).enhance(1.3)
+    if kind == "darken":
+        return ImageEnhance.Brightness(img).enhance(0.7)
+    if kind == "blur":
+        return img.filter(ImageFilter.GaussianBlur(radius=2))
+    raise ValueError(f"unknown perturbation {kind!r}")

@@ -143,11 +143,12 @@ def _local_checkpoint(job: Job, model: ModelConfig) -> ModelConfig:
 
 
 def embed_all(
-    job: Job, model: ModelConfig, show_progress: bool, extractor=None
-) -> list[EmbeddedSet]:
+    job: Job, model: ModelConfig, show_progress: bool, extractor=None, datasets=None
+) -> tuple[list[EmbeddedSet], object]:
     """Features of P and every S for one model, in job order (primary first).
 
-    `extractor` overrides the model's own (the trained baseline's encoder)."""
+    `extractor` overrides the model's own (the trained baseline's encoder); `datasets`
+    limits the work to those dataset configs. Returns the sets and the extractor used."""
     cache = None
     if extractor is None and model.name != "precomputed" and any(d.path for d in job.all_datasets):
         from worker.extractors import get_extractor
@@ -163,7 +164,7 @@ def embed_all(
 
     sets = [
         load_dataset(job, ds, extractor, cache, progress, model.batch_size)
-        for ds in job.all_datasets
+        for ds in (datasets or job.all_datasets)
     ]
     _check_sets(job, sets)
     info = dict(extractor.info) if extractor is not None else {"name": "precomputed"}
@@ -171,7 +172,7 @@ def embed_all(
     info["feature_dim"] = int(sets[0].vectors.shape[1])
     for s in sets:
         s.model_info = info  # type: ignore[attr-defined]
-    return sets
+    return sets, extractor
 
 
 def _model_block(info: dict) -> dict:
@@ -267,6 +268,15 @@ def build_report(
                 for (_, a), label in zip(analyses, labels, strict=True)
             },
         )
+    for (_, a), entry in zip(analyses, report["models"], strict=True):
+        if a.robustness:
+            entry["robustness"] = {k: v["kendall_tau"] for k, v in a.robustness.items()}
+    if first.robustness:
+        report["robustness"] = first.robustness
+        for sec in report["secondaries"]:
+            sec["robustness"] = {
+                k: v["image_kendall_tau"][sec["name"]] for k, v in first.robustness.items()
+            }
     if adaptation is not None:
         report["adaptation"] = adaptation
     report["gates"] = evaluate_gates(report, job.gates)
@@ -332,13 +342,17 @@ def run(
     image_sets: list[EmbeddedSet] | None = None
     for model in job.model_list:
         with stage("embed", model=model.label):
-            sets = embed_all(job, model, show_progress)
+            sets, extractor = embed_all(job, model, show_progress)
         if not skipped:
             skipped = [s for ds in sets for s in ds.skipped]
         if image_sets is None:
             image_sets = sets
         with stage("measure", model=model.label):
-            analyses.append((sets[0].model_info, analyse_model(sets[0], sets[1:], job)))
+            analysis = analyse_model(sets[0], sets[1:], job)
+        if job.metrics.robustness:
+            with stage("robustness", model=model.label):
+                analysis.robustness = _robustness(job, model, extractor, sets, analysis)
+        analyses.append((sets[0].model_info, analysis))
 
     try:
         report = _write_outputs(
@@ -353,6 +367,30 @@ def run(
     return RunResult(report=report, out_dir=out_uri)
 
 
+def _robustness(job: Job, model: ModelConfig, extractor, sets, analysis) -> dict | None:
+    """Re-embed every secondary brightened, darkened and blurred; rank stability."""
+    from worker.analysis import robustness_probe
+    from worker.extractors import PerturbedExtractor
+    from worker.images import PERTURBATIONS
+
+    if extractor is None or not all(s.has_images for s in sets[1:]):
+        analysis.warnings.append(
+            "robustness probe skipped: it needs every secondary as images and an extractor"
+        )
+        return None
+    perturbed = {
+        kind: embed_all(
+            job,
+            model,
+            False,
+            extractor=PerturbedExtractor(extractor, kind),
+            datasets=job.datasets.secondary,
+        )[0]
+        for kind in PERTURBATIONS
+    }
+    return robustness_probe(sets[0], analysis, perturbed, job)
+
+
 def _write_outputs(job, analyses, skipped, image_sets, out_uri, job_source, junit_path, started):
     """Adaptation (it writes checkpoints), report assembly, rendering, then publishing."""
     adaptation, adapt_extras = None, {}
@@ -365,7 +403,7 @@ def _write_outputs(job, analyses, skipped, image_sets, out_uri, job_source, juni
             trained = adapt_extras.pop("trained_extractor", None)
             if trained is not None:
                 with stage("measure", model="trained"):
-                    sets = embed_all(job, ModelConfig(name="trained"), False, extractor=trained)
+                    sets, _ = embed_all(job, ModelConfig(name="trained"), False, extractor=trained)
                     analyses = [
                         *analyses,
                         (sets[0].model_info, analyse_model(sets[0], sets[1:], job)),

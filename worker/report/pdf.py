@@ -115,7 +115,8 @@ def _context(report: dict, figures: dict | None) -> dict:
         "id_limit": ID_LIST_LIMIT,
         "skipped_limit": SKIPPED_LIMIT,
         "has_statistics": any(s.get("statistics") or s.get("duplicates") for s in secondaries)
-        or bool(report.get("model_agreement")),
+        or bool(report.get("model_agreement"))
+        or bool(report.get("robustness")),
     }
 
 
