@@ -76,3 +76,9 @@ def test_decompression_bomb_refused(monkeypatch):
     monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(ImageError, match="too large"):
         decode_image(_encode(Image.new("L", (20, 20))))
+
+
+def test_truncated_png_is_skipped_even_after_weasyprint_import():
+    import weasyprint  # noqa: F401  (sets PIL's LOAD_TRUNCATED_IMAGES globally)
+
+    test_truncated_png_is_skipped()

@@ -1,149 +1,189 @@
-"""Metrics, selection and statistics against hand vectors and float64 brute force."""
+"""worker.metrics against hand vectors, numpy float64 brute force and scikit-learn."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.decomposition import PCA
 from sklearn.metrics.pairwise import euclidean_distances
+from sklearn.neighbors import NearestNeighbors
 
-from worker import metrics, selection, stats
+from worker import metrics
+
+P_HAND = np.array([[0, 0], [2, 0], [0, 2]], float)
+S_HAND = np.array([[1, 1], [3, 3]], float)
+X_HAND = np.array([[0, 0], [1, 0], [0, 2], [4, 0], [4, 1], [10, 10]], float)
 
 
-def test_design_hand_vector_i_dist_o_dist():
-    P = np.array([[0, 0], [2, 0], [0, 2]], float)
-    S = np.array([[1, 1], [3, 3]], float)
-    i_dist = metrics.image_dataset_distances(S, P)
+# --------------------------------------------------------------------------- I_dist, O_dist
+
+
+def test_design_hand_vector_raw():
+    i_dist = metrics.image_dataset_distances(S_HAND, P_HAND)
+    np.testing.assert_allclose(i_dist, [4.242641, 10.567196], atol=1e-6)
+    assert i_dist.dtype == np.float64 and i_dist.shape == (2,)
+    assert metrics.dataset_distance(i_dist) == pytest.approx(7.404918, abs=1e-6)
+
+
+def test_design_hand_vector_through_joint_pca_z2():
+    # z = 2 on 2-D data is a rotation of the centred stack: distances are the raw ones
+    Y = PCA(n_components=2, svd_solver="full").fit_transform(np.vstack([P_HAND, S_HAND]))
+    i_dist = metrics.image_dataset_distances(Y[3:], Y[:3])
     np.testing.assert_allclose(i_dist, [4.242641, 10.567196], atol=1e-6)
     assert metrics.dataset_distance(i_dist) == pytest.approx(7.404918, abs=1e-6)
 
 
-def test_design_hand_vector_diversity_and_duplicates():
-    X = np.array([[0, 0], [1, 0], [0, 2], [4, 0], [4, 1], [10, 10]], float)
-    d = metrics.diversity(X)
-    assert d["mean"] == pytest.approx(2.802776, abs=1e-6)
-    assert d["min"] == 1.0 and d["max"] == pytest.approx(10.816654, abs=1e-6)
-    dup = metrics.diversity(np.vstack([X, X[:1]]))
-    assert dup["min"] == 0.0
-    assert metrics.diversity(X[:1])["mean"] is None
+@pytest.mark.parametrize("precision,rtol", [("float64", 1e-12), ("float32", 1e-5)])
+def test_i_dist_against_brute_force(precision, rtol):
+    rng = np.random.default_rng(0)
+    P, S = rng.normal(size=(53, 7)), rng.normal(size=(37, 7)) + 0.5
+    ref = euclidean_distances(S, P).sum(axis=1)
+    got = metrics.image_dataset_distances(S, P, memory_budget_mb=0.01, precision=precision)
+    np.testing.assert_allclose(got, ref, rtol=rtol)
+    assert metrics.dataset_distance(got) == pytest.approx(ref.mean(), rel=rtol)
 
 
-def test_coverage_and_scaling_against_sklearn():
+def test_size_free_distances():
     rng = np.random.default_rng(1)
-    S, sel = rng.normal(size=(40, 5)), rng.normal(size=(6, 5))
-    ref = euclidean_distances(S, sel).min(1)
-    c = metrics.coverage(S, sel)
-    assert c["mean"] == pytest.approx(ref.mean(), rel=1e-12)
-    assert c["max"] == pytest.approx(ref.max(), rel=1e-12)
-    x = np.array([3.0, 1.0, 2.0])
-    np.testing.assert_allclose(metrics.min_max_scale(x), [1.0, 0.0, 0.5])
+    P, S = rng.normal(size=(40, 4)), rng.normal(size=(25, 4))
+    D = euclidean_distances(S, P)
+    i_dist = metrics.image_dataset_distances(S, P)
+    np.testing.assert_allclose(metrics.mean_distance_per_image(i_dist, 40), D.mean(1), rtol=1e-12)
+    assert metrics.o_dist_mean(i_dist, 40) == pytest.approx(D.mean(), rel=1e-12)
+    # size-free: doubling P with copies of itself doubles I_dist but not the mean
+    i2 = metrics.image_dataset_distances(S, np.vstack([P, P]))
+    assert metrics.o_dist_mean(i2, 80) == pytest.approx(metrics.o_dist_mean(i_dist, 40))
+    with pytest.raises(ValueError):
+        metrics.mean_distance_per_image(i_dist, 0)
+    with pytest.raises(ValueError):
+        metrics.dataset_distance(np.zeros(0))
+
+
+def test_scaled_dataset_distances():
+    got = metrics.scaled_dataset_distances({"a": 1.0, "b": 3.0})
+    assert got == {"a": 0.25, "b": 0.75}
+    three = metrics.scaled_dataset_distances({"x": 2.0, "y": 5.0, "z": 3.0})
+    assert sum(three.values()) == pytest.approx(1.0)
+    assert three["y"] == pytest.approx(0.5)
+    assert metrics.scaled_dataset_distances({"a": 0.0, "b": 0.0}) == {"a": 0.5, "b": 0.5}
+    assert metrics.scaled_dataset_distances({}) == {}
+
+
+def test_min_max_scale():
+    np.testing.assert_allclose(metrics.min_max_scale(np.array([3.0, 1.0, 2.0])), [1.0, 0.0, 0.5])
     np.testing.assert_array_equal(metrics.min_max_scale(np.ones(3)), np.zeros(3))
-    assert metrics.scaled_dataset_distances({"a": 1.0, "b": 3.0}) == {"a": 0.25, "b": 0.75}
+    assert metrics.min_max_scale(np.zeros(0)).shape == (0,)
+    x = np.random.default_rng(2).normal(size=50) * 1e3
+    y = metrics.min_max_scale(x)
+    assert y.max() == 1.0 and y.min() == 0.0
+    np.testing.assert_allclose(y, (x - x.min()) / (x.max() - x.min()), rtol=1e-14)
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def test_summary_stats_against_numpy():
+    x = np.random.default_rng(3).exponential(size=101)
+    s = metrics.summary_stats(x)
+    assert s == pytest.approx(
+        {
+            "mean": x.mean(),
+            "std": x.std(ddof=0),
+            "min": x.min(),
+            "max": x.max(),
+            "p50": np.median(x),
+            "p90": np.quantile(x, 0.9, method="linear"),
+        },
+        rel=1e-14,
+    )
+    assert metrics.summary_stats([1.0, 2.0, 3.0, 4.0])["p90"] == pytest.approx(3.7)
+    assert all(v is None for v in metrics.summary_stats(np.zeros(0)).values())
 
 
 def test_sorted_splits_hand_vector():
-    parts = metrics.sorted_splits(np.array([5.0, 1.0, 3.0, 2.0, 4.0]), 2, scores=np.arange(5.0))
-    assert [p["count"] for p in parts] == [3, 2]
-    assert parts[0]["mean"] == pytest.approx(2.0) and parts[1]["mean"] == pytest.approx(4.5)
-    assert parts[0]["std"] == pytest.approx(np.std([1, 2, 3]))
-    assert parts[0]["score_mean"] == pytest.approx(np.mean([1, 3, 2]))
+    i_dist = np.array([5.0, 1.0, 3.0, 2.0, 4.0])
+    halves = metrics.sorted_splits(i_dist, 2, scores=np.arange(5.0))
+    assert [p["count"] for p in halves] == [3, 2]
+    assert halves[0]["mean"] == pytest.approx(2.0) and halves[1]["mean"] == pytest.approx(4.5)
+    assert halves[0]["std"] == pytest.approx(np.std([1, 2, 3]))
+    assert halves[1]["std"] == pytest.approx(0.5)
+    # scores follow their images: the three closest are images 1, 3, 2 -> scores 1, 3, 2
+    assert halves[0]["score_mean"] == pytest.approx(2.0)
+    assert halves[0]["score_std"] == pytest.approx(np.std([1, 3, 2]))
+    assert halves[1]["score_mean"] == pytest.approx(2.0)  # images 4, 0
+    thirds = metrics.sorted_splits(i_dist, 3)
+    assert [p["count"] for p in thirds] == [2, 2, 1]
+    assert [p["mean"] for p in thirds] == pytest.approx([1.5, 3.5, 5.0])
+    assert "score_mean" not in thirds[0]
 
 
-def test_selection_strategies():
-    i_dist = np.array([0.0, 10.0, 6.0, 9.0, 2.0, 8.0])
-    assert selection.select_farthest(i_dist, 2) == [1, 3]
-    band = selection.select_band(i_dist, 3, (0.6, 1.0), seed=0)
-    assert sorted(band) == [1, 3, 5] or set(band) <= {1, 2, 3, 5}
-    assert all(i_dist[i] / 10 >= 0.6 for i in band)
-    assert selection.select_band(i_dist, 3, (0.6, 1.0), 0) == selection.select_band(
-        i_dist, 3, (0.6, 1.0), 0
-    )
-    few = selection.select_band(i_dist, 6, (0.95, 1.0), seed=0)
-    assert few[0] == 1 and sorted(few) == list(range(6))
-    S = np.array([[0.0], [1.0], [10.0], [11.0]])
-    P = np.array([[0.5]])
-    assert selection.select_kcenter(S, P, 2) == [3, 1] or selection.select_kcenter(S, P, 2)[0] == 3
-    assert selection.random_subset(10, 3, 0) == selection.random_subset(10, 3, 0)
+def test_sorted_splits_edges():
+    parts = metrics.sorted_splits(np.array([2.0, 1.0]), 3)
+    assert [p["count"] for p in parts] == [1, 1, 0]
+    assert parts[2]["mean"] is None and parts[2]["std"] is None
+    with pytest.raises(ValueError):
+        metrics.sorted_splits(np.array([1.0]), 0)
+    with pytest.raises(ValueError):
+        metrics.sorted_splits(np.array([1.0, 2.0]), 2, scores=np.array([1.0]))
 
 
-def _mmd_brute(X, Y, sigma):
-    k = lambda a, b: np.exp(-euclidean_distances(a, b, squared=True) / (2 * sigma**2))  # noqa: E731
-    n, m = len(X), len(Y)
-    kxx, kyy = k(X, X), k(Y, Y)
-    return (
-        (kxx.sum() - np.trace(kxx)) / (n * (n - 1))
-        + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-        - 2 * k(X, Y).mean()
-    )
+# --------------------------------------------------------------------------- diversity, coverage
 
 
-def test_mmd_against_brute_force_and_pvalues():
-    rng = np.random.default_rng(2)
-    X, Y = rng.normal(size=(30, 3)), rng.normal(size=(25, 3)) + 0.2
-    assert stats.mmd_unbiased(X, Y, 1.3) == pytest.approx(_mmd_brute(X, Y, 1.3), rel=1e-10)
-    shifted = stats.mmd_test(X, rng.normal(size=(25, 3)) + 3.0, permutations=200, seed=0)
-    assert shifted["p_value"] == pytest.approx(1 / 201)
-    pvals = [
-        stats.mmd_test(rng.normal(size=(20, 2)), rng.normal(size=(20, 2)), 100, seed=s)["p_value"]
-        for s in range(40)
-    ]
-    assert 0.3 < np.mean(pvals) < 0.7
-    assert 0.02 < np.mean(np.array(pvals) < 0.2) < 0.45
+def test_diversity_design_hand_vector():
+    d = metrics.diversity(X_HAND)
+    assert d["mean"] == pytest.approx(2.802776, abs=1e-6)
+    assert d["min"] == 1.0
+    assert d["max"] == pytest.approx(10.816654, abs=1e-6)
+    np.testing.assert_allclose(d["values"], [1.0, 1.0, 2.0, 1.0, 1.0, np.sqrt(117.0)], rtol=1e-12)
 
 
-def test_fid_diagonal_closed_form():
-    rng = np.random.default_rng(3)
-    X = rng.normal(size=(20000, 3)) * [1.0, 2.0, 0.5] + [0, 1, 2]
-    Y = rng.normal(size=(20000, 3)) * [2.0, 1.0, 0.5] + [1, 1, 0]
-    sx, sy = X.std(0, ddof=1), Y.std(0, ddof=1)
-    mu = X.mean(0) - Y.mean(0)
-    # closed form with the sample (almost diagonal) covariances
-    closed = mu @ mu + (sx**2 + sy**2 - 2 * sx * sy).sum()
-    assert stats.fid(X, Y) == pytest.approx(closed, rel=2e-2)
-    D = np.diag([1.0, 4.0])
-    Xd = np.random.default_rng(4).multivariate_normal([0, 0], D, 5)
-    assert stats.fid(Xd, Xd) == pytest.approx(0.0, abs=1e-8)
+def test_diversity_exact_duplicates_are_zero():
+    dup = metrics.diversity(np.vstack([X_HAND, X_HAND[:1]]))
+    assert dup["min"] == 0.0
+    assert dup["values"][0] == 0.0 and dup["values"][-1] == 0.0
+    same = metrics.diversity(np.tile([[3.0, -1.0, 2.5]], (5, 1)))
+    assert same["mean"] == 0.0 and same["max"] == 0.0
 
 
-def test_kid_against_brute_force():
+def test_diversity_small_sets():
+    one = metrics.diversity(X_HAND[:1])
+    assert one["mean"] is None and one["min"] is None and one["max"] is None
+    assert len(one["values"]) == 0
+    assert metrics.diversity(np.zeros((0, 3)))["mean"] is None
+    two = metrics.diversity(X_HAND[:2])
+    assert two["mean"] == 1.0 and list(two["values"]) == [1.0, 1.0]
+
+
+def test_diversity_against_sklearn():
+    X = np.random.default_rng(4).normal(size=(120, 6))
+    ref = NearestNeighbors(n_neighbors=2).fit(X).kneighbors(X)[0][:, 1]
+    d = metrics.diversity(X, memory_budget_mb=0.01)
+    np.testing.assert_allclose(d["values"], ref, rtol=1e-12)
+    assert d["mean"] == pytest.approx(ref.mean(), rel=1e-12)
+
+
+def test_coverage_against_sklearn():
     rng = np.random.default_rng(5)
-    X, Y = rng.normal(size=(15, 4)), rng.normal(size=(15, 4)) + 1
-    got = stats.kid(X, Y, seed=0, subsets=1, subset_size=15)
-    k = lambda a, b: (a @ b.T / 4 + 1) ** 3  # noqa: E731
-    n = 15
-    ref = (
-        (k(X, X).sum() - np.trace(k(X, X))) / (n * (n - 1))
-        + (k(Y, Y).sum() - np.trace(k(Y, Y))) / (n * (n - 1))
-        - 2 * k(X, Y).mean()
-    )
-    assert got["mean"] == pytest.approx(ref, rel=1e-10)
+    S, sel = rng.normal(size=(40, 5)), rng.normal(size=(6, 5))
+    ref = NearestNeighbors(n_neighbors=1).fit(sel).kneighbors(S)[0][:, 0]
+    c = metrics.coverage(S, sel)
+    np.testing.assert_allclose(c["values"], ref, rtol=1e-12)
+    assert c["mean"] == pytest.approx(ref.mean(), rel=1e-12)
+    assert c["max"] == pytest.approx(euclidean_distances(S, sel).min(1).max(), rel=1e-12)
+    itself = metrics.coverage(S, S)
+    assert itself["max"] == 0.0
+    nothing = metrics.coverage(S, np.zeros((0, 5)))
+    assert nothing["mean"] is None and nothing["max"] is None
 
 
-def test_null_calibration_and_ratio():
-    rng = np.random.default_rng(6)
-    P = rng.normal(size=(40, 3))
-    null = stats.null_o_dist_means(P, repeats=5, seed=0)
-    assert len(null) == 5 and np.all(null > 0)
-    order = np.random.default_rng(0).permutation(40)
-    a, b = P[order[:20]], P[order[20:]]
-    assert null[0] == pytest.approx(euclidean_distances(a, b).mean(), rel=1e-12)
-    assert stats.o_dist_ratio(2 * null.mean(), null) == pytest.approx(2.0)
-    assert stats.o_dist_percentile(null.max() + 1, null) == 100.0
-
-
-def test_duplicates_found_exactly():
-    rng = np.random.default_rng(7)
-    P, S = rng.normal(size=(50, 8)), rng.normal(size=(30, 8))
-    S[4] = P[10]  # planted exact duplicate of P
-    S[7] = S[2] + 1e-6  # planted near duplicate inside S
-    found = stats.find_duplicates(
-        S, P, ids=[f"s{i}" for i in range(30)], primary_ids=[f"p{i}" for i in range(50)]
-    )
-    assert [(w["id_a"], w["id_b"]) for w in found["within"]] == [("s2", "s7")]
-    assert [(w["id"], w["primary_id"]) for w in found["with_primary"]] == [("s4", "p10")]
-    clean = stats.find_duplicates(
-        rng.normal(size=(30, 8)),
-        P,
-        ids=list("abcdefghijklmnopqrstuvwxyz0123"),
-        primary_ids=[str(i) for i in range(50)],
-    )
-    assert clean["within"] == [] and clean["with_primary"] == []
+def test_histogram_against_numpy():
+    v = np.random.default_rng(6).normal(size=200)
+    h = metrics.histogram(v, 7)
+    counts, edges = np.histogram(v, bins=7)
+    assert h["counts"] == counts.tolist() and h["edges"] == pytest.approx(edges.tolist())
+    assert sum(h["counts"]) == 200
+    assert metrics.histogram(np.zeros(0), 5) == {"edges": [], "counts": []}
+    assert sum(metrics.histogram(np.array([1.0, np.inf, 2.0]), 2)["counts"]) == 2
+    with pytest.raises(ValueError):
+        metrics.histogram(v, 0)

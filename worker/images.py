@@ -10,7 +10,7 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFile
 
 MAX_IMAGE_PIXELS = 100_000_000  # decompression-bomb guard: larger images are skipped
 
@@ -23,6 +23,9 @@ def decode_image(data: bytes) -> Image.Image:
     """Bytes to an RGB image, or ImageError with a short reason."""
     if not data:
         raise ImageError("empty file (0 bytes)")
+    # WeasyPrint sets PIL's process-wide LOAD_TRUNCATED_IMAGES when it is imported; a
+    # truncated dataset image must be skipped whatever was imported before.
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         with warnings.catch_warnings():
             # our own limit below replaces PIL's warning; PIL's hard error still applies

@@ -1,92 +1,161 @@
 """The paper's distances and LightlyOne's diversity/coverage: pure functions on arrays.
 
-Shapes: P_L (n, z), S_L (m, z). Distances go through worker.engine (blocked, float64 sums);
-nothing here builds an n x m matrix or does I/O.
+Shapes: P_L (n, z), S_L (m, z), the rows of one (PCA) space. Every distance goes through
+worker.engine (blocked, float64 accumulation); nothing here builds an m x n matrix, prints
+or does I/O. `**engine_kw` is passed on to the engine: memory_budget_mb, precision, device.
+
+Definitions (DESIGN.md sections 1-2; paper section 3.2, equation sets 1-7):
+
+- I_dist(S, P)_j = sum_k ||s_j - p_k||_2, a sum that grows with n = |P|.
+- O_dist(S, P) = mean_j I_dist_j.
+- Size-free (issue 8): I_dist_j / n, the mean distance of image j to P, and its mean over S,
+  o_dist_mean = O_dist / n, comparable across jobs with different |P|.
+- Diversity: distance of each sample to its nearest *other* sample (by index, so exact
+  duplicates give 0). A set of fewer than 2 samples has no neighbour: values empty and
+  mean/min/max None.
+- Coverage of inputs by outputs: distance of each input to its nearest output; max is the
+  k-center covering radius (Sener & Savarese 2017, theorem 1).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
 from worker import engine
 
 
-def image_dataset_distances(S_L: np.ndarray, P_L: np.ndarray, **engine_kw) -> np.ndarray:
-    """I_dist(S, P)_j = sum_k ||s_j - p_k||_2 (DESIGN 1.4, paper eq. set 1-7). Shape (m,)."""
+def _vector(x: np.ndarray, name: str) -> np.ndarray:
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D array, got shape {arr.shape}")
+    return arr
+
+
+# --------------------------------------------------------------------------- distances
+
+
+def image_dataset_distances(S_L: np.ndarray, P_L: np.ndarray, **engine_kw: Any) -> np.ndarray:
+    """I_dist(S, P)_j = sum_k ||s_j - p_k||_2 (DESIGN 1.4). S_L (m, z), P_L (n, z) -> (m,) f64."""
     return engine.row_distance_sums(S_L, P_L, **engine_kw)
 
 
 def dataset_distance(i_dist: np.ndarray) -> float:
-    """O_dist(S, P) = mean_j I_dist_j (DESIGN 1.5)."""
-    return float(np.mean(np.asarray(i_dist, dtype=np.float64)))
+    """O_dist(S, P) = mean_j I_dist_j (DESIGN 1.5). i_dist (m,), m >= 1 (ValueError if empty)."""
+    i_dist = _vector(i_dist, "i_dist")
+    if i_dist.size == 0:
+        raise ValueError("i_dist: O_dist of an empty set is undefined")
+    return float(i_dist.mean())
 
 
 def mean_distance_per_image(i_dist: np.ndarray, n: int) -> np.ndarray:
-    """Size-free distance: I_dist_j / n, the mean distance of image j to P."""
-    return np.asarray(i_dist, dtype=np.float64) / float(n)
+    """Size-free distance (issue 8): I_dist_j / n, the mean distance of image j to P's n images.
+    (m,) -> (m,) float64."""
+    if n < 1:
+        raise ValueError(f"n: the primary set must hold at least one image, got {n}")
+    return _vector(i_dist, "i_dist") / float(n)
+
+
+def o_dist_mean(i_dist: np.ndarray, n: int) -> float:
+    """Size-free O_dist (issue 8): mean_j I_dist_j / n = O_dist / n, the mean distance over all
+    (s, p) pairs. Compares with stats.null_o_dist_means and across |P|."""
+    return dataset_distance(mean_distance_per_image(i_dist, n))
 
 
 def scaled_dataset_distances(o_dist: dict[str, float]) -> dict[str, float]:
-    """Table-2 scaling (DESIGN 1.6): each O_dist over the sum across secondaries."""
-    total = float(sum(o_dist.values()))
+    """Table-2 scaling (DESIGN 1.6): O_dist_i / sum_k O_dist_k over the secondaries, so the
+    values sum to 1. All O_dist zero -> equal shares 1/K; empty dict -> {}."""
+    if not o_dist:
+        return {}
+    total = float(sum(float(v) for v in o_dist.values()))
     if total == 0.0:
         return {k: 1.0 / len(o_dist) for k in o_dist}
     return {k: float(v) / total for k, v in o_dist.items()}
 
 
 def min_max_scale(x: np.ndarray) -> np.ndarray:
-    """x' = (x - min) / (max - min) (DESIGN 1.7); all zeros when max == min."""
-    x = np.asarray(x, dtype=np.float64)
+    """x' = (x - min) / (max - min) over one S (DESIGN 1.7); all zeros when max == min.
+    (m,) -> (m,) float64; the maximum maps to exactly 1.0."""
+    x = _vector(x, "x")
     if x.size == 0:
-        return x
-    span = x.max() - x.min()
-    return np.zeros_like(x) if span == 0 else (x - x.min()) / span
+        return x.copy()
+    lo, hi = x.min(), x.max()
+    span = hi - lo
+    return np.zeros_like(x) if span == 0 else (x - lo) / span
 
 
-def summary_stats(x: np.ndarray) -> dict[str, float]:
-    """mean, std (population, ddof=0), min, max, p50, p90 (numpy linear percentiles)."""
-    x = np.asarray(x, dtype=np.float64)
+# --------------------------------------------------------------------------- summaries
+
+
+def summary_stats(x: np.ndarray) -> dict[str, float | None]:
+    """{mean, std, min, max, p50, p90}: std with ddof=0, percentiles numpy 'linear'.
+    An empty x gives None for every field (the report's "could not be computed")."""
+    x = _vector(x, "x")
+    if x.size == 0:
+        return dict.fromkeys(("mean", "std", "min", "max", "p50", "p90"))
+    p50, p90 = np.percentile(x, [50, 90])
     return {
         "mean": float(x.mean()),
         "std": float(x.std()),
         "min": float(x.min()),
         "max": float(x.max()),
-        "p50": float(np.percentile(x, 50)),
-        "p90": float(np.percentile(x, 90)),
+        "p50": float(p50),
+        "p90": float(p90),
     }
 
 
 def sorted_splits(
     i_dist: np.ndarray, parts: int, scores: np.ndarray | None = None
 ) -> list[dict[str, float | int | None]]:
-    """Sort by I_dist ascending, split into `parts` near-equal parts (np.array_split);
-    per part the mean, std (ddof=0) and count of I_dist, and of `scores` (e.g. per-image
-    F) when given: table 3's F(mu, sigma) cells (DESIGN 1.8)."""
-    i_dist = np.asarray(i_dist, dtype=np.float64)
+    """Intra-dataset analysis (DESIGN 1.8, paper section 4.2.1, table 3).
+
+    Images sorted by I_dist ascending (stable: ties keep index order), cut into `parts`
+    near-equal parts with np.array_split (the first parts take the extra images). Per part:
+    {mean, std, count} of I_dist (std ddof=0) and, when `scores` (m,) is given (e.g. the
+    per-image F-score), {score_mean, score_std}: table 3's F(mu, sigma) cell. An empty part
+    (parts > m) has count 0 and None statistics.
+    """
+    i_dist = _vector(i_dist, "i_dist")
+    if int(parts) < 1:
+        raise ValueError(f"parts: must be >= 1, got {parts}")
+    s = None
+    if scores is not None:
+        s = _vector(scores, "scores")
+        if s.shape != i_dist.shape:
+            raise ValueError(f"scores: shape {s.shape} does not match i_dist {i_dist.shape}")
     order = np.argsort(i_dist, kind="stable")
-    out = []
-    for idx in np.array_split(order, parts):
+    out: list[dict[str, float | int | None]] = []
+    for idx in np.array_split(order, int(parts)):
+        empty = len(idx) == 0
         part: dict[str, float | int | None] = {
-            "mean": float(i_dist[idx].mean()) if len(idx) else None,
-            "std": float(i_dist[idx].std()) if len(idx) else None,
+            "mean": None if empty else float(i_dist[idx].mean()),
+            "std": None if empty else float(i_dist[idx].std()),
             "count": int(len(idx)),
         }
-        if scores is not None:
-            s = np.asarray(scores, dtype=np.float64)[idx]
-            part["score_mean"] = float(s.mean()) if len(idx) else None
-            part["score_std"] = float(s.std()) if len(idx) else None
+        if s is not None:
+            part["score_mean"] = None if empty else float(s[idx].mean())
+            part["score_std"] = None if empty else float(s[idx].std())
         out.append(part)
     return out
 
 
-def diversity(X: np.ndarray, **engine_kw) -> dict:
-    """Distance of each sample to its nearest OTHER sample of the set, excluded by index
-    (exact duplicates give 0). {mean, min, max, values (N,)}; a one-sample set has no
-    neighbour: values empty, mean/min/max None."""
+# --------------------------------------------------------------------------- diversity
+
+
+def diversity(X: np.ndarray, **engine_kw: Any) -> dict[str, Any]:
+    """LightlyOne diversity (DESIGN 2): values_i = min_{j != i} ||x_i - x_j||_2, the nearest
+    OTHER sample excluded by index (exact duplicates give 0). X (N, z).
+
+    Returns {mean, min, max, values (N,) float64}. N < 2: no neighbour exists, so values is
+    empty and mean/min/max are None.
+    """
     X = np.asarray(X)
+    if X.ndim != 2:
+        raise ValueError(f"X: expected a 2-D array (N, z), got shape {X.shape}")
     if len(X) < 2:
         return {"mean": None, "min": None, "max": None, "values": np.zeros(0)}
-    values, _ = engine.nearest_distances(X, X, exclude_self=True, **_nn_kw(engine_kw))
+    values, _ = engine.nearest_distances(X, X, exclude_self=True, **engine_kw)
     return {
         "mean": float(values.mean()),
         "min": float(values.min()),
@@ -95,21 +164,26 @@ def diversity(X: np.ndarray, **engine_kw) -> dict:
     }
 
 
-def coverage(inputs: np.ndarray, outputs: np.ndarray, **engine_kw) -> dict:
-    """For each input sample, the distance to its nearest output sample: {mean, max, values}.
-    The max is the k-center covering radius (Sener & Savarese 2017, theorem 1)."""
-    values, _ = engine.nearest_distances(inputs, outputs, **_nn_kw(engine_kw))
+def coverage(inputs: np.ndarray, outputs: np.ndarray, **engine_kw: Any) -> dict[str, Any]:
+    """Coverage of `inputs` (m, z) by `outputs` (k, z) (DESIGN 2): values_j = min_i
+    ||in_j - out_i||_2. Returns {mean, max, values (m,)}; max is the k-center covering radius.
+    No inputs, or no outputs (nothing covers), -> mean/max None (values inf when no outputs)."""
+    inputs, outputs = np.asarray(inputs), np.asarray(outputs)
+    values, _ = engine.nearest_distances(inputs, outputs, **engine_kw)
+    if len(values) == 0 or len(outputs) == 0:
+        return {"mean": None, "max": None, "values": values}
     return {"mean": float(values.mean()), "max": float(values.max()), "values": values}
 
 
 def histogram(values: np.ndarray, bins: int) -> dict[str, list]:
-    """Counts of `values` in `bins` equal-width bins over their range."""
-    values = np.asarray(values, dtype=np.float64)
+    """Counts in `bins` equal-width bins over [min, max] of the finite values (np.histogram;
+    the last bin is closed). {edges: bins + 1 floats, counts: bins ints}; no finite values ->
+    empty lists. Non-finite values are left out."""
+    if int(bins) < 1:
+        raise ValueError(f"bins: must be >= 1, got {bins}")
+    values = np.asarray(values, dtype=np.float64).ravel()
+    values = values[np.isfinite(values)]
     if values.size == 0:
         return {"edges": [], "counts": []}
-    counts, edges = np.histogram(values, bins=bins)
+    counts, edges = np.histogram(values, bins=int(bins))
     return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
-
-
-def _nn_kw(engine_kw: dict) -> dict:
-    return {k: v for k, v in engine_kw.items() if k in ("memory_budget_mb", "device")}

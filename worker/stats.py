@@ -1,265 +1,554 @@
-"""Yardsticks for the distances (issue 8): null calibration, MMD, FID, KID, duplicates,
-rank agreement. Pure functions on arrays; no I/O.
+"""Yardsticks for the distances (issue 8): null calibration, MMD two-sample test, FID, KID,
+exact and near duplicates, rank agreement. Pure functions on arrays; no printing, no I/O.
 
-Shapes: P (n, z), S (m, z), both in the same (PCA) space.
+Shapes: P (n, z), S (m, z), both rows of the same (PCA) space; X (n, d), Y (m, d) likewise.
+Memory stays bounded for large sets: nearest neighbours and distance sums go through
+worker.engine (blocked); kernel sums are computed in row blocks of at most KERNEL_BLOCK_MB;
+the MMD test and the median heuristic subsample to documented caps (seeded).
+
+Definitions chosen here (the README documents them):
+
+- Null calibration: P is split at random into halves A (floor(n/2)) and B (the rest), `repeats`
+  times; each null value is the size-free O_dist between the halves,
+  mean_{a in A} I_dist(A, B)_a / |B| = the mean distance over all (a, b) pairs. It compares
+  with a secondary's o_dist_mean = O_dist(S, P) / n (metrics.o_dist_mean).
+  ratio = o_dist_mean / mean(null); percentile = 100 * #{null < o_dist_mean} / repeats.
+- MMD^2: Gaussian kernel k(x, y) = exp(-||x - y||^2 / (2 sigma^2)), unbiased estimator
+  (Gretton et al. 2012, eq. 3). sigma = median heuristic: the median of the Euclidean
+  (not squared) distances over all distinct pairs i < j of the pooled sample X u Y (after
+  the MMD subsampling, and of at most MEDIAN_MAX_SAMPLES pooled points); if that median is 0
+  the median of the positive distances is used. p-value = (1 + #{perm >= obs}) / (1 + n_perm)
+  over random relabellings of the pooled sample. Sets above MMD_MAX_SAMPLES are subsampled.
+- FID (Heusel et al. 2017): ||mu_x - mu_y||^2 + Tr(Sx + Sy - 2 (Sx^1/2 Sy Sx^1/2)^1/2), sample
+  covariances (ddof=1); the square root through symmetric eigendecompositions.
+- KID (Binkowski et al. 2018): unbiased MMD^2 with k(x, y) = (x.y / d + 1)^3 over `subsets`
+  random subsets of size min(subset_size, n, m); mean and std (ddof=0) over the subsets.
+- Duplicates: exact = same content hash (SHA-256 of the file). Near = nearest other image
+  closer than the threshold, or at distance exactly 0; the default threshold is
+  NEAR_DUPLICATE_FRACTION x the median nearest-other-image distance within P.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from itertools import combinations
+from typing import Any
 
 import numpy as np
 from scipy import stats as sstats
 
 from worker import engine
 
+NULL_MIN_SIZE = 4  # a null calibration needs at least 2 images in each half
 MMD_MAX_SAMPLES = 1000  # per set; larger sets are subsampled (seeded) for the MMD test
+MEDIAN_MAX_SAMPLES = 1000  # pooled points whose pairwise distances give the median heuristic
+KERNEL_BLOCK_MB = 32  # memory for one block of kernel rows, and for one batch of permutations
 NEAR_DUPLICATE_FRACTION = 0.1  # near duplicate: closer than 0.1 x median NN distance in P
 
 
-def null_o_dist_means(P: np.ndarray, repeats: int, seed: int) -> np.ndarray:
-    """O_dist (size-free: mean of I_dist / n_B) between random halves A, B of P, `repeats`
-    times: how far P is from itself. Shape (repeats,); empty when |P| < 4."""
+def _matrix(x: np.ndarray, name: str) -> np.ndarray:
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array (N, d), got shape {arr.shape}")
+    return arr
+
+
+def _pair(X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    X, Y = _matrix(X, "X"), _matrix(Y, "Y")
+    if X.shape[1] != Y.shape[1]:
+        raise ValueError(f"X and Y must have the same width, got {X.shape[1]} and {Y.shape[1]}")
+    return X, Y
+
+
+# --------------------------------------------------------------------------- null calibration
+
+
+def null_o_dist_means(P: np.ndarray, repeats: int, seed: int, **engine_kw: Any) -> np.ndarray:
+    """Null distribution of the size-free O_dist: P split at random into halves A (n // 2) and
+    B (the rest), `repeats` times; value r = mean_{a in A} I_dist(A, B)_a / |B|, i.e. the mean
+    of ||a - b|| over all pairs. P (n, z) -> (repeats,) float64; empty when n < NULL_MIN_SIZE."""
+    P = np.asarray(P)
     n = len(P)
-    if n < 4:
+    if n < NULL_MIN_SIZE or repeats < 1:
         return np.zeros(0)
     rng = np.random.default_rng(seed)
-    out = np.empty(repeats)
-    for r in range(repeats):
+    out = np.empty(int(repeats))
+    for r in range(int(repeats)):
         order = rng.permutation(n)
         a, b = P[order[: n // 2]], P[order[n // 2 :]]
-        out[r] = engine.row_distance_sums(a, b).mean() / len(b)
+        out[r] = engine.row_distance_sums(a, b, **engine_kw).mean() / len(b)
     return out
 
 
 def o_dist_ratio(o_dist_mean: float, null: np.ndarray) -> float | None:
-    """o_dist_mean(S, P) / mean of the null: 1 is "as far as P is from itself"."""
-    if len(null) == 0 or null.mean() == 0:
+    """o_dist_mean(S, P) / mean(null): 1 means "as far from P as P is from itself".
+    None when the null is empty or its mean is 0."""
+    null = np.asarray(null, dtype=np.float64)
+    if null.size == 0 or null.mean() == 0:
         return None
     return float(o_dist_mean / null.mean())
 
 
 def o_dist_percentile(o_dist_mean: float, null: np.ndarray) -> float | None:
-    """Percent of null values strictly below the observed o_dist_mean."""
-    if len(null) == 0:
+    """Percent (0-100) of null values strictly below the observed o_dist_mean; None if empty."""
+    null = np.asarray(null, dtype=np.float64)
+    if null.size == 0:
         return None
     return float(100.0 * np.mean(null < o_dist_mean))
 
 
-def _sq_dists(X: np.ndarray) -> np.ndarray:
-    sq = (X * X).sum(1)
-    return np.maximum(sq[:, None] + sq[None, :] - 2.0 * X @ X.T, 0.0)
-
-
-def median_heuristic(X: np.ndarray, Y: np.ndarray) -> float:
-    """sigma = median of the Euclidean distances between all distinct pairs of X u Y."""
-    Z = np.vstack([X, Y]).astype(np.float64)
-    Z = Z - Z.mean(0)
-    d = np.sqrt(_sq_dists(Z)[np.triu_indices(len(Z), k=1)])
-    return float(np.median(d))
-
-
-def _mmd2_from_kernel(K: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """Unbiased MMD^2 for label columns a (N, P) in {0, 1} (1 = X) over a kernel with unit
-    diagonal: Sxx/(n(n-1)) + Syy/(m(m-1)) - 2 Sxy/(nm), off-diagonal sums."""
-    b = 1.0 - a
-    n, m = a.sum(0), b.sum(0)
-    Ka, Kb = K @ a, K @ b
-    diag = np.diag(K)[:, None]
-    sxx = (a * Ka).sum(0) - (a * diag).sum(0)
-    syy = (b * Kb).sum(0) - (b * diag).sum(0)
-    sxy = (a * Kb).sum(0)
-    return sxx / (n * (n - 1)) + syy / (m * (m - 1)) - 2.0 * sxy / (n * m)
-
-
-def mmd_unbiased(X: np.ndarray, Y: np.ndarray, sigma: float) -> float:
-    """Unbiased MMD^2 with k(x, y) = exp(-||x - y||^2 / (2 sigma^2)) (Gretton et al. 2012)."""
-    Z = np.vstack([X, Y]).astype(np.float64)
-    Z = Z - Z.mean(0)
-    K = np.exp(-_sq_dists(Z) / (2.0 * sigma**2))
-    a = np.zeros((len(Z), 1))
-    a[: len(X)] = 1.0
-    return float(_mmd2_from_kernel(K, a)[0])
-
-
-def mmd_test(
-    X: np.ndarray, Y: np.ndarray, permutations: int, seed: int, sigma: float | None = None
-) -> dict:
-    """Gaussian-kernel MMD^2 (unbiased), median-heuristic sigma, permutation p-value
-    (1 + #{perm >= obs}) / (1 + permutations). Sets above MMD_MAX_SAMPLES are subsampled."""
-    rng = np.random.default_rng(seed)
-    if len(X) > MMD_MAX_SAMPLES:
-        X = X[np.sort(rng.choice(len(X), MMD_MAX_SAMPLES, replace=False))]
-    if len(Y) > MMD_MAX_SAMPLES:
-        Y = Y[np.sort(rng.choice(len(Y), MMD_MAX_SAMPLES, replace=False))]
-    if len(X) < 2 or len(Y) < 2:
-        return {"statistic": None, "p_value": None, "sigma": None, "permutations": 0}
-    sigma = median_heuristic(X, Y) if sigma is None else sigma
-    if sigma <= 0:
-        return {"statistic": 0.0, "p_value": 1.0, "sigma": 0.0, "permutations": 0}
-    Z = np.vstack([X, Y]).astype(np.float64)
-    Z = Z - Z.mean(0)
-    K = np.exp(-_sq_dists(Z) / (2.0 * sigma**2))
-    labels = np.zeros((len(Z), 1))
-    labels[: len(X)] = 1.0
-    observed = float(_mmd2_from_kernel(K, labels)[0])
-    exceed = 0
-    for start in range(0, permutations, 100):
-        cols = min(100, permutations - start)
-        perm = np.stack([rng.permutation(labels[:, 0]) for _ in range(cols)], axis=1)
-        exceed += int((_mmd2_from_kernel(K, perm) >= observed).sum())
+def null_calibration(
+    P: np.ndarray, o_dist_mean: float, *, repeats: int, seed: int, **engine_kw: Any
+) -> dict[str, Any]:
+    """{null (list), null_mean, ratio, percentile} for one secondary's o_dist_mean."""
+    null = null_o_dist_means(P, repeats, seed, **engine_kw)
     return {
-        "statistic": observed,
-        "p_value": (1 + exceed) / (1 + permutations),
-        "sigma": sigma,
-        "permutations": permutations,
+        "null": [float(v) for v in null],
+        "null_mean": float(null.mean()) if null.size else None,
+        "ratio": o_dist_ratio(o_dist_mean, null),
+        "percentile": o_dist_percentile(o_dist_mean, null),
     }
 
 
+# --------------------------------------------------------------------------- kernels, MMD
+
+
+def _row_blocks(n_rows: int, n_cols: int) -> Iterator[slice]:
+    """Row slices such that a (rows x n_cols) float64 block and its temporaries fit in
+    KERNEL_BLOCK_MB."""
+    rows = max(1, int(KERNEL_BLOCK_MB * 1024 * 1024 // (3 * 8 * max(1, n_cols))))
+    for s in range(0, n_rows, rows):
+        yield slice(s, min(s + rows, n_rows))
+
+
+def _sq_dist_block(A: np.ndarray, B: np.ndarray, sqa: np.ndarray, sqb: np.ndarray) -> np.ndarray:
+    """||a - b||^2 for a block of (centred) rows, clamped at 0. (ra, d), (rb, d) -> (ra, rb)."""
+    d2 = A @ B.T
+    d2 *= -2.0
+    d2 += sqa[:, None]
+    d2 += sqb[None, :]
+    return np.maximum(d2, 0.0, out=d2)
+
+
+def _pairwise_upper_distances(Z: np.ndarray) -> np.ndarray:
+    """Euclidean distances of all pairs i < j of Z (N, d), in blocks: N (N - 1) / 2 values."""
+    Z = Z - Z.mean(axis=0)
+    sq = np.einsum("ij,ij->i", Z, Z)
+    parts = []
+    for blk in _row_blocks(len(Z), len(Z)):
+        d2 = _sq_dist_block(Z[blk], Z, sq[blk], sq)
+        rows = np.arange(blk.start, blk.stop)[:, None]
+        parts.append(np.sqrt(d2[np.arange(len(Z))[None, :] > rows]))
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def median_heuristic(
+    X: np.ndarray, Y: np.ndarray, *, seed: int = 0, max_samples: int = MEDIAN_MAX_SAMPLES
+) -> float:
+    """sigma = median of ||z_i - z_j||_2 over all distinct pairs i < j of the pooled Z = X u Y
+    (Euclidean, not squared). Above `max_samples` pooled points, a seeded uniform subsample
+    of that size is used. A zero median (mostly duplicates) falls back to the median of the
+    positive distances; all points identical -> 0.0."""
+    X, Y = _pair(X, Y)
+    Z = np.vstack([X, Y])
+    if len(Z) > max_samples:
+        Z = Z[np.sort(np.random.default_rng(seed).choice(len(Z), max_samples, replace=False))]
+    d = _pairwise_upper_distances(Z)
+    if d.size == 0:
+        return 0.0
+    med = float(np.median(d))
+    if med == 0.0:
+        pos = d[d > 0]
+        med = float(np.median(pos)) if pos.size else 0.0
+    return med
+
+
+def _gaussian_quadratic_forms(
+    Z: np.ndarray, sigma: float, labels: np.ndarray, *, with_row_sums: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """For the Gaussian kernel K of Z (N, d) and 0/1 label columns A (N, B), in row blocks
+    (K itself is never held): diag(A^T K A) (B,), and K 1 (N,) when with_row_sums. K_ii = 1."""
+    sq = np.einsum("ij,ij->i", Z, Z)
+    quad = np.zeros(labels.shape[1])
+    row_sums = np.empty(len(Z)) if with_row_sums else None
+    scale = -1.0 / (2.0 * sigma**2)
+    for blk in _row_blocks(len(Z), len(Z)):
+        k = _sq_dist_block(Z[blk], Z, sq[blk], sq)
+        k[np.arange(k.shape[0]), np.arange(blk.start, blk.stop)] = 0.0  # exact diagonal
+        k *= scale
+        np.exp(k, out=k)
+        quad += np.einsum("ib,ib->b", labels[blk], k @ labels)
+        if row_sums is not None:
+            row_sums[blk] = k.sum(axis=1)
+    return quad, row_sums
+
+
+def _mmd2_from_forms(
+    quad: np.ndarray, a_dot_r: np.ndarray, total: float, n: int, m: int
+) -> np.ndarray:
+    """Unbiased MMD^2 from a^T K a, a^T K 1 and 1^T K 1 with unit diagonal (b = 1 - a):
+    (aKa - n)/(n(n-1)) + (bKb - m)/(m(m-1)) - 2 aKb/(nm), aKb = aK1 - aKa,
+    bKb = 1K1 - 2 aK1 + aKa."""
+    kxx = quad - n
+    kxy = a_dot_r - quad
+    kyy = total - 2.0 * a_dot_r + quad - m
+    return kxx / (n * (n - 1)) + kyy / (m * (m - 1)) - 2.0 * kxy / (n * m)
+
+
+def _centred_pool(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    Z = np.vstack([X, Y])
+    return Z - Z.mean(axis=0)
+
+
+def mmd_unbiased(X: np.ndarray, Y: np.ndarray, sigma: float) -> float:
+    """Unbiased MMD^2 (Gretton et al. 2012, eq. 3) with k(x, y) = exp(-||x - y||^2 / (2
+    sigma^2)): sum_{i != j} k(x_i, x_j) / (n(n-1)) + sum_{i != j} k(y_i, y_j) / (m(m-1))
+    - 2 sum_{i, j} k(x_i, y_j) / (nm). X (n, d), Y (m, d), n, m >= 2; no subsampling."""
+    X, Y = _pair(X, Y)
+    n, m = len(X), len(Y)
+    if n < 2 or m < 2:
+        raise ValueError("mmd_unbiased: each set needs at least 2 samples")
+    if not sigma > 0:
+        raise ValueError(f"sigma: must be > 0, got {sigma}")
+    a = np.zeros((n + m, 1))
+    a[:n] = 1.0
+    quad, r = _gaussian_quadratic_forms(_centred_pool(X, Y), sigma, a, with_row_sums=True)
+    return float(_mmd2_from_forms(quad, a[:, 0] @ r, float(r.sum()), n, m)[0])
+
+
+def mmd_test(
+    X: np.ndarray,
+    Y: np.ndarray,
+    permutations: int,
+    seed: int,
+    sigma: float | None = None,
+    *,
+    max_samples: int = MMD_MAX_SAMPLES,
+) -> dict[str, Any]:
+    """Two-sample test (issue 8): unbiased Gaussian MMD^2 and its permutation p-value.
+
+    Each set above `max_samples` is first subsampled (seeded, uniform without replacement).
+    sigma None -> median_heuristic of the pooled (subsampled) sample. p-value =
+    (1 + #{perm >= obs}) / (1 + permutations); each permutation relabels the pooled sample
+    uniformly at random (same set sizes); ">=" allows a 1e-12 relative rounding slack.
+    Returns {statistic (MMD^2), p_value, sigma, permutations, n_x, n_y}. Fewer than 2 samples
+    in a set -> statistic/p_value/sigma None; permutations == 0 -> p_value None; all pooled
+    points identical (sigma 0) -> statistic 0.0, p_value 1.0, sigma None.
+    Memory: O((n + m) * (d + batch)) plus blocks of KERNEL_BLOCK_MB; time O((n + m)^2 * perms).
+    """
+    X, Y = _pair(X, Y)
+    permutations = int(permutations)
+    rng = np.random.default_rng(seed)
+    if len(X) > max_samples:
+        X = X[np.sort(rng.choice(len(X), max_samples, replace=False))]
+    if len(Y) > max_samples:
+        Y = Y[np.sort(rng.choice(len(Y), max_samples, replace=False))]
+    n, m = len(X), len(Y)
+    out: dict[str, Any] = {
+        "statistic": None,
+        "p_value": None,
+        "sigma": None,
+        "permutations": permutations,
+        "n_x": n,
+        "n_y": m,
+    }
+    if n < 2 or m < 2:
+        out["permutations"] = 0
+        return out
+    if sigma is None:
+        sigma = median_heuristic(X, Y, seed=seed)
+    if not sigma > 0:
+        out.update(statistic=0.0, p_value=1.0 if permutations > 0 else None)
+        return out
+    Z = _centred_pool(X, Y)
+    N = n + m
+    observed = np.zeros((N, 1))
+    observed[:n] = 1.0
+    quad, r = _gaussian_quadratic_forms(Z, sigma, observed, with_row_sums=True)
+    total = float(r.sum())
+    stat = float(_mmd2_from_forms(quad, observed[:, 0] @ r, total, n, m)[0])
+    out.update(statistic=stat, sigma=float(sigma))
+    if permutations <= 0:
+        return out
+    batch = max(1, min(permutations, int(KERNEL_BLOCK_MB * 1024 * 1024 // (8 * N))))
+    slack = 1e-12 * max(1.0, abs(stat), total / (N * N))
+    exceed = 0
+    for start in range(0, permutations, batch):
+        cols = min(batch, permutations - start)
+        labels = np.zeros((N, cols))
+        for c in range(cols):
+            labels[rng.permutation(N)[:n], c] = 1.0
+        q, _ = _gaussian_quadratic_forms(Z, sigma, labels, with_row_sums=False)
+        perm = _mmd2_from_forms(q, labels.T @ r, total, n, m)
+        exceed += int(np.count_nonzero(perm >= stat - slack))
+    out["p_value"] = (1 + exceed) / (1 + permutations)
+    return out
+
+
+# --------------------------------------------------------------------------- FID, KID
+
+
 def _sqrtm_psd(A: np.ndarray) -> np.ndarray:
+    """Symmetric PSD square root through eigh (negative rounding eigenvalues clipped to 0)."""
     w, V = np.linalg.eigh((A + A.T) / 2.0)
-    return (V * np.sqrt(np.clip(w, 0, None))) @ V.T
+    return (V * np.sqrt(np.clip(w, 0.0, None))) @ V.T
 
 
 def fid(X: np.ndarray, Y: np.ndarray) -> float | None:
-    """Frechet distance of Gaussians fitted to X and Y (Heusel et al. 2017):
-    ||mu_x - mu_y||^2 + Tr(Sx + Sy - 2 (Sx^1/2 Sy Sx^1/2)^1/2), via symmetric eigh."""
-    if len(X) < 2 or len(Y) < 2:
+    """Frechet distance of Gaussians fitted to X (n, d) and Y (m, d) (Heusel et al. 2017):
+    ||mu_x - mu_y||^2 + Tr(Sx) + Tr(Sy) - 2 Tr((Sx^1/2 Sy Sx^1/2)^1/2), covariances ddof=1.
+
+    Tr((Sx^1/2 Sy Sx^1/2)^1/2) = sum of sqrt(eigenvalues) of the symmetric Sx^1/2 Sy Sx^1/2
+    (eigh; no scipy sqrtm). When d^2 > n m the same trace is taken from the Gram side: it
+    equals the sum of singular values of Xc Yc^T / sqrt((n-1)(m-1)) (the nonzero eigenvalues
+    of Sx Sy and of (Xc Yc^T)(Xc Yc^T)^T / ((n-1)(m-1)) coincide), so no d x d matrix is built.
+    None when a set has fewer than 2 samples. Clamped at 0 (rounding).
+    """
+    X, Y = _pair(X, Y)
+    n, m, d = len(X), len(Y), X.shape[1]
+    if n < 2 or m < 2:
         return None
-    X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
-    sx = np.atleast_2d(np.cov(X, rowvar=False))
-    sy = np.atleast_2d(np.cov(Y, rowvar=False))
-    root = _sqrtm_psd(sx)
-    w = np.linalg.eigvalsh(root @ sy @ root)
-    cross = np.sqrt(np.clip(w, 0, None)).sum()
-    diff = X.mean(0) - Y.mean(0)
-    return float(max(diff @ diff + np.trace(sx) + np.trace(sy) - 2.0 * cross, 0.0))
+    mx, my = X.mean(axis=0), Y.mean(axis=0)
+    Xc, Yc = X - mx, Y - my
+    tr_x = float(np.einsum("ij,ij->", Xc, Xc)) / (n - 1)
+    tr_y = float(np.einsum("ij,ij->", Yc, Yc)) / (m - 1)
+    if d * d <= n * m:
+        sx, sy = Xc.T @ Xc / (n - 1), Yc.T @ Yc / (m - 1)
+        root = _sqrtm_psd(sx)
+        inner = root @ sy @ root
+        w = np.linalg.eigvalsh((inner + inner.T) / 2.0)
+        cross = float(np.sqrt(np.clip(w, 0.0, None)).sum())
+    else:
+        s = np.linalg.svd(Xc @ Yc.T, compute_uv=False)
+        cross = float(s.sum()) / np.sqrt((n - 1) * (m - 1))
+    diff = mx - my
+    return float(max(diff @ diff + tr_x + tr_y - 2.0 * cross, 0.0))
 
 
 def kid(
     X: np.ndarray, Y: np.ndarray, seed: int, subsets: int = 50, subset_size: int = 1000
-) -> dict:
-    """Kernel Inception Distance (Binkowski et al. 2018): unbiased MMD^2 with the kernel
-    k(x, y) = (x.y / d + 1)^3, averaged over random subsets. {mean, std}."""
-    X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
-    size = min(subset_size, len(X), len(Y))
-    if size < 2:
+) -> dict[str, float | None]:
+    """Kernel Inception Distance (Binkowski et al. 2018): unbiased MMD^2 with the cubic
+    polynomial kernel k(x, y) = (x.y / d + 1)^3, on `subsets` pairs of random subsets
+    (seeded, each without replacement) of size s = min(subset_size, n, m):
+    sum_{i != j} kxx / (s(s-1)) + sum_{i != j} kyy / (s(s-1)) - 2 mean(kxy).
+    Returns {mean, std (ddof=0)} over the subsets; None when s < 2. Memory O(s^2)."""
+    X, Y = _pair(X, Y)
+    size = min(int(subset_size), len(X), len(Y))
+    if size < 2 or subsets < 1:
         return {"mean": None, "std": None}
     rng = np.random.default_rng(seed)
     d = X.shape[1]
-    values = []
-    for _ in range(subsets):
+    values = np.empty(int(subsets))
+    for t in range(int(subsets)):
         x = X[rng.choice(len(X), size, replace=False)]
         y = Y[rng.choice(len(Y), size, replace=False)]
-        kxx, kyy, kxy = ((a @ b.T / d + 1.0) ** 3 for a, b in ((x, x), (y, y), (x, y)))
-        n = size
-        values.append(
-            (kxx.sum() - np.trace(kxx)) / (n * (n - 1))
-            + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
-            - 2.0 * kxy.mean()
-        )
-    return {"mean": float(np.mean(values)), "std": float(np.std(values))}
+        xx, tx = _poly3_sum(x, x, d)
+        yy, ty = _poly3_sum(y, y, d)
+        xy, _ = _poly3_sum(x, y, d)
+        pairs = size * (size - 1)
+        values[t] = (xx - tx) / pairs + (yy - ty) / pairs - 2.0 * xy / (size * size)
+    return {"mean": float(values.mean()), "std": float(values.std())}
 
 
-def near_duplicate_threshold(P: np.ndarray) -> float:
-    """NEAR_DUPLICATE_FRACTION x the median nearest-other distance within P (0 if |P| < 2)."""
+def _poly3_sum(a: np.ndarray, b: np.ndarray, d: int) -> tuple[float, float]:
+    """Sum of all entries of K = (a b^T / d + 1)^3 (a (s, d), b (s, d)) and its trace
+    (meaningful when a is b).
+
+    For d^2 < s the sum comes from moments instead of the s x s matrix, with g = a_i.b_j / d:
+    sum (1 + g)^3 = s_a s_b + 3 sum g + 3 sum g^2 + sum g^3, where sum g = (1^T a)(1^T b) / d,
+    sum g^2 = <a^T a, b^T b>_F / d^2 and sum g^3 = <T_a, T_b> / d^3 with the third-moment
+    tensors T[p, q, r] = sum_i a_ip a_iq a_ir: O(s d^3) instead of O(s^2 d), and exact.
+    """
+    trace = float(np.sum((1.0 + np.einsum("ij,ij->i", a, b) / d) ** 3))
+    if d * d < min(len(a), len(b)):
+
+        def moments(x: np.ndarray) -> np.ndarray:
+            return ((x[:, :, None] * x[:, None, :]).reshape(len(x), d * d).T @ x).ravel()
+
+        g1 = float(a.sum(axis=0) @ b.sum(axis=0)) / d
+        g2 = float(np.sum((a.T @ a) * (b.T @ b))) / d**2
+        g3 = float(moments(a) @ moments(b)) / d**3
+        return len(a) * len(b) + 3.0 * g1 + 3.0 * g2 + g3, trace
+    k = a @ b.T
+    k *= 1.0 / d
+    k += 1.0
+    cube = k * k
+    cube *= k
+    return float(cube.sum()), trace
+
+
+# --------------------------------------------------------------------------- duplicates
+
+
+def near_duplicate_threshold(
+    P: np.ndarray, fraction: float = NEAR_DUPLICATE_FRACTION, **engine_kw: Any
+) -> float:
+    """Calibrated near-duplicate threshold: `fraction` x the median over P of each image's
+    distance to its nearest other image of P (engine.nearest_distances). 0.0 when |P| < 2."""
+    P = np.asarray(P)
     if len(P) < 2:
         return 0.0
-    d, _ = engine.nearest_distances(P, P, exclude_self=True)
-    return float(NEAR_DUPLICATE_FRACTION * np.median(d))
+    d, _ = engine.nearest_distances(P, P, exclude_self=True, **engine_kw)
+    return float(fraction * np.median(d))
+
+
+def exact_duplicate_pairs(hashes: Sequence[str]) -> list[tuple[int, int]]:
+    """Pairs (i, j), i < j, of items with the same content hash within one set. A group of k
+    identical items gives k - 1 pairs, each later item paired with the group's first."""
+    first: dict[str, int] = {}
+    pairs = []
+    for j, h in enumerate(hashes):
+        if h in first:
+            pairs.append((first[h], j))
+        else:
+            first[h] = j
+    return pairs
+
+
+def near_duplicate_pairs(
+    X: np.ndarray, threshold: float, **engine_kw: Any
+) -> list[tuple[int, int, float]]:
+    """Within one set X (N, z): each item's nearest other item (by index; ties to the lower
+    index) when closer than `threshold` or at distance 0, as (i, j, distance) with i < j,
+    each pair once, sorted. Found with engine.nearest_distances (no N x N matrix)."""
+    X = np.asarray(X)
+    if len(X) < 2:
+        return []
+    d, nn = engine.nearest_distances(X, X, exclude_self=True, **engine_kw)
+    found: dict[tuple[int, int], float] = {}
+    for j in np.flatnonzero((d < threshold) | (d == 0)):
+        k = int(nn[j])
+        found.setdefault((min(int(j), k), max(int(j), k)), float(d[j]))
+    return sorted((a, b, dist) for (a, b), dist in found.items())
 
 
 def find_duplicates(
     S: np.ndarray,
     P: np.ndarray,
     *,
-    ids: list[str],
-    primary_ids: list[str],
-    hashes: list[str] | None = None,
-    primary_hashes: list[str] | None = None,
+    ids: Sequence[str],
+    primary_ids: Sequence[str],
+    hashes: Sequence[str] | None = None,
+    primary_hashes: Sequence[str] | None = None,
     threshold: float | None = None,
-) -> dict:
-    """Exact (same content hash, or distance exactly 0 without hashes) and near (distance
-    below the calibrated threshold) duplicates, within S and between S and P.
+    **engine_kw: Any,
+) -> dict[str, Any]:
+    """Exact and near duplicates within S and between S and P (issue 8). S (m, z), P (n, z).
 
-    {threshold, within[] {id_a, id_b, distance, exact}, with_primary[] {id, primary_id,
-    distance, exact}}; each within-pair listed once (id_a before id_b in S order)."""
-    t = near_duplicate_threshold(P) if threshold is None else threshold
-    within, with_primary = [], []
-    if len(S) >= 2:
-        d, nn = engine.nearest_distances(S, S, exclude_self=True)
-        seen = set()
-        for j in range(len(S)):
-            k = int(nn[j])
-            exact = hashes is not None and hashes[j] == hashes[k]
-            if (exact or d[j] < t or d[j] == 0) and (min(j, k), max(j, k)) not in seen:
-                seen.add((min(j, k), max(j, k)))
-                a, b = min(j, k), max(j, k)
-                within.append(
-                    {
-                        "id_a": ids[a],
-                        "id_b": ids[b],
-                        "distance": float(d[j]),
-                        "exact": bool(exact or (hashes is None and d[j] == 0)),
-                    }
-                )
+    threshold None -> near_duplicate_threshold(P). Exact means equal content hashes (only
+    when hashes are given); near means distance < threshold or distance == 0.
+    - within: exact_duplicate_pairs(hashes) together with near_duplicate_pairs(S), each pair
+      once, {id_a, id_b, distance, exact}, in S order; exact if the two hashes are equal.
+    - with_primary: at most one entry per S image, in S order: {id, primary_id, distance,
+      exact}; the first P image with the same hash if there is one (exact), else its nearest
+      P image when that is a near duplicate.
+    Returns {threshold, within, with_primary}. Distances are float64 in the given space.
+    """
+    S, P = np.asarray(S), np.asarray(P)
+    if len(ids) != len(S) or len(primary_ids) != len(P):
+        raise ValueError("ids / primary_ids must align with the rows of S / P")
+    t = near_duplicate_threshold(P, **engine_kw) if threshold is None else float(threshold)
+
+    def dist(a: np.ndarray, b: np.ndarray) -> float:
+        diff = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+        return float(np.sqrt(diff @ diff))
+
+    pairs: dict[tuple[int, int], float] = {}
     if hashes is not None:
-        listed = {(w["id_a"], w["id_b"]) for w in within}
-        by_hash: dict[str, list[int]] = {}
-        for j, h in enumerate(hashes):
-            by_hash.setdefault(h, []).append(j)
-        for group in by_hash.values():
-            for a, b in combinations(group, 2):
-                if (ids[a], ids[b]) not in listed:
-                    within.append({"id_a": ids[a], "id_b": ids[b], "distance": 0.0, "exact": True})
-    d, nn = engine.nearest_distances(S, P)
-    p_index = {h: i for i, h in enumerate(primary_hashes or [])}
-    for j in range(len(S)):
-        exact_i = p_index.get(hashes[j]) if hashes is not None and primary_hashes else None
-        if exact_i is not None:
-            with_primary.append(
-                {"id": ids[j], "primary_id": primary_ids[exact_i], "distance": 0.0, "exact": True}
-            )
-        elif d[j] < t or d[j] == 0:
-            with_primary.append(
-                {
-                    "id": ids[j],
-                    "primary_id": primary_ids[int(nn[j])],
-                    "distance": float(d[j]),
-                    "exact": bool(d[j] == 0 and hashes is None),
-                }
-            )
-    within.sort(key=lambda w: (w["id_a"], w["id_b"]))
+        for a, b in exact_duplicate_pairs(hashes):
+            pairs[(a, b)] = dist(S[a], S[b])
+    for a, b, d in near_duplicate_pairs(S, t, **engine_kw):
+        pairs.setdefault((a, b), d)
+    within = [
+        {
+            "id_a": ids[a],
+            "id_b": ids[b],
+            "distance": d,
+            "exact": bool(hashes is not None and hashes[a] == hashes[b]),
+        }
+        for (a, b), d in sorted(pairs.items())
+    ]
+
+    with_primary = []
+    if len(S) and len(P):
+        p_index: dict[str, int] = {}
+        for k, h in enumerate(primary_hashes or []):
+            p_index.setdefault(h, k)
+        d, nn = engine.nearest_distances(S, P, **engine_kw)
+        for j in range(len(S)):
+            k = p_index.get(hashes[j]) if hashes is not None else None
+            if k is not None:
+                entry = {"id": ids[j], "primary_id": primary_ids[k], "distance": dist(S[j], P[k])}
+                with_primary.append({**entry, "exact": True})
+            elif d[j] < t or d[j] == 0:
+                k = int(nn[j])
+                entry = {"id": ids[j], "primary_id": primary_ids[k], "distance": float(d[j])}
+                with_primary.append({**entry, "exact": False})
     return {"threshold": t, "within": within, "with_primary": with_primary}
 
 
-def rank_correlations(a: list[float], b: list[float]) -> dict:
-    """Spearman rho and Kendall tau of two paired lists (None when undefined)."""
+# --------------------------------------------------------------------------- rank agreement
+
+
+def _finite_or_none(v: float | None) -> float | None:
+    return None if v is None or not np.isfinite(v) else float(v)
+
+
+def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Kendall's tau-b of two paired sequences (scipy.stats.kendalltau); None when fewer than
+    2 pairs or undefined (a constant sequence)."""
+    if len(a) != len(b):
+        raise ValueError(f"kendall_tau: lengths differ ({len(a)} and {len(b)})")
     if len(a) < 2:
-        return {"spearman": None, "kendall_tau": None}
-    rho = sstats.spearmanr(a, b).statistic
-    tau = sstats.kendalltau(a, b).statistic
-    clean = lambda v: None if v is None or not np.isfinite(v) else float(v)  # noqa: E731
-    return {"spearman": clean(rho), "kendall_tau": clean(tau)}
+        return None
+    return _finite_or_none(sstats.kendalltau(a, b).statistic)
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Spearman's rho (scipy.stats.spearmanr, average ranks for ties); None when fewer than 2
+    pairs or undefined (a constant sequence)."""
+    if len(a) != len(b):
+        raise ValueError(f"spearman: lengths differ ({len(a)} and {len(b)})")
+    if len(a) < 2:
+        return None
+    return _finite_or_none(sstats.spearmanr(a, b).statistic)
+
+
+def rank_correlations(a: Sequence[float], b: Sequence[float]) -> dict[str, float | None]:
+    """{spearman, kendall_tau} of two paired sequences (None when undefined)."""
+    return {"spearman": spearman(a, b), "kendall_tau": kendall_tau(a, b)}
 
 
 def model_agreement(
-    o_dist: dict[str, dict[str, float]], i_dist: dict[str, dict[str, list[float]]]
-) -> dict:
-    """Rank agreement between extractors: of O_dist across secondaries, and of per-image
-    I_dist within each secondary; secondaries whose rank differs between models flagged."""
-    labels = list(o_dist)
-    names = list(next(iter(o_dist.values())))
+    o_dist: dict[str, dict[str, float]], i_dist: dict[str, dict[str, Sequence[float]]]
+) -> dict[str, Any]:
+    """Agreement between extractors (issue 8). o_dist[model][secondary] -> O_dist;
+    i_dist[model][secondary] -> per-image I_dist (same image order for every model).
+
+    pairs[]: for each pair of models, rank correlations of O_dist across secondaries and of
+    per-image I_dist within each secondary. rank_differs: secondaries whose rank by O_dist
+    (1 = farthest; ties by secondary order) is not the same under every model.
+    """
+    models = list(o_dist)
+    if not models:
+        return {"pairs": [], "rank_differs": []}
+    names = list(o_dist[models[0]])
     pairs = []
-    for a, b in combinations(labels, 2):
-        entry = {"model_a": a, "model_b": b}
-        entry["o_dist"] = rank_correlations(
-            [o_dist[a][n] for n in names], [o_dist[b][n] for n in names]
+    for a, b in combinations(models, 2):
+        pairs.append(
+            {
+                "model_a": a,
+                "model_b": b,
+                "o_dist": rank_correlations(
+                    [o_dist[a][s] for s in names], [o_dist[b][s] for s in names]
+                ),
+                "i_dist": {s: rank_correlations(i_dist[a][s], i_dist[b][s]) for s in names},
+            }
         )
-        entry["i_dist"] = {n: rank_correlations(i_dist[a][n], i_dist[b][n]) for n in names}
-        pairs.append(entry)
     ranks = {
-        m: {n: r for r, n in enumerate(sorted(names, key=lambda x: -o_dist[m][x]))} for m in labels
+        mdl: {s: r for r, s in enumerate(sorted(names, key=lambda x: -o_dist[mdl][x]))}
+        for mdl in models
     }
-    differing = [n for n in names if len({ranks[m][n] for m in labels}) > 1]
+    differing = [s for s in names if len({ranks[mdl][s] for mdl in models}) > 1]
     return {"pairs": pairs, "rank_differs": differing}
