@@ -1,7 +1,8 @@
 """Command line: run, validate, evaluate, schema, demo.
 
 Exit codes: 0 done and every gate passed; 1 done, report written, some gate failed;
-2 invalid job or input (the message names the field or file; nothing is written).
+2 invalid job or input (the message names the field or file; nothing is written);
+3 internal error (a bug: nothing is written); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from worker.errors import JobError
 
-EXIT_OK, EXIT_GATE_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_GATE_FAILED, EXIT_INVALID, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -132,6 +133,12 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
+    except Exception as err:  # a bug, not a gate: never exit 1 for it
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+        print(f"internal error ({err.__class__.__name__}); no report was written", file=sys.stderr)
+        return EXIT_INTERNAL
     return EXIT_INVALID
 
 

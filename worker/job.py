@@ -207,6 +207,7 @@ class S3Config(Strict):
     endpoint_url: str | None = None
     region: str | None = None
     profile: str | None = None
+    max_attempts: int | None = Field(default=None, ge=1, le=20)
 
 
 class StorageConfig(Strict):
