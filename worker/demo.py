@@ -29,7 +29,7 @@ datasets:
     - {{name: S1-concrete-b, path: data/S1/images, masks: data/S1/masks}}
     - {{name: S2-brick, path: data/S2/images, masks: data/S2/masks}}
     - {{name: S3-grass-gravel, path: data/S3/images, masks: data/S3/masks}}
-metrics: {{diversity: true, coverage: true, null_repeats: 10, mmd_permutations: 200, robustness: true}}
+metrics: {{null_repeats: 10, mmd_permutations: 200, robustness: true}}
 selection: {{strategy: [band, farthest, kcenter], counts: [1, 3, 7], band: [0.6, 1.0]}}
 cache: {{dir: .cache}}
 adaptation:            # a few CPU epochs of a small UNet: the paper's experiment in miniature
