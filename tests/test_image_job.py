@@ -110,3 +110,36 @@ def test_robustness_probe_matches_independent_computation(tmp_path):
             assert got[name] == pytest.approx(o[name] / total, rel=1e-4)
         assert -1.0 <= report["robustness"][kind]["kendall_tau"] <= 1.0
         assert set(report["secondaries"][0]["robustness"]) == {"brighten", "darken", "blur"}
+
+
+def test_planted_leak_is_listed_drawn_and_gated(tmp_path):
+    import shutil
+
+    from worker.job import load_job
+    from worker.pipeline import run
+
+    make_demo_data(tmp_path / "data", seed=3, per_set=6)
+    leak = tmp_path / "data/S2/images/leak.png"
+    shutil.copy(tmp_path / "data/P/images/002.png", leak)
+    job = {
+        "model": {"name": "hog", "image_size": 64},
+        "pca": {"dims": 4, "sweep": [4]},
+        "datasets": {
+            "primary": {"name": "P", "path": "data/P/images"},
+            "secondary": [{"name": "S2", "path": "data/S2/images"}],
+        },
+        "cache": {"enabled": False},
+        "gates": [{"metric": "duplicates_with_primary", "dataset": "S2", "max": 0}],
+    }
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    result = run(load_job(tmp_path / "job.yaml"), out_dir=str(tmp_path / "out"))
+    dupes = result.report["secondaries"][0]["duplicates"]
+    [found] = dupes["with_primary"]
+    assert (found["id"], found["primary_id"], found["exact"]) == ("leak.png", "002.png", True)
+    assert found["distance"] == pytest.approx(0.0, abs=1e-9)
+    assert result.exit_code == 1 and result.report["gates"][0]["value"] == 1
+    assert list((tmp_path / "out/figures").glob("dupes_*.png"))
+    text = subprocess.run(
+        ["pdftotext", str(tmp_path / "out/report.pdf"), "-"], capture_output=True, text=True
+    ).stdout
+    assert "Duplicate pairs of S2" in text

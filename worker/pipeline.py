@@ -204,6 +204,55 @@ def _thumbnails(sets: list[EmbeddedSet], analysis: ModelAnalysis, storage) -> di
     return out
 
 
+DUPLICATE_PAIRS_SHOWN = 6
+
+
+def _duplicate_pairs(sets: list[EmbeddedSet], analysis: ModelAnalysis, storage) -> dict:
+    """The first duplicate pairs of each S (with P first, then within S), decoded for the PDF."""
+    from worker.images import ImageError, decode_image
+
+    primary = sets[0]
+    p_uri = dict(zip(primary.ids, primary.uris, strict=False))
+
+    def load(uri: str):
+        try:
+            img = decode_image(read_bytes(uri, storage))
+        except (OSError, ImageError):
+            return None
+        img.thumbnail((160, 160))
+        return img
+
+    out = {}
+    for sec, entry in zip(sets[1:], analysis.secondaries, strict=True):
+        dupes = entry.get("duplicates")
+        if not dupes or not sec.has_images:
+            continue
+        s_uri = dict(zip(sec.ids, sec.uris, strict=True))
+        wanted = [
+            (
+                f"{d['id']} vs {primary.name}:{d['primary_id']} (d = {d['distance']:.3g})",
+                s_uri.get(d["id"]),
+                p_uri.get(d["primary_id"]),
+            )
+            for d in dupes["with_primary"]
+        ] + [
+            (
+                f"{d['id_a']} vs {d['id_b']} (d = {d['distance']:.3g})",
+                s_uri.get(d["id_a"]),
+                s_uri.get(d["id_b"]),
+            )
+            for d in dupes["within"]
+        ]
+        pairs = []
+        for caption, a, b in wanted[:DUPLICATE_PAIRS_SHOWN]:
+            img_a, img_b = (load(a) if a else None), (load(b) if b else None)
+            if img_a is not None and img_b is not None:
+                pairs.append((caption, img_a, img_b))
+        if pairs:
+            out[sec.name] = pairs
+    return out
+
+
 def _versions() -> dict[str, str]:
     import sklearn
     import torch
@@ -420,6 +469,7 @@ def _write_outputs(job, analyses, skipped, image_sets, out_uri, job_source, juni
             extras = {
                 "scatter": first.scatter,
                 "thumbnails": _thumbnails(image_sets, first, job.storage),
+                "duplicate_pairs": _duplicate_pairs(image_sets, first, job.storage),
                 **adapt_extras,
             }
             figures = make_figures(report, extras, staging / "figures")

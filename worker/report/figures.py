@@ -494,6 +494,28 @@ def plot_thumbnails(sec: dict, thumbs: dict, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def plot_duplicate_pairs(pairs: list, path: Path) -> Path | None:
+    """Duplicate image pairs side by side: [(caption, image_a, image_b)], two pairs a row."""
+    if not pairs:
+        return None
+    per_row = 2
+    nrows = (len(pairs) + per_row - 1) // per_row
+    cell = (WIDTH_IN - 0.2) / (2 * per_row)
+    height = nrows * (cell + 0.45)
+    fig, axes = plt.subplots(nrows, 2 * per_row, figsize=(WIDTH_IN, height), squeeze=False)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.35 / height, wspace=0.06)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for k, (caption, img_a, img_b) in enumerate(pairs):
+        r, c = divmod(k, per_row)
+        for j, img in enumerate((img_a, img_b)):
+            ax = axes[r, 2 * c + j]
+            arr, cmap = _as_array(img)
+            ax.imshow(arr, cmap=cmap, vmin=0 if cmap else None, vmax=255 if cmap else None)
+        axes[r, 2 * c].set_title(short(caption, 60), fontsize=6, loc="left")
+    return _save(fig, path)
+
+
 # --- entry point ----------------------------------------------------------------------------
 
 
@@ -537,6 +559,9 @@ def make_figures(report: dict, extras: dict | None, out_dir: str | Path) -> dict
                     f"thumbnails:{name}",
                     plot_thumbnails(sec, thumbnails[name], out / f"thumbnails_{stem}.png"),
                 )
+            pairs = (extras.get("duplicate_pairs") or {}).get(name)
+            if pairs:
+                add(f"duplicates:{name}", plot_duplicate_pairs(pairs, out / f"dupes_{stem}.png"))
     if report.get("adaptation"):
         from worker.report.adaptation_figures import make_adaptation_figures
 
