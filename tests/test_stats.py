@@ -194,6 +194,8 @@ def test_mmd_edge_cases():
     assert none["p_value"] is None and none["statistic"] is not None
     same = stats.mmd_test(np.ones((4, 2)), np.ones((3, 2)), 10, 0)
     assert same["statistic"] == 0.0 and same["p_value"] == 1.0 and same["sigma"] is None
+    with pytest.raises(ValueError):
+        stats.mmd_test(X, X + 1, 10, 0, sigma=0.0)
 
 
 def test_mmd_subsamples_and_keeps_memory_bounded(monkeypatch):

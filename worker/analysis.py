@@ -109,6 +109,7 @@ def _selections(
     The adaptation stage's (strategy, count) pairs are chosen here too, by the same code.
     """
     bins = job.metrics.histogram_bins
+    kw = _engine_kw(job)
     s_l, p_l = space.secondary, space.primary
     out, chosen = [], {}
     if job.adaptation.enabled:
@@ -121,6 +122,7 @@ def _selections(
                 count=q,
                 band=job.selection.band,
                 seed=job.seed,
+                **kw,
             )
     for strategy in job.selection.strategies:
         for count in job.selection.counts:
@@ -132,6 +134,7 @@ def _selections(
                 count=count,
                 band=job.selection.band,
                 seed=job.seed,
+                **kw,
             )
             chosen[(strategy, count)] = idx
             entry = {
@@ -145,20 +148,22 @@ def _selections(
             }
             if job.metrics.diversity:
                 rand = selection.random_subset(len(s_l), len(idx), job.seed)
-                entry["diversity"] = _spread(metrics.diversity(s_l[idx]), bins)
-                entry["random_diversity"] = _spread(metrics.diversity(s_l[rand]), bins)
+                entry["diversity"] = _spread(metrics.diversity(s_l[idx], **kw), bins)
+                entry["random_diversity"] = _spread(metrics.diversity(s_l[rand], **kw), bins)
                 entry["pool_diversity"] = _spread(
-                    metrics.diversity(np.vstack([p_l, s_l[idx]])), bins
+                    metrics.diversity(np.vstack([p_l, s_l[idx]]), **kw), bins
                 )
             if job.metrics.coverage:
-                entry["coverage"] = _cover(metrics.coverage(s_l, s_l[idx]))
+                entry["coverage"] = _cover(metrics.coverage(s_l, s_l[idx], **kw))
             out.append(entry)
     return out, chosen
 
 
 def _statistics(p_l: np.ndarray, s_l: np.ndarray, o_dist_mean: float, job: Job) -> dict:
     """Null calibration, MMD, FID and KID in the pair's PCA space (issue 8)."""
-    null = stats.null_o_dist_means(p_l, repeats=job.metrics.null_repeats, seed=job.seed)
+    null = stats.null_o_dist_means(
+        p_l, repeats=job.metrics.null_repeats, seed=job.seed, **_engine_kw(job)
+    )
     mmd = stats.mmd_test(p_l, s_l, permutations=job.metrics.mmd_permutations, seed=job.seed)
     return {
         "o_dist_null_mean": float(np.mean(null)) if len(null) else None,
@@ -170,7 +175,9 @@ def _statistics(p_l: np.ndarray, s_l: np.ndarray, o_dist_mean: float, job: Job) 
     }
 
 
-def _duplicates(primary: EmbeddedSet, sec: EmbeddedSet, p_l: np.ndarray, s_l: np.ndarray) -> dict:
+def _duplicates(
+    primary: EmbeddedSet, sec: EmbeddedSet, p_l: np.ndarray, s_l: np.ndarray, kw: dict
+) -> dict:
     """Exact (content hash) and near (calibrated distance) duplicates within S and with P."""
     return stats.find_duplicates(
         s_l,
@@ -179,6 +186,7 @@ def _duplicates(primary: EmbeddedSet, sec: EmbeddedSet, p_l: np.ndarray, s_l: np
         primary_ids=primary.ids,
         hashes=sec.hashes or None,
         primary_hashes=primary.hashes or None,
+        **kw,
     )
 
 
@@ -211,14 +219,16 @@ def analyse_secondary(
             "thirds": metrics.sorted_splits(i_dist, 3),
         },
         "pca": space.info,
-        "diversity": _spread(metrics.diversity(s_l), bins) if job.metrics.diversity else None,
-        "coverage_by_primary": _cover(metrics.coverage(s_l, p_l)) if job.metrics.coverage else None,
+        "diversity": _spread(metrics.diversity(s_l, **kw), bins) if job.metrics.diversity else None,
+        "coverage_by_primary": (
+            _cover(metrics.coverage(s_l, p_l, **kw)) if job.metrics.coverage else None
+        ),
     }
     entry["selections"], chosen = _selections(sec, space, i_dist, job)
     if job.metrics.statistics:
         entry["statistics"] = _statistics(p_l, s_l, entry["o_dist_mean"], job)
     if job.metrics.duplicates:
-        entry["duplicates"] = _duplicates(primary, sec, p_l, s_l)
+        entry["duplicates"] = _duplicates(primary, sec, p_l, s_l, kw)
     return entry, space, scaled, chosen
 
 

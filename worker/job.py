@@ -125,7 +125,7 @@ class MetricsConfig(Strict):
     histogram_bins: int = Field(default=20, ge=2, le=200)
     statistics: bool = True
     null_repeats: int = Field(default=20, ge=1, le=1000)
-    mmd_permutations: int = Field(default=500, ge=0, le=100000)
+    mmd_permutations: int = Field(default=500, ge=0, le=10000)
     duplicates: bool = True
     robustness: bool = False
 

@@ -255,6 +255,8 @@ def mmd_test(
     if n < 2 or m < 2:
         out["permutations"] = 0
         return out
+    if sigma is not None and not sigma > 0:
+        raise ValueError(f"sigma: must be > 0, got {sigma}")
     if sigma is None:
         sigma = median_heuristic(X, Y, seed=seed)
     if not sigma > 0:
@@ -448,6 +450,10 @@ def find_duplicates(
     S, P = np.asarray(S), np.asarray(P)
     if len(ids) != len(S) or len(primary_ids) != len(P):
         raise ValueError("ids / primary_ids must align with the rows of S / P")
+    if (hashes is not None and len(hashes) != len(S)) or (
+        primary_hashes is not None and len(primary_hashes) != len(P)
+    ):
+        raise ValueError("hashes / primary_hashes must align with the rows of S / P")
     t = near_duplicate_threshold(P, **engine_kw) if threshold is None else float(threshold)
 
     def dist(a: np.ndarray, b: np.ndarray) -> float:
