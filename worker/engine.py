@@ -527,18 +527,19 @@ def kcenter_greedy(
     dtype, dev = _dtype(precision), resolve_device(device)
     # distances from each pick are direct differences (fused in cdist), not the GEMM trick,
     # so duplicates give exactly 0 and the order matches a plain float64 implementation
-    mean = _joint_mean([x_np])
-    x = _centred(x_np, mean, dtype, dev, augment="none")
     first = None
     with _no_tf32(dev):
         if c_np is not None and len(c_np):
+            # before x exists, so the two working copies are never held at the same time
             d0, _ = nearest_distances(
                 x_np, c_np, memory_budget_mb=memory_budget_mb, precision=precision, device=device
             )
             min_d = torch.as_tensor(d0, dtype=torch.float64, device=dev)
+            x = _centred(x_np, _joint_mean([x_np]), dtype, dev, augment="none")
         else:
+            x = _centred(x_np, _joint_mean([x_np]), dtype, dev, augment="none")
             # the mean only seeds the first pick; it is not a centre afterwards
-            first = int(torch.argmax(torch.linalg.vector_norm(x.double(), dim=1)))
+            first = int(torch.argmax(torch.linalg.vector_norm(x, dim=1, dtype=torch.float64)))
             min_d = torch.full((len(x),), float("inf"), dtype=torch.float64, device=dev)
         chunk = max(1, int(memory_budget_mb * 1024 * 1024 // (8 * max(1, x.shape[1]))))
         chosen: list[int] = []
