@@ -112,30 +112,25 @@ def _selections(
     kw = _engine_kw(job)
     s_l, p_l = space.secondary, space.primary
     out, chosen = [], {}
+
+    def pick(strategy: str, count: int) -> list[int]:
+        return selection.select(
+            strategy,
+            S_L=s_l,
+            P_L=p_l,
+            i_dist=i_dist,
+            count=count,
+            band=job.selection.band,
+            seed=job.seed,
+            **kw,
+        )
+
     if job.adaptation.enabled:
         for q in job.adaptation.counts:
-            chosen[(job.adaptation.selection, q)] = selection.select(
-                job.adaptation.selection,
-                S_L=s_l,
-                P_L=p_l,
-                i_dist=i_dist,
-                count=q,
-                band=job.selection.band,
-                seed=job.seed,
-                **kw,
-            )
+            chosen[(job.adaptation.selection, q)] = pick(job.adaptation.selection, q)
     for strategy in job.selection.strategies:
         for count in job.selection.counts:
-            idx = selection.select(
-                strategy,
-                S_L=s_l,
-                P_L=p_l,
-                i_dist=i_dist,
-                count=count,
-                band=job.selection.band,
-                seed=job.seed,
-                **kw,
-            )
+            idx = pick(strategy, count)
             chosen[(strategy, count)] = idx
             entry = {
                 "strategy": strategy,

@@ -27,6 +27,12 @@ EXTRACTOR_NAMES = (
 )
 
 
+def check_device(v: str) -> str:
+    if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
+        return v
+    raise ValueError("device must be auto, cpu, cuda or cuda:N")
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -60,9 +66,7 @@ class ModelConfig(Strict):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
-            return v
-        raise ValueError("device must be auto, cpu, cuda or cuda:N")
+        return check_device(v)
 
     @property
     def label(self) -> str:
@@ -222,6 +226,11 @@ class ComputeConfig(Strict):
     memory_budget_mb: int = Field(default=256, ge=8, le=1_000_000)
     device: str = "auto"
     precision: Literal["float32", "float64"] = "float64"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        return check_device(v)
 
 
 class NegativesConfig(Strict):
