@@ -263,6 +263,10 @@ def test_device_and_precision_validation():
         row_distance_sums(np.ones((2, 2)), np.ones((2, 2)), memory_budget_mb=0)
     with pytest.raises(ValueError, match="same number of columns"):
         row_distance_sums(np.ones((2, 2)), np.ones((2, 3)))
+    with pytest.raises(ValueError, match="cols: contains NaN"):
+        row_distance_sums(np.ones((2, 2)), np.array([[0.0, np.nan]]))
+    with pytest.raises(ValueError, match="2-D"):
+        nearest_distances(np.ones(3), np.ones((2, 3)))
 
 
 def test_tf32_disabled_on_cuda_and_restored():
@@ -281,6 +285,30 @@ def test_cuda_plan_respects_budget():
     assert plan.workers == 1
     assert plan.tile_rows * plan.tile_cols * 4 * engine.TILE_OVERHEAD <= 64 * 2**20
     assert plan.tile_cols == engine.CUDA_TILE_COLS
+
+
+def test_public_calls_use_the_thread_pool(monkeypatch):
+    """The plan must see the caller's thread count, not the 1 set inside engine calls."""
+    seen = []
+    real = engine._plan
+
+    def spy(*args, **kwargs):
+        plan = real(*args, **kwargs)
+        seen.append(plan.workers)
+        return plan
+
+    monkeypatch.setattr(engine, "_plan", spy)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        x = RNG.standard_normal((600, 3))
+        row_distance_sums(x, x)
+        nearest_distances(x, x, exclude_self=True)
+        kcenter_greedy(x, 3, x[:5])
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [2, 2, 2]
+    assert torch.get_num_threads() == before
 
 
 def test_threads_restored_after_pool():

@@ -6,8 +6,8 @@ How it works (DESIGN.md section 6, issue 10):
 
 - Both sets are centred jointly (distances are translation invariant), converted once to the
   working precision and augmented so that one GEMM gives squared distances directly:
-  ``[a, |a|^2, 1] @ [-2b, 1, |b|^2]^T = |a|^2 + |b|^2 - 2ab``. The result is clamped at 0
-  before the square root.
+  ``[a, |a|^2, 1] @ [-2b, 1, |b|^2]^T = |a|^2 + |b|^2 - 2ab``. No negative rounding
+  result reaches the square root (see the near-duplicate fix-up below).
 - The (m x n) distance matrix is visited in small cache-sized tiles (256 x 1024 by default)
   that are reused from a per-thread buffer; on CPU the row blocks are spread over a pool of
   ``torch.get_num_threads()`` Python threads, each running torch single-threaded (the ops
@@ -28,6 +28,7 @@ How it works (DESIGN.md section 6, issue 10):
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -55,6 +56,7 @@ _PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
 #: relative size d^2 / (|a|^2 + |b|^2) under which a pair is recomputed by differences
 _TAU = {torch.float32: 1e-2, torch.float64: 1e-4}
 _POOL_LOCK = threading.RLock()
+_OUTER_THREADS: list[int] = []  # thread counts saved by nested _single_threaded blocks
 
 
 # --------------------------------------------------------------------------- helpers
@@ -107,6 +109,8 @@ def _as_2d(x: np.ndarray, name: str) -> np.ndarray:
         raise ValueError(f"{name}: expected a 2-D array (N, z), got shape {arr.shape}")
     if not np.issubdtype(arr.dtype, np.number):
         raise ValueError(f"{name}: expected a numeric array, got dtype {arr.dtype}")
+    if arr.size and not np.isfinite(arr).all():
+        raise ValueError(f"{name}: contains NaN or inf values")
     return arr
 
 
@@ -205,7 +209,7 @@ def _plan(
         rows = min(n_rows, max(1, elems // cols))
     else:
         if workers is None:
-            workers = max(1, torch.get_num_threads())
+            workers = _available_threads()
         # per worker: one tile plus one row vector; never below MIN_TILE values
         elems = max(MIN_TILE, int(budget // (workers * per_elem)))
         cols = min(n_cols, CPU_TILE_COLS, max(MIN_TILE, elems // 4))
@@ -230,11 +234,30 @@ def _single_threaded(device: torch.device) -> Iterator[None]:
         return
     with _POOL_LOCK:
         old = torch.get_num_threads()
+        _OUTER_THREADS.append(old)
         try:
             torch.set_num_threads(1)
             yield
         finally:
+            _OUTER_THREADS.pop()
             torch.set_num_threads(old)
+
+
+def _available_threads() -> int:
+    """torch's thread count as the caller set it (not the 1 used inside engine calls)."""
+    return max(1, _OUTER_THREADS[0] if _OUTER_THREADS else torch.get_num_threads())
+
+
+def _cpu_single_threaded(fn: Callable) -> Callable:
+    """Run the whole call with one torch thread in the calling thread (see _single_threaded);
+    the parallelism comes from the row-block pool, not from OpenMP inside small ops."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, device: str = "cpu", **kwargs):
+        with _single_threaded(resolve_device(device)):
+            return fn(*args, device=device, **kwargs)
+
+    return wrapper
 
 
 def _run_row_blocks(
@@ -348,6 +371,7 @@ def row_distance_sums(
     )
 
 
+@_cpu_single_threaded
 def _row_distance_sums(
     rows: np.ndarray,
     cols: np.ndarray,
@@ -386,8 +410,10 @@ def _row_distance_sums(
             c1 = min(c0 + tc, n)
             t = _tile(buf, r, c1 - c0)
             torch.mm(ai, b[c0:c1].t(), out=t)
+            # after the fix-up every entry is >= 0 (entries below tau * S were recomputed
+            # exactly, the others are >= tau * S >= 0), so no clamp pass is needed
             _fix_small(t, ai, b, c0, tau * (row_max + col_max[k]), tau)
-            t.clamp_min_(0).sqrt_()
+            t.sqrt_()
             torch.sum(t, dim=1, out=acc)
             total.add_(acc)
 
@@ -410,7 +436,8 @@ def nearest_distances(
     exclude_self: queries and points are the same set; row j ignores column j (by index,
     so exact duplicates still count as distance 0). A query with no admissible point
     (exclude_self with a single point, or no points at all) gets distance inf, index -1.
-    Ties go to the lowest index. The returned distance is recomputed in float64 from the
+    Ties go to the lowest index, except among exact duplicates of the nearest point, where
+    GEMM rounding may pick any copy. The returned distance is recomputed in float64 from the
     original vectors for the chosen neighbour; `precision` only affects which neighbour
     wins among near-ties.
     """
@@ -424,6 +451,7 @@ def nearest_distances(
     )
 
 
+@_cpu_single_threaded
 def _nearest_distances(
     queries: np.ndarray,
     points: np.ndarray,
@@ -500,6 +528,7 @@ def _nearest_distances(
     return dist, idx
 
 
+@_cpu_single_threaded
 def kcenter_greedy(
     candidates: np.ndarray,
     k: int,
