@@ -40,15 +40,19 @@ def gate_target(gate: dict) -> str:
     return f"{gate.get('metric', '?')}[{where}]"
 
 
-def gate_bound(gate: dict) -> str:
+def gate_bound(
+    gate: dict, number=None, le: str = "<=", ge: str = ">=", missing: str = "(no bound)"
+) -> str:
+    """'<= 0.5', '>= 2' or 'in [a, b]' for a gate result; `number` formats the bounds."""
+    number = number or _number
     lo, hi = gate.get("min"), gate.get("max")
     if lo is not None and hi is not None:
-        return f"in [{_number(lo)}, {_number(hi)}]"
+        return f"in [{number(lo)}, {number(hi)}]"
     if hi is not None:
-        return f"<= {_number(hi)}"
+        return f"{le} {number(hi)}"
     if lo is not None:
-        return f">= {_number(lo)}"
-    return "(no bound)"
+        return f"{ge} {number(lo)}"
+    return missing
 
 
 def gate_case_name(gate: dict) -> str:

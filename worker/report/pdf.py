@@ -53,15 +53,10 @@ def fmt_num(x, digits: int = 4) -> str:
 
 
 def fmt_bound(gate: dict) -> str:
-    """'<= 0.5', '>= 2' or 'in [a, b]' for a gate result."""
-    lo, hi = gate.get("min"), gate.get("max")
-    if lo is not None and hi is not None:
-        return f"in [{fmt_num(lo)}, {fmt_num(hi)}]"
-    if hi is not None:
-        return f"≤ {fmt_num(hi)}"
-    if lo is not None:
-        return f"≥ {fmt_num(lo)}"
-    return ""
+    """'≤ 0.5', '≥ 2' or 'in [a, b]' for a gate result."""
+    from worker.report.junit import gate_bound
+
+    return gate_bound(gate, fmt_num, "≤", "≥", missing="")
 
 
 @lru_cache(maxsize=4)
