@@ -34,6 +34,7 @@ format: install
 bench: install
 	$(PY) benchmarks/distances.py
 	$(PY) benchmarks/embed.py
+	$(PY) benchmarks/scale.py
 
 clean:
 	rm -rf .venv demo out .cache

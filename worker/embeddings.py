@@ -55,6 +55,35 @@ class _Loaded:
     skip: str | None = None
 
 
+def read_decoded(item: Item, storage, cache, key: str) -> _Loaded:
+    """Read one image, hash it, look it up in the cache; on a miss decode it to RGB.
+
+    Returns a cached `vector`, the decoded PIL image as `prepared`, or a `skip` reason.
+    Shared by the local loader threads and the Ray Data read stage."""
+    try:
+        data = read_bytes(item.uri, storage)
+    except OSError as err:
+        return _Loaded(item, skip=f"cannot read: {err.strerror or err}")
+    digest = content_hash(data)
+    if cache is not None:
+        vector = cache.get(digest, key)
+        if vector is not None:
+            return _Loaded(item, digest, vector=vector)
+    try:
+        img = decode_image(data)
+    except ImageError as err:
+        return _Loaded(item, skip=str(err))
+    return _Loaded(item, digest, prepared=img)
+
+
+def prepare_or_skip(prepare, image) -> tuple[object, str | None]:
+    """(prepare(image), None), or (None, reason) when the model's processor rejects it."""
+    try:
+        return prepare(image), None
+    except Exception as err:  # noqa: BLE001 - an image the processor rejects is skipped
+        return None, f"cannot preprocess ({err.__class__.__name__}: {err})"
+
+
 def default_num_workers(extractor=None) -> int:
     """The extractor's `num_workers` (from model.num_workers) if it has one, else 2."""
     n = getattr(extractor, "num_workers", None)
@@ -127,26 +156,11 @@ def embed_items(
     window = max(batch_size * max(prefetch_batches, 1), 2 * workers, 1)
 
     def load(item: Item) -> _Loaded:
-        try:
-            data = read_bytes(item.uri, storage)
-        except OSError as err:
-            return _Loaded(item, skip=f"cannot read: {err.strerror or err}")
-        digest = content_hash(data)
-        if cache is not None:
-            vector = cache.get(digest, key)
-            if vector is not None:
-                return _Loaded(item, digest, vector=vector)
-        try:
-            img = decode_image(data)
-        except ImageError as err:
-            return _Loaded(item, skip=str(err))
-        del data
-        if prepare is None:
-            return _Loaded(item, digest, prepared=img)
-        try:
-            return _Loaded(item, digest, prepared=prepare(img))
-        except Exception as err:  # noqa: BLE001 - an image the processor rejects is skipped
-            return _Loaded(item, skip=f"cannot preprocess ({err.__class__.__name__}: {err})")
+        loaded = read_decoded(item, storage, cache, key)
+        if loaded.prepared is None or prepare is None:
+            return loaded
+        prepared, skip = prepare_or_skip(prepare, loaded.prepared)
+        return _Loaded(item, loaded.digest, prepared=prepared, skip=skip)
 
     ids: list[str] = []
     uris: list[str] = []

@@ -33,6 +33,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +58,8 @@ _PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
 _TAU = {torch.float32: 1e-2, torch.float64: 1e-4}
 _POOL_LOCK = threading.RLock()
 _OUTER_THREADS: list[int] = []  # thread counts saved by nested _single_threaded blocks
+#: a distributed backend (worker.distributed.RayDistanceBackend) for large calls, or None
+_BACKEND: ContextVar = ContextVar("distance_backend", default=None)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -101,7 +104,8 @@ def _dtype(precision: str) -> torch.dtype:
         ) from None
 
 
-def _as_2d(x: np.ndarray, name: str) -> np.ndarray:
+def as_matrix(x: np.ndarray, name: str) -> np.ndarray:
+    """x as a finite numeric (N, z) numpy array (no copy when it already is one)."""
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     arr = np.asarray(x)
@@ -114,7 +118,8 @@ def _as_2d(x: np.ndarray, name: str) -> np.ndarray:
     return arr
 
 
-def _check_pair(a: np.ndarray, b: np.ndarray, na: str, nb: str) -> None:
+def check_pair(a: np.ndarray, b: np.ndarray, na: str, nb: str) -> None:
+    """ValueError unless a and b have the same number of columns."""
     if a.shape[1] != b.shape[1]:
         raise ValueError(
             f"{na} and {nb} must have the same number of columns, got {a.shape[1]} and {b.shape[1]}"
@@ -161,7 +166,9 @@ def _centred(
     out = torch.empty((n, z + extra), dtype=dtype, device=device)
     step = max(1, (32 * 1024 * 1024) // max(1, 8 * z))
     for s in range(0, n, step):
-        chunk = torch.as_tensor(np.asarray(x[s : s + step], dtype=np.float64), device=device)
+        # writable (a copy only if x is read-only, e.g. an array from Ray's object store)
+        part = np.require(x[s : s + step], dtype=np.float64, requirements="W")
+        chunk = torch.as_tensor(part, device=device)
         chunk = (chunk - torch.as_tensor(mean, device=device)).to(dtype)
         if augment == "none":
             out[s : s + step] = chunk
@@ -350,6 +357,64 @@ def _fix_small(
     return changed
 
 
+# --------------------------------------------------------------------------- backends
+
+
+@contextmanager
+def distance_backend(backend) -> Iterator[None]:
+    """Route large row_distance_sums / nearest_distances calls to `backend` in this block.
+
+    `backend` has takes(m, n) -> bool and the two functions with this module's signatures
+    (worker.distributed.RayDistanceBackend splits the rows into blocks and runs each with
+    `block_row_distance_sums` / `block_nearest_distances`). The numbers stay those of the
+    local engine: every block is centred by the whole call's mean.
+    """
+    token = _BACKEND.set(backend)
+    try:
+        yield
+    finally:
+        _BACKEND.reset(token)
+
+
+def _delegate(m: int, n: int):
+    backend = _BACKEND.get()
+    return backend if backend is not None and backend.takes(m, n) else None
+
+
+def call_center(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """The mean every tile of one call is centred by: of [a; b], or of a alone (self-queries).
+    Shape (z,) float64. Distances do not depend on it; rounding does, so blocks share it."""
+    return _joint_mean([a] if b is None else [a, b])
+
+
+def block_row_distance_sums(
+    rows: np.ndarray, cols: np.ndarray, center: np.ndarray, **engine_kw
+) -> np.ndarray:
+    """row_distance_sums for one row block of a larger call, centred by the call's `center`."""
+    return _row_distance_sums(rows, cols, center=center, **engine_kw)
+
+
+def block_nearest_distances(
+    queries: np.ndarray,
+    points: np.ndarray,
+    center: np.ndarray,
+    *,
+    exclude_self: bool = False,
+    row_offset: int = 0,
+    **engine_kw,
+) -> tuple[np.ndarray, np.ndarray]:
+    """nearest_distances for queries[row_offset:...] of a larger call: with exclude_self,
+    block row i skips point row_offset + i."""
+    return _nearest_distances(
+        queries,
+        points,
+        exclude_self=exclude_self,
+        center=center,
+        row_offset=row_offset,
+        **engine_kw,
+    )
+
+
 # --------------------------------------------------------------------------- public API
 
 
@@ -365,10 +430,13 @@ def row_distance_sums(
 
     precision: 'float32' (fast, relative error ~1e-7) or 'float64' (~1e-15).
     device: 'cpu', 'cuda', 'cuda:N' or 'auto'.
+    Inside `distance_backend(...)`, a call the backend takes runs there in row blocks.
     """
-    return _row_distance_sums(
-        rows, cols, memory_budget_mb=memory_budget_mb, precision=precision, device=device
-    )
+    kw = {"memory_budget_mb": memory_budget_mb, "precision": precision, "device": device}
+    backend = _delegate(len(rows), len(cols))
+    if backend is not None:
+        return backend.row_distance_sums(rows, cols, **kw)
+    return _row_distance_sums(rows, cols, **kw)
 
 
 @_cpu_single_threaded
@@ -380,15 +448,16 @@ def _row_distance_sums(
     precision: str,
     device: str,
     workers: int | None = None,
+    center: np.ndarray | None = None,
 ) -> np.ndarray:
-    a_np, b_np = _as_2d(rows, "rows"), _as_2d(cols, "cols")
-    _check_pair(a_np, b_np, "rows", "cols")
+    a_np, b_np = as_matrix(rows, "rows"), as_matrix(cols, "cols")
+    check_pair(a_np, b_np, "rows", "cols")
     dtype, dev = _dtype(precision), resolve_device(device)
     m, n = len(a_np), len(b_np)
     out = torch.zeros(m, dtype=torch.float64, device=dev)
     if m == 0 or n == 0:
         return out.cpu().numpy()
-    mean = _joint_mean([a_np, b_np])
+    mean = call_center(a_np, b_np) if center is None else np.array(center, dtype=np.float64)
     a = _centred(a_np, mean, dtype, dev, augment="rows")
     b = _centred(b_np, mean, dtype, dev, augment="cols")  # (n, z+2); mm with b.T views
     plan = _plan(m, n, a.element_size(), memory_budget_mb, dev, workers=workers)
@@ -439,16 +508,19 @@ def nearest_distances(
     Ties go to the lowest index, except among exact duplicates of the nearest point, where
     GEMM rounding may pick any copy. The returned distance is recomputed in float64 from the
     original vectors for the chosen neighbour; `precision` only affects which neighbour
-    wins among near-ties.
+    wins among near-ties. Inside `distance_backend(...)`, a call the backend takes runs
+    there in row blocks.
     """
-    return _nearest_distances(
-        queries,
-        points,
-        exclude_self=exclude_self,
-        memory_budget_mb=memory_budget_mb,
-        precision=precision,
-        device=device,
-    )
+    if exclude_self and len(queries) != len(points):
+        raise ValueError(
+            "exclude_self=True needs queries and points to be the same set "
+            f"(got {len(queries)} and {len(points)} rows)"
+        )
+    kw = {"memory_budget_mb": memory_budget_mb, "precision": precision, "device": device}
+    backend = _delegate(len(queries), len(points))
+    if backend is not None:
+        return backend.nearest_distances(queries, points, exclude_self=exclude_self, **kw)
+    return _nearest_distances(queries, points, exclude_self=exclude_self, **kw)
 
 
 @_cpu_single_threaded
@@ -461,20 +533,20 @@ def _nearest_distances(
     precision: str,
     device: str,
     workers: int | None = None,
+    center: np.ndarray | None = None,
+    row_offset: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    q_np, p_np = _as_2d(queries, "queries"), _as_2d(points, "points")
-    _check_pair(q_np, p_np, "queries", "points")
-    if exclude_self and len(q_np) != len(p_np):
-        raise ValueError(
-            "exclude_self=True needs queries and points to be the same set "
-            f"(got {len(q_np)} and {len(p_np)} rows)"
-        )
+    q_np, p_np = as_matrix(queries, "queries"), as_matrix(points, "points")
+    check_pair(q_np, p_np, "queries", "points")
     dtype, dev = _dtype(precision), resolve_device(device)
     m, n = len(q_np), len(p_np)
     best = torch.full((m,), float("inf"), dtype=dtype, device=dev)
     best_idx = torch.full((m,), -1, dtype=torch.int64, device=dev)
     if m and n:
-        mean = _joint_mean([p_np] if exclude_self else [q_np, p_np])
+        if center is not None:
+            mean = np.array(center, dtype=np.float64)
+        else:
+            mean = call_center(p_np) if exclude_self else call_center(q_np, p_np)
         a = _centred(q_np, mean, dtype, dev, augment="rows")
         b = _centred(p_np, mean, dtype, dev, augment="cols")
         plan = _plan(m, n, a.element_size(), memory_budget_mb, dev, workers=workers)
@@ -496,8 +568,9 @@ def _nearest_distances(
                 c1 = min(c0 + tc, n)
                 t = _tile(buf, r, c1 - c0)
                 torch.mm(ai, b[c0:c1].t(), out=t)
-                if exclude_self and c0 < e and s < c1:
-                    t.diagonal(offset=s - c0).fill_(inf)
+                g0, g1 = row_offset + s, row_offset + e  # this tile's rows in the whole call
+                if exclude_self and c0 < g1 and g0 < c1:
+                    t.diagonal(offset=g0 - c0).fill_(inf)
                 # amin is a fast vectorised reduction; the (slow) argmin only runs on the
                 # rows this tile improves, which are few once the first tiles are done
                 v = t.amin(dim=1)
@@ -544,10 +617,10 @@ def kcenter_greedy(
     Ties go to the lowest index. Without centres the first pick is the candidate farthest
     from the candidates' mean. k is clamped to the number of candidates.
     """
-    x_np = _as_2d(candidates, "candidates")
+    x_np = as_matrix(candidates, "candidates")
     if centers is not None:
-        c_np = _as_2d(centers, "centers")
-        _check_pair(x_np, c_np, "candidates", "centers")
+        c_np = as_matrix(centers, "centers")
+        check_pair(x_np, c_np, "candidates", "centers")
     else:
         c_np = None
     k = min(int(k), len(x_np))

@@ -219,10 +219,19 @@ class StorageConfig(Strict):
 
 
 class ComputeConfig(Strict):
+    """Where the embedding and distance stages run (docs/ray.md for engine: ray)."""
+
     engine: Literal["local", "ray"] = "local"
+    #: ray only: 'auto' (the cluster this process is on), 'ray://host:10001' (Ray Client),
+    #: 'host:6379' (a GCS address); unset starts a private Ray on this machine
     address: str | None = None
-    num_gpus_per_worker: float = 0
-    batch_size: int | None = None
+    num_gpus_per_worker: float = Field(default=0, ge=0, le=64)
+    #: ray only: embedding actors; unset -> cluster GPUs / num_gpus_per_worker, or CPUs / 2
+    num_workers: int | None = Field(default=None, ge=1, le=10_000)
+    #: ray only: images per Ray Data batch; unset -> model.batch_size
+    batch_size: int | None = Field(default=None, ge=1, le=65_536)
+    #: ray only: rows of S per distance task; calls with fewer rows stay on the driver
+    block_rows: int = Field(default=4096, ge=1, le=10_000_000)
     memory_budget_mb: int = Field(default=256, ge=8, le=1_000_000)
     device: str = "auto"
     precision: Literal["float32", "float64"] = "float64"
@@ -231,6 +240,27 @@ class ComputeConfig(Strict):
     @classmethod
     def _device(cls, v: str) -> str:
         return check_device(v)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        if v is None or v == "auto" or v.startswith("ray://"):
+            return v
+        host, _, port = v.rpartition(":")
+        if host and port.isdigit():
+            return v
+        raise ValueError("address must be 'auto', 'ray://host:port' or 'host:port'")
+
+    @model_validator(mode="after")
+    def _ray_only(self) -> ComputeConfig:
+        if self.engine == "local":
+            given = [k for k in ("address", "num_workers", "batch_size") if getattr(self, k)]
+            given += ["num_gpus_per_worker"] if self.num_gpus_per_worker else []
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} only apply to engine: ray; set engine: ray or remove them"
+                )
+        return self
 
 
 class NegativesConfig(Strict):

@@ -7,11 +7,13 @@ job -> sources -> embeddings -> analysis (PCA, metrics, selection, statistics)
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import platform
 import shutil
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from worker.errors import JobError
 from worker.gates import evaluate_gates
 from worker.job import DatasetConfig, Job, ModelConfig
 from worker.logs import LOGGER, stage
-from worker.sources import is_s3, list_images, read_bytes
+from worker.sources import Item, is_s3, list_images, read_bytes
 
 RUN_BLOCK = "run"  # the only report block allowed to differ between identical runs
 
@@ -53,10 +55,8 @@ def _check_location(job: Job, ds: DatasetConfig, key: str, location: str) -> str
     return resolved
 
 
-def load_dataset(
-    job: Job, ds: DatasetConfig, extractor, cache, progress, batch_size: int = 32
-) -> EmbeddedSet:
-    """One dataset's features: a precomputed array, or its images embedded (cached)."""
+def dataset_items(job: Job, ds: DatasetConfig, extractor) -> EmbeddedSet | list[Item]:
+    """A precomputed dataset as its EmbeddedSet, or the list of images to embed."""
     storage = job.storage
     if ds.embeddings is not None:
         uri = _check_location(job, ds, "embeddings", ds.embeddings)
@@ -73,20 +73,57 @@ def load_dataset(
             f"datasets.{ds.name}.path: no images found in {root} "
             "(looked for .jpg .jpeg .png .bmp .tif .tiff .webp, recursively)"
         )
+    return items
+
+
+def load_dataset(
+    job: Job, ds: DatasetConfig, extractor, cache, progress, batch_size: int = 32
+) -> EmbeddedSet:
+    """One dataset's features: a precomputed array, or its images embedded (cached)."""
+    items = dataset_items(job, ds, extractor)
+    if isinstance(items, EmbeddedSet):
+        return items
     bar = progress(len(items), f"embed {ds.name}")
     try:
-        result = embed_items(
+        return embed_items(
             ds.name,
             items,
             extractor,
             cache=cache,
             batch_size=batch_size,
-            storage=storage,
+            storage=job.storage,
             progress=bar.update_to,
         )
     finally:
         bar.close()
-    return result
+
+
+def load_datasets_ray(
+    job: Job, configs: list[DatasetConfig], extractor, cache, progress, batch_size: int
+) -> list[EmbeddedSet]:
+    """Every dataset's features, the images of all of them embedded by one Ray Data
+    pipeline (one actor pool, one model load per actor)."""
+    from worker.distributed import embed_items_ray
+
+    found = {ds.name: dataset_items(job, ds, extractor) for ds in configs}
+    images = {name: v for name, v in found.items() if not isinstance(v, EmbeddedSet)}
+    if images:
+        bar = progress(sum(len(v) for v in images.values()), "embed (ray)")
+        try:
+            embedded = embed_items_ray(
+                images,
+                extractor,
+                cache=cache,
+                storage=job.storage,
+                batch_size=job.compute.batch_size or batch_size,
+                num_gpus=job.compute.num_gpus_per_worker,
+                num_workers=job.compute.num_workers,
+                progress=bar.update_to,
+            )
+        finally:
+            bar.close()
+        found.update(embedded)
+    return [found[ds.name] for ds in configs]
 
 
 def _check_sets(job: Job, sets: list[EmbeddedSet]) -> None:
@@ -153,7 +190,14 @@ def embed_all(
     if extractor is None and model.name != "precomputed" and any(d.path for d in job.all_datasets):
         from worker.extractors import get_extractor
 
-        extractor = get_extractor(_local_checkpoint(job, model))
+        cfg = _local_checkpoint(job, model)
+        if job.compute.engine == "ray":  # built in the Ray actors, described once remotely
+            from worker.distributed import remote_extractor
+
+            factory = functools.partial(get_extractor, cfg)
+            extractor = remote_extractor(factory, job.compute.num_gpus_per_worker)
+        else:
+            extractor = get_extractor(cfg)
     if extractor is not None and job.cache.enabled and job.cache.dir:
         from worker.cache import EmbeddingCache
 
@@ -162,10 +206,13 @@ def embed_all(
     def progress(total: int, desc: str) -> _Progress:
         return _Progress(total, desc, show_progress)
 
-    sets = [
-        load_dataset(job, ds, extractor, cache, progress, model.batch_size)
-        for ds in (datasets or job.all_datasets)
-    ]
+    configs = datasets or job.all_datasets
+    if job.compute.engine == "ray" and extractor is not None:
+        sets = load_datasets_ray(job, configs, extractor, cache, progress, model.batch_size)
+    else:
+        sets = [
+            load_dataset(job, ds, extractor, cache, progress, model.batch_size) for ds in configs
+        ]
     _check_sets(job, sets)
     info = dict(extractor.info) if extractor is not None else {"name": "precomputed"}
     info.setdefault("feature_dim", int(sets[0].vectors.shape[1]))
@@ -389,31 +436,52 @@ def run(
     analyses: list[tuple[dict, ModelAnalysis]] = []
     skipped: list[dict] = []
     image_sets: list[EmbeddedSet] | None = None
-    for model in job.model_list:
-        with stage("embed", model=model.label):
-            sets, extractor = embed_all(job, model, show_progress)
-        if not skipped:
-            skipped = [s for ds in sets for s in ds.skipped]
-        if image_sets is None:
-            image_sets = sets
-        with stage("measure", model=model.label):
-            analysis = analyse_model(sets[0], sets[1:], job)
-        if job.metrics.robustness:
-            with stage("robustness", model=model.label):
-                analysis.robustness = _robustness(job, model, extractor, sets, analysis)
-        analyses.append((sets[0].model_info, analysis))
-
-    try:
-        report = _write_outputs(
-            job, analyses, skipped, image_sets, out_uri, job_source, junit_path, started
-        )
-    except OSError as err:
-        raise JobError(
-            f"output.dir: cannot write the reports ({err.strerror or err}); "
-            "free disk space or choose another folder with --out"
-        ) from None
+    with compute_engine(job) as engine_info:
+        for model in job.model_list:
+            with stage("embed", model=model.label):
+                sets, extractor = embed_all(job, model, show_progress)
+            if not skipped:
+                skipped = [s for ds in sets for s in ds.skipped]
+            if image_sets is None:
+                image_sets = sets
+            with stage("measure", model=model.label):
+                analysis = analyse_model(sets[0], sets[1:], job)
+            if job.metrics.robustness:
+                with stage("robustness", model=model.label):
+                    analysis.robustness = _robustness(job, model, extractor, sets, analysis)
+            analyses.append((sets[0].model_info, analysis))
+        try:
+            report = _write_outputs(
+                job,
+                analyses,
+                skipped,
+                image_sets,
+                out_uri,
+                job_source,
+                junit_path,
+                started,
+                engine_info,
+            )
+        except OSError as err:
+            raise JobError(
+                f"output.dir: cannot write the reports ({err.strerror or err}); "
+                "free disk space or choose another folder with --out"
+            ) from None
     LOGGER.info("reports written to %s", out_uri, extra={"fields": {"out": out_uri}})
     return RunResult(report=report, out_dir=out_uri)
+
+
+@contextmanager
+def compute_engine(job: Job):
+    """Where the embedding and distance stages run: this process, or a Ray cluster
+    (compute.engine: ray; Ray is imported only then). Yields report.json's run.engine."""
+    if job.compute.engine != "ray":
+        yield {"engine": "local"}
+        return
+    from worker.distributed import ray_session
+
+    with ray_session(job.compute) as info:
+        yield info
 
 
 def _robustness(job: Job, model: ModelConfig, extractor, sets, analysis) -> dict | None:
@@ -440,7 +508,9 @@ def _robustness(job: Job, model: ModelConfig, extractor, sets, analysis) -> dict
     return robustness_probe(sets[0], analysis, perturbed, job)
 
 
-def _write_outputs(job, analyses, skipped, image_sets, out_uri, job_source, junit_path, started):
+def _write_outputs(
+    job, analyses, skipped, image_sets, out_uri, job_source, junit_path, started, engine_info
+):
     """Adaptation (it writes checkpoints), report assembly, rendering, then publishing."""
     adaptation, adapt_extras = None, {}
     with tempfile.TemporaryDirectory(prefix="worker-out-") as tmp:
@@ -459,6 +529,7 @@ def _write_outputs(job, analyses, skipped, image_sets, out_uri, job_source, juni
                     ]
                 labels.append("trained (baseline M encoder)")
         report = build_report(job, job_source, analyses, labels, skipped, adaptation, started)
+        report["run"]["engine"] = engine_info
 
         with stage("report"):
             from worker.report.figures import make_figures

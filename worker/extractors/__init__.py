@@ -43,10 +43,10 @@ class PerturbedExtractor:
     def __init__(self, base: Extractor, kind: str) -> None:
         from worker.images import perturb_image
 
-        self._base, self._kind, self._perturb = base, kind, perturb_image
+        self.base, self.kind, self._perturb = base, kind, perturb_image
         self.info = dict(base.info)
         self.cache_key = f"{base.cache_key}|perturb={kind}"
         self.num_workers = getattr(base, "num_workers", None)
 
     def embed(self, images: list[Image.Image]) -> np.ndarray:
-        return self._base.embed([self._perturb(im, self._kind) for im in images])
+        return self.base.embed([self._perturb(im, self.kind) for im in images])
