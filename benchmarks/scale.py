@@ -1,6 +1,6 @@
 """engine: ray against engine: local on this machine, and the scaling that follows (issue 9).
 
-    .venv/bin/python benchmarks/scale.py            # ~3-5 min on 2 cores
+    .venv/bin/python benchmarks/scale.py            # ~3 min on 2 cores
     .venv/bin/python benchmarks/scale.py --quick    # smaller sizes, ~1-2 min
 
 Baseline: the local engine (worker.engine with all torch threads; embed_items with its
@@ -116,31 +116,52 @@ def _noop() -> None:
     return None
 
 
-def bench_embedding(per_set: int) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        make_demo_data(Path(tmp), seed=0, per_set=per_set)
-        datasets = {name: list_images(str(Path(tmp) / name / "images")) for name in ("P", "S1")}
-        ex = HogExtractor(image_size=128)
-        count = sum(len(v) for v in datasets.values())
+def bench_embedding(sizes: list[int]) -> list[dict]:
+    """HOG embedding of the demo images, local vs one Ray Data pipeline, at two sizes, so
+    that the fixed cost and the per-image cost of each engine can be told apart."""
+    rows = []
+    for per_set in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            make_demo_data(Path(tmp), seed=0, per_set=per_set)
+            names = ("P", "S1")
+            datasets = {n: list_images(str(Path(tmp) / n / "images")) for n in names}
+            ex = HogExtractor(image_size=128)
 
-        def local():
-            return [embed_items(k, v, ex, batch_size=32) for k, v in datasets.items()]
+            def local(datasets=datasets, ex=ex):
+                return [embed_items(k, v, ex, batch_size=32) for k, v in datasets.items()]
 
-        def remote():
-            return embed_items_ray(datasets, ex, batch_size=32, num_workers=2)
+            def remote(datasets=datasets, ex=ex):
+                return embed_items_ray(datasets, ex, batch_size=32, num_workers=2)
 
-        local()
-        t_local, a = best_of(local, 2)
-        remote()
-        t_ray, b = best_of(remote, 2)
-        same = all(np.array_equal(x.vectors, b[x.name].vectors) for x in a)
-    return {
-        "images": count,
-        "local_s": t_local,
-        "ray_s": t_ray,
-        "ratio": t_ray / t_local,
-        "identical": same,
-    }
+            local()
+            t_local, a = best_of(local, 2)
+            remote()
+            t_ray, b = best_of(remote, 2)
+            rows.append(
+                {
+                    "images": sum(len(v) for v in datasets.values()),
+                    "local_s": t_local,
+                    "ray_s": t_ray,
+                    "ratio": t_ray / t_local,
+                    "identical": all(np.array_equal(x.vectors, b[x.name].vectors) for x in a),
+                }
+            )
+    return rows
+
+
+def fixed_and_per_item(rows: list[dict], key: str) -> tuple[float, float]:
+    """(fixed seconds, seconds per image) of a line through the two measured sizes."""
+    (n0, t0), (n1, t1) = [(r["images"], r[key]) for r in (rows[0], rows[-1])]
+    per = max((t1 - t0) / (n1 - n0), 1e-9)
+    return max(t0 - per * n0, 0.0), per
+
+
+def put_rate() -> float:
+    """Bytes per second of ray.put for a 200 MB float64 array (the driver's fixed cost)."""
+    x = np.ones((25_000_000,))
+    ray.put(x)
+    t, _ = best_of(lambda: ray.put(x))
+    return x.nbytes / t
 
 
 def scaling_table(model: dict, block: int, workers: list[int]) -> list[dict]:
@@ -148,7 +169,7 @@ def scaling_table(model: dict, block: int, workers: list[int]) -> list[dict]:
     blocks = math.ceil(BIG / block)
     t_block = block * BIG / model["pairs_per_s_per_core"]
     t_local = BIG * BIG / model["local_pairs_per_s"]
-    t_driver = 2 * BIG * Z * 8 / 1e9  # put P and S (GB/s order), reduce: small
+    t_driver = 2 * BIG * Z * 8 / model["put_bytes_per_s"]  # P and S into the object store
     out = []
     for w in workers:
         t = t_driver + math.ceil(blocks / w) * (t_block + model["t_task"])
@@ -162,13 +183,14 @@ def main() -> None:
     args = ap.parse_args()
     n = 10_000 if args.quick else 30_000
     blocks = [1024, 4096] if args.quick else [1024, 4096, 16384]
-    per_set = 40 if args.quick else 120
+    sizes = [10, 40] if args.quick else [20, 160]
     started = time.time()
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         dist, model = bench_distances(n, blocks)
-        emb = bench_embedding(per_set)
+        model["put_bytes_per_s"] = put_rate()
+        emb = bench_embedding(sizes)
         workers = [1, 2, 4, 8, 16, 32, 64, 128, 256]
         table = scaling_table(model, 4096, workers)
     finally:
@@ -194,16 +216,26 @@ def main() -> None:
         )
     lines += [
         "",
-        f"## Embedding: HOG (128 px) on {emb['images']} demo images, batch 32",
+        "## Embedding: HOG (128 px) on the demo images (P and S1), batch 32, 2 actors",
         "",
-        "| local (s) | ray (s) | ray / local | vectors identical |",
-        "|---|---|---|---|",
-        f"| {emb['local_s']:.2f} | {emb['ray_s']:.2f} | {emb['ratio']:.2f}x | {emb['identical']} |",
+        "| images | local (s) | ray (s) | ray / local | vectors identical |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {r['images']} | {r['local_s']:.2f} | {r['ray_s']:.2f} | {r['ratio']:.2f}x | "
+            f"{r['identical']} |"
+            for r in emb
+        ],
+        "",
+        f"Fitted from the two sizes: local {fixed_and_per_item(emb, 'local_s')[0]:.2f} s fixed + "
+        f"{fixed_and_per_item(emb, 'local_s')[1] * 1e3:.1f} ms per image; Ray "
+        f"{fixed_and_per_item(emb, 'ray_s')[0]:.2f} s fixed (pipeline and actor start-up, one "
+        f"model load per actor) + {fixed_and_per_item(emb, 'ray_s')[1] * 1e3:.1f} ms per image.",
         "",
         "## Expected scaling of the distance stage (cost model from the numbers above)",
         "",
         f"One task (block_rows = 4096) computes {model['pairs_per_s_per_core'] / 1e6:.0f}M "
         f"distances/s on one core; a task costs {model['t_task'] * 1e3:.1f} ms of overhead; "
+        f"ray.put moves {model['put_bytes_per_s'] / 1e9:.1f} GB/s; "
         f"the local engine on this machine's {model['cores']} cores does "
         f"{model['local_pairs_per_s'] / 1e6:.0f}M/s. For n = m = {BIG:,} (z = {Z}):",
         "",

@@ -388,10 +388,17 @@ def call_center(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
 
 
 def block_row_distance_sums(
-    rows: np.ndarray, cols: np.ndarray, center: np.ndarray, **engine_kw
+    rows: np.ndarray,
+    cols: np.ndarray,
+    center: np.ndarray,
+    *,
+    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
+    precision: str = "float64",
+    device: str = "cpu",
 ) -> np.ndarray:
     """row_distance_sums for one row block of a larger call, centred by the call's `center`."""
-    return _row_distance_sums(rows, cols, center=center, **engine_kw)
+    kw = {"memory_budget_mb": memory_budget_mb, "precision": precision, "device": device}
+    return _row_distance_sums(rows, cols, center=center, **kw)
 
 
 def block_nearest_distances(
@@ -401,17 +408,15 @@ def block_nearest_distances(
     *,
     exclude_self: bool = False,
     row_offset: int = 0,
-    **engine_kw,
+    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
+    precision: str = "float64",
+    device: str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
     """nearest_distances for queries[row_offset:...] of a larger call: with exclude_self,
     block row i skips point row_offset + i."""
+    kw = {"memory_budget_mb": memory_budget_mb, "precision": precision, "device": device}
     return _nearest_distances(
-        queries,
-        points,
-        exclude_self=exclude_self,
-        center=center,
-        row_offset=row_offset,
-        **engine_kw,
+        queries, points, exclude_self=exclude_self, center=center, row_offset=row_offset, **kw
     )
 
 
