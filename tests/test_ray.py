@@ -150,6 +150,30 @@ def test_transformers_model_loads_in_the_actors(cluster, image_root, tmp_path):
     assert remote["model"] == local["model"]
 
 
+def test_trained_encoder_is_shipped_to_the_actors(cluster, image_root):
+    job = _image_job({"name": "hog", "image_size": 64}, "cache_trained_local")
+    job["metrics"] = {"statistics": False, "robustness": False}
+    for ds in [job["datasets"]["primary"], *job["datasets"]["secondary"]]:
+        ds["masks"] = ds["path"].replace("/images", "/masks")
+    job["adaptation"] = {
+        "enabled": True,
+        "counts": [1],
+        "epochs": 1,
+        "image_size": 32,
+        "batch_size": 4,
+        "features_from_trained": True,
+    }
+    local = _run(image_root, job, "out_trained_local")
+    job["cache"]["dir"] = "cache_trained_ray"
+    job["compute"] = _ray_compute(4)
+    remote = _run(image_root, job, "out_trained_ray")
+    (a,) = [m for m in local["models"] if m["model"]["name"] == "trained"]
+    (b,) = [m for m in remote["models"] if m["model"]["name"] == "trained"]
+    assert a["model"] == b["model"]  # same weights digest: the same trained encoder
+    for name, value in a["o_dist"].items():
+        assert b["o_dist"][name] == pytest.approx(value, rel=1e-6)
+
+
 def test_bad_checkpoint_comes_back_as_a_job_error(cluster, image_root, tmp_path):
     (tmp_path / "empty").mkdir()
     job = _image_job({"name": "dinov2", "checkpoint": str(tmp_path / "empty")}, "c")
