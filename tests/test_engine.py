@@ -338,3 +338,31 @@ def test_cuda_matches_cpu():
     np.testing.assert_allclose(d, rd, rtol=1e-12)
     np.testing.assert_array_equal(idx, ridx)
     assert kcenter_greedy(s, 10, p, device="cuda") == ref_kcenter(s, 10, p)
+
+
+@pytest.mark.parametrize("block", [1, 7, 64])
+def test_row_blocks_with_the_call_center_equal_the_whole_call(block):
+    """What the Ray backend does: blocks of rows, one shared centre, global self-exclusion."""
+    rng = np.random.default_rng(11)
+    a = rng.normal(size=(50, 5)) * 3 + 10
+    b = rng.normal(size=(40, 5))
+    a[13] = a[12]  # an exact duplicate across a block boundary (block = 1, 7)
+    starts = range(0, len(a), block)
+    ref = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))  # numpy float64
+    center = engine.call_center(a, b)
+    sums = np.concatenate(
+        [engine.block_row_distance_sums(a[s : s + block], b, center) for s in starts]
+    )
+    np.testing.assert_allclose(sums, ref.sum(axis=1), rtol=1e-12)
+    center = engine.call_center(a)
+    parts = [
+        engine.block_nearest_distances(a[s : s + block], a, center, exclude_self=True, row_offset=s)
+        for s in starts
+    ]
+    dist = np.concatenate([d for d, _ in parts])
+    idx = np.concatenate([i for _, i in parts])
+    full = np.sqrt(((a[:, None, :] - a[None, :, :]) ** 2).sum(-1))
+    np.fill_diagonal(full, np.inf)
+    np.testing.assert_allclose(dist, full.min(axis=1), rtol=1e-12)
+    assert idx[12] == 13 and idx[13] == 12 and dist[12] == 0.0
+    assert (idx != np.arange(len(a))).all()

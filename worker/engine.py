@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -388,17 +389,11 @@ def call_center(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
 
 
 def block_row_distance_sums(
-    rows: np.ndarray,
-    cols: np.ndarray,
-    center: np.ndarray,
-    *,
-    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
-    precision: str = "float64",
-    device: str = "cpu",
+    rows: np.ndarray, cols: np.ndarray, center: np.ndarray, **engine_kw: Any
 ) -> np.ndarray:
-    """row_distance_sums for one row block of a larger call, centred by the call's `center`."""
-    kw = {"memory_budget_mb": memory_budget_mb, "precision": precision, "device": device}
-    return _row_distance_sums(rows, cols, center=center, **kw)
+    """row_distance_sums for one row block of a larger call, centred by the call's `center`.
+    engine_kw: memory_budget_mb, precision, device."""
+    return _row_distance_sums(rows, cols, center=center, **engine_kw)
 
 
 def block_nearest_distances(
@@ -408,15 +403,17 @@ def block_nearest_distances(
     *,
     exclude_self: bool = False,
     row_offset: int = 0,
-    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
-    precision: str = "float64",
-    device: str = "cpu",
+    **engine_kw: Any,
 ) -> tuple[np.ndarray, np.ndarray]:
     """nearest_distances for queries[row_offset:...] of a larger call: with exclude_self,
-    block row i skips point row_offset + i."""
-    kw = {"memory_budget_mb": memory_budget_mb, "precision": precision, "device": device}
+    block row i skips point row_offset + i. engine_kw: memory_budget_mb, precision, device."""
     return _nearest_distances(
-        queries, points, exclude_self=exclude_self, center=center, row_offset=row_offset, **kw
+        queries,
+        points,
+        exclude_self=exclude_self,
+        center=center,
+        row_offset=row_offset,
+        **engine_kw,
     )
 
 
@@ -449,9 +446,9 @@ def _row_distance_sums(
     rows: np.ndarray,
     cols: np.ndarray,
     *,
-    memory_budget_mb: float,
-    precision: str,
-    device: str,
+    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
+    precision: str = "float64",
+    device: str = "cpu",
     workers: int | None = None,
     center: np.ndarray | None = None,
 ) -> np.ndarray:
@@ -533,10 +530,10 @@ def _nearest_distances(
     queries: np.ndarray,
     points: np.ndarray,
     *,
-    exclude_self: bool,
-    memory_budget_mb: float,
-    precision: str,
-    device: str,
+    exclude_self: bool = False,
+    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
+    precision: str = "float64",
+    device: str = "cpu",
     workers: int | None = None,
     center: np.ndarray | None = None,
     row_offset: int = 0,
