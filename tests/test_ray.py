@@ -31,11 +31,28 @@ from worker.job import parse_job
 RTOL = 1e-9
 
 
+#: fake credentials for the moto S3 server; set before the cluster starts, so that its
+#: worker processes inherit them as pods inherit theirs
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "AKIARAYTESTKEY000000",
+    "AWS_SECRET_ACCESS_KEY": "ray-test-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+
 @pytest.fixture(scope="module")
 def cluster():
+    saved = {k: os.environ.get(k) for k in S3_ENV}
+    os.environ.update(S3_ENV)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     yield
     ray.shutdown()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def _run(root: Path, job: dict, out: str) -> dict:
@@ -174,6 +191,39 @@ def test_trained_encoder_is_shipped_to_the_actors(cluster, image_root):
         assert b["o_dist"][name] == pytest.approx(value, rel=1e-6)
 
 
+def test_s3_images_and_s3_cache(cluster, image_root):
+    """Images read from S3 in the read tasks; the actors write the cache under an s3:// prefix."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        client = boto3.client("s3", endpoint_url=endpoint)
+        client.create_bucket(Bucket="data")
+        for name in ("P", "S2"):
+            for f in sorted((image_root / "data" / name / "images").iterdir()):
+                client.put_object(Bucket="data", Key=f"{name}/{f.name}", Body=f.read_bytes())
+        job = _image_job({"name": "hog", "image_size": 64}, "s3://data/cache-local")
+        job["metrics"]["robustness"] = False
+        job["datasets"] = {
+            "primary": {"name": "P", "path": "s3://data/P"},
+            "secondary": [{"name": "S2", "path": "s3://data/S2"}],
+        }
+        job["storage"] = {"s3": {"endpoint_url": endpoint}}
+        local = _run(image_root, job, "out_s3_local")
+        job["cache"]["dir"] = "s3://data/cache-ray"
+        job["compute"] = _ray_compute(4)
+        remote = _run(image_root, job, "out_s3_ray")
+        compare_reports(local, remote)
+        listed = client.list_objects_v2(Bucket="data", Prefix="cache-ray/")["Contents"]
+        assert sum(o["Key"].endswith(".emb") for o in listed) == 20
+    finally:
+        server.stop()
+
+
 def test_bad_checkpoint_comes_back_as_a_job_error(cluster, image_root, tmp_path):
     (tmp_path / "empty").mkdir()
     job = _image_job({"name": "dinov2", "checkpoint": str(tmp_path / "empty")}, "c")
@@ -262,6 +312,22 @@ def test_local_engine_never_imports_ray(embedding_job):
         timeout=300,
     )
     assert res.returncode in (0, 1), res.stderr
+
+
+def test_command_line_starts_and_stops_its_own_ray(embedding_job):
+    """engine: ray with no address: the worker starts a private Ray and shuts it down."""
+    root, job, _ = embedding_job
+    job["compute"] = _ray_compute(7)
+    (root / "job.yaml").write_text(json.dumps(job))
+    res = subprocess.run(
+        [sys.executable, "-m", "worker", "run", str(root / "job.yaml"), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode in (0, 1), res.stderr
+    engine_block = json.loads((root / "out/report.json").read_text())["run"]["engine"]
+    assert engine_block["engine"] == "ray" and engine_block["distance_tasks"] > 0
 
 
 @pytest.mark.parametrize(
