@@ -2,6 +2,7 @@
 separated), one per line: the Docker build installs them before the code is copied in."""
 
 import sys
+
 import tomllib
 
 project = tomllib.load(open("pyproject.toml", "rb"))["project"]
