@@ -314,6 +314,20 @@ def ratio(base: dict | None, ours: dict | None) -> str:
     return f"{base['time_full'] / ours['time_full']:.1f}x"
 
 
+def subsampled(row: dict, methods, n: int, z: int) -> list[str]:
+    """Which cells of one table row ran on m' < m rows of S (marked `*`)."""
+    return [
+        f"{k} at n={n}, z={z}: m'={row[k]['rows']}"
+        for k in methods
+        if row[k] and row[k].get("scaled")
+    ]
+
+
+def footnote(subs: list[str]) -> list[str]:
+    """The lines closing a table: a blank line, then the subsampled cells if any."""
+    return [""] + (["Subsampled (`*`): " + "; ".join(subs) + ".", ""] if subs else [])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="2k and 20k at z = 25 only")
@@ -431,13 +445,8 @@ def main() -> None:
             f"| {' / '.join(fmt_mb(r[k]) for k in ('ours_f32', 'ours_f64', 'sklearn', 'scipy'))} "
             f"| {' / '.join(err(r[k], 'sum', ref) for k in ('ours_f32', 'ours_f64', 'sklearn', 'scipy'))} |"  # noqa: E501
         )
-        for k in ("ours_f32", "ours_f64", "sklearn", "scipy"):
-            if r[k] and r[k].get("scaled"):
-                subs.append(f"{k} at n={n}, z={z}: m'={r[k]['rows']}")
-    lines.append("")
-    if subs:
-        lines.append("Subsampled (`*`): " + "; ".join(subs) + ".")
-        lines.append("")
+        subs += subsampled(r, ("ours_f32", "ours_f64", "sklearn", "scipy"), n, z)
+    lines += footnote(subs)
 
     flat = [
         f"{n}: {fmt_mb(r['ours_f32'])} MB"
@@ -498,13 +507,8 @@ def main() -> None:
             + " / ".join(same)
             + " |"
         )
-        for k in nn_methods:
-            if r[k] and r[k].get("scaled"):
-                subs.append(f"{k} at n={n}, z={z}: m'={r[k]['rows']}")
-    lines.append("")
-    if subs:
-        lines.append("Subsampled (`*`): " + "; ".join(subs) + ".")
-        lines.append("")
+        subs += subsampled(r, nn_methods, n, z)
+    lines += footnote(subs)
     if not faiss_ok:
         lines.append("faiss-cpu is not installed in this environment, so it is not compared.")
         lines.append("")

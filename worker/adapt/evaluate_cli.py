@@ -24,16 +24,24 @@ EXIT_OK, EXIT_INVALID = 0, 2
 _SHOW = 5
 
 
-def decode_mask(data: bytes, where: str) -> np.ndarray:
-    """Mask bytes -> bool (H, W). Palette masks use their indices, colour masks any channel."""
+def _open_image(data: bytes, where: str, what: str, hint: str = "") -> Image.Image:
+    """Decode image bytes, or a JobError naming the file and what it should be."""
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
     except Exception as err:  # PIL raises many types for corrupt data
-        raise JobError(
-            f"{where}: cannot decode mask ({err.__class__.__name__}); "
-            "masks must be images (PNG recommended) with 0/255 or 0/1 values"
-        ) from None
+        raise JobError(f"{where}: cannot decode {what} ({err.__class__.__name__}){hint}") from None
+    return img
+
+
+def decode_mask(data: bytes, where: str) -> np.ndarray:
+    """Mask bytes -> bool (H, W). Palette masks use their indices, colour masks any channel."""
+    img = _open_image(
+        data,
+        where,
+        "mask",
+        "; masks must be images (PNG recommended) with 0/255 or 0/1 values",
+    )
     if img.mode == "1":
         return np.asarray(img, dtype=bool)
     if img.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
@@ -51,13 +59,7 @@ def decode_mask(data: bytes, where: str) -> np.ndarray:
 def decode_prob_map(data: bytes, where: str) -> np.ndarray:
     """An 8-bit probability map as uint8 (H, W). Grey PNGs are read as they are; colour maps
     through PIL's grey conversion; 16-bit maps are scaled to 8 bits (>> 8)."""
-    try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-    except Exception as err:  # PIL raises many types for corrupt data
-        raise JobError(
-            f"{where}: cannot decode probability map ({err.__class__.__name__})"
-        ) from None
+    img = _open_image(data, where, "probability map")
     if img.mode == "L":
         return np.asarray(img, dtype=np.uint8)
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
