@@ -330,6 +330,29 @@ def test_command_line_starts_and_stops_its_own_ray(embedding_job):
     assert engine_block["engine"] == "ray" and engine_block["distance_tasks"] > 0
 
 
+def test_unreachable_address_is_a_job_error_without_output(embedding_job):
+    """Nothing listens on the port: exit 2 within seconds, naming compute.address."""
+    import socket
+
+    root, job, _ = embedding_job
+    with socket.socket() as sock:  # a port that was free a moment ago
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    job["compute"] = {"engine": "ray", "address": f"127.0.0.1:{port}"}
+    (root / "job.yaml").write_text(json.dumps(job))
+    started = time.monotonic()
+    res = subprocess.run(
+        [sys.executable, "-m", "worker", "run", str(root / "job.yaml"), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 2, res.stderr
+    assert f"compute.address: nothing answers at 127.0.0.1:{port}" in res.stderr
+    assert time.monotonic() - started < 60
+    assert not (root / "out").exists()
+
+
 @pytest.mark.parametrize(
     ("compute", "message"),
     [

@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -90,6 +91,27 @@ def cluster_summary() -> dict:
     }
 
 
+#: seconds to wait for a TCP connection to compute.address before giving up
+CONNECT_TIMEOUT_S = 10.0
+
+
+def check_reachable(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """JobError unless 'host:port' / 'ray://host:port' accepts a TCP connection.
+
+    ray.init retries an unreachable GCS address for minutes; this fails in seconds with a
+    message naming the field. 'auto' and unset need no probe (Ray answers those at once)."""
+    if address is None or address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as err:
+        raise JobError(
+            f"compute.address: nothing answers at {address} ({err.__class__.__name__}: "
+            f"{err}); start the cluster (ray start --head) or fix compute.address"
+        ) from None
+
+
 @contextmanager
 def ray_session(compute) -> Iterator[dict]:
     """Connect (or reuse a connection), route distance calls to Ray, then disconnect.
@@ -100,6 +122,7 @@ def ray_session(compute) -> Iterator[dict]:
     ray = import_ray()
     started = False
     if not ray.is_initialized():
+        check_reachable(compute.address)
         try:
             ray.init(
                 address=compute.address,
@@ -291,6 +314,14 @@ def _storage(storage_json: str | None):
 _EMPTY = b""
 
 
+def _object_column(values: list) -> np.ndarray:
+    """A 1-D object array of `values` (bytes or str), which numpy would otherwise turn into
+    a fixed-width string array or, for equal-length bytes, try to broadcast."""
+    column = np.empty(len(values), dtype=object)
+    column[:] = values
+    return column
+
+
 def _read_decode_batch(
     batch: dict, *, key: str, cache_dir: str | None, storage_json: str | None
 ) -> dict:
@@ -311,10 +342,8 @@ def _read_decode_batch(
         out["height"].append(0 if img is None else img.height)
         out["width"].append(0 if img is None else img.width)
     result = {"row": np.asarray(batch["row"], dtype=np.int64)}
-    for k in ("digest", "skip"):
-        result[k] = np.asarray(out[k], dtype=object)
-    for k in ("vector", "pixels"):
-        result[k] = np.asarray(out[k] + [None], dtype=object)[:-1]  # 1-D array of bytes
+    for k in ("digest", "skip", "vector", "pixels"):
+        result[k] = _object_column(out[k])
     result["height"] = np.asarray(out["height"], dtype=np.int64)
     result["width"] = np.asarray(out["width"], dtype=np.int64)
     return result
@@ -371,8 +400,8 @@ class EmbedActor:
         return {
             "row": batch["row"],
             "digest": batch["digest"],
-            "skip": np.asarray(skips, dtype=object),
-            "vector": np.asarray(vectors + [None], dtype=object)[:-1],
+            "skip": _object_column(skips),
+            "vector": _object_column(vectors),
         }
 
 
