@@ -8,7 +8,6 @@ Exit codes: 0 done and every gate passed; 1 done, report written, some gate fail
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 from pathlib import Path
@@ -65,11 +64,12 @@ def _run_job(job_path: Path, args: argparse.Namespace, out: str | None = None) -
         show_progress=_show_progress(args),
         junit_path=getattr(args, "junit", None),
     )
-    failed = [g for g in result.report["gates"] if not g["passed"]]
+    from worker.report.junit import gate_bound, gate_target
+
     print(f"report: {result.out_dir}/report.json and {result.out_dir}/report.pdf")
-    for g in failed:
-        bound = f"<= {g['max']}" if "max" in g else f">= {g['min']}"
-        print(f"gate failed: {g['metric']}[{g['dataset']}] = {g['value']} (want {bound})")
+    for g in result.report.gates:
+        if not g.passed:
+            print(f"gate failed: {gate_target(g)} = {g.value} (want {gate_bound(g)})")
     return result.exit_code
 
 
@@ -100,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     try:
         if args.command == "schema":
-            from worker.report.model import load_schema
+            from worker.report.model import schema_text
 
-            print(json.dumps(load_schema(), indent=2))
+            print(schema_text(), end="")
             return EXIT_OK
         if args.command == "validate":
             return _validate(Path(args.job))

@@ -1,7 +1,8 @@
 """The measure stage for one feature extractor: P and every S -> the report's numbers.
 
-Wires PCA, metrics, selection and statistics together (DESIGN.md sections 1-3); every number
-itself comes from a pure function in worker.metrics / worker.selection / worker.stats.
+Wires PCA, metrics, selection and statistics together (docs/method.md sections 1-4); every
+number itself comes from a pure function in worker.metrics / worker.selection / worker.stats,
+and every result is a typed block of worker.results.
 """
 
 from __future__ import annotations
@@ -14,13 +15,27 @@ from worker import metrics, selection, stats
 from worker.embeddings import EmbeddedSet
 from worker.job import Job
 from worker.pca import joint_pca
-
-THUMBNAILS_PER_END = 4
+from worker.results import (
+    Cover,
+    Duplicates,
+    ImageResult,
+    PairPca,
+    PcaSummary,
+    Perturbation,
+    PrimaryResult,
+    SecondaryResult,
+    SelectionResult,
+    Splits,
+    Spread,
+    Statistics,
+    Summary,
+    SweepRow,
+)
 
 
 @dataclass
 class PairSpace:
-    """P and S projected by one joint PCA fit (DESIGN 1.2), plus the sweep's wider fit."""
+    """P and S projected by one joint PCA fit (method.md §1.2), plus the sweep's wider fit."""
 
     primary: np.ndarray  # (n, z)
     secondary: np.ndarray  # (m, z)
@@ -30,21 +45,30 @@ class PairSpace:
 
 
 @dataclass
-class ModelAnalysis:
-    """What the measure stage hands to the report for one extractor."""
+class ScatterPoints:
+    """2-D coordinates of P and every S from one PCA fitted on all of them (method.md §2.3)."""
 
-    primary: dict
-    pca: dict
-    secondaries: list[dict]
+    names: list[str]  # primary first
+    points: dict[str, np.ndarray]  # name -> (count, 2)
+    selected: dict[str, list[int]] = field(default_factory=dict)  # S name -> rows outlined
+
+
+@dataclass
+class ModelAnalysis:
+    """The measure stage's result for one extractor: typed report blocks plus the row indices
+    and 2-D points that later stages (adaptation, figures) need."""
+
+    primary: PrimaryResult
+    pca: PcaSummary
+    secondaries: list[SecondaryResult]
     o_dist: dict[str, float]
     o_dist_scaled: dict[str, float]
-    pca_sweep: list[dict]
+    pca_sweep: list[SweepRow]
     pca_sweep_stable: bool
     warnings: list[str] = field(default_factory=list)
+    #: S name -> (strategy, count) -> chosen row indices into S
     selections: dict[str, dict[tuple[str, int], list[int]]] = field(default_factory=dict)
-    i_dist_scaled: dict[str, np.ndarray] = field(default_factory=dict)
-    scatter: dict = field(default_factory=dict)
-    robustness: dict | None = None
+    scatter: ScatterPoints | None = None
 
 
 def _engine_kw(job: Job) -> dict:
@@ -83,28 +107,25 @@ def project_pair(p: np.ndarray, s: np.ndarray, job: Job) -> PairSpace:
     return PairSpace(pw[:, :z], sw[:, :z], info, pw, sw)
 
 
-def _spread(d: dict | None, bins: int) -> dict | None:
+def _spread(d: dict | None, bins: int) -> Spread | None:
     """A diversity result as the report stores it: mean/min/max plus its histogram."""
     if d is None or d.get("mean") is None:
         return None
-    return {
-        "mean": d["mean"],
-        "min": d["min"],
-        "max": d["max"],
-        "histogram": metrics.histogram(d["values"], bins),
-    }
+    return Spread(
+        mean=d["mean"], min=d["min"], max=d["max"], histogram=metrics.histogram(d["values"], bins)
+    )
 
 
-def _cover(c: dict | None) -> dict | None:
+def _cover(c: dict | None) -> Cover | None:
     if c is None:
         return None
-    return {"mean": c["mean"], "max": c["max"]}
+    return Cover(mean=c["mean"], max=c["max"])
 
 
 def _selections(
     sec: EmbeddedSet, space: PairSpace, i_dist: np.ndarray, job: Job
-) -> tuple[list[dict], dict[tuple[str, int], list[int]]]:
-    """Every (strategy, count) selection with its diversity and coverage (DESIGN 2-3).
+) -> tuple[list[SelectionResult], dict[tuple[str, int], list[int]]]:
+    """Every (strategy, count) selection with its diversity and coverage (method.md §2-3).
 
     The adaptation stage's (strategy, count) pairs are chosen here too, by the same code.
     """
@@ -132,49 +153,49 @@ def _selections(
         for count in job.selection.counts:
             idx = pick(strategy, count)
             chosen[(strategy, count)] = idx
-            entry = {
-                "strategy": strategy,
-                "count": len(idx),
-                "ids": [sec.ids[i] for i in idx],
-                "diversity": None,
-                "random_diversity": None,
-                "pool_diversity": None,
-                "coverage": None,
-            }
+            diversity = random_diversity = pool_diversity = coverage = None
             if job.metrics.diversity:
                 rand = selection.random_subset(len(s_l), len(idx), job.seed)
-                entry["diversity"] = _spread(metrics.diversity(s_l[idx], **kw), bins)
-                entry["random_diversity"] = _spread(metrics.diversity(s_l[rand], **kw), bins)
-                entry["pool_diversity"] = _spread(
-                    metrics.diversity(np.vstack([p_l, s_l[idx]]), **kw), bins
-                )
+                diversity = _spread(metrics.diversity(s_l[idx], **kw), bins)
+                random_diversity = _spread(metrics.diversity(s_l[rand], **kw), bins)
+                pool_diversity = _spread(metrics.diversity(np.vstack([p_l, s_l[idx]]), **kw), bins)
             if job.metrics.coverage:
-                entry["coverage"] = _cover(metrics.coverage(s_l, s_l[idx], **kw))
-            out.append(entry)
+                coverage = _cover(metrics.coverage(s_l, s_l[idx], **kw))
+            out.append(
+                SelectionResult(
+                    strategy=strategy,
+                    count=len(idx),
+                    ids=[sec.ids[i] for i in idx],
+                    diversity=diversity,
+                    random_diversity=random_diversity,
+                    pool_diversity=pool_diversity,
+                    coverage=coverage,
+                )
+            )
     return out, chosen
 
 
-def _statistics(p_l: np.ndarray, s_l: np.ndarray, o_dist_mean: float, job: Job) -> dict:
-    """Null calibration, MMD, FID and KID in the pair's PCA space (issue 8)."""
+def _statistics(p_l: np.ndarray, s_l: np.ndarray, o_dist_mean: float, job: Job) -> Statistics:
+    """Null calibration, MMD, FID and KID in the pair's PCA space (method.md §4)."""
     null = stats.null_o_dist_means(
         p_l, repeats=job.metrics.null_repeats, seed=job.seed, **_engine_kw(job)
     )
     mmd = stats.mmd_test(p_l, s_l, permutations=job.metrics.mmd_permutations, seed=job.seed)
-    return {
-        "o_dist_null_mean": float(np.mean(null)) if len(null) else None,
-        "o_dist_ratio": stats.o_dist_ratio(o_dist_mean, null),
-        "o_dist_percentile": stats.o_dist_percentile(o_dist_mean, null),
-        "mmd": mmd,
-        "fid": stats.fid(p_l, s_l),
-        "kid": stats.kid(p_l, s_l, seed=job.seed),
-    }
+    return Statistics(
+        o_dist_null_mean=float(np.mean(null)) if len(null) else None,
+        o_dist_ratio=stats.o_dist_ratio(o_dist_mean, null),
+        o_dist_percentile=stats.o_dist_percentile(o_dist_mean, null),
+        mmd=mmd,
+        fid=stats.fid(p_l, s_l),
+        kid=stats.kid(p_l, s_l, seed=job.seed),
+    )
 
 
 def _duplicates(
     primary: EmbeddedSet, sec: EmbeddedSet, p_l: np.ndarray, s_l: np.ndarray, kw: dict
-) -> dict:
+) -> Duplicates:
     """Exact (content hash) and near (calibrated distance) duplicates within S and with P."""
-    return stats.find_duplicates(
+    found = stats.find_duplicates(
         s_l,
         p_l,
         ids=sec.ids,
@@ -183,12 +204,21 @@ def _duplicates(
         primary_hashes=primary.hashes or None,
         **kw,
     )
+    return Duplicates.model_validate(found)
 
 
-def analyse_secondary(
-    primary: EmbeddedSet, sec: EmbeddedSet, job: Job
-) -> tuple[dict, PairSpace, np.ndarray, dict]:
-    """All per-pair numbers of one secondary (DESIGN 1-3) as a report entry."""
+@dataclass
+class SecondaryAnalysis:
+    """One secondary's report block, its pair space and its chosen rows."""
+
+    result: SecondaryResult
+    space: PairSpace
+    chosen: dict[tuple[str, int], list[int]]
+
+
+def analyse_secondary(primary: EmbeddedSet, sec: EmbeddedSet, job: Job) -> SecondaryAnalysis:
+    """All per-pair numbers of one secondary (method.md §1-4). o_dist_scaled is left None:
+    it needs every secondary (analyse_model fills it)."""
     kw = _engine_kw(job)
     bins = job.metrics.histogram_bins
     space = project_pair(primary.vectors, sec.vectors, job)
@@ -196,38 +226,39 @@ def analyse_secondary(
     i_dist = metrics.image_dataset_distances(s_l, p_l, **kw)
     scaled = metrics.min_max_scale(i_dist)
     per_image_mean = metrics.mean_distance_per_image(i_dist, len(p_l))
-    o_dist = metrics.dataset_distance(i_dist)
-    entry: dict = {
-        "name": sec.name,
-        "count": sec.count,
-        "o_dist": o_dist,
-        "o_dist_scaled": None,  # filled once every secondary is known (table 2)
-        "o_dist_mean": metrics.dataset_distance(per_image_mean),
-        "i_dist": metrics.summary_stats(i_dist),
-        "i_dist_scaled_p90": float(np.percentile(scaled, 90)),
-        "images": [
-            {"id": i, "i_dist": float(d), "i_dist_scaled": float(x), "i_dist_mean": float(a)}
-            for i, d, x, a in zip(sec.ids, i_dist, scaled, per_image_mean, strict=True)
+    hashes = sec.hashes or [None] * sec.count
+    selections, chosen = _selections(sec, space, i_dist, job)
+    o_dist_mean = metrics.dataset_distance(per_image_mean)
+    result = SecondaryResult(
+        name=sec.name,
+        count=sec.count,
+        o_dist=metrics.dataset_distance(i_dist),
+        o_dist_scaled=None,
+        o_dist_mean=o_dist_mean,
+        i_dist=Summary(**metrics.summary_stats(i_dist)),
+        i_dist_scaled_p90=float(np.percentile(scaled, 90)),
+        images=[
+            ImageResult(
+                id=i, i_dist=float(d), i_dist_scaled=float(x), i_dist_mean=float(a), sha256=h
+            )
+            for i, d, x, a, h in zip(sec.ids, i_dist, scaled, per_image_mean, hashes, strict=True)
         ],
-        "splits": {
-            "halves": metrics.sorted_splits(i_dist, 2),
-            "thirds": metrics.sorted_splits(i_dist, 3),
-        },
-        "pca": space.info,
-        "diversity": _spread(metrics.diversity(s_l, **kw), bins) if job.metrics.diversity else None,
-        "coverage_by_primary": (
+        splits=Splits(
+            halves=metrics.sorted_splits(i_dist, 2), thirds=metrics.sorted_splits(i_dist, 3)
+        ),
+        pca=PairPca(**space.info),
+        diversity=_spread(metrics.diversity(s_l, **kw), bins) if job.metrics.diversity else None,
+        coverage_by_primary=(
             _cover(metrics.coverage(s_l, p_l, **kw)) if job.metrics.coverage else None
         ),
-    }
-    entry["selections"], chosen = _selections(sec, space, i_dist, job)
-    if job.metrics.statistics:
-        entry["statistics"] = _statistics(p_l, s_l, entry["o_dist_mean"], job)
-    if job.metrics.duplicates:
-        entry["duplicates"] = _duplicates(primary, sec, p_l, s_l, kw)
-    return entry, space, scaled, chosen
+        selections=selections,
+        statistics=_statistics(p_l, s_l, o_dist_mean, job) if job.metrics.statistics else None,
+        duplicates=_duplicates(primary, sec, p_l, s_l, kw) if job.metrics.duplicates else None,
+    )
+    return SecondaryAnalysis(result, space, chosen)
 
 
-def pca_sweep(spaces: dict[str, PairSpace], sweep: list[int]) -> tuple[list[dict], bool]:
+def pca_sweep(spaces: dict[str, PairSpace], sweep: list[int]) -> tuple[list[SweepRow], bool]:
     """Scaled O_dist for each z of the sweep (paper appendix A.1, table 6) and ranking stability.
 
     Each z reuses the pair's widest joint fit: the first z principal components of a PCA
@@ -248,21 +279,23 @@ def pca_sweep(spaces: dict[str, PairSpace], sweep: list[int]) -> tuple[list[dict
             continue
         scaled = metrics.scaled_dataset_distances(o)
         ranking = sorted(scaled, key=lambda n: (-scaled[n], n))
-        rows.append({"dims": z, "o_dist_scaled": scaled, "ranking": ranking})
-    stable = len({tuple(r["ranking"]) for r in rows}) <= 1
+        rows.append(SweepRow(dims=z, o_dist_scaled=scaled, ranking=ranking))
+    stable = len({tuple(r.ranking) for r in rows}) <= 1
     return rows, stable
 
 
-def primary_diversity(primary: EmbeddedSet, job: Job) -> dict | None:
-    """P's diversity in a PCA fitted on P alone (raw space when dims is null; DESIGN 2)."""
+def primary_diversity(primary: EmbeddedSet, job: Job) -> Spread | None:
+    """P's diversity in a PCA fitted on P alone (raw space when dims is null; method.md §2.3)."""
     if not job.metrics.diversity:
         return None
     (p_l,), _ = joint_pca([primary.vectors], job.pca.dims, route=job.pca.route, seed=job.seed)
     return _spread(metrics.diversity(p_l), job.metrics.histogram_bins)
 
 
-def scatter_points(primary: EmbeddedSet, secondaries: list[EmbeddedSet], seed: int) -> dict:
-    """2-D coordinates of P and every S from one PCA fitted on all of them (DESIGN 2)."""
+def scatter_points(
+    primary: EmbeddedSet, secondaries: list[EmbeddedSet], seed: int
+) -> ScatterPoints:
+    """2-D coordinates of P and every S from one PCA fitted on all of them (method.md §2.3)."""
     blocks = [primary.vectors] + [s.vectors for s in secondaries]
     projected, _ = joint_pca(blocks, 2, seed=seed)
     names = [primary.name] + [s.name for s in secondaries]
@@ -272,44 +305,34 @@ def scatter_points(primary: EmbeddedSet, secondaries: list[EmbeddedSet], seed: i
         if pts.shape[1] < 2:
             pts = np.hstack([pts, np.zeros((len(pts), 2 - pts.shape[1]))])
         points[name] = pts
-    return {"names": names, "points": points}
+    return ScatterPoints(names=names, points=points)
 
 
 def analyse_model(primary: EmbeddedSet, secondaries: list[EmbeddedSet], job: Job) -> ModelAnalysis:
     """Every number of the report for one extractor's features."""
-    entries, spaces, warnings = [], {}, []
-    chosen_all, scaled_all = {}, {}
-    for sec in secondaries:
-        entry, space, scaled, chosen = analyse_secondary(primary, sec, job)
-        for w in space.info.get("warnings", []):
-            warnings.append(f"{sec.name}: {w}")
-        entries.append(entry)
-        spaces[sec.name] = space
-        chosen_all[sec.name] = chosen
-        scaled_all[sec.name] = scaled
-    o_dist = {e["name"]: e["o_dist"] for e in entries}
+    done = [analyse_secondary(primary, sec, job) for sec in secondaries]
+    entries = [d.result for d in done]
+    warnings = [f"{e.name}: {w}" for e in entries for w in e.pca.warnings]
+    o_dist = {e.name: e.o_dist for e in entries}
     o_scaled = metrics.scaled_dataset_distances(o_dist)
     for e in entries:
-        e["o_dist_scaled"] = o_scaled[e["name"]]
-    sweep, stable = pca_sweep(spaces, job.pca.sweep)
-    first = entries[0]["pca"]
-    pca_info = {
-        "dims": first.get("dims"),
-        "requested_dims": job.pca.dims,
-        "route": first.get("route"),
-        "explained_variance_ratio": first.get("explained_variance_ratio", []),
-    }
+        e.o_dist_scaled = o_scaled[e.name]
+    sweep, stable = pca_sweep({d.result.name: d.space for d in done}, job.pca.sweep)
+    first = entries[0].pca
+    pca_info = PcaSummary(
+        dims=first.dims,
+        requested_dims=job.pca.dims,
+        route=first.route,
+        explained_variance_ratio=first.explained_variance_ratio,
+    )
+    chosen_all = {d.result.name: d.chosen for d in done}
     scatter = scatter_points(primary, secondaries, job.seed)
-    scatter["selected"] = {
-        name: chosen[(job.selection.strategies[0], max(job.selection.counts))]
-        for name, chosen in chosen_all.items()
-    }
+    biggest = (job.selection.strategies[0], max(job.selection.counts))
+    scatter.selected = {name: chosen[biggest] for name, chosen in chosen_all.items()}
     return ModelAnalysis(
-        primary={
-            "name": primary.name,
-            "count": primary.count,
-            "diversity": primary_diversity(primary, job),
-        },
+        primary=PrimaryResult(
+            name=primary.name, count=primary.count, diversity=primary_diversity(primary, job)
+        ),
         pca=pca_info,
         secondaries=entries,
         o_dist=o_dist,
@@ -318,7 +341,6 @@ def analyse_model(primary: EmbeddedSet, secondaries: list[EmbeddedSet], job: Job
         pca_sweep_stable=stable,
         warnings=warnings,
         selections=chosen_all,
-        i_dist_scaled=scaled_all,
         scatter=scatter,
     )
 
@@ -328,33 +350,32 @@ def robustness_probe(
     clean: ModelAnalysis,
     perturbed: dict[str, list[EmbeddedSet]],
     job: Job,
-) -> dict:
-    """Ranking stability under perturbed S images (paper appendix D).
+) -> dict[str, Perturbation]:
+    """Ranking stability under perturbed S images (paper appendix D; method.md §4.5).
 
     For each perturbation: O_dist of every perturbed S from the clean P (joint PCA as
     usual), Kendall tau between the clean and perturbed ranking of the secondaries, and per
     secondary the Kendall tau of its per-image I_dist ranking."""
     kw = _engine_kw(job)
-    out: dict = {}
+    out: dict[str, Perturbation] = {}
     for kind, sets in perturbed.items():
         o_dist, per_image = {}, {}
         for sec, entry in zip(sets, clean.secondaries, strict=True):
             space = project_pair(primary.vectors, sec.vectors, job)
             i_dist = metrics.image_dataset_distances(space.secondary, space.primary, **kw)
             o_dist[sec.name] = metrics.dataset_distance(i_dist)
-            clean_by_id = {im["id"]: im["i_dist"] for im in entry["images"]}
+            clean_by_id = {im.id: im.i_dist for im in entry.images}
             common = [i for i in sec.ids if i in clean_by_id]
             pert_by_id = dict(zip(sec.ids, i_dist, strict=True))
-            per_image[sec.name] = stats.rank_correlations(
+            per_image[sec.name] = stats.kendall_tau(
                 [clean_by_id[i] for i in common], [float(pert_by_id[i]) for i in common]
-            )["kendall_tau"]
+            )
         names = list(o_dist)
-        tau = stats.rank_correlations([clean.o_dist[n] for n in names], [o_dist[n] for n in names])[
-            "kendall_tau"
-        ]
-        out[kind] = {
-            "kendall_tau": tau,
-            "o_dist_scaled": metrics.scaled_dataset_distances(o_dist),
-            "image_kendall_tau": per_image,
-        }
+        out[kind] = Perturbation(
+            kendall_tau=stats.kendall_tau(
+                [clean.o_dist[n] for n in names], [o_dist[n] for n in names]
+            ),
+            o_dist_scaled=metrics.scaled_dataset_distances(o_dist),
+            image_kendall_tau=per_image,
+        )
     return out

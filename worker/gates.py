@@ -1,105 +1,134 @@
-"""Gates: bounds on report numbers that turn into the exit code (0 pass, 1 some gate failed)."""
+"""Gates: bounds on report numbers that turn into the exit code (0 pass, 1 some gate failed).
+
+`GATE_METRICS` is the one registry of gate metric names: the job model validates names
+against it and `evaluate_gates` reads each value off the typed report through it.
+"""
 
 from __future__ import annotations
 
-from worker.job import GateConfig
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from worker.results import GateResult, Report, SecondaryResult
+
+if TYPE_CHECKING:
+    from worker.job import GateConfig
 
 
-def _secondary_metric(sec: dict, metric: str) -> float | None:
-    """Read one gate metric off a report secondary entry; None when it was not computed."""
-    stats = sec.get("statistics") or {}
-    paths = {
-        "o_dist": sec.get("o_dist"),
-        "o_dist_scaled": sec.get("o_dist_scaled"),
-        "o_dist_mean": sec.get("o_dist_mean"),
-        "o_dist_ratio": stats.get("o_dist_ratio"),
-        "o_dist_percentile": stats.get("o_dist_percentile"),
-        "i_dist_scaled_p90": sec.get("i_dist_scaled_p90"),
-        "i_dist_p90": (sec.get("i_dist") or {}).get("p90"),
-        "diversity_mean": (sec.get("diversity") or {}).get("mean"),
-        "coverage_by_primary_mean": (sec.get("coverage_by_primary") or {}).get("mean"),
-        "coverage_by_primary_max": (sec.get("coverage_by_primary") or {}).get("max"),
-        "mmd_p_value": (stats.get("mmd") or {}).get("p_value"),
-        "fid": stats.get("fid"),
-        "duplicates_with_primary": (
-            len((sec.get("duplicates") or {}).get("with_primary", []))
-            if sec.get("duplicates") is not None
-            else None
-        ),
-    }
-    return paths.get(metric)
+def _with_primary(sec: SecondaryResult) -> float | None:
+    return len(sec.duplicates.with_primary) if sec.duplicates is not None else None
 
 
-def _adaptation_metric(report: dict, dataset: str, metric: str, model: str | None) -> float | None:
+#: metric -> value read off one secondary's typed result (None when not computed)
+SECONDARY_METRICS: dict[str, Callable[[SecondaryResult], float | None]] = {
+    "o_dist": lambda s: s.o_dist,
+    "o_dist_scaled": lambda s: s.o_dist_scaled,
+    "o_dist_mean": lambda s: s.o_dist_mean,
+    "o_dist_ratio": lambda s: s.statistics.o_dist_ratio if s.statistics else None,
+    "o_dist_percentile": lambda s: s.statistics.o_dist_percentile if s.statistics else None,
+    "i_dist_scaled_p90": lambda s: s.i_dist_scaled_p90,
+    "i_dist_p90": lambda s: s.i_dist.p90,
+    "diversity_mean": lambda s: s.diversity.mean if s.diversity else None,
+    "coverage_by_primary_mean": lambda s: (
+        s.coverage_by_primary.mean if s.coverage_by_primary else None
+    ),
+    "coverage_by_primary_max": lambda s: (
+        s.coverage_by_primary.max if s.coverage_by_primary else None
+    ),
+    "mmd_p_value": lambda s: s.statistics.mmd.p_value if s.statistics else None,
+    "fid": lambda s: s.statistics.fid if s.statistics else None,
+    "duplicates_with_primary": _with_primary,
+}
+#: metrics of the adaptation block (per secondary and trained model, default model M)
+ADAPTATION_METRICS = {"f_slope": "f_slope", "ods_f": "ods_f"}
+#: metrics that also apply to the primary when a gate names every dataset ("*")
+PRIMARY_TOO = ("skipped_fraction", "diversity_mean")
+
+GATE_METRICS: tuple[str, ...] = (
+    *SECONDARY_METRICS,
+    *ADAPTATION_METRICS,
+    "skipped_fraction",
+)
+
+
+def _adaptation_metric(report: Report, dataset: str, metric: str, model: str | None):
     """f_slope / ods_f of one adaptation result; model defaults to the baseline 'M'."""
-    results = (report.get("adaptation") or {}).get("results", [])
+    if report.adaptation is None:
+        return None
     wanted = model or "M"
-    key = {"f_slope": "f_slope", "ods_f": "ods_f"}[metric]
-    for r in results:
-        if r["dataset"] == dataset and r["model"] == wanted:
-            return r.get(key)
+    for r in report.adaptation.results:
+        if r.dataset == dataset and r.model == wanted:
+            return getattr(r, ADAPTATION_METRICS[metric])
     return None
 
 
-def _skipped_fraction(report: dict, dataset: str) -> float | None:
-    counts = {report["primary"]["name"]: report["primary"]["count"]}
-    counts.update({s["name"]: s["count"] for s in report["secondaries"]})
+def _skipped_fraction(report: Report, dataset: str) -> float | None:
+    counts = {report.primary.name: report.primary.count}
+    counts.update({s.name: s.count for s in report.secondaries})
     if dataset not in counts:
         return None
-    skipped = sum(1 for s in report.get("skipped", []) if s["dataset"] == dataset)
+    skipped = sum(1 for s in report.skipped if s.dataset == dataset)
     total = counts[dataset] + skipped
     return skipped / total if total else 0.0
 
 
-def _value(report: dict, gate: GateConfig, dataset: str) -> float | None:
-    if gate.metric == "skipped_fraction":
-        return _skipped_fraction(report, dataset)
-    if gate.metric in ("f_slope", "ods_f"):
-        return _adaptation_metric(report, dataset, gate.metric, gate.model)
-    if gate.metric == "diversity_mean" and dataset == report["primary"]["name"]:
-        return (report["primary"].get("diversity") or {}).get("mean")
-    secondaries = report["secondaries"]
-    if gate.model is not None:
-        for entry in report.get("models", []):
-            if gate.model in (entry["model"]["name"], entry.get("label")):
-                secondaries = entry.get("secondaries", secondaries)
-    for sec in secondaries:
-        if sec["name"] == dataset:
-            return _secondary_metric(sec, gate.metric)
+def _secondaries_of(report: Report, model: str | None) -> list[SecondaryResult] | None:
+    """The secondaries measured by extractor `model` (label or name; None = the first)."""
+    if model is None:
+        return report.secondaries
+    for i, entry in enumerate(report.models):
+        if model in (entry.model.name, entry.label):
+            return report.secondaries if i == 0 else entry.secondaries
     return None
 
 
-def evaluate_gates(report: dict, gates: list[GateConfig]) -> list[dict]:
-    """One result per (gate, dataset): {metric, dataset, model, value, max|min, passed, reason?}.
+def gate_value(report: Report, gate: GateConfig, dataset: str) -> float | None:
+    """The number `gate` checks on `dataset`, or None when it was not computed."""
+    if gate.metric == "skipped_fraction":
+        return _skipped_fraction(report, dataset)
+    if gate.metric in ADAPTATION_METRICS:
+        return _adaptation_metric(report, dataset, gate.metric, gate.model)
+    if gate.metric == "diversity_mean" and dataset == report.primary.name:
+        return report.primary.diversity.mean if report.primary.diversity else None
+    secondaries = _secondaries_of(report, gate.model)
+    for sec in secondaries or []:
+        if sec.name == dataset:
+            return SECONDARY_METRICS[gate.metric](sec)
+    return None
+
+
+def evaluate_gates(report: Report, gates: list[GateConfig]) -> list[GateResult]:
+    """One result per (gate, dataset).
 
     A gate whose dataset is "*" applies to every secondary (and, for skipped_fraction and
     diversity_mean, to the primary too). A gate whose value was not computed fails with a
     reason, so a CI build never passes on a number that does not exist.
     """
     results = []
-    secondary_names = [s["name"] for s in report["secondaries"]]
+    secondary_names = [s.name for s in report.secondaries]
     for gate in gates:
         if gate.dataset != "*":
             targets = [gate.dataset]
-        elif gate.metric in ("skipped_fraction", "diversity_mean"):
-            targets = [report["primary"]["name"], *secondary_names]
+        elif gate.metric in PRIMARY_TOO:
+            targets = [report.primary.name, *secondary_names]
         else:
             targets = secondary_names
         for dataset in targets:
-            value = _value(report, gate, dataset)
-            result: dict = {"metric": gate.metric, "dataset": dataset, "model": gate.model}
-            result["value"] = value
-            if gate.max is not None:
-                result["max"] = gate.max
-            if gate.min is not None:
-                result["min"] = gate.min
-            if value is None:
-                result["passed"] = False
-                result["reason"] = f"{gate.metric} was not computed for {dataset}"
-            else:
-                ok = (gate.max is None or value <= gate.max) and (
-                    gate.min is None or value >= gate.min
+            value = gate_value(report, gate, dataset)
+            reason = f"{gate.metric} was not computed for {dataset}" if value is None else None
+            passed = value is not None and (
+                (gate.max is None or value <= gate.max) and (gate.min is None or value >= gate.min)
+            )
+            results.append(
+                GateResult(
+                    metric=gate.metric,
+                    dataset=dataset,
+                    model=gate.model,
+                    value=value,
+                    max=gate.max,
+                    min=gate.min,
+                    passed=bool(passed),
+                    reason=reason,
                 )
-                result["passed"] = bool(ok)
-            results.append(result)
+            )
     return results

@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from worker.errors import JobError
+from worker.gates import GATE_METRICS
 
 EXTRACTOR_NAMES = (
     "hog",
@@ -159,26 +160,6 @@ class SelectionConfig(Strict):
     @property
     def strategies(self) -> list[str]:
         return [self.strategy] if isinstance(self.strategy, str) else list(self.strategy)
-
-
-GATE_METRICS = (
-    "o_dist",
-    "o_dist_scaled",
-    "o_dist_mean",
-    "o_dist_ratio",
-    "o_dist_percentile",
-    "i_dist_scaled_p90",
-    "i_dist_p90",
-    "diversity_mean",
-    "coverage_by_primary_mean",
-    "coverage_by_primary_max",
-    "mmd_p_value",
-    "fid",
-    "duplicates_with_primary",
-    "f_slope",
-    "ods_f",
-    "skipped_fraction",
-)
 
 
 class GateConfig(Strict):

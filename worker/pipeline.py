@@ -1,7 +1,7 @@
-"""run(job) -> report: the one place that wires the stages, top to bottom.
+"""run(job) -> RunResult: the one place that wires the stages, top to bottom.
 
-job -> sources -> embeddings -> analysis (PCA, metrics, selection, statistics)
-    -> [adaptation] -> gates -> report.json + report.pdf (+ figures, JUnit)
+embed -> measure -> [robustness] -> [adapt -> measure with the trained encoder]
+    -> build report (typed, gates last) -> render (figures, PDF, report.json) -> publish
 """
 
 from __future__ import annotations
@@ -14,32 +14,31 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from worker import __version__
-from worker.analysis import THUMBNAILS_PER_END, ModelAnalysis, analyse_model
+from worker.analysis import ModelAnalysis, analyse_model
 from worker.embeddings import EmbeddedSet, embed_items, load_precomputed
 from worker.errors import JobError
 from worker.gates import evaluate_gates
 from worker.job import DatasetConfig, Job, ModelConfig
 from worker.logs import LOGGER, stage
-from worker.sources import Item, is_s3, list_images, read_bytes
-
-RUN_BLOCK = "run"  # the only report block allowed to differ between identical runs
-
-
-@dataclass
-class RunResult:
-    report: dict
-    out_dir: str
-    files: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.report["passed"] else 1
+from worker.report.render import RenderInputs, render_outputs
+from worker.results import (
+    SCHEMA_VERSION,
+    Adaptation,
+    JobInfo,
+    ModelInfo,
+    ModelResult,
+    Perturbation,
+    Report,
+    RunInfo,
+)
+from worker.sources import Item, is_s3, list_images
 
 
 def _check_location(job: Job, ds: DatasetConfig, key: str, location: str) -> str:
@@ -179,13 +178,22 @@ def _local_checkpoint(job: Job, model: ModelConfig) -> ModelConfig:
     return model
 
 
+@dataclass
+class Embedded:
+    """The embed stage's result for one model: P first, then every S, in job order."""
+
+    sets: list[EmbeddedSet]
+    extractor: Any  # the extractor that made the vectors (None for precomputed)
+    model: ModelInfo
+
+
 def embed_all(
     job: Job, model: ModelConfig, show_progress: bool, extractor=None, datasets=None
-) -> tuple[list[EmbeddedSet], object]:
+) -> Embedded:
     """Features of P and every S for one model, in job order (primary first).
 
     `extractor` overrides the model's own (the trained baseline's encoder); `datasets`
-    limits the work to those dataset configs. Returns the sets and the extractor used."""
+    limits the work to those dataset configs."""
     cache = None
     if extractor is None and model.name != "precomputed" and any(d.path for d in job.all_datasets):
         from worker.extractors import get_extractor
@@ -215,89 +223,168 @@ def embed_all(
         ]
     _check_sets(job, sets)
     info = dict(extractor.info) if extractor is not None else {"name": "precomputed"}
-    info.setdefault("feature_dim", int(sets[0].vectors.shape[1]))
     info["feature_dim"] = int(sets[0].vectors.shape[1])
-    for s in sets:
-        s.model_info = info  # type: ignore[attr-defined]
-    return sets, extractor
+    keys = ModelInfo.model_fields
+    return Embedded(sets, extractor, ModelInfo(**{k: info.get(k) for k in keys}))
 
 
-def _model_block(info: dict) -> dict:
-    keys = ("name", "checkpoint", "revision", "feature_dim", "pooling", "image_size")
-    return {k: info.get(k) for k in keys}
+@dataclass
+class Measured:
+    """Everything measured with one extractor: its embeddings, numbers and robustness."""
+
+    label: str
+    embedded: Embedded
+    analysis: ModelAnalysis
+    robustness: dict[str, Perturbation] | None = None
 
 
-def _thumbnails(sets: list[EmbeddedSet], analysis: ModelAnalysis, storage) -> dict:
-    """Closest and farthest images of each S (by I_dist), decoded for the PDF."""
-    from worker.images import ImageError, decode_image
+@dataclass
+class RunResult:
+    report: Report
+    out_dir: str
+    run_id: str | None = None
 
-    out = {}
-    for sec, entry in zip(sets[1:], analysis.secondaries, strict=True):
-        if not sec.has_images:
-            continue
-        order = np.argsort([im["i_dist"] for im in entry["images"]], kind="stable")
-        ends = {"closest": order[:THUMBNAILS_PER_END], "farthest": order[::-1][:THUMBNAILS_PER_END]}
-        out[sec.name] = {}
-        for label, rows in ends.items():
-            thumbs = []
-            for r in rows:
-                try:
-                    img = decode_image(read_bytes(sec.uris[r], storage))
-                except (OSError, ImageError):
-                    continue
-                img.thumbnail((160, 160))
-                thumbs.append((sec.ids[r], img))
-            out[sec.name][label] = thumbs
-    return out
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.report.passed else 1
 
 
-DUPLICATE_PAIRS_SHOWN = 6
-
-
-def _duplicate_pairs(sets: list[EmbeddedSet], analysis: ModelAnalysis, storage) -> dict:
-    """The first duplicate pairs of each S (with P first, then within S), decoded for the PDF."""
-    from worker.images import ImageError, decode_image
-
-    primary = sets[0]
-    p_uri = dict(zip(primary.ids, primary.uris, strict=False))
-
-    def load(uri: str):
-        try:
-            img = decode_image(read_bytes(uri, storage))
-        except (OSError, ImageError):
-            return None
-        img.thumbnail((160, 160))
-        return img
-
-    out = {}
-    for sec, entry in zip(sets[1:], analysis.secondaries, strict=True):
-        dupes = entry.get("duplicates")
-        if not dupes or not sec.has_images:
-            continue
-        s_uri = dict(zip(sec.ids, sec.uris, strict=True))
-        wanted = [
-            (
-                f"{d['id']} vs {primary.name}:{d['primary_id']} (d = {d['distance']:.3g})",
-                s_uri.get(d["id"]),
-                p_uri.get(d["primary_id"]),
+def run(
+    job: Job,
+    *,
+    out_dir: str | None = None,
+    job_source: str | None = None,
+    show_progress: bool = False,
+    junit_path: str | None = None,
+) -> RunResult:
+    """Run every stage of a job, in order, and publish report.json, report.pdf and figures/:
+    embed, measure, robustness, adapt, measure with the trained encoder, build the report,
+    render, publish."""
+    started = time.time()
+    out_uri = out_dir or job.resolve(job.output.dir)
+    with tempfile.TemporaryDirectory(prefix="worker-out-") as tmp:
+        staging = Path(tmp)
+        with compute_engine(job) as engine_info:
+            measured: list[Measured] = []
+            for model in job.model_list:
+                with stage("embed", model=model.label):
+                    embedded = embed_all(job, model, show_progress)
+                with stage("measure", model=model.label):
+                    analysis = analyse_model(embedded.sets[0], embedded.sets[1:], job)
+                robustness = None
+                if job.metrics.robustness:
+                    with stage("robustness", model=model.label):
+                        robustness = measure_robustness(job, model, embedded, analysis)
+                measured.append(Measured(model.label, embedded, analysis, robustness))
+            adapted = None
+            if job.adaptation.enabled:
+                with stage("adapt"):
+                    adapted = adapt(job, measured[0].analysis, staging)
+                if adapted.trained_encoder is not None:
+                    with stage("measure", model="trained"):
+                        measured.append(measure_trained(job, adapted.trained_encoder))
+        with stage("report"):
+            report = build_report(
+                job, job_source, measured, adapted, RunInfo(**_run_info(started, engine_info))
             )
-            for d in dupes["with_primary"]
-        ] + [
-            (
-                f"{d['id_a']} vs {d['id_b']} (d = {d['distance']:.3g})",
-                s_uri.get(d["id_a"]),
-                s_uri.get(d["id_b"]),
-            )
-            for d in dupes["within"]
-        ]
-        pairs = []
-        for caption, a, b in wanted[:DUPLICATE_PAIRS_SHOWN]:
-            img_a, img_b = (load(a) if a else None), (load(b) if b else None)
-            if img_a is not None and img_b is not None:
-                pairs.append((caption, img_a, img_b))
-        if pairs:
-            out[sec.name] = pairs
-    return out
+            render_outputs(report, _render_inputs(measured[0], adapted, job), staging)
+        with stage("publish"):
+            _publish(staging, out_uri, job.storage)
+    if junit_path:
+        from worker.report.junit import write_junit
+
+        write_junit(report, Path(junit_path))
+    LOGGER.info("reports written to %s", out_uri, extra={"fields": {"out": out_uri}})
+    return RunResult(report=report, out_dir=out_uri)
+
+
+@contextmanager
+def compute_engine(job: Job):
+    """Where the embedding and distance stages run: this process, or a Ray cluster
+    (compute.engine: ray; Ray is imported only then). Yields report.json's run.engine."""
+    if job.compute.engine != "ray":
+        yield {"engine": "local"}
+        return
+    from worker.distributed import ray_session
+
+    with ray_session(job.compute) as info:
+        yield info
+
+
+def measure_robustness(
+    job: Job, model: ModelConfig, embedded: Embedded, analysis: ModelAnalysis
+) -> dict[str, Perturbation] | None:
+    """Re-embed every secondary brightened, darkened and blurred; rank stability (appendix D)."""
+    from worker.analysis import robustness_probe
+    from worker.extractors import PerturbedExtractor
+    from worker.images import PERTURBATIONS
+
+    sets = embedded.sets
+    if embedded.extractor is None or not all(s.has_images for s in sets[1:]):
+        analysis.warnings.append(
+            "robustness probe skipped: it needs every secondary as images and an extractor"
+        )
+        return None
+    perturbed = {
+        kind: embed_all(
+            job,
+            model,
+            False,
+            extractor=PerturbedExtractor(embedded.extractor, kind),
+            datasets=job.datasets.secondary,
+        ).sets
+        for kind in PERTURBATIONS
+    }
+    return robustness_probe(sets[0], analysis, perturbed, job)
+
+
+@dataclass
+class Adapted:
+    """The adapt stage's result: the report block, what its figures draw, and the trained
+    baseline's encoder when `features_from_trained` asks for it."""
+
+    block: Adaptation
+    figure_data: dict
+    trained_encoder: Any = None
+
+
+def adapt(job: Job, analysis: ModelAnalysis, artifacts: Path) -> Adapted:
+    """Train M and M_q on P + selected far images; evaluate ODS (method.md §5).
+    Checkpoints (output.save_checkpoints) go under `artifacts`."""
+    from worker.adapt.run import build_masked_sets, run_adaptation
+
+    strategy = job.adaptation.selection
+    sets = build_masked_sets(job)
+    selections = {}
+    for entry in analysis.secondaries:
+        if entry.name not in sets:
+            continue
+        chosen = analysis.selections.get(entry.name, {})
+        ids = [im.id for im in entry.images]
+        selections[entry.name] = {
+            q: [ids[i] for i in chosen[(strategy, q)]]
+            for q in job.adaptation.counts
+            if (strategy, q) in chosen
+        }
+
+    def per_image(key: str) -> dict[str, dict[str, float]]:
+        return {e.name: {im.id: getattr(im, key) for im in e.images} for e in analysis.secondaries}
+
+    block, extras = run_adaptation(
+        job, sets, selections, per_image("i_dist_scaled"), artifacts, i_dist=per_image("i_dist")
+    )
+    return Adapted(
+        block=Adaptation.model_validate(block),
+        figure_data=extras.get("adaptation", {}),
+        trained_encoder=extras.get("trained_extractor"),
+    )
+
+
+def measure_trained(job: Job, encoder) -> Measured:
+    """Distances measured with the trained baseline M's own encoder (features_from_trained)."""
+    embedded = embed_all(job, ModelConfig(name="trained"), False, extractor=encoder)
+    analysis = analyse_model(embedded.sets[0], embedded.sets[1:], job)
+    return Measured("trained (baseline M encoder)", embedded, analysis)
 
 
 def _versions() -> dict[str, str]:
@@ -315,81 +402,93 @@ def _versions() -> dict[str, str]:
     }
 
 
-def build_report(
-    job: Job,
-    job_source: str | None,
-    analyses: list[tuple[dict, ModelAnalysis]],
-    labels: list[str],
-    skipped: list[dict],
-    adaptation: dict | None,
-    started: float,
-) -> dict:
-    """Assemble report.json's dict (schema in worker/report/report.schema.json)."""
-    from worker.report.model import SCHEMA_VERSION
-
-    info, first = analyses[0]
-    report: dict = {
-        "schema_version": SCHEMA_VERSION,
-        "passed": True,
-        "run": {},
-        "job": {"seed": job.seed, "source": job_source},
-        "model": _model_block(info),
-        "primary": first.primary,
-        "pca": first.pca,
-        "o_dist_scaled": first.o_dist_scaled,
-        "secondaries": first.secondaries,
-        "pca_sweep": first.pca_sweep,
-        "pca_sweep_stable": first.pca_sweep_stable,
-        "models": [
-            {
-                "model": _model_block(inf),
-                "label": label,
-                "o_dist": a.o_dist,
-                "o_dist_scaled": a.o_dist_scaled,
-                "secondaries": a.secondaries if i else [],
-            }
-            for i, ((inf, a), label) in enumerate(zip(analyses, labels, strict=True))
-        ],
-        "gates": [],
-        "skipped": skipped,
-        "warnings": sorted({w for _, a in analyses for w in a.warnings}),
-    }
-    if len(analyses) > 1:
-        from worker import stats
-
-        report["model_agreement"] = stats.model_agreement(
-            {m["label"]: m["o_dist"] for m in report["models"]},
-            {
-                label: {s["name"]: [im["i_dist"] for im in s["images"]] for s in a.secondaries}
-                for (_, a), label in zip(analyses, labels, strict=True)
-            },
-        )
-    for (_, a), entry in zip(analyses, report["models"], strict=True):
-        if a.robustness:
-            entry["robustness"] = {k: v["kendall_tau"] for k, v in a.robustness.items()}
-    if first.robustness:
-        report["robustness"] = first.robustness
-        for sec in report["secondaries"]:
-            sec["robustness"] = {
-                k: v["image_kendall_tau"][sec["name"]] for k, v in first.robustness.items()
-            }
-    if adaptation is not None:
-        report["adaptation"] = adaptation
-    report["gates"] = evaluate_gates(report, job.gates)
-    report["passed"] = all(g["passed"] for g in report["gates"])
+def _run_info(started: float, engine_info: dict) -> dict:
     finished = time.time()
-    report["run"] = {
-        "started": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(
-            timespec="seconds"
-        ),
-        "finished": dt.datetime.fromtimestamp(finished, dt.timezone.utc).isoformat(
-            timespec="seconds"
-        ),
+
+    def iso(t: float) -> str:
+        return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds")
+
+    return {
+        "started": iso(started),
+        "finished": iso(finished),
         "duration_s": round(finished - started, 3),
         "host": platform.node(),
         "versions": _versions(),
+        "engine": engine_info,
     }
+
+
+def build_report(
+    job: Job,
+    job_source: str | None,
+    measured: list[Measured],
+    adapted: Adapted | None,
+    run_info: RunInfo,
+) -> Report:
+    """report.json as one typed Report: the first extractor's blocks at the top level, every
+    extractor in `models`, the gates evaluated last."""
+    from worker import stats
+
+    first = measured[0].analysis
+    models = [
+        ModelResult(
+            model=m.embedded.model,
+            label=m.label,
+            o_dist=m.analysis.o_dist,
+            o_dist_scaled=m.analysis.o_dist_scaled,
+            secondaries=m.analysis.secondaries if i else [],
+            robustness={k: v.kendall_tau for k, v in m.robustness.items()}
+            if m.robustness
+            else None,
+        )
+        for i, m in enumerate(measured)
+    ]
+    agreement = None
+    if len(measured) > 1:
+        agreement = stats.model_agreement(
+            {m.label: m.analysis.o_dist for m in measured},
+            {
+                m.label: {s.name: [im.i_dist for im in s.images] for s in m.analysis.secondaries}
+                for m in measured
+            },
+        )
+    robustness = measured[0].robustness
+    if robustness:
+        for sec in first.secondaries:
+            sec.robustness = {k: v.image_kendall_tau[sec.name] for k, v in robustness.items()}
+    report = Report(
+        schema_version=SCHEMA_VERSION,
+        passed=True,
+        run=run_info,
+        job=JobInfo(seed=job.seed, source=job_source),
+        model=measured[0].embedded.model,
+        primary=first.primary,
+        pca=first.pca,
+        o_dist_scaled=first.o_dist_scaled,
+        secondaries=first.secondaries,
+        pca_sweep=first.pca_sweep,
+        pca_sweep_stable=first.pca_sweep_stable,
+        models=models,
+        gates=[],
+        skipped=[s for ds in measured[0].embedded.sets for s in ds.skipped],
+        warnings=sorted({w for m in measured for w in m.analysis.warnings}),
+        model_agreement=agreement,
+        robustness=robustness,
+        adaptation=adapted.block if adapted else None,
+    )
+    report.gates = evaluate_gates(report, job.gates)
+    report.passed = all(g.passed for g in report.gates)
     return report
+
+
+def _render_inputs(first: Measured, adapted: Adapted | None, job: Job) -> RenderInputs:
+    """What the PDF draws beyond report.json: 2-D points, image locations, adaptation data."""
+    return RenderInputs(
+        scatter=first.analysis.scatter,
+        image_uris={s.name: dict(zip(s.ids, s.uris, strict=False)) for s in first.embedded.sets},
+        storage=job.storage,
+        adaptation=adapted.figure_data if adapted else None,
+    )
 
 
 def _publish(staging: Path, out_uri: str, storage) -> None:
@@ -420,162 +519,3 @@ def _publish(staging: Path, out_uri: str, storage) -> None:
             f"output.dir: cannot write the reports to {out} ({err.strerror or err}); "
             "free disk space or choose another folder with --out"
         ) from None
-
-
-def run(
-    job: Job,
-    *,
-    out_dir: str | None = None,
-    job_source: str | None = None,
-    show_progress: bool = False,
-    junit_path: str | None = None,
-) -> RunResult:
-    """Run every stage of a job; write report.json, report.pdf and figures/ to the output."""
-    started = time.time()
-    out_uri = out_dir or job.resolve(job.output.dir)
-    analyses: list[tuple[dict, ModelAnalysis]] = []
-    skipped: list[dict] = []
-    image_sets: list[EmbeddedSet] | None = None
-    with compute_engine(job) as engine_info:
-        for model in job.model_list:
-            with stage("embed", model=model.label):
-                sets, extractor = embed_all(job, model, show_progress)
-            if not skipped:
-                skipped = [s for ds in sets for s in ds.skipped]
-            if image_sets is None:
-                image_sets = sets
-            with stage("measure", model=model.label):
-                analysis = analyse_model(sets[0], sets[1:], job)
-            if job.metrics.robustness:
-                with stage("robustness", model=model.label):
-                    analysis.robustness = _robustness(job, model, extractor, sets, analysis)
-            analyses.append((sets[0].model_info, analysis))
-        try:
-            report = _write_outputs(
-                job,
-                analyses,
-                skipped,
-                image_sets,
-                out_uri,
-                job_source,
-                junit_path,
-                started,
-                engine_info,
-            )
-        except OSError as err:
-            raise JobError(
-                f"output.dir: cannot write the reports ({err.strerror or err}); "
-                "free disk space or choose another folder with --out"
-            ) from None
-    LOGGER.info("reports written to %s", out_uri, extra={"fields": {"out": out_uri}})
-    return RunResult(report=report, out_dir=out_uri)
-
-
-@contextmanager
-def compute_engine(job: Job):
-    """Where the embedding and distance stages run: this process, or a Ray cluster
-    (compute.engine: ray; Ray is imported only then). Yields report.json's run.engine."""
-    if job.compute.engine != "ray":
-        yield {"engine": "local"}
-        return
-    from worker.distributed import ray_session
-
-    with ray_session(job.compute) as info:
-        yield info
-
-
-def _robustness(job: Job, model: ModelConfig, extractor, sets, analysis) -> dict | None:
-    """Re-embed every secondary brightened, darkened and blurred; rank stability."""
-    from worker.analysis import robustness_probe
-    from worker.extractors import PerturbedExtractor
-    from worker.images import PERTURBATIONS
-
-    if extractor is None or not all(s.has_images for s in sets[1:]):
-        analysis.warnings.append(
-            "robustness probe skipped: it needs every secondary as images and an extractor"
-        )
-        return None
-    perturbed = {
-        kind: embed_all(
-            job,
-            model,
-            False,
-            extractor=PerturbedExtractor(extractor, kind),
-            datasets=job.datasets.secondary,
-        )[0]
-        for kind in PERTURBATIONS
-    }
-    return robustness_probe(sets[0], analysis, perturbed, job)
-
-
-def _write_outputs(
-    job, analyses, skipped, image_sets, out_uri, job_source, junit_path, started, engine_info
-):
-    """Adaptation (it writes checkpoints), report assembly, rendering, then publishing."""
-    adaptation, adapt_extras = None, {}
-    with tempfile.TemporaryDirectory(prefix="worker-out-") as tmp:
-        staging = Path(tmp)
-        labels = [m.label for m in job.model_list]
-        if job.adaptation.enabled:
-            with stage("adapt"):
-                adaptation, adapt_extras = _run_adaptation(job, analyses[0][1], staging)
-            trained = adapt_extras.pop("trained_extractor", None)
-            if trained is not None:
-                with stage("measure", model="trained"):
-                    sets, _ = embed_all(job, ModelConfig(name="trained"), False, extractor=trained)
-                    analyses = [
-                        *analyses,
-                        (sets[0].model_info, analyse_model(sets[0], sets[1:], job)),
-                    ]
-                labels.append("trained (baseline M encoder)")
-        report = build_report(job, job_source, analyses, labels, skipped, adaptation, started)
-        report["run"]["engine"] = engine_info
-
-        with stage("report"):
-            from worker.report.figures import make_figures
-            from worker.report.model import write_report_json
-            from worker.report.pdf import render_pdf
-
-            first = analyses[0][1]
-            extras = {
-                "scatter": first.scatter,
-                "thumbnails": _thumbnails(image_sets, first, job.storage),
-                "duplicate_pairs": _duplicate_pairs(image_sets, first, job.storage),
-                **adapt_extras,
-            }
-            figures = make_figures(report, extras, staging / "figures")
-            render_pdf(report, figures, staging / "report.pdf")
-            write_report_json(report, staging / "report.json")
-            if junit_path:
-                from worker.report.junit import write_junit
-
-                write_junit(report, Path(junit_path))
-        _publish(staging, out_uri, job.storage)
-    return report
-
-
-def _run_adaptation(job: Job, analysis: ModelAnalysis, staging: Path) -> tuple[dict, dict]:
-    """Train M and M_q on P + selected far images; evaluate ODS (DESIGN 4)."""
-    from worker.adapt.run import build_masked_sets, run_adaptation
-
-    strategy = job.adaptation.selection
-    sets = build_masked_sets(job)
-    selections = {}
-    for entry in analysis.secondaries:
-        name = entry["name"]
-        if name not in sets:
-            continue
-        chosen = analysis.selections.get(name, {})
-        ids = [im["id"] for im in entry["images"]]
-        selections[name] = {
-            q: [ids[i] for i in chosen[(strategy, q)]]
-            for q in job.adaptation.counts
-            if (strategy, q) in chosen
-        }
-
-    def per_image(key: str) -> dict[str, dict[str, float]]:
-        return {e["name"]: {im["id"]: im[key] for im in e["images"]} for e in analysis.secondaries}
-
-    return run_adaptation(
-        job, sets, selections, per_image("i_dist_scaled"), staging, i_dist=per_image("i_dist")
-    )

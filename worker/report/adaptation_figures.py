@@ -156,13 +156,15 @@ def plot_grid(adaptation: dict, extras: dict, dataset: str, path: Path) -> Path 
     return path
 
 
-def make_adaptation_figures(report: dict, extras: dict, out_dir: str | Path) -> dict[str, Path]:
+def make_adaptation_figures(report, extras: dict, out_dir: str | Path) -> dict[str, Path]:
     """Every adaptation figure for `report` (no-op without report["adaptation"]).
 
     `extras` is the pipeline's extras dict (its "adaptation" entry from run_adaptation is used)
     or that entry itself. Returns {figure key: path}; keys start with "adaptation_".
     """
-    adaptation = report.get("adaptation")
+    if report.adaptation is None:
+        return {}
+    adaptation = report.adaptation.model_dump()
     if not adaptation:
         return {}
     extras = extras or {}

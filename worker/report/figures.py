@@ -1,20 +1,17 @@
-"""Figures of report.pdf. Plotting only: every number is read from the report dict or `extras`.
+"""Figures of report.pdf. Plotting only: every number is read from the typed Report or the
+FigureData (worker.report.render) beside it.
 
-`make_figures(report, extras, out_dir)` returns {key: PNG path}. Keys:
+`make_figures(report, data, out_dir)` returns {key: PNG path}. Keys:
 
 - `i_dist_violin`: raw I_dist per image, one violin per secondary (paper fig. 3);
 - `i_dist_sorted`: min-max scaled I_dist sorted ascending against rank fraction (fig. 10);
 - `diversity_overview`: nearest-neighbour distance histograms of the primary and each secondary;
-- `scatter`: 2-D PCA of P and every S, selected images outlined (extras["scatter"]);
+- `scatter`: 2-D PCA of P and every S, selected images outlined (data.scatter);
 - `i_dist:<S>`: one secondary's violin and sorted curve, selected images marked;
 - `diversity:<S>`: histograms of S and of each selection (random subset of the same size dashed);
-- `thumbnails:<S>`: closest and farthest images of S (extras["thumbnails"], image inputs only);
-- `adaptation_*`: from worker.report.adaptation_figures when report["adaptation"] exists.
-
-`extras` (all optional):
-  "scatter":    {"names": [str], "points": {name: array (k, 2)}, "selected": {name: [row]}}
-  "thumbnails": {S_name: {"closest": [(id, PIL.Image)], "farthest": [(id, PIL.Image)]}}
-  "adaptation": whatever worker.report.adaptation_figures expects.
+- `thumbnails:<S>`: closest and farthest images of S (data.thumbnails, image inputs only);
+- `duplicates:<S>`: duplicate pairs side by side (data.duplicate_pairs);
+- `adaptation_*`: from worker.report.adaptation_figures when report.adaptation exists.
 """
 
 from __future__ import annotations
@@ -22,6 +19,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -29,6 +27,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from cycler import cycler  # noqa: E402
+
+from worker.report.render import FigureData  # noqa: E402
+from worker.results import (  # noqa: E402
+    Histogram,
+    ImageResult,
+    Report,
+    SecondaryResult,
+    SelectionResult,
+    Spread,
+    Summary,
+)
+
+if TYPE_CHECKING:
+    from worker.analysis import ScatterPoints
 
 DPI = 150
 WIDTH_IN = 6.7  # A4 text width (170 mm)
@@ -85,11 +97,11 @@ def short(text: str, limit: int = 24) -> str:
     return text[:head] + "…" + text[-(limit - 1 - head) :]
 
 
-def colours(report: dict) -> dict[str, str]:
+def colours(report: Report) -> dict[str, str]:
     """Colour of every dataset, stable across figures: P grey, secondaries in job order."""
-    out = {report.get("primary", {}).get("name", "P"): PRIMARY_COLOUR}
-    for i, sec in enumerate(report.get("secondaries", [])):
-        out.setdefault(sec["name"], PALETTE[i % len(PALETTE)])
+    out = {report.primary.name: PRIMARY_COLOUR}
+    for i, sec in enumerate(report.secondaries):
+        out.setdefault(sec.name, PALETTE[i % len(PALETTE)])
     return out
 
 
@@ -107,8 +119,8 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _values(images: list[dict], key: str) -> np.ndarray:
-    vals = [im.get(key) for im in images]
+def _values(images: list[ImageResult], key: str) -> np.ndarray:
+    vals = [getattr(im, key) for im in images]
     return np.array([v for v in vals if v is not None], dtype=np.float64)
 
 
@@ -138,12 +150,11 @@ def _violin(ax, data: list[np.ndarray], positions: list[float], cols: list[str])
         ax.plot([lo, hi], [pos, pos], color=col, linewidth=0.8)
 
 
-def _stat_marks(ax, summary: dict | None, pos: float, *, legend: bool) -> None:
+def _stat_marks(ax, summary: Summary | None, pos: float, *, legend: bool) -> None:
     """Mean (diamond), median and p90 (ticks) read from the report's i_dist summary."""
-    summary = summary or {}
     marks = [("mean", "D", 14), ("p50", "|", 60), ("p90", "|", 60)]
     for key, marker, size in marks:
-        v = summary.get(key)
+        v = getattr(summary, key) if summary is not None else None
         if v is None:
             continue
         colour = "#000000" if key != "p90" else "#D55E00"
@@ -160,19 +171,19 @@ def _stat_marks(ax, summary: dict | None, pos: float, *, legend: bool) -> None:
         )
 
 
-def plot_violin_overview(report: dict, path: Path) -> Path | None:
-    secs = [s for s in report.get("secondaries", []) if s.get("images")]
+def plot_violin_overview(report: Report, path: Path) -> Path | None:
+    secs = [s for s in report.secondaries if s.images]
     if not secs:
         return None
     col = colours(report)
-    data = [_values(s["images"], "i_dist") for s in secs]
+    data = [_values(s.images, "i_dist") for s in secs]
     positions = list(range(len(secs), 0, -1))  # first secondary on top
     height = 1.0 + 0.45 * len(secs)
     fig, ax = plt.subplots(figsize=(WIDTH_IN, min(max(height, 2.2), 9.0)))
-    _violin(ax, data, positions, [col[s["name"]] for s in secs])
+    _violin(ax, data, positions, [col[s.name] for s in secs])
     for i, (s, pos) in enumerate(zip(secs, positions, strict=True)):
-        _stat_marks(ax, s.get("i_dist"), pos, legend=i == 0)
-    ax.set_yticks(positions, [short(s["name"], 28) for s in secs])
+        _stat_marks(ax, s.i_dist, pos, legend=i == 0)
+    ax.set_yticks(positions, [short(s.name, 28) for s in secs])
     ax.set_ylim(0.4, len(secs) + 0.6)
     ax.set_xlabel("I_dist (sum of distances to every primary image)")
     ax.grid(axis="y", visible=False)
@@ -181,7 +192,7 @@ def plot_violin_overview(report: dict, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def _sorted_curve(images: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+def _sorted_curve(images: list[ImageResult]) -> tuple[np.ndarray, np.ndarray]:
     y = np.sort(_values(images, "i_dist_scaled"), kind="stable")
     if len(y) == 0:
         return y, y
@@ -189,19 +200,19 @@ def _sorted_curve(images: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def plot_sorted_overview(report: dict, path: Path) -> Path | None:
-    secs = [s for s in report.get("secondaries", []) if s.get("images")]
+def plot_sorted_overview(report: Report, path: Path) -> Path | None:
+    secs = [s for s in report.secondaries if s.images]
     if not secs:
         return None
     col = colours(report)
     fig, ax = plt.subplots(figsize=(WIDTH_IN, 3.0))
     handles, labels = [], []
     for i, s in enumerate(secs):
-        x, y = _sorted_curve(s["images"])
+        x, y = _sorted_curve(s.images)
         style = ["-", "--", "-.", ":"][(i // len(PALETTE)) % 4]
-        (line,) = ax.plot(x, y, color=col[s["name"]], linewidth=1.4, linestyle=style)
+        (line,) = ax.plot(x, y, color=col[s.name], linewidth=1.4, linestyle=style)
         handles.append(line)
-        labels.append(short(s["name"], 28))
+        labels.append(short(s.name, 28))
     ax.set_xlabel("image rank fraction (sorted by I_dist)")
     ax.set_ylabel("min-max scaled I_dist")
     ax.set_xlim(0, 1)
@@ -211,46 +222,46 @@ def plot_sorted_overview(report: dict, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def _selected_ranks(sec: dict) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def _selected_ranks(sec: SecondaryResult) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """For each strategy's largest selection: (label, x, y) of the selected images on the curve."""
-    images = [im for im in sec.get("images", []) if im.get("i_dist_scaled") is not None]
+    images = sec.images
     if not images:
         return []
-    order = sorted(range(len(images)), key=lambda k: images[k]["i_dist_scaled"])
+    order = sorted(range(len(images)), key=lambda k: images[k].i_dist_scaled)
     n = len(order)
     where = {}
     for rank, k in enumerate(order):
-        where.setdefault(images[k]["id"], (rank / (n - 1) if n > 1 else 0.5, images[k]))
-    largest: dict[str, dict] = {}
-    for sel in sec.get("selections", []):
-        if sel["strategy"] not in largest or sel["count"] > largest[sel["strategy"]]["count"]:
-            largest[sel["strategy"]] = sel
+        where.setdefault(images[k].id, (rank / (n - 1) if n > 1 else 0.5, images[k]))
+    largest: dict[str, SelectionResult] = {}
+    for sel in sec.selections:
+        if sel.strategy not in largest or sel.count > largest[sel.strategy].count:
+            largest[sel.strategy] = sel
     out = []
     for strategy, sel in largest.items():
-        pts = [where[i] for i in sel.get("ids", []) if i in where]
+        pts = [where[i] for i in sel.ids if i in where]
         if not pts:
             continue
         x = np.array([p[0] for p in pts])
-        y = np.array([p[1]["i_dist_scaled"] for p in pts])
-        out.append((f"{strategy} (q={sel['count']})", x, y))
+        y = np.array([p[1].i_dist_scaled for p in pts])
+        out.append((f"{strategy} (q={sel.count})", x, y))
     return out
 
 
-def plot_secondary_idist(report: dict, sec: dict, path: Path) -> Path | None:
-    if not sec.get("images"):
+def plot_secondary_idist(report: Report, sec: SecondaryResult, path: Path) -> Path | None:
+    if not sec.images:
         return None
-    colour = colours(report)[sec["name"]]
+    colour = colours(report)[sec.name]
     fig, (left, right) = plt.subplots(
         1, 2, figsize=(WIDTH_IN, 2.6), gridspec_kw={"width_ratios": [1, 1.25]}
     )
-    _violin(left, [_values(sec["images"], "i_dist")], [1.0], [colour])
-    _stat_marks(left, sec.get("i_dist"), 1.0, legend=True)
+    _violin(left, [_values(sec.images, "i_dist")], [1.0], [colour])
+    _stat_marks(left, sec.i_dist, 1.0, legend=True)
     left.set_yticks([])
     left.set_ylim(0.4, 1.6)
     left.set_xlabel("I_dist")
     left.set_title("I_dist per image")
     left.legend(loc="upper center", ncols=3, fontsize=6, bbox_to_anchor=(0.5, -0.28))
-    x, y = _sorted_curve(sec["images"])
+    x, y = _sorted_curve(sec.images)
     right.plot(x, y, color=colour, linewidth=1.4)
     for k, (label, sx, sy) in enumerate(_selected_ranks(sec)):
         strategy = label.split(" ")[0]
@@ -279,34 +290,43 @@ def plot_secondary_idist(report: dict, sec: dict, path: Path) -> Path | None:
 # --- diversity --------------------------------------------------------------------------------
 
 
-def _panel(ax, label: str, spread: dict, colour: str, overlay: dict | None) -> bool:
-    hist = (spread or {}).get("histogram")
-    if not hist or not hist.get("counts"):
+def _histogram(spread: Spread | None) -> Histogram | None:
+    """The spread's histogram when it has counts to draw."""
+    hist = spread.histogram if spread is not None else None
+    return hist if hist is not None and hist.counts else None
+
+
+def _panel(ax, label: str, spread: Spread, colour: str, overlay: Spread | None) -> bool:
+    hist = _histogram(spread)
+    if hist is None:
         return False
-    edges = np.asarray(hist["edges"], dtype=np.float64)
-    counts = np.asarray(hist["counts"], dtype=np.float64)
+    edges = np.asarray(hist.edges, dtype=np.float64)
+    counts = np.asarray(hist.counts, dtype=np.float64)
     if len(edges) != len(counts) + 1:
         return False
     ax.stairs(counts, edges, fill=True, color=colour, alpha=0.55)
     ax.stairs(counts, edges, color=colour, linewidth=0.8)
-    ohist = (overlay or {}).get("histogram")
-    if ohist and ohist.get("counts") and len(ohist["edges"]) == len(ohist["counts"]) + 1:
+    ohist = _histogram(overlay)
+    if ohist is not None and len(ohist.edges) == len(ohist.counts) + 1:
         ax.stairs(
-            np.asarray(ohist["counts"], dtype=np.float64),
-            np.asarray(ohist["edges"], dtype=np.float64),
+            np.asarray(ohist.counts, dtype=np.float64),
+            np.asarray(ohist.edges, dtype=np.float64),
             color=RANDOM_COLOUR,
             linestyle="--",
             linewidth=0.9,
             label="random subset",
         )
-    ax.set_title(f"{short(label, 34)}\nmean {_fmt(spread.get('mean'))}", fontsize=7)
+    ax.set_title(f"{short(label, 34)}\nmean {_fmt(spread.mean)}", fontsize=7)
     ax.tick_params(labelsize=6)
     return True
 
 
-def plot_histograms(panels: list[tuple[str, dict, str, dict | None]], path: Path) -> Path | None:
+Panel = tuple[str, Spread | None, str, Spread | None]  # label, spread, colour, overlay
+
+
+def plot_histograms(panels: list[Panel], path: Path) -> Path | None:
     """Small multiples of diversity histograms: (label, spread, colour, overlay spread)."""
-    panels = [p for p in panels if p[1] and (p[1].get("histogram") or {}).get("counts")]
+    panels = [p for p in panels if _histogram(p[1]) is not None]
     if not panels:
         return None
     dropped = max(0, len(panels) - MAX_HIST_PANELS)
@@ -334,7 +354,7 @@ def plot_histograms(panels: list[tuple[str, dict, str, dict | None]], path: Path
     overlay_shown = False
     for ax, (label, spread, colour, overlay) in zip(axes.flat, panels, strict=False):
         _panel(ax, label, spread, colour, overlay)
-        overlay_shown |= bool(overlay and (overlay.get("histogram") or {}).get("counts"))
+        overlay_shown |= _histogram(overlay) is not None
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     for ax in axes[-1]:
@@ -350,36 +370,35 @@ def plot_histograms(panels: list[tuple[str, dict, str, dict | None]], path: Path
     return _save(fig, path)
 
 
-def diversity_overview_panels(report: dict) -> list[tuple[str, dict, str, dict | None]]:
+def diversity_overview_panels(report: Report) -> list[Panel]:
     col = colours(report)
-    prim = report.get("primary", {})
-    panels = [(f"{prim.get('name', 'P')} (primary)", prim.get("diversity"), PRIMARY_COLOUR, None)]
-    for s in report.get("secondaries", []):
-        panels.append((s["name"], s.get("diversity"), col[s["name"]], None))
+    prim = report.primary
+    panels = [(f"{prim.name} (primary)", prim.diversity, PRIMARY_COLOUR, None)]
+    for s in report.secondaries:
+        panels.append((s.name, s.diversity, col[s.name], None))
     return panels
 
 
-def secondary_diversity_panels(report: dict, sec: dict) -> list[tuple[str, dict, str, dict | None]]:
-    colour = colours(report)[sec["name"]]
-    panels = [(f"{sec['name']} (input)", sec.get("diversity"), colour, None)]
-    for sel in sec.get("selections", []):
-        label = f"{sel['strategy']}, q={sel['count']}"
-        panels.append((label, sel.get("diversity"), colour, sel.get("random_diversity")))
+def secondary_diversity_panels(report: Report, sec: SecondaryResult) -> list[Panel]:
+    colour = colours(report)[sec.name]
+    panels = [(f"{sec.name} (input)", sec.diversity, colour, None)]
+    for sel in sec.selections:
+        label = f"{sel.strategy}, q={sel.count}"
+        panels.append((label, sel.diversity, colour, sel.random_diversity))
     return panels
 
 
 # --- scatter and thumbnails -----------------------------------------------------------------
 
 
-def plot_scatter(report: dict, scatter: dict, path: Path) -> Path | None:
-    points = scatter.get("points") or {}
-    names = list(scatter.get("names") or points.keys())
-    names = [n for n in names if n in points and len(np.asarray(points[n]))]
+def plot_scatter(report: Report, scatter: ScatterPoints, path: Path) -> Path | None:
+    points = scatter.points
+    names = [n for n in scatter.names if n in points and len(np.asarray(points[n]))]
     if not names:
         return None
     col = colours(report)
-    primary = report.get("primary", {}).get("name")
-    selected = scatter.get("selected") or {}
+    primary = report.primary.name
+    selected = scatter.selected
     fig, ax = plt.subplots(figsize=(WIDTH_IN, 4.6))
     handles, labels = [], []
     sec_index = 0
@@ -451,12 +470,12 @@ def _as_array(img) -> tuple[np.ndarray, str | None]:
     return arr, ("gray" if img.mode == "L" else None)
 
 
-def plot_thumbnails(sec: dict, thumbs: dict, path: Path) -> Path | None:
+def plot_thumbnails(sec: SecondaryResult, thumbs: dict, path: Path) -> Path | None:
     rows = [(label, list(thumbs.get(label) or [])) for label in ("closest", "farthest")]
     rows = [(label, items) for label, items in rows if items]
     if not rows:
         return None
-    scaled = {im["id"]: im.get("i_dist_scaled") for im in sec.get("images", [])}
+    scaled = {im.id: im.i_dist_scaled for im in sec.images}
     ncols = max(4, max(len(items) for _, items in rows))
     cell = (WIDTH_IN - 0.35) / ncols
     height = len(rows) * (cell + 0.4)
@@ -519,13 +538,13 @@ def plot_duplicate_pairs(pairs: list, path: Path) -> Path | None:
 # --- entry point ----------------------------------------------------------------------------
 
 
-def make_figures(report: dict, extras: dict | None, out_dir: str | Path) -> dict[str, Path]:
+def make_figures(report: Report, data: FigureData | None, out_dir: str | Path) -> dict[str, Path]:
     """Draw every figure of the PDF into `out_dir`; returns {figure key: PNG path}.
 
     Figures whose data is missing (no images, no histogram, no scatter) are left out; the
     template checks each key before using it.
     """
-    extras = extras or {}
+    data = data or FigureData()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures: dict[str, Path] = {}
@@ -541,11 +560,11 @@ def make_figures(report: dict, extras: dict | None, out_dir: str | Path) -> dict
             "diversity_overview",
             plot_histograms(diversity_overview_panels(report), out / "diversity_overview.png"),
         )
-        if extras.get("scatter"):
-            add("scatter", plot_scatter(report, extras["scatter"], out / "scatter.png"))
-        thumbnails = extras.get("thumbnails") or {}
-        for k, sec in enumerate(report.get("secondaries", [])):
-            name = sec["name"]
+        if data.scatter is not None:
+            add("scatter", plot_scatter(report, data.scatter, out / "scatter.png"))
+        thumbnails = data.thumbnails
+        for k, sec in enumerate(report.secondaries):
+            name = sec.name
             stem = f"{k:02d}_{_safe(name)}"
             add(f"i_dist:{name}", plot_secondary_idist(report, sec, out / f"i_dist_{stem}.png"))
             add(
@@ -559,12 +578,12 @@ def make_figures(report: dict, extras: dict | None, out_dir: str | Path) -> dict
                     f"thumbnails:{name}",
                     plot_thumbnails(sec, thumbnails[name], out / f"thumbnails_{stem}.png"),
                 )
-            pairs = (extras.get("duplicate_pairs") or {}).get(name)
+            pairs = data.duplicate_pairs.get(name)
             if pairs:
                 add(f"duplicates:{name}", plot_duplicate_pairs(pairs, out / f"dupes_{stem}.png"))
-    if report.get("adaptation"):
+    if report.adaptation is not None:
         from worker.report.adaptation_figures import make_adaptation_figures
 
         with plt.rc_context(STYLE):
-            figures.update(make_adaptation_figures(report, extras, out))
+            figures.update(make_adaptation_figures(report, data.adaptation or {}, out))
     return figures

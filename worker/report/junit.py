@@ -1,4 +1,4 @@
-"""Gate results as JUnit XML, so CI systems show each gate as a test case (issue 6).
+"""Gate results as JUnit XML, so CI systems show each gate as a test case.
 
 One <testcase> per gate result, named like "o_dist_scaled[S1] <= 0.5"; a failed gate carries
 a <failure> with its value and bound (or the reason it could not be computed).
@@ -11,6 +11,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from worker.report.model import atomic_write_bytes
+from worker.results import GateResult, Report
 
 SUITE_NAME = "dataset-distance gates"
 # Characters XML 1.0 cannot carry, even escaped.
@@ -32,20 +33,20 @@ def _number(x) -> str:
     return str(int(x)) if x.is_integer() and abs(x) < 1e15 else repr(x)
 
 
-def gate_target(gate: dict) -> str:
+def gate_target(gate: GateResult) -> str:
     """'metric[dataset]' or 'metric[dataset @ model]'."""
-    where = gate.get("dataset", "*")
-    if gate.get("model"):
-        where = f"{where} @ {gate['model']}"
-    return f"{gate.get('metric', '?')}[{where}]"
+    where = gate.dataset
+    if gate.model:
+        where = f"{where} @ {gate.model}"
+    return f"{gate.metric}[{where}]"
 
 
 def gate_bound(
-    gate: dict, number=None, le: str = "<=", ge: str = ">=", missing: str = "(no bound)"
+    gate: GateResult, number=None, le: str = "<=", ge: str = ">=", missing: str = "(no bound)"
 ) -> str:
     """'<= 0.5', '>= 2' or 'in [a, b]' for a gate result; `number` formats the bounds."""
     number = number or _number
-    lo, hi = gate.get("min"), gate.get("max")
+    lo, hi = gate.min, gate.max
     if lo is not None and hi is not None:
         return f"in [{number(lo)}, {number(hi)}]"
     if hi is not None:
@@ -55,28 +56,28 @@ def gate_bound(
     return missing
 
 
-def gate_case_name(gate: dict) -> str:
+def gate_case_name(gate: GateResult) -> str:
     """e.g. 'o_dist_scaled[S1] <= 0.5', 'o_dist_ratio[S2] >= 1.5'."""
     return f"{gate_target(gate)} {gate_bound(gate)}"
 
 
-def _failure_message(gate: dict) -> str:
-    value = gate.get("value")
+def _failure_message(gate: GateResult) -> str:
+    value = gate.value
     if value is None:
-        return gate.get("reason") or f"{gate_target(gate)} was not computed"
-    lo, hi = gate.get("min"), gate.get("max")
+        return gate.reason or f"{gate_target(gate)} was not computed"
+    lo, hi = gate.min, gate.max
     if hi is not None and value > hi:
         return f"{gate_target(gate)} = {_number(value)} > max {_number(hi)}"
     if lo is not None and value < lo:
         return f"{gate_target(gate)} = {_number(value)} < min {_number(lo)}"
-    return gate.get("reason") or f"{gate_target(gate)} = {_number(value)} failed {gate_bound(gate)}"
+    return gate.reason or f"{gate_target(gate)} = {_number(value)} failed {gate_bound(gate)}"
 
 
-def build_junit(report: dict) -> ET.Element:
-    """The <testsuites> element for report["gates"]."""
-    gates = report.get("gates", [])
-    failures = sum(1 for g in gates if not g.get("passed"))
-    duration = (report.get("run") or {}).get("duration_s") or 0
+def build_junit(report: Report) -> ET.Element:
+    """The <testsuites> element for report.gates."""
+    gates = report.gates
+    failures = sum(1 for g in gates if not g.passed)
+    duration = report.run.duration_s
     root = ET.Element(
         "testsuites",
         {"name": SUITE_NAME, "tests": str(len(gates)), "failures": str(failures), "errors": "0"},
@@ -93,17 +94,13 @@ def build_junit(report: dict) -> ET.Element:
             "time": f"{float(duration):.3f}",
         },
     )
-    started = (report.get("run") or {}).get("started")
-    if started:
-        suite.set("timestamp", _text(started))
+    suite.set("timestamp", _text(report.run.started))
     props = ET.SubElement(suite, "properties")
-    primary = (report.get("primary") or {}).get("name")
-    model = (report.get("model") or {}).get("name")
     for name, value in (
-        ("schema_version", report.get("schema_version")),
-        ("primary", primary),
-        ("model", model),
-        ("passed", report.get("passed")),
+        ("schema_version", report.schema_version),
+        ("primary", report.primary.name),
+        ("model", report.model.name),
+        ("passed", report.passed),
     ):
         if value is not None:
             ET.SubElement(
@@ -120,38 +117,38 @@ def build_junit(report: dict) -> ET.Element:
             "testcase",
             {
                 "name": _text(gate_case_name(gate)),
-                "classname": _text(f"gates.{gate.get('metric', 'unknown')}"),
+                "classname": _text(f"gates.{gate.metric}"),
                 "time": "0",
             },
         )
         out = ET.SubElement(case, "system-out")
         lines = [
-            f"metric: {gate.get('metric')}",
-            f"dataset: {gate.get('dataset')}",
-            f"model: {gate.get('model') or '-'}",
-            f"value: {_number(gate.get('value'))}",
+            f"metric: {gate.metric}",
+            f"dataset: {gate.dataset}",
+            f"model: {gate.model or '-'}",
+            f"value: {_number(gate.value)}",
             f"bound: {gate_bound(gate)}",
         ]
-        if gate.get("reason"):
-            lines.append(f"reason: {gate['reason']}")
+        if gate.reason:
+            lines.append(f"reason: {gate.reason}")
         out.text = _text("\n".join(lines))
-        if not gate.get("passed"):
+        if not gate.passed:
             failure = ET.SubElement(
                 case, "failure", {"message": _text(_failure_message(gate)), "type": "GateFailed"}
             )
             failure.text = _text(
-                f"value {_number(gate.get('value'))}, bound {gate_bound(gate)}"
-                + (f": {gate['reason']}" if gate.get("reason") else "")
+                f"value {_number(gate.value)}, bound {gate_bound(gate)}"
+                + (f": {gate.reason}" if gate.reason else "")
             )
     return root
 
 
-def junit_bytes(report: dict) -> bytes:
+def junit_bytes(report: Report) -> bytes:
     root = build_junit(report)
     ET.indent(root)
     return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
 
 
-def write_junit(report: dict, path: str | Path) -> Path:
+def write_junit(report: Report, path: str | Path) -> Path:
     """Write the gates of `report` as JUnit XML to `path` (atomic; parent folders created)."""
     return atomic_write_bytes(path, junit_bytes(report))

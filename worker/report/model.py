@@ -1,9 +1,12 @@
-"""report.json: the versioned contract CI gates parse (DESIGN.md section 7).
+"""report.json: the versioned contract CI gates parse (docs/report-json.md).
 
-- `load_schema()` returns the shipped JSON Schema (draft 2020-12, report.schema.json);
+- `generate_schema()` builds the JSON Schema (draft 2020-12) from worker.results.Report;
+  `load_schema()` returns the shipped copy (report.schema.json), which a test keeps equal;
 - `clean_numbers(obj)` turns numpy scalars/arrays into plain Python and refuses NaN/inf;
-- `validate_report(report)` raises ValueError naming the JSON path of the first problem;
-- `to_json_bytes(report)` / `write_report_json(report, path)` serialise it (atomic write).
+- `validate_report(report)` checks a report.json dict as a consumer would (JSON Schema) and
+  raises ValueError naming the JSON path of the first problem;
+- `to_json_bytes(report)` / `write_report_json(report, path)` serialise a typed Report (valid
+  by construction) or a dict (validated first); the write is atomic.
 """
 
 from __future__ import annotations
@@ -17,8 +20,42 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = "1.0.0"
+from worker.results import SCHEMA_VERSION, Report
+
+__all__ = ["SCHEMA_VERSION", "Report", "generate_schema", "load_schema", "validate_report"]
+
 SCHEMA_FILE = "report.schema.json"
+SCHEMA_ID = "urn:dataset-distance-worker:report.schema.json"
+
+
+def _open_objects(node: Any) -> Any:
+    """Drop `additionalProperties: false`: consumers of a 1.x schema accept later 1.y fields."""
+    if isinstance(node, dict):
+        return {
+            k: _open_objects(v)
+            for k, v in node.items()
+            if not (k == "additionalProperties" and v is False)
+        }
+    if isinstance(node, list):
+        return [_open_objects(v) for v in node]
+    return node
+
+
+def generate_schema() -> dict:
+    """report.json's JSON Schema, generated from worker.results.Report (validation mode:
+    a field is required unless the report may leave it out)."""
+    body = _open_objects(Report.model_json_schema(ref_template="#/$defs/{model}"))
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "dataset-distance-worker report.json",
+        **body,
+    }
+
+
+def schema_text() -> str:
+    """The generated schema as the shipped file holds it (indent 2, trailing newline)."""
+    return json.dumps(generate_schema(), indent=2, ensure_ascii=False) + "\n"
 
 
 @lru_cache(maxsize=1)
@@ -132,8 +169,12 @@ def validate_report(report: dict) -> None:
     raise ValueError(f"report.json: {_error_path(chosen)}: {chosen.message}")
 
 
-def to_json_bytes(report: dict) -> bytes:
-    """UTF-8 JSON, indent 2, keys in insertion order, no NaN; ends with a newline."""
+def to_json_bytes(report: Report | dict) -> bytes:
+    """UTF-8 JSON, indent 2, keys in field (or insertion) order, no NaN; ends with a newline.
+
+    A typed Report is dumped as is (it was validated when built); a dict is cleaned first."""
+    if isinstance(report, Report):
+        return report.model_dump_json(indent=2).encode("utf-8") + b"\n"
     text = json.dumps(
         clean_numbers(report), indent=2, sort_keys=False, allow_nan=False, ensure_ascii=False
     )
@@ -158,8 +199,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return path
 
 
-def write_report_json(report: dict, path: str | Path) -> Path:
-    """Validate `report` against the schema, then write it atomically to `path`."""
+def write_report_json(report: Report | dict, path: str | Path) -> Path:
+    """Write `report` atomically to `path`; a dict is validated against the schema first."""
+    if isinstance(report, Report):
+        return atomic_write_bytes(path, to_json_bytes(report))
     plain = clean_numbers(report)
     validate_report(plain)
     return atomic_write_bytes(path, to_json_bytes(plain))

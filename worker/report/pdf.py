@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlparse
 from jinja2 import Environment, FileSystemLoader
 
 from worker.report.model import atomic_write_bytes
+from worker.results import GateResult, Report
 
 ID_LIST_LIMIT = 40  # ids shown per selection before "... and N more"
 SKIPPED_LIMIT = 150  # rows of the skipped-images table
@@ -52,7 +53,7 @@ def fmt_num(x, digits: int = 4) -> str:
     return f"{x:.{digits}g}"
 
 
-def fmt_bound(gate: dict) -> str:
+def fmt_bound(gate: GateResult) -> str:
     """'≤ 0.5', '≥ 2' or 'in [a, b]' for a gate result."""
     from worker.report.junit import gate_bound
 
@@ -77,45 +78,32 @@ def _figure_uris(figures: dict | None) -> dict[str, str]:
     return {str(k): Path(v).resolve().as_uri() for k, v in (figures or {}).items() if v}
 
 
-def _context(report: dict, figures: dict | None) -> dict:
-    secondaries = report.get("secondaries", [])
-    names = [s["name"] for s in secondaries]
-    gates = report.get("gates", [])
-    skipped = report.get("skipped", [])
-    skipped_by = {}
-    for s in skipped:
-        skipped_by[s["dataset"]] = skipped_by.get(s["dataset"], 0) + 1
-    farthest = {}
-    for s in secondaries:
-        imgs = [im for im in s.get("images", []) if im.get("i_dist") is not None]
-        imgs.sort(key=lambda im: -im["i_dist"])
-        farthest[s["name"]] = imgs[:FARTHEST_ROWS]
-    models = report.get("models") or []
-    if not models:
-        models = [
-            {
-                "model": report.get("model", {}),
-                "o_dist": {s["name"]: s.get("o_dist") for s in secondaries},
-                "o_dist_scaled": report.get("o_dist_scaled", {}),
-            }
-        ]
+def _context(report: Report, figures: dict | None) -> dict:
+    names = [s.name for s in report.secondaries]
+    skipped_by: dict[str, int] = {}
+    for s in report.skipped:
+        skipped_by[s.dataset] = skipped_by.get(s.dataset, 0) + 1
+    farthest = {
+        s.name: sorted(s.images, key=lambda im: -im.i_dist)[:FARTHEST_ROWS]
+        for s in report.secondaries
+    }
     return {
         "report": report,
         "figures": _figure_uris(figures),
         "names": names,
-        "gates_failed": [g for g in gates if not g.get("passed")],
+        "gates_failed": [g for g in report.gates if not g.passed],
         "skipped_by": skipped_by,
         "farthest": farthest,
-        "table_models": models,
+        "table_models": report.models,
         "id_limit": ID_LIST_LIMIT,
         "skipped_limit": SKIPPED_LIMIT,
-        "has_statistics": any(s.get("statistics") or s.get("duplicates") for s in secondaries)
-        or bool(report.get("model_agreement"))
-        or bool(report.get("robustness")),
+        "has_statistics": any(s.statistics or s.duplicates for s in report.secondaries)
+        or bool(report.model_agreement)
+        or bool(report.robustness),
     }
 
 
-def render_html(report: dict, figures: dict | None) -> str:
+def render_html(report: Report, figures: dict | None) -> str:
     """The report as one HTML document (stylesheet linked as report.css next to the template)."""
     env = _environment(str(templates_dir()))
     return env.get_template("report.html.j2").render(**_context(report, figures))
@@ -159,7 +147,7 @@ def _url_fetcher(allowed: list[Path]):
     return fetch
 
 
-def render_pdf(report: dict, figures: dict | None, out_path: str | Path) -> Path:
+def render_pdf(report: Report, figures: dict | None, out_path: str | Path) -> Path:
     """Render report.pdf (A4, page numbers) and write it atomically to `out_path`."""
     from weasyprint import HTML
 

@@ -1,0 +1,508 @@
+"""The typed report: every block of report.json as a pydantic model (docs/report-json.md).
+
+Each stage returns one of these; `Report` is report.json, dumped by `Report.model_dump_json`,
+and its JSON Schema (worker/report/report.schema.json, `python -m worker schema`) is generated
+from these classes, so the contract, the code and the documentation cannot drift apart.
+
+Conventions:
+- distances are Euclidean, in the units of the pair's PCA space (or of the raw features when
+  `pca.dims` is null); "scaled" values are unit-free;
+- a number that could not be computed is null; NaN and infinity are refused at construction;
+- blocks a job did not ask for (statistics, duplicates, robustness, adaptation, ...) are
+  left out of report.json rather than written as null.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = "1.1.0"
+
+
+def _is_none(value: Any) -> bool:
+    return value is None
+
+
+def optional_block(description: str) -> Any:
+    """A field left out of report.json when None (a block the job did not ask for)."""
+    return Field(default=None, exclude_if=_is_none, description=description)
+
+
+class Result(BaseModel):
+    """Base of every report block: unknown keys and non-finite floats are refused."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=False)
+
+
+Count = Annotated[int, Field(ge=0)]
+ByName = dict[str, float | None]
+
+
+# --------------------------------------------------------------------------- small blocks
+
+
+class Histogram(Result):
+    """Counts of values in equal-width bins."""
+
+    edges: list[float] = Field(description="Bin edges, ascending (len(counts) + 1 values).")
+    counts: list[Count] = Field(description="Number of values in each bin (>= 0).")
+
+
+class Spread(Result):
+    """Diversity (method.md §2.1): each sample's distance to its nearest other sample."""
+
+    mean: float | None = Field(description="Mean nearest-other distance (distance units, >= 0).")
+    min: float | None = Field(description="Smallest nearest-other distance (>= 0).")
+    max: float | None = Field(description="Largest nearest-other distance (>= 0).")
+    histogram: Histogram | None = Field(
+        default=None, description="Histogram of the nearest-other distances."
+    )
+
+
+class Cover(Result):
+    """Coverage (method.md §2.2): each input sample's distance to its nearest output sample."""
+
+    mean: float | None = Field(description="Mean distance to the nearest output (>= 0).")
+    max: float | None = Field(
+        description="Largest distance to the nearest output: the k-center covering radius (>= 0)."
+    )
+
+
+class Summary(Result):
+    """Summary statistics of a sample (std with ddof = 0; percentiles numpy 'linear')."""
+
+    mean: float | None = Field(description="Mean.")
+    std: float | None = Field(description="Population standard deviation (ddof = 0, >= 0).")
+    min: float | None = Field(description="Minimum.")
+    max: float | None = Field(description="Maximum.")
+    p50: float | None = Field(description="Median (50th percentile, linear interpolation).")
+    p90: float | None = Field(description="90th percentile (linear interpolation).")
+
+
+class Split(Result):
+    """One part of S sorted by I_dist (method.md §1.8, paper table 3)."""
+
+    mean: float | None = Field(description="Mean I_dist of the part (null when empty).")
+    std: float | None = Field(description="Population std of I_dist in the part (ddof = 0).")
+    count: Count = Field(description="Number of images in the part.")
+
+
+class Splits(Result):
+    """S sorted by I_dist (ascending) and cut into equal parts with numpy.array_split."""
+
+    halves: list[Split] = Field(description="Two parts: closest half first.")
+    thirds: list[Split] = Field(description="Three parts: closest third first.")
+
+
+class ImageResult(Result):
+    """One image (sample) of a secondary."""
+
+    id: str = Field(description="Image id: its path relative to the dataset folder.")
+    i_dist: float = Field(
+        description="I_dist: sum of distances to every P sample (method.md §1.4; >= 0)."
+    )
+    i_dist_scaled: float = Field(
+        description="I_dist min-max scaled within this secondary (method.md §1.7; in [0, 1])."
+    )
+    i_dist_mean: float = Field(description="I_dist / |P|: mean distance to a P sample (>= 0).")
+    sha256: str | None = Field(
+        default=None,
+        description="SHA-256 of the image file (hex); null for precomputed embeddings.",
+    )
+
+
+class PairPca(Result):
+    """The joint PCA of one (P, S) pair (method.md §1.1-1.2)."""
+
+    route: str | None = Field(description="Solver route: exact, gram, covariance, randomized.")
+    dims: int | None = Field(ge=1, description="Components kept (null: raw centred features).")
+    requested_dims: int | None = Field(ge=1, description="pca.dims as asked in the job.")
+    explained_variance_ratio: list[float] = Field(
+        description="Share of the pair's variance per kept component (each in [0, 1])."
+    )
+    warnings: list[str] = Field(default_factory=list, description="What the fit had to adjust.")
+
+
+class SelectionResult(Result):
+    """The images one strategy picks from S for labelling (method.md §3)."""
+
+    strategy: str = Field(description="band, farthest or kcenter.")
+    count: Count = Field(description="Number of images chosen.")
+    ids: list[str] = Field(description="Chosen image ids, in the order chosen.")
+    diversity: Spread | None = Field(description="Diversity of the chosen images.")
+    coverage: Cover | None = Field(description="Coverage of all of S by the chosen images.")
+    random_diversity: Spread | None = Field(
+        description="Diversity of a seeded random subset of S of the same size."
+    )
+    pool_diversity: Spread | None = Field(
+        default=None, description="Diversity of P plus the chosen images."
+    )
+
+
+class MmdResult(Result):
+    """Two-sample test: unbiased Gaussian-kernel MMD² and its permutation p-value (§4.2)."""
+
+    statistic: float | None = Field(description="Unbiased MMD² (unit-free; may be < 0).")
+    p_value: float | None = Field(description="(1 + #{perm >= obs}) / (1 + permutations); (0, 1].")
+    sigma: float | None = Field(description="Kernel bandwidth (distance units, > 0).")
+    permutations: Count = Field(description="Number of label permutations.")
+    n_x: Count = Field(description="P samples used (after subsampling).")
+    n_y: Count = Field(description="S samples used (after subsampling).")
+
+
+class KidResult(Result):
+    """Kernel Inception Distance over random subsets (cubic polynomial kernel, §4.3)."""
+
+    mean: float | None = Field(description="Mean unbiased MMD² over the subsets.")
+    std: float | None = Field(description="Population std over the subsets (>= 0).")
+
+
+class Statistics(Result):
+    """Yardsticks of one secondary in its pair's PCA space (method.md §4)."""
+
+    o_dist_null_mean: float | None = Field(
+        description="Mean o_dist_mean of P's random halves against each other (>= 0)."
+    )
+    o_dist_ratio: float | None = Field(description="o_dist_mean / null mean (1 = like P itself).")
+    o_dist_percentile: float | None = Field(
+        description="Percentage of null values below o_dist_mean (0-100)."
+    )
+    mmd: MmdResult = Field(description="MMD two-sample test of P against S.")
+    fid: float | None = Field(description="Fréchet distance of Gaussian fits (squared units).")
+    kid: KidResult = Field(description="Kernel Inception Distance.")
+
+
+class DuplicatePair(Result):
+    """Two images of one secondary that are the same or nearly so."""
+
+    id_a: str = Field(description="First image id (earlier in S).")
+    id_b: str = Field(description="Second image id.")
+    distance: float = Field(description="Their distance (>= 0).")
+    exact: bool = Field(description="True when their file contents are identical (SHA-256).")
+
+
+class PrimaryDuplicate(Result):
+    """An image of S that duplicates an image of P (possible train/test leakage)."""
+
+    id: str = Field(description="Image id in S.")
+    primary_id: str = Field(description="Image id in P.")
+    distance: float = Field(description="Their distance (>= 0).")
+    exact: bool = Field(description="True when their file contents are identical (SHA-256).")
+
+
+class Duplicates(Result):
+    """Exact and near duplicates (method.md §4.4)."""
+
+    threshold: float = Field(
+        description="Near-duplicate distance: a tenth of P's median nearest-neighbour distance."
+    )
+    within: list[DuplicatePair] = Field(description="Duplicate pairs within S, in S order.")
+    with_primary: list[PrimaryDuplicate] = Field(
+        description="S images with a duplicate in P (at most one entry each), in S order."
+    )
+
+
+# --------------------------------------------------------------------------- per dataset
+
+
+class SecondaryResult(Result):
+    """Every number of one secondary S against the primary P, for one extractor."""
+
+    name: str = Field(description="Dataset name from the job.")
+    count: Count = Field(description="Images (samples) used.")
+    o_dist: float = Field(description="O_dist: mean I_dist over S (method.md §1.5; >= 0).")
+    o_dist_scaled: float | None = Field(
+        description="O_dist / sum of all secondaries' O_dist (paper table 2; in [0, 1])."
+    )
+    o_dist_mean: float = Field(
+        description="O_dist / |P|: mean distance of an S sample to a P sample (size-free; >= 0)."
+    )
+    i_dist: Summary = Field(description="Summary of the per-image I_dist.")
+    i_dist_scaled_p90: float = Field(
+        description="90th percentile of the min-max scaled I_dist (in [0, 1])."
+    )
+    images: list[ImageResult] = Field(description="Every image, in dataset order.")
+    splits: Splits = Field(description="Sorted halves and thirds (paper table 3).")
+    pca: PairPca = Field(description="The joint PCA of this pair.")
+    diversity: Spread | None = Field(description="Diversity of S (null when not computed).")
+    coverage_by_primary: Cover | None = Field(
+        description="Coverage of S by P (null when not computed)."
+    )
+    selections: list[SelectionResult] = Field(
+        description="One entry per (strategy, count) of the job's selection."
+    )
+    statistics: Statistics | None = optional_block("Yardsticks (metrics.statistics).")
+    duplicates: Duplicates | None = optional_block("Duplicates (metrics.duplicates).")
+    robustness: dict[str, float | None] | None = optional_block(
+        "Perturbation -> Kendall tau of this secondary's per-image I_dist ranking, clean vs "
+        "perturbed (in [-1, 1]; metrics.robustness)."
+    )
+
+
+class PrimaryResult(Result):
+    """The primary dataset P."""
+
+    name: str = Field(description="Dataset name from the job.")
+    count: Count = Field(description="Images (samples) used.")
+    diversity: Spread | None = Field(
+        default=None, description="Diversity of P in a PCA fitted on P alone."
+    )
+
+
+class PcaSummary(Result):
+    """The joint PCA as used for the report's main tables (the first secondary's fit)."""
+
+    dims: int | None = Field(ge=1, description="Components kept (null: raw centred features).")
+    requested_dims: int | None = Field(
+        default=None, ge=1, description="pca.dims as asked in the job."
+    )
+    route: str | None = Field(default=None, description="Solver route of the fit.")
+    explained_variance_ratio: list[float] = Field(
+        default_factory=list, description="Share of variance per kept component (each in [0, 1])."
+    )
+
+
+class SweepRow(Result):
+    """Scaled O_dist at one PCA dimension (paper appendix A.1, table 6)."""
+
+    dims: int = Field(ge=1, description="PCA dimensions z (as asked; capped at the pair's rank).")
+    o_dist_scaled: ByName = Field(description="Secondary -> scaled O_dist at z (in [0, 1]).")
+    ranking: list[str] = Field(description="Secondaries, farthest first.")
+
+
+class ModelInfo(Result):
+    """The feature extractor."""
+
+    name: str = Field(description="Extractor name (hog, clip, dinov2, ..., precomputed, trained).")
+    checkpoint: str | None = Field(description="Hub id or folder of the weights.")
+    revision: str | None = Field(description="Hub commit the checkpoint resolved to.")
+    feature_dim: int | None = Field(ge=1, description="Width of the feature vectors.")
+    pooling: str | None = Field(description="flatten, mean or cls.")
+    image_size: int | list[int] | None = Field(description="Input size in pixels.")
+
+
+class ModelResult(Result):
+    """One extractor's distances (models: [...] runs several)."""
+
+    model: ModelInfo = Field(description="The extractor.")
+    label: str = Field(description="Short label used in tables and gates.")
+    o_dist: ByName = Field(description="Secondary -> O_dist under this extractor (>= 0).")
+    o_dist_scaled: ByName = Field(description="Secondary -> scaled O_dist (in [0, 1]).")
+    secondaries: list[SecondaryResult] = Field(
+        default_factory=list,
+        description="Full per-secondary results (empty for the first model: see secondaries).",
+    )
+    robustness: dict[str, float | None] | None = optional_block(
+        "Perturbation -> Kendall tau of the secondaries' O_dist ranking, clean vs perturbed."
+    )
+
+
+# --------------------------------------------------------------------------- across models
+
+
+class RankCorrelation(Result):
+    """Rank agreement of two paired sequences (scipy; null when undefined)."""
+
+    spearman: float | None = Field(description="Spearman's rho (in [-1, 1]).")
+    kendall_tau: float | None = Field(description="Kendall's tau-b (in [-1, 1]).")
+
+
+class ModelPair(Result):
+    """Agreement of two extractors."""
+
+    model_a: str = Field(description="Label of the first extractor.")
+    model_b: str = Field(description="Label of the second extractor.")
+    o_dist: RankCorrelation = Field(description="Agreement of O_dist across secondaries.")
+    i_dist: dict[str, RankCorrelation] = Field(
+        description="Secondary -> agreement of its per-image I_dist."
+    )
+
+
+class ModelAgreement(Result):
+    """Do the extractors rank the data alike? (several models only)."""
+
+    pairs: list[ModelPair] = Field(description="One entry per pair of extractors.")
+    rank_differs: list[str] = Field(
+        description="Secondaries whose O_dist rank is not the same under every extractor."
+    )
+
+
+class Perturbation(Result):
+    """Ranking stability under one image perturbation (paper appendix D)."""
+
+    kendall_tau: float | None = Field(
+        description="Kendall tau of the secondaries' O_dist, clean vs perturbed (in [-1, 1])."
+    )
+    o_dist_scaled: ByName = Field(description="Secondary -> scaled O_dist when perturbed.")
+    image_kendall_tau: ByName = Field(
+        description="Secondary -> Kendall tau of its per-image I_dist, clean vs perturbed."
+    )
+
+
+# --------------------------------------------------------------------------- run, gates
+
+
+class EngineInfo(Result):
+    """Where embedding and distances ran."""
+
+    engine: Literal["local", "ray"] = Field(description="local or ray.")
+    nodes: int | None = optional_block("Ray nodes alive.")
+    cpus: float | None = optional_block("CPUs in the Ray cluster.")
+    gpus: float | None = optional_block("GPUs in the Ray cluster.")
+    distance_tasks: Count | None = optional_block("Distance row blocks run as Ray tasks.")
+
+
+class RunInfo(Result):
+    """The only block allowed to differ between two runs of the same job."""
+
+    started: str = Field(description="UTC start time, ISO 8601.")
+    finished: str = Field(description="UTC end time, ISO 8601.")
+    duration_s: float = Field(ge=0, description="Wall time in seconds.")
+    host: str = Field(description="Host name.")
+    versions: dict[str, str] = Field(description="Package -> version.")
+    engine: EngineInfo | None = optional_block("Where the work ran.")
+
+
+class JobInfo(Result):
+    """What identifies the job."""
+
+    seed: int = Field(description="The job's seed.")
+    source: str | None = Field(description="The job file's name (null when not from a file).")
+
+
+class GateResult(Result):
+    """One gate on one dataset: a bound on a report number (exit code 1 when any fails)."""
+
+    metric: str = Field(description="Gate metric name (README: gate metrics).")
+    dataset: str = Field(description="Dataset the value belongs to.")
+    model: str | None = Field(default=None, description="Extractor label, when the gate names one.")
+    value: float | None = Field(description="The value checked (null: not computed, fails).")
+    max: float | None = optional_block("Upper bound (passes when value <= max).")
+    min: float | None = optional_block("Lower bound (passes when value >= min).")
+    passed: bool = Field(description="True when the value exists and lies within the bounds.")
+    reason: str | None = optional_block("Why the gate failed without a value.")
+
+
+class SkippedItem(Result):
+    """An input that could not be used."""
+
+    dataset: str = Field(description="Dataset name.")
+    id: str = Field(description="Image id (path relative to the dataset folder).")
+    reason: str = Field(description="Why it was skipped.")
+
+
+# --------------------------------------------------------------------------- adaptation
+
+
+class PerImageF(Result):
+    """F-score of one image at its dataset's ODS threshold."""
+
+    id: str = Field(description="Image id.")
+    f: float | None = Field(description="F-score at the ODS threshold (in [0, 1]).")
+
+
+class AdaptedModel(Result):
+    """One trained segmentation model: M (P only) or M_q (P plus q selected images)."""
+
+    name: str = Field(description="M, M1, M3, M7, M_B3, ...")
+    q: Count = Field(description="Selected images added from each secondary.")
+    negatives: Count = Field(description="Images with empty masks added (M_B models).")
+    train_ids: list[str] = Field(description="Training images (secondary images as 'S/id').")
+
+
+class AdaptationScore(Result):
+    """One model scored on one secondary's masks (method.md §5)."""
+
+    model: str = Field(description="Model name (M, M1, ...).")
+    dataset: str = Field(description="Secondary scored.")
+    count: Count = Field(description="Images scored (those used for training excluded).")
+    mask_pixels: Count = Field(description="Positive mask pixels in the scored images.")
+    ods_f: float | None = Field(description="ODS F-score (in [0, 1]).")
+    ods_threshold: float | None = Field(description="Threshold of the ODS (0.00-0.99).")
+    ois_f: float | None = Field(description="OIS F-score (in [0, 1]).")
+    precision: float | None = Field(description="Precision at the ODS threshold (in [0, 1]).")
+    recall: float | None = Field(description="Recall at the ODS threshold (in [0, 1]).")
+    f_slope: float | None = Field(
+        description="Least-squares slope of per-image F against scaled I_dist (F per unit)."
+    )
+    f_spearman: float | None = Field(description="Spearman rho of F against I_dist.")
+    f_spearman_p: float | None = Field(description="Two-sided p-value of that rho.")
+    verdict: str = Field(description="Plain-language reading of the slope and correlation.")
+    per_image: list[PerImageF] = Field(description="Per-image F at the ODS threshold.")
+
+
+class FSplit(Result):
+    """F-score of one part of a secondary sorted by I_dist (paper tables 3-5)."""
+
+    mean: float | None = Field(description="Mean per-image F (in [0, 1]).")
+    std: float | None = Field(description="Population std of per-image F (ddof = 0).")
+    i_dist_mean: float | None = Field(description="Mean I_dist of the part.")
+    i_dist_std: float | None = Field(description="Population std of I_dist of the part.")
+    count: Count = Field(description="Images in the part.")
+
+
+class FSplits(Result):
+    """Halves and thirds of one secondary for one model."""
+
+    halves: list[FSplit] = Field(description="Closest half first.")
+    thirds: list[FSplit] = Field(description="Closest third first.")
+
+
+class Adaptation(Result):
+    """The adaptation experiment (paper sections 3.3 and 4.3; method.md §5)."""
+
+    model: str = Field(description="Segmentation architecture (unet, segformer).")
+    checkpoint: str | None = Field(description="Checkpoint of the architecture, if any.")
+    selection: str = Field(description="Selection strategy that chose the added images.")
+    epochs: int = Field(ge=1, description="Training epochs per model.")
+    image_size: int = Field(ge=1, description="Training and scoring size in pixels.")
+    verdict_rule: str = Field(description="How a verdict is read from slope and correlation.")
+    models: list[AdaptedModel] = Field(description="Every model trained, M first.")
+    results: list[AdaptationScore] = Field(description="Every (model, secondary) score.")
+    splits: dict[str, dict[str, FSplits]] = Field(
+        description="Secondary -> model -> F by sorted halves and thirds."
+    )
+
+
+# --------------------------------------------------------------------------- the report
+
+
+class Report(Result):
+    """report.json: how far new image datasets (secondaries) are from a primary dataset.
+
+    Field names are fixed within a major schema_version; minor versions only add fields.
+    Numbers are plain JSON numbers; a value that could not be computed is null.
+    """
+
+    schema_version: str = Field(
+        pattern=r"^1\.\d+\.\d+$", description="Semantic version of this schema (major 1)."
+    )
+    passed: bool = Field(description="True when every gate passed (exit code 0).")
+    run: RunInfo = Field(description="Timing, host and versions: differs between runs.")
+    job: JobInfo = Field(description="Seed and job file.")
+    model: ModelInfo = Field(description="The (first) feature extractor.")
+    primary: PrimaryResult = Field(description="The primary dataset P.")
+    pca: PcaSummary = Field(description="The joint PCA used for the main tables.")
+    o_dist_scaled: ByName = Field(description="Secondary -> scaled O_dist (paper table 2).")
+    secondaries: list[SecondaryResult] = Field(description="Every secondary, in job order.")
+    pca_sweep: list[SweepRow] = Field(description="Scaled O_dist per PCA dimension (table 6).")
+    pca_sweep_stable: bool = Field(description="True when the sweep's ranking never changes.")
+    models: list[ModelResult] = Field(description="Every extractor, the first one first.")
+    gates: list[GateResult] = Field(description="Every gate on every dataset it applies to.")
+    skipped: list[SkippedItem] = Field(description="Inputs that could not be used.")
+    warnings: list[str] = Field(description="What the run had to adjust, sorted.")
+    model_agreement: ModelAgreement | None = optional_block(
+        "Rank agreement between extractors (several models only)."
+    )
+    robustness: dict[str, Perturbation] | None = optional_block(
+        "Perturbation (brighten, darken, blur) -> ranking stability (metrics.robustness)."
+    )
+    adaptation: Adaptation | None = optional_block(
+        "The adaptation experiment (adaptation.enabled)."
+    )
+
+    def secondary(self, name: str) -> SecondaryResult | None:
+        """The first extractor's result for secondary `name`, or None."""
+        return next((s for s in self.secondaries if s.name == name), None)
