@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from worker.analysis import ScatterPoints
 from worker.report import figures as figmod
 from worker.report.junit import gate_case_name, write_junit
 from worker.report.model import (
@@ -25,6 +26,8 @@ from worker.report.model import (
     write_report_json,
 )
 from worker.report.pdf import fmt_num, render_html, render_pdf
+from worker.report.render import FigureData
+from worker.results import Report
 
 HOSTILE_ID = "<b>&x.png"
 SCRIPT_ID = "<script>alert(1)</script>.png"
@@ -102,6 +105,13 @@ def _secondary(
             for i, d, s in zip(ids, i_dist, scaled, strict=True)
         ],
         "splits": {"halves": _splits(i_dist, 2), "thirds": _splits(i_dist, 3)},
+        "pca": {
+            "route": "exact",
+            "dims": 15,
+            "requested_dims": 25,
+            "explained_variance_ratio": [0.3, 0.2, 0.1],
+            "warnings": [],
+        },
         "diversity": _spread(nn),
         "coverage_by_primary": {"mean": float(nn.mean() * 3), "max": float(nn.max() * 4)},
         "selections": selections,
@@ -231,7 +241,7 @@ def make_report() -> dict:
     }
 
 
-def make_extras(report: dict) -> dict:
+def make_extras(report: dict) -> FigureData:
     rng = np.random.default_rng(5)
     names = [report["primary"]["name"]] + [s["name"] for s in report["secondaries"]]
     points = {
@@ -257,10 +267,9 @@ def make_extras(report: dict) -> dict:
                 items.append((image_id, img))
             ends[label] = items
         thumbs[s["name"]] = ends
-    return {
-        "scatter": {"names": names, "points": points, "selected": selected},
-        "thumbnails": thumbs,
-    }
+    return FigureData(
+        scatter=ScatterPoints(names=names, points=points, selected=selected), thumbnails=thumbs
+    )
 
 
 @pytest.fixture(scope="module")
@@ -269,11 +278,16 @@ def report() -> dict:
 
 
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory, report):
+def typed(report) -> Report:
+    return Report.model_validate(report)
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory, report, typed):
     out = tmp_path_factory.mktemp("report")
-    figs = figmod.make_figures(report, make_extras(report), out / "figures")
-    pdf = render_pdf(report, figs, out / "report.pdf")
-    return {"out": out, "figures": figs, "pdf": pdf, "html": render_html(report, figs)}
+    figs = figmod.make_figures(typed, make_extras(report), out / "figures")
+    pdf = render_pdf(typed, figs, out / "report.pdf")
+    return {"out": out, "figures": figs, "pdf": pdf, "html": render_html(typed, figs)}
 
 
 # --- report.json -----------------------------------------------------------------------------
@@ -288,8 +302,11 @@ def test_schema_is_draft_2020_12_and_report_validates(report):
     validate_report(report)
     extra = copy.deepcopy(report)
     extra["something_new"] = {"x": 1}  # extra fields are allowed
-    extra["secondaries"][0]["statistics"] = {"fid": 1.5}
     validate_report(extra)
+    partial = copy.deepcopy(report)
+    partial["secondaries"][0]["statistics"] = {"fid": 1.5}  # a declared block must be whole
+    with pytest.raises(ValueError, match=r"\$\.secondaries\[0\]\.statistics"):
+        validate_report(partial)
 
 
 @pytest.mark.parametrize(
@@ -371,7 +388,7 @@ def test_write_report_json_roundtrip_is_atomic(report, tmp_path):
     data = path.read_bytes()
     assert json.loads(data) == report
     assert data == to_json_bytes(report)  # deterministic bytes, insertion order kept
-    assert data.decode().startswith('{\n  "schema_version": "1.0.0"')
+    assert data.decode().startswith('{\n  "schema_version": "' + SCHEMA_VERSION)
     assert sorted(p.name for p in path.parent.iterdir()) == ["report.json"]
     # An invalid report leaves the previous file untouched.
     bad = copy.deepcopy(report)
@@ -403,7 +420,8 @@ def test_figures_deterministic_and_without_extras(report, tmp_path):
     small = copy.deepcopy(report)
     small["secondaries"] = small["secondaries"][:1]
     small["secondaries"][0]["selections"] = small["secondaries"][0]["selections"][:1]
-    a = figmod.make_figures(small, {}, tmp_path / "a")
+    small = Report.model_validate(small)
+    a = figmod.make_figures(small, FigureData(), tmp_path / "a")
     b = figmod.make_figures(small, None, tmp_path / "b")
     assert set(a) == {"i_dist_violin", "i_dist_sorted", "diversity_overview"} | {
         "i_dist:S1 near",
@@ -467,16 +485,16 @@ def test_fmt_num():
 # --- JUnit -----------------------------------------------------------------------------------
 
 
-def test_junit_one_case_per_gate(report, tmp_path):
-    path = write_junit(report, tmp_path / "ci" / "gates.xml")
+def test_junit_one_case_per_gate(report, typed, tmp_path):
+    path = write_junit(typed, tmp_path / "ci" / "gates.xml")
     root = ET.parse(path).getroot()
     cases = root.findall("./testsuite/testcase")
-    assert [c.get("name") for c in cases] == [gate_case_name(g) for g in report["gates"]]
+    assert [c.get("name") for c in cases] == [gate_case_name(g) for g in typed.gates]
     assert cases[0].get("name") == "o_dist_scaled[S1 near] <= 0.5"
     assert cases[3].get("name") == "mmd_p_value[S1 near @ clip] >= 0.05"
     failed = [c for c in cases if c.find("failure") is not None]
     assert [c.get("name") for c in failed] == [
-        gate_case_name(g) for g in report["gates"] if not g["passed"]
+        gate_case_name(g) for g in typed.gates if not g.passed
     ]
     suite = root.find("testsuite")
     assert suite.get("tests") == "4" and suite.get("failures") == "2"
@@ -488,21 +506,20 @@ def test_junit_one_case_per_gate(report, tmp_path):
 
 
 def test_junit_all_pass_and_odd_characters(tmp_path):
-    rep = {
-        "schema_version": SCHEMA_VERSION,
-        "passed": True,
-        "gates": [
-            {
-                "metric": "o_dist",
-                "dataset": "a<&>\x01b",
-                "model": None,
-                "value": 1.0,
-                "min": 0.5,
-                "max": 2,
-                "passed": True,
-            }
-        ],
-    }
+    rep = make_report()
+    rep["passed"] = True
+    rep["gates"] = [
+        {
+            "metric": "o_dist",
+            "dataset": "a<&>\x01b",
+            "model": None,
+            "value": 1.0,
+            "min": 0.5,
+            "max": 2,
+            "passed": True,
+        }
+    ]
+    rep = Report.model_validate(rep)
     root = ET.parse(write_junit(rep, tmp_path / "j.xml")).getroot()
     (case,) = root.iter("testcase")
     assert case.get("name") == "o_dist[a<&>\ufffdb] in [0.5, 2]"
@@ -518,3 +535,76 @@ def test_pdf_fetcher_reads_only_report_resources(tmp_path):
     assert not _allowed((tmp_path / "other.png").as_uri(), roots)
     assert not _allowed((tmp_path / "figures" / ".." / "x.png").as_uri(), roots)
     assert not _allowed("http://example.com/x.png", roots)
+
+
+# --- the schema is generated from the typed models ---------------------------------------
+
+
+def test_shipped_schema_equals_generated():
+    from worker.report.model import generate_schema, schema_text
+
+    shipped = Path(__file__).resolve().parents[1] / "worker" / "report" / "report.schema.json"
+    assert shipped.read_text(encoding="utf-8") == schema_text(), (
+        "worker/report/report.schema.json is stale: regenerate it with "
+        "`python -m worker schema > worker/report/report.schema.json`"
+    )
+    assert load_schema() == generate_schema()
+
+
+def _objects(node, path="$"):
+    """Every object schema (with its JSON path in the schema) under `node`."""
+    if isinstance(node, dict):
+        if node.get("type") == "object":
+            yield path, node
+        for k, v in node.items():
+            yield from _objects(v, f"{path}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _objects(v, f"{path}[{i}]")
+
+
+def test_every_object_declares_properties_with_descriptions():
+    schema = load_schema()
+    seen = 0
+    for path, obj in _objects(schema):
+        if "additionalProperties" in obj and "properties" not in obj:
+            continue  # a name -> value mapping: its values are declared instead
+        assert obj.get("properties"), f"{path}: object without declared properties"
+        for name, prop in obj["properties"].items():
+            ref = prop.get("$ref", "").rsplit("/", 1)[-1]  # a block: described by its class
+            described = prop.get("description") or schema["$defs"].get(ref, {}).get("description")
+            assert described, f"{path}.{name}: no description"
+            seen += 1
+    assert seen > 150
+    defs = schema["$defs"]
+    for block in ("Statistics", "Duplicates", "Adaptation", "ModelAgreement", "Perturbation"):
+        assert block in defs, block
+    props = schema["properties"]
+    assert {"model_agreement", "robustness", "adaptation"} <= set(props)
+    assert "robustness" in defs["SecondaryResult"]["properties"]
+
+
+def test_typed_report_dumps_the_validated_json(report, typed, tmp_path):
+    """The typed path (what the pipeline writes) gives the same JSON as the dict path, and the
+    result validates against the shipped schema."""
+    path = write_report_json(typed, tmp_path / "report.json")
+    data = json.loads(path.read_bytes())
+    validate_report(data)
+    assert Report.model_validate(data) == typed
+
+    def contained(expected, got, where="$"):  # the hand report's every value, unchanged
+        if isinstance(expected, dict):
+            for k, v in expected.items():
+                contained(v, got[k], f"{where}.{k}")
+        elif isinstance(expected, list):
+            assert len(expected) == len(got), where
+            for i, (a, b) in enumerate(zip(expected, got, strict=True)):
+                contained(a, b, f"{where}[{i}]")
+        else:
+            assert expected == got, where
+
+    contained(report, data)
+    bad = copy.deepcopy(report)
+    bad["secondaries"][0]["images"][0]["i_dist"] = float("nan")
+    with pytest.raises(ValueError):
+        Report.model_validate(bad)

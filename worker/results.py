@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SCHEMA_VERSION = "1.1.0"
 
@@ -100,13 +100,15 @@ class ImageResult(Result):
     """One image (sample) of a secondary."""
 
     id: str = Field(description="Image id: its path relative to the dataset folder.")
-    i_dist: float = Field(
+    i_dist: float | None = Field(
         description="I_dist: sum of distances to every P sample (method.md §1.4; >= 0)."
     )
-    i_dist_scaled: float = Field(
+    i_dist_scaled: float | None = Field(
         description="I_dist min-max scaled within this secondary (method.md §1.7; in [0, 1])."
     )
-    i_dist_mean: float = Field(description="I_dist / |P|: mean distance to a P sample (>= 0).")
+    i_dist_mean: float | None = Field(
+        description="I_dist / |P|: mean distance to a P sample (>= 0)."
+    )
     sha256: str | None = Field(
         default=None,
         description="SHA-256 of the image file (hex); null for precomputed embeddings.",
@@ -212,15 +214,15 @@ class SecondaryResult(Result):
 
     name: str = Field(description="Dataset name from the job.")
     count: Count = Field(description="Images (samples) used.")
-    o_dist: float = Field(description="O_dist: mean I_dist over S (method.md §1.5; >= 0).")
+    o_dist: float | None = Field(description="O_dist: mean I_dist over S (method.md §1.5; >= 0).")
     o_dist_scaled: float | None = Field(
         description="O_dist / sum of all secondaries' O_dist (paper table 2; in [0, 1])."
     )
-    o_dist_mean: float = Field(
+    o_dist_mean: float | None = Field(
         description="O_dist / |P|: mean distance of an S sample to a P sample (size-free; >= 0)."
     )
     i_dist: Summary = Field(description="Summary of the per-image I_dist.")
-    i_dist_scaled_p90: float = Field(
+    i_dist_scaled_p90: float | None = Field(
         description="90th percentile of the min-max scaled I_dist (in [0, 1])."
     )
     images: list[ImageResult] = Field(description="Every image, in dataset order.")
@@ -375,6 +377,10 @@ class JobInfo(Result):
 class GateResult(Result):
     """One gate on one dataset: a bound on a report number (exit code 1 when any fails)."""
 
+    model_config = ConfigDict(
+        json_schema_extra={"anyOf": [{"required": ["max"]}, {"required": ["min"]}]}
+    )
+
     metric: str = Field(description="Gate metric name (README: gate metrics).")
     dataset: str = Field(description="Dataset the value belongs to.")
     model: str | None = Field(default=None, description="Extractor label, when the gate names one.")
@@ -383,6 +389,12 @@ class GateResult(Result):
     min: float | None = optional_block("Lower bound (passes when value >= min).")
     passed: bool = Field(description="True when the value exists and lies within the bounds.")
     reason: str | None = optional_block("Why the gate failed without a value.")
+
+    @model_validator(mode="after")
+    def _bounded(self) -> GateResult:
+        if self.max is None and self.min is None:
+            raise ValueError("a gate result needs max or min")
+        return self
 
 
 class SkippedItem(Result):

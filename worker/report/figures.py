@@ -224,7 +224,7 @@ def plot_sorted_overview(report: Report, path: Path) -> Path | None:
 
 def _selected_ranks(sec: SecondaryResult) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """For each strategy's largest selection: (label, x, y) of the selected images on the curve."""
-    images = sec.images
+    images = [im for im in sec.images if im.i_dist_scaled is not None]
     if not images:
         return []
     order = sorted(range(len(images)), key=lambda k: images[k].i_dist_scaled)

@@ -84,7 +84,9 @@ def _context(report: Report, figures: dict | None) -> dict:
     for s in report.skipped:
         skipped_by[s.dataset] = skipped_by.get(s.dataset, 0) + 1
     farthest = {
-        s.name: sorted(s.images, key=lambda im: -im.i_dist)[:FARTHEST_ROWS]
+        s.name: sorted((im for im in s.images if im.i_dist is not None), key=lambda im: -im.i_dist)[
+            :FARTHEST_ROWS
+        ]
         for s in report.secondaries
     }
     return {

@@ -63,7 +63,10 @@ def closest_and_farthest(report: Report, inputs: RenderInputs) -> dict[str, dict
         uris = inputs.image_uris.get(sec.name) or {}
         if not uris or not sec.images:
             continue
-        order = np.argsort([im.i_dist for im in sec.images], kind="stable")
+        known = [k for k, im in enumerate(sec.images) if im.i_dist is not None]
+        order = np.asarray(known)[
+            np.argsort([sec.images[k].i_dist for k in known], kind="stable")
+        ].astype(int)
         ends = {"closest": order[:THUMBNAILS_PER_END], "farthest": order[::-1][:THUMBNAILS_PER_END]}
         out[sec.name] = {}
         for label, rows in ends.items():
