@@ -739,7 +739,7 @@ def test_pipeline_with_adaptation_on_demo(tmp_path):
         tmp_path,
     )
     result = pipeline.run(job)
-    ad = result.report["adaptation"]
+    ad = result.report.model_dump(mode="json")["adaptation"]
     assert [m["name"] for m in ad["models"]] == ["M", "M1", "M3"]
     assert {r["dataset"] for r in ad["results"]} == set(sets)
     out = tmp_path / "out"

@@ -89,6 +89,7 @@ def test_robustness_probe_matches_independent_computation(tmp_path):
     }
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
     report = run(load_job(tmp_path / "job.yaml"), out_dir=str(tmp_path / "out")).report
+    report = report.model_dump(mode="json")
     ext = HogExtractor(image_size=64)
 
     def feats(name, kind=None):
@@ -133,11 +134,11 @@ def test_planted_leak_is_listed_drawn_and_gated(tmp_path):
     }
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
     result = run(load_job(tmp_path / "job.yaml"), out_dir=str(tmp_path / "out"))
-    dupes = result.report["secondaries"][0]["duplicates"]
+    dupes = result.report.model_dump(mode="json")["secondaries"][0]["duplicates"]
     [found] = dupes["with_primary"]
     assert (found["id"], found["primary_id"], found["exact"]) == ("leak.png", "002.png", True)
     assert found["distance"] == pytest.approx(0.0, abs=1e-9)
-    assert result.exit_code == 1 and result.report["gates"][0]["value"] == 1
+    assert result.exit_code == 1 and result.report.gates[0].value == 1
     assert list((tmp_path / "out/figures").glob("dupes_*.png"))
     text = subprocess.run(
         ["pdftotext", str(tmp_path / "out/report.pdf"), "-"], capture_output=True, text=True

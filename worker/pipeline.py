@@ -287,7 +287,13 @@ def run(
             report = build_report(
                 job, job_source, measured, adapted, RunInfo(**_run_info(started, engine_info))
             )
-            render_outputs(report, _render_inputs(measured[0], adapted, job), staging)
+            try:
+                render_outputs(report, _render_inputs(measured[0], adapted, job), staging)
+            except OSError as err:
+                raise JobError(
+                    f"output.dir: cannot write the reports ({err.strerror or err}); "
+                    "free disk space or choose another folder with --out"
+                ) from None
         with stage("publish"):
             _publish(staging, out_uri, job.storage)
     if junit_path:

@@ -162,9 +162,8 @@ def make_adaptation_figures(report, extras: dict, out_dir: str | Path) -> dict[s
     `extras` is the pipeline's extras dict (its "adaptation" entry from run_adaptation is used)
     or that entry itself. Returns {figure key: path}; keys start with "adaptation_".
     """
-    if report.adaptation is None:
-        return {}
-    adaptation = report.adaptation.model_dump()
+    block = report.adaptation if hasattr(report, "adaptation") else report.get("adaptation")
+    adaptation = block.model_dump() if hasattr(block, "model_dump") else block
     if not adaptation:
         return {}
     extras = extras or {}
