@@ -72,11 +72,9 @@ class ModelAnalysis:
 
 
 def _engine_kw(job: Job) -> dict:
-    device = job.compute.device
-    if device == "auto":
-        import torch
+    from worker.devices import resolve_device
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device(job.compute.device, "compute.device"))
     return {
         "memory_budget_mb": job.compute.memory_budget_mb,
         "precision": job.compute.precision,

@@ -44,9 +44,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from worker.devices import resolve_device
 from worker.errors import JobError
 from worker.images import resize_square
-from worker.job import ModelConfig
+from worker.job import EXTRACTOR_NAMES, ModelConfig
 
 LOGGER = logging.getLogger("worker")
 
@@ -129,6 +130,11 @@ FAMILIES: dict[str, Family] = {
     )
 }
 
+# job.EXTRACTOR_NAMES is the one list of extractor names; the families here must match it.
+_HF_NAMES = {n for n in EXTRACTOR_NAMES if n not in ("hog", "precomputed", "trained")}
+if set(FAMILIES) != _HF_NAMES:  # pragma: no cover - a programming error caught at import
+    raise RuntimeError(f"extractor families {sorted(FAMILIES)} != job names {sorted(_HF_NAMES)}")
+
 _POOLING_HELP = {
     "efficientnet": "its feature (pooler_output) is already one vector per image",
     "clip": "its feature (the projected image embedding) is already one vector per image",
@@ -139,26 +145,6 @@ _POOLING_HELP = {
 
 
 # ----------------------------------------------------------------------------- device, dtype
-
-
-def resolve_device(device: str) -> torch.device:
-    """auto -> cuda when a GPU is visible, else cpu; cuda[:N] must exist."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise JobError(
-            f"model.device: {device!r} asks for a CUDA GPU but none is visible to torch; "
-            "use device: auto or cpu"
-        )
-    dev = torch.device(device)
-    if dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise JobError(
-            f"model.device: {device!r} but only {torch.cuda.device_count()} CUDA device(s) "
-            "are visible; use cuda:0 .. cuda:N-1 or auto"
-        )
-    return dev
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -257,7 +243,7 @@ class HFExtractor:
         self.image_size = cfg.image_size or DEFAULT_IMAGE_SIZE
         self.batch_size = cfg.batch_size
         self.num_workers = cfg.num_workers
-        self.device = resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device, "model.device")
         self.dtype = resolve_dtype(cfg.dtype, self.device)
         checkpoint = cfg.checkpoint or fam.checkpoint
 
