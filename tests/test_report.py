@@ -608,3 +608,14 @@ def test_typed_report_dumps_the_validated_json(report, typed, tmp_path):
     bad["secondaries"][0]["images"][0]["i_dist"] = float("nan")
     with pytest.raises(ValueError):
         Report.model_validate(bad)
+
+
+def test_contract_page_equals_the_generated_tables():
+    from worker.report.model import schema_markdown
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "report-json.md"
+    text = page.read_text(encoding="utf-8")
+    assert text.split("\n## Fields\n\n", 1)[1] == schema_markdown(), (
+        "docs/report-json.md is stale: regenerate its Fields section with "
+        "`python -m worker schema --markdown`"
+    )

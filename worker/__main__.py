@@ -35,7 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     val.add_argument("job")
     common(val)
 
-    sub.add_parser("schema", help="print the report.json JSON Schema")
+    sch = sub.add_parser("schema", help="print the report.json JSON Schema")
+    sch.add_argument(
+        "--markdown", action="store_true", help="the field-by-field contract as Markdown tables"
+    )
 
     ev = sub.add_parser("evaluate", help="ODS/OIS F-score of saved probability maps vs masks")
     ev.add_argument("--pred", required=True, help="folder of 8-bit PNG probability maps")
@@ -60,7 +63,7 @@ def _run_job(job_path: Path, args: argparse.Namespace, out: str | None = None) -
     result = run(
         job,
         out_dir=out or getattr(args, "out", None),
-        job_source=str(job_path),
+        job_source=job_path.name,  # not the path as typed: reports must not depend on it
         show_progress=_show_progress(args),
         junit_path=getattr(args, "junit", None),
     )
@@ -100,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     try:
         if args.command == "schema":
-            from worker.report.model import schema_text
+            from worker.report.model import schema_markdown, schema_text
 
-            print(schema_text(), end="")
+            print(schema_markdown() if args.markdown else schema_text(), end="")
             return EXIT_OK
         if args.command == "validate":
             return _validate(Path(args.job))

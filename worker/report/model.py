@@ -206,3 +206,37 @@ def write_report_json(report: Report | dict, path: str | Path) -> Path:
     plain = clean_numbers(report)
     validate_report(plain)
     return atomic_write_bytes(path, to_json_bytes(plain))
+
+
+def _type_name(prop: dict) -> str:
+    """A short type for the contract table: 'number', 'string | null', 'Summary', '[ImageResult]'."""
+    if "$ref" in prop:
+        return prop["$ref"].rsplit("/", 1)[-1]
+    if "anyOf" in prop:
+        return " or ".join(_type_name(p) for p in prop["anyOf"])
+    kind = prop.get("type", "any")
+    if kind == "array":
+        return f"[{_type_name(prop.get('items', {}))}]"
+    if kind == "object" and "additionalProperties" in prop:
+        return f"{{name: {_type_name(prop['additionalProperties'])}}}"
+    return {"integer": "integer", "number": "number"}.get(kind, kind)
+
+
+def schema_markdown() -> str:
+    """The field-by-field contract (docs/report-json.md), generated from the schema: one table
+    per block, each field with its type, whether it is always present, and its description."""
+    schema = generate_schema()
+    blocks = [("Report", schema)] + sorted(schema["$defs"].items())
+    lines = []
+    for name, block in blocks:
+        lines += [f"### {name}", "", (block.get("description") or "").split("\n")[0], ""]
+        lines += ["| field | type | always | description |", "|---|---|---|---|"]
+        required = set(block.get("required", []))
+        for field, prop in block.get("properties", {}).items():
+            ref = prop.get("$ref", "").rsplit("/", 1)[-1]
+            text = prop.get("description") or schema["$defs"].get(ref, {}).get("description", "")
+            text = text.split("\n")[0].replace("|", "\\|")
+            always = "yes" if field in required else "no"
+            lines.append(f"| `{field}` | {_type_name(prop)} | {always} | {text} |")
+        lines.append("")
+    return "\n".join(lines)
