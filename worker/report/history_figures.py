@@ -17,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 
 from worker.history import History, Summary  # noqa: E402
 
@@ -39,17 +40,19 @@ def plot_trend(history: History, path: Path) -> Path | None:
     )
     cmap = plt.get_cmap("tab10")
     for k, sec in enumerate(history.secondaries):
-        pts = [(x_of.get(p.run_id, len(runs) - 1), p) for p in sec.series]
-        xs = [x for x, p in pts if p.o_dist_mean is not None]
-        ys = [p.o_dist_mean for _, p in pts if p.o_dist_mean is not None]
+        # one slot per run; NaN where the secondary was absent or had no value (a gap)
+        ys = np.full(len(runs), np.nan)
+        yc = np.full(len(runs), np.nan)
+        for p in sec.series:
+            x = x_of.get(p.run_id, len(runs) - 1)
+            ys[x] = np.nan if p.o_dist_mean is None else p.o_dist_mean
+            yc[x] = np.nan if p.count is None else p.count
         colour = cmap(k % 10)
-        if xs:
-            ax.plot(xs, ys, marker="o", ms=4, color=colour, label=sec.name)
+        if np.isfinite(ys).any():
+            ax.plot(range(len(runs)), ys, marker="o", ms=4, color=colour, label=sec.name)
             drawn = True
-        xc = [x for x, p in pts if p.count is not None]
-        yc = [p.count for _, p in pts if p.count is not None]
-        if xc:
-            ax_n.plot(xc, yc, marker=".", color=colour)
+        if np.isfinite(yc).any():
+            ax_n.plot(range(len(runs)), yc, marker=".", color=colour)
     if not drawn:
         plt.close(fig)
         return None
@@ -61,6 +64,7 @@ def plot_trend(history: History, path: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     ax_n.set_ylabel("images")
+    ax_n.yaxis.get_major_locator().set_params(integer=True)
     ax_n.grid(alpha=0.3)
     ticks = list(range(len(runs)))
     step = max(1, len(ticks) // 12)
