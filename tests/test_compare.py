@@ -219,3 +219,55 @@ def test_python_m_worker_compare_subprocess(two_reports):
     )
     assert proc.returncode == 1, proc.stderr
     assert "gate failed: o_dist_mean_change[S2]" in proc.stdout
+
+
+# ----------------------------------------------------------------------------- docs examples
+
+
+def _latest_store(root: Path, reports: list[dict]) -> Path:
+    store = write_store(root, reports, extra_junk=False)
+    (store / "latest").symlink_to(Path("runs") / reports[-1]["run"]["run_id"])
+    return store
+
+
+def test_k8s_compare_cronjob_runs_against_a_local_store(tmp_path, capsys):
+    import yaml
+
+    docs = list(yaml.safe_load_all((ROOT / "docs" / "k8s-compare-cronjob.yaml").read_text()))
+    assert [d["kind"] for d in docs] == ["CronJob", "CronJob"]
+    run_args = docs[0]["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert run_args[:2] == ["run", "/job/job.yaml"] and "--out" in run_args
+    pod = docs[1]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert args[0] == "compare" and "/out/latest/report.json" in args
+    _, _, r3 = three_runs()
+    _, r2, _ = three_runs()
+    store = _latest_store(tmp_path / "out", [r2, r3])
+    argv = [a.replace("/out", str(store)) for a in args]
+    assert main(argv) == 0  # S1 +14.5% <= 20%; half of S1's new images far <= 0.5
+    j = json.loads(capsys.readouterr().out)
+    assert (j["a"], j["b"]) == (R2, R3)  # the stable path resolves to the newest run
+    assert {g["metric"] for g in j["gates"]} == {"o_dist_mean_change", "new_images_far_fraction"}
+
+
+def test_github_compare_workflow_command(tmp_path, monkeypatch, capsys):
+    import shlex
+
+    import yaml
+
+    wf = yaml.safe_load((ROOT / "docs" / "github-actions-compare.yml").read_text())
+    steps = wf["jobs"]["compare"]["steps"]
+    script = next(s["run"] for s in steps if s.get("name") == "Compare with last night")
+    words = shlex.split(script.replace("\\\n", " "))
+    argv = words[words.index("$IMAGE") + 1 :]
+    assert argv[0] == "compare" and argv[2] == "out/latest/report.json"
+    _, r2, r3 = three_runs()
+    nightly = tmp_path / "nightly"
+    nightly.mkdir()
+    (nightly / "report.json").write_text(json.dumps(r2))
+    _latest_store(tmp_path / "out", [r3])
+    monkeypatch.chdir(tmp_path)
+    argv = [a.replace("$NIGHTLY", str(nightly)) for a in argv]
+    assert main(argv) == 1  # S1 moved +14.5% > 10%
+    assert "gate failed: o_dist_mean_change[S1]" in capsys.readouterr().out
+    assert (tmp_path / "out" / "compare.xml").is_file()
