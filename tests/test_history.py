@@ -482,3 +482,17 @@ def test_history_page_and_figures(tmp_path):
     html0 = env.get_template("history.html.j2").render(history=h0, figures={})
     assert "first run" in html0.lower()
     assert make_history_figures(h0, tmp_path / "none").keys() <= {"history_trend"}
+
+
+def test_readme_short_form_job_is_valid_and_gates_on_change():
+    import re
+
+    import yaml
+
+    text = (ROOT / "README.md").read_text()
+    block = re.findall(r"```yaml\n(.*?)```", text, re.S)[0]
+    job = parse_job(yaml.safe_load(block), Path("."), "README.md")
+    metrics = [g.metric for g in job.gates]
+    # with one secondary o_dist_scaled is always 1.0: the example must not gate on it
+    assert "o_dist_scaled" not in metrics and "o_dist_mean_change" in metrics
+    assert job.history.max_runs == 30

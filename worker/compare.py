@@ -210,18 +210,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         )
 
 
-def _fmt(x, pct: bool = False) -> str:
+def _fmt(x, pct: bool = False, digits: int = 6) -> str:
     if x is None:
         return "n/a"
     if pct:
         return f"{x:+.1%}"
-    return f"{x:.6g}"
+    return f"{x:.{digits}g}"
 
 
 def format_text(c: Comparison, gates: list[dict]) -> str:
     lines = [f"compare {c.a} -> {c.b}"]
     head = f"{'secondary':<20} {'o_dist_mean A -> B':>28} {'change':>8} {'count':>14} "
-    head += f"{'i_dist p90 change':>18} {'MMD p A -> B':>16} {'rank':>7}"
+    head += f"{'i_dist p90 change':>18} {'MMD p A -> B':>19} {'rank':>7}"
     lines.append(head)
     for r in c.secondaries:
         count = f"{_fmt(r.count.a)} -> {_fmt(r.count.b)}"
@@ -229,7 +229,7 @@ def format_text(c: Comparison, gates: list[dict]) -> str:
             f"{r.name:<20} {_fmt(r.o_dist_mean.a) + ' -> ' + _fmt(r.o_dist_mean.b):>28} "
             f"{_fmt(r.o_dist_mean.rel, True):>8} {count:>14} "
             f"{_fmt(r.i_dist_p90.rel, True):>18} "
-            f"{_fmt(r.mmd_p_value.a) + ' -> ' + _fmt(r.mmd_p_value.b):>16} "
+            f"{_fmt(r.mmd_p_value.a, digits=3) + ' -> ' + _fmt(r.mmd_p_value.b, digits=3):>19} "
             f"{str(r.rank_a) + ' -> ' + str(r.rank_b):>7}"
         )
     lines.append(
