@@ -1,4 +1,4 @@
-"""Command line: run, validate, evaluate, schema, demo.
+"""Command line: run, validate, evaluate, schema, compare, demo.
 
 Exit codes: 0 done and every gate passed; 1 done, report written, some gate failed;
 2 invalid job or input (the message names the field or file; nothing is written);
@@ -44,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--pred", required=True, help="folder of 8-bit PNG probability maps")
     ev.add_argument("--masks", required=True, help="folder of masks with the same stems")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
+
+    cmp = sub.add_parser("compare", help="what changed between two reports or runs")
+    from worker.compare import add_arguments
+
+    add_arguments(cmp)
 
     demo = sub.add_parser("demo", help="write the embedded demo data and run its job")
     demo.add_argument("--dir", default="demo", help="where the demo data and job go")
@@ -118,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
                 ["--json"] if args.json else []
             )
             return evaluate_main(ev_args)
+        if args.command == "compare":
+            from worker.compare import run_compare
+
+            return run_compare(args)
         if args.command == "demo":
             from worker.demo import write_demo
 

@@ -41,12 +41,15 @@ SECONDARY_METRICS: dict[str, Callable[[SecondaryResult], float | None]] = {
 }
 #: metrics of the adaptation block (per secondary and trained model, default model M)
 ADAPTATION_METRICS = {"f_slope": "f_slope", "ods_f": "ods_f"}
+#: metrics of the history block: change against earlier runs of the same store
+HISTORY_METRICS = ("o_dist_mean_change", "new_images_far_fraction")
 #: metrics that also apply to the primary when a gate names every dataset ("*")
 PRIMARY_TOO = ("skipped_fraction", "diversity_mean")
 
 GATE_METRICS: tuple[str, ...] = (
     *SECONDARY_METRICS,
     *ADAPTATION_METRICS,
+    *HISTORY_METRICS,
     "skipped_fraction",
 )
 
@@ -88,6 +91,10 @@ def gate_value(report: Report, gate: GateConfig, dataset: str) -> float | None:
         return _skipped_fraction(report, dataset)
     if gate.metric in ADAPTATION_METRICS:
         return _adaptation_metric(report, dataset, gate.metric, gate.model)
+    if gate.metric in HISTORY_METRICS:
+        from worker import history
+
+        return history.gate_value(report.history, gate.metric, dataset) if report.history else None
     if gate.metric == "diversity_mean" and dataset == report.primary.name:
         return report.primary.diversity.mean if report.primary.diversity else None
     secondaries = _secondaries_of(report, gate.model)
@@ -97,12 +104,20 @@ def gate_value(report: Report, gate: GateConfig, dataset: str) -> float | None:
     return None
 
 
+def _first_run(report: Report) -> bool:
+    """True when the store held no earlier run of this job: a change gate then passes (with
+    its reason) instead of failing the first night."""
+    return report.history is None or report.history.previous_run is None
+
+
 def evaluate_gates(report: Report, gates: list[GateConfig]) -> list[GateResult]:
     """One result per (gate, dataset).
 
     A gate whose dataset is "*" applies to every secondary (and, for skipped_fraction and
     diversity_mean, to the primary too). A gate whose value was not computed fails with a
-    reason, so a CI build never passes on a number that does not exist.
+    reason, so a CI build never passes on a number that does not exist; the one exception is
+    a change gate on the first run of a store (no earlier run exists), which passes with
+    that reason.
     """
     results = []
     secondary_names = [s.name for s in report.secondaries]
@@ -119,6 +134,8 @@ def evaluate_gates(report: Report, gates: list[GateConfig]) -> list[GateResult]:
             passed = value is not None and (
                 (gate.max is None or value <= gate.max) and (gate.min is None or value >= gate.min)
             )
+            if value is None and gate.metric in HISTORY_METRICS and _first_run(report):
+                passed, reason = True, f"{gate.metric}: first run in the store, nothing to compare"
             results.append(
                 GateResult(
                     metric=gate.metric,

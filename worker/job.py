@@ -183,6 +183,23 @@ class GateConfig(Strict):
         return self
 
 
+class HistoryConfig(Strict):
+    """Earlier runs read from the run store at output.dir (worker/history.py)."""
+
+    #: how many earlier complete runs to read (0: none; the series is then this run only)
+    max_runs: int = Field(default=30, ge=0, le=10_000)
+    #: a run id in the store (YYYYMMDDTHHMMSSZ-xxxxxx) or a report.json path / s3:// URI;
+    #: null: changes are measured against the previous run only
+    baseline: str | None = None
+
+    @field_validator("baseline")
+    @classmethod
+    def _baseline(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("baseline must be a run id or a report.json path, or null")
+        return v
+
+
 class CacheConfig(Strict):
     dir: str | None = ".cache/embeddings"
     enabled: bool = True
@@ -278,6 +295,7 @@ class Job(Strict):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
     adaptation: AdaptationConfig = Field(default_factory=AdaptationConfig)
+    history: HistoryConfig = Field(default_factory=HistoryConfig)
     max_skipped_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
     allow_outside_paths: bool = True
 

@@ -75,9 +75,23 @@ def _failure_message(gate: GateResult) -> str:
 
 def build_junit(report: Report) -> ET.Element:
     """The <testsuites> element for report.gates."""
-    gates = report.gates
+    properties = {
+        "schema_version": report.schema_version,
+        "primary": report.primary.name,
+        "model": report.model.name,
+        "passed": report.passed,
+    }
+    return build_gate_suite(report.gates, properties, report.run.duration_s, report.run.started)
+
+
+def build_gate_suite(
+    gates: list[GateResult],
+    properties: dict | None = None,
+    duration_s: float = 0.0,
+    started: str | None = None,
+) -> ET.Element:
+    """<testsuites> with one <testcase> per gate result (a report's, or compare's)."""
     failures = sum(1 for g in gates if not g.passed)
-    duration = report.run.duration_s
     root = ET.Element(
         "testsuites",
         {"name": SUITE_NAME, "tests": str(len(gates)), "failures": str(failures), "errors": "0"},
@@ -91,17 +105,13 @@ def build_junit(report: Report) -> ET.Element:
             "failures": str(failures),
             "errors": "0",
             "skipped": "0",
-            "time": f"{float(duration):.3f}",
+            "time": f"{float(duration_s):.3f}",
         },
     )
-    suite.set("timestamp", _text(report.run.started))
+    if started:
+        suite.set("timestamp", _text(started))
     props = ET.SubElement(suite, "properties")
-    for name, value in (
-        ("schema_version", report.schema_version),
-        ("primary", report.primary.name),
-        ("model", report.model.name),
-        ("passed", report.passed),
-    ):
+    for name, value in (properties or {}).items():
         if value is not None:
             ET.SubElement(
                 props,
@@ -143,12 +153,20 @@ def build_junit(report: Report) -> ET.Element:
     return root
 
 
-def junit_bytes(report: Report) -> bytes:
-    root = build_junit(report)
+def _xml_bytes(root: ET.Element) -> bytes:
     ET.indent(root)
     return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
+
+
+def junit_bytes(report: Report) -> bytes:
+    return _xml_bytes(build_junit(report))
 
 
 def write_junit(report: Report, path: str | Path) -> Path:
     """Write the gates of `report` as JUnit XML to `path` (atomic; parent folders created)."""
     return atomic_write_bytes(path, junit_bytes(report))
+
+
+def write_gates_junit(gates: list[GateResult], path: str | Path, properties: dict) -> Path:
+    """Write gate results that belong to no single report (compare's thresholds)."""
+    return atomic_write_bytes(path, _xml_bytes(build_gate_suite(gates, properties)))

@@ -209,7 +209,7 @@ def write_report_json(report: Report | dict, path: str | Path) -> Path:
 
 
 def _type_name(prop: dict) -> str:
-    """A short type for the contract table: 'number', 'string | null', 'Summary', '[ImageResult]'."""
+    """A short type for the contract table: 'number', 'string or null', '[ImageResult]'."""
     if "$ref" in prop:
         return prop["$ref"].rsplit("/", 1)[-1]
     if "anyOf" in prop:

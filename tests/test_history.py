@@ -1,0 +1,498 @@
+"""History across runs (worker/history.py): three synthetic runs with added, removed and
+renamed images, hand-computed deltas, baselines by run id and by path, the store reader over
+a local folder and over S3 (moto server), the Jinja fragment and the figures."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from worker.errors import JobError
+from worker.history import (
+    History,
+    apply_new_flags,
+    build_history,
+    collect_history,
+    gate_reason,
+    gate_value,
+    image_diff,
+    list_runs,
+    load_report,
+    read_run,
+)
+from worker.job import GATE_METRICS, parse_job
+
+ROOT = Path(__file__).resolve().parents[1]
+R1, R2, R3 = "20260101T020000Z-aaaaaa", "20260102T020000Z-bbbbbb", "20260103T020000Z-cccccc"
+N_P = 10  # |P|: o_dist_mean = o_dist / N_P
+
+
+def _img(id_, sha, i_dist, scaled):
+    return {"id": id_, "sha256": sha, "i_dist": i_dist, "i_dist_scaled": scaled}
+
+
+def _sec(name, images, mmd_p=None):
+    """A secondaries[] entry whose numbers follow from its images (as the pipeline makes them)."""
+    d = np.array([im["i_dist"] for im in images], dtype=np.float64)
+    lo, hi = d.min(), d.max()
+    for im in images:
+        if im["i_dist_scaled"] is None:
+            im["i_dist_scaled"] = float((im["i_dist"] - lo) / (hi - lo))
+    o = float(d.mean())
+    return {
+        "name": name,
+        "count": len(images),
+        "o_dist": o,
+        "o_dist_mean": o / N_P,
+        "i_dist": {"p90": float(np.percentile(d, 90))},
+        "i_dist_scaled_p90": None,
+        "images": images,
+        "statistics": {"mmd": {"p_value": mmd_p}, "o_dist_ratio": None},
+    }
+
+
+def _report(run_id, secondaries, finished):
+    return {
+        "schema_version": "1.4.0",
+        "run": {"run_id": run_id, "started": finished, "finished": finished},
+        "model": {"name": "hog", "checkpoint": None, "pooling": None, "image_size": 64},
+        "primary": {"name": "P", "count": N_P},
+        "pca": {"dims": 25},
+        "secondaries": secondaries,
+    }
+
+
+def three_runs():
+    """Run 1: S1 {a,b,c}, S2 {x,y}, S3 {z}. Run 2: S1 {a,b,d,e} (c removed), S3 {z}.
+    Run 3: S1 {a, b renamed (same hash), d, f, g} (e removed), S2 {x,y,w} (S2 back)."""
+    r1 = _report(
+        R1,
+        [
+            _sec(
+                "S1",
+                [
+                    _img("a", "ha", 10.0, None),
+                    _img("b", "hb", 20.0, None),
+                    _img("c", "hc", 30.0, None),
+                ],
+                0.5,
+            ),
+            _sec("S2", [_img("x", "hx", 5.0, None), _img("y", "hy", 15.0, None)], 0.2),
+            _sec("S3", [_img("z1", "hz1", 1.0, None), _img("z2", "hz2", 3.0, None)]),
+        ],
+        "2026-01-01T02:10:00Z",
+    )
+    r2 = _report(
+        R2,
+        [
+            _sec(
+                "S1",
+                [
+                    _img("a", "ha", 10.0, None),
+                    _img("b", "hb", 20.0, None),
+                    _img("d", "hd", 40.0, None),
+                    _img("e", "he", 25.0, None),
+                ],
+                0.25,
+            ),
+            _sec("S3", [_img("z1", "hz1", 1.0, None), _img("z2", "hz2", 3.0, None)]),
+        ],
+        "2026-01-02T02:10:00Z",
+    )
+    r3 = _report(
+        R3,
+        [
+            _sec(
+                "S1",
+                [
+                    _img("a", "ha", 10.0, None),
+                    _img("b_renamed", "hb", 20.0, None),
+                    _img("d", "hd", 40.0, None),
+                    _img("f", "hf", 50.0, None),
+                    _img("g", "hg", 16.0, None),
+                ],
+                0.01,
+            ),
+            _sec(
+                "S2",
+                [
+                    _img("x", "hx", 5.0, None),
+                    _img("y", "hy", 15.0, None),
+                    _img("w", "hw", 25.0, None),
+                ],
+                0.3,
+            ),
+        ],
+        "2026-01-03T02:10:00Z",
+    )
+    return r1, r2, r3
+
+
+def _sec_of(h: History, name: str):
+    return next(s for s in h.secondaries if s.name == name)
+
+
+# ----------------------------------------------------------------------------- pure
+
+
+def test_history_three_runs_hand_computed():
+    r1, r2, r3 = three_runs()
+    h = build_history(r3, [r1, r2], None, (0.6, 1.0))
+    assert h.run_id == R3 and h.previous_run == R2 and h.baseline is None
+    assert h.runs == [R1, R2, R3]
+    assert h.removed_secondaries == ["S3"]
+    assert h.warnings == []
+
+    s1 = _sec_of(h, "S1")
+    assert s1.status == "kept"
+    assert [p.run_id for p in s1.series] == [R1, R2, R3]
+    # o_dist: run 1 (10+20+30)/3 = 20, run 2 (10+20+40+25)/4 = 23.75, run 3 136/5 = 27.2
+    assert [p.o_dist for p in s1.series] == pytest.approx([20.0, 23.75, 27.2], abs=1e-12)
+    assert [p.o_dist_mean for p in s1.series] == pytest.approx([2.0, 2.375, 2.72], abs=1e-12)
+    assert [p.count for p in s1.series] == [3, 4, 5]
+    assert [p.mmd_p_value for p in s1.series] == [0.5, 0.25, 0.01]
+    assert s1.series[-1].finished == "2026-01-03T02:10:00Z"
+
+    vp = s1.vs_previous
+    assert vp.reference == R2
+    assert vp.o_dist_mean_abs == pytest.approx(0.345, abs=1e-12)
+    assert vp.o_dist_mean_rel == pytest.approx(0.345 / 2.375, abs=1e-12)
+    assert vp.count_abs == 1 and vp.count_rel == pytest.approx(0.25)
+    # I_dist p90, numpy linear: run 2 [10,20,25,40] -> 25 + 0.7*15 = 35.5;
+    # run 3 [10,16,20,40,50] -> 40 + 0.6*10 = 46
+    assert vp.i_dist_p90_abs == pytest.approx(46.0 - 35.5)
+    assert vp.i_dist_p90_rel == pytest.approx(10.5 / 35.5)
+    assert vp.mmd_p_value_abs == pytest.approx(0.01 - 0.25)
+    assert s1.vs_baseline is None
+    assert s1.o_dist_mean_change == pytest.approx(0.345 / 2.375)
+
+    # new since run 2, by hash: f and g (b_renamed has b's hash); e removed
+    ni = s1.new_images
+    assert ni.by == "sha256" and ni.previous_run == R2
+    assert (ni.count, ni.removed, ni.seen) == (2, 1, 3)
+    assert h.new_ids["S1"] == ["f", "g"]
+    # run 3 scaled: (x - 10) / 40 -> f = 1.0, g = 0.15: one of the two in [0.6, 1]
+    assert ni.far_count == 1 and ni.far_fraction == 0.5
+    assert [(f.id, f.i_dist, f.i_dist_scaled) for f in ni.far] == [("f", 50.0, 1.0)]
+    # new [50, 16]: mean 33, std 17, p90 16 + 0.9 * 34 = 46.6
+    new = ni.i_dist_new
+    assert (new.count, new.mean, new.std, new.min, new.max) == (2, 33.0, 17.0, 16.0, 50.0)
+    assert new.p50 == pytest.approx(33.0) and new.p90 == pytest.approx(46.6)
+    # seen [10, 20, 40]: mean 70/3, std sqrt(1400/9), p50 20, p90 20 + 0.8 * 20 = 36
+    seen = ni.i_dist_seen
+    assert seen.count == 3 and seen.mean == pytest.approx(70 / 3)
+    assert seen.std == pytest.approx(math.sqrt(1400 / 9)) and seen.p90 == pytest.approx(36.0)
+
+    # S2 was not in run 2: 'added', every image new, no change vs previous
+    s2 = _sec_of(h, "S2")
+    assert s2.status == "added"
+    assert [p.run_id for p in s2.series] == [R1, R3]
+    assert s2.vs_previous is None and s2.o_dist_mean_change is None
+    assert s2.new_images.count == 3 and s2.new_images.removed == 0
+    assert h.new_ids["S2"] == ["x", "y", "w"]
+    # scaled (x - 5) / 20: x 0, y 0.5, w 1.0 -> 1 of 3 far
+    assert s2.new_images.far_fraction == pytest.approx(1 / 3)
+
+    assert gate_value(h, "o_dist_mean_change", "S1") == pytest.approx(0.345 / 2.375)
+    assert gate_value(h, "new_images_far_fraction", "S1") == 0.5
+    assert gate_value(h, "o_dist_mean_change", "S2") is None
+    assert "previous run" in gate_reason(h, "o_dist_mean_change", "S2")
+    assert gate_value(h, "o_dist_mean_change", "nope") is None
+    assert gate_reason(h, "o_dist_mean_change", "S1") is None
+
+    flagged = apply_new_flags(r3, h)
+    s1_flags = {im["id"]: im["new"] for im in flagged["secondaries"][0]["images"]}
+    assert s1_flags == {"a": False, "b_renamed": False, "d": False, "f": True, "g": True}
+    assert "new" not in r3["secondaries"][0]["images"][0]  # the input is not modified
+
+
+def test_history_baseline_changes_and_gate():
+    r1, r2, r3 = three_runs()
+    h = build_history(r3, [r1, r2], r1, (0.6, 1.0))
+    s1 = _sec_of(h, "S1")
+    assert h.baseline == R1
+    vb = s1.vs_baseline
+    assert vb.reference == R1
+    assert vb.o_dist_mean_abs == pytest.approx(0.72) and vb.o_dist_mean_rel == pytest.approx(0.36)
+    assert vb.count_abs == 2 and vb.count_rel == pytest.approx(2 / 3)
+    # the gate measures against the baseline when there is one
+    assert gate_value(h, "o_dist_mean_change", "S1") == pytest.approx(0.36)
+    # S2 is in the baseline (run 1): (25/3*... ) o_dist 10 -> 15, o_dist_mean 1.0 -> 1.5
+    assert _sec_of(h, "S2").vs_baseline.o_dist_mean_rel == pytest.approx(0.5)
+    assert gate_value(h, "o_dist_mean_change", "S2") == pytest.approx(0.5)
+
+
+def test_first_run_and_empty_band():
+    _, _, r3 = three_runs()
+    h = build_history(r3, [], None, (0.6, 1.0))
+    assert h.previous_run is None and h.runs == [R3] and h.new_ids == {}
+    s1 = _sec_of(h, "S1")
+    assert s1.status == "first run" and s1.new_images is None and len(s1.series) == 1
+    assert gate_value(h, "new_images_far_fraction", "S1") is None
+    assert "first run" in gate_reason(h, "new_images_far_fraction", "S1")
+    with pytest.raises(ValueError):
+        build_history(r3, [], None, (0.9, 0.1))
+    with pytest.raises(ValueError):
+        gate_value(h, "o_dist", "S1")
+
+
+def test_no_new_images_gives_zero_far_fraction():
+    r1, _, _ = three_runs()
+    h = build_history(r1, [r1], None)
+    assert all(s.new_images.count == 0 and s.new_images.far_fraction == 0.0 for s in h.secondaries)
+    assert all(s.o_dist_mean_change == 0.0 for s in h.secondaries)
+
+
+def test_image_diff_falls_back_to_ids_without_hashes():
+    cur = {"images": [{"id": "a", "sha256": None}, {"id": "b2", "sha256": None}]}
+    prev = {"images": [{"id": "a", "sha256": "h1"}, {"id": "b", "sha256": "h2"}]}
+    assert image_diff(cur, prev) == (["b2"], ["b"], "id")
+    cur = {"images": [{"id": "a", "sha256": "h1"}, {"id": "b2", "sha256": "h2"}]}
+    assert image_diff(cur, prev) == ([], [], "sha256")
+    # same id, new content: new by hash (and the old content is removed)
+    cur = {"images": [{"id": "a", "sha256": "h9"}, {"id": "b", "sha256": "h2"}]}
+    assert image_diff(cur, prev) == (["a"], ["a"], "sha256")
+
+
+def test_comparability_warnings():
+    r1, r2, r3 = three_runs()
+    r2["model"]["name"] = "dinov2"
+    h = build_history(r3, [r1, r2], None)
+    assert any("not comparable" in w and R2 in w for w in h.warnings)
+
+
+def test_history_json_round_trip():
+    r1, r2, r3 = three_runs()
+    h = build_history(r3, [r1, r2], r1)
+    text = h.model_dump_json()
+    assert History.model_validate_json(text) == h
+    assert "NaN" not in text
+    # every field is described (the lead's schema is generated from these)
+    schema = History.model_json_schema()
+    for name, d in schema["$defs"].items():
+        for field, prop in d["properties"].items():
+            assert prop.get("description"), f"{name}.{field} has no description"
+
+
+# ----------------------------------------------------------------------------- job
+
+
+def test_job_history_config_and_gate_metrics():
+    assert {"o_dist_mean_change", "new_images_far_fraction"} <= set(GATE_METRICS)
+    base = {
+        "datasets": {
+            "primary": {"name": "P", "path": "p"},
+            "secondary": [{"name": "S", "path": "s"}],
+        }
+    }
+    job = parse_job(base, Path("."))
+    assert job.history.max_runs == 30 and job.history.baseline is None
+    job = parse_job(
+        {
+            **base,
+            "history": {"max_runs": 5, "baseline": R1},
+            "gates": [{"metric": "o_dist_mean_change", "max": 0.2}],
+        },
+        Path("."),
+    )
+    assert job.history.max_runs == 5 and job.history.baseline == R1
+    for bad, field in (
+        ({"max_runs": -1}, "history.max_runs"),
+        ({"baseline": " "}, "history.baseline"),
+        ({"keep": 3}, "history.keep"),
+    ):
+        with pytest.raises(JobError, match=field.replace(".", r"\.")):
+            parse_job({**base, "history": bad}, Path("."))
+
+
+# ----------------------------------------------------------------------------- store reader
+
+
+def write_store(root: Path, reports: list[dict], extra_junk: bool = True) -> Path:
+    for r in reports:
+        d = root / "runs" / r["run"]["run_id"]
+        d.mkdir(parents=True)
+        body = json.loads(json.dumps(r))
+        del body["run"]["run_id"]  # the reader fills it in from the folder name
+        (d / "report.json").write_text(json.dumps(body))
+    if extra_junk:
+        (root / "runs" / "20260104T020000Z-dddddd").mkdir()  # incomplete: no report.json
+        (root / "runs" / "not-a-run").mkdir()
+        (root / "runs" / "not-a-run" / "report.json").write_text("{}")
+    return root
+
+
+def test_local_store_reader_and_collect(tmp_path):
+    r1, r2, r3 = three_runs()
+    store = write_store(tmp_path / "out", [r1, r2])
+    assert list_runs(str(store)) == [R1, R2]
+    assert list_runs(str(tmp_path / "nothing")) == []
+    assert read_run(str(store), R1)["run"]["run_id"] == R1
+    with pytest.raises(JobError, match="not a run id"):
+        read_run(str(store), "../etc")
+
+    h = collect_history(str(store), r3, max_runs=30)
+    assert h.runs == [R1, R2, R3]
+    assert gate_value(h, "o_dist_mean_change", "S1") == pytest.approx(0.345 / 2.375)
+    # max_runs bounds the earlier runs read (the newest are kept)
+    h1 = collect_history(str(store), r3, max_runs=1)
+    assert h1.runs == [R2, R3] and [p.run_id for p in _sec_of(h1, "S1").series] == [R2, R3]
+    assert collect_history(str(store), r3, max_runs=0).runs == [R3]
+    # runs newer than this one (a concurrent run) are not its history
+    assert collect_history(str(store), r1).runs == [R1]
+
+    # baseline by run id
+    hb = collect_history(str(store), r3, baseline=R1)
+    assert hb.baseline == R1 and gate_value(hb, "o_dist_mean_change", "S1") == pytest.approx(0.36)
+    # baseline by path, relative to the job folder
+    (tmp_path / "golden.json").write_text(json.dumps(r1))
+    hp = collect_history(str(store), r3, baseline="golden.json", base_dir=tmp_path)
+    assert hp.baseline == R1  # labelled by the run id the report carries
+    assert gate_value(hp, "o_dist_mean_change", "S1") == pytest.approx(0.36)
+    r1_noid = json.loads(json.dumps(r1))
+    del r1_noid["run"]["run_id"]
+    (tmp_path / "golden2.json").write_text(json.dumps(r1_noid))
+    hp2 = collect_history(str(store), r3, baseline="golden2.json", base_dir=tmp_path)
+    assert hp2.baseline == "golden2.json"
+    assert _sec_of(hp2, "S1").vs_baseline.o_dist_mean_rel == pytest.approx(0.36)
+
+    with pytest.raises(JobError, match="history.baseline"):
+        collect_history(str(store), r3, baseline="20250101T000000Z-zzzzzz")
+    with pytest.raises(JobError, match="history.baseline"):
+        collect_history(str(store), r3, baseline="missing.json", base_dir=tmp_path)
+
+
+def test_corrupt_earlier_run_is_skipped_with_a_warning(tmp_path):
+    r1, r2, r3 = three_runs()
+    store = write_store(tmp_path / "out", [r1, r2], extra_junk=False)
+    (store / "runs" / R1 / "report.json").write_text('{"truncated": ')
+    h = collect_history(str(store), r3)
+    assert h.runs == [R2, R3]
+    assert any(R1 in w and "not valid JSON" in w for w in h.warnings)
+
+
+def test_load_report_references(tmp_path):
+    r1, r2, _ = three_runs()
+    store = write_store(tmp_path / "out", [r1, r2])
+    assert load_report("latest", store=str(store))["run"]["run_id"] == R2
+    assert load_report("previous", store=str(store))["run"]["run_id"] == R1
+    assert load_report(R1, store=str(store))["run"]["run_id"] == R1
+    assert load_report(str(store / "runs" / R1))["run"]["run_id"] == R1  # a folder
+    with pytest.raises(JobError, match="--store"):
+        load_report(R1, source="A")
+    with pytest.raises(JobError, match="no complete run"):
+        load_report("20260104T020000Z-dddddd", store=str(store), source="B")
+    (tmp_path / "x.json").write_text('{"a": 1}')
+    with pytest.raises(JobError, match=r"A \(.*x\.json\): not a report\.json"):
+        load_report(str(tmp_path / "x.json"), source="A")
+
+
+# ----------------------------------------------------------------------------- S3
+
+
+@pytest.fixture(scope="module")
+def s3_store(monkeypatch_module):
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    for k, v in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_S3": endpoint,
+    }.items():
+        monkeypatch_module.setenv(k, v)
+    monkeypatch_module.delenv("AWS_PROFILE", raising=False)
+    from worker.sources import s3
+
+    s3.clear_clients()
+    client = s3.get_client(None)
+    client.create_bucket(Bucket="hist")
+    r1, r2, _ = three_runs()
+    for r in (r1, r2):
+        client.put_object(
+            Bucket="hist", Key=f"nightly/runs/{r['run']['run_id']}/report.json", Body=json.dumps(r)
+        )
+    client.put_object(
+        Bucket="hist", Key="nightly/runs/20260104T020000Z-dddddd/report.pdf", Body=b"x"
+    )
+    client.put_object(Bucket="hist", Key="nightly/latest.json", Body=b"{}")
+    yield "s3://hist/nightly"
+    s3.clear_clients()
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def test_s3_store_reader(s3_store):
+    _, _, r3 = three_runs()
+    assert list_runs(s3_store) == [R1, R2]
+    assert read_run(s3_store, R2)["run"]["run_id"] == R2
+    h = collect_history(s3_store, r3, baseline=R1)
+    assert h.runs == [R1, R2, R3]
+    assert gate_value(h, "o_dist_mean_change", "S1") == pytest.approx(0.36)
+    assert load_report(f"{s3_store}/runs/{R1}/report.json")["run"]["run_id"] == R1
+    assert load_report("latest", store=s3_store)["run"]["run_id"] == R2
+    with pytest.raises(JobError, match="no complete run"):
+        load_report("20260104T020000Z-dddddd", store=s3_store)
+
+
+# ----------------------------------------------------------------------------- page
+
+
+def test_history_page_and_figures(tmp_path):
+    import jinja2
+
+    from worker.report.history_figures import make_history_figures
+
+    r1, r2, r3 = three_runs()
+    h = build_history(r3, [r1, r2], r1)
+    figs = make_history_figures(h, tmp_path)
+    assert set(figs) == {"history_trend", "history_new_images"}
+    for p in figs.values():
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(ROOT / "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    html = env.get_template("history.html.j2").render(
+        history=h, figures={k: str(v) for k, v in figs.items()}
+    )
+    assert "Since last run" in html
+    assert R2 in html and R1 in html
+    assert "+14.5%" in html  # S1 o_dist_mean vs previous: 0.345 / 2.375
+    assert "+36.0%" in html  # S1 vs baseline
+    assert "S3" in html  # removed secondary
+    assert ">f<" in html  # the far new image of S1
+    # first run: renders, says so, no figures needed
+    h0 = build_history(r3, [], None)
+    html0 = env.get_template("history.html.j2").render(history=h0, figures={})
+    assert "first run" in html0.lower()
+    assert make_history_figures(h0, tmp_path / "none").keys() <= {"history_trend"}
+
+
+def test_readme_short_form_job_is_valid_and_gates_on_change():
+    import re
+
+    import yaml
+
+    text = (ROOT / "README.md").read_text()
+    block = re.findall(r"```yaml\n(.*?)```", text, re.S)[0]
+    job = parse_job(yaml.safe_load(block), Path("."), "README.md")
+    metrics = [g.metric for g in job.gates]
+    # with one secondary o_dist_scaled is always 1.0: the example must not gate on it
+    assert "o_dist_scaled" not in metrics and "o_dist_mean_change" in metrics
+    assert job.history.max_runs == 30
