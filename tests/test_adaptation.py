@@ -306,6 +306,7 @@ def test_end_to_end_tiny_unet(tmp_path):
         i_dist=raw,
         unet_width=4,
     )
+    adaptation = adaptation.model_dump(mode="json")
     json.dumps(adaptation, allow_nan=False)  # plain JSON, no NaN
 
     names = [m["name"] for m in adaptation["models"]]
@@ -446,6 +447,7 @@ def test_demo_dataset_run(tmp_path):
     adaptation, extras = run_adaptation(
         job, build_masked_sets(job), selections, scaled, tmp_path / "o", unet_width=4
     )
+    adaptation = adaptation.model_dump(mode="json")
     assert [m["name"] for m in adaptation["models"]] == ["M", "M1", "M3"]
     assert len(adaptation["models"][2]["train_ids"]) == 6 + 3 * 3
     by = {(r["model"], r["dataset"]): r for r in adaptation["results"]}
@@ -510,6 +512,7 @@ def test_m7_beats_m_on_far_half(tmp_path):
         i_dist={"S": raw},
         unet_width=8,
     )
+    adaptation = adaptation.model_dump(mode="json")
     res = {r["model"]: r for r in adaptation["results"]}
     halves = {m: adaptation["splits"]["S"][m]["halves"] for m in ("M", "M7")}
     far_m, far_m7 = halves["M"][1]["mean"], halves["M7"][1]["mean"]
@@ -679,6 +682,7 @@ def test_segformer_adaptation_run(tmp_path):
     adaptation, extras = run_adaptation(
         job, build_masked_sets(job), {"S": {1: ["s_003.png"]}}, scaled, tmp_path / "o"
     )
+    adaptation = adaptation.model_dump(mode="json")
     assert [r["model"] for r in adaptation["results"]] == ["M", "M1"]
     assert all(r["count"] == 3 for r in adaptation["results"])
     back = load_segmenter(tmp_path / "o" / "checkpoints" / "M1.pt")

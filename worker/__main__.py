@@ -92,7 +92,13 @@ def _validate(job_path: Path) -> int:
                 continue
             if not Path(job.resolve(loc)).exists():
                 raise JobError(f"datasets.{ds.name}.{key}: {job.resolve(loc)} does not exist")
-    print(f"{job_path}: valid ({1 + len(job.datasets.secondary)} datasets)")
+    masked = ""
+    if job.adaptation.enabled:
+        from worker.adapt.masks import check_adaptation_inputs
+
+        sets = check_adaptation_inputs(job)
+        masked = f"; masks of {len(sets)} datasets checked for adaptation"
+    print(f"{job_path}: valid ({1 + len(job.datasets.secondary)} datasets{masked})")
     return EXIT_OK
 
 

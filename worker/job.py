@@ -168,6 +168,8 @@ class GateConfig(Strict):
     max: float | None = None
     min: float | None = None
     model: str | None = None
+    #: f_slope / ods_f only: the adaptation architecture (its label); unset -> the first one
+    architecture: str | None = None
 
     @field_validator("metric")
     @classmethod
@@ -266,10 +268,45 @@ class NegativesConfig(Strict):
     counts: list[int] = Field(default_factory=lambda: [3, 7])
 
 
-class AdaptationConfig(Strict):
-    enabled: bool = False
-    model: Literal["segformer", "unet"] = "unet"
+SEGMENTER_NAMES = ("unet", "unetplusplus", "segformer", "upernet")
+
+
+class ArchitectureConfig(Strict):
+    """One segmentation architecture of the adaptation runs (worker/adapt/segmenters.py).
+
+    `checkpoint`: the whole model: a transformers folder or hub name for segformer / upernet,
+    a `.pt` written by output.save_checkpoints for any kind. `encoder`: encoder weights only
+    (a local transformers folder: EfficientNet for unetplusplus, ConvNeXt for upernet, SegFormer
+    / MiT for segformer); the decoder starts from the job's seed. `label`: the name in the
+    report (default: the name, with a counter when a name repeats).
+    """
+
+    name: Literal["unet", "unetplusplus", "segformer", "upernet"]
     checkpoint: str | None = None
+    encoder: str | None = None
+    label: str | None = Field(default=None, min_length=1, max_length=60)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ArchitectureConfig:
+        if self.checkpoint is not None and self.encoder is not None:
+            raise ValueError(
+                f"architecture {self.name!r}: give 'checkpoint' (whole model) or 'encoder' "
+                "(encoder weights), not both"
+            )
+        if self.name == "unet" and self.encoder is not None:
+            raise ValueError("architecture 'unet' has no pretrained encoder; remove 'encoder'")
+        return self
+
+
+class AdaptationConfig(Strict):
+    """`model` (one name, with `checkpoint`) or `models` (a list of names or
+    {name, checkpoint, encoder, label}); the first architecture is the baseline whose results
+    fill `adaptation.results` (and the f_slope / ods_f gates without `architecture`)."""
+
+    enabled: bool = False
+    model: Literal["unet", "unetplusplus", "segformer", "upernet"] | None = None
+    checkpoint: str | None = None
+    models: list[ArchitectureConfig] | None = Field(default=None, min_length=1)
     counts: list[int] = Field(default_factory=lambda: [1, 3, 7])
     selection: Literal["band", "farthest", "kcenter"] = "band"
     epochs: int = Field(default=50, ge=1, le=10000)
@@ -278,6 +315,43 @@ class AdaptationConfig(Strict):
     lr: float = Field(default=6.0e-5, gt=0)
     features_from_trained: bool = False
     negatives: NegativesConfig | None = None
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _names_as_entries(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = [v]
+        if isinstance(v, list):
+            return [{"name": x} if isinstance(x, str) else x for x in v]
+        return v
+
+    @model_validator(mode="after")
+    def _one_form(self) -> AdaptationConfig:
+        if self.models is not None and (self.model is not None or self.checkpoint is not None):
+            raise ValueError(
+                "give either 'model' (with 'checkpoint') or 'models' (a list), not both; "
+                "put a checkpoint inside its entry of 'models'"
+            )
+        labels = [a.label for a in self.architectures]
+        dupes = sorted({x for x in labels if labels.count(x) > 1})
+        if dupes:
+            raise ValueError(f"models: labels must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+    @property
+    def architectures(self) -> list[ArchitectureConfig]:
+        """Every architecture, labelled (unique), the baseline first."""
+        if self.models is None:
+            entries = [ArchitectureConfig(name=self.model or "unet", checkpoint=self.checkpoint)]
+        else:
+            entries = list(self.models)
+        seen: dict[str, int] = {}
+        out = []
+        for a in entries:
+            seen[a.name] = seen.get(a.name, 0) + 1
+            label = a.label or (a.name if seen[a.name] == 1 else f"{a.name}-{seen[a.name]}")
+            out.append(a.model_copy(update={"label": label}))
+        return out
 
 
 class Job(Strict):

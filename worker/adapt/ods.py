@@ -158,3 +158,31 @@ def evaluate(
         else np.zeros((0, N_THRESHOLDS, 3), dtype=np.int64)
     )
     return evaluate_counts(counts, ids)
+
+
+def false_positive_rate(
+    per_image: np.ndarray, pixels: np.ndarray, threshold: float
+) -> tuple[float | None, list[float | None]]:
+    """False-positive pixel rate at `threshold` (a multiple of 0.01 in [0, 0.99]).
+
+    per_image: (N, N_THRESHOLDS, 3) TP / FP / FN counts; pixels: (N,) pixels per image.
+    rate = sum FP / sum negatives, negatives = pixels - (TP + FN) (a pixel is a false positive
+    where the mask is 0 and prob > threshold). Returns (rate over all images, per-image rates);
+    None where an image (or the set) has no negative pixel.
+    """
+    counts = np.asarray(per_image, dtype=np.int64)
+    pix = np.asarray(pixels, dtype=np.int64)
+    if counts.shape[0] != pix.shape[0]:
+        raise ValueError(f"{pix.shape[0]} pixel counts for {counts.shape[0]} images")
+    k = int(round(float(threshold) * N_THRESHOLDS))
+    if not 0 <= k < N_THRESHOLDS or abs(k / N_THRESHOLDS - threshold) > 1e-9:
+        raise ValueError(f"threshold {threshold} is not one of 0.00, 0.01, ..., 0.99")
+    if counts.shape[0] == 0:
+        return None, []
+    fp = counts[:, k, 1]
+    neg = pix - counts[:, k, 0] - counts[:, k, 2]
+    if np.any(neg < 0):
+        raise ValueError("pixel counts smaller than the positives counted")
+    per = [None if n == 0 else float(f / n) for f, n in zip(fp, neg, strict=True)]
+    total = int(neg.sum())
+    return (None if total == 0 else float(fp.sum() / total)), per

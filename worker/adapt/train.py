@@ -20,7 +20,6 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from worker.adapt.evaluate_cli import decode_mask
+from worker.adapt.masks import Sample  # noqa: F401  (re-exported)
 from worker.adapt.segmenters import Segmenter
 from worker.errors import JobError
 from worker.images import ImageError, decode_image, resize_square
@@ -36,18 +36,6 @@ from worker.sources import read_bytes
 
 LOGGER = logging.getLogger("worker")
 CHECKPOINT_NAME = "last.pt"
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One training or evaluation image. `mask_uri` None with `empty_mask` True: an image with
-    no positive pixel (the negatives of appendix C); None otherwise: a missing mask."""
-
-    dataset: str
-    id: str
-    image_uri: str
-    mask_uri: str | None
-    empty_mask: bool = False
 
 
 def load_image(sample: Sample, storage=None) -> Image.Image | None:

@@ -7,6 +7,13 @@ report["adaptation"] (and the per-image scaled I_dist / example predictions in e
 - `adaptation_f_bars`: ODS F per model per secondary (fig. 7);
 - `adaptation_grid_<dataset>`: image / mask / one prediction per model for the farthest images
   (fig. 8).
+- with two or more architectures (report["adaptation"]["architectures"]):
+  `adaptation_arch_f_vs_idist_<dataset>`: the F-vs-I_dist panel of every architecture side by
+  side (shared y axis); `adaptation_arch_f_bars`: ODS F per model and secondary, one panel per
+  architecture (fig. 7 per architecture).
+
+On a set whose masks have no positive pixel F is null; its curve shows the per-image
+false-positive pixel rate (noise, appendix C) instead.
 """
 
 from __future__ import annotations
@@ -36,9 +43,14 @@ def moving_average(values: np.ndarray, window: int) -> np.ndarray:
     return np.convolve(v, np.ones(w) / w, mode="valid")
 
 
-def f_vs_idist_series(per_image: list[dict], scaled: dict[str, float]) -> tuple[np.ndarray, ...]:
-    """(x, f) smoothed: images sorted by scaled I_dist, moving average of window |S| // 10."""
-    rows = [(scaled[r["id"]], r["f"]) for r in per_image if r["id"] in scaled]
+def f_vs_idist_series(
+    per_image: list[dict], scaled: dict[str, float], key: str = "f"
+) -> tuple[np.ndarray, ...]:
+    """(x, f) smoothed: images sorted by scaled I_dist, moving average of window |S| // 10.
+    `key`: the per-image value ("f", or "fp_rate" on sets without positive pixels)."""
+    rows = [
+        (scaled[r["id"]], r[key]) for r in per_image if r["id"] in scaled and r.get(key) is not None
+    ]
     if not rows:
         return np.zeros(0), np.zeros(0)
     rows.sort(key=lambda t: t[0])
@@ -58,34 +70,121 @@ def _colours(models: list[str]) -> dict[str, tuple]:
     return {m: cmap(i % 10) for i, m in enumerate(models)}
 
 
+def _draw_curves(ax, results: list[dict], dataset: str, scaled: dict, colours: dict) -> str:
+    """Lines of every model on `dataset`; returns the y quantity drawn ('' when none)."""
+    drawn = ""
+    for r in results:
+        if r["dataset"] != dataset or r["model"] not in colours:
+            continue
+        key = "fp_rate" if r.get("ods_f") is None and r.get("mask_pixels") == 0 else "f"
+        x, f = f_vs_idist_series(r["per_image"], scaled, key)
+        if len(x) == 0:
+            continue
+        style = "--" if r["model"].startswith("M_B") else "-"
+        ax.plot(x, f, style, color=colours[r["model"]], label=r["model"], lw=1.6)
+        drawn = key
+    return drawn
+
+
+def _label_axes(ax, key: str) -> None:
+    ax.set_xlabel("I_dist (min-max scaled)")
+    if key == "fp_rate":
+        ax.set_ylabel("false-positive pixel rate")
+    else:
+        ax.set_ylabel("F-score at ODS threshold")
+        ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+
+
 def plot_f_vs_idist(adaptation: dict, extras: dict, dataset: str, path: Path) -> Path | None:
     curves = (extras or {}).get("curves", {}).get(dataset)
     if not curves or curves.get("i_dist_scaled") is None:
         return None
     scaled = dict(zip(curves["ids"], curves["i_dist_scaled"], strict=True))
-    models = _model_order(adaptation, extras)
-    colours = _colours(models)
+    colours = _colours(_model_order(adaptation, extras))
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    drawn = False
-    for r in adaptation.get("results", []):
-        if r["dataset"] != dataset or r["model"] not in colours:
-            continue
-        x, f = f_vs_idist_series(r["per_image"], scaled)
-        if len(x) == 0:
-            continue
-        style = "--" if r["model"].startswith("M_B") else "-"
-        ax.plot(x, f, style, color=colours[r["model"]], label=r["model"], lw=1.6)
-        drawn = True
-    if not drawn:
+    key = _draw_curves(ax, adaptation.get("results", []), dataset, scaled, colours)
+    if not key:
         plt.close(fig)
         return None
     n = len(curves["ids"])
-    ax.set_xlabel("I_dist (min-max scaled)")
-    ax.set_ylabel("F-score at ODS threshold")
-    ax.set_title(f"{dataset}: F-score vs I_dist (moving average, window {max(1, n // 10)})")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
+    what = "false positives" if key == "fp_rate" else "F-score"
+    _label_axes(ax, key)
+    ax.set_title(f"{dataset}: {what} vs I_dist (moving average, window {max(1, n // 10)})")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def plot_f_vs_idist_architectures(
+    adaptation: dict, extras: dict, dataset: str, path: Path
+) -> Path | None:
+    """One F-vs-I_dist panel per architecture, side by side (paper figs. 4-6)."""
+    blocks = adaptation.get("architectures") or []
+    curves = (extras or {}).get("curves", {}).get(dataset)
+    if len(blocks) < 2 or not curves or curves.get("i_dist_scaled") is None:
+        return None
+    scaled = dict(zip(curves["ids"], curves["i_dist_scaled"], strict=True))
+    colours = _colours([m["name"] for m in blocks[0]["models"]])
+    fig, axes = plt.subplots(
+        1, len(blocks), figsize=(3.2 * len(blocks) + 1.2, 3.4), sharey=True, squeeze=False
+    )
+    drawn = ""
+    for ax, block in zip(axes[0], blocks, strict=True):
+        key = _draw_curves(ax, block["results"], dataset, scaled, colours)
+        drawn = drawn or key
+        _label_axes(ax, key or "f")
+        ax.set_title(block["label"], fontsize=9)
+        if ax is not axes[0][0]:
+            ax.set_ylabel("")
+    if not drawn:
+        plt.close(fig)
+        return None
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.suptitle(f"{dataset}: per-image score vs I_dist by architecture", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def plot_architecture_bars(adaptation: dict, path: Path) -> Path | None:
+    """ODS F per model and secondary, one panel per architecture (fig. 7 side by side)."""
+    blocks = adaptation.get("architectures") or []
+    if len(blocks) < 2:
+        return None
+    models = [m["name"] for m in blocks[0]["models"]]
+    datasets = list(
+        dict.fromkeys(r["dataset"] for r in blocks[0]["results"] if r.get("ods_f") is not None)
+    )
+    if not datasets:
+        return None
+    colours = _colours(models)
+    width = 0.8 / max(1, len(models))
+    fig, axes = plt.subplots(
+        1,
+        len(blocks),
+        figsize=(max(3.0, 0.3 * len(datasets) * len(models) + 1.5) * len(blocks) + 1.2, 3.6),
+        sharey=True,
+        squeeze=False,
+    )
+    pos = np.arange(len(datasets))
+    for ax, block in zip(axes[0], blocks, strict=True):
+        value = {(r["model"], r["dataset"]): r["ods_f"] for r in block["results"]}
+        for k, m in enumerate(models):
+            h = [value.get((m, d)) for d in datasets]
+            h = [np.nan if v is None else v for v in h]
+            ax.bar(pos + (k - (len(models) - 1) / 2) * width, h, width, label=m, color=colours[m])
+        ax.set_xticks(pos)
+        ax.set_xticklabels(datasets, fontsize=8)
+        ax.set_title(block["label"], fontsize=9)
+        ax.set_ylim(0, 1.02)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("ODS F-score")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.suptitle("ODS F-score per model and secondary, by architecture", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
@@ -166,6 +265,8 @@ def make_adaptation_figures(report, extras: dict, out_dir: str | Path) -> dict[s
     adaptation = block.model_dump() if hasattr(block, "model_dump") else block
     if not adaptation:
         return {}
+    if hasattr(adaptation, "model_dump"):  # worker.adapt.results.Adaptation
+        adaptation = adaptation.model_dump(mode="json")
     extras = extras or {}
     data = extras.get("adaptation", extras)
     out = Path(out_dir)
@@ -181,6 +282,15 @@ def make_adaptation_figures(report, extras: dict, out_dir: str | Path) -> dict[s
     p = plot_f_bars(adaptation, data, out / "adaptation_f_bars.png")
     if p is not None:
         figures["adaptation_f_bars"] = p
+    for k, name in enumerate(datasets):
+        p = plot_f_vs_idist_architectures(
+            adaptation, data, name, out / f"adaptation_arch_f_vs_idist_{k}_{_safe(name)}.png"
+        )
+        if p is not None:
+            figures[f"adaptation_arch_f_vs_idist_{name}"] = p
+    p = plot_architecture_bars(adaptation, out / "adaptation_arch_f_bars.png")
+    if p is not None:
+        figures["adaptation_arch_f_bars"] = p
     for k, name in enumerate(datasets):
         p = plot_grid(adaptation, data, name, out / f"adaptation_grid_{k}_{_safe(name)}.png")
         if p is not None:
