@@ -255,7 +255,7 @@ def _block(label, *, m, m7, slope, p, r, fp, seconds, params=1000):
             "per_image": [],
         }
         base.update(kw)
-        return res.ModelResult.model_validate(base)
+        return res.AdaptationScore.model_validate(base)
 
     results = []
     for model, f in (("M", m), ("M7", m7)):

@@ -126,11 +126,15 @@ def _selections(
     """Every (strategy, count) selection with its diversity and coverage (method.md §2-3).
 
     The adaptation stage's (strategy, count) pairs are chosen here too, by the same code.
+    A secondary with `select: false` (a blind set) gets none.
     """
     bins = job.metrics.histogram_bins
     kw = _engine_kw(job)
     s_l, p_l = space.secondary, space.primary
     out, chosen = [], {}
+    config = next((d for d in job.datasets.secondary if d.name == sec.name), None)
+    if config is not None and not config.select:
+        return out, chosen  # a blind set (select: false) is evaluated only, never selected from
 
     def pick(strategy: str, count: int) -> list[int]:
         return selection.select(
@@ -326,7 +330,7 @@ def analyse_model(primary: EmbeddedSet, secondaries: list[EmbeddedSet], job: Job
     chosen_all = {d.result.name: d.chosen for d in done}
     scatter = scatter_points(primary, secondaries, job.seed)
     biggest = (job.selection.strategies[0], max(job.selection.counts))
-    scatter.selected = {name: chosen[biggest] for name, chosen in chosen_all.items()}
+    scatter.selected = {name: chosen.get(biggest, []) for name, chosen in chosen_all.items()}
     return ModelAnalysis(
         primary=PrimaryResult(
             name=primary.name, count=primary.count, diversity=primary_diversity(primary, job)

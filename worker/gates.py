@@ -39,8 +39,8 @@ SECONDARY_METRICS: dict[str, Callable[[SecondaryResult], float | None]] = {
     "fid": lambda s: s.statistics.fid if s.statistics else None,
     "duplicates_with_primary": _with_primary,
 }
-#: metrics of the adaptation block (per secondary and trained model, default model M)
-ADAPTATION_METRICS = {"f_slope": "f_slope", "ods_f": "ods_f"}
+#: metrics of the adaptation block (per secondary, trained model (default M) and architecture)
+ADAPTATION_METRICS = ("f_slope", "ods_f")
 #: metrics of the history block: change against earlier runs of the same store
 HISTORY_METRICS = ("o_dist_mean_change", "new_images_far_fraction")
 #: metrics that also apply to the primary when a gate names every dataset ("*")
@@ -52,17 +52,6 @@ GATE_METRICS: tuple[str, ...] = (
     *HISTORY_METRICS,
     "skipped_fraction",
 )
-
-
-def _adaptation_metric(report: Report, dataset: str, metric: str, model: str | None):
-    """f_slope / ods_f of one adaptation result; model defaults to the baseline 'M'."""
-    if report.adaptation is None:
-        return None
-    wanted = model or "M"
-    for r in report.adaptation.results:
-        if r.dataset == dataset and r.model == wanted:
-            return getattr(r, ADAPTATION_METRICS[metric])
-    return None
 
 
 def _skipped_fraction(report: Report, dataset: str) -> float | None:
@@ -90,7 +79,13 @@ def gate_value(report: Report, gate: GateConfig, dataset: str) -> float | None:
     if gate.metric == "skipped_fraction":
         return _skipped_fraction(report, dataset)
     if gate.metric in ADAPTATION_METRICS:
-        return _adaptation_metric(report, dataset, gate.metric, gate.model)
+        if report.adaptation is None:
+            return None
+        from worker.adapt.results import adaptation_metric
+
+        return adaptation_metric(
+            report.adaptation, dataset, gate.metric, gate.model, gate.architecture
+        )
     if gate.metric in HISTORY_METRICS:
         from worker import history
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from worker import __version__
+from worker.adapt.masks import check_adaptation_inputs
 from worker.analysis import ModelAnalysis, analyse_model
 from worker.embeddings import EmbeddedSet, embed_items, load_precomputed
 from worker.errors import JobError
@@ -262,6 +263,7 @@ def run(
     render, publish."""
     started = time.time()
     out_uri = out_dir or job.resolve(job.output.dir)
+    masked = check_adaptation_inputs(job)  # masks checked before any embedding
     with tempfile.TemporaryDirectory(prefix="worker-out-") as tmp:
         staging = Path(tmp)
         with compute_engine(job) as engine_info:
@@ -279,7 +281,7 @@ def run(
             adapted = None
             if job.adaptation.enabled:
                 with stage("adapt"):
-                    adapted = adapt(job, measured[0].analysis, staging)
+                    adapted = adapt(job, measured[0].analysis, masked, staging)
                 if adapted.trained_encoder is not None:
                     with stage("measure", model="trained"):
                         measured.append(measure_trained(job, adapted.trained_encoder))
@@ -354,13 +356,13 @@ class Adapted:
     trained_encoder: Any = None
 
 
-def adapt(job: Job, analysis: ModelAnalysis, artifacts: Path) -> Adapted:
-    """Train M and M_q on P + selected far images; evaluate ODS (method.md §5).
-    Checkpoints (output.save_checkpoints) go under `artifacts`."""
-    from worker.adapt.run import build_masked_sets, run_adaptation
+def adapt(job: Job, analysis: ModelAnalysis, sets: dict, artifacts: Path) -> Adapted:
+    """Train every architecture as M and M_q on P + selected far images; evaluate ODS
+    (method.md §5). `sets`: the masked datasets checked before embedding. Checkpoints
+    (output.save_checkpoints) go under `artifacts`."""
+    from worker.adapt.run import run_adaptation
 
     strategy = job.adaptation.selection
-    sets = build_masked_sets(job)
     selections = {}
     for entry in analysis.secondaries:
         if entry.name not in sets:
@@ -380,7 +382,7 @@ def adapt(job: Job, analysis: ModelAnalysis, artifacts: Path) -> Adapted:
         job, sets, selections, per_image("i_dist_scaled"), artifacts, i_dist=per_image("i_dist")
     )
     return Adapted(
-        block=Adaptation.model_validate(block),
+        block=block,
         figure_data=extras.get("adaptation", {}),
         trained_encoder=extras.get("trained_extractor"),
     )

@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from worker.adapt.results import Adaptation
+
 SCHEMA_VERSION = "1.1.0"
 
 
@@ -409,79 +411,6 @@ class SkippedItem(Result):
     dataset: str = Field(description="Dataset name.")
     id: str = Field(description="Image id (path relative to the dataset folder).")
     reason: str = Field(description="Why it was skipped.")
-
-
-# --------------------------------------------------------------------------- adaptation
-
-
-class PerImageF(Result):
-    """F-score of one image at its dataset's ODS threshold."""
-
-    id: str = Field(description="Image id.")
-    f: float | None = Field(description="F-score at the ODS threshold (in [0, 1]).")
-
-
-class AdaptedModel(Result):
-    """One trained segmentation model: M (P only) or M_q (P plus q selected images)."""
-
-    name: str = Field(description="M, M1, M3, M7, M_B3, ...")
-    q: Count = Field(description="Selected images added from each secondary.")
-    negatives: Count = Field(description="Images with empty masks added (M_B models).")
-    train_ids: list[str] = Field(description="Training images (secondary images as 'S/id').")
-
-
-class AdaptationScore(Result):
-    """One model scored on one secondary's masks (method.md §5)."""
-
-    model: str = Field(description="Model name (M, M1, ...).")
-    dataset: str = Field(description="Secondary scored.")
-    count: Count = Field(description="Images scored (those used for training excluded).")
-    mask_pixels: Count = Field(description="Positive mask pixels in the scored images.")
-    ods_f: float | None = Field(description="ODS F-score (in [0, 1]).")
-    ods_threshold: float | None = Field(description="Threshold of the ODS (0.00-0.99).")
-    ois_f: float | None = Field(description="OIS F-score (in [0, 1]).")
-    precision: float | None = Field(description="Precision at the ODS threshold (in [0, 1]).")
-    recall: float | None = Field(description="Recall at the ODS threshold (in [0, 1]).")
-    f_slope: float | None = Field(
-        description="Least-squares slope of per-image F against scaled I_dist (F per unit)."
-    )
-    f_spearman: float | None = Field(description="Spearman rho of F against I_dist.")
-    f_spearman_p: float | None = Field(description="Two-sided p-value of that rho.")
-    verdict: str = Field(description="Plain-language reading of the slope and correlation.")
-    per_image: list[PerImageF] = Field(description="Per-image F at the ODS threshold.")
-
-
-class FSplit(Result):
-    """F-score of one part of a secondary sorted by I_dist (paper tables 3-5)."""
-
-    mean: float | None = Field(description="Mean per-image F (in [0, 1]).")
-    std: float | None = Field(description="Population std of per-image F (ddof = 0).")
-    i_dist_mean: float | None = Field(description="Mean I_dist of the part.")
-    i_dist_std: float | None = Field(description="Population std of I_dist of the part.")
-    count: Count = Field(description="Images in the part.")
-
-
-class FSplits(Result):
-    """Halves and thirds of one secondary for one model."""
-
-    halves: list[FSplit] = Field(description="Closest half first.")
-    thirds: list[FSplit] = Field(description="Closest third first.")
-
-
-class Adaptation(Result):
-    """The adaptation experiment (paper sections 3.3 and 4.3; method.md §5)."""
-
-    model: str = Field(description="Segmentation architecture (unet, segformer).")
-    checkpoint: str | None = Field(description="Checkpoint of the architecture, if any.")
-    selection: str = Field(description="Selection strategy that chose the added images.")
-    epochs: int = Field(ge=1, description="Training epochs per model.")
-    image_size: int = Field(ge=1, description="Training and scoring size in pixels.")
-    verdict_rule: str = Field(description="How a verdict is read from slope and correlation.")
-    models: list[AdaptedModel] = Field(description="Every model trained, M first.")
-    results: list[AdaptationScore] = Field(description="Every (model, secondary) score.")
-    splits: dict[str, dict[str, FSplits]] = Field(
-        description="Secondary -> model -> F by sorted halves and thirds."
-    )
 
 
 # --------------------------------------------------------------------------- history (runs)

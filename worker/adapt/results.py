@@ -33,11 +33,13 @@ TENDENCY_TOL = 0.05  # precision - recall beyond which a model leans one way
 STABLE_MIN_SHARE = 0.5  # "most stable" only among architectures with >= half the best ODS
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class AdaptBlock(BaseModel):
+    """Base of the adaptation block's models: unknown keys and NaN/infinity refused."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-class PerImage(Strict):
+class PerImageF(AdaptBlock):
     id: str = Field(description="image id (path relative to the dataset root)")
     f: float | None = Field(
         description="F-score of the image at the set's ODS threshold, 0..1; null on a set "
@@ -50,7 +52,7 @@ class PerImage(Strict):
     )
 
 
-class SplitPart(Strict):
+class FSplitPart(AdaptBlock):
     mean: float | None = Field(description="mean per-image F of the part, 0..1")
     std: float | None = Field(description="population std of per-image F of the part, 0..1")
     i_dist_mean: float | None = Field(description="mean I_dist of the part (feature units)")
@@ -58,12 +60,12 @@ class SplitPart(Strict):
     count: int = Field(description="images in the part")
 
 
-class Splits(Strict):
-    halves: list[SplitPart] = Field(description="images sorted by I_dist, 2 equal parts")
-    thirds: list[SplitPart] = Field(description="images sorted by I_dist, 3 equal parts")
+class FSplitTable(AdaptBlock):
+    halves: list[FSplitPart] = Field(description="images sorted by I_dist, 2 equal parts")
+    thirds: list[FSplitPart] = Field(description="images sorted by I_dist, 3 equal parts")
 
 
-class ModelResult(Strict):
+class AdaptationScore(AdaptBlock):
     """One trained model scored on one secondary."""
 
     model: str = Field(description="M, M{q} or M_B{q}")
@@ -106,10 +108,10 @@ class ModelResult(Strict):
         "with positive pixels pooled (0.5 when there is none), 0.00..0.99",
     )
     training_seconds: float = Field(description="wall time to train this model, seconds")
-    per_image: list[PerImage] = Field(description="per-image scores, in scoring order")
+    per_image: list[PerImageF] = Field(description="per-image scores, in scoring order")
 
 
-class TrainedModel(Strict):
+class TrainedModel(AdaptBlock):
     name: str = Field(description="M, M{q} or M_B{q}")
     q: int = Field(description="selected images of every selectable secondary added, >= 0")
     negatives: int = Field(description="images with empty masks added, >= 0")
@@ -118,12 +120,12 @@ class TrainedModel(Strict):
     final_loss: float | None = Field(default=None, description="last epoch's BCE + Dice loss")
 
 
-class SelectionIds(Strict):
+class SelectionIds(AdaptBlock):
     q: int = Field(description="images selected per secondary, >= 1")
     ids: list[str] = Field(description="ids chosen from this secondary for M{q}")
 
 
-class DatasetRole(Strict):
+class DatasetRole(AdaptBlock):
     name: str = Field(description="secondary dataset name")
     role: Literal["selected", "blind"] = Field(
         description="selected: gives q images to M{q}; blind (select: false): scored only"
@@ -134,7 +136,7 @@ class DatasetRole(Strict):
     )
 
 
-class ArchitectureBlock(Strict):
+class ArchitectureBlock(AdaptBlock):
     """Everything one architecture produced: its trained models and their scores."""
 
     label: str = Field(description="unique name in this report")
@@ -145,13 +147,13 @@ class ArchitectureBlock(Strict):
     encoder: str | None = Field(description="encoder weights folder, if any")
     parameters: int = Field(description="trainable and frozen parameters of one model, count")
     models: list[TrainedModel] = Field(description="M, M{q}, M_B{q} in training order")
-    results: list[ModelResult] = Field(description="every model on every scored secondary")
-    splits: dict[str, dict[str, Splits]] = Field(
+    results: list[AdaptationScore] = Field(description="every model on every scored secondary")
+    splits: dict[str, dict[str, FSplitTable]] = Field(
         description="dataset -> model -> F by I_dist halves and thirds (sets with positives)"
     )
 
 
-class ArchitectureSummary(Strict):
+class ArchitectureSummary(AdaptBlock):
     architecture: str = Field(description="architecture label")
     baseline_ods_unseen: float | None = Field(
         description="mean ODS F of M over the scored sets with positive pixels, 0..1"
@@ -177,20 +179,20 @@ class ArchitectureSummary(Strict):
     parameters: int = Field(description="parameters of one model, count")
 
 
-class Statement(Strict):
+class Statement(AdaptBlock):
     criterion: str = Field(description="e.g. 'most stable across unseen data'")
     architectures: list[str] = Field(description="the winner(s); empty when not measurable")
     statement: str = Field(description="one plain sentence with the numbers it rests on")
     values: dict[str, float | None] = Field(description="architecture -> the number compared")
 
 
-class Summary(Strict):
+class SelectionSummary(AdaptBlock):
     architectures: list[ArchitectureSummary] = Field(description="one row per architecture")
     statements: list[Statement] = Field(description="one statement per criterion")
     rule: str = Field(description="how each criterion is decided")
 
 
-class Adaptation(Strict):
+class Adaptation(AdaptBlock):
     """report.json `adaptation`."""
 
     model: str = Field(description="baseline architecture kind (the first of models)")
@@ -202,10 +204,10 @@ class Adaptation(Strict):
     verdict_rule: str = Field(description="how the verdicts are decided")
     datasets: list[DatasetRole] = Field(description="every secondary and its role")
     models: list[TrainedModel] = Field(description="the baseline architecture's models")
-    results: list[ModelResult] = Field(description="the baseline architecture's results")
-    splits: dict[str, dict[str, Splits]] = Field(description="the baseline's splits")
+    results: list[AdaptationScore] = Field(description="the baseline architecture's results")
+    splits: dict[str, dict[str, FSplitTable]] = Field(description="the baseline's splits")
     architectures: list[ArchitectureBlock] = Field(description="every architecture, baseline 1st")
-    summary: Summary = Field(description="model-selection summary across architectures")
+    summary: SelectionSummary = Field(description="model-selection summary across architectures")
 
 
 # ----------------------------------------------------------------------------- verdicts
@@ -383,7 +385,7 @@ SUMMARY_RULE = (
 )
 
 
-def summarise(blocks: list[ArchitectureBlock]) -> Summary:
+def summarise(blocks: list[ArchitectureBlock]) -> SelectionSummary:
     """The model-selection summary: one row per architecture and one statement per criterion
     (pure; rule in SUMMARY_RULE)."""
     rows = [summarise_architecture(b) for b in blocks]
@@ -459,7 +461,7 @@ def summarise(blocks: list[ArchitectureBlock]) -> Summary:
             fmt=".1f",
         ),
     ]
-    return Summary(architectures=rows, statements=statements, rule=SUMMARY_RULE)
+    return SelectionSummary(architectures=rows, statements=statements, rule=SUMMARY_RULE)
 
 
 def adaptation_metric(
@@ -469,7 +471,7 @@ def adaptation_metric(
     model: str | None = None,
     architecture: str | None = None,
 ) -> float | None:
-    """f_slope / ods_f (or any ModelResult number) of one result, for the gates: `model`
+    """f_slope / ods_f (or any AdaptationScore number) of one result, for the gates: `model`
     defaults to 'M', `architecture` to the baseline (the top-level results)."""
     ad = adaptation if isinstance(adaptation, dict) else adaptation.model_dump()
     results = ad.get("results", [])

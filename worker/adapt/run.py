@@ -428,7 +428,7 @@ def _score(
     arch_label: str,
     models: list[_Model],
     evaluated: list[tuple[MaskedSet, dict, np.ndarray, list[str], np.ndarray | None, np.ndarray]],
-) -> tuple[list[res.ModelResult], dict[str, dict[str, res.Splits]]]:
+) -> tuple[list[res.AdaptationScore], dict[str, dict[str, res.FSplitTable]]]:
     """Results and splits of one architecture from the counts (order: set, then model)."""
     seconds = {m.name: float(m.history.get("seconds", 0.0)) for m in models}
     has_pos = {
@@ -442,8 +442,8 @@ def _score(
         )
         for m in models
     }
-    results: list[res.ModelResult] = []
-    splits: dict[str, dict[str, res.Splits]] = {}
+    results: list[res.AdaptationScore] = []
+    splits: dict[str, dict[str, res.FSplitTable]] = {}
     for ds, counts, pixels, kept, x, d in evaluated:
         splits[ds.name] = {}
         rows: dict[str, dict] = {}
@@ -492,7 +492,7 @@ def _score(
                     per_image=ev["per_image"],
                 )
                 if d is not None and len(f):
-                    splits[ds.name][m.name] = res.Splits.model_validate(_splits(f, d))
+                    splits[ds.name][m.name] = res.FSplitTable.model_validate(_splits(f, d))
             rows[m.name] = row
         base = rows["M"]
         adapted_ods = {m.name: rows[m.name]["ods_f"] for m in models if m.q > 0 and not m.negatives}
@@ -509,7 +509,7 @@ def _score(
             row["verdict"] = res.adapted_verdict(
                 base["f_slope"], row["f_slope"], base["ods_f"], row["ods_f"], row["count"]
             )
-        results.extend(res.ModelResult.model_validate(rows[m.name]) for m in models)
+        results.extend(res.AdaptationScore.model_validate(rows[m.name]) for m in models)
         if not splits[ds.name]:
             del splits[ds.name]
     return results, splits
