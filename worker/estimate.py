@@ -421,7 +421,8 @@ def estimate_performance(
         gsb = fit_isotonic(o_lab[sets], ods_lab[sets])
         b_curve_o[b] = gsb.predict(grid_o)
         ok = np.isfinite(t_o)
-        b_set[b, ok] = gsb.predict(t_o[ok])
+        if ok.any():
+            b_set[b, ok] = gsb.predict(t_o[ok])
 
     q = (1 - INTERVAL) / 2 * 100
     secondaries = []
