@@ -423,3 +423,41 @@ def test_estimated_f_is_a_gate_metric(tmp_path):
     job = parse_job(_job(tmp_path, {"name": "S", "path": "i"}), tmp_path)
     assert job.gates[0].metric == "estimated_f" and job.gates[0].min == 0.5
     assert math.isclose(job.gates[0].min, 0.5)
+
+
+# ------------------------------------------------------------------------------ figure and partial
+
+
+def _rendered(estimate, figures=None) -> str:
+    from jinja2 import Environment, FileSystemLoader
+
+    root = Path(__file__).resolve().parents[1] / "templates"
+    env = Environment(loader=FileSystemLoader(str(root)), autoescape=True, trim_blocks=True,
+                      lstrip_blocks=True)  # fmt: skip
+    return env.get_template("estimate.html.j2").render(estimate=estimate, figures=figures or {})
+
+
+def test_figure_and_partial(tmp_path):
+    from worker.report.estimate_figures import make_estimate_figures
+
+    rng = np.random.default_rng(9)
+    ev = [_labelled(n, lo, hi, 60, rng) for n, lo, hi in [("A", 1, 4), ("B", 3, 7)]]
+    near, _ = _target("near<b>", 2, 6, 30, rng)
+    far, _ = _target("far", 9, 12, 30, rng)
+    est = E.estimate_performance(ev, [near, far], n_bootstrap=30)
+    figs = make_estimate_figures(est, tmp_path / "figs")
+    png = figs["estimate_curve"]
+    with Image.open(png) as im:
+        assert im.size[0] > 600 and im.size[1] > 300
+    for obj in (est, est.model_dump()):
+        html = _rendered(obj, {"estimate_curve": "file:///x.png"})
+        assert "far <strong>(extrapolated)</strong>" in html
+        assert "near&lt;b&gt;" in html and "near<b>" not in html  # names escaped
+        assert f"{est.for_dataset('far').estimated_f:.3f}" in html
+        assert "more than 10% of" in html and 'src="file:///x.png"' in html
+        assert "baseline model M of the adaptation runs" in html
+    refused = E.estimate_performance(ev[:1], [near])
+    assert make_estimate_figures(refused, tmp_path / "f2") == {}
+    assert make_estimate_figures(None, tmp_path / "f3") == {}
+    html = _rendered(refused)
+    assert "No estimate: 1 labelled dataset(s) (A)" in html and "<table" not in html

@@ -162,6 +162,10 @@ class Estimate(_Model):
     interval: float = Field(description="central interval coverage, 0..1")
     min_labelled_datasets: int = Field(description="labelled datasets needed for an estimate")
     min_labelled_images: int = Field(description="labelled images needed for an estimate")
+    extrapolation_share: float = Field(
+        description="share of a secondary's images outside the labelled range above which it "
+        "is flagged as extrapolation, 0..1"
+    )
     offset: float | None = Field(
         description="mean labelled ODS minus mean fitted per-image F, F units, -1..1"
     )
@@ -324,6 +328,7 @@ def estimate_performance(
         interval=INTERVAL,
         min_labelled_datasets=min_datasets,
         min_labelled_images=min_images,
+        extrapolation_share=EXTRAPOLATION_SHARE,
         points=points,
     )
     reason = _refusal(evidence, min_datasets, min_images)
