@@ -137,9 +137,6 @@ def test_estimate_recovers_known_value_within_interval(seed, gap):
     assert abs(u.estimated_f - expected) < 0.03
     assert u.high - u.low < 0.15  # informative, not [0, 1]
     assert not u.extrapolation and u.share_outside == 0.0
-    # the realised value (noisy per-image F, same gap) also lies in the interval
-    realised = float(np.clip(truth(x) + rng.normal(0, 0.05, len(x)), 0, 1).mean()) + gap
-    assert u.low <= realised <= u.high
     # per-image expected F follows the known curve, and the band holds the fit
     f_img = np.array([im.expected_f for im in u.images])
     assert np.mean(np.abs(f_img - truth(x))) < 0.05
@@ -153,6 +150,28 @@ def test_estimate_recovers_known_value_within_interval(seed, gap):
     assert np.all(np.diff(c.f) <= 1e-12)
     assert np.all(np.array(c.low) <= np.array(c.f) + 1e-9)
     assert np.all(np.array(c.f) <= np.array(c.high) + 1e-9)
+
+
+def test_interval_is_calibrated_for_the_realised_value():
+    """Over 40 independent worlds: the realised mean F of the secondary (fresh noise) falls in
+    the 90% interval about 90% of the time, and the interval's width matches the spread of the
+    estimation error (a width twice too large, or too small, fails)."""
+    errors, widths, inside = [], [], 0
+    for seed in range(40):
+        rng = np.random.default_rng(100 + seed)
+        ev = [_labelled(n, lo, hi, 150, rng) for n, lo, hi in
+              [("A", 1, 4), ("B", 3, 7), ("C", 5, 9)]]  # fmt: skip
+        t, x = _target("U", 2, 8, 200, rng)
+        realised = float(np.clip(truth(x) + rng.normal(0, 0.05, len(x)), 0, 1).mean())
+        u = E.estimate_performance(ev, [t], seed=seed, n_bootstrap=100).secondaries[0]
+        errors.append(u.estimated_f - realised)
+        widths.append(u.high - u.low)
+        inside += u.low <= realised <= u.high
+    # measured: 36/40 inside, ratio 1.04; holding ODS fixed in the bootstrap gives ratio 1.97,
+    # leaving out the secondary's own sampling error 0.67
+    assert 0.8 <= inside / 40 <= 1.0
+    ratio = np.mean(widths) / (2 * 1.6449 * np.std(errors))
+    assert 0.75 < ratio < 1.4, ratio
 
 
 def test_extrapolation_flagged():

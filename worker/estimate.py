@@ -16,11 +16,12 @@ between each labelled set's pooled ODS and its mean fitted per-image F (ODS pool
 over images, so it is not the mean of per-image F). The leave-one-labelled-dataset-out error
 refits g and offset without set d and compares est(d) with ODS_d: LOO MAE = mean_d |.|.
 
-Interval (90%, percentile): a seeded bootstrap over images (resampled within each labelled set),
-each replicate refitting g and offset, plus the sampling error of the secondary's own mean
-(the mean of m residuals of that replicate, drawn with replacement), so the interval is for the
-ODS the secondary would show were it labelled. The dataset-level fit (ODS on o_dist_mean) is a
-second opinion with a bootstrap over labelled datasets.
+Interval (90%, percentile): a seeded bootstrap over images (resampled within each labelled
+set), each replicate refitting g and offset (its ODS_d shifted by the change of the set's mean
+F), plus the sampling error of the secondary's own mean (the mean of m residuals of that
+replicate, drawn with replacement, inflated by sqrt(N / (N - blocks of the fit))), so the
+interval is for the ODS the secondary would show were it labelled. The dataset-level fit
+(ODS on o_dist_mean) is a second opinion with a bootstrap over labelled datasets.
 
 Everything here is pure (numpy / scikit-learn on arrays and report dicts, no I/O). Result
 blocks are pydantic v2 models; `gate_value` reads the `estimated_f` gate metric.
@@ -398,6 +399,10 @@ def estimate_performance(
         resampled = []
         for e in evidence:
             idx = rng.integers(0, len(e.f), size=len(e.f))
+            # the replicate's ODS moves with its images: ODS cannot be recomputed from
+            # per-image F, so shift it by the change of mean per-image F (first order); a fixed
+            # ODS would add spurious variance to the offset
+            ods_b = e.ods_f + float(e.f[idx].mean() - e.f.mean())
             resampled.append(
                 Evidence(
                     e.name,
@@ -406,12 +411,17 @@ def estimate_performance(
                     e.i_dist_mean[idx],
                     e.f[idx],
                     e.o_dist_mean,
-                    e.ods_f,
+                    ods_b,
                 )
             )
         gb, off_b = fit_estimator(resampled)
         xb, fb = _pooled(resampled)
-        resid = fb - gb.predict(xb)
+        fitted = gb.predict(xb)
+        resid = fb - fitted
+        # isotonic regression spends one degree of freedom per constant block (Meyer and
+        # Woodroofe 2000): inflate residuals by sqrt(N / (N - blocks)) as for any least squares
+        blocks = len(np.unique(fitted))
+        resid = resid * np.sqrt(len(resid) / max(len(resid) - blocks, 1))
         for k, x in enumerate(t_x):
             if not len(x):
                 continue
