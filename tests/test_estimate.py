@@ -266,6 +266,9 @@ def test_json_has_no_nan_and_round_trips():
     assert "NaN" not in text and "Infinity" not in text
     data = json.loads(text)
     assert E.Estimate.model_validate(data) == est
+    slim = est.model_dump(exclude={"secondaries": {"__all__": {"images"}}})
+    assert E.Estimate.model_validate(slim).for_dataset("nan_o").images == []
+    assert "expected_f" not in json.dumps(slim)
     by = {s.dataset: s for s in est.secondaries}
     assert by["nan_o"].o_dist_mean is None and by["nan_o"].dataset_fit_f is None
     assert by["nan_o"].estimated_f is not None

@@ -149,7 +149,11 @@ class DatasetEstimate(_Model):
     )
     dataset_fit_low: float | None = Field(description="its 5th bootstrap percentile, 0..1")
     dataset_fit_high: float | None = Field(description="its 95th bootstrap percentile, 0..1")
-    images: list[ImageEstimate] = Field(description="per-image expected F, input order")
+    images: list[ImageEstimate] = Field(
+        default_factory=list,
+        description="per-image expected F, input order (may be left out of the top-level "
+        "copy: dump with exclude={'secondaries': {'__all__': {'images'}}})",
+    )
     reason: str | None = Field(description="why there is no estimate; null when there is one")
 
 
