@@ -43,6 +43,8 @@ SECONDARY_METRICS: dict[str, Callable[[SecondaryResult], float | None]] = {
 ADAPTATION_METRICS = ("f_slope", "ods_f")
 #: metrics of the history block: change against earlier runs of the same store
 HISTORY_METRICS = ("o_dist_mean_change", "new_images_far_fraction")
+#: the performance estimated without labels (secondaries without masks)
+ESTIMATE_METRICS = ("estimated_f",)
 #: metrics that also apply to the primary when a gate names every dataset ("*")
 PRIMARY_TOO = ("skipped_fraction", "diversity_mean")
 
@@ -50,6 +52,7 @@ GATE_METRICS: tuple[str, ...] = (
     *SECONDARY_METRICS,
     *ADAPTATION_METRICS,
     *HISTORY_METRICS,
+    *ESTIMATE_METRICS,
     "skipped_fraction",
 )
 
@@ -86,6 +89,9 @@ def gate_value(report: Report, gate: GateConfig, dataset: str) -> float | None:
         return adaptation_metric(
             report.adaptation, dataset, gate.metric, gate.model, gate.architecture
         )
+    if gate.metric in ESTIMATE_METRICS:
+        sec = report.secondary(dataset)
+        return sec.estimate.estimated_f if sec is not None and sec.estimate else None
     if gate.metric in HISTORY_METRICS:
         from worker import history
 

@@ -107,6 +107,7 @@ def series_point(report: dict, secondary: dict) -> HistoryPoint:
         i_dist_scaled_p90=_num(secondary.get("i_dist_scaled_p90")),
         mmd_p_value=_num((stats.get("mmd") or {}).get("p_value")),
         o_dist_ratio=_num(stats.get("o_dist_ratio")),
+        estimated_f=_num((secondary.get("estimate") or {}).get("estimated_f")),
     )
 
 

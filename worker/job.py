@@ -93,6 +93,9 @@ class DatasetConfig(Strict):
     path: str | None = None
     embeddings: str | None = None
     masks: str | None = None
+    # folder or s3:// prefix of 8-bit PNG probability maps (one per mask, same stem) from the
+    # user's own model; scored against `masks` like `python -m worker evaluate` (worker.estimate)
+    predictions: str | None = None
     select: bool = True
 
     @field_validator("name")
@@ -108,6 +111,17 @@ class DatasetConfig(Strict):
             raise ValueError(f"dataset {self.name!r}: give exactly one of 'path' or 'embeddings'")
         if self.masks is not None and self.path is None:
             raise ValueError(f"dataset {self.name!r}: 'masks' needs 'path' (images)")
+        if self.predictions is not None:
+            if not self.predictions.strip():
+                raise ValueError(
+                    f"dataset {self.name!r}: 'predictions' is empty; give the folder or s3:// "
+                    "prefix of the probability maps, or remove the key"
+                )
+            if self.masks is None:
+                raise ValueError(
+                    f"dataset {self.name!r}: 'predictions' needs 'masks' (they are scored "
+                    "against the masks); add 'masks: <folder>' or remove 'predictions'"
+                )
         return self
 
 
@@ -121,6 +135,11 @@ class DatasetsConfig(Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"dataset names must be unique; repeated: {', '.join(dupes)}")
+        if self.primary.predictions is not None:
+            raise ValueError(
+                f"primary.predictions: the primary dataset {self.primary.name!r} has no distance "
+                "to itself, so its predictions are not used; move 'predictions' to a secondary"
+            )
         return self
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from worker import __version__
 from worker.adapt.masks import check_adaptation_inputs
+from worker.adapt.predictions import score_all_predictions
 from worker.analysis import ModelAnalysis, analyse_model
 from worker.embeddings import EmbeddedSet, embed_items, load_precomputed
 from worker.errors import JobError
@@ -264,6 +265,7 @@ def run(
     started = time.time()
     out_uri = out_dir or job.resolve(job.output.dir)
     masked = check_adaptation_inputs(job)  # masks checked before any embedding
+    scores = score_all_predictions(job)  # the user's own maps (predictions:), also checked early
     with tempfile.TemporaryDirectory(prefix="worker-out-") as tmp:
         staging = Path(tmp)
         with compute_engine(job) as engine_info:
@@ -287,7 +289,12 @@ def run(
                         measured.append(measure_trained(job, adapted.trained_encoder))
         with stage("report"):
             report = build_report(
-                job, job_source, measured, adapted, RunInfo(**_run_info(started, engine_info))
+                job,
+                job_source,
+                measured,
+                adapted,
+                RunInfo(**_run_info(started, engine_info)),
+                scores=scores,
             )
             try:
                 render_outputs(report, _render_inputs(measured[0], adapted, job), staging)
@@ -432,9 +439,10 @@ def build_report(
     measured: list[Measured],
     adapted: Adapted | None,
     run_info: RunInfo,
+    scores: dict | None = None,
 ) -> Report:
     """report.json as one typed Report: the first extractor's blocks at the top level, every
-    extractor in `models`, the gates evaluated last."""
+    extractor in `models`, the performance estimate, the gates evaluated last."""
     from worker import stats
 
     first = measured[0].analysis
@@ -484,9 +492,25 @@ def build_report(
         robustness=robustness,
         adaptation=adapted.block if adapted else None,
     )
+    attach_estimate(report, scores, job.seed)
     report.gates = evaluate_gates(report, job.gates)
     report.passed = all(g.passed for g in report.gates)
     return report
+
+
+def attach_estimate(report: Report, scores: dict | None, seed: int) -> None:
+    """Estimate ODS for secondaries without masks from the labelled ones (method-estimate.md):
+    the top-level `estimate` block and each estimated secondary's `estimate`."""
+    from worker.estimate import estimate_from_report
+
+    estimate = estimate_from_report(report.model_dump(mode="json"), scores, seed=seed)
+    if estimate is None:
+        return
+    for sec in report.secondaries:
+        sec.estimate = estimate.for_dataset(sec.name)
+    # per-image values live under each secondary; the top-level block keeps the fit
+    estimate.secondaries = [e.model_copy(update={"images": []}) for e in estimate.secondaries]
+    report.estimate = estimate
 
 
 def _render_inputs(first: Measured, adapted: Adapted | None, job: Job) -> RenderInputs:

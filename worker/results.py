@@ -242,6 +242,10 @@ class SecondaryResult(Result):
     )
     statistics: Statistics | None = optional_block("Yardsticks (metrics.statistics).")
     duplicates: Duplicates | None = optional_block("Duplicates (metrics.duplicates).")
+    estimate: DatasetEstimate | None = optional_block(
+        "Estimated ODS F-score of this secondary from its distances (a secondary without masks, "
+        "when labelled evidence exists)."
+    )
     robustness: dict[str, float | None] | None = optional_block(
         "Perturbation -> Kendall tau of this secondary's per-image I_dist ranking, clean vs "
         "perturbed (in [-1, 1]; metrics.robustness)."
@@ -413,6 +417,131 @@ class SkippedItem(Result):
     reason: str = Field(description="Why it was skipped.")
 
 
+# --------------------------------------------------------------------------- estimate
+
+
+class LabelledPoint(Result):
+    """One labelled image: its distance and its F-score."""
+
+    dataset: str = Field(description="labelled secondary the image belongs to")
+    id: str = Field(description="image id (path relative to the dataset root)")
+    i_dist_scaled: float = Field(description="min-max scaled I_dist within its dataset, 0..1")
+    i_dist_mean: float = Field(description="size-free distance I_dist / n, feature-space units")
+    f: float = Field(description="F-score of the image at its dataset's ODS threshold, 0..1")
+
+
+class LabelledSet(Result):
+    """One labelled secondary: the evidence the estimate rests on."""
+
+    dataset: str = Field(description="labelled secondary name")
+    count: int = Field(description="images with both a distance and an F, >= 0")
+    o_dist_mean: float = Field(description="size-free dataset distance, feature-space units")
+    ods_f: float = Field(description="ODS F-score of the dataset, 0..1")
+    ods_threshold: float | None = Field(description="ODS threshold, 0..0.99; null if unknown")
+    mean_f: float = Field(description="mean per-image F at the ODS threshold, 0..1")
+    loo_estimate: float | None = Field(
+        description="estimate of this set's ODS from the other labelled sets, 0..1"
+    )
+    loo_error: float | None = Field(description="|loo_estimate - ods_f|, F units, 0..1")
+
+
+class Curve(Result):
+    """A fitted curve of F against distance, with its bootstrap band."""
+
+    x: list[float] = Field(description="distance grid (ascending), feature-space units or 0..1")
+    f: list[float] = Field(description="fitted F at each x, 0..1, non-increasing")
+    low: list[float] = Field(description="5th bootstrap percentile of the fit at each x, 0..1")
+    high: list[float] = Field(description="95th bootstrap percentile of the fit at each x, 0..1")
+
+
+class ImageEstimate(Result):
+    """Expected F-score of one unlabelled image."""
+
+    id: str = Field(description="image id")
+    i_dist_mean: float = Field(description="size-free distance I_dist / n")
+    expected_f: float = Field(description="fitted per-image F at this distance, 0..1")
+    low: float = Field(description="5th bootstrap percentile of the fitted F, 0..1")
+    high: float = Field(description="95th bootstrap percentile of the fitted F, 0..1")
+    extrapolated: bool = Field(description="distance outside the labelled images' range")
+
+
+class DatasetEstimate(Result):
+    """Estimated ODS F-score of one secondary without labels (method-estimate.md)."""
+
+    dataset: str = Field(description="secondary name")
+    count: int = Field(description="images with a distance, >= 0")
+    o_dist_mean: float | None = Field(description="size-free dataset distance")
+    estimated_f: float | None = Field(
+        description="estimated ODS F-score, 0..1; null when no estimate (see reason)"
+    )
+    low: float | None = Field(description="lower end of the 90% interval, 0..1")
+    high: float | None = Field(description="upper end of the 90% interval, 0..1")
+    loo_mae: float | None = Field(
+        description="leave-one-labelled-dataset-out mean absolute error of this estimator, F"
+    )
+    extrapolation: bool = Field(
+        description="true when more than EXTRAPOLATION_SHARE of the images lie outside the "
+        "labelled i_dist_mean range"
+    )
+    share_outside: float | None = Field(
+        description="share of images outside the labelled i_dist_mean range, 0..1"
+    )
+    o_dist_mean_outside: bool = Field(
+        description="o_dist_mean outside the labelled datasets' o_dist_mean range"
+    )
+    dataset_fit_f: float | None = Field(
+        description="second opinion: isotonic fit of ODS on o_dist_mean at this set, 0..1"
+    )
+    dataset_fit_low: float | None = Field(description="its 5th bootstrap percentile, 0..1")
+    dataset_fit_high: float | None = Field(description="its 95th bootstrap percentile, 0..1")
+    images: list[ImageEstimate] = Field(
+        default_factory=list,
+        description="per-image expected F, input order (may be left out of the top-level "
+        "copy: dump with exclude={'secondaries': {'__all__': {'images'}}})",
+    )
+    reason: str | None = Field(description="why there is no estimate; null when there is one")
+
+
+class Estimate(Result):
+    """Performance estimated without labels from distance (paper abstract; method-estimate.md)."""
+
+    source: str = Field(description="'adaptation:<model>' or 'predictions' (the user's model)")
+    method: str = Field(description="the estimator in words")
+    made: bool = Field(description="whether estimates were made")
+    reason: str | None = Field(description="why not, when made is false")
+    seed: int = Field(description="bootstrap seed")
+    n_bootstrap: int = Field(description="bootstrap replicates, >= 0")
+    interval: float = Field(description="central interval coverage, 0..1")
+    min_labelled_datasets: int = Field(description="labelled datasets needed for an estimate")
+    min_labelled_images: int = Field(description="labelled images needed for an estimate")
+    extrapolation_share: float = Field(
+        description="share of a secondary's images outside the labelled range above which it "
+        "is flagged as extrapolation, 0..1"
+    )
+    offset: float | None = Field(
+        description="mean labelled ODS minus mean fitted per-image F, F units, -1..1"
+    )
+    loo_mae: float | None = Field(description="leave-one-labelled-dataset-out MAE, F units")
+    dataset_fit_loo_mae: float | None = Field(
+        description="leave-one-out MAE of the dataset-level fit (ODS on o_dist_mean), F units"
+    )
+    labelled_range: list[float] | None = Field(
+        description="[min, max] i_dist_mean over labelled images"
+    )
+    labelled: list[LabelledSet] = Field(description="the labelled evidence per dataset")
+    points: list[LabelledPoint] = Field(description="the labelled evidence per image")
+    curve: Curve | None = Field(description="fit of per-image F on i_dist_mean with its band")
+    curve_scaled: Curve | None = Field(
+        description="second view: fit of per-image F on min-max scaled I_dist (0..1)"
+    )
+    dataset_curve: Curve | None = Field(description="fit of ODS on o_dist_mean with its band")
+    secondaries: list[DatasetEstimate] = Field(description="one estimate per unlabelled set")
+
+    def for_dataset(self, name: str) -> DatasetEstimate | None:
+        """The estimate block of secondary `name`, or None."""
+        return next((s for s in self.secondaries if s.dataset == name), None)
+
+
 # --------------------------------------------------------------------------- history (runs)
 
 
@@ -440,6 +569,9 @@ class HistoryPoint(Result):
     i_dist_scaled_p90: float | None = Field(description="90th percentile of scaled I_dist, [0, 1]")
     mmd_p_value: float | None = Field(description="MMD permutation p-value vs P, (0, 1]")
     o_dist_ratio: float | None = Field(description="o_dist_mean / null o_dist_mean of P, >= 0")
+    estimated_f: float | None = Field(
+        default=None, description="estimated ODS F-score without labels that night, [0, 1]"
+    )
 
 
 class Change(Result):
@@ -549,6 +681,10 @@ class Report(Result):
     )
     adaptation: Adaptation | None = optional_block(
         "The adaptation experiment (adaptation.enabled)."
+    )
+    estimate: Estimate | None = optional_block(
+        "Performance estimated from distance for secondaries without masks (labelled evidence "
+        "from the adaptation or predictions:); per-image values are under each secondary."
     )
     history: History | None = optional_block(
         "This run against the earlier runs of the same store (a run store with earlier runs)."

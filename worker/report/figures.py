@@ -11,6 +11,7 @@ FigureData (worker.report.render) beside it.
 - `diversity:<S>`: histograms of S and of each selection (random subset of the same size dashed);
 - `thumbnails:<S>`: closest and farthest images of S (data.thumbnails, image inputs only);
 - `duplicates:<S>`: duplicate pairs side by side (data.duplicate_pairs);
+- `estimate_curve`: from worker.report.estimate_figures when report.estimate exists;
 - `history_*`: from worker.report.history_figures when report.history exists;
 - `adaptation_*`: from worker.report.adaptation_figures when report.adaptation exists.
 """
@@ -582,6 +583,11 @@ def make_figures(report: Report, data: FigureData | None, out_dir: str | Path) -
             pairs = data.duplicate_pairs.get(name)
             if pairs:
                 add(f"duplicates:{name}", plot_duplicate_pairs(pairs, out / f"dupes_{stem}.png"))
+    if report.estimate is not None:
+        from worker.report.estimate_figures import make_estimate_figures
+
+        with plt.rc_context(STYLE):
+            figures.update(make_estimate_figures(report.estimate, out))
     if report.history is not None:
         from worker.report.history_figures import make_history_figures
 
