@@ -8,7 +8,6 @@ import pytest
 from sklearn.metrics.pairwise import euclidean_distances
 
 from worker import metrics, selection
-from worker.errors import JobError
 
 I_DIST = np.array([0.0, 10.0, 6.0, 9.0, 2.0, 8.0])  # scaled = I_DIST / 10
 
@@ -84,9 +83,9 @@ def test_band_fill_for_a_middle_band_takes_the_closest_outside():
 
 
 def test_band_invalid():
-    with pytest.raises(JobError, match="selection.band"):
+    with pytest.raises(ValueError, match="selection.band"):
         selection.select_band(I_DIST, 1, (0.9, 0.1), seed=0)
-    with pytest.raises(JobError, match="selection.counts"):
+    with pytest.raises(ValueError, match="selection.counts"):
         selection.select_band(I_DIST, -1, (0.6, 1.0), seed=0)
 
 
@@ -138,7 +137,7 @@ def test_select_dispatch():
     for strategy in selection.STRATEGIES:
         assert sorted(selection.select(strategy, count=99, **kw)) == list(range(15))
         assert selection.select(strategy, count=0, **kw) == []
-    with pytest.raises(JobError, match="selection.strategy"):
+    with pytest.raises(ValueError, match="selection.strategy"):
         selection.select("nearest", count=1, **kw)
 
 

@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from worker.errors import JobError
-
 ROUTES = ("auto", "exact", "gram", "covariance", "randomized")
 DEFAULT_MEMORY_BUDGET_MB = 256
 
@@ -85,26 +83,26 @@ class _Blocks:
         for i, b in enumerate(blocks):
             a = np.asarray(b)
             if a.ndim != 2:
-                raise JobError(f"pca: block {i} must be 2-D (n, q), got shape {a.shape}")
+                raise ValueError(f"pca: block {i} must be 2-D (n, q), got shape {a.shape}")
             arrs.append(a)
         if not arrs:
-            raise JobError("pca: no feature blocks given")
+            raise ValueError("pca: no feature blocks given")
         q = arrs[0].shape[1]
         for i, a in enumerate(arrs):
             if a.shape[1] != q:
-                raise JobError(
+                raise ValueError(
                     f"pca: block {i} has {a.shape[1]} features, block 0 has {q}; "
                     "all sets must come from the same extractor and pooling"
                 )
             if not np.isfinite(a).all():
-                raise JobError(f"pca: block {i} contains NaN or inf features")
+                raise ValueError(f"pca: block {i} contains NaN or inf features")
         self.arrays = arrs
         self.q = q
         self.n = sum(len(a) for a in arrs)
         if self.n == 0:
-            raise JobError("pca: all feature blocks are empty")
+            raise ValueError("pca: all feature blocks are empty")
         if q == 0:
-            raise JobError("pca: features have zero dimensions")
+            raise ValueError("pca: features have zero dimensions")
         self.budget = float(memory_budget_mb) * 1024 * 1024
 
     def row_step(self, width: int | None = None) -> int:
@@ -284,14 +282,14 @@ def fit_pca(
     """
     x = _Blocks(X if isinstance(X, (list, tuple)) else [X], memory_budget_mb)
     if route not in ROUTES:
-        raise JobError(f"pca route: {route!r} is not one of {', '.join(ROUTES)}")
+        raise ValueError(f"pca route: {route!r} is not one of {', '.join(ROUTES)}")
     mean = x.mean()
     warnings: list[str] = []
     if dims is None:
         eye = np.empty((0, x.q))
         return PCAModel(mean, eye, np.empty(0), np.empty(0), "none", None, x.n, warnings)
     if isinstance(dims, bool) or not isinstance(dims, (int, np.integer)) or dims < 1:
-        raise JobError(f"dims: must be a positive integer or null, got {dims!r}")
+        raise ValueError(f"dims: must be a positive integer or null, got {dims!r}")
     requested = int(dims)
     z = min(requested, x.n, x.q)
     if z < requested:
@@ -300,12 +298,12 @@ def fit_pca(
         )
     chosen = _choose_route(x.n, x.q) if route == "auto" else route
     if chosen == "covariance" and x.q > COVARIANCE_HARD_MAX_Q:
-        raise JobError(
+        raise ValueError(
             f"pca route 'covariance' needs a {x.q}x{x.q} matrix; use 'gram', 'randomized' or "
             "'auto' for features this wide"
         )
     if chosen == "gram" and x.n > GRAM_HARD_MAX_N:
-        raise JobError(
+        raise ValueError(
             f"pca route 'gram' needs a {x.n}x{x.n} matrix; use 'covariance', 'randomized' or "
             "'auto' for this many samples"
         )
@@ -335,7 +333,7 @@ def project(
     """(X - model.mean) @ model.components.T as float64 (n, z); centred X for route 'none'."""
     arr = np.asarray(X)
     if arr.ndim != 2 or arr.shape[1] != model.mean.shape[0]:
-        raise JobError(
+        raise ValueError(
             f"pca: cannot project an array of shape {arr.shape}: the model was fitted on "
             f"{model.mean.shape[0]} features"
         )
@@ -363,7 +361,7 @@ def joint_pca(
     dims, requested_dims, explained_variance_ratio (list), warnings (list[str]).
     """
     if not isinstance(blocks, (list, tuple)):
-        raise JobError("pca: blocks must be a list of (n_i, q) arrays")
+        raise ValueError("pca: blocks must be a list of (n_i, q) arrays")
     model = fit_pca(list(blocks), dims, route=route, seed=seed, memory_budget_mb=memory_budget_mb)
     projected = [project(model, b, memory_budget_mb=memory_budget_mb) for b in blocks]
     return projected, model.info()

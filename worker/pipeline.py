@@ -273,11 +273,11 @@ def run(
             for model in job.model_list:
                 with stage("embed", model=model.label):
                     embedded = embed_all(job, model, show_progress)
-                with stage("measure", model=model.label):
+                with stage("measure", model=model.label), numeric_input_errors():
                     analysis = analyse_model(embedded.sets[0], embedded.sets[1:], job)
                 robustness = None
                 if job.metrics.robustness:
-                    with stage("robustness", model=model.label):
+                    with stage("robustness", model=model.label), numeric_input_errors():
                         robustness = measure_robustness(job, model, embedded, analysis)
                 measured.append(Measured(model.label, embedded, analysis, robustness))
             adapted = None
@@ -285,7 +285,7 @@ def run(
                 with stage("adapt"):
                     adapted = adapt(job, measured[0].analysis, masked, staging)
                 if adapted.trained_encoder is not None:
-                    with stage("measure", model="trained"):
+                    with stage("measure", model="trained"), numeric_input_errors():
                         measured.append(measure_trained(job, adapted.trained_encoder))
         with stage("report"):
             report = build_report(
@@ -311,6 +311,18 @@ def run(
         write_junit(report, Path(junit_path))
     LOGGER.info("reports written to %s", out_uri, extra={"fields": {"out": out_uri}})
     return RunResult(report=report, out_dir=out_uri)
+
+
+@contextmanager
+def numeric_input_errors():
+    """The numeric layer (PCA, selection, engine) raises ValueError naming the job field its
+    input came from; here, in the job layer, that becomes a JobError (exit 2)."""
+    try:
+        yield
+    except JobError:
+        raise
+    except ValueError as err:
+        raise JobError(str(err)) from err
 
 
 @contextmanager

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 
 from worker import engine
-from worker.errors import JobError
 from worker.metrics import min_max_scale
 
 STRATEGIES = ("band", "farthest", "kcenter")
@@ -21,7 +20,7 @@ STRATEGIES = ("band", "farthest", "kcenter")
 def _count(count: int, m: int) -> int:
     count = int(count)
     if count < 0:
-        raise JobError(f"selection.counts: a count must be >= 0, got {count}")
+        raise ValueError(f"selection.counts: a count must be >= 0, got {count}")
     return min(count, m)
 
 
@@ -40,7 +39,7 @@ def select_band(
     i_dist = np.asarray(i_dist, dtype=np.float64)
     lo, hi = (float(b) for b in band)
     if not lo <= hi:
-        raise JobError(f"selection.band: expected [lo, hi] with lo <= hi, got {list(band)}")
+        raise ValueError(f"selection.band: expected [lo, hi] with lo <= hi, got {list(band)}")
     count = _count(count, len(i_dist))
     scaled = min_max_scale(i_dist)
     inside = np.flatnonzero((scaled >= lo) & (scaled <= hi))
@@ -93,7 +92,7 @@ def select(
         return select_farthest(i_dist, count)
     if strategy == "kcenter":
         return select_kcenter(S_L, P_L, count, **engine_kw)
-    raise JobError(
+    raise ValueError(
         f"selection.strategy: unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}"
     )
 
