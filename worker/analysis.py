@@ -230,7 +230,7 @@ def analyse_secondary(primary: EmbeddedSet, sec: EmbeddedSet, job: Job) -> Secon
     per_image_mean = metrics.mean_distance_per_image(i_dist, len(p_l))
     hashes = sec.hashes or [None] * sec.count
     selections, chosen = _selections(sec, space, i_dist, job)
-    o_dist_mean = metrics.dataset_distance(per_image_mean)
+    o_dist_mean = metrics.o_dist_mean(i_dist, len(p_l))
     result = SecondaryResult(
         name=sec.name,
         count=sec.count,

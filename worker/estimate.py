@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.isotonic import IsotonicRegression
 
+from worker.adapt.masks import image_stem
 from worker.results import (
     Curve,
     DatasetEstimate,
@@ -424,16 +425,11 @@ def estimate_performance(
 # evidence from report.json
 
 
-def _stem(item_id: str) -> str:
-    dot = item_id.rfind(".")
-    return item_id[:dot] if dot > item_id.rfind("/") else item_id
-
-
 def _evidence(sec: dict, per_image: list[dict], ods_f, ods_threshold, by_stem: bool) -> Evidence:
     f_by = {r["id"]: r["f"] for r in per_image if r.get("f") is not None}
     rows = []
     for im in sec.get("images", []):
-        key = _stem(im["id"]) if by_stem else im["id"]
+        key = image_stem(im["id"]) if by_stem else im["id"]
         if key in f_by and im.get("i_dist_mean") is not None:
             rows.append((im["id"], im["i_dist_scaled"], im["i_dist_mean"], f_by[key]))
     return Evidence(

@@ -106,7 +106,8 @@ def build_masked_sets(job) -> dict[str, MaskedSet]:
     return out
 
 
-def _stem(item_id: str) -> str:
+def image_stem(item_id: str) -> str:
+    """An image id without its extension ('a/b.png' -> 'a/b'): masks and maps pair by it."""
     dot = item_id.rfind(".")
     return item_id[:dot] if dot > item_id.rfind("/") else item_id
 
@@ -192,7 +193,7 @@ def check_adaptation_inputs(job) -> dict[str, MaskedSet]:
             continue
         role = "primary" if ds.name == primary.name else ds.name
         check_masked_set(sets[ds.name], f"datasets.{role}.masks", job.storage)
-        stems = {_stem(i) for i in sets[ds.name].ids}
+        stems = {image_stem(i) for i in sets[ds.name].ids}
         orphans = [
             m.id for m in list_images(job.resolve(ds.masks), job.storage) if m.stem not in stems
         ]
