@@ -52,16 +52,24 @@ def image_job(folder: Path) -> dict:
 
 
 def run_cli(
-    folder: Path, job: dict | str, *extra: str, command: str = "run", out: Path | None = None
+    folder: Path,
+    job: dict | str,
+    *extra: str,
+    command: str = "run",
+    out: Path | None = None,
+    no_out: bool = False,
 ) -> subprocess.CompletedProcess:
-    """`python -m worker COMMAND job.yaml ...` in this process: exit code, stdout, stderr."""
+    """`python -m worker COMMAND job.yaml ...` in this process: exit code, stdout, stderr.
+
+    `run` gets `--out folder/out` (or `out`) unless no_out (then output.dir applies)."""
     from worker.__main__ import main
 
     path = folder / "job.yaml"
     path.write_text(job if isinstance(job, str) else yaml.safe_dump(job), encoding="utf-8")
     args = [command, str(path)]
     if command == "run":
-        args += ["--out", str(out or folder / "out"), "--quiet"]
+        args += [] if no_out else ["--out", str(out or folder / "out")]
+        args += ["--quiet"]
     args += list(extra)
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
