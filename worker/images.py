@@ -14,6 +14,10 @@ import warnings
 import numpy as np
 from PIL import Image, ImageFile
 
+#: changes whenever decoding gives other pixels for the same bytes (EXIF orientation was added
+#: in "exif1"); embedding cache keys should include it so no stale vector is reused
+DECODE_VERSION = "rgb8-exif1"
+
 MAX_IMAGE_PIXELS = 100_000_000  # decompression-bomb guard: larger images are skipped
 
 
