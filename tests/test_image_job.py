@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.pdftext import pdf_text
 from worker.demo import make_demo_data, write_demo
 from worker.extractors.hog import HogExtractor
 from worker.images import decode_image
@@ -140,7 +141,5 @@ def test_planted_leak_is_listed_drawn_and_gated(tmp_path):
     assert found["distance"] == pytest.approx(0.0, abs=1e-9)
     assert result.exit_code == 1 and result.report.gates[0].value == 1
     assert list((tmp_path / "out/figures").glob("dupes_*.png"))
-    text = subprocess.run(
-        ["pdftotext", str(tmp_path / "out/report.pdf"), "-"], capture_output=True, text=True
-    ).stdout
+    text = pdf_text(tmp_path / "out/report.pdf")
     assert "Duplicate pairs of S2" in text

@@ -12,6 +12,7 @@ import pytest
 from sklearn.decomposition import PCA
 
 from tests.conftest import write_job
+from tests.pdftext import pdf_text
 from worker.job import load_job
 from worker.pipeline import run
 
@@ -139,9 +140,7 @@ def test_reports_written_and_pdf_names_datasets(reports):
     result, report = runs[5]
     out = Path(result.out_dir)
     assert (out / "report.pdf").stat().st_size > 1000
-    text = subprocess.run(
-        ["pdftotext", str(out / "report.pdf"), "-"], capture_output=True, text=True, check=True
-    ).stdout
+    text = pdf_text(out / "report.pdf")
     for name in ("P", "S1", "S2"):
         assert name in text
     assert report["schema_version"].startswith("1.")

@@ -5,8 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import shutil
-import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.pdftext import pdf_text
 from worker.analysis import ScatterPoints
 from worker.report import figures as figmod
 from worker.report.junit import gate_case_name, write_junit
@@ -450,11 +449,7 @@ def test_html_is_autoescaped(rendered, report):
 
 
 def _pdftotext(pdf: Path) -> str:
-    if not shutil.which("pdftotext"):
-        pytest.skip("pdftotext (poppler-utils) is not installed")
-    return subprocess.run(
-        ["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True, check=True
-    ).stdout
+    return pdf_text(pdf)
 
 
 def test_pdf_opens_and_names_every_dataset(rendered, report):

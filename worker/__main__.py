@@ -63,15 +63,25 @@ def _show_progress(args: argparse.Namespace) -> bool:
 def _run_job(job_path: Path, args: argparse.Namespace, out: str | None = None) -> int:
     from worker.job import load_job
     from worker.pipeline import run
+    from worker.preflight import check_locations
+    from worker.sources import listing_policy, policy_for
 
     job = load_job(job_path)
-    result = run(
-        job,
-        out_dir=out or getattr(args, "out", None),
-        job_source=job_path.name,  # not the path as typed: reports must not depend on it
-        show_progress=_show_progress(args),
-        junit_path=getattr(args, "junit", None),
-    )
+    out = out or getattr(args, "out", None)
+    junit = getattr(args, "junit", None)
+    check_locations(job, out=out, junit=junit)  # before any computation
+    with listing_policy(policy_for(job)):
+        result = run(
+            job,
+            out_dir=out,
+            # the file's name, not the path as typed: report.json outside `run` must not
+            # depend on how the job path was spelled (relative, absolute, ./, symlinked)
+            job_source=job_path.name,
+            show_progress=_show_progress(args),
+            junit_path=None,  # written below, only once the reports are published
+        )
+    if junit:
+        _write_junit(result.report, junit)
     from worker.report.junit import gate_bound, gate_target
 
     print(f"report: {result.out_dir}/report.json and {result.out_dir}/report.pdf")
@@ -81,24 +91,48 @@ def _run_job(job_path: Path, args: argparse.Namespace, out: str | None = None) -
     return result.exit_code
 
 
+def _write_junit(report, junit: str) -> None:
+    """Gate results as JUnit XML, atomically, after the reports are in place (a run that
+    wrote nothing writes no JUnit file)."""
+    from worker.report.junit import write_junit
+
+    try:
+        write_junit(report, Path(junit))
+    except OSError as err:
+        raise JobError(
+            f"--junit: cannot write {junit} ({err.strerror or err}); the reports were "
+            "written; choose another --junit path"
+        ) from None
+
+
 def _validate(job_path: Path) -> int:
+    """The job's fields, then every local location it names (the checks run does first),
+    then each local image folder is listed: nothing is decoded or computed."""
     from worker.job import load_job
+    from worker.preflight import check_locations
+    from worker.sources import is_s3, list_images, policy_for
 
     job = load_job(job_path)
+    check_locations(job)
+    counts = []
     for ds in job.all_datasets:
-        for key in ("path", "embeddings", "masks"):
-            loc = getattr(ds, key)
-            if loc is None or loc.startswith("s3://"):
-                continue
-            if not Path(job.resolve(loc)).exists():
-                raise JobError(f"datasets.{ds.name}.{key}: {job.resolve(loc)} does not exist")
-    masked = ""
+        if ds.path is None or is_s3(ds.path):
+            continue
+        root = job.resolve(ds.path)
+        found = list_images(root, job.storage, policy=policy_for(job))
+        if not found:
+            raise JobError(
+                f"datasets.{ds.name}.path: no images found in {root} "
+                "(looked for .jpg .jpeg .png .bmp .tif .tiff .webp, recursively)"
+            )
+        counts.append(f"{ds.name}: {len(found)} images")
     if job.adaptation.enabled:
         from worker.adapt.masks import check_adaptation_inputs
 
         sets = check_adaptation_inputs(job)
-        masked = f"; masks of {len(sets)} datasets checked for adaptation"
-    print(f"{job_path}: valid ({1 + len(job.datasets.secondary)} datasets{masked})")
+        counts.append(f"masks of {len(sets)} datasets checked for adaptation")
+    detail = f": {', '.join(counts)}" if counts else ""
+    print(f"{job_path}: valid ({1 + len(job.datasets.secondary)} datasets{detail})")
     return EXIT_OK
 
 

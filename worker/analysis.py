@@ -260,19 +260,23 @@ def analyse_secondary(primary: EmbeddedSet, sec: EmbeddedSet, job: Job) -> Secon
     return SecondaryAnalysis(result, space, chosen)
 
 
-def pca_sweep(spaces: dict[str, PairSpace], sweep: list[int]) -> tuple[list[SweepRow], bool]:
+def pca_sweep(
+    spaces: dict[str, PairSpace], sweep: list[int], warnings: list[str] | None = None
+) -> tuple[list[SweepRow], bool]:
     """Scaled O_dist for each z of the sweep (paper appendix A.1, table 6) and ranking stability.
 
     Each z reuses the pair's widest joint fit: the first z principal components of a PCA
-    are the z-dimensional PCA, so slicing columns equals refitting.
+    are the z-dimensional PCA, so slicing columns equals refitting. A z beyond a pair's rank
+    is computed at the rank: the row records it (`effective_dims`) and `warnings` says so.
     """
     rows = []
     for z in sweep:
-        o = {}
+        o, used = {}, {}
         for name, space in spaces.items():
             if space.sweep_primary is None:
                 continue
             zz = min(z, space.sweep_primary.shape[1])
+            used[name] = zz
             i_dist = metrics.image_dataset_distances(
                 space.sweep_secondary[:, :zz], space.sweep_primary[:, :zz]
             )
@@ -281,7 +285,15 @@ def pca_sweep(spaces: dict[str, PairSpace], sweep: list[int]) -> tuple[list[Swee
             continue
         scaled = metrics.scaled_dataset_distances(o)
         ranking = sorted(scaled, key=lambda n: (-scaled[n], n))
-        rows.append(SweepRow(dims=z, o_dist_scaled=scaled, ranking=ranking))
+        short = {n: d for n, d in used.items() if d < z}
+        if short and warnings is not None:
+            where = ", ".join(f"{n} at {d}" for n, d in short.items())
+            warnings.append(f"pca.sweep: {z} dimensions exceed the rank of a pair ({where})")
+        rows.append(
+            SweepRow(
+                dims=z, effective_dims=min(used.values()), o_dist_scaled=scaled, ranking=ranking
+            )
+        )
     stable = len({tuple(r.ranking) for r in rows}) <= 1
     return rows, stable
 
@@ -319,7 +331,7 @@ def analyse_model(primary: EmbeddedSet, secondaries: list[EmbeddedSet], job: Job
     o_scaled = metrics.scaled_dataset_distances(o_dist)
     for e in entries:
         e.o_dist_scaled = o_scaled[e.name]
-    sweep, stable = pca_sweep({d.result.name: d.space for d in done}, job.pca.sweep)
+    sweep, stable = pca_sweep({d.result.name: d.space for d in done}, job.pca.sweep, warnings)
     first = entries[0].pca
     pca_info = PcaSummary(
         dims=first.dims,

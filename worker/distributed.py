@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from worker import engine
-from worker.embeddings import EmbeddedSet, prepare_or_skip, read_decoded
+from worker.embeddings import EmbeddedSet, cache_key_of, prepare_or_skip, read_decoded
 from worker.errors import JobError
 from worker.sources import Item
 
@@ -355,10 +355,10 @@ class EmbedActor:
 
     def __init__(self, factory: Callable, key: str, cache_dir: str | None, storage_json):
         self.extractor = factory()
-        if self.extractor.cache_key != key:
+        if cache_key_of(self.extractor) != key:
             raise JobError(
                 "model: the workers built a different model than the driver described "
-                f"({self.extractor.cache_key!r} != {key!r}); use one worker image everywhere"
+                f"({cache_key_of(self.extractor)!r} != {key!r}); use one worker image everywhere"
             )
         self.key = key
         self.cache = _worker_cache(cache_dir, storage_json)
@@ -429,7 +429,7 @@ def embed_items_ray(
     EmbeddedSet (ids, vectors, hashes, skipped, in the order of its items), computed by
     actors and cached in `cache`'s folder or S3 prefix."""
     ray = import_ray()
-    key = extractor.cache_key
+    key = cache_key_of(extractor)
     storage_json = storage.model_dump_json() if storage is not None else None
     cache_dir = cache.dir if cache is not None else None
     actors = num_workers or default_actors(num_gpus)
@@ -480,7 +480,8 @@ def embed_items_ray(
 
 def _assemble(name: str, items: list[Item], results: list, extractor) -> EmbeddedSet:
     """One dataset's EmbeddedSet from its rows' (digest, skip reason, vector bytes)."""
-    ids, uris, hashes, vectors, skipped = [], [], [], [], []
+    ids, uris, hashes, vectors = [], [], [], []
+    skipped = [{"dataset": name, **s} for s in getattr(items, "skipped", [])]  # by the listing
     for item, (digest, skip, vec) in zip(items, results, strict=True):
         if skip:
             skipped.append({"dataset": name, "id": item.id, "reason": skip})
@@ -492,5 +493,11 @@ def _assemble(name: str, items: list[Item], results: list, extractor) -> Embedde
     dim = extractor.info.get("feature_dim") or 0
     matrix = np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, dim), np.float32)
     return EmbeddedSet(
-        name=name, ids=ids, vectors=matrix, uris=uris, hashes=hashes, skipped=skipped
+        name=name,
+        ids=ids,
+        vectors=matrix,
+        uris=uris,
+        hashes=hashes,
+        skipped=skipped,
+        warnings=list(getattr(items, "warnings", [])),
     )

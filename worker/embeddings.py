@@ -30,6 +30,9 @@ class EmbeddedSet:
     uris: list[str] = field(default_factory=list)
     hashes: list[str] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
+    #: what the listing did not read (hidden or unreadable folders, links leaving the job
+    #: folder): one line each, for report.json's `warnings`
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def count(self) -> int:
@@ -38,6 +41,15 @@ class EmbeddedSet:
     @property
     def has_images(self) -> bool:
         return bool(self.uris)
+
+
+def cache_key_of(extractor) -> str:
+    """The embedding cache's key for an extractor: its own key plus the image decoding rules
+    (worker.images.DECODE_VERSION), so a change in decoding (e.g. EXIF rotation) never reuses
+    vectors of differently decoded pixels."""
+    from worker.images import DECODE_VERSION
+
+    return f"{extractor.cache_key}|decode={DECODE_VERSION}"
 
 
 def content_hash(data: bytes) -> str:
@@ -147,7 +159,7 @@ def embed_items(
     `progress` (optional) is called with the number of items done (embedded, cached or
     skipped) whenever that number grows.
     """
-    key = extractor.cache_key
+    key = cache_key_of(extractor)
     prepare = getattr(extractor, "prepare", None)
     embed_prepared = getattr(extractor, "embed_prepared", None)
     if prepare is None or embed_prepared is None:
@@ -166,7 +178,8 @@ def embed_items(
     uris: list[str] = []
     hashes: list[str] = []
     rows: list[np.ndarray | None] = []
-    skipped: list[dict] = []
+    # entries the listing could not use (FIFOs, links leaving the job folder, ...) come first
+    skipped: list[dict] = [{"dataset": name, **s} for s in getattr(items, "skipped", [])]
     pending: list[tuple[int, object]] = []  # (row index, prepared input)
     writes: deque = deque()
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed-cache") if cache else None
@@ -225,12 +238,109 @@ def embed_items(
     dim = extractor.info.get("feature_dim") or 0
     vectors = np.stack(rows).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
     return EmbeddedSet(
-        name=name, ids=ids, vectors=vectors, uris=uris, hashes=hashes, skipped=skipped
+        name=name,
+        ids=ids,
+        vectors=vectors,
+        uris=uris,
+        hashes=hashes,
+        skipped=skipped,
+        warnings=list(getattr(items, "warnings", [])),
     )
 
 
+#: precomputed embeddings whose largest magnitude lies outside [MIN_ABS, MAX_ABS] are refused:
+#: squared distances of larger values overflow float32 (compute.precision) and lose float64
+#: exactness; smaller values underflow, so every distance would read 0
+MAX_ABS = 1e15
+MIN_ABS = 1e-15
+
+
+def _array(uri: str, loaded, key: str) -> np.ndarray:
+    """One array of a .npz, or JobError naming the file (bad CRC, object arrays, ...)."""
+    try:
+        return loaded[key]
+    except ValueError as err:  # object arrays need pickle, which is never allowed
+        raise JobError(
+            f"{uri}: array {key!r} cannot be read without pickle ({err}); save numbers and "
+            "strings only (numpy.savez(path, embeddings=X.astype(float), ids=ids.astype(str)))"
+        ) from None
+    except Exception as err:  # zipfile.BadZipFile (bad CRC), EOFError, OSError, ...
+        raise JobError(
+            f"{uri}: array {key!r} is unreadable ({err.__class__.__name__}: {err}); the file "
+            "is damaged: write it again"
+        ) from None
+
+
+def _ids(uri: str, raw: np.ndarray, rows: int) -> list[str]:
+    """`ids` as strings: a 1-D array of text or integers, one per row, unique, UTF-8."""
+    if raw.ndim != 1:
+        raise JobError(f"{uri}: 'ids' must be a 1-D array (one id per row), got shape {raw.shape}")
+    if raw.dtype.kind == "S":
+        try:
+            ids = [bytes(i).decode("utf-8") for i in raw]
+        except UnicodeDecodeError:
+            raise JobError(f"{uri}: 'ids' holds bytes that are not UTF-8; save str ids") from None
+    elif raw.dtype.kind in "Uiu":
+        ids = [str(i) for i in raw]
+    else:
+        raise JobError(
+            f"{uri}: 'ids' must be strings or integers, got dtype {raw.dtype}; "
+            "save them with ids=numpy.array(list_of_str)"
+        )
+    for i in ids:
+        try:
+            i.encode("utf-8")
+        except UnicodeEncodeError:
+            raise JobError(f"{uri}: 'ids' holds an invalid (surrogate) character") from None
+        if not i.strip():
+            raise JobError(f"{uri}: 'ids' holds an empty id; every row needs a name")
+    if len(ids) != rows:
+        raise JobError(f"{uri}: 'ids' has {len(ids)} entries but 'embeddings' has {rows} rows")
+    if len(set(ids)) != len(ids):
+        dupes = sorted({i for i in ids if ids.count(i) > 1})[:3]
+        raise JobError(f"{uri}: 'ids' must be unique; repeated: {', '.join(dupes)}")
+    return ids
+
+
+def check_embeddings(vectors: np.ndarray) -> np.ndarray:
+    """A precomputed (n, d) array as float64, or ValueError saying what is wrong.
+
+    Accepted: real floating or integer dtypes (not bool, complex, object, strings, dates),
+    2-D, non-empty, finite, largest magnitude 0 or within [MIN_ABS, MAX_ABS]."""
+    if vectors.dtype.kind not in "fiu":
+        raise ValueError(
+            f"embeddings must be real floating or integer numbers, got dtype {vectors.dtype}"
+            + (
+                "; complex values have no distance here: save the real features"
+                if vectors.dtype.kind == "c"
+                else ""
+            )
+        )
+    if vectors.ndim != 2 or vectors.shape[0] == 0 or vectors.shape[1] == 0:
+        raise ValueError(
+            f"embeddings must be a non-empty 2-D array (n x d), got shape {vectors.shape}"
+        )
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = vectors.astype(np.float64)
+    bad = ~np.isfinite(out).all(axis=1)
+    if bad.any():
+        rows = ", ".join(str(i) for i in np.flatnonzero(bad)[:5])
+        raise ValueError(f"embeddings contain NaN or inf (rows {rows}); clean or drop those rows")
+    top = float(np.abs(out).max())
+    if top > MAX_ABS or 0.0 < top < MIN_ABS:
+        raise ValueError(
+            f"embeddings' largest magnitude is {top:.3g}, outside [{MIN_ABS:g}, {MAX_ABS:g}] "
+            "where squared distances stay exact; divide (or multiply) them by one constant "
+            "(scaled O_dist and every ranking do not change)"
+        )
+    return out
+
+
 def load_precomputed(name: str, uri: str, storage=None) -> EmbeddedSet:
-    """A .npy (n x d) array, or a .npz with `embeddings` and optional `ids`."""
+    """A .npy (n x d) array, or a .npz with `embeddings` and optional `ids` (1-D, str or int).
+
+    Anything else (complex, object or bool arrays, 0-d or 2-D ids, damaged archives,
+    magnitudes outside [MIN_ABS, MAX_ABS]) is a JobError naming the file."""
     try:
         data = read_bytes(uri, storage)
     except FileNotFoundError:
@@ -246,36 +356,26 @@ def load_precomputed(name: str, uri: str, storage=None) -> EmbeddedSet:
             f"{uri}: not a readable .npy or .npz file (dataset {name!r}); "
             "save embeddings with numpy.save or numpy.savez"
         ) from None
+    raw_ids = None
     if isinstance(loaded, np.lib.npyio.NpzFile):
-        if "embeddings" not in loaded.files:
-            raise JobError(
-                f"{uri}: .npz has no array named 'embeddings' "
-                f"(has: {', '.join(loaded.files) or 'none'}); "
-                "save it as numpy.savez(path, embeddings=X, ids=ids)"
-            )
-        vectors = loaded["embeddings"]
-        ids = [str(i) for i in loaded["ids"]] if "ids" in loaded.files else None
+        with loaded:
+            if "embeddings" not in loaded.files:
+                raise JobError(
+                    f"{uri}: .npz has no array named 'embeddings' "
+                    f"(has: {', '.join(loaded.files) or 'none'}); "
+                    "save it as numpy.savez(path, embeddings=X, ids=ids)"
+                )
+            vectors = _array(uri, loaded, "embeddings")
+            if "ids" in loaded.files:
+                raw_ids = _array(uri, loaded, "ids")
     else:
-        vectors, ids = loaded, None
-    if vectors.ndim != 2 or vectors.shape[0] == 0 or vectors.shape[1] == 0:
-        raise JobError(
-            f"{uri}: embeddings must be a non-empty 2-D array (n x d), got shape {vectors.shape}"
-        )
-    if not np.issubdtype(vectors.dtype, np.number):
-        raise JobError(f"{uri}: embeddings must be numeric, got dtype {vectors.dtype}")
-    vectors = vectors.astype(np.float64)
-    bad = ~np.isfinite(vectors).all(axis=1)
-    if bad.any():
-        rows = ", ".join(str(i) for i in np.flatnonzero(bad)[:5])
-        raise JobError(
-            f"{uri}: embeddings contain NaN or inf (rows {rows}); clean or drop those rows"
-        )
-    if ids is None:
+        vectors = loaded
+    try:
+        vectors = check_embeddings(vectors)
+    except ValueError as err:
+        raise JobError(f"{uri} (dataset {name!r}): {err}") from None
+    if raw_ids is None:
         ids = [str(i) for i in range(len(vectors))]
-    if len(ids) != len(vectors):
-        raise JobError(
-            f"{uri}: 'ids' has {len(ids)} entries but 'embeddings' has {len(vectors)} rows"
-        )
-    if len(set(ids)) != len(ids):
-        raise JobError(f"{uri}: 'ids' must be unique")
+    else:
+        ids = _ids(uri, raw_ids, len(vectors))
     return EmbeddedSet(name=name, ids=ids, vectors=vectors)

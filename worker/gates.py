@@ -39,6 +39,17 @@ SECONDARY_METRICS: dict[str, Callable[[SecondaryResult], float | None]] = {
     "fid": lambda s: s.statistics.fid if s.statistics else None,
     "duplicates_with_primary": _with_primary,
 }
+#: metric -> the metrics.* switches it needs (a gate on a switched-off metric is refused)
+METRIC_SWITCHES: dict[str, tuple[str, ...]] = {
+    "diversity_mean": ("diversity",),
+    "coverage_by_primary_mean": ("coverage",),
+    "coverage_by_primary_max": ("coverage",),
+    "o_dist_ratio": ("statistics",),
+    "o_dist_percentile": ("statistics",),
+    "fid": ("statistics",),
+    "mmd_p_value": ("statistics",),
+    "duplicates_with_primary": ("duplicates",),
+}
 #: metrics of the adaptation block (per secondary, trained model (default M) and architecture)
 ADAPTATION_METRICS = ("f_slope", "ods_f")
 #: metrics of the history block: change against earlier runs of the same store

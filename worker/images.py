@@ -2,6 +2,8 @@
 
 Every mode is converted the same way every time: palette and grey to RGB, alpha composited
 on black, CMYK through PIL's conversion, 16-bit scaled to 8-bit by its full range (>> 8).
+The EXIF orientation tag (phone pictures) is applied first, with PIL.ImageOps.exif_transpose,
+so an image is seen the way viewers show it; a damaged EXIF block leaves the pixels as stored.
 """
 
 from __future__ import annotations
@@ -11,6 +13,10 @@ import warnings
 
 import numpy as np
 from PIL import Image, ImageFile
+
+#: changes whenever decoding gives other pixels for the same bytes (EXIF orientation was added
+#: in "exif1"); embedding cache keys should include it so no stale vector is reused
+DECODE_VERSION = "rgb8-exif1"
 
 MAX_IMAGE_PIXELS = 100_000_000  # decompression-bomb guard: larger images are skipped
 
@@ -35,6 +41,7 @@ def decode_image(data: bytes) -> Image.Image:
             if w * h > MAX_IMAGE_PIXELS:
                 raise ImageError(f"too large ({w}x{h} pixels > {MAX_IMAGE_PIXELS})")
             img.load()
+            img = upright(img)
     except ImageError:
         raise
     except Image.DecompressionBombError as err:
@@ -42,6 +49,24 @@ def decode_image(data: bytes) -> Image.Image:
     except Exception as err:  # PIL raises many types for corrupt data
         raise ImageError(f"cannot decode image ({err.__class__.__name__})") from None
     return to_rgb(img)
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """The image turned by its EXIF orientation tag (1-8), the way viewers show it.
+
+    No tag, tag 1, or an EXIF block PIL cannot parse: the image as stored."""
+    from PIL import ImageOps
+
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - a damaged EXIF block is not a reason to skip pixels
+        return img
+    if orientation in (None, 1) or orientation not in range(2, 9):
+        return img
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001
+        return img
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

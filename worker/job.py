@@ -5,6 +5,7 @@ Unknown keys are errors everywhere (`extra="forbid"`), so a typo never silently 
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 from typing import Literal
 
@@ -12,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from worker.errors import JobError
-from worker.gates import GATE_METRICS
+from worker.gates import ADAPTATION_METRICS, GATE_METRICS, METRIC_SWITCHES, PRIMARY_TOO
 
 EXTRACTOR_NAMES = (
     "hog",
@@ -34,13 +35,51 @@ def check_device(v: str) -> str:
     raise ValueError("device must be auto, cpu, cuda or cuda:N")
 
 
+def check_location(v: str | None) -> str | None:
+    """A path or URI given in the job: not empty or blank, no NUL, no line breaks."""
+    if v is None:
+        return v
+    if not v.strip():
+        raise ValueError("must not be empty; give a path (relative to the job file) or s3:// URI")
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in v):
+        raise ValueError("contains a control character or an invalid (surrogate) character")
+    return v
+
+
+def check_text(v: str | None) -> str | None:
+    """A free-text value (checkpoint, revision, prompt): not empty, valid UTF-8 text."""
+    if v is None:
+        return v
+    if not v.strip():
+        raise ValueError("must not be empty; remove the key to use the default")
+    if any(unicodedata.category(c) == "Cs" for c in v):
+        raise ValueError("contains an invalid (surrogate) character")
+    return v
+
+
+def check_counts(v: list[int]) -> list[int]:
+    """A non-empty list of positive integers, sorted, repeats removed."""
+    if not v or any(c < 1 for c in v):
+        raise ValueError("counts must be a non-empty list of positive integers")
+    return sorted(set(v))
+
+
+#: the smallest image side each extractor can work on (hog: two 16-pixel cells make a block;
+#: the transformer and CNN families need at least a few patches / downsampling steps)
+MIN_IMAGE_SIZE = {"hog": 32}
+DEFAULT_MIN_IMAGE_SIZE = 32
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # inf and NaN are refused in every float field: no bound, band or rate can be infinite
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class OutputConfig(Strict):
     dir: str = "out"
     save_checkpoints: bool = False
+
+    _dir = field_validator("dir")(classmethod(lambda cls, v: check_location(v)))
 
 
 class ModelConfig(Strict):
@@ -68,6 +107,20 @@ class ModelConfig(Strict):
     @classmethod
     def _device(cls, v: str) -> str:
         return check_device(v)
+
+    @field_validator("checkpoint", "revision", "prompt")
+    @classmethod
+    def _text(cls, v: str | None) -> str | None:
+        return check_text(v)
+
+    @model_validator(mode="after")
+    def _image_size(self) -> ModelConfig:
+        low = MIN_IMAGE_SIZE.get(self.name, DEFAULT_MIN_IMAGE_SIZE)
+        if self.image_size is not None and self.name != "precomputed" and self.image_size < low:
+            raise ValueError(
+                f"image_size {self.image_size} is too small for {self.name!r}: use at least {low}"
+            )
+        return self
 
     @property
     def label(self) -> str:
@@ -103,7 +156,18 @@ class DatasetConfig(Strict):
     def _safe_name(cls, v: str) -> str:
         if any(c in v for c in "/\\\0") or v in (".", ".."):
             raise ValueError("dataset names may not contain '/', '\\' or NUL")
+        if v == "*":
+            raise ValueError("'*' is reserved (a gate's 'every dataset'); choose another name")
+        if v != v.strip():
+            raise ValueError(f"dataset name {v!r} starts or ends with white space; remove it")
+        if any(unicodedata.category(c) in ("Cc", "Cs") for c in v):
+            raise ValueError(f"dataset name {v!r} contains a control or invalid character")
         return v
+
+    @field_validator("path", "embeddings", "masks")
+    @classmethod
+    def _location(cls, v: str | None) -> str | None:
+        return check_location(v)
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetConfig:
@@ -164,9 +228,16 @@ class SelectionConfig(Strict):
     @field_validator("counts")
     @classmethod
     def _counts(cls, v: list[int]) -> list[int]:
-        if not v or any(c < 1 for c in v):
-            raise ValueError("counts must be a non-empty list of positive integers")
-        return sorted(set(v))
+        return check_counts(v)
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategies(cls, v):
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("strategy must name at least one of band, farthest, kcenter")
+            v = list(dict.fromkeys(v))  # repeats removed, order kept
+        return v
 
     @field_validator("band")
     @classmethod
@@ -197,10 +268,22 @@ class GateConfig(Strict):
             raise ValueError(f"unknown gate metric {v!r}; use one of {', '.join(GATE_METRICS)}")
         return v
 
+    @field_validator("dataset", "model")
+    @classmethod
+    def _nonempty(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
     @model_validator(mode="after")
     def _bound(self) -> GateConfig:
         if self.max is None and self.min is None:
             raise ValueError(f"gate on {self.metric!r}: give 'max' or 'min'")
+        if self.max is not None and self.min is not None and self.min > self.max:
+            raise ValueError(
+                f"gate on {self.metric!r}: min {self.min} is above max {self.max}; "
+                "no value can pass"
+            )
         return self
 
 
@@ -224,6 +307,8 @@ class HistoryConfig(Strict):
 class CacheConfig(Strict):
     dir: str | None = ".cache/embeddings"
     enabled: bool = True
+
+    _dir = field_validator("dir")(classmethod(lambda cls, v: check_location(v)))
 
 
 class S3Config(Strict):
@@ -286,6 +371,9 @@ class NegativesConfig(Strict):
     path: str
     counts: list[int] = Field(default_factory=lambda: [3, 7])
 
+    _path = field_validator("path")(classmethod(lambda cls, v: check_location(v)))
+    _counts = field_validator("counts")(classmethod(lambda cls, v: check_counts(v)))
+
 
 SEGMENTER_NAMES = ("unet", "unetplusplus", "segformer", "upernet")
 
@@ -331,9 +419,12 @@ class AdaptationConfig(Strict):
     epochs: int = Field(default=50, ge=1, le=10000)
     image_size: int = Field(default=448, ge=16, le=4096)
     batch_size: int = Field(default=8, ge=1, le=1024)
-    lr: float = Field(default=6.0e-5, gt=0)
+    lr: float = Field(default=6.0e-5, gt=0, le=10)
     features_from_trained: bool = False
     negatives: NegativesConfig | None = None
+
+    _counts = field_validator("counts")(classmethod(lambda cls, v: check_counts(v)))
+    _checkpoint = field_validator("checkpoint")(classmethod(lambda cls, v: check_text(v)))
 
     @field_validator("models", mode="before")
     @classmethod
@@ -375,10 +466,11 @@ class AdaptationConfig(Strict):
 
 class Job(Strict):
     version: Literal[1] = 1
-    seed: int = 0
+    #: numpy, torch and scikit-learn all take it: 0 <= seed < 2**32
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
     output: OutputConfig = Field(default_factory=OutputConfig)
     model: ModelConfig | None = None
-    models: list[ModelConfig] | None = None
+    models: list[ModelConfig] | None = Field(default=None, min_length=1)
     pca: PcaConfig = Field(default_factory=PcaConfig)
     datasets: DatasetsConfig
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
@@ -402,13 +494,16 @@ class Job(Strict):
         labels = [m.label for m in self.model_list]
         if len(set(labels)) != len(labels):
             raise ValueError("each entry of 'models' must differ in name or checkpoint")
-        names = {self.datasets.primary.name} | {s.name for s in self.datasets.secondary}
-        for gate in self.gates:
-            if gate.dataset != "*" and gate.dataset not in names:
-                raise ValueError(
-                    f"gate on {gate.metric!r} names dataset {gate.dataset!r}, "
-                    f"which is not in datasets ({', '.join(sorted(names))})"
-                )
+        if any(m.name == "precomputed" for m in self.model_list):
+            for ds in self.all_datasets:
+                if ds.path is not None:
+                    raise ValueError(
+                        f"datasets.{ds.name}: model 'precomputed' needs 'embeddings', but this "
+                        "dataset gives 'path' (images); name an extractor in model.name "
+                        "(e.g. hog) instead"
+                    )
+        for i, gate in enumerate(self.gates):
+            check_gate(self, gate, f"gates[{i}]")
         return self
 
     @property
@@ -427,6 +522,81 @@ class Job(Strict):
             return location
         p = Path(location).expanduser()
         return str(p if p.is_absolute() else (self.base_dir / p))
+
+
+def check_gate(job: Job, gate: GateConfig, where: str) -> None:
+    """A gate must resolve exactly what it names: its dataset, its model, a computed metric.
+
+    Raises ValueError starting with the field path (e.g. "gates[0].model: ...")."""
+    names = [ds.name for ds in job.all_datasets]
+    primary = job.datasets.primary.name
+    metric = gate.metric
+    if gate.dataset != "*" and gate.dataset not in names:
+        raise ValueError(
+            f"{where}.dataset: gate on {metric!r} names dataset {gate.dataset!r}, "
+            f"which is not in datasets ({', '.join(sorted(names))}); use one of them or '*'"
+        )
+    if gate.dataset == primary and metric not in PRIMARY_TOO:
+        raise ValueError(
+            f"{where}.dataset: {metric!r} is measured on secondaries, and {primary!r} is the "
+            f"primary; name a secondary or '*' (only {', '.join(PRIMARY_TOO)} apply to P)"
+        )
+    for switch in METRIC_SWITCHES.get(metric, ()):
+        if not getattr(job.metrics, switch):
+            raise ValueError(
+                f"{where}.metric: {metric!r} is not computed with metrics.{switch}: false; "
+                f"set metrics.{switch}: true or remove the gate"
+            )
+    if metric == "mmd_p_value" and job.metrics.mmd_permutations == 0:
+        raise ValueError(
+            f"{where}.metric: 'mmd_p_value' needs metrics.mmd_permutations > 0 (it is 0)"
+        )
+    if metric in ADAPTATION_METRICS:
+        ad = job.adaptation
+        if not ad.enabled:
+            raise ValueError(
+                f"{where}.metric: {metric!r} comes from the adaptation run; set "
+                "adaptation.enabled: true or remove the gate"
+            )
+        masked = [s.name for s in job.datasets.secondary if s.masks]
+        secondaries = [s.name for s in job.datasets.secondary]
+        targets = secondaries if gate.dataset == "*" else [gate.dataset]
+        lacking = [t for t in targets if t not in masked]
+        if lacking:
+            raise ValueError(
+                f"{where}.dataset: {metric!r} needs a secondary with 'masks'; "
+                f"{', '.join(lacking) or 'none'} has none (with masks: "
+                f"{', '.join(masked) or 'none'})"
+            )
+        models = ["M", *(f"M{q}" for q in ad.counts)]
+        if ad.negatives is not None:
+            models += [f"M_B{q}" for q in ad.negatives.counts]
+        if gate.model is not None and gate.model not in models:
+            raise ValueError(
+                f"{where}.model: {gate.model!r} is not an adaptation model of this job; "
+                f"use one of {', '.join(models)}"
+            )
+        return
+    if gate.model is None:
+        return
+    entries = [(m.name, m.label) for m in job.model_list]
+    if job.adaptation.enabled and job.adaptation.features_from_trained:
+        entries.append(("trained", "trained (baseline M encoder)"))
+    labels = [label for _, label in entries]
+    by_name = [label for name, label in entries if name == gate.model]
+    if gate.model in labels:
+        return
+    if len(by_name) == 1:
+        return
+    if len(by_name) > 1:
+        raise ValueError(
+            f"{where}.model: {gate.model!r} names {len(by_name)} models of this job; "
+            f"use the label of one: {', '.join(by_name)}"
+        )
+    raise ValueError(
+        f"{where}.model: {gate.model!r} is not a model of this job; use one of "
+        f"{', '.join(dict.fromkeys([n for n, _ in entries] + labels))}"
+    )
 
 
 def _field_path(loc: tuple) -> str:
@@ -448,6 +618,9 @@ def format_validation_error(err: ValidationError, source: str) -> str:
             msg = "unknown key; remove it or check its spelling (see config.example.yaml)"
         elif e["type"] == "missing":
             msg = "required field is missing"
+        if not loc:  # a check across fields: its message starts with the field path
+            lines.append(f"  - {msg}")
+            continue
         lines.append(f"  - {_field_path(loc)}: {msg}")
     return "\n".join(lines)
 

@@ -29,6 +29,7 @@ from worker.errors import JobError
 from worker.gates import evaluate_gates
 from worker.job import DatasetConfig, Job, ModelConfig
 from worker.logs import LOGGER, stage
+from worker.preflight import check_locations
 from worker.report.render import RenderInputs, render_outputs
 from worker.results import (
     SCHEMA_VERSION,
@@ -40,7 +41,7 @@ from worker.results import (
     Report,
     RunInfo,
 )
-from worker.sources import Item, is_s3, list_images
+from worker.sources import Item, is_s3, list_images, policy_for
 
 
 def _check_location(job: Job, ds: DatasetConfig, key: str, location: str) -> str:
@@ -68,7 +69,7 @@ def dataset_items(job: Job, ds: DatasetConfig, extractor) -> EmbeddedSet | list[
             f"datasets.{ds.name}: model 'precomputed' needs 'embeddings', but this dataset "
             "gives 'path' (images); name an extractor in model.name (e.g. hog) instead"
         )
-    items = list_images(root, storage)
+    items = list_images(root, storage, policy=policy_for(job))
     if not items:
         raise JobError(
             f"datasets.{ds.name}.path: no images found in {root} "
@@ -264,6 +265,7 @@ def run(
     render, publish."""
     started = time.time()
     out_uri = out_dir or job.resolve(job.output.dir)
+    check_locations(job, out=out_dir, junit=junit_path)  # every local location, before work
     masked = check_adaptation_inputs(job)  # masks checked before any embedding
     scores = score_all_predictions(job)  # the user's own maps (predictions:), also checked early
     with tempfile.TemporaryDirectory(prefix="worker-out-") as tmp:
@@ -499,7 +501,10 @@ def build_report(
         models=models,
         gates=[],
         skipped=[s for ds in measured[0].embedded.sets for s in ds.skipped],
-        warnings=sorted({w for m in measured for w in m.analysis.warnings}),
+        warnings=sorted(
+            {w for m in measured for w in m.analysis.warnings}
+            | {w for ds in measured[0].embedded.sets for w in ds.warnings}
+        ),
         model_agreement=agreement,
         robustness=robustness,
         adaptation=adapted.block if adapted else None,

@@ -278,7 +278,12 @@ class PcaSummary(Result):
 class SweepRow(Result):
     """Scaled O_dist at one PCA dimension (paper appendix A.1, table 6)."""
 
-    dims: int = Field(ge=1, description="PCA dimensions z (as asked; capped at the pair's rank).")
+    dims: int = Field(ge=1, description="PCA dimensions z as asked in pca.sweep.")
+    effective_dims: int | None = Field(
+        default=None,
+        ge=1,
+        description="Dimensions actually used: dims, or less where a pair's rank is smaller.",
+    )
     o_dist_scaled: ByName = Field(description="Secondary -> scaled O_dist at z (in [0, 1]).")
     ranking: list[str] = Field(description="Secondaries, farthest first.")
 

@@ -326,15 +326,18 @@ def iter_keys(root: str, storage=None) -> Iterator[tuple[str, int]]:
         _raise(err, root, "listing objects")
 
 
-def list_items(root: str, extensions: tuple[str, ...], storage=None) -> list[Item]:
+def list_items(root: str, extensions: tuple[str, ...], storage=None):
     """Objects under an s3:// prefix whose names end with one of `extensions` (any case),
     sorted by key relative to the prefix. Hidden names and folder markers are skipped.
     No object at all under the prefix is an error (the S3 form of "folder not found")."""
     bucket, prefix = parse_uri(root)
     if prefix and not prefix.endswith("/"):
         prefix += "/"
+    from worker.sources import Listing
+
     exts = tuple(e.lower() for e in extensions)
     items: list[Item] = []
+    hidden: dict[str, int] = {}
     seen_any = False
     for key, _size in iter_keys(root, storage):
         seen_any = True
@@ -342,15 +345,27 @@ def list_items(root: str, extensions: tuple[str, ...], storage=None) -> list[Ite
         name = rel.rsplit("/", 1)[-1]
         if not rel or key.endswith("/") or name.startswith("."):
             continue
-        if name.lower().endswith(exts):
-            items.append(Item(id=rel, uri=f"s3://{bucket}/{key}"))
+        if not name.lower().endswith(exts):
+            continue
+        folders = rel.split("/")[:-1]
+        dot = next((i for i, part in enumerate(folders) if part.startswith(".")), None)
+        if dot is not None:  # .git/, .ipynb_checkpoints/...: never data, as for local folders
+            folder = "/".join(folders[: dot + 1])
+            hidden[folder] = hidden.get(folder, 0) + 1
+            continue
+        items.append(Item(id=rel, uri=f"s3://{bucket}/{key}"))
     if not seen_any:
         raise JobError(
             f"{root}: no objects under this prefix; check the dataset 'path' in the job "
             "(bucket and prefix, case-sensitive)"
         )
     items.sort(key=lambda it: it.id)
-    return items
+    warnings = [
+        f"{root}: folder {folder}/ not read: hidden folder (name starts with '.'; "
+        f"{n} image object(s))"
+        for folder, n in sorted(hidden.items())
+    ]
+    return Listing(items, warnings=warnings)
 
 
 # ---------------------------------------------------------------------------- reads
