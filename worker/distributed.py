@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from worker import engine
-from worker.embeddings import EmbeddedSet, cache_key_of, prepare_or_skip, read_decoded
+from worker.embeddings import EmbeddedSet, prepare_or_skip, read_decoded
 from worker.errors import JobError
 from worker.sources import Item
 
@@ -355,10 +355,10 @@ class EmbedActor:
 
     def __init__(self, factory: Callable, key: str, cache_dir: str | None, storage_json):
         self.extractor = factory()
-        if cache_key_of(self.extractor) != key:
+        if self.extractor.cache_key != key:
             raise JobError(
                 "model: the workers built a different model than the driver described "
-                f"({cache_key_of(self.extractor)!r} != {key!r}); use one worker image everywhere"
+                f"({self.extractor.cache_key!r} != {key!r}); use one worker image everywhere"
             )
         self.key = key
         self.cache = _worker_cache(cache_dir, storage_json)
@@ -429,7 +429,7 @@ def embed_items_ray(
     EmbeddedSet (ids, vectors, hashes, skipped, in the order of its items), computed by
     actors and cached in `cache`'s folder or S3 prefix."""
     ray = import_ray()
-    key = cache_key_of(extractor)
+    key = extractor.cache_key
     storage_json = storage.model_dump_json() if storage is not None else None
     cache_dir = cache.dir if cache is not None else None
     actors = num_workers or default_actors(num_gpus)

@@ -43,15 +43,6 @@ class EmbeddedSet:
         return bool(self.uris)
 
 
-def cache_key_of(extractor) -> str:
-    """The embedding cache's key for an extractor: its own key plus the image decoding rules
-    (worker.images.DECODE_VERSION), so a change in decoding (e.g. EXIF rotation) never reuses
-    vectors of differently decoded pixels."""
-    from worker.images import DECODE_VERSION
-
-    return f"{extractor.cache_key}|decode={DECODE_VERSION}"
-
-
 def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -159,7 +150,7 @@ def embed_items(
     `progress` (optional) is called with the number of items done (embedded, cached or
     skipped) whenever that number grows.
     """
-    key = cache_key_of(extractor)
+    key = extractor.cache_key
     prepare = getattr(extractor, "prepare", None)
     embed_prepared = getattr(extractor, "embed_prepared", None)
     if prepare is None or embed_prepared is None:

@@ -39,7 +39,7 @@ from PIL import Image
 from torch import nn
 
 from worker.errors import JobError
-from worker.images import resize_square
+from worker.images import DECODE_VERSION, resize_square
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -545,7 +545,10 @@ class TrainedEncoderExtractor:
         self.image_size = int(image_size)
         self.batch_size = max(1, int(batch_size))
         digest = weights_digest(model)
-        self.cache_key = f"trained-v1|{model.kind}|{label}|size={self.image_size}|w={digest}"
+        self.cache_key = (
+            f"trained-v1|{model.kind}|{label}|size={self.image_size}|w={digest}"
+            f"|decode={DECODE_VERSION}"
+        )
         self.info = {
             "name": "trained",
             "checkpoint": f"{model.kind}:{label}",

@@ -46,7 +46,7 @@ from PIL import Image
 
 from worker.devices import resolve_device
 from worker.errors import JobError
-from worker.images import resize_square
+from worker.images import DECODE_VERSION, resize_square
 from worker.job import EXTRACTOR_NAMES, ModelConfig
 
 LOGGER = logging.getLogger("worker")
@@ -321,6 +321,7 @@ class HFExtractor:
                 f"size={self.image_size}",
                 f"prompt={self.prompt}" if self.prompt is not None else "prompt=",
                 f"dtype={str(self.dtype).removeprefix('torch.')}",
+                f"decode={DECODE_VERSION}",
             ]
         )
         self.info = {

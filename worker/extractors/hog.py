@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 from skimage.feature import hog
 
-from worker.images import resize_square
+from worker.images import DECODE_VERSION, resize_square
 
 COLOUR_BINS = 16
 
@@ -20,7 +20,10 @@ class HogExtractor:
     def __init__(self, image_size: int = 128, pixels_per_cell: int = 16) -> None:
         self.image_size = image_size
         self.pixels_per_cell = pixels_per_cell
-        self.cache_key = f"hog-v1|size={image_size}|ppc={pixels_per_cell}|bins={COLOUR_BINS}"
+        self.cache_key = (
+            f"hog-v1|size={image_size}|ppc={pixels_per_cell}|bins={COLOUR_BINS}"
+            f"|decode={DECODE_VERSION}"
+        )
         cells = image_size // pixels_per_cell
         dim = max(cells - 1, 0) ** 2 * 4 * 9 + 3 * COLOUR_BINS
         self.info = {
