@@ -126,13 +126,25 @@ def _size(data: bytes) -> tuple[int, int] | None:
         return None
 
 
+def _read_or_empty(uri: str, storage=None) -> bytes:
+    try:
+        return read_bytes(uri, storage)
+    except OSError:
+        return b""
+
+
 def check_masked_set(ms: MaskedSet, field: str, storage=None) -> None:
     """Every image of `ms` has a readable mask of its size. `field`: the job field in errors."""
     from worker.adapt.evaluate_cli import decode_mask
 
     if not ms.has_masks:
         return
-    missing = [i for i, m in zip(ms.ids, ms.mask_uris, strict=True) if m is None]
+    # an image that cannot be read needs no mask: the embed stage skips and lists it
+    missing = [
+        i
+        for i, uri, m in zip(ms.ids, ms.image_uris, ms.mask_uris, strict=True)
+        if m is None and _size(_read_or_empty(uri, storage)) is not None
+    ]
     if missing:
         raise JobError(
             f"{field}: {len(missing)} of {len(ms.ids)} images of dataset {ms.name!r} have no "
@@ -140,6 +152,8 @@ def check_masked_set(ms: MaskedSet, field: str, storage=None) -> None:
         )
     bad: list[str] = []
     for image_uri, mask_uri in zip(ms.image_uris, ms.mask_uris, strict=True):
+        if mask_uri is None:
+            continue
         try:
             mask = decode_mask(read_bytes(mask_uri, storage), mask_uri)
         except JobError as err:
