@@ -32,8 +32,8 @@ ODS_PROBS_HAND = [
     np.array([[60, 40, 30], [10, 0, 0], [0, 0, 0]], dtype=np.uint8),
 ]
 ODS_MASKS_HAND = [
-    np.array([[1, 1, 1], [0, 0, 0], [0, 0, 0]], dtype=np.uint8),
-    np.array([[1, 1, 0], [0, 0, 0], [0, 0, 0]], dtype=np.uint8),
+    np.array([[1, 1, 1], [0, 0, 0], [0, 0, 0]]),
+    np.array([[1, 1, 0], [0, 0, 0], [0, 0, 0]]),
 ]
 ODS_HAND = {"ods_f": 5 / 6, "ods_threshold": 0.12, "precision": 5 / 7, "recall": 1.0}
 
