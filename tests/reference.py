@@ -114,21 +114,22 @@ def sk_pca(x: np.ndarray, dims: int) -> PCA:
     return PCA(n_components=dims, svd_solver="full").fit(np.asarray(x, dtype=np.float64))
 
 
-def joint_pca(blocks: list[np.ndarray], dims: int) -> list[np.ndarray]:
-    """method.md §1.1-1.2: one PCA fitted on vstack(blocks), projected, split back by rows."""
+def joint_pca(blocks: list[np.ndarray], dims: int | None) -> list[np.ndarray]:
+    """method.md §1.1-1.2: one PCA fitted on vstack(blocks), projected, split back by rows.
+    dims None: the centred raw features (route 'none')."""
     x = np.vstack([np.asarray(b, dtype=np.float64) for b in blocks])
-    y = sk_pca(x, dims).transform(x)
+    y = x - x.mean(axis=0) if dims is None else sk_pca(x, dims).transform(x)
     cuts = np.cumsum([len(b) for b in blocks])[:-1]
     return np.split(y, cuts)
 
 
-def pair_o_dist(P: np.ndarray, S: np.ndarray, dims: int) -> float:
+def pair_o_dist(P: np.ndarray, S: np.ndarray, dims: int | None) -> float:
     """O_dist(S, P) in the joint z = dims PCA space of [P; S] (method.md §1)."""
     pl, sl = joint_pca([P, S], dims)
     return o_dist(sl, pl)
 
 
-def pair_i_dist(P: np.ndarray, S: np.ndarray, dims: int) -> np.ndarray:
+def pair_i_dist(P: np.ndarray, S: np.ndarray, dims: int | None) -> np.ndarray:
     """I_dist(S, P) in the joint z = dims PCA space of [P; S] (method.md §1)."""
     pl, sl = joint_pca([P, S], dims)
     return i_dist(sl, pl)
