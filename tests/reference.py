@@ -15,7 +15,7 @@ from sklearn.decomposition import PCA
 
 # --------------------------------------------------------------------------- hand vectors
 
-#: method.md §1.11: PCA with z = 2 on 2-D data is a rotation, so distances are the raw ones.
+#: method.md §1.12: PCA with z = 2 on 2-D data is a rotation, so distances are the raw ones.
 P_HAND = np.array([[0, 0], [2, 0], [0, 2]], dtype=np.float64)
 S_HAND = np.array([[1, 1], [3, 3]], dtype=np.float64)
 I_DIST_HAND = np.array([4.242641, 10.567196])  # sqrt(2) + 2 sqrt(2); sqrt(18) + 2 sqrt(10)
@@ -26,7 +26,7 @@ X_HAND = np.array([[0, 0], [1, 0], [0, 2], [4, 0], [4, 1], [10, 10]], dtype=np.f
 DIVERSITY_VALUES_HAND = np.array([1.0, 1.0, 2.0, 1.0, 1.0, np.sqrt(117.0)])
 DIVERSITY_HAND = {"mean": 2.802776, "min": 1.0, "max": 10.816654}
 
-#: method.md §4.6: two 3x3 probability maps (x 255) and masks -> ODS F = 5/6 at t = 0.12.
+#: method.md §5.6: two 3x3 probability maps (x 255) and masks -> ODS F = 5/6 at t = 0.12.
 ODS_PROBS_HAND = [
     np.array([[200, 150, 100], [120, 50, 0], [0, 0, 0]], dtype=np.uint8),
     np.array([[60, 40, 30], [10, 0, 0], [0, 0, 0]], dtype=np.uint8),
@@ -49,17 +49,17 @@ def pairwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def i_dist(S: np.ndarray, P: np.ndarray) -> np.ndarray:
-    """method.md §1.3: I_dist_j = sum_k ||s_j - p_k||_2. (m, z), (n, z) -> (m,)."""
+    """method.md §1.4: I_dist_j = sum_k ||s_j - p_k||_2. (m, z), (n, z) -> (m,)."""
     return pairwise(S, P).sum(axis=1)
 
 
 def o_dist(S: np.ndarray, P: np.ndarray) -> float:
-    """method.md §1.4: O_dist = mean_j I_dist_j."""
+    """method.md §1.5: O_dist = mean_j I_dist_j."""
     return float(i_dist(S, P).mean())
 
 
 def o_dist_mean(S: np.ndarray, P: np.ndarray) -> float:
-    """method.md §1.5: the mean of D over all (s, p) pairs = O_dist / n."""
+    """method.md §1.10: the mean of D over all (s, p) pairs = O_dist / n."""
     return float(pairwise(S, P).mean())
 
 

@@ -333,11 +333,11 @@ def test_end_to_end_tiny_unet(tmp_path):
     for r in results:
         for key in keys:
             assert key in r
-        # F at the ODS threshold from the reported P and R (method.md §4.2)
+        # F at the ODS threshold from the reported P and R (method.md §5.2)
         prec, rc = r["precision"], r["recall"]
         f_ref = 2 * prec * rc / (prec + rc) if prec + rc else 0.0
         assert r["ods_f"] == pytest.approx(f_ref, rel=1e-12)
-        # the trend is the least-squares slope of per-image F on scaled I_dist (§4.4)
+        # the trend is the least-squares slope of per-image F on scaled I_dist (§5.4)
         f = np.array([q["f"] for q in r["per_image"]])
         x = np.array([scaled[r["dataset"]][q["id"]] for q in r["per_image"]])
         assert r["f_slope"] == pytest.approx(linregress(x, f).slope, rel=1e-9, abs=1e-12)

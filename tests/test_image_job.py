@@ -108,7 +108,7 @@ def test_robustness_probe_matches_independent_computation(tmp_path):
         got = report["robustness"][kind]["o_dist_scaled"]
         for name, value in R.scaled(o).items():
             assert got[name] == pytest.approx(value, rel=1e-4)
-        # Kendall tau of clean vs perturbed O_dist over the secondaries (method.md §5.7)
+        # Kendall tau of clean vs perturbed O_dist over the secondaries (method.md §4.5)
         names = list(o)
         tau = kendalltau([clean[n].mean() for n in names], [o[n] for n in names]).statistic
         assert report["robustness"][kind]["kendall_tau"] == pytest.approx(tau, abs=1e-12)

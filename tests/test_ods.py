@@ -1,4 +1,4 @@
-"""ODS / OIS F-score (docs/method.md §4.2-4.3) against hand vectors and a brute-force loop."""
+"""ODS / OIS F-score (docs/method.md §5.2-5.3) against hand vectors and a brute-force loop."""
 
 from __future__ import annotations
 

@@ -106,7 +106,7 @@ def test_null_calibration_is_comparable_with_o_dist_mean():
         o_mean = metrics.o_dist_mean(metrics.image_dataset_distances(S, P), len(P))
         cal = stats.null_calibration(P, o_mean, repeats=10, seed=0)
         assert len(cal["null"]) == 10 and cal["null_mean"] == pytest.approx(np.mean(cal["null"]))
-        # ratio and percentile against the brute-force o_dist_mean (method.md §5.1)
+        # ratio and percentile against the brute-force o_dist_mean (method.md §4.1)
         ref_mean = R.o_dist_mean(S, P)
         assert o_mean == pytest.approx(ref_mean, rel=1e-12)
         assert cal["ratio"] == pytest.approx(ref_mean / np.mean(cal["null"]), rel=1e-12)

@@ -8,7 +8,7 @@ Definitions (docs/method.md §1-2; paper section 3.2, equation sets 1-7):
 
 - I_dist(S, P)_j = sum_k ||s_j - p_k||_2, a sum that grows with n = |P|.
 - O_dist(S, P) = mean_j I_dist_j.
-- Size-free (method.md §1.5): I_dist_j / n, the mean distance of image j to P, and its mean over S,
+- Size-free (method.md §1.10): I_dist_j / n, the mean distance of image j to P, and its mean over S,
   o_dist_mean = O_dist / n, comparable across jobs with different |P|.
 - Diversity: distance of each sample to its nearest *other* sample (by index, so exact
   duplicates give 0). A set of fewer than 2 samples has no neighbour: values empty and
@@ -37,13 +37,13 @@ def _vector(x: np.ndarray, name: str) -> np.ndarray:
 
 
 def image_dataset_distances(S_L: np.ndarray, P_L: np.ndarray, **engine_kw: Any) -> np.ndarray:
-    """I_dist(S, P)_j = sum_k ||s_j - p_k||_2 (method.md §1.3).
+    """I_dist(S, P)_j = sum_k ||s_j - p_k||_2 (method.md §1.4).
     S_L (m, z), P_L (n, z) -> (m,) float64."""
     return engine.row_distance_sums(S_L, P_L, **engine_kw)
 
 
 def dataset_distance(i_dist: np.ndarray) -> float:
-    """O_dist(S, P) = mean_j I_dist_j (method.md §1.4).
+    """O_dist(S, P) = mean_j I_dist_j (method.md §1.5).
     i_dist (m,), m >= 1 (ValueError if empty)."""
     i_dist = _vector(i_dist, "i_dist")
     if i_dist.size == 0:
@@ -52,7 +52,7 @@ def dataset_distance(i_dist: np.ndarray) -> float:
 
 
 def mean_distance_per_image(i_dist: np.ndarray, n: int) -> np.ndarray:
-    """Size-free distance (method.md §1.5): I_dist_j / n, the mean distance of image j to
+    """Size-free distance (method.md §1.10): I_dist_j / n, the mean distance of image j to
     P's n images. (m,) -> (m,) float64."""
     if n < 1:
         raise ValueError(f"n: the primary set must hold at least one image, got {n}")
@@ -60,7 +60,7 @@ def mean_distance_per_image(i_dist: np.ndarray, n: int) -> np.ndarray:
 
 
 def o_dist_mean(i_dist: np.ndarray, n: int) -> float:
-    """Size-free O_dist (method.md §1.5): mean_j I_dist_j / n = O_dist / n, the mean distance
+    """Size-free O_dist (method.md §1.10): mean_j I_dist_j / n = O_dist / n, the mean distance
     over all (s, p) pairs. Compares with stats.null_o_dist_means and across |P|."""
     return dataset_distance(mean_distance_per_image(i_dist, n))
 
@@ -110,7 +110,7 @@ def summary_stats(x: np.ndarray) -> dict[str, float | None]:
 def sorted_splits(
     i_dist: np.ndarray, parts: int, scores: np.ndarray | None = None
 ) -> list[dict[str, float | int | None]]:
-    """Intra-dataset analysis (method.md §1.9, paper section 4.2.1, table 3).
+    """Intra-dataset analysis (method.md §1.8, paper section 4.2.1, table 3).
 
     Images sorted by I_dist ascending (stable: ties keep index order), cut into `parts`
     near-equal parts with np.array_split (the first parts take the extra images). Per part:
