@@ -45,6 +45,9 @@ def test_hog_feature_dim_and_determinism(demo_dir):
 def test_demo_job_runs_and_ranks_far_sets_farther(demo_dir):
     bad = demo_dir / "data/S1/images/zzz_corrupt.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    # the preflight wants a mask for every image of a masked set; the image itself is corrupt
+    bad_mask = demo_dir / "data/S1/masks/zzz_corrupt.png"
+    bad_mask.write_bytes((demo_dir / "data/S1/masks/000.png").read_bytes())
     job = yaml.safe_load((demo_dir / "job.yaml").read_text())
     job["max_skipped_fraction"] = 0.1
     (demo_dir / "job2.yaml").write_text(yaml.safe_dump(job))
@@ -66,6 +69,7 @@ def test_demo_job_runs_and_ranks_far_sets_farther(demo_dir):
     assert report["primary"]["count"] == 24
     assert [s["count"] for s in report["secondaries"]] == [24, 24, 24]
     bad.unlink()
+    bad_mask.unlink()
 
 
 def test_robustness_probe_matches_independent_computation(tmp_path):
