@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy.stats import linregress
 
+from tests import reference as R
 from worker.adapt import evaluate_cli, ods
 from worker.adapt.run import (
     MIN_IMAGES,
@@ -118,7 +120,7 @@ def hog_i_dist(primary: Path, secondary: Path) -> tuple[dict, dict]:
 
     _, p = feats(primary)
     ids, s = feats(secondary)
-    d = np.sqrt(((s[:, None, :].astype(np.float64) - p[None, :, :]) ** 2).sum(-1)).sum(1)
+    d = R.i_dist(s, p)
     scaled = (d - d.min()) / (d.max() - d.min())
     return dict(zip(ids, d.tolist(), strict=True)), dict(zip(ids, scaled.tolist(), strict=True))
 
@@ -331,7 +333,14 @@ def test_end_to_end_tiny_unet(tmp_path):
     for r in results:
         for key in keys:
             assert key in r
-        assert 0.0 <= r["ods_f"] <= 1.0 and 0.0 <= r["ois_f"] <= 1.0
+        # F at the ODS threshold from the reported P and R (method.md §5.2)
+        prec, rc = r["precision"], r["recall"]
+        f_ref = 2 * prec * rc / (prec + rc) if prec + rc else 0.0
+        assert r["ods_f"] == pytest.approx(f_ref, rel=1e-12)
+        # the trend is the least-squares slope of per-image F on scaled I_dist (§5.4)
+        f = np.array([q["f"] for q in r["per_image"]])
+        x = np.array([scaled[r["dataset"]][q["id"]] for q in r["per_image"]])
+        assert r["f_slope"] == pytest.approx(linregress(x, f).slope, rel=1e-9, abs=1e-12)
         ids = [p["id"] for p in r["per_image"]]
         expected = 12 - len(selected) if r["dataset"] == "S1" else 8
         assert len(ids) == r["count"] == expected
@@ -561,8 +570,7 @@ def _write_pngs(folder: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def test_evaluate_cli_hand_vector(tmp_path, capsys):
-    from tests.test_ods import HAND_MASKS, HAND_PROBS
-
+    HAND_PROBS, HAND_MASKS = R.ODS_PROBS_HAND, R.ODS_MASKS_HAND
     _write_pngs(tmp_path / "pred", {"a": HAND_PROBS[0], "b": HAND_PROBS[1]})
     _write_pngs(
         tmp_path / "masks",

@@ -1,4 +1,4 @@
-"""Issue 16: several segmentation architectures in one job, the model-selection summary, the
+"""Several segmentation architectures in one job (method.md §5.5), the model-selection summary, the
 gain-aware verdicts, the noise (FP) rate on sets without positives, and the mask check of
 `validate`. Tiny random transformers models are saved with save_pretrained and loaded back with
 from_pretrained; nothing is downloaded."""

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests import reference as R
 from worker import engine
 from worker.engine import kcenter_greedy, nearest_distances, row_distance_sums
 from worker.errors import JobError
@@ -13,59 +14,25 @@ from worker.errors import JobError
 RNG = np.random.default_rng(20240611)
 
 
-def ref_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Full (m, n) float64 distance matrix by direct differences (no GEMM trick)."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    return np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
-
-
-def ref_nearest(a, b, exclude_self=False):
-    d = ref_dist(a, b)
-    if exclude_self:
-        np.fill_diagonal(d, np.inf)
-    idx = np.argmin(d, axis=1)
-    return d[np.arange(len(a)), idx], idx
-
-
-def ref_kcenter(x, k, centers=None):
-    """Straightforward numpy greedy k-center with the engine's documented conventions."""
-    x = np.asarray(x, dtype=np.float64)
-    if centers is not None and len(centers):
-        min_d = ref_dist(x, centers).min(axis=1)
-    else:  # first pick: farthest from the mean; the mean is not a centre afterwards
-        min_d = np.full(len(x), np.inf)
-        first = int(np.argmax(np.linalg.norm(x - x.mean(axis=0), axis=1)))
-    chosen = []
-    for it in range(min(k, len(x))):
-        j = first if (it == 0 and (centers is None or not len(centers))) else np.argmax(min_d)
-        j = int(j)
-        chosen.append(j)
-        min_d = np.minimum(min_d, np.linalg.norm(x - x[j], axis=1))
-        min_d[j] = -1.0
-    return chosen
-
-
 # --------------------------------------------------------------------------- hand vectors
 
 
 @pytest.mark.parametrize("precision", ["float32", "float64"])
 def test_design_hand_vector_idist(precision):
-    p = np.array([[0, 0], [2, 0], [0, 2]], dtype=float)
-    s = np.array([[1, 1], [3, 3]], dtype=float)
-    out = row_distance_sums(s, p, precision=precision)
+    out = row_distance_sums(R.S_HAND, R.P_HAND, precision=precision)
     assert out.dtype == np.float64 and out.shape == (2,)
-    np.testing.assert_allclose(out, [4.242641, 10.567196], atol=1e-6)
-    assert out.mean() == pytest.approx(7.404918, abs=1e-6)
+    np.testing.assert_allclose(out, R.I_DIST_HAND, atol=1e-6)
+    assert out.mean() == pytest.approx(R.O_DIST_HAND, abs=1e-6)
 
 
 @pytest.mark.parametrize("precision", ["float32", "float64"])
 def test_design_hand_vector_diversity(precision):
-    x = np.array([[0, 0], [1, 0], [0, 2], [4, 0], [4, 1], [10, 10]], dtype=float)
+    x = R.X_HAND
     d, idx = nearest_distances(x, x, exclude_self=True, precision=precision)
-    assert d.mean() == pytest.approx(2.802776, abs=1e-6)
-    assert d.min() == 1.0
-    assert d.max() == pytest.approx(10.816654, abs=1e-6)
+    assert d.mean() == pytest.approx(R.DIVERSITY_HAND["mean"], abs=1e-6)
+    assert d.min() == R.DIVERSITY_HAND["min"]
+    assert d.max() == pytest.approx(R.DIVERSITY_HAND["max"], abs=1e-6)
+    np.testing.assert_allclose(d, R.DIVERSITY_VALUES_HAND, rtol=1e-12)
     np.testing.assert_array_equal(idx, [1, 0, 0, 4, 3, 4])
 
 
@@ -79,7 +46,7 @@ def test_design_hand_vector_diversity(precision):
 def test_row_sums_match_numpy(m, n, z, precision, rtol):
     s, p = RNG.standard_normal((m, z)), RNG.standard_normal((n, z))
     out = row_distance_sums(s, p, precision=precision)
-    np.testing.assert_allclose(out, ref_dist(s, p).sum(axis=1), rtol=rtol)
+    np.testing.assert_allclose(out, R.i_dist(s, p), rtol=rtol)
 
 
 @pytest.mark.parametrize(("precision", "rtol"), [("float64", 1e-12), ("float32", 1e-6)])
@@ -88,14 +55,14 @@ def test_row_sums_uncentred_data(precision, rtol):
     s = RNG.standard_normal((50, 8)) + 1e4
     p = RNG.standard_normal((70, 8)) + 1e4
     out = row_distance_sums(s, p, precision=precision)
-    np.testing.assert_allclose(out, ref_dist(s, p).sum(axis=1), rtol=rtol)
+    np.testing.assert_allclose(out, R.i_dist(s, p), rtol=rtol)
 
 
 def test_row_sums_duplicates_and_float32_input():
     p = RNG.standard_normal((20, 6)).astype(np.float32)
     s = np.vstack([p[:5], p[:5], RNG.standard_normal((3, 6)).astype(np.float32)])
     out = row_distance_sums(s, p)
-    np.testing.assert_allclose(out, ref_dist(s, p).sum(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(out, R.i_dist(s, p), rtol=1e-12)
     np.testing.assert_array_equal(out[:5], out[5:10])
 
 
@@ -105,11 +72,11 @@ def test_row_sums_near_duplicates_small_n(precision, rtol):
     p = RNG.standard_normal((4, 5)) * 10 + 3
     s = np.vstack([p, p + 1e-6 * RNG.standard_normal(p.shape), p[::-1] + 1e-3])
     out = row_distance_sums(s, p, precision=precision)
-    np.testing.assert_allclose(out, ref_dist(s, p).sum(axis=1), rtol=rtol)
+    np.testing.assert_allclose(out, R.i_dist(s, p), rtol=rtol)
     d, idx = nearest_distances(s, p, precision=precision)
     np.testing.assert_array_equal(d[:4], 0.0)
     np.testing.assert_array_equal(idx, [0, 1, 2, 3, 0, 1, 2, 3, 3, 2, 1, 0])
-    np.testing.assert_allclose(d, ref_dist(s, p).min(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(d, R.pairwise(s, p).min(axis=1), rtol=1e-12)
 
 
 @pytest.mark.parametrize("precision", ["float32", "float64"])
@@ -136,13 +103,13 @@ def test_row_sums_empty_inputs():
 
 
 def test_pca_invariant_distances_equal_raw():
-    """DESIGN 1: z >= rank of centred X -> PCA is a rotation, distances are the raw ones."""
+    """method.md §1.2: z >= rank of centred X -> PCA is a rotation, distances are the raw ones."""
     from worker.pca import joint_pca
 
     p, s = RNG.standard_normal((15, 4)) * 3 + 1, RNG.standard_normal((9, 4))
     (p_l, s_l), info = joint_pca([p, s], 4, route="exact")
     assert info["dims"] == 4
-    np.testing.assert_allclose(row_distance_sums(s_l, p_l), ref_dist(s, p).sum(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(row_distance_sums(s_l, p_l), R.i_dist(s, p), rtol=1e-12)
 
 
 # --------------------------------------------------------------------------- nearest
@@ -153,7 +120,7 @@ def test_pca_invariant_distances_equal_raw():
 def test_nearest_matches_numpy(m, n, z, precision):
     q, p = RNG.standard_normal((m, z)), RNG.standard_normal((n, z))
     d, idx = nearest_distances(q, p, precision=precision)
-    rd, ridx = ref_nearest(q, p)
+    rd, ridx = R.nearest(q, p)
     np.testing.assert_allclose(d, rd, rtol=1e-12)
     np.testing.assert_array_equal(idx, ridx)
     assert d.dtype == np.float64 and idx.dtype == np.int64
@@ -173,7 +140,7 @@ def test_nearest_exclude_self_duplicates_chunked(budget, workers):
         device="cpu",
         workers=workers,
     )
-    rd, _ = ref_nearest(x, x, exclude_self=True)
+    rd, _ = R.nearest(x, x, exclude_self=True)
     np.testing.assert_allclose(d, rd, rtol=1e-12, atol=0)
     # the index points at a nearest neighbour (among exact duplicates any one may win)
     np.testing.assert_allclose(np.linalg.norm(x - x[idx], axis=1), rd, rtol=1e-12, atol=0)
@@ -223,7 +190,7 @@ def test_kcenter_matches_numpy(with_centers, precision):
     x = RNG.standard_normal((300, 6))
     c = RNG.standard_normal((40, 6)) if with_centers else None
     got = kcenter_greedy(x, 25, c, precision=precision)
-    assert got == ref_kcenter(x, 25, c)
+    assert got == R.kcenter(x, 25, c)
     assert len(set(got)) == 25
 
 
@@ -231,13 +198,13 @@ def test_kcenter_duplicates_and_clamping():
     base = RNG.standard_normal((6, 3))
     x = np.vstack([base, base])  # every point twice
     got = kcenter_greedy(x, 20)  # clamped to 12 candidates
-    assert got == ref_kcenter(x, 20)
+    assert got == R.kcenter(x, 20)
     assert sorted(got) == list(range(12))
     assert kcenter_greedy(x, 0) == []
     assert kcenter_greedy(x[:1], 3) == [0]
     c = RNG.standard_normal((1, 3))
-    assert kcenter_greedy(x, 5, c, memory_budget_mb=0.0001) == ref_kcenter(x, 5, c)
-    assert kcenter_greedy(x, 3, np.zeros((0, 3))) == ref_kcenter(x, 3)
+    assert kcenter_greedy(x, 5, c, memory_budget_mb=0.0001) == R.kcenter(x, 5, c)
+    assert kcenter_greedy(x, 3, np.zeros((0, 3))) == R.kcenter(x, 3)
 
 
 def test_kcenter_one_dimensional():
@@ -330,14 +297,14 @@ def test_cuda_matches_cpu():
     for precision, rtol in [("float64", 1e-12), ("float32", 1e-6)]:
         np.testing.assert_allclose(
             row_distance_sums(s, p, precision=precision, device="cuda"),
-            ref_dist(s, p).sum(axis=1),
+            R.i_dist(s, p),
             rtol=rtol,
         )
     d, idx = nearest_distances(s, s, exclude_self=True, device="cuda")
-    rd, ridx = ref_nearest(s, s, exclude_self=True)
+    rd, ridx = R.nearest(s, s, exclude_self=True)
     np.testing.assert_allclose(d, rd, rtol=1e-12)
     np.testing.assert_array_equal(idx, ridx)
-    assert kcenter_greedy(s, 10, p, device="cuda") == ref_kcenter(s, 10, p)
+    assert kcenter_greedy(s, 10, p, device="cuda") == R.kcenter(s, 10, p)
 
 
 @pytest.mark.parametrize("block", [1, 7, 64])
@@ -348,7 +315,7 @@ def test_row_blocks_with_the_call_center_equal_the_whole_call(block):
     b = rng.normal(size=(40, 5))
     a[13] = a[12]  # an exact duplicate across a block boundary (block = 1, 7)
     starts = range(0, len(a), block)
-    ref = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))  # numpy float64
+    ref = R.pairwise(a, b)  # numpy float64
     center = engine.call_center(a, b)
     sums = np.concatenate(
         [engine.block_row_distance_sums(a[s : s + block], b, center) for s in starts]
@@ -361,8 +328,6 @@ def test_row_blocks_with_the_call_center_equal_the_whole_call(block):
     ]
     dist = np.concatenate([d for d, _ in parts])
     idx = np.concatenate([i for _, i in parts])
-    full = np.sqrt(((a[:, None, :] - a[None, :, :]) ** 2).sum(-1))
-    np.fill_diagonal(full, np.inf)
-    np.testing.assert_allclose(dist, full.min(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(dist, R.nearest_other(a), rtol=1e-12)
     assert idx[12] == 13 and idx[13] == 12 and dist[12] == 0.0
     assert (idx != np.arange(len(a))).all()

@@ -1,4 +1,4 @@
-"""Performance estimate without labels (worker.estimate, DESIGN.md section 10)."""
+"""Performance estimate without labels (worker.estimate, docs/method.md §7)."""
 
 from __future__ import annotations
 

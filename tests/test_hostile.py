@@ -181,7 +181,19 @@ def test_one_image_datasets(base):
     assert res.returncode == 0, res.stderr
     report = _report(folder)
     sec = report["secondaries"][0]
-    assert sec["count"] == 1 and sec["o_dist"] >= 0
+    assert sec["count"] == 1
+    # one image each: PCA of two points is a rotation (method.md §1.2), so O_dist is the raw
+    # distance between the two images' hog features
+    from tests import reference as R
+    from worker.extractors.hog import HogExtractor
+    from worker.images import decode_image
+
+    ext = HogExtractor(image_size=SIZE)
+    p, s = (
+        ext.embed([decode_image((folder / d / "img_00.png").read_bytes())]) for d in ("P1", "S1")
+    )
+    assert sec["o_dist"] == pytest.approx(R.o_dist(s, p), rel=1e-6)
+    assert sec["o_dist"] > 0
     assert report["primary"]["diversity"] is None
 
 

@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from scipy.stats import kendalltau
 
+from tests import reference as R
 from tests.pdftext import pdf_text
 from worker.demo import make_demo_data, write_demo
 from worker.extractors.hog import HogExtractor
@@ -43,6 +45,9 @@ def test_hog_feature_dim_and_determinism(demo_dir):
 def test_demo_job_runs_and_ranks_far_sets_farther(demo_dir):
     bad = demo_dir / "data/S1/images/zzz_corrupt.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    # the preflight wants a mask for every image of a masked set; the image itself is corrupt
+    bad_mask = demo_dir / "data/S1/masks/zzz_corrupt.png"
+    bad_mask.write_bytes((demo_dir / "data/S1/masks/000.png").read_bytes())
     job = yaml.safe_load((demo_dir / "job.yaml").read_text())
     job["max_skipped_fraction"] = 0.1
     (demo_dir / "job2.yaml").write_text(yaml.safe_dump(job))
@@ -64,11 +69,10 @@ def test_demo_job_runs_and_ranks_far_sets_farther(demo_dir):
     assert report["primary"]["count"] == 24
     assert [s["count"] for s in report["secondaries"]] == [24, 24, 24]
     bad.unlink()
+    bad_mask.unlink()
 
 
 def test_robustness_probe_matches_independent_computation(tmp_path):
-    from sklearn.decomposition import PCA
-
     from worker.images import perturb_image
     from worker.job import load_job
     from worker.pipeline import run
@@ -99,18 +103,22 @@ def test_robustness_probe_matches_independent_computation(tmp_path):
         return ext.embed([perturb_image(i, kind) if kind else i for i in imgs]).astype(np.float64)
 
     p = feats("P")
+    clean = {name: R.pair_i_dist(p, feats(name), 4) for name in ("S1", "S2", "S3")}
     for kind in ("brighten", "darken", "blur"):
-        o = {}
+        o, per_image = {}, {}
         for name in ("S1", "S2", "S3"):
-            s = feats(name, kind)
-            y = PCA(n_components=4, svd_solver="full").fit_transform(np.vstack([p, s]))
-            pl, sl = y[: len(p)], y[len(p) :]
-            o[name] = np.sqrt(((sl[:, None] - pl[None]) ** 2).sum(-1)).sum(1).mean()
-        total = sum(o.values())
+            per_image[name] = R.pair_i_dist(p, feats(name, kind), 4)
+            o[name] = float(per_image[name].mean())
         got = report["robustness"][kind]["o_dist_scaled"]
-        for name in o:
-            assert got[name] == pytest.approx(o[name] / total, rel=1e-4)
-        assert -1.0 <= report["robustness"][kind]["kendall_tau"] <= 1.0
+        for name, value in R.scaled(o).items():
+            assert got[name] == pytest.approx(value, rel=1e-4)
+        # Kendall tau of clean vs perturbed O_dist over the secondaries (method.md §4.5)
+        names = list(o)
+        tau = kendalltau([clean[n].mean() for n in names], [o[n] for n in names]).statistic
+        assert report["robustness"][kind]["kendall_tau"] == pytest.approx(tau, abs=1e-12)
+        for sec in report["secondaries"]:
+            ref = kendalltau(clean[sec["name"]], per_image[sec["name"]]).statistic
+            assert sec["robustness"][kind] == pytest.approx(ref, abs=1e-12), sec["name"]
         assert set(report["secondaries"][0]["robustness"]) == {"brighten", "darken", "blur"}
 
 

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.decomposition import PCA
 from sklearn.metrics.pairwise import euclidean_distances
 from sklearn.neighbors import NearestNeighbors
 
+from tests import reference as R
 from worker import metrics
 
-P_HAND = np.array([[0, 0], [2, 0], [0, 2]], float)
-S_HAND = np.array([[1, 1], [3, 3]], float)
-X_HAND = np.array([[0, 0], [1, 0], [0, 2], [4, 0], [4, 1], [10, 10]], float)
+P_HAND, S_HAND, X_HAND = R.P_HAND, R.S_HAND, R.X_HAND
 
 
 # --------------------------------------------------------------------------- I_dist, O_dist
@@ -20,17 +18,17 @@ X_HAND = np.array([[0, 0], [1, 0], [0, 2], [4, 0], [4, 1], [10, 10]], float)
 
 def test_design_hand_vector_raw():
     i_dist = metrics.image_dataset_distances(S_HAND, P_HAND)
-    np.testing.assert_allclose(i_dist, [4.242641, 10.567196], atol=1e-6)
+    np.testing.assert_allclose(i_dist, R.I_DIST_HAND, atol=1e-6)
     assert i_dist.dtype == np.float64 and i_dist.shape == (2,)
-    assert metrics.dataset_distance(i_dist) == pytest.approx(7.404918, abs=1e-6)
+    assert metrics.dataset_distance(i_dist) == pytest.approx(R.O_DIST_HAND, abs=1e-6)
 
 
 def test_design_hand_vector_through_joint_pca_z2():
     # z = 2 on 2-D data is a rotation of the centred stack: distances are the raw ones
-    Y = PCA(n_components=2, svd_solver="full").fit_transform(np.vstack([P_HAND, S_HAND]))
-    i_dist = metrics.image_dataset_distances(Y[3:], Y[:3])
-    np.testing.assert_allclose(i_dist, [4.242641, 10.567196], atol=1e-6)
-    assert metrics.dataset_distance(i_dist) == pytest.approx(7.404918, abs=1e-6)
+    p_l, s_l = R.joint_pca([P_HAND, S_HAND], 2)
+    i_dist = metrics.image_dataset_distances(s_l, p_l)
+    np.testing.assert_allclose(i_dist, R.I_DIST_HAND, atol=1e-6)
+    assert metrics.dataset_distance(i_dist) == pytest.approx(R.O_DIST_HAND, abs=1e-6)
 
 
 @pytest.mark.parametrize("precision,rtol", [("float64", 1e-12), ("float32", 1e-5)])
@@ -132,10 +130,11 @@ def test_sorted_splits_edges():
 
 def test_diversity_design_hand_vector():
     d = metrics.diversity(X_HAND)
-    assert d["mean"] == pytest.approx(2.802776, abs=1e-6)
-    assert d["min"] == 1.0
-    assert d["max"] == pytest.approx(10.816654, abs=1e-6)
-    np.testing.assert_allclose(d["values"], [1.0, 1.0, 2.0, 1.0, 1.0, np.sqrt(117.0)], rtol=1e-12)
+    assert d["mean"] == pytest.approx(R.DIVERSITY_HAND["mean"], abs=1e-6)
+    assert d["min"] == R.DIVERSITY_HAND["min"]
+    assert d["max"] == pytest.approx(R.DIVERSITY_HAND["max"], abs=1e-6)
+    np.testing.assert_allclose(d["values"], R.DIVERSITY_VALUES_HAND, rtol=1e-12)
+    np.testing.assert_allclose(d["values"], R.nearest_other(X_HAND), rtol=1e-12)
 
 
 def test_diversity_exact_duplicates_are_zero():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.decomposition import PCA
 
+from tests import reference as R
 from worker import pca
 from worker.pca import fit_pca, joint_pca, project
 
@@ -18,10 +18,6 @@ def low_rank(n: int, q: int, rank: int = 8, noise: float = 0.01, offset: float =
     scales = np.linspace(10, 1, rank)
     x = (RNG.standard_normal((n, rank)) * scales) @ RNG.standard_normal((rank, q))
     return x + noise * RNG.standard_normal((n, q)) + offset
-
-
-def sk_pca(x, dims):
-    return PCA(n_components=dims, svd_solver="full").fit(x)
 
 
 def assert_same_up_to_sign(a, b, atol):
@@ -39,7 +35,7 @@ def test_routes_agree_with_sklearn(route, n, q):
     projected, info = joint_pca(blocks, 6, route=route)
     assert [len(p) for p in projected] == [len(b) for b in blocks]
     assert all(p.dtype == np.float64 and p.shape[1] == 6 for p in projected)
-    ref = sk_pca(x, 6)
+    ref = R.sk_pca(x, 6)
     y = np.vstack(projected)
     scale = np.abs(ref.transform(x)).max()
     assert_same_up_to_sign(y, ref.transform(x), atol=1e-8 * scale)
@@ -55,7 +51,7 @@ def test_full_spectrum_noise_data(route):
     """Flat spectrum (pure noise): deterministic routes still match sklearn exactly."""
     x = RNG.standard_normal((50, 10)) * np.arange(1, 11)
     y, info = joint_pca([x], 10, route=route)
-    ref = sk_pca(x, 10)
+    ref = R.sk_pca(x, 10)
     np.testing.assert_allclose(y[0], ref.transform(x), atol=1e-9)
     assert sum(info["explained_variance_ratio"]) == pytest.approx(1.0)
 
@@ -70,21 +66,16 @@ def test_columns_are_nested_for_the_sweep():
 
 @pytest.mark.parametrize("route", ["exact", "gram", "covariance"])
 def test_rotation_invariant_distances(route):
-    """DESIGN 1: z >= rank of centred X -> pairwise distances equal the raw ones."""
+    """method.md §1.2: z >= rank of centred X -> pairwise distances equal the raw ones."""
     p, s = RNG.standard_normal((12, 5)), RNG.standard_normal((7, 5)) + 2
     (p_l, s_l), info = joint_pca([p, s], 5, route=route)
-    raw = np.linalg.norm(s[:, None] - p[None], axis=-1)
-    low = np.linalg.norm(s_l[:, None] - p_l[None], axis=-1)
-    np.testing.assert_allclose(low, raw, atol=1e-10)
+    np.testing.assert_allclose(R.pairwise(s_l, p_l), R.pairwise(s, p), atol=1e-10)
     assert info["dims"] == 5
 
 
 def test_design_hand_vector():
-    p = np.array([[0, 0], [2, 0], [0, 2]], dtype=float)
-    s = np.array([[1, 1], [3, 3]], dtype=float)
-    (p_l, s_l), _ = joint_pca([p, s], 2)
-    i_dist = np.linalg.norm(s_l[:, None] - p_l[None], axis=-1).sum(axis=1)
-    np.testing.assert_allclose(i_dist, [4.242641, 10.567196], atol=1e-6)
+    (p_l, s_l), _ = joint_pca([R.P_HAND, R.S_HAND], 2)
+    np.testing.assert_allclose(R.i_dist(s_l, p_l), R.I_DIST_HAND, atol=1e-6)
 
 
 def test_dims_none_returns_centred_raw_features():
@@ -105,11 +96,7 @@ def test_dims_clamped_with_warning(route):
     assert y[0].shape == (2, 4) and y[1].shape == (4, 4)
     # still a rotation of the centred data: distances preserved
     z = np.vstack(y)
-    np.testing.assert_allclose(
-        np.linalg.norm(z[:, None] - z[None], axis=-1),
-        np.linalg.norm(x[:, None] - x[None], axis=-1),
-        atol=1e-8,
-    )
+    np.testing.assert_allclose(R.pairwise(z, z), R.pairwise(x, x), atol=1e-8)
 
 
 @pytest.mark.parametrize("route", ["exact", "gram", "covariance", "randomized"])
@@ -117,7 +104,7 @@ def test_rank_deficient_wide_data(route):
     """N <= q: the centred X has rank N - 1; the last component has zero variance."""
     x = low_rank(5, 40, rank=8)
     y, info = joint_pca([x], 5, route=route)
-    ref = sk_pca(x, 5)
+    ref = R.sk_pca(x, 5)
     np.testing.assert_allclose(np.abs(y[0][:, :4]), np.abs(ref.transform(x)[:, :4]), atol=1e-8)
     np.testing.assert_allclose(y[0][:, 4], 0.0, atol=1e-8)
     assert info["explained_variance_ratio"][4] == pytest.approx(0.0, abs=1e-12)
@@ -137,7 +124,7 @@ def test_duplicates_and_float32_blocks():
     base = low_rank(20, 15).astype(np.float32)
     x = np.vstack([base, base[:5]])
     y, _ = joint_pca([x[:10], x[10:]], 4, route="gram")
-    ref = sk_pca(x.astype(np.float64), 4).transform(x.astype(np.float64))
+    ref = R.sk_pca(x.astype(np.float64), 4).transform(x.astype(np.float64))
     np.testing.assert_allclose(np.vstack(y), ref, atol=1e-8)
     np.testing.assert_allclose(np.vstack(y)[20:], np.vstack(y)[:5], rtol=1e-13, atol=1e-12)
 
@@ -177,13 +164,13 @@ def test_auto_route_choice(monkeypatch):
     monkeypatch.setattr(np.linalg, "eigh", spy)
     y, info = joint_pca([x], 5)
     assert info["route"] == "gram" and called == [(30, 30)]
-    np.testing.assert_allclose(y[0], sk_pca(x, 5).transform(x), atol=1e-8)
+    np.testing.assert_allclose(y[0], R.sk_pca(x, 5).transform(x), atol=1e-8)
 
 
 def test_fit_on_p_project_others():
     p, s = low_rank(40, 12), low_rank(15, 12)
     model = fit_pca(p, 3)
-    ref = sk_pca(p, 3)
+    ref = R.sk_pca(p, 3)
     np.testing.assert_allclose(project(model, p), ref.transform(p), atol=1e-9)
     np.testing.assert_allclose(project(model, s), ref.transform(s), atol=1e-9)
     assert model.info()["route"] == "exact"

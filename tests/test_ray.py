@@ -1,4 +1,4 @@
-"""compute.engine: ray gives the local engine's report numbers (issue 9).
+"""compute.engine: ray gives the local engine's report numbers (docs/ray.md).
 
 A local Ray cluster (ray.init(num_cpus=2)) is started once for the module; jobs run
 in-process against it, so the worker reuses the connection. Every comparison is against a

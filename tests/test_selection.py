@@ -1,27 +1,15 @@
 """worker.selection: band, farthest, k-center and random subsets against hand vectors and a
-plain numpy float64 greedy k-center."""
+plain numpy float64 greedy k-center (tests/reference.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics.pairwise import euclidean_distances
 
+from tests import reference as R
 from worker import metrics, selection
 
 I_DIST = np.array([0.0, 10.0, 6.0, 9.0, 2.0, 8.0])  # scaled = I_DIST / 10
-
-
-def _kcenter_reference(S: np.ndarray, P: np.ndarray, k: int) -> list[int]:
-    """Textbook greedy k-center with P as initial centres, full float64 distance matrices."""
-    min_d = euclidean_distances(S, P).min(axis=1)
-    chosen = []
-    for _ in range(min(k, len(S))):
-        j = int(np.argmax(min_d))  # first maximum -> lowest index on ties
-        chosen.append(j)
-        min_d = np.minimum(min_d, euclidean_distances(S, S[j : j + 1])[:, 0])
-        min_d[j] = -1.0
-    return chosen
 
 
 # --------------------------------------------------------------------------- farthest
@@ -105,7 +93,7 @@ def test_kcenter_against_numpy_reference():
     P, S = rng.normal(size=(60, 5)), rng.normal(size=(80, 5)) * 1.5 + 0.3
     for k in (1, 7, 25):
         got = selection.select_kcenter(S, P, k, memory_budget_mb=0.05)
-        assert got == _kcenter_reference(S, P, k)
+        assert got == R.kcenter(S, k, P)
     # the covering radius of S by P + selection never grows with more picks
     radii = []
     for k in (0, 5, 10, 20):
@@ -133,7 +121,7 @@ def test_select_dispatch():
     assert selection.select("band", count=3, **kw) == selection.select_band(
         i_dist, 3, (0.6, 1.0), 4
     )
-    assert selection.select("kcenter", count=3, **kw) == _kcenter_reference(S, P, 3)
+    assert selection.select("kcenter", count=3, **kw) == R.kcenter(S, 3, P)
     for strategy in selection.STRATEGIES:
         assert sorted(selection.select(strategy, count=99, **kw)) == list(range(15))
         assert selection.select(strategy, count=0, **kw) == []
@@ -144,7 +132,7 @@ def test_select_dispatch():
 def test_random_subset():
     assert selection.random_subset(10, 3, 0) == selection.random_subset(10, 3, 0)
     got = selection.random_subset(10, 3, 0)
-    assert len(set(got)) == 3 and got == sorted(got) and all(0 <= j < 10 for j in got)
+    assert got == sorted(np.random.default_rng(0).choice(10, size=3, replace=False).tolist())
     assert selection.random_subset(5, 9, 1) == [0, 1, 2, 3, 4]
     assert selection.random_subset(0, 3, 1) == []
     counts = np.zeros(20)

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import scipy.linalg
 from scipy.spatial.distance import pdist
-from sklearn.metrics.pairwise import euclidean_distances, rbf_kernel
+from sklearn.metrics.pairwise import rbf_kernel
 from sklearn.neighbors import NearestNeighbors
 
+from tests import reference as R
 from worker import metrics, stats
 
 # --------------------------------------------------------------------------- references
@@ -79,7 +80,7 @@ def test_null_against_brute_force():
     ref = []
     for _ in range(5):
         order = ref_rng.permutation(41)
-        ref.append(euclidean_distances(P[order[:20]], P[order[20:]]).mean())
+        ref.append(R.o_dist_mean(P[order[:20]], P[order[20:]]))
     np.testing.assert_allclose(null, ref, rtol=1e-12)
     np.testing.assert_array_equal(null, stats.null_o_dist_means(P, repeats=5, seed=3))
     assert len(stats.null_o_dist_means(P[:3], repeats=5, seed=0)) == 0
@@ -105,6 +106,11 @@ def test_null_calibration_is_comparable_with_o_dist_mean():
         o_mean = metrics.o_dist_mean(metrics.image_dataset_distances(S, P), len(P))
         cal = stats.null_calibration(P, o_mean, repeats=10, seed=0)
         assert len(cal["null"]) == 10 and cal["null_mean"] == pytest.approx(np.mean(cal["null"]))
+        # ratio and percentile against the brute-force o_dist_mean (method.md §4.1)
+        ref_mean = R.o_dist_mean(S, P)
+        assert o_mean == pytest.approx(ref_mean, rel=1e-12)
+        assert cal["ratio"] == pytest.approx(ref_mean / np.mean(cal["null"]), rel=1e-12)
+        assert cal["percentile"] == 100.0 * np.mean(np.asarray(cal["null"]) < ref_mean)
         ratios[name] = cal
     assert 0.9 < ratios["same"]["ratio"] < 1.1
     assert ratios["far"]["ratio"] > 1.5 and ratios["far"]["percentile"] == 100.0
@@ -178,12 +184,18 @@ def test_mmd_p_values_uniform_under_the_null_and_small_when_shifted():
             for s in range(60)
         ]
     )
-    assert np.all((pvals >= 0.01) & (pvals <= 1.0))
+    # every p-value is (1 + k) / (1 + 99) for an integer count k of permutations >= observed
+    k = pvals * 100 - 1
+    np.testing.assert_allclose(k, np.round(k), atol=1e-9)
+    assert k.min() >= 0 and k.max() <= 99
     assert 0.35 < pvals.mean() < 0.65
     assert np.mean(pvals <= 0.1) < 0.25 and np.mean(pvals <= 0.5) > 0.3
-    shifted = stats.mmd_test(rng.normal(size=(25, 3)), rng.normal(size=(25, 3)) + 3.0, 200, 0)
+    X, Y = rng.normal(size=(25, 3)), rng.normal(size=(25, 3)) + 3.0
+    shifted = stats.mmd_test(X, Y, 200, 0)
     assert shifted["p_value"] == pytest.approx(1 / 201)
-    assert shifted["statistic"] > 0.1
+    sigma = np.median(pdist(np.vstack([X, Y])))
+    assert shifted["sigma"] == pytest.approx(sigma, rel=1e-12)
+    assert shifted["statistic"] == pytest.approx(_mmd_sklearn(X, Y, sigma), rel=1e-9)
 
 
 def test_mmd_edge_cases():
@@ -191,7 +203,9 @@ def test_mmd_edge_cases():
     X = rng.normal(size=(5, 2))
     assert stats.mmd_test(X[:1], X, 10, 0)["statistic"] is None
     none = stats.mmd_test(X, X + 1, 0, 0)
-    assert none["p_value"] is None and none["statistic"] is not None
+    assert none["p_value"] is None and none["permutations"] == 0
+    sigma = np.median(pdist(np.vstack([X, X + 1])))
+    assert none["statistic"] == pytest.approx(_mmd_loops(X, X + 1, sigma), rel=1e-10)
     same = stats.mmd_test(np.ones((4, 2)), np.ones((3, 2)), 10, 0)
     assert same["statistic"] == 0.0 and same["p_value"] == 1.0 and same["sigma"] is None
     with pytest.raises(ValueError):
@@ -287,10 +301,8 @@ def test_exact_and_near_pairs():
     X = np.random.default_rng(17).normal(size=(50, 4))
     X[9], X[30] = X[3], X[3] + 1e-7  # a triple: 3, 9 exact copies, 30 very close
     t = 0.01
-    D = np.sqrt(((X[:, None, :] - X[None, :, :]) ** 2).sum(-1))  # exact, no GEMM trick
-    np.fill_diagonal(D, np.inf)
-    nn = D.argmin(axis=1)  # first minimum: ties to the lower index
-    brute = {(min(j, nn[j]), max(j, nn[j])) for j in range(50) if D[j, nn[j]] < t}
+    d, nn = R.nearest(X, X, exclude_self=True)  # exact, no GEMM trick; ties to the lower index
+    brute = {(min(j, nn[j]), max(j, nn[j])) for j in range(50) if d[j] < t}
     got = stats.near_duplicate_pairs(X, t)
     assert {(a, b) for a, b, _ in got} == brute
     assert {(a, b) for a, b, _ in got} >= {(3, 9)}

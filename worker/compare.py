@@ -1,4 +1,4 @@
-"""`python -m worker compare A B`: what changed between two reports (issue 21).
+"""`python -m worker compare A B`: what changed between two reports (method.md §6.3).
 
 A and B are report.json paths (or folders holding one), s3:// URIs, or run ids in a store
 (`--store`; also `latest` and `previous`). `compare_reports(a, b, band)` is pure and gives a

@@ -2,7 +2,7 @@
 
 All inputs are (N, z) float arrays; nothing here builds an N x M matrix for large sets.
 
-How it works (DESIGN.md section 6, issue 10):
+How it works (docs/method.md §8):
 
 - Both sets are centred jointly (distances are translation invariant), converted once to the
   working precision and augmented so that one GEMM gives squared distances directly:

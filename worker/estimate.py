@@ -1,4 +1,4 @@
-"""Performance estimate without labels (DESIGN.md section 10; method: docs/method-estimate.md).
+"""Performance estimate without labels (docs/method.md §7; the estimator: docs/method-estimate.md).
 
 Labelled secondaries give pairs (distance, F): per image, F at the dataset's ODS threshold
 against the size-free distance `i_dist_mean` (= I_dist / n) and against the min-max scaled

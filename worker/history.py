@@ -1,4 +1,4 @@
-"""History across runs (issue 21, DESIGN 9): what changed since the previous run and a baseline.
+"""History across runs (docs/method.md §6): what changed since the previous run and a baseline.
 
 Two parts:
 

@@ -4,11 +4,11 @@ Shapes: P_L (n, z), S_L (m, z), the rows of one (PCA) space. Every distance goes
 worker.engine (blocked, float64 accumulation); nothing here builds an m x n matrix, prints
 or does I/O. `**engine_kw` is passed on to the engine: memory_budget_mb, precision, device.
 
-Definitions (DESIGN.md sections 1-2; paper section 3.2, equation sets 1-7):
+Definitions (docs/method.md §1-2; paper section 3.2, equation sets 1-7):
 
 - I_dist(S, P)_j = sum_k ||s_j - p_k||_2, a sum that grows with n = |P|.
 - O_dist(S, P) = mean_j I_dist_j.
-- Size-free (issue 8): I_dist_j / n, the mean distance of image j to P, and its mean over S,
+- Size-free (method.md §1.10): I_dist_j / n, the mean distance of image j to P, and its mean over S,
   o_dist_mean = O_dist / n, comparable across jobs with different |P|.
 - Diversity: distance of each sample to its nearest *other* sample (by index, so exact
   duplicates give 0). A set of fewer than 2 samples has no neighbour: values empty and
@@ -37,12 +37,14 @@ def _vector(x: np.ndarray, name: str) -> np.ndarray:
 
 
 def image_dataset_distances(S_L: np.ndarray, P_L: np.ndarray, **engine_kw: Any) -> np.ndarray:
-    """I_dist(S, P)_j = sum_k ||s_j - p_k||_2 (DESIGN 1.4). S_L (m, z), P_L (n, z) -> (m,) f64."""
+    """I_dist(S, P)_j = sum_k ||s_j - p_k||_2 (method.md §1.4).
+    S_L (m, z), P_L (n, z) -> (m,) float64."""
     return engine.row_distance_sums(S_L, P_L, **engine_kw)
 
 
 def dataset_distance(i_dist: np.ndarray) -> float:
-    """O_dist(S, P) = mean_j I_dist_j (DESIGN 1.5). i_dist (m,), m >= 1 (ValueError if empty)."""
+    """O_dist(S, P) = mean_j I_dist_j (method.md §1.5).
+    i_dist (m,), m >= 1 (ValueError if empty)."""
     i_dist = _vector(i_dist, "i_dist")
     if i_dist.size == 0:
         raise ValueError("i_dist: O_dist of an empty set is undefined")
@@ -50,21 +52,21 @@ def dataset_distance(i_dist: np.ndarray) -> float:
 
 
 def mean_distance_per_image(i_dist: np.ndarray, n: int) -> np.ndarray:
-    """Size-free distance (issue 8): I_dist_j / n, the mean distance of image j to P's n images.
-    (m,) -> (m,) float64."""
+    """Size-free distance (method.md §1.10): I_dist_j / n, the mean distance of image j to
+    P's n images. (m,) -> (m,) float64."""
     if n < 1:
         raise ValueError(f"n: the primary set must hold at least one image, got {n}")
     return _vector(i_dist, "i_dist") / float(n)
 
 
 def o_dist_mean(i_dist: np.ndarray, n: int) -> float:
-    """Size-free O_dist (issue 8): mean_j I_dist_j / n = O_dist / n, the mean distance over all
-    (s, p) pairs. Compares with stats.null_o_dist_means and across |P|."""
+    """Size-free O_dist (method.md §1.10): mean_j I_dist_j / n = O_dist / n, the mean distance
+    over all (s, p) pairs. Compares with stats.null_o_dist_means and across |P|."""
     return dataset_distance(mean_distance_per_image(i_dist, n))
 
 
 def scaled_dataset_distances(o_dist: dict[str, float]) -> dict[str, float]:
-    """Table-2 scaling (DESIGN 1.6): O_dist_i / sum_k O_dist_k over the secondaries, so the
+    """Table-2 scaling (method.md §1.6): O_dist_i / sum_k O_dist_k over the secondaries, so the
     values sum to 1. All O_dist zero -> equal shares 1/K; empty dict -> {}."""
     if not o_dist:
         return {}
@@ -75,7 +77,7 @@ def scaled_dataset_distances(o_dist: dict[str, float]) -> dict[str, float]:
 
 
 def min_max_scale(x: np.ndarray) -> np.ndarray:
-    """x' = (x - min) / (max - min) over one S (DESIGN 1.7); all zeros when max == min.
+    """x' = (x - min) / (max - min) over one S (method.md §1.7); all zeros when max == min.
     (m,) -> (m,) float64; the maximum maps to exactly 1.0."""
     x = _vector(x, "x")
     if x.size == 0:
@@ -108,7 +110,7 @@ def summary_stats(x: np.ndarray) -> dict[str, float | None]:
 def sorted_splits(
     i_dist: np.ndarray, parts: int, scores: np.ndarray | None = None
 ) -> list[dict[str, float | int | None]]:
-    """Intra-dataset analysis (DESIGN 1.8, paper section 4.2.1, table 3).
+    """Intra-dataset analysis (method.md §1.8, paper section 4.2.1, table 3).
 
     Images sorted by I_dist ascending (stable: ties keep index order), cut into `parts`
     near-equal parts with np.array_split (the first parts take the extra images). Per part:
@@ -144,7 +146,7 @@ def sorted_splits(
 
 
 def diversity(X: np.ndarray, **engine_kw: Any) -> dict[str, Any]:
-    """LightlyOne diversity (DESIGN 2): values_i = min_{j != i} ||x_i - x_j||_2, the nearest
+    """LightlyOne diversity (method.md §2.1): values_i = min_{j != i} ||x_i - x_j||_2, the nearest
     OTHER sample excluded by index (exact duplicates give 0). X (N, z).
 
     Returns {mean, min, max, values (N,) float64}. N < 2: no neighbour exists, so values is
@@ -165,7 +167,7 @@ def diversity(X: np.ndarray, **engine_kw: Any) -> dict[str, Any]:
 
 
 def coverage(inputs: np.ndarray, outputs: np.ndarray, **engine_kw: Any) -> dict[str, Any]:
-    """Coverage of `inputs` (m, z) by `outputs` (k, z) (DESIGN 2): values_j = min_i
+    """Coverage of `inputs` (m, z) by `outputs` (k, z) (method.md §2.2): values_j = min_i
     ||in_j - out_i||_2. Returns {mean, max, values (m,)}; max is the k-center covering radius.
     No inputs, or no outputs (nothing covers), -> mean/max None (values inf when no outputs)."""
     inputs, outputs = np.asarray(inputs), np.asarray(outputs)

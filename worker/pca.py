@@ -1,4 +1,4 @@
-"""Joint PCA (DESIGN.md section 1.1-1.2) with routes for every data shape.
+"""Joint PCA (docs/method.md §1.1-1.2) with routes for every data shape.
 
 X = vstack(blocks) is centred on its column mean and projected on its first z principal
 axes. The blocks are never stacked or centred as a whole: every route reads them in row or

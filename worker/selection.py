@@ -1,4 +1,4 @@
-"""Which S images to label next (DESIGN 3, paper section 4.3): band, farthest, k-center.
+"""Which S images to label next (docs/method.md §3, paper section 4.3): band, farthest, k-center.
 
 Every function returns indices into S (ints), deterministic for a given seed
 (numpy.random.default_rng(seed)). A count above |S| selects all of S; a count of 0 selects
@@ -28,7 +28,7 @@ def select_band(
     i_dist: np.ndarray, count: int, band: tuple[float, float] = (0.6, 1.0), seed: int = 0
 ) -> list[int]:
     """Paper section 4.3: `count` images drawn at random (seeded, without replacement) among
-    those whose min-max scaled I_dist x' (DESIGN 1.7) lies in [lo, hi], both ends inclusive.
+    those whose min-max scaled I_dist x' (method.md §1.7) lies in [lo, hi], both ends inclusive.
 
     When the band holds fewer than `count` images, all of them are taken and the rest is
     filled with the images outside the band closest to it (smallest gap in x' to [lo, hi];

@@ -1,12 +1,12 @@
-"""Yardsticks for the distances (issue 8): null calibration, MMD two-sample test, FID, KID,
-exact and near duplicates, rank agreement. Pure functions on arrays; no printing, no I/O.
+"""Yardsticks for the distances (docs/method.md §4): null calibration, MMD two-sample test,
+FID, KID, exact and near duplicates, rank agreement. Pure functions on arrays; no printing, no I/O.
 
 Shapes: P (n, z), S (m, z), both rows of the same (PCA) space; X (n, d), Y (m, d) likewise.
 Memory stays bounded for large sets: nearest neighbours and distance sums go through
 worker.engine (blocked); kernel sums are computed in row blocks of at most KERNEL_BLOCK_MB;
 the MMD test and the median heuristic subsample to documented caps (seeded).
 
-Definitions chosen here (the README documents them):
+Definitions chosen here (docs/method.md §4 documents them):
 
 - Null calibration: P is split at random into halves A (floor(n/2)) and B (the rest), `repeats`
   times; each null value is the size-free O_dist between the halves,
@@ -225,7 +225,7 @@ def mmd_test(
     *,
     max_samples: int = MMD_MAX_SAMPLES,
 ) -> dict[str, Any]:
-    """Two-sample test (issue 8): unbiased Gaussian MMD^2 and its permutation p-value.
+    """Two-sample test (method.md §4.2): unbiased Gaussian MMD^2 and its permutation p-value.
 
     Each set above `max_samples` is first subsampled (seeded, uniform without replacement).
     sigma None -> median_heuristic of the pooled (subsampled) sample. p-value =
@@ -436,7 +436,7 @@ def find_duplicates(
     threshold: float | None = None,
     **engine_kw: Any,
 ) -> dict[str, Any]:
-    """Exact and near duplicates within S and between S and P (issue 8). S (m, z), P (n, z).
+    """Exact and near duplicates within S and between S and P (method.md §4.4). S (m, z), P (n, z).
 
     threshold None -> near_duplicate_threshold(P). Exact means equal content hashes (only
     when hashes are given); near means distance < threshold or distance == 0.
@@ -529,7 +529,7 @@ def rank_correlations(a: Sequence[float], b: Sequence[float]) -> dict[str, float
 def model_agreement(
     o_dist: dict[str, dict[str, float]], i_dist: dict[str, dict[str, Sequence[float]]]
 ) -> dict[str, Any]:
-    """Agreement between extractors (issue 8). o_dist[model][secondary] -> O_dist;
+    """Agreement between extractors (method.md §4.6). o_dist[model][secondary] -> O_dist;
     i_dist[model][secondary] -> per-image I_dist (same image order for every model).
 
     pairs[]: for each pair of models, rank correlations of O_dist across secondaries and of

@@ -1,4 +1,4 @@
-"""Adaptation runs (paper sections 3.3, 4.2-4.3; DESIGN.md sections 3-4).
+"""Adaptation runs (paper sections 3.3, 4.2-4.3; docs/method.md §3, §5).
 
 - `ods`: ODS / OIS F-score (pure numpy);
 - `segmenters`: UNet and SegFormer behind one `Segmenter`, encoder features as an extractor;

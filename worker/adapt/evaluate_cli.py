@@ -2,7 +2,7 @@
 
 For users who bring their own model: every mask needs a probability map with the same stem
 (relative path without extension) saved as an 8-bit PNG (prob = value / 255), and every map a
-mask. Scores are the ODS / OIS F-score of `worker.adapt.ods` (DESIGN.md section 4). Missing
+mask. Scores are the ODS / OIS F-score of `worker.adapt.ods` (docs/method.md §5.2-5.3). Missing
 pairs, unreadable files and size mismatches are errors naming the files (exit code 2).
 """
 

@@ -1,4 +1,4 @@
-"""ODS / OIS F-score of binary segmentation probability maps (DESIGN.md section 4).
+"""ODS / OIS F-score of binary segmentation probability maps (docs/method.md §5.2-5.3).
 
 The definition follows DeepSegmentor's `eval/prf_metrics.py`, pixel-exact, no tolerance:
 

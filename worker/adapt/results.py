@@ -1,5 +1,5 @@
 """report.json's `adaptation` block as pydantic v2 models, and the pure functions that fill
-its judgements: the verdicts of each result and the model-selection summary (issue 16).
+its judgements: the verdicts of each result and the model-selection summary (method.md §5.5).
 
 Layout: `Adaptation` keeps the single-architecture fields (`model`, `models`, `results`,
 `splits`: the baseline architecture, the first of adaptation.models, so the f_slope / ods_f

@@ -1,4 +1,4 @@
-"""The adaptation stage (paper sections 3.3, 4.2-4.3, appendix C; DESIGN.md sections 3-4).
+"""The adaptation stage (paper sections 3.3, 4.2-4.3, appendix C; docs/method.md §5).
 
 Every architecture of adaptation.models (`unet`, `unetplusplus`, `segformer`, `upernet`; the
 first is the baseline) trains the same models on the same images with the same seed and

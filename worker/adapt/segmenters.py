@@ -1,4 +1,4 @@
-"""Binary segmentation models for the adaptation runs (DESIGN.md section 4).
+"""Binary segmentation models for the adaptation runs (docs/method.md §5.1).
 
 Four kinds, behind one wrapper (`Segmenter`):
 

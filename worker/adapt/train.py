@@ -1,4 +1,4 @@
-"""Loading image / mask pairs and seeded, resumable training of a Segmenter (DESIGN.md 4).
+"""Loading image / mask pairs and seeded, resumable training of a Segmenter (docs/method.md §5.1).
 
 - Images are decoded by `worker.images.decode_image` and resized to image_size x image_size
   (bilinear); masks (0/255 or 0/1, any PIL mode) are binarised and resized with nearest

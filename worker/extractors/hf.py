@@ -1,4 +1,4 @@
-"""The paper's seven transformers extractors (DESIGN.md section 5; paper tables 1 and 8).
+"""The paper's seven transformers extractors (docs/method.md §9; paper tables 1 and 8).
 
 | name         | model class                  | feature (pooling "flatten", the paper's)          |
 |--------------|------------------------------|---------------------------------------------------|
