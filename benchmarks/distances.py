@@ -1,4 +1,4 @@
-"""Distance engine benchmark (issue 10): I_dist sums, nearest neighbours, k-center.
+"""Distance engine benchmark (docs/method.md §8): I_dist sums, nearest neighbours, k-center.
 
     .venv/bin/python benchmarks/distances.py            # full run (~10-15 min on 2 cores)
     .venv/bin/python benchmarks/distances.py --quick    # n = m = 2k and 20k, z = 25 only
@@ -464,7 +464,7 @@ def main() -> None:
     tgt = results.get((20_000, 25))
     if tgt:
         lines.append(
-            "Target (issue 10): >= 6x scikit-learn for I_dist at n = m = 20k, z = 25; "
+            "Target (docs/method.md §8): >= 6x scikit-learn for I_dist at n = m = 20k, z = 25; "
             f"measured {ratio(tgt['sklearn'], tgt['ours_f32'])} (float32) and "
             f"{ratio(tgt['sklearn'], tgt['ours_f64'])} (float64). At z = 768 ours and "
             "sklearn are both dominated by the same GEMM, so the gain there is what float32 "

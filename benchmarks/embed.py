@@ -9,7 +9,7 @@ path). Images are synthetic JPEGs written to a temp folder.
     .venv/bin/python benchmarks/embed.py                     # defaults: 256 images, 2 workers
     .venv/bin/python benchmarks/embed.py --images 512 --workers 4 --device cuda
 
-Goals (issue 4): pipeline / model-only >= 0.9 on a GPU; cached re-run >= 20x faster than cold.
+Goals: pipeline / model-only >= 0.9 on a GPU; cached re-run >= 20x faster than cold.
 Every timing is the best of --repeats runs (other processes share the machine).
 """
 

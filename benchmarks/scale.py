@@ -1,4 +1,4 @@
-"""engine: ray against engine: local on this machine, and the scaling that follows (issue 9).
+"""engine: ray against engine: local on this machine, and the scaling that follows (docs/ray.md).
 
     .venv/bin/python benchmarks/scale.py            # ~3 min on 2 cores
     .venv/bin/python benchmarks/scale.py --quick    # smaller sizes, ~1-2 min

@@ -9,31 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.decomposition import PCA
 
+from tests import reference as R
 from tests.conftest import write_job
 from tests.pdftext import pdf_text
 from worker.job import load_job
 from worker.pipeline import run
-
-
-def _dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
-
-
-def _pair(p, s, dims):
-    x = np.vstack([p, s]).astype(np.float64)
-    if dims is None:
-        y = x - x.mean(0)
-    else:
-        y = PCA(n_components=dims, svd_solver="full").fit_transform(x)
-    return y[: len(p)], y[len(p) :]
-
-
-def _nearest_other(x):
-    d = _dist(x, x)
-    np.fill_diagonal(d, np.inf)
-    return d.min(1)
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +58,8 @@ def test_distances_match_float64_reference(reports, dims):
     _, report = runs[dims]
     o = {}
     for sec in report["secondaries"]:
-        pl, sl = _pair(data["P"], data[sec["name"]], dims)
-        i_dist = _dist(sl, pl).sum(1)
+        pl, sl = R.joint_pca([data["P"], data[sec["name"]]], dims)
+        i_dist = R.pairwise(sl, pl).sum(1)
         got = np.array([im["i_dist"] for im in sec["images"]])
         np.testing.assert_allclose(got, i_dist, rtol=1e-9)
         assert sec["o_dist"] == pytest.approx(i_dist.mean(), rel=1e-9)
@@ -94,17 +75,17 @@ def test_distances_match_float64_reference(reports, dims):
             assert part["mean"] == pytest.approx(ref.mean(), rel=1e-9)
             assert part["std"] == pytest.approx(ref.std(), rel=1e-9)
         assert len(sec["splits"]["thirds"]) == 3
-        div = _nearest_other(sl)
+        div = R.nearest_other(sl)
         assert sec["diversity"]["mean"] == pytest.approx(div.mean(), rel=1e-9)
         assert sec["diversity"]["max"] == pytest.approx(div.max(), rel=1e-9)
-        cov = _dist(sl, pl).min(1)
+        cov = R.pairwise(sl, pl).min(1)
         assert sec["coverage_by_primary"]["mean"] == pytest.approx(cov.mean(), rel=1e-9)
         assert sec["coverage_by_primary"]["max"] == pytest.approx(cov.max(), rel=1e-9)
         far = [s for s in sec["selections"] if s["strategy"] == "farthest" and s["count"] == 3][0]
         ids = [im["id"] for im in sec["images"]]
         assert far["ids"] == [ids[i] for i in np.argsort(-i_dist, kind="stable")[:3]]
         chosen = [ids.index(i) for i in far["ids"]]
-        cov_sel = _dist(sl, sl[chosen]).min(1)
+        cov_sel = R.pairwise(sl, sl[chosen]).min(1)
         assert far["coverage"]["max"] == pytest.approx(cov_sel.max(), rel=1e-9)
         o[sec["name"]] = i_dist.mean()
     total = sum(o.values())
@@ -115,9 +96,9 @@ def test_distances_match_float64_reference(reports, dims):
 def test_primary_diversity_uses_pca_on_p_alone(reports):
     (runs, data) = reports
     _, report = runs[5]
-    pl = PCA(n_components=5, svd_solver="full").fit_transform(data["P"])
+    pl = R.sk_pca(data["P"], 5).transform(data["P"])
     assert report["primary"]["diversity"]["mean"] == pytest.approx(
-        _nearest_other(pl).mean(), rel=1e-9
+        R.nearest_other(pl).mean(), rel=1e-9
     )
 
 
@@ -127,8 +108,8 @@ def test_pca_sweep_matches_refits(reports):
     for row in report["pca_sweep"]:
         o = {}
         for name in ("S1", "S2"):
-            pl, sl = _pair(data["P"], data[name], row["dims"])
-            o[name] = _dist(sl, pl).sum(1).mean()
+            pl, sl = R.joint_pca([data["P"], data[name]], row["dims"])
+            o[name] = R.pairwise(sl, pl).sum(1).mean()
         total = sum(o.values())
         for name in o:
             assert row["o_dist_scaled"][name] == pytest.approx(o[name] / total, rel=1e-8)

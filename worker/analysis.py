@@ -83,7 +83,7 @@ def _engine_kw(job: Job) -> dict:
 
 
 def project_pair(p: np.ndarray, s: np.ndarray, job: Job) -> PairSpace:
-    """Joint PCA of [P; S] to `pca.dims` (DESIGN 1.1-1.2); one wider fit serves the sweep."""
+    """Joint PCA of [P; S] to `pca.dims` (method.md §1.1-1.2); one wider fit serves the sweep."""
     dims = job.pca.dims
     sweep_max = max(job.pca.sweep) if job.pca.sweep else None
     seed = job.seed

@@ -1,4 +1,4 @@
-"""Figure of the performance estimate (DESIGN.md section 10). Plotting only: every number comes
+"""Figure of the performance estimate (docs/method.md §7). Plotting only: every number comes
 from the typed `worker.estimate.Estimate` block.
 
 - `estimate_curve`: left panel, per-image F (at the ODS threshold) of the labelled images
