@@ -56,8 +56,10 @@ def _show_progress(args: argparse.Namespace) -> bool:
 def _run_job(job_path: Path, args: argparse.Namespace, out: str | None = None) -> int:
     from worker.job import load_job
     from worker.pipeline import run
+    from worker.store import forget_published
 
     job = load_job(job_path)
+    forget_published()
     result = run(
         job,
         out_dir=out or getattr(args, "out", None),
@@ -67,6 +69,8 @@ def _run_job(job_path: Path, args: argparse.Namespace, out: str | None = None) -
     )
     failed = [g for g in result.report["gates"] if not g["passed"]]
     print(f"report: {result.out_dir}/report.json and {result.out_dir}/report.pdf")
+    if result.run_id:
+        print(f"run: {result.run_id} ({result.run_dir}; {result.out_dir}/latest names the newest)")
     for g in failed:
         bound = f"<= {g['max']}" if "max" in g else f">= {g['min']}"
         print(f"gate failed: {g['metric']}[{g['dataset']}] = {g['value']} (want {bound})")
@@ -125,11 +129,21 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INVALID
     except KeyboardInterrupt as err:
         from worker.logs import CURRENT
+        from worker.store import last_published
 
+        published = last_published()
+        if published is not None:  # the interrupt came after the run was made visible
+            print(
+                f"interrupted ({err or 'Ctrl-C'}) after run {published.run_id} was published: "
+                f"{published.report_uri} is complete and {published.store} names it as latest",
+                file=sys.stderr,
+            )
+            return EXIT_INTERRUPTED
         where = f" during the {CURRENT['stage']} stage" if CURRENT["stage"] else ""
         print(
-            f"interrupted{where} ({err or 'Ctrl-C'}); no report was written; "
-            "embeddings finished so far are cached: run the same job again to resume",
+            f"interrupted{where} ({err or 'Ctrl-C'}); no report was published (the previous "
+            "latest run, if any, is unchanged); embeddings finished so far are cached: run the "
+            "same job again to resume",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED

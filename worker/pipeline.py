@@ -36,6 +36,8 @@ class RunResult:
     report: dict
     out_dir: str
     files: dict[str, str] = field(default_factory=dict)
+    run_id: str | None = None  # the run published in the store at out_dir (runs/<run_id>/)
+    run_dir: str | None = None  # <out_dir>/runs/<run_id>
 
     @property
     def exit_code(self) -> int:
@@ -468,7 +470,15 @@ def run(
                 "free disk space or choose another folder with --out"
             ) from None
     LOGGER.info("reports written to %s", out_uri, extra={"fields": {"out": out_uri}})
-    return RunResult(report=report, out_dir=out_uri)
+    from worker.store import last_published
+
+    published = last_published()
+    return RunResult(
+        report=report,
+        out_dir=out_uri,
+        run_id=published.run_id if published else None,
+        run_dir=published.run_uri if published else None,
+    )
 
 
 @contextmanager
@@ -550,7 +560,9 @@ def _write_outputs(
                 from worker.report.junit import write_junit
 
                 write_junit(report, Path(junit_path))
-        _publish(staging, out_uri, job.storage)
+        from worker.store import publish_run
+
+        publish_run(staging, out_uri, job.storage, started=started, keep=job.output.keep)
     return report
 
 
