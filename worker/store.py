@@ -456,7 +456,10 @@ def _publish_local(staging: Path, store: Path, run_id: str) -> Published:
     finally:
         if not committed:
             shutil.rmtree(partial, ignore_errors=True)
-            writer.unlink(missing_ok=True)
+            try:
+                writer.unlink(missing_ok=True)
+            except OSError:
+                pass
             for folder in reversed(made):
                 try:
                     folder.rmdir()  # only if still empty: never another run's files
