@@ -476,7 +476,7 @@ def test_cli_run_publishes_a_run_and_prints_it(small_job, tmp_path):
 
 def test_two_concurrent_runs_both_complete_latest_is_the_last_to_finish(tmp_path):
     out = tmp_path / "out"
-    publish(tmp_path, out, "zero")
+    publish(tmp_path, out, "zero", started=time.time() - 60)
     env = _env(tmp_path, "copied")
     slow = _publisher(make_staging(tmp_path / "slow", "slow"), str(out), env)
     _wait_paused(slow, env)  # started first, holds its complete .partial folder
