@@ -65,8 +65,10 @@ def _run_job(job_path: Path, args: argparse.Namespace, out: str | None = None) -
     from worker.pipeline import run
     from worker.preflight import check_locations
     from worker.sources import listing_policy, policy_for
+    from worker.store import forget_published
 
     job = load_job(job_path)
+    forget_published()
     out = out or getattr(args, "out", None)
     junit = getattr(args, "junit", None)
     check_locations(job, out=out, junit=junit)  # before any computation
@@ -85,6 +87,8 @@ def _run_job(job_path: Path, args: argparse.Namespace, out: str | None = None) -
     from worker.report.junit import gate_bound, gate_target
 
     print(f"report: {result.out_dir}/report.json and {result.out_dir}/report.pdf")
+    if result.run_id:
+        print(f"run: {result.run_id} ({result.run_dir}; {result.out_dir}/latest names the newest)")
     for g in result.report.gates:
         if not g.passed:
             print(f"gate failed: {gate_target(g)} = {g.value} (want {gate_bound(g)})")
@@ -177,11 +181,21 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INVALID
     except KeyboardInterrupt as err:
         from worker.logs import CURRENT
+        from worker.store import last_published
 
+        published = last_published()
+        if published is not None:  # the interrupt came after the run was made visible
+            print(
+                f"interrupted ({err or 'Ctrl-C'}) after run {published.run_id} was published: "
+                f"{published.report_uri} is complete and {published.store} names it as latest",
+                file=sys.stderr,
+            )
+            return EXIT_INTERRUPTED
         where = f" during the {CURRENT['stage']} stage" if CURRENT["stage"] else ""
         print(
-            f"interrupted{where} ({err or 'Ctrl-C'}); no report was written; "
-            "embeddings finished so far are cached: run the same job again to resume",
+            f"interrupted{where} ({err or 'Ctrl-C'}); no report was published (the previous "
+            "latest run, if any, is unchanged); embeddings finished so far are cached: run the "
+            "same job again to resume",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED

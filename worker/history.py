@@ -36,6 +36,7 @@ from worker.results import (
     SecondaryHistory,
 )
 from worker.results import ValueSummary as Summary
+from worker.store import list_runs  # noqa: F401 (the store's listing; re-exported)
 
 RUN_ID_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-z]{6}$")
 HISTORY_GATE_METRICS = ("o_dist_mean_change", "new_images_far_fraction")
@@ -409,28 +410,6 @@ def read_report(location: str, storage=None, source: str | None = None) -> dict:
     except OSError as err:
         raise JobError(f"{source}: cannot read {path} ({err.strerror or err})") from None
     return _with_run_id(_parse(blob, source), path.resolve().parent.name)
-
-
-def list_runs(store_uri: str, storage=None) -> list[str]:
-    """Run ids of the complete runs in a store (those whose report.json exists), oldest first.
-    A store that does not exist yet has no runs."""
-    if _is_s3(store_uri):
-        from worker.sources import s3
-
-        runs_root = s3.join_uri(store_uri, "runs")
-        _, prefix = s3.parse_uri(runs_root)
-        ids = set()
-        for key, _size in s3.iter_keys(runs_root, storage):
-            rest = key[len(prefix) :].strip("/").split("/")
-            if len(rest) == 2 and rest[1] == "report.json" and RUN_ID_RE.match(rest[0]):
-                ids.add(rest[0])
-        return sorted(ids)
-    runs = Path(store_uri) / "runs"
-    if not runs.is_dir():
-        return []
-    return sorted(
-        p.name for p in runs.iterdir() if RUN_ID_RE.match(p.name) and (p / "report.json").is_file()
-    )
 
 
 def read_run(store_uri: str, run_id: str, storage=None) -> dict:

@@ -76,8 +76,13 @@ class Strict(BaseModel):
 
 
 class OutputConfig(Strict):
+    """Where runs are published: a run store (worker/store.py) at `dir`, a folder or s3://."""
+
     dir: str = "out"
     save_checkpoints: bool = False
+    # Keep the newest N complete runs in <dir>/runs/; older ones are pruned after a successful
+    # publish (never the new run, never the one `latest` names). None keeps every run.
+    keep: int | None = Field(default=None, ge=1)
 
     _dir = field_validator("dir")(classmethod(lambda cls, v: check_location(v)))
 

@@ -95,3 +95,32 @@ def publish_outputs(
     for p in last:
         done.append(put(p))
     return done
+
+
+def delete_keys(uris: list[str], storage=None) -> None:
+    """Delete s3:// objects (one bucket per call is typical; batches of 1,000 per request).
+    Missing objects are not an error. Raises JobError naming the first URI of a failed batch."""
+    from worker.sources import s3
+
+    by_bucket: dict[str, list[str]] = {}
+    for uri in uris:
+        bucket, key = s3.parse_uri(uri)
+        by_bucket.setdefault(bucket, []).append(key)
+    client = s3.get_client(storage)
+    for bucket, keys in by_bucket.items():
+        for start in range(0, len(keys), 1000):
+            batch = keys[start : start + 1000]
+            try:
+                response = client.delete_objects(
+                    Bucket=bucket,
+                    Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
+                )
+            except Exception as err:  # noqa: BLE001 - translated into a JobError
+                s3._raise(err, f"s3://{bucket}/{batch[0]}", "deleting objects")
+            errors = response.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise JobError(
+                    f"s3://{bucket}/{first.get('Key')}: cannot delete ({first.get('Code')}); "
+                    "check the credentials' s3:DeleteObject permission"
+                )

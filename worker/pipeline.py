@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import platform
-import shutil
 import sys
 import tempfile
 import time
@@ -42,6 +41,7 @@ from worker.results import (
     RunInfo,
 )
 from worker.sources import Item, is_s3, list_images, policy_for
+from worker.store import new_run_id, publish_run
 
 
 def _check_location(job: Job, ds: DatasetConfig, key: str, location: str) -> str:
@@ -244,8 +244,9 @@ class Measured:
 @dataclass
 class RunResult:
     report: Report
-    out_dir: str
-    run_id: str | None = None
+    out_dir: str  # the run store (output.dir or --out)
+    run_id: str | None = None  # this run's id in the store
+    run_dir: str | None = None  # <out_dir>/runs/<run_id>
 
     @property
     def exit_code(self) -> int:
@@ -264,6 +265,7 @@ def run(
     embed, measure, robustness, adapt, measure with the trained encoder, build the report,
     render, publish."""
     started = time.time()
+    run_id = new_run_id(started)
     out_uri = out_dir or job.resolve(job.output.dir)
     check_locations(job, out=out_dir, junit=junit_path)  # every local location, before work
     masked = check_adaptation_inputs(job)  # masks checked before any embedding
@@ -295,8 +297,9 @@ def run(
                 job_source,
                 measured,
                 adapted,
-                RunInfo(**_run_info(started, engine_info)),
+                RunInfo(**_run_info(started, engine_info), run_id=run_id),
                 scores=scores,
+                store=out_uri,
             )
             try:
                 render_outputs(report, _render_inputs(measured[0], adapted, job), staging)
@@ -306,13 +309,15 @@ def run(
                     "free disk space or choose another folder with --out"
                 ) from None
         with stage("publish"):
-            _publish(staging, out_uri, job.storage)
+            published = publish_run(
+                staging, out_uri, job.storage, started=started, run_id=run_id, keep=job.output.keep
+            )
     if junit_path:
         from worker.report.junit import write_junit
 
         write_junit(report, Path(junit_path))
-    LOGGER.info("reports written to %s", out_uri, extra={"fields": {"out": out_uri}})
-    return RunResult(report=report, out_dir=out_uri)
+    LOGGER.info("reports written to %s", published.run_uri, extra={"fields": {"out": out_uri}})
+    return RunResult(report, out_uri, published.run_id, published.run_uri)
 
 
 @contextmanager
@@ -454,9 +459,11 @@ def build_report(
     adapted: Adapted | None,
     run_info: RunInfo,
     scores: dict | None = None,
+    store: str | None = None,
 ) -> Report:
     """report.json as one typed Report: the first extractor's blocks at the top level, every
-    extractor in `models`, the performance estimate, the gates evaluated last."""
+    extractor in `models`, the performance estimate, the history against earlier runs of
+    `store`, the gates evaluated last."""
     from worker import stats
 
     first = measured[0].analysis
@@ -510,6 +517,8 @@ def build_report(
         adaptation=adapted.block if adapted else None,
     )
     attach_estimate(report, scores, job.seed)
+    if store is not None:
+        attach_history(report, job, store)
     report.gates = evaluate_gates(report, job.gates)
     report.passed = all(g.passed for g in report.gates)
     return report
@@ -530,6 +539,31 @@ def attach_estimate(report: Report, scores: dict | None, seed: int) -> None:
     report.estimate = estimate
 
 
+def attach_history(report: Report, job: Job, store: str) -> None:
+    """Compare this run with the earlier runs of the same store (method.md §6): the `history`
+    block, and `new` on every image of a secondary that the previous run also had."""
+    from worker.history import collect_history
+
+    history = collect_history(
+        store,
+        report.model_dump(mode="json"),
+        max_runs=job.history.max_runs,
+        baseline=job.history.baseline,
+        band=tuple(job.selection.band),
+        storage=job.storage,
+        base_dir=job.base_dir,
+        run_id=report.run.run_id,
+    )
+    report.history = history
+    for sec in report.secondaries:
+        new = history.new_ids.get(sec.name)
+        if new is None:
+            continue
+        new = set(new)
+        for im in sec.images:
+            im.new = im.id in new
+
+
 def _render_inputs(first: Measured, adapted: Adapted | None, job: Job) -> RenderInputs:
     """What the PDF draws beyond report.json: 2-D points, image locations, adaptation data."""
     return RenderInputs(
@@ -538,33 +572,3 @@ def _render_inputs(first: Measured, adapted: Adapted | None, job: Job) -> Render
         storage=job.storage,
         adaptation=adapted.figure_data if adapted else None,
     )
-
-
-def _publish(staging: Path, out_uri: str, storage) -> None:
-    """Move finished outputs into place: report.json last, so it never appears alone."""
-    if is_s3(out_uri):
-        from worker.outputs import publish_outputs
-
-        publish_outputs(staging, out_uri, storage)
-        return
-    out = Path(out_uri)
-    names = sorted(p.relative_to(staging) for p in staging.rglob("*") if p.is_file())
-    names.sort(key=lambda p: p.name == "report.json")
-    written: list[Path] = []
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        for rel in names:
-            target = out / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.partial")
-            written.append(tmp)
-            shutil.copyfile(staging / rel, tmp)
-            tmp.replace(target)
-            written.append(target)
-    except OSError as err:
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise JobError(
-            f"output.dir: cannot write the reports to {out} ({err.strerror or err}); "
-            "free disk space or choose another folder with --out"
-        ) from None
