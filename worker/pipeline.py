@@ -541,7 +541,8 @@ def attach_estimate(report: Report, scores: dict | None, seed: int) -> None:
 
 def attach_history(report: Report, job: Job, store: str) -> None:
     """Compare this run with the earlier runs of the same store (method.md §6): the `history`
-    block, and `new` on every image of a secondary that the previous run also had."""
+    block, and `new` on every image of a secondary that the previous run also had. The first
+    run of a store (no earlier run, no baseline) gets no block."""
     from worker.history import collect_history
 
     history = collect_history(
@@ -554,6 +555,8 @@ def attach_history(report: Report, job: Job, store: str) -> None:
         base_dir=job.base_dir,
         run_id=report.run.run_id,
     )
+    if history.previous_run is None and not history.baseline:
+        return  # a first run: nothing to compare, and report.json stays free of run ids
     report.history = history
     for sec in report.secondaries:
         new = history.new_ids.get(sec.name)
