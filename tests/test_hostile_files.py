@@ -177,7 +177,7 @@ def test_junit_not_written_when_a_late_stage_fails(tmp_path, monkeypatch):
     def fail(*a, **k):
         raise JobError("output.dir: simulated publishing failure")
 
-    monkeypatch.setattr("worker.pipeline._publish", fail)
+    monkeypatch.setattr("worker.pipeline.publish_run", fail)
     junit = tmp_path / "gates.xml"
     res = run_cli(tmp_path, image_job(tmp_path), "--junit", str(junit))
     assert res.returncode == 2 and not junit.exists(), res.stderr
