@@ -198,8 +198,6 @@ def test_from_nearest_summaries_equal_the_direct_calls():
     ref = metrics.diversity(X)
     keys = ("mean", "min", "max")
     assert {k: got[k] for k in keys} == {k: ref[k] for k in keys}
-        k: ref[k] for k in ("mean", "min", "max")
-    }
     nn = NearestNeighbors(n_neighbors=1).fit(out).kneighbors(X)[0][:, 0]
     cov = metrics.coverage_from_nearest(engine.pair_pass(X, out, nearest=True).nearest_distance, 12)
     assert cov["mean"] == pytest.approx(nn.mean(), rel=1e-12)
