@@ -301,17 +301,23 @@ def _duplicate_pairs(sets: list[EmbeddedSet], analysis: ModelAnalysis, storage) 
 
 
 def _versions() -> dict[str, str]:
-    import sklearn
-    import torch
-    import transformers
+    """Package versions for report.json, read from the installed metadata: importing
+    transformers and scikit-learn only to read __version__ costs about a second."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def ver(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
 
     return {
         "worker": __version__,
         "python": platform.python_version(),
         "numpy": np.__version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "scikit-learn": sklearn.__version__,
+        "torch": ver("torch"),
+        "transformers": ver("transformers"),
+        "scikit-learn": ver("scikit-learn"),
     }
 
 

@@ -35,7 +35,6 @@ from itertools import combinations
 from typing import Any
 
 import numpy as np
-from scipy import stats as sstats
 
 from worker import engine
 
@@ -592,6 +591,8 @@ def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float | None:
         raise ValueError(f"kendall_tau: lengths differ ({len(a)} and {len(b)})")
     if len(a) < 2:
         return None
+    from scipy import stats as sstats  # 0.5 s to import: only when ranks are compared
+
     return _finite_or_none(sstats.kendalltau(a, b).statistic)
 
 
@@ -602,6 +603,8 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
         raise ValueError(f"spearman: lengths differ ({len(a)} and {len(b)})")
     if len(a) < 2:
         return None
+    from scipy import stats as sstats
+
     return _finite_or_none(sstats.spearmanr(a, b).statistic)
 
 
