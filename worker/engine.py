@@ -55,8 +55,12 @@ TILE_OVERHEAD = 3
 MIN_TILE = 16
 
 _PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
-#: relative size d^2 / (|a|^2 + |b|^2) under which a pair is recomputed by differences
-_TAU = {torch.float32: 1e-2, torch.float64: 1e-4}
+#: relative size d^2 / (|a|^2 + |b|^2) under which a pair is recomputed by differences.
+#: The GEMM trick's rounding error is a few eps * (|a|^2 + |b|^2) (eps 6e-8 in float32), so
+#: every exact duplicate falls below tau; above it a pair's d^2 keeps a relative error below
+#: ~1e-4 (float32). 1e-2 made low-dimensional prefixes (z = 5) recompute many tiles: 2x
+#: slower fused passes for no change in I_dist (benchmarks/RESULTS.md, issue 18).
+_TAU = {torch.float32: 1e-3, torch.float64: 1e-4}
 _POOL_LOCK = threading.RLock()
 _OUTER_THREADS: list[int] = []  # thread counts saved by nested _single_threaded blocks
 #: a distributed backend (worker.distributed.RayDistanceBackend) for large calls, or None
