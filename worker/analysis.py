@@ -340,10 +340,28 @@ def primary_diversity(primary: EmbeddedSet, job: Job) -> dict | None:
     return _spread(metrics.diversity(p_l), job.metrics.histogram_bins)
 
 
-def scatter_points(primary: EmbeddedSet, secondaries: list[EmbeddedSet], seed: int) -> dict:
-    """2-D coordinates of P and every S from one PCA fitted on all of them (DESIGN 2)."""
+def scatter_points(
+    primary: EmbeddedSet,
+    secondaries: list[EmbeddedSet],
+    seed: int,
+    space: PairSpace | None = None,
+) -> dict:
+    """2-D coordinates of P and every S from one PCA fitted on all of them (DESIGN 2).
+
+    With one secondary that PCA is the pair's joint fit, so `space` (its PairSpace, from an
+    exact, covariance or Gram fit with at least 2 components, pca.route auto) gives the
+    first two columns without a refit."""
     blocks = [primary.vectors] + [s.vectors for s in secondaries]
-    projected, _ = joint_pca(blocks, 2, seed=seed)
+    reuse = (
+        space is not None
+        and len(secondaries) == 1
+        and space.info.get("route") in ("exact", "covariance", "gram")  # not randomized
+        and space.primary.shape[1] >= 2
+    )
+    if reuse:
+        projected = [space.primary[:, :2], space.secondary[:, :2]]
+    else:
+        projected, _ = joint_pca(blocks, 2, seed=seed)
     names = [primary.name] + [s.name for s in secondaries]
     points = {}
     for name, pts in zip(names, projected, strict=True):
@@ -378,7 +396,12 @@ def analyse_model(primary: EmbeddedSet, secondaries: list[EmbeddedSet], job: Job
         "route": first.get("route"),
         "explained_variance_ratio": first.get("explained_variance_ratio", []),
     }
-    scatter = scatter_points(primary, secondaries, job.seed)
+    scatter = scatter_points(
+        primary,
+        secondaries,
+        job.seed,
+        spaces[secondaries[0].name] if secondaries and job.pca.route == "auto" else None,
+    )
     scatter["selected"] = {
         name: chosen[(job.selection.strategies[0], max(job.selection.counts))]
         for name, chosen in chosen_all.items()
