@@ -222,11 +222,11 @@ def test_device_and_precision_validation():
     with pytest.raises(JobError, match="compute.device"):
         engine.resolve_device("tpu")
     if not torch.cuda.is_available():
-        with pytest.raises(JobError, match="CUDA is not available"):
+        with pytest.raises(JobError, match="CUDA GPU but none is visible"):
             row_distance_sums(np.ones((2, 2)), np.ones((2, 2)), device="cuda:0")
-    with pytest.raises(JobError, match="compute.precision"):
+    with pytest.raises(ValueError, match="compute.precision"):
         row_distance_sums(np.ones((2, 2)), np.ones((2, 2)), precision="float16")
-    with pytest.raises(JobError, match="memory_budget_mb"):
+    with pytest.raises(ValueError, match="memory_budget_mb"):
         row_distance_sums(np.ones((2, 2)), np.ones((2, 2)), memory_budget_mb=0)
     with pytest.raises(ValueError, match="same number of columns"):
         row_distance_sums(np.ones((2, 2)), np.ones((2, 3)))
@@ -331,3 +331,132 @@ def test_row_blocks_with_the_call_center_equal_the_whole_call(block):
     np.testing.assert_allclose(dist, R.nearest_other(a), rtol=1e-12)
     assert idx[12] == 13 and idx[13] == 12 and dist[12] == 0.0
     assert (idx != np.arange(len(a))).all()
+
+
+# --------------------------------------------------------------------------- fused passes
+
+
+def _pca_like(rng, rows, z, shift=0.0):
+    """Centred Gaussian columns with decreasing variance, as PCA components have."""
+    return rng.normal(size=(rows, z)) * np.linspace(3.0, 0.2, z) + shift
+
+
+@pytest.mark.parametrize(
+    "precision,rtol", [("float64", 1e-12), ("float32", 1e-6)], ids=["f64", "f32"]
+)
+@pytest.mark.parametrize("budget", [1, 256])
+def test_pair_pass_matches_numpy_for_every_prefix(precision, rtol, budget):
+    rng = np.random.default_rng(3)
+    s, p = _pca_like(rng, 300, 25, 0.2), _pca_like(rng, 410, 25)
+    s[4] = p[9]  # exact duplicate: distance 0 in every prefix
+    s[5] = p[9] + 1e-9  # near duplicate
+    s[6, :5] = p[11, :5]  # duplicate in the first 5 columns only
+    res = engine.pair_pass(
+        s, p, prefixes=[25, 5, 10, 5], nearest=True, precision=precision, memory_budget_mb=budget
+    )
+    assert sorted(res.i_dist) == [5, 10, 25] and res.nearest_dims == 25
+    for z in (5, 10, 25):
+        np.testing.assert_allclose(res.i_dist[z], R.pairwise(s[:, :z], p[:, :z]).sum(1), rtol=rtol)
+    rd, ridx = R.nearest(s, p)
+    np.testing.assert_array_equal(res.nearest_index, ridx)
+    np.testing.assert_allclose(res.nearest_distance, rd, rtol=1e-12)
+    assert res.nearest_distance[4] == 0.0
+
+
+def test_pair_pass_equals_the_separate_calls_to_1e9():
+    """Issue 18: the fused pass gives the numbers of the calls it replaces (float64)."""
+    rng = np.random.default_rng(4)
+    s, p = _pca_like(rng, 700, 25, 0.1) + 5.0, _pca_like(rng, 900, 25) + 5.0  # uncentred
+    res = engine.pair_pass(s, p, prefixes=[5, 10, 15, 20, 25], nearest=10)
+    for z in (5, 10, 15, 20, 25):
+        sep = row_distance_sums(s[:, :z], p[:, :z])
+        np.testing.assert_allclose(res.i_dist[z], sep, rtol=1e-9)
+    d, i = nearest_distances(s[:, :10], p[:, :10])
+    np.testing.assert_array_equal(res.nearest_index, i)
+    np.testing.assert_allclose(res.nearest_distance, d, rtol=1e-9)
+    assert res.nearest_dims == 10
+
+
+def test_pair_pass_nearest_beyond_the_widest_sum_and_defaults():
+    rng = np.random.default_rng(5)
+    s, p = rng.normal(size=(40, 6)), rng.normal(size=(30, 6))
+    res = engine.pair_pass(s, p, prefixes=[2], nearest=6, memory_budget_mb=1)
+    np.testing.assert_allclose(res.i_dist[2], R.pairwise(s[:, :2], p[:, :2]).sum(1), rtol=1e-12)
+    np.testing.assert_array_equal(res.nearest_index, R.nearest(s, p)[1])
+    plain = engine.pair_pass(s, p)  # all columns, no nearest
+    assert list(plain.i_dist) == [6] and plain.nearest_index is None
+    np.testing.assert_allclose(plain.i_dist[6], R.pairwise(s, p).sum(1), rtol=1e-12)
+
+
+def test_pair_pass_hand_vector_and_ties():
+    p = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0]])
+    s = np.array([[1.0, 1.0], [3.0, 3.0]])
+    res = engine.pair_pass(s, p, prefixes=[1, 2], nearest=True)
+    np.testing.assert_allclose(res.i_dist[2], [4.242641, 10.567196], atol=1e-6)
+    np.testing.assert_allclose(res.i_dist[1], [1 + 1 + 1, 3 + 1 + 3])  # |x_s - x_p|
+    assert res.nearest_index[0] == 0  # three equal distances: the lowest index wins
+    np.testing.assert_allclose(res.nearest_distance, [np.sqrt(2), np.sqrt(10)])
+
+
+def test_pair_pass_bad_prefixes_and_empty_inputs():
+    s, p = RNG.normal(size=(5, 3)), RNG.normal(size=(4, 3))
+    for bad in ([0], [4]):
+        with pytest.raises(ValueError, match="outside 1..3"):
+            engine.pair_pass(s, p, prefixes=bad)
+    with pytest.raises(ValueError, match="outside"):
+        engine.pair_pass(s, p, nearest=7)
+    empty = engine.pair_pass(s[:0], p, prefixes=[2], nearest=True)
+    assert empty.i_dist[2].shape == (0,) and empty.nearest_index.shape == (0,)
+    none = engine.pair_pass(s, p[:0], nearest=True)
+    assert (none.i_dist[3] == 0).all() and (none.nearest_index == -1).all()
+    assert np.isinf(none.nearest_distance).all()
+
+
+@pytest.mark.parametrize("block", [1, 7, 64])
+def test_pair_pass_row_blocks_equal_the_whole_call(block):
+    """What the Ray backend does with pair_pass: blocks centred by the call's mean."""
+    rng = np.random.default_rng(12)
+    a, b = rng.normal(size=(50, 6)) * 3 + 10, rng.normal(size=(40, 6))
+    whole = engine.pair_pass(a, b, prefixes=[2, 6], nearest=4)
+    center = engine.call_center(a, b)
+    parts = [
+        engine.block_pair_pass(a[s : s + block], b, center, prefixes=[2, 6], nearest=4)
+        for s in range(0, len(a), block)
+    ]
+    joined = engine.concat_pair_results(parts)
+    for z in (2, 6):
+        np.testing.assert_allclose(joined.i_dist[z], whole.i_dist[z], rtol=1e-12)
+    np.testing.assert_array_equal(joined.nearest_index, whole.nearest_index)
+    np.testing.assert_array_equal(joined.nearest_distance, whole.nearest_distance)
+
+
+def test_pair_pass_goes_to_the_backend_when_it_takes_the_call():
+    calls = []
+
+    class Backend:
+        def takes(self, m, n):
+            return m > 3
+
+        def pair_pass(self, rows, cols, **kw):
+            calls.append(kw)
+            return engine.block_pair_pass(rows, cols, engine.call_center(rows, cols), **kw)
+
+    s, p = RNG.normal(size=(6, 3)), RNG.normal(size=(5, 3))
+    with engine.distance_backend(Backend()):
+        res = engine.pair_pass(s, p, prefixes=[2], nearest=True)
+        engine.pair_pass(s[:3], p)  # small: stays local
+    assert len(calls) == 1 and calls[0]["prefixes"] == [2] and calls[0]["nearest"] is True
+    np.testing.assert_allclose(res.i_dist[2], R.pairwise(s[:, :2], p[:, :2]).sum(1), rtol=1e-12)
+
+
+def test_self_pass_is_the_nearest_other_by_index():
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(120, 8))
+    x[7] = x[3]
+    res = engine.self_pass(x, memory_budget_mb=1)
+    rd, ridx = R.nearest(x, x, exclude_self=True)
+    np.testing.assert_allclose(res.distance, rd, rtol=1e-12)
+    assert res.distance[3] == 0.0 and {res.index[3], res.index[7]} == {3, 7}
+    assert (res.index != np.arange(len(x))).all()
+    one = engine.self_pass(x[:1])
+    assert one.index.tolist() == [-1] and np.isinf(one.distance).all()

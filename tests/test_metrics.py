@@ -186,3 +186,40 @@ def test_histogram_against_numpy():
     assert sum(metrics.histogram(np.array([1.0, np.inf, 2.0]), 2)["counts"]) == 2
     with pytest.raises(ValueError):
         metrics.histogram(v, 0)
+
+
+def test_from_nearest_summaries_equal_the_direct_calls():
+    from worker import engine
+
+    rng = np.random.default_rng(21)
+    X, out = rng.normal(size=(90, 5)), rng.normal(size=(12, 5))
+    got = metrics.diversity_from_nearest(engine.self_pass(X).distance)
+    ref = metrics.diversity(X)
+    keys = ("mean", "min", "max")
+    assert {k: got[k] for k in keys} == {k: ref[k] for k in keys}
+    nn = NearestNeighbors(n_neighbors=1).fit(out).kneighbors(X)[0][:, 0]
+    cov = metrics.coverage_from_nearest(engine.pair_pass(X, out, nearest=True).nearest_distance, 12)
+    assert cov["mean"] == pytest.approx(nn.mean(), rel=1e-12)
+    assert cov["max"] == pytest.approx(nn.max(), rel=1e-12)
+    assert metrics.coverage_from_nearest(np.full(3, np.inf), 0)["mean"] is None
+    assert metrics.diversity_from_nearest(np.zeros(1))["mean"] is None
+
+
+@pytest.mark.parametrize("k", [0, 1, 4])
+def test_pool_diversity_against_sklearn(k):
+    """diversity of P u Q from P's own nearest-other distances: no P x P pass."""
+    from worker import engine
+
+    rng = np.random.default_rng(22)
+    P, Q = rng.normal(size=(70, 4)), rng.normal(size=(k, 4))
+    if k:
+        Q[0] = P[3]  # an exact duplicate between the two
+    pool = np.vstack([P, Q])
+    ref = NearestNeighbors(n_neighbors=2).fit(pool).kneighbors(pool)[0][:, 1]
+    got = metrics.pool_diversity(P, Q, engine.self_pass(P).distance)
+    np.testing.assert_allclose(got["values"], ref, rtol=1e-12, atol=1e-12)
+    assert got["mean"] == pytest.approx(ref.mean(), rel=1e-12)
+    if k:
+        assert got["min"] == 0.0
+    with pytest.raises(ValueError, match="p_nearest_other"):
+        metrics.pool_diversity(P, Q, np.zeros(3))

@@ -44,6 +44,7 @@ def reports(tmp_path_factory):
                 ],
             },
             "metrics": {"null_repeats": 3, "mmd_permutations": 20},
+            "compute": {"precision": "float64"},  # compared at 1e-9 (the default is float32)
             "selection": {"strategy": ["farthest", "band", "kcenter"], "counts": [1, 3]},
         }
         path = write_job(base, job, f"job_{dims}.yaml")

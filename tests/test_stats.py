@@ -86,6 +86,42 @@ def test_null_against_brute_force():
     assert len(stats.null_o_dist_means(P[:3], repeats=5, seed=0)) == 0
 
 
+def test_null_subsample_above_the_cap_against_brute_force():
+    """Above max_samples each repeat draws k rows and splits them (seeded, documented)."""
+    rng = np.random.default_rng(8)
+    P = rng.normal(size=(101, 3))
+    null = stats.null_o_dist_means(P, repeats=4, seed=2, max_samples=30)
+    ref_rng = np.random.default_rng(2)
+    ref = []
+    for _ in range(4):
+        order = ref_rng.permutation(101)[:30]
+        ref.append(R.pairwise(P[order[:15]], P[order[15:]]).mean())
+    np.testing.assert_allclose(null, ref, rtol=1e-12)
+    # at or below the cap: the whole of P, as before the cap existed
+    np.testing.assert_array_equal(
+        stats.null_o_dist_means(P, repeats=3, seed=2, max_samples=101),
+        stats.null_o_dist_means(P, repeats=3, seed=2, max_samples=10_000),
+    )
+    cal = stats.null_calibration(P, 1.0, repeats=4, seed=2, max_samples=30)
+    assert cal["subsample"] == {"size": 30, "of": 101, "repeats": 4}
+    np.testing.assert_allclose(cal["null"], ref, rtol=1e-12)
+    assert stats.null_sample_size(20_000) == stats.NULL_MAX_SAMPLES
+    assert stats.null_calibration(P[:3], 1.0, repeats=4, seed=0)["subsample"]["size"] == 0
+
+
+def test_null_subsample_estimates_the_same_mean():
+    """The effect of the cap: each value is an unbiased estimate of P's mean pairwise
+    distance; the spread grows as the sample shrinks, the centre does not move."""
+    rng = np.random.default_rng(10)
+    P = rng.normal(size=(1500, 4))
+    full = stats.null_o_dist_means(P, repeats=10, seed=0)
+    capped = stats.null_o_dist_means(P, repeats=10, seed=0, max_samples=300)
+    everything = pdist(P).mean()
+    assert abs(full.mean() - everything) / everything < 0.01
+    assert abs(capped.mean() - everything) / everything < 0.03
+    assert capped.std() > full.std()
+
+
 def test_null_ratio_and_percentile():
     null = np.array([1.0, 2.0, 3.0, 4.0])
     assert stats.o_dist_ratio(5.0, null) == pytest.approx(2.0)
@@ -282,7 +318,30 @@ def test_kid_against_brute_force(d):
         ref.append(_kid_brute(x, y))
     assert got["mean"] == pytest.approx(np.mean(ref), rel=1e-10)
     assert got["std"] == pytest.approx(np.std(ref), rel=1e-10)
-    assert stats.kid(X[:1], Y, seed=0) == {"mean": None, "std": None}
+    assert stats.kid(X[:1], Y, seed=0) == {
+        "mean": None,
+        "std": None,
+        "subset_size": 1,
+        "subsets": 0,
+    }
+    assert (got["subset_size"], got["subsets"]) == (10, 6)
+
+
+def test_kid_subsample_sizes_are_returned_and_bound_the_work():
+    rng = np.random.default_rng(9)
+    X, Y = rng.normal(size=(3000, 5)), rng.normal(size=(2500, 5))
+    got = stats.kid(X, Y, seed=1, subsets=4, subset_size=200)
+    assert (got["subset_size"], got["subsets"]) == (200, 4)
+    ref_rng = np.random.default_rng(1)
+    ref = [
+        _kid_brute(
+            X[ref_rng.choice(3000, 200, replace=False)], Y[ref_rng.choice(2500, 200, replace=False)]
+        )
+        for _ in range(4)
+    ]
+    assert got["mean"] == pytest.approx(np.mean(ref), rel=1e-10)
+    small = stats.kid(X[:30], Y, seed=1, subsets=2)
+    assert small["subset_size"] == 30  # min(subset_size, n, m)
 
 
 # --------------------------------------------------------------------------- duplicates
@@ -345,6 +404,34 @@ def test_duplicates_found_exactly_and_nothing_else():
         ("s11", "p3"),
     ]
     assert not any(w["exact"] for w in plain["within"] + plain["with_primary"])
+
+
+def test_duplicates_from_precomputed_passes_equal_the_direct_ones():
+    from worker import engine
+
+    rng = np.random.default_rng(17)
+    P, S = rng.normal(size=(80, 6)), rng.normal(size=(50, 6))
+    S[3], S[9], S[10] = P[5], S[1] + 1e-7, P[7] + 1e-5
+    ids, p_ids = [f"s{i}" for i in range(50)], [f"p{i}" for i in range(80)]
+    direct = stats.find_duplicates(S, P, ids=ids, primary_ids=p_ids)
+    p_self = engine.self_pass(P)
+    s_self = engine.self_pass(S)
+    pair = engine.pair_pass(S, P, nearest=True)
+    t = stats.threshold_from_nearest(p_self.distance)
+    assert t == pytest.approx(stats.near_duplicate_threshold(P), rel=1e-12)
+    assert stats.threshold_from_nearest(np.zeros(1)) == 0.0
+    fused = stats.find_duplicates(
+        S,
+        P,
+        ids=ids,
+        primary_ids=p_ids,
+        threshold=t,
+        within_nearest=(s_self.distance, s_self.index),
+        primary_nearest=(pair.nearest_distance, pair.nearest_index),
+    )
+    assert fused == direct
+    assert [w["id"] for w in fused["with_primary"]] == ["s3", "s10"]
+    assert [(w["id_a"], w["id_b"]) for w in fused["within"]] == [("s1", "s9")]
 
 
 def test_no_duplicates_on_random_data():

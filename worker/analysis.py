@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from worker import metrics, selection, stats
+from worker import engine, metrics, selection, stats
 from worker.embeddings import EmbeddedSet
 from worker.job import Job
 from worker.pca import joint_pca
@@ -42,6 +42,8 @@ class PairSpace:
     info: dict
     sweep_primary: np.ndarray | None = None  # (n, max sweep) for the PCA sweep
     sweep_secondary: np.ndarray | None = None
+    nested: bool = False  # primary / secondary are the first columns of the sweep arrays
+    sweep_i_dist: dict[int, np.ndarray] | None = None  # I_dist per sweep z (engine.pair_pass)
 
 
 @dataclass
@@ -89,7 +91,7 @@ def project_pair(p: np.ndarray, s: np.ndarray, job: Job) -> PairSpace:
     seed = job.seed
     if dims is not None and (sweep_max is None or sweep_max <= dims):
         (pl, sl), info = joint_pca([p, s], dims, route=job.pca.route, seed=seed)
-        return PairSpace(pl, sl, info, pl, sl)
+        return PairSpace(pl, sl, info, pl, sl, nested=True)
     if dims is None:
         (pl, sl), info = joint_pca([p, s], None, route=job.pca.route, seed=seed)
         wide = None
@@ -102,7 +104,7 @@ def project_pair(p: np.ndarray, s: np.ndarray, job: Job) -> PairSpace:
     info["dims"] = z
     info["requested_dims"] = dims
     info["explained_variance_ratio"] = list(info.get("explained_variance_ratio", []))[:z]
-    return PairSpace(pw[:, :z], sw[:, :z], info, pw, sw)
+    return PairSpace(pw[:, :z], sw[:, :z], info, pw, sw, nested=True)
 
 
 def _spread(d: dict | None, bins: int) -> Spread | None:
@@ -121,7 +123,11 @@ def _cover(c: dict | None) -> Cover | None:
 
 
 def _selections(
-    sec: EmbeddedSet, space: PairSpace, i_dist: np.ndarray, job: Job
+    sec: EmbeddedSet,
+    space: PairSpace,
+    i_dist: np.ndarray,
+    job: Job,
+    p_nearest_other: np.ndarray | None = None,
 ) -> tuple[list[SelectionResult], dict[tuple[str, int], list[int]]]:
     """Every (strategy, count) selection with its diversity and coverage (method.md §2-3).
 
@@ -160,7 +166,11 @@ def _selections(
                 rand = selection.random_subset(len(s_l), len(idx), job.seed)
                 diversity = _spread(metrics.diversity(s_l[idx], **kw), bins)
                 random_diversity = _spread(metrics.diversity(s_l[rand], **kw), bins)
-                pool_diversity = _spread(metrics.diversity(np.vstack([p_l, s_l[idx]]), **kw), bins)
+                if p_nearest_other is None:
+                    pool = metrics.diversity(np.vstack([p_l, s_l[idx]]), **kw)
+                else:  # P's nearest-other distances come from the pair's one P x P pass
+                    pool = metrics.pool_diversity(p_l, s_l[idx], p_nearest_other, **kw)
+                pool_diversity = _spread(pool, bins)
             if job.metrics.coverage:
                 coverage = _cover(metrics.coverage(s_l, s_l[idx], **kw))
             out.append(
@@ -179,14 +189,15 @@ def _selections(
 
 def _statistics(p_l: np.ndarray, s_l: np.ndarray, o_dist_mean: float, job: Job) -> Statistics:
     """Null calibration, MMD, FID and KID in the pair's PCA space (method.md §4)."""
-    null = stats.null_o_dist_means(
-        p_l, repeats=job.metrics.null_repeats, seed=job.seed, **_engine_kw(job)
+    null = stats.null_calibration(
+        p_l, o_dist_mean, repeats=job.metrics.null_repeats, seed=job.seed, **_engine_kw(job)
     )
     mmd = stats.mmd_test(p_l, s_l, permutations=job.metrics.mmd_permutations, seed=job.seed)
     return Statistics(
-        o_dist_null_mean=float(np.mean(null)) if len(null) else None,
-        o_dist_ratio=stats.o_dist_ratio(o_dist_mean, null),
-        o_dist_percentile=stats.o_dist_percentile(o_dist_mean, null),
+        o_dist_null_mean=null["null_mean"],
+        o_dist_ratio=null["ratio"],
+        o_dist_percentile=null["percentile"],
+        null_subsample=null["subsample"],
         mmd=mmd,
         fid=stats.fid(p_l, s_l),
         kid=stats.kid(p_l, s_l, seed=job.seed),
@@ -194,9 +205,23 @@ def _statistics(p_l: np.ndarray, s_l: np.ndarray, o_dist_mean: float, job: Job) 
 
 
 def _duplicates(
-    primary: EmbeddedSet, sec: EmbeddedSet, p_l: np.ndarray, s_l: np.ndarray, kw: dict
+    primary: EmbeddedSet,
+    sec: EmbeddedSet,
+    p_l: np.ndarray,
+    s_l: np.ndarray,
+    kw: dict,
+    passes: dict | None = None,
 ) -> Duplicates:
-    """Exact (content hash) and near (calibrated distance) duplicates within S and with P."""
+    """Exact (content hash) and near (calibrated distance) duplicates within S and with P.
+    `passes`: the pair's S x P, S x S and P x P passes already made (_pair_passes)."""
+    extra = {}
+    if passes is not None:
+        pair, s_self, p_self = passes["pair"], passes["s_self"], passes["p_self"]
+        extra = {
+            "threshold": stats.threshold_from_nearest(p_self.distance),
+            "within_nearest": (s_self.distance, s_self.index),
+            "primary_nearest": (pair.nearest_distance, pair.nearest_index),
+        }
     found = stats.find_duplicates(
         s_l,
         p_l,
@@ -204,9 +229,51 @@ def _duplicates(
         primary_ids=primary.ids,
         hashes=sec.hashes or None,
         primary_hashes=primary.hashes or None,
+        **extra,
         **kw,
     )
     return Duplicates.model_validate(found)
+
+
+def _pair_passes(space: PairSpace, job: Job, kw: dict) -> dict:
+    """Every distance pass of one pair, planned once (method.md §8): one fused S x P pass for
+    I_dist, the sweep's I_dist (nested prefixes of the wide fit) and the nearest P of each S
+    image; one S x S pass (diversity, near duplicates within S); one P x P pass (duplicate
+    threshold, pool diversity). Returns {pair, i_dist, sweep, s_self, p_self}."""
+    p_l, s_l = space.primary, space.secondary
+    z = p_l.shape[1]
+    m = job.metrics
+    need_nearest = m.coverage or m.duplicates
+    sweep: dict[int, np.ndarray] = {}
+    if space.sweep_primary is not None and space.nested:
+        width = space.sweep_primary.shape[1]
+        dims = sorted({min(d, width) for d in job.pca.sweep} | {z})
+        near = z if need_nearest else False
+        pair = engine.pair_pass(
+            space.sweep_secondary, space.sweep_primary, prefixes=dims, nearest=near, **kw
+        )
+        sweep = {d: pair.i_dist[min(d, width)] for d in job.pca.sweep}
+    else:
+        pair = engine.pair_pass(s_l, p_l, nearest=need_nearest, **kw)
+        if space.sweep_primary is not None:
+            width = space.sweep_primary.shape[1]
+            wide = engine.pair_pass(
+                space.sweep_secondary,
+                space.sweep_primary,
+                prefixes=sorted({min(d, width) for d in job.pca.sweep}),
+                **kw,
+            )
+            sweep = {d: wide.i_dist[min(d, width)] for d in job.pca.sweep}
+    s_self = engine.self_pass(s_l, **kw) if (m.diversity or m.duplicates) else None
+    p_need = m.duplicates or (m.diversity and bool(job.selection.strategies))
+    p_self = engine.self_pass(p_l, **kw) if p_need else None
+    return {
+        "pair": pair,
+        "i_dist": pair.i_dist[z],
+        "sweep": sweep,
+        "s_self": s_self,
+        "p_self": p_self,
+    }
 
 
 @dataclass
@@ -225,11 +292,16 @@ def analyse_secondary(primary: EmbeddedSet, sec: EmbeddedSet, job: Job) -> Secon
     bins = job.metrics.histogram_bins
     space = project_pair(primary.vectors, sec.vectors, job)
     p_l, s_l = space.primary, space.secondary
-    i_dist = metrics.image_dataset_distances(s_l, p_l, **kw)
+    passes = _pair_passes(space, job, kw)  # every distance pass of the pair, planned once
+    space.sweep_i_dist = passes["sweep"]
+    i_dist = passes["i_dist"]
     scaled = metrics.min_max_scale(i_dist)
     per_image_mean = metrics.mean_distance_per_image(i_dist, len(p_l))
     hashes = sec.hashes or [None] * sec.count
-    selections, chosen = _selections(sec, space, i_dist, job)
+    p_self = passes["p_self"]
+    selections, chosen = _selections(
+        sec, space, i_dist, job, None if p_self is None else p_self.distance
+    )
     o_dist_mean = metrics.o_dist_mean(i_dist, len(p_l))
     result = SecondaryResult(
         name=sec.name,
@@ -249,13 +321,21 @@ def analyse_secondary(primary: EmbeddedSet, sec: EmbeddedSet, job: Job) -> Secon
             halves=metrics.sorted_splits(i_dist, 2), thirds=metrics.sorted_splits(i_dist, 3)
         ),
         pca=PairPca(**space.info),
-        diversity=_spread(metrics.diversity(s_l, **kw), bins) if job.metrics.diversity else None,
+        diversity=(
+            _spread(metrics.diversity_from_nearest(passes["s_self"].distance), bins)
+            if job.metrics.diversity
+            else None
+        ),
         coverage_by_primary=(
-            _cover(metrics.coverage(s_l, p_l, **kw)) if job.metrics.coverage else None
+            _cover(metrics.coverage_from_nearest(passes["pair"].nearest_distance, len(p_l)))
+            if job.metrics.coverage
+            else None
         ),
         selections=selections,
         statistics=_statistics(p_l, s_l, o_dist_mean, job) if job.metrics.statistics else None,
-        duplicates=_duplicates(primary, sec, p_l, s_l, kw) if job.metrics.duplicates else None,
+        duplicates=(
+            _duplicates(primary, sec, p_l, s_l, kw, passes) if job.metrics.duplicates else None
+        ),
     )
     return SecondaryAnalysis(result, space, chosen)
 
@@ -277,9 +357,12 @@ def pca_sweep(
                 continue
             zz = min(z, space.sweep_primary.shape[1])
             used[name] = zz
-            i_dist = metrics.image_dataset_distances(
-                space.sweep_secondary[:, :zz], space.sweep_primary[:, :zz]
-            )
+            if space.sweep_i_dist and z in space.sweep_i_dist:  # from the fused pass
+                i_dist = space.sweep_i_dist[z]
+            else:
+                i_dist = metrics.image_dataset_distances(
+                    space.sweep_secondary[:, :zz], space.sweep_primary[:, :zz]
+                )
             o[name] = metrics.dataset_distance(i_dist)
         if not o:
             continue
@@ -307,11 +390,27 @@ def primary_diversity(primary: EmbeddedSet, job: Job) -> Spread | None:
 
 
 def scatter_points(
-    primary: EmbeddedSet, secondaries: list[EmbeddedSet], seed: int
+    primary: EmbeddedSet,
+    secondaries: list[EmbeddedSet],
+    seed: int,
+    space: PairSpace | None = None,
 ) -> ScatterPoints:
-    """2-D coordinates of P and every S from one PCA fitted on all of them (method.md §2.3)."""
+    """2-D coordinates of P and every S from one PCA fitted on all of them (method.md §2.3).
+
+    With one secondary that PCA is the pair's joint fit, so `space` (its PairSpace, from an
+    exact, covariance or Gram fit with at least 2 components) gives the first two columns
+    without a refit."""
     blocks = [primary.vectors] + [s.vectors for s in secondaries]
-    projected, _ = joint_pca(blocks, 2, seed=seed)
+    reuse = (
+        space is not None
+        and len(secondaries) == 1
+        and space.info.get("route") in ("exact", "covariance", "gram")  # not randomized
+        and space.primary.shape[1] >= 2
+    )
+    if reuse:
+        projected = [space.primary[:, :2], space.secondary[:, :2]]
+    else:
+        projected, _ = joint_pca(blocks, 2, seed=seed)
     names = [primary.name] + [s.name for s in secondaries]
     points = {}
     for name, pts in zip(names, projected, strict=True):
@@ -340,7 +439,8 @@ def analyse_model(primary: EmbeddedSet, secondaries: list[EmbeddedSet], job: Job
         explained_variance_ratio=first.explained_variance_ratio,
     )
     chosen_all = {d.result.name: d.chosen for d in done}
-    scatter = scatter_points(primary, secondaries, job.seed)
+    only = done[0].space if len(done) == 1 and job.pca.route == "auto" else None
+    scatter = scatter_points(primary, secondaries, job.seed, only)
     biggest = (job.selection.strategies[0], max(job.selection.counts))
     scatter.selected = {name: chosen.get(biggest, []) for name, chosen in chosen_all.items()}
     return ModelAnalysis(

@@ -164,6 +164,10 @@ def _nearest_task(queries, points, start: int, stop: int, center, exclude_self: 
     )
 
 
+def _pair_pass_task(rows, cols, start: int, stop: int, center, kw: dict):
+    return engine.block_pair_pass(rows[start:stop], cols, center, **kw)
+
+
 @dataclass
 class RayDistanceBackend:
     """engine.distance_backend target: calls with more than `block_rows` rows run as tasks.
@@ -182,6 +186,7 @@ class RayDistanceBackend:
         opts = {"num_cpus": 1, "num_gpus": self.num_gpus, "max_retries": TASK_RETRIES}
         self._row_sums = ray.remote(_row_sums_task).options(name="row_distance_sums", **opts)
         self._nearest = ray.remote(_nearest_task).options(name="nearest_distances", **opts)
+        self._pair = ray.remote(_pair_pass_task).options(name="pair_pass", **opts)
 
     def takes(self, m: int, n: int) -> bool:
         return m > self.block_rows and n > 0
@@ -240,6 +245,27 @@ class RayDistanceBackend:
         self.stats["distance_tasks"] += len(refs)
         parts = _get(refs)
         return np.concatenate([d for d, _ in parts]), np.concatenate([i for _, i in parts])
+
+    def pair_pass(
+        self,
+        rows,
+        cols,
+        *,
+        prefixes,
+        nearest,
+        memory_budget_mb: float,
+        precision: str,
+        device: str,
+    ) -> engine.PairPassResult:
+        """engine.pair_pass over row blocks: every block centred by the whole call's mean."""
+        a, b = engine.as_matrix(rows, "rows"), engine.as_matrix(cols, "cols")
+        engine.check_pair(a, b, "rows", "cols")
+        center = engine.call_center(a, b)
+        kw = {**self._kw(memory_budget_mb, precision), "prefixes": prefixes, "nearest": nearest}
+        ra, rb = self._put(a), self._put(b)
+        refs = [self._pair.remote(ra, rb, s, e, center, kw) for s, e in self._blocks(len(a))]
+        self.stats["distance_tasks"] += len(refs)
+        return engine.concat_pair_results(_get(refs))
 
 
 # --------------------------------------------------------------------------- embedding

@@ -40,8 +40,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from worker.errors import JobError
-
 DEFAULT_MEMORY_BUDGET_MB = 256
 
 #: CPU tile shape (rows x columns); about 1 MiB of float32, which fits the L2 cache.
@@ -55,8 +53,12 @@ TILE_OVERHEAD = 3
 MIN_TILE = 16
 
 _PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
-#: relative size d^2 / (|a|^2 + |b|^2) under which a pair is recomputed by differences
-_TAU = {torch.float32: 1e-2, torch.float64: 1e-4}
+#: relative size d^2 / (|a|^2 + |b|^2) under which a pair is recomputed by differences.
+#: The GEMM trick's rounding error is a few eps * (|a|^2 + |b|^2) (eps 6e-8 in float32), so
+#: every exact duplicate falls below tau; above it a pair's d^2 keeps a relative error below
+#: ~1e-4 (float32). 1e-2 made low-dimensional prefixes (z = 5) recompute many tiles: 2x
+#: slower fused passes for no change in I_dist (benchmarks/RESULTS.md, issue 18).
+_TAU = {torch.float32: 1e-3, torch.float64: 1e-4}
 _POOL_LOCK = threading.RLock()
 _OUTER_THREADS: list[int] = []  # thread counts saved by nested _single_threaded blocks
 #: a distributed backend (worker.distributed.RayDistanceBackend) for large calls, or None
@@ -67,41 +69,38 @@ _BACKEND: ContextVar = ContextVar("distance_backend", default=None)
 
 
 def resolve_device(device: str | torch.device = "cpu") -> torch.device:
-    """'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when available) -> torch.device."""
-    if isinstance(device, torch.device):
-        dev = device
-    else:
-        name = str(device).strip().lower()
-        if name == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            dev = torch.device(name)
-        except (RuntimeError, ValueError) as exc:
-            raise JobError(
-                f"compute.device: unknown device {device!r}; use 'cpu', 'cuda', 'cuda:N' or 'auto'"
-            ) from exc
-    if dev.type not in ("cpu", "cuda"):
-        raise JobError(f"compute.device: {device!r} is not supported; use cpu, cuda or auto")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise JobError(
-                f"compute.device: {device!r} requested but CUDA is not available; "
-                "use 'cpu' or 'auto'"
-            )
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise JobError(
-                f"compute.device: {device!r} does not exist "
-                f"({torch.cuda.device_count()} CUDA device(s) visible)"
-            )
-    return dev
+    """'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when available) -> torch.device, by the one
+    device rule of worker.devices (errors name compute.device)."""
+    from worker.devices import resolve_device as resolve
+
+    return resolve(device, "compute.device")
 
 
-def _dtype(precision: str) -> torch.dtype:
+#: with precision "auto", calls with at least this many distances use float32 tiles (float64
+#: accumulation; relative error <= 1e-7 measured at 20k x 20k, benchmarks/RESULTS.md); smaller
+#: ones cost little in float64 and stay exact to rounding
+AUTO_FLOAT32_MIN_DISTANCES = 1 << 22
+
+
+def resolve_precision(precision: str, distances: int) -> str:
+    """'auto' -> 'float32' for calls of at least AUTO_FLOAT32_MIN_DISTANCES distances, else
+    'float64'; other values unchanged. Resolved once per whole call, before it is split into
+    row blocks, so every block (local or on Ray) uses the same precision."""
+    if precision != "auto":
+        return precision
+    return "float32" if distances >= AUTO_FLOAT32_MIN_DISTANCES else "float64"
+
+
+def _dtype(precision: str, distances: int = 0) -> torch.dtype:
+    """The tile dtype: float32, float64, or for "auto" float32 when the call computes at least
+    AUTO_FLOAT32_MIN_DISTANCES distances and float64 below that."""
+    if precision == "auto":
+        return torch.float32 if distances >= AUTO_FLOAT32_MIN_DISTANCES else torch.float64
     try:
         return _PRECISIONS[precision]
     except KeyError:
-        raise JobError(
-            f"compute.precision: {precision!r} is not supported; use 'float32' or 'float64'"
+        raise ValueError(
+            f"compute.precision: {precision!r} is not supported; use 'auto', 'float32' or 'float64'"
         ) from None
 
 
@@ -204,7 +203,7 @@ def _plan(
 ) -> _Plan:
     """Tile shape and thread count such that all tiles together stay within the budget."""
     if memory_budget_mb is None or not memory_budget_mb > 0:
-        raise JobError(f"compute.memory_budget_mb must be > 0, got {memory_budget_mb!r}")
+        raise ValueError(f"compute.memory_budget_mb must be > 0, got {memory_budget_mb!r}")
     budget = float(memory_budget_mb) * 1024 * 1024
     n_rows, n_cols = max(1, n_rows), max(1, n_cols)
     # bytes per tile element: the tile itself plus temporaries that are at most as large
@@ -434,6 +433,7 @@ def row_distance_sums(
     device: 'cpu', 'cuda', 'cuda:N' or 'auto'.
     Inside `distance_backend(...)`, a call the backend takes runs there in row blocks.
     """
+    precision = resolve_precision(precision, len(rows) * len(cols))
     kw = {"memory_budget_mb": memory_budget_mb, "precision": precision, "device": device}
     backend = _delegate(len(rows), len(cols))
     if backend is not None:
@@ -454,8 +454,8 @@ def _row_distance_sums(
 ) -> np.ndarray:
     a_np, b_np = as_matrix(rows, "rows"), as_matrix(cols, "cols")
     check_pair(a_np, b_np, "rows", "cols")
-    dtype, dev = _dtype(precision), resolve_device(device)
     m, n = len(a_np), len(b_np)
+    dtype, dev = _dtype(precision, m * n), resolve_device(device)
     out = torch.zeros(m, dtype=torch.float64, device=dev)
     if m == 0 or n == 0:
         return out.cpu().numpy()
@@ -518,6 +518,7 @@ def nearest_distances(
             "exclude_self=True needs queries and points to be the same set "
             f"(got {len(queries)} and {len(points)} rows)"
         )
+    precision = resolve_precision(precision, len(queries) * len(points))
     kw = {"memory_budget_mb": memory_budget_mb, "precision": precision, "device": device}
     backend = _delegate(len(queries), len(points))
     if backend is not None:
@@ -540,8 +541,8 @@ def _nearest_distances(
 ) -> tuple[np.ndarray, np.ndarray]:
     q_np, p_np = as_matrix(queries, "queries"), as_matrix(points, "points")
     check_pair(q_np, p_np, "queries", "points")
-    dtype, dev = _dtype(precision), resolve_device(device)
     m, n = len(q_np), len(p_np)
+    dtype, dev = _dtype(precision, m * n), resolve_device(device)
     best = torch.full((m,), float("inf"), dtype=dtype, device=dev)
     best_idx = torch.full((m,), -1, dtype=torch.int64, device=dev)
     if m and n:
@@ -603,6 +604,301 @@ def _nearest_distances(
     return dist, idx
 
 
+# --------------------------------------------------------------------------- fused passes
+
+
+@dataclass(frozen=True)
+class PairPassResult:
+    """Every S x P quantity of one fused pass (issue 18).
+
+    i_dist[z]: I_dist over the first z columns, (m,) float64, for each requested prefix z.
+    nearest_distance / nearest_index: each row's nearest column row over the first
+    `nearest_dims` columns, (m,) float64 / int64 (as nearest_distances), or None if not asked.
+    """
+
+    i_dist: dict[int, np.ndarray]
+    nearest_distance: np.ndarray | None = None
+    nearest_index: np.ndarray | None = None
+    nearest_dims: int | None = None
+
+
+@dataclass(frozen=True)
+class SelfPassResult:
+    """One S x S pass: each row's nearest OTHER row (by index), read by diversity and by
+    within-set near duplicates. distance (N,) float64, index (N,) int64 (inf / -1 if N < 2)."""
+
+    distance: np.ndarray
+    index: np.ndarray
+
+
+def _prefix_plan(
+    z: int, prefixes: list[int] | tuple[int, ...] | None, nearest: bool | int
+) -> tuple[list[int], int | None]:
+    """Sorted unique prefixes for the sums, and the nearest prefix (None when not asked)."""
+    sums = sorted({int(p) for p in prefixes}) if prefixes is not None else [z]
+    near = None
+    if nearest is not False and nearest is not None:
+        near = z if nearest is True else int(nearest)
+    for p in [*sums, *([near] if near is not None else [])]:
+        if not 1 <= p <= z:
+            raise ValueError(f"prefixes / nearest: {p} is outside 1..{z} (the inputs' columns)")
+    return sums, near
+
+
+def pair_pass(
+    rows: np.ndarray,
+    cols: np.ndarray,
+    *,
+    prefixes: list[int] | tuple[int, ...] | None = None,
+    nearest: bool | int = False,
+    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
+    precision: str = "float64",
+    device: str = "cpu",
+) -> PairPassResult:
+    """One fused pass over the (m x n) tiles of rows (S, (m, z)) x cols (P, (n, z)).
+
+    prefixes: column counts z_1 < ... (nested leading dimensions, e.g. a PCA sweep's first z
+    components of the widest fit); for each, I_dist[z_i]_j = sum_k ||s_j[:z_i] - p_k[:z_i]||_2.
+    None -> all z columns. nearest: True (all columns) or a prefix z_i -> each row's nearest
+    column row in that prefix, as nearest_distances. Per tile the squared distances are built
+    incrementally over the column groups [z_{i-1}, z_i) (one GEMM each, accumulated), so every
+    prefix comes from the same tile visit; each prefix then pays one sqrt and row sum.
+    Equals the separate row_distance_sums / nearest_distances calls on the sliced columns
+    (same centring: the joint mean's prefix) to rounding. Inside `distance_backend(...)`, a
+    call the backend takes runs there in row blocks.
+    """
+    precision = resolve_precision(precision, len(rows) * len(cols))
+    kw = {"memory_budget_mb": memory_budget_mb, "precision": precision, "device": device}
+    backend = _delegate(len(rows), len(cols))
+    if backend is not None:
+        return backend.pair_pass(rows, cols, prefixes=prefixes, nearest=nearest, **kw)
+    return _pair_pass(rows, cols, prefixes=prefixes, nearest=nearest, **kw)
+
+
+def block_pair_pass(
+    rows: np.ndarray, cols: np.ndarray, center: np.ndarray, **kw: Any
+) -> PairPassResult:
+    """pair_pass for one row block of a larger call, centred by the call's `center`.
+    kw: prefixes, nearest, memory_budget_mb, precision, device."""
+    return _pair_pass(rows, cols, center=center, **kw)
+
+
+def concat_pair_results(parts: list[PairPassResult]) -> PairPassResult:
+    """The PairPassResult of consecutive row blocks, in order (for distributed backends)."""
+    first = parts[0]
+    near = first.nearest_index is not None
+    return PairPassResult(
+        i_dist={p: np.concatenate([r.i_dist[p] for r in parts]) for p in first.i_dist},
+        nearest_distance=np.concatenate([r.nearest_distance for r in parts]) if near else None,
+        nearest_index=np.concatenate([r.nearest_index for r in parts]) if near else None,
+        nearest_dims=first.nearest_dims,
+    )
+
+
+def self_pass(
+    x: np.ndarray,
+    *,
+    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
+    precision: str = "float64",
+    device: str = "cpu",
+) -> SelfPassResult:
+    """One S x S pass: nearest other row of x (N, z) by index (nearest_distances with
+    exclude_self), shared by diversity and within-set near duplicates."""
+    x = np.asarray(x)
+    if len(x) < 2:
+        n = len(x)
+        return SelfPassResult(np.full(n, np.inf), np.full(n, -1, dtype=np.int64))
+    d, i = nearest_distances(
+        x,
+        x,
+        exclude_self=True,
+        memory_budget_mb=memory_budget_mb,
+        precision=precision,
+        device=device,
+    )
+    return SelfPassResult(d, i)
+
+
+def _group_blocks(
+    x: np.ndarray, mean: np.ndarray, bounds: list[int], dtype, dev, *, side: str
+) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+    """Centred x in `dtype` (N, z), its augmented column groups, and the cumulative squared
+    norms per prefix (N, groups) (float64 sums of the rounded values, stored in `dtype`).
+
+    side='rows': group g -> [a_g, |a_g|^2, 1]; side='cols': [-2 b_g, 1, |b_g|^2]."""
+    raw = _centred(x, mean, dtype, dev, augment="none")
+    groups, cums = [], []
+    cum = torch.zeros(len(raw), dtype=torch.float64, device=dev)
+    for lo, hi in zip([0, *bounds[:-1]], bounds, strict=True):
+        part = raw[:, lo:hi]
+        sq64 = part.double().pow(2).sum(dim=1)
+        sq = sq64.to(dtype)
+        cum = cum + sq.double()
+        cums.append(cum.to(dtype))
+        one = torch.ones(len(raw), 1, dtype=dtype, device=dev)
+        if side == "rows":
+            groups.append(torch.cat([part, sq[:, None], one], dim=1).contiguous())
+        else:
+            groups.append(torch.cat([part * -2.0, one, sq[:, None]], dim=1).contiguous())
+    sq_all = torch.stack(cums, dim=1) if cums else torch.zeros(len(raw), 0, dtype=dtype)
+    return raw, groups, sq_all
+
+
+def _fix_small_prefix(
+    t: torch.Tensor,
+    a_raw: torch.Tensor,
+    a_sq: torch.Tensor,
+    b_raw: torch.Tensor,
+    b_sq: torch.Tensor,
+    zp: int,
+    limit: float,
+    tau: float,
+    tile_min: float | None = None,
+) -> bool:
+    """_fix_small for a prefix: entries with d^2 < tau (|a|^2 + |b|^2) (norms of the first zp
+    columns) are recomputed from direct differences of those columns. a_raw (r, z) / a_sq (r,)
+    are the tile's rows, b_raw / b_sq its columns. True if t changed."""
+    if (float(t.amin()) if tile_min is None else tile_min) >= limit:
+        return False
+    r, c = t.shape
+    changed = False
+    step = max(1, r // 4)
+    for r0 in range(0, r, step):
+        tr = t[r0 : r0 + step]
+        thr = (a_sq[r0 : r0 + step, None] + b_sq[None, :]).mul_(tau)
+        ri, ci = torch.nonzero(tr < thr, as_tuple=True)
+        del thr
+        hits = max(1, (step * c) // max(1, 2 * zp))
+        for h in range(0, len(ri), hits):
+            rr, cc = ri[h : h + hits], ci[h : h + hits]
+            diff = a_raw[r0 + rr, :zp] - b_raw[cc, :zp]
+            tr[rr, cc] = diff.pow(2).sum(dim=1)
+            changed = True
+    return changed
+
+
+@_cpu_single_threaded
+def _pair_pass(
+    rows: np.ndarray,
+    cols: np.ndarray,
+    *,
+    prefixes: list[int] | tuple[int, ...] | None = None,
+    nearest: bool | int = False,
+    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
+    precision: str = "float64",
+    device: str = "cpu",
+    workers: int | None = None,
+    center: np.ndarray | None = None,
+) -> PairPassResult:
+    a_np, b_np = as_matrix(rows, "rows"), as_matrix(cols, "cols")
+    check_pair(a_np, b_np, "rows", "cols")
+    m, n = len(a_np), len(b_np)
+    dtype, dev = _dtype(precision, m * n), resolve_device(device)
+    sums_at, near = _prefix_plan(a_np.shape[1], prefixes, nearest)
+    bounds = sorted({*sums_at, *([near] if near is not None else [])})
+    out = {p: torch.zeros(m, dtype=torch.float64, device=dev) for p in sums_at}
+    best = torch.full((m,), float("inf"), dtype=dtype, device=dev)
+    best_idx = torch.full((m,), -1, dtype=torch.int64, device=dev)
+    if m and n and bounds:
+        mean = call_center(a_np, b_np) if center is None else np.array(center, dtype=np.float64)
+        mean = mean[: bounds[-1]]
+        a_raw, a_groups, a_sq = _group_blocks(
+            a_np[:, : bounds[-1]], mean, bounds, dtype, dev, side="rows"
+        )
+        b_raw, b_groups, b_sq = _group_blocks(
+            b_np[:, : bounds[-1]], mean, bounds, dtype, dev, side="cols"
+        )
+        # the accumulated tile, and a sqrt copy when a sum is taken before the last group
+        n_buf = 2 if sums_at and sums_at[0] < bounds[-1] else 1
+        plan = _plan(m, n, n_buf * a_raw.element_size(), memory_budget_mb, dev, workers=workers)
+        tr, tc = plan.tile_rows, plan.tile_cols
+        tau = _TAU[dtype]
+        col_max = [
+            [float(b_sq[c : c + tc, g].max()) for c in range(0, n, tc)] for g in range(len(bounds))
+        ]
+        last = len(bounds) - 1
+        in_sums = [p in out for p in bounds]
+
+        def make_buffer() -> torch.Tensor:
+            return torch.empty(n_buf * tr * tc + tr, dtype=dtype, device=dev)
+
+        def block(s: int, e: int, buf: torch.Tensor) -> None:
+            r = e - s
+            row_max = [float(a_sq[s:e, g].max()) for g in range(len(bounds))]
+            acc = buf[n_buf * tr * tc : n_buf * tr * tc + r]
+            bv, bi = best[s:e], best_idx[s:e]
+            for k, c0 in enumerate(range(0, n, tc)):
+                c1 = min(c0 + tc, n)
+                t = _tile(buf, r, c1 - c0)
+                for g, zp in enumerate(bounds):
+                    if g == 0:
+                        torch.mm(a_groups[0][s:e], b_groups[0][c0:c1].t(), out=t)
+                    else:
+                        t.addmm_(a_groups[g][s:e], b_groups[g][c0:c1].t())
+                    limit = tau * (row_max[g] + col_max[g][k])
+                    v = None
+                    if zp == near:
+                        v = t.amin(dim=1)
+                        tile_min = float(v.min())
+                    else:
+                        tile_min = None
+                    changed = _fix_small_prefix(
+                        t,
+                        a_raw[s:e],
+                        a_sq[s:e, g],
+                        b_raw[c0:c1],
+                        b_sq[c0:c1, g],
+                        zp,
+                        limit,
+                        tau,
+                        tile_min,
+                    )
+                    if zp == near:
+                        if changed:
+                            v = t.amin(dim=1)
+                        better = v < bv  # strict: earlier columns win ties
+                        if bool(better.any()):
+                            sel = better.nonzero().squeeze(1)
+                            if len(sel) > r // 4:
+                                ix = t.argmin(dim=1).index_select(0, sel)
+                            else:
+                                ix = t.index_select(0, sel).argmin(dim=1)
+                            bi[sel] = ix + c0
+                            bv[sel] = v[sel]
+                    if not in_sums[g]:
+                        continue
+                    if g == last:
+                        t.sqrt_()
+                        torch.sum(t, dim=1, out=acc)
+                    else:
+                        w = buf[tr * tc : tr * tc + r * (c1 - c0)].view(r, c1 - c0)
+                        torch.sqrt(t, out=w)
+                        torch.sum(w, dim=1, out=acc)
+                    out[zp][s:e].add_(acc)
+
+        with _no_tf32(dev):
+            _run_row_blocks(m, plan, dev, make_buffer, block)
+
+    dist = idx = None
+    if near is not None:
+        idx = best_idx.cpu().numpy()
+        dist = np.full(m, np.inf, dtype=np.float64)
+        ok = np.flatnonzero(idx >= 0)
+        step = max(1, (32 * 1024 * 1024) // max(1, 16 * near))
+        for s in range(0, len(ok), step):  # exact float64 distance to the chosen neighbour
+            sel = ok[s : s + step]
+            diff = np.asarray(a_np[sel, :near], np.float64) - np.asarray(
+                b_np[idx[sel], :near], np.float64
+            )
+            dist[sel] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+    return PairPassResult(
+        i_dist={p: v.cpu().numpy() for p, v in out.items()},
+        nearest_distance=dist,
+        nearest_index=idx,
+        nearest_dims=near,
+    )
+
+
 @_cpu_single_threaded
 def kcenter_greedy(
     candidates: np.ndarray,
@@ -628,7 +924,8 @@ def kcenter_greedy(
     k = min(int(k), len(x_np))
     if k <= 0:
         return []
-    dtype, dev = _dtype(precision), resolve_device(device)
+    work = len(x_np) * (k + (0 if c_np is None else len(c_np)))
+    dtype, dev = _dtype(precision, work), resolve_device(device)
     # distances from each pick are direct differences (fused in cdist), not the GEMM trick,
     # so duplicates give exactly 0 and the order matches a plain float64 implementation
     first = None

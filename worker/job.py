@@ -343,7 +343,9 @@ class ComputeConfig(Strict):
     block_rows: int = Field(default=4096, ge=1, le=10_000_000)
     memory_budget_mb: int = Field(default=256, ge=8, le=1_000_000)
     device: str = "auto"
-    precision: Literal["float32", "float64"] = "float64"
+    #: float32 tiles with float64 accumulation: I_dist within 1e-6 relative of float64
+    #: (benchmarks/RESULTS.md, issue 18); float64 for bit-level comparisons
+    precision: Literal["auto", "float32", "float64"] = "auto"
 
     @field_validator("device")
     @classmethod

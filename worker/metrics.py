@@ -156,8 +156,17 @@ def diversity(X: np.ndarray, **engine_kw: Any) -> dict[str, Any]:
     if X.ndim != 2:
         raise ValueError(f"X: expected a 2-D array (N, z), got shape {X.shape}")
     if len(X) < 2:
-        return {"mean": None, "min": None, "max": None, "values": np.zeros(0)}
+        return diversity_from_nearest(np.zeros(0))
     values, _ = engine.nearest_distances(X, X, exclude_self=True, **engine_kw)
+    return diversity_from_nearest(values)
+
+
+def diversity_from_nearest(values: np.ndarray) -> dict[str, Any]:
+    """Diversity from precomputed nearest-other distances (e.g. engine.self_pass(X).distance):
+    {mean, min, max, values (N,)}; fewer than 2 samples (no finite value) -> None fields."""
+    values = _vector(values, "values")
+    if len(values) < 2:
+        return {"mean": None, "min": None, "max": None, "values": np.zeros(0)}
     return {
         "mean": float(values.mean()),
         "min": float(values.min()),
@@ -166,13 +175,45 @@ def diversity(X: np.ndarray, **engine_kw: Any) -> dict[str, Any]:
     }
 
 
+def pool_diversity(
+    P: np.ndarray, Q: np.ndarray, p_nearest_other: np.ndarray, **engine_kw: Any
+) -> dict[str, Any]:
+    """diversity(vstack([P, Q])) without a pass over P x P: P (n, z), Q (k, z), and
+    p_nearest_other (n,) = each P row's nearest-other distance within P (engine.self_pass).
+
+    values = [min(p_nearest_other_i, min_q ||p_i - q||) for P rows;
+              min(min_p ||q_j - p||, min_{l != j} ||q_j - q_l||) for Q rows]:
+    O(k (n + k)) distances instead of O((n + k)^2). Same {mean, min, max, values}."""
+    P, Q = np.asarray(P), np.asarray(Q)
+    d_self = _vector(p_nearest_other, "p_nearest_other")
+    if d_self.shape != (len(P),):
+        raise ValueError(f"p_nearest_other: shape {d_self.shape} does not match P ({len(P)})")
+    if len(Q) == 0:
+        return diversity_from_nearest(d_self if len(P) >= 2 else np.zeros(0))
+    if len(P) == 0:
+        return diversity(Q, **engine_kw)
+    p_to_q, _ = engine.nearest_distances(P, Q, **engine_kw)
+    q_to_p, _ = engine.nearest_distances(Q, P, **engine_kw)
+    if len(Q) >= 2:
+        q_self, _ = engine.nearest_distances(Q, Q, exclude_self=True, **engine_kw)
+        q_to_p = np.minimum(q_to_p, q_self)
+    return diversity_from_nearest(np.concatenate([np.minimum(d_self, p_to_q), q_to_p]))
+
+
 def coverage(inputs: np.ndarray, outputs: np.ndarray, **engine_kw: Any) -> dict[str, Any]:
     """Coverage of `inputs` (m, z) by `outputs` (k, z) (method.md §2.2): values_j = min_i
     ||in_j - out_i||_2. Returns {mean, max, values (m,)}; max is the k-center covering radius.
     No inputs, or no outputs (nothing covers), -> mean/max None (values inf when no outputs)."""
     inputs, outputs = np.asarray(inputs), np.asarray(outputs)
     values, _ = engine.nearest_distances(inputs, outputs, **engine_kw)
-    if len(values) == 0 or len(outputs) == 0:
+    return coverage_from_nearest(values, len(outputs))
+
+
+def coverage_from_nearest(values: np.ndarray, n_outputs: int) -> dict[str, Any]:
+    """Coverage from precomputed nearest-output distances (m,) (e.g. engine.pair_pass's
+    nearest_distance): {mean, max, values}; no inputs or no outputs -> mean/max None."""
+    values = _vector(values, "values")
+    if len(values) == 0 or n_outputs == 0:
         return {"mean": None, "max": None, "values": values}
     return {"mean": float(values.mean()), "max": float(values.max()), "values": values}
 

@@ -422,17 +422,23 @@ def measure_trained(job: Job, encoder) -> Measured:
 
 
 def _versions() -> dict[str, str]:
-    import sklearn
-    import torch
-    import transformers
+    """Package versions for report.json, read from the installed metadata: importing
+    transformers and scikit-learn only to read __version__ costs about a second."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def ver(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
 
     return {
         "worker": __version__,
         "python": platform.python_version(),
         "numpy": np.__version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "scikit-learn": sklearn.__version__,
+        "torch": ver("torch"),
+        "transformers": ver("transformers"),
+        "scikit-learn": ver("scikit-learn"),
     }
 
 
@@ -527,6 +533,8 @@ def build_report(
 def attach_estimate(report: Report, scores: dict | None, seed: int) -> None:
     """Estimate ODS for secondaries without masks from the labelled ones (method-estimate.md):
     the top-level `estimate` block and each estimated secondary's `estimate`."""
+    if not scores and (report.adaptation is None or not report.adaptation.results):
+        return  # no labelled evidence (and no scikit-learn import for it)
     from worker.estimate import estimate_from_report
 
     estimate = estimate_from_report(report.model_dump(mode="json"), scores, seed=seed)

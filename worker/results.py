@@ -164,6 +164,18 @@ class KidResult(Result):
 
     mean: float | None = Field(description="Mean unbiased MMD² over the subsets.")
     std: float | None = Field(description="Population std over the subsets (>= 0).")
+    subset_size: Count | None = Field(
+        default=None, description="Samples drawn from each set per subset (seeded)."
+    )
+    subsets: Count | None = Field(default=None, description="Number of subsets averaged.")
+
+
+class NullSubsample(Result):
+    """The seeded subsample of P that each null repeat splits (bounded cost, method.md §4.1)."""
+
+    size: Count = Field(description="Rows of P drawn per repeat (all of P when it is small).")
+    of: Count = Field(description="Rows of P in all.")
+    repeats: Count = Field(description="Random half-splits averaged.")
 
 
 class Statistics(Result):
@@ -175,6 +187,9 @@ class Statistics(Result):
     o_dist_ratio: float | None = Field(description="o_dist_mean / null mean (1 = like P itself).")
     o_dist_percentile: float | None = Field(
         description="Percentage of null values below o_dist_mean (0-100)."
+    )
+    null_subsample: NullSubsample | None = Field(
+        default=None, description="The subsample of P the null calibration used."
     )
     mmd: MmdResult = Field(description="MMD two-sample test of P against S.")
     fid: float | None = Field(description="Fréchet distance of Gaussian fits (squared units).")

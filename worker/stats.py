@@ -35,11 +35,11 @@ from itertools import combinations
 from typing import Any
 
 import numpy as np
-from scipy import stats as sstats
 
 from worker import engine
 
 NULL_MIN_SIZE = 4  # a null calibration needs at least 2 images in each half
+NULL_MAX_SAMPLES = 2000  # P rows drawn per null repeat (halves of 1000): cost O(repeats * 1e6)
 MMD_MAX_SAMPLES = 1000  # per set; larger sets are subsampled (seeded) for the MMD test
 MEDIAN_MAX_SAMPLES = 1000  # pooled points whose pairwise distances give the median heuristic
 KERNEL_BLOCK_MB = 32  # memory for one block of kernel rows, and for one batch of permutations
@@ -63,19 +63,36 @@ def _pair(X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------- null calibration
 
 
-def null_o_dist_means(P: np.ndarray, repeats: int, seed: int, **engine_kw: Any) -> np.ndarray:
-    """Null distribution of the size-free O_dist: P split at random into halves A (n // 2) and
-    B (the rest), `repeats` times; value r = mean_{a in A} I_dist(A, B)_a / |B|, i.e. the mean
-    of ||a - b|| over all pairs. P (n, z) -> (repeats,) float64; empty when n < NULL_MIN_SIZE."""
+def null_sample_size(n: int, max_samples: int = NULL_MAX_SAMPLES) -> int:
+    """Rows of P each null repeat uses: min(n, max_samples) (halves of k // 2 and the rest)."""
+    return int(min(int(n), int(max_samples)))
+
+
+def null_o_dist_means(
+    P: np.ndarray,
+    repeats: int,
+    seed: int,
+    *,
+    max_samples: int = NULL_MAX_SAMPLES,
+    **engine_kw: Any,
+) -> np.ndarray:
+    """Null distribution of the size-free O_dist: per repeat, a seeded random draw of
+    k = min(n, max_samples) rows of P split into halves A (k // 2) and B (the rest); value
+    r = mean_{a in A} I_dist(A, B)_a / |B|, the mean of ||a - b|| over all pairs. P (n, z) ->
+    (repeats,) float64; empty when n < NULL_MIN_SIZE. For n <= max_samples every row is
+    used (a random split of all of P); above, each repeat is an unbiased estimate of the same
+    mean pairwise distance of P from (k/2)^2 pairs, so the cost is bounded by
+    repeats * (max_samples / 2)^2 distances whatever n is."""
     P = np.asarray(P)
     n = len(P)
     if n < NULL_MIN_SIZE or repeats < 1:
         return np.zeros(0)
+    k = max(NULL_MIN_SIZE, null_sample_size(n, max_samples))
     rng = np.random.default_rng(seed)
     out = np.empty(int(repeats))
     for r in range(int(repeats)):
-        order = rng.permutation(n)
-        a, b = P[order[: n // 2]], P[order[n // 2 :]]
+        order = rng.permutation(n)[:k]
+        a, b = P[order[: k // 2]], P[order[k // 2 :]]
         out[r] = engine.row_distance_sums(a, b, **engine_kw).mean() / len(b)
     return out
 
@@ -98,15 +115,28 @@ def o_dist_percentile(o_dist_mean: float, null: np.ndarray) -> float | None:
 
 
 def null_calibration(
-    P: np.ndarray, o_dist_mean: float, *, repeats: int, seed: int, **engine_kw: Any
+    P: np.ndarray,
+    o_dist_mean: float,
+    *,
+    repeats: int,
+    seed: int,
+    max_samples: int = NULL_MAX_SAMPLES,
+    **engine_kw: Any,
 ) -> dict[str, Any]:
-    """{null (list), null_mean, ratio, percentile} for one secondary's o_dist_mean."""
-    null = null_o_dist_means(P, repeats, seed, **engine_kw)
+    """{null (list), null_mean, ratio, percentile, subsample} for one secondary's o_dist_mean;
+    subsample = {size: rows of P per repeat, of: n, repeats}."""
+    null = null_o_dist_means(P, repeats, seed, max_samples=max_samples, **engine_kw)
+    n = len(P)
     return {
         "null": [float(v) for v in null],
         "null_mean": float(null.mean()) if null.size else None,
         "ratio": o_dist_ratio(o_dist_mean, null),
         "percentile": o_dist_percentile(o_dist_mean, null),
+        "subsample": {
+            "size": null_sample_size(n, max_samples) if null.size else 0,
+            "of": int(n),
+            "repeats": int(null.size),
+        },
     }
 
 
@@ -329,28 +359,62 @@ def fid(X: np.ndarray, Y: np.ndarray) -> float | None:
 
 def kid(
     X: np.ndarray, Y: np.ndarray, seed: int, subsets: int = 50, subset_size: int = 1000
-) -> dict[str, float | None]:
+) -> dict[str, float | int | None]:
     """Kernel Inception Distance (Binkowski et al. 2018): unbiased MMD^2 with the cubic
     polynomial kernel k(x, y) = (x.y / d + 1)^3, on `subsets` pairs of random subsets
     (seeded, each without replacement) of size s = min(subset_size, n, m):
     sum_{i != j} kxx / (s(s-1)) + sum_{i != j} kyy / (s(s-1)) - 2 mean(kxy).
-    Returns {mean, std (ddof=0)} over the subsets; None when s < 2. Memory O(s^2)."""
+    Returns {mean, std (ddof=0), subset_size: s, subsets} over the subsets; mean/std None when
+    s < 2. The cost is bounded by subsets * s^2 kernel values (or subsets * s * d^3, below)
+    whatever n and m are. Memory O(s^2) or O(s d^2)."""
     X, Y = _pair(X, Y)
     size = min(int(subset_size), len(X), len(Y))
     if size < 2 or subsets < 1:
-        return {"mean": None, "std": None}
+        return {"mean": None, "std": None, "subset_size": max(size, 0), "subsets": 0}
     rng = np.random.default_rng(seed)
     d = X.shape[1]
     values = np.empty(int(subsets))
+    pairs = size * (size - 1)
     for t in range(int(subsets)):
         x = X[rng.choice(len(X), size, replace=False)]
         y = Y[rng.choice(len(Y), size, replace=False)]
-        xx, tx = _poly3_sum(x, x, d)
-        yy, ty = _poly3_sum(y, y, d)
-        xy, _ = _poly3_sum(x, y, d)
-        pairs = size * (size - 1)
+        if d * d < size:
+            mx, my = _poly3_moments(x), _poly3_moments(y)
+            xx, yy, xy = _poly3_sum_m(mx, mx, d), _poly3_sum_m(my, my, d), _poly3_sum_m(mx, my, d)
+            tx, ty = _poly3_trace(x, d), _poly3_trace(y, d)
+        else:
+            xx, tx = _poly3_sum(x, x, d)
+            yy, ty = _poly3_sum(y, y, d)
+            xy, _ = _poly3_sum(x, y, d)
         values[t] = (xx - tx) / pairs + (yy - ty) / pairs - 2.0 * xy / (size * size)
-    return {"mean": float(values.mean()), "std": float(values.std())}
+    return {
+        "mean": float(values.mean()),
+        "std": float(values.std()),
+        "subset_size": int(size),
+        "subsets": int(subsets),
+    }
+
+
+def _poly3_trace(a: np.ndarray, d: int) -> float:
+    """Trace of (a a^T / d + 1)^3: sum_i (|a_i|^2 / d + 1)^3."""
+    return float(np.sum((1.0 + np.einsum("ij,ij->i", a, a) / d) ** 3))
+
+
+def _poly3_moments(x: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """(s, 1^T x (d,), x^T x (d, d), third-moment tensor T[p, q, r] = sum_i x_ip x_iq x_ir
+    flattened (d^3,)) of x (s, d): what sum (x y^T / d + 1)^3 needs (see _poly3_sum)."""
+    s, d = x.shape
+    third = ((x[:, :, None] * x[:, None, :]).reshape(s, d * d).T @ x).ravel()
+    return s, x.sum(axis=0), x.T @ x, third
+
+
+def _poly3_sum_m(ma: tuple, mb: tuple, d: int) -> float:
+    """Sum of all entries of (a b^T / d + 1)^3 from the moments of a and b (_poly3_moments):
+    s_a s_b + 3 (1^T a)(1^T b) / d + 3 <a^T a, b^T b>_F / d^2 + <T_a, T_b> / d^3."""
+    g1 = float(ma[1] @ mb[1]) / d
+    g2 = float(np.sum(ma[2] * mb[2])) / d**2
+    g3 = float(ma[3] @ mb[3]) / d**3
+    return ma[0] * mb[0] + 3.0 * g1 + 3.0 * g2 + g3
 
 
 def _poly3_sum(a: np.ndarray, b: np.ndarray, d: int) -> tuple[float, float]:
@@ -364,14 +428,7 @@ def _poly3_sum(a: np.ndarray, b: np.ndarray, d: int) -> tuple[float, float]:
     """
     trace = float(np.sum((1.0 + np.einsum("ij,ij->i", a, b) / d) ** 3))
     if d * d < min(len(a), len(b)):
-
-        def moments(x: np.ndarray) -> np.ndarray:
-            return ((x[:, :, None] * x[:, None, :]).reshape(len(x), d * d).T @ x).ravel()
-
-        g1 = float(a.sum(axis=0) @ b.sum(axis=0)) / d
-        g2 = float(np.sum((a.T @ a) * (b.T @ b))) / d**2
-        g3 = float(moments(a) @ moments(b)) / d**3
-        return len(a) * len(b) + 3.0 * g1 + 3.0 * g2 + g3, trace
+        return _poly3_sum_m(_poly3_moments(a), _poly3_moments(b), d), trace
     k = a @ b.T
     k *= 1.0 / d
     k += 1.0
@@ -395,6 +452,15 @@ def near_duplicate_threshold(
     return float(fraction * np.median(d))
 
 
+def threshold_from_nearest(
+    p_nearest_other: np.ndarray, fraction: float = NEAR_DUPLICATE_FRACTION
+) -> float:
+    """near_duplicate_threshold from P's precomputed nearest-other distances (n,)
+    (engine.self_pass(P).distance): fraction x their median; 0.0 when n < 2."""
+    d = np.asarray(p_nearest_other, dtype=np.float64)
+    return float(fraction * np.median(d)) if len(d) >= 2 else 0.0
+
+
 def exact_duplicate_pairs(hashes: Sequence[str]) -> list[tuple[int, int]]:
     """Pairs (i, j), i < j, of items with the same content hash within one set. A group of k
     identical items gives k - 1 pairs, each later item paired with the group's first."""
@@ -409,15 +475,23 @@ def exact_duplicate_pairs(hashes: Sequence[str]) -> list[tuple[int, int]]:
 
 
 def near_duplicate_pairs(
-    X: np.ndarray, threshold: float, **engine_kw: Any
+    X: np.ndarray,
+    threshold: float,
+    *,
+    nearest: tuple[np.ndarray, np.ndarray] | None = None,
+    **engine_kw: Any,
 ) -> list[tuple[int, int, float]]:
     """Within one set X (N, z): each item's nearest other item (by index; ties to the lower
     index) when closer than `threshold` or at distance 0, as (i, j, distance) with i < j,
-    each pair once, sorted. Found with engine.nearest_distances (no N x N matrix)."""
+    each pair once, sorted. Found with engine.nearest_distances (no N x N matrix), or from
+    `nearest` = (distances (N,), indices (N,)) of a pass already made (engine.self_pass)."""
     X = np.asarray(X)
     if len(X) < 2:
         return []
-    d, nn = engine.nearest_distances(X, X, exclude_self=True, **engine_kw)
+    if nearest is None:
+        d, nn = engine.nearest_distances(X, X, exclude_self=True, **engine_kw)
+    else:
+        d, nn = np.asarray(nearest[0]), np.asarray(nearest[1])
     found: dict[tuple[int, int], float] = {}
     for j in np.flatnonzero((d < threshold) | (d == 0)):
         k = int(nn[j])
@@ -434,9 +508,15 @@ def find_duplicates(
     hashes: Sequence[str] | None = None,
     primary_hashes: Sequence[str] | None = None,
     threshold: float | None = None,
+    within_nearest: tuple[np.ndarray, np.ndarray] | None = None,
+    primary_nearest: tuple[np.ndarray, np.ndarray] | None = None,
     **engine_kw: Any,
 ) -> dict[str, Any]:
     """Exact and near duplicates within S and between S and P (method.md §4.4). S (m, z), P (n, z).
+
+    within_nearest / primary_nearest: (distances (m,), indices (m,)) of S's nearest other
+    S row and of its nearest P row, when the passes were already made (engine.self_pass,
+    engine.pair_pass); otherwise they are computed here.
 
     threshold None -> near_duplicate_threshold(P). Exact means equal content hashes (only
     when hashes are given); near means distance < threshold or distance == 0.
@@ -464,7 +544,7 @@ def find_duplicates(
     if hashes is not None:
         for a, b in exact_duplicate_pairs(hashes):
             pairs[(a, b)] = dist(S[a], S[b])
-    for a, b, d in near_duplicate_pairs(S, t, **engine_kw):
+    for a, b, d in near_duplicate_pairs(S, t, nearest=within_nearest, **engine_kw):
         pairs.setdefault((a, b), d)
     within = [
         {
@@ -481,7 +561,10 @@ def find_duplicates(
         p_index: dict[str, int] = {}
         for k, h in enumerate(primary_hashes or []):
             p_index.setdefault(h, k)
-        d, nn = engine.nearest_distances(S, P, **engine_kw)
+        if primary_nearest is None:
+            d, nn = engine.nearest_distances(S, P, **engine_kw)
+        else:
+            d, nn = np.asarray(primary_nearest[0]), np.asarray(primary_nearest[1])
         for j in range(len(S)):
             k = p_index.get(hashes[j]) if hashes is not None else None
             if k is not None:
@@ -508,6 +591,8 @@ def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float | None:
         raise ValueError(f"kendall_tau: lengths differ ({len(a)} and {len(b)})")
     if len(a) < 2:
         return None
+    from scipy import stats as sstats  # 0.5 s to import: only when ranks are compared
+
     return _finite_or_none(sstats.kendalltau(a, b).statistic)
 
 
@@ -518,6 +603,8 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
         raise ValueError(f"spearman: lengths differ ({len(a)} and {len(b)})")
     if len(a) < 2:
         return None
+    from scipy import stats as sstats
+
     return _finite_or_none(sstats.spearmanr(a, b).statistic)
 
 

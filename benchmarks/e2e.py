@@ -1,0 +1,271 @@
+"""Whole-job benchmark (issue 18): fused passes, precision, start-up, end-to-end, scale.
+
+    python benchmarks/e2e.py [--quick] [--big N] [--out benchmarks/RESULTS.md]
+
+Every ratio is measured in this one run against a named baseline:
+
+- fused: engine.pair_pass (I_dist at z = 5, 10, 15, 20, 25 and nearest P, one pass) against
+  the separate calls it replaces (5 x row_distance_sums + nearest_distances).
+- precision: float32 tiles with float64 accumulation against float64, on PCA-projected
+  features (joint PCA to 25 of 128 decaying-variance columns), n = m = 20k: the largest
+  relative error of I_dist over all rows and prefixes, O_dist, nearest distance / index.
+- end-to-end: `python -m worker run` of a precomputed job (default metrics, pca.dims 25)
+  at n = m = 20k and at 50, each a fresh process; baseline: scikit-learn's
+  `pairwise_distances_chunked` row sums (I_dist alone) on the same projected data, also a
+  fresh process. Target: sklearn / (job(20k) - job(50)) >= 3.
+- start-up: `worker run` of the 50-row job against `python -c "import torch"`
+  (target <= 2x), and the heavy modules the job imported (-X importtime).
+- nearest neighbours: ours against sklearn NearestNeighbors and faiss-cpu IndexFlatL2
+  (exact) when installed.
+- --big N: the same job at n = m = N: wall time and peak RSS of the job process.
+
+The results are appended as a dated section of benchmarks/RESULTS.md (--out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+FEATURES = 128
+DIMS = 25
+SWEEP = [5, 10, 15, 20, 25]
+
+
+def features(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """P and S (n, 128) float32 with variance 1/k on column k; S shifted by 0.05."""
+    rng = np.random.default_rng(seed)
+    scale = 1.0 / np.sqrt(np.arange(1, FEATURES + 1))
+    p = (rng.normal(size=(n, FEATURES)) * scale).astype(np.float32)
+    s = (rng.normal(size=(n, FEATURES)) * scale + 0.05).astype(np.float32)
+    return p, s
+
+
+def projected(n: int) -> tuple[np.ndarray, np.ndarray]:
+    from worker.pca import joint_pca
+
+    p, s = features(n)
+    (pl, sl), _ = joint_pca([p, s], DIMS)
+    return pl, sl
+
+
+def write_job(folder: Path, n: int, precision: str | None = None) -> Path:
+    p, s = features(n)
+    np.save(folder / f"P{n}.npy", p)
+    np.save(folder / f"S{n}.npy", s)
+    compute = f"compute: {{precision: {precision}}}\n" if precision else ""
+    job = folder / f"job{n}_{precision or 'default'}.yaml"
+    job.write_text(
+        "version: 1\nseed: 0\nmodel: {name: precomputed}\n"
+        f"pca: {{dims: {DIMS}}}\n{compute}"
+        f"datasets:\n  primary: {{name: P, embeddings: P{n}.npy}}\n"
+        f"  secondary:\n    - {{name: S, embeddings: S{n}.npy}}\n"
+        f"output: {{dir: out{n}_{precision or 'default'}}}\n"
+    )
+    return job
+
+
+def child_peak_rss(args: list[str], cwd: Path) -> tuple[float, float]:
+    """Wall seconds and the child's own peak RSS (MB), measured by /usr/bin/time-like wait4."""
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(args, cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=log)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        log.seek(0)
+        err = log.read().decode(errors="replace")
+    code = os.waitstatus_to_exitcode(status)
+    if code not in (0, 1):
+        raise RuntimeError(f"{args} failed ({code}): {err[-2000:]}")
+    return wall, usage.ru_maxrss / 1024.0
+
+
+SKLEARN_CHILD = """
+import sys, time, numpy as np
+sys.path[:0] = [{root!r}, {root!r} + "/benchmarks"]
+from e2e import projected
+from sklearn.metrics import pairwise_distances_chunked
+pl, sl = projected({n})
+t = time.perf_counter()
+out = np.concatenate([c.sum(axis=1) for c in pairwise_distances_chunked(sl, pl)])
+print(time.perf_counter() - t)
+"""
+
+
+def sklearn_idist(n: int) -> float:
+    code = SKLEARN_CHILD.format(root=str(ROOT), n=n)
+    done = subprocess.run([PY, "-c", code], env=ENV, capture_output=True, text=True, check=True)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def best(fn, repeats: int = 2) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def fused_and_precision(n: int) -> dict:
+    from worker import engine
+
+    pl, sl = projected(n)
+    out: dict = {"n": n}
+    res = {}
+    for prec in ("float32", "float64"):
+        kw = {"precision": prec}
+        engine.pair_pass(sl[:64], pl, prefixes=SWEEP, nearest=True, **kw)  # warm-up
+
+        def fused(kw=kw) -> None:
+            res[kw["precision"]] = engine.pair_pass(sl, pl, prefixes=SWEEP, nearest=True, **kw)
+
+        t_fused = best(fused)
+
+        def separate(kw=kw) -> None:
+            for z in SWEEP:
+                engine.row_distance_sums(sl[:, :z], pl[:, :z], **kw)
+            engine.nearest_distances(sl, pl, **kw)
+
+        t_sep = best(separate)
+        t_one = best(lambda kw=kw: engine.row_distance_sums(sl, pl, **kw))
+        out[prec] = {"fused_s": t_fused, "separate_s": t_sep, "single_idist_s": t_one}
+    r32, r64 = res["float32"], res["float64"]
+    out["rel_err_idist"] = max(
+        float(np.max(np.abs(r32.i_dist[z] - r64.i_dist[z]) / r64.i_dist[z])) for z in SWEEP
+    )
+    out["rel_err_odist"] = max(
+        abs(r32.i_dist[z].mean() - r64.i_dist[z].mean()) / r64.i_dist[z].mean() for z in SWEEP
+    )
+    out["nn_same_index"] = float(np.mean(r32.nearest_index == r64.nearest_index))
+    out["nn_rel_err"] = float(
+        np.max(np.abs(r32.nearest_distance - r64.nearest_distance) / r64.nearest_distance)
+    )
+    # self pass (diversity) in both precisions
+    d32 = engine.self_pass(pl, precision="float32").distance
+    d64 = engine.self_pass(pl, precision="float64").distance
+    out["diversity_rel_err"] = float(np.max(np.abs(d32 - d64) / np.maximum(d64, 1e-300)))
+    return out
+
+
+def nearest_neighbours(n: int) -> dict:
+    from sklearn.neighbors import NearestNeighbors
+
+    from worker import engine
+
+    pl, sl = projected(n)
+    out = {}
+    out["ours_f32_s"] = best(lambda: engine.nearest_distances(sl, pl, precision="float32"))
+    out["ours_f64_s"] = best(lambda: engine.nearest_distances(sl, pl, precision="float64"))
+    out["sklearn_s"] = best(lambda: NearestNeighbors(n_neighbors=1).fit(pl).kneighbors(sl), 1)
+    try:
+        import faiss
+    except ImportError:
+        out["faiss_s"] = None
+        return out
+    ref_d, ref_i = engine.nearest_distances(sl, pl)
+
+    def run_faiss():
+        index = faiss.IndexFlatL2(pl.shape[1])
+        index.add(np.ascontiguousarray(pl, dtype=np.float32))
+        return index.search(np.ascontiguousarray(sl, dtype=np.float32), 1)
+
+    out["faiss_s"] = best(run_faiss)
+    d2, idx = run_faiss()
+    out["faiss_same_index"] = float(np.mean(idx[:, 0] == ref_i))
+    out["faiss_rel_err"] = float(np.max(np.abs(np.sqrt(np.maximum(d2[:, 0], 0)) - ref_d) / ref_d))
+    return out
+
+
+def end_to_end(folder: Path, n_small: int, n_big: int, precisions: list[str | None]) -> dict:
+    out: dict = {"sklearn_idist_s": sklearn_idist(n_big)}
+    for prec in precisions:
+        small = write_job(folder, n_small, prec)
+        big = write_job(folder, n_big, prec)
+        run = [PY, "-m", "worker", "run"]
+        t_small = min(child_peak_rss([*run, str(small)], folder)[0] for _ in range(2))
+        t_big, rss = child_peak_rss([*run, str(big)], folder)
+        out_dir = folder / f"out{n_big}_{prec or 'default'}"
+        report = json.loads((out_dir / "report.json").read_text())
+        out[prec or "default"] = {
+            "job_small_s": t_small,
+            "job_big_s": t_big,
+            "peak_rss_mb": rss,
+            "o_dist": report["secondaries"][0]["o_dist"],
+        }
+    return out
+
+
+def start_up(folder: Path) -> dict:
+    job = write_job(folder, 50)
+    torch_s = min(child_peak_rss([PY, "-c", "import torch"], folder)[0] for _ in range(3))
+    job_s = min(child_peak_rss([PY, "-m", "worker", "run", str(job)], folder)[0] for _ in range(3))
+    done = subprocess.run(
+        [PY, "-X", "importtime", "-m", "worker", "run", str(job)],
+        cwd=folder,
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
+    cumulative = {}
+    for line in done.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            _, cum, name = (x.strip() for x in line[len("import time:") :].split("|"))
+            if cum.isdigit() and "." not in name:
+                cumulative[name] = int(cum) / 1e6
+    heavy = {
+        k: round(cumulative[k], 2)
+        for k in ("torch", "transformers", "sklearn", "scipy", "weasyprint", "matplotlib")
+        if k in cumulative
+    }
+    return {"torch_s": torch_s, "job50_s": job_s, "imports_s": heavy}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=20000)
+    ap.add_argument("--big", type=int, default=0, help="also run the job at n = m = BIG")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "e2e.json"))
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT))
+    started = time.time()
+    results: dict = {
+        "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "cpus": os.cpu_count(),
+        "load_start": os.getloadavg()[0],
+    }
+    with tempfile.TemporaryDirectory(prefix="e2e-") as tmp:
+        folder = Path(tmp)
+        results["start_up"] = start_up(folder)
+        print(json.dumps(results["start_up"]), flush=True)
+        results["fused"] = fused_and_precision(args.n)
+        print(json.dumps(results["fused"]), flush=True)
+        results["nearest"] = nearest_neighbours(args.n)
+        print(json.dumps(results["nearest"]), flush=True)
+        results["end_to_end"] = end_to_end(folder, 50, args.n, [None, "float64"])
+        print(json.dumps(results["end_to_end"]), flush=True)
+        if args.big:
+            job = write_job(folder, args.big)
+            wall, rss = child_peak_rss([PY, "-m", "worker", "run", str(job)], folder)
+            results["big"] = {"n": args.big, "job_s": wall, "peak_rss_mb": rss}
+            print(json.dumps(results["big"]), flush=True)
+    results["load_end"] = os.getloadavg()[0]
+    results["total_s"] = time.time() - started
+    Path(args.out).write_text(json.dumps(results, indent=1))
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
