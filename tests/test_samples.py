@@ -17,6 +17,7 @@ import yaml
 from PIL import Image
 from skimage import data as skdata
 
+from tests.test_s3 import admin, aws_env, bucket, moto_endpoint  # noqa: F401 (fixtures)
 from worker.embeddings import embed_items
 from worker.errors import JobError
 from worker.extractors import get_extractor
@@ -498,3 +499,150 @@ def test_validate_refuses_adaptation_on_a_video_folder(tmp_path, capsys):
     assert main(["validate", str(tmp_path / "job.yaml")]) == 2
     err = capsys.readouterr().err
     assert "adaptation.enabled: datasets.S.path holds 1 video file(s)" in err
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_job_with_frames_and_crops_end_to_end(tmp_path):
+    """P images; S1 a folder of videos (one truncated); S2 images with COCO boxes, both."""
+    from tests.conftest import write_job
+    from tests.pdftext import pdf_text
+    from worker.job import load_job
+    from worker.metrics import class_distances
+    from worker.pipeline import run
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "p").mkdir()
+    for k, arr in enumerate([skdata.rocket(), skdata.camera(), skdata.brick(), skdata.grass()]):
+        for j in range(2):
+            y, x = rng.integers(0, 200, 2)
+            Image.fromarray(np.asarray(arr)[y : y + 96, x : x + 96]).save(
+                tmp_path / "p" / f"{k}_{j}.png"
+            )
+    (tmp_path / "s1").mkdir()
+    write_video(tmp_path / "s1" / "a.mp4", 30, 10)
+    write_video(tmp_path / "s1" / "b.mkv", 25, 10, "libx264", size=(80, 64))
+    raw = (tmp_path / "s1" / "a.mp4").read_bytes()
+    (tmp_path / "s1" / "broken.mp4").write_bytes(raw[: len(raw) // 3])
+    write_pictures(tmp_path / "s2")
+    write_coco(tmp_path / "ann.json")
+    job = {
+        "seed": 1,
+        "model": {"name": "hog"},
+        "pca": {"dims": 4, "sweep": [2, 4]},
+        "datasets": {
+            "primary": {"name": "P", "path": "p"},
+            "secondary": [
+                {"name": "S1", "path": "s1", "frames": {"every_s": 1.0}},
+                {"name": "S2", "path": "s2", "boxes": "ann.json", "samples": "both"},
+            ],
+        },
+        "metrics": {"null_repeats": 2, "mmd_permutations": 10},
+        "selection": {"strategy": ["farthest"], "counts": [1, 2]},
+        "gates": [{"metric": "o_dist_scaled", "dataset": "S2/crops", "max": 1.0}],
+        "max_skipped_fraction": 0.5,
+        "cache": {"dir": str(tmp_path / "cache")},
+    }
+    result = run(load_job(write_job(tmp_path, job)), out_dir=str(tmp_path / "out"))
+    run_dir = Path(result.run_dir)
+    report = json.loads((run_dir / "report.json").read_text())
+    secs = {s["name"]: s for s in report["secondaries"]}
+    assert list(secs) == ["S1", "S2", "S2/crops"]
+    s1 = secs["S1"]
+    assert [im["id"] for im in s1["images"]] == [
+        "a.mp4#t=0.000",
+        "a.mp4#t=1.000",
+        "a.mp4#t=2.000",
+        "b.mkv#t=0.000",
+        "b.mkv#t=1.000",
+        "b.mkv#t=2.000",
+    ]
+    assert s1["images"][4]["source"] == {"file": "b.mkv", "time_s": 1.0, "frame": 10}
+    assert "crops" not in s1
+    assert [s["id"] for s in report["skipped"] if s["dataset"] == "S1"] == ["broken.mp4"]
+    assert all("source" not in im for im in secs["S2"]["images"])
+    crops = secs["S2/crops"]
+    assert crops["count"] == 5
+    first = crops["images"][0]
+    assert first["id"] == "astronaut.png#box=100"
+    assert first["source"] == {
+        "file": "astronaut.png",
+        "box": list(expected_crop("astronaut.png", 100, 50, 80, 60, 0.1)),
+        "class": "person",
+    }
+    labels = [im["source"]["class"] for im in crops["images"]]
+    i_dist = np.array([im["i_dist"] for im in crops["images"]])
+    want = class_distances(i_dist, labels, report["primary"]["count"])
+    got = crops["crops"]["classes"]
+    assert [c["name"] for c in got] == ["cat", "cup", "person", "rocket"]
+    assert [c["count"] for c in got] == [1, 1, 2, 1]
+    for g, w in zip(got, want, strict=True):
+        assert g["o_dist"] == pytest.approx(w["o_dist"], rel=1e-12)
+        person = i_dist[[k for k, lab in enumerate(labels) if lab == g["name"]]]
+        assert g["o_dist"] == pytest.approx(float(np.mean(person)), rel=1e-12)
+    assert report["gates"][0]["dataset"] == "S2/crops" and report["passed"]
+    figures = sorted(p.name for p in (run_dir / "figures").glob("thumbnails_*"))
+    assert len(figures) == 3
+    text = pdf_text(run_dir / "report.pdf")
+    assert "Object crops of S2/crops per class" in text
+
+
+def test_thumbnails_show_the_frame_and_the_crop(tmp_path):
+    from worker.report.render import load_thumbnail
+
+    write_video(tmp_path / "v.mp4", 12, 10, size=(320, 240))
+    [sample, *_] = smp.frame_samples(Item("v.mp4", str(tmp_path / "v.mp4")), FramesConfig())[0]
+    thumb = load_thumbnail(sample.uri, sample=sample, size=160)
+    want = sample.pixels()
+    want.thumbnail((160, 160))
+    assert thumb.size == (160, 120)
+    np.testing.assert_array_equal(np.asarray(thumb), np.asarray(want))
+    assert load_thumbnail(sample.uri) is None  # a video is no image: the sample is needed
+    write_pictures(tmp_path / "img")
+    crop = smp.Sample(
+        id="chelsea.jpg#box=0",
+        uri=str(tmp_path / "img" / "chelsea.jpg"),
+        kind="crop",
+        file="chelsea.jpg",
+        box=(10, 20, 60, 50),
+        label="cat",
+    )
+    thumb = load_thumbnail(crop.uri, sample=crop)
+    decoded = np.asarray(decode_image((tmp_path / "img" / "chelsea.jpg").read_bytes()))
+    np.testing.assert_array_equal(np.asarray(thumb), decoded[20:50, 10:60])
+
+
+# --------------------------------------------------------------------------- S3
+
+
+def test_video_dataset_on_s3_equals_local(tmp_path, s3_storage):
+    client, name, storage = s3_storage
+    local = tmp_path / "videos"
+    local.mkdir()
+    write_video(local / "a.mp4", 25, 10)
+    write_video(local / "c.mkv", 18, 10, "libx264")
+    (local / "bad.mov").write_bytes(b"garbage" * 40)
+    for f in sorted(local.rglob("*.*")):
+        client.put_object(Bucket=name, Key=f"vids/{f.relative_to(local)}", Body=f.read_bytes())
+    ds = DatasetConfig(name="S", path="s3://x", frames=FramesConfig(every_n=4, max_per_video=3))
+    hog = get_extractor(ModelConfig(name="hog"))
+    remote = smp.list_dataset(f"s3://{name}/vids", storage)
+    [(_, r_items)] = smp.expand_dataset("S", ds, remote, storage=storage)
+    [(_, l_items)] = smp.expand_dataset("S", ds, smp.list_dataset(str(local)))
+    assert [it.id for it in r_items] == [it.id for it in l_items]
+    assert [it.digest for it in r_items] == [it.digest for it in l_items]
+    assert [s["id"] for s in r_items.skipped] == ["bad.mov"]
+    r = embed_items("S", r_items, hog, storage=storage)
+    loc = embed_items("S", l_items, hog)
+    assert r.ids == loc.ids and len(r.ids) == 6
+    np.testing.assert_array_equal(r.vectors, loc.vectors)
+
+
+@pytest.fixture
+def s3_storage(request):
+    """(admin client, bucket, StorageConfig) on moto's server (tests/test_s3.py fixtures)."""
+    from tests.test_s3 import _storage
+
+    value = request.getfixturevalue
+    return value("admin"), value("bucket"), _storage(value("moto_endpoint"))
