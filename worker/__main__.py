@@ -132,8 +132,8 @@ def _validate(job_path: Path) -> int:
         found = list_dataset(root, job.storage, policy=policy_for(job))
         if not found:
             raise JobError(
-                f"datasets.{ds.name}.path: no images or videos found in {root} (looked for "
-                f"{' '.join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)}, recursively)"
+                f"datasets.{ds.name}.path: no images found in {root}, and no videos (looked "
+                f"for {' '.join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)}, recursively)"
             )
         check_no_videos_for_adaptation(job, ds, found)
         videos = sum(is_video(it.id) for it in found)

@@ -81,8 +81,8 @@ def dataset_items(job: Job, ds: DatasetConfig, extractor) -> list[tuple[str, Any
     listing = list_dataset(root, storage, policy=policy_for(job))
     if not listing:
         raise JobError(
-            f"datasets.{ds.name}.path: no images or videos found in {root} (looked for "
-            f"{' '.join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)}, recursively)"
+            f"datasets.{ds.name}.path: no images found in {root}, and no videos (looked "
+            f"for {' '.join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)}, recursively)"
         )
     check_no_videos_for_adaptation(job, ds, listing)
     boxes = _check_location(job, ds, "boxes", ds.boxes) if ds.boxes else None
