@@ -535,7 +535,13 @@ def test_job_with_frames_and_crops_end_to_end(tmp_path):
             "primary": {"name": "P", "path": "p"},
             "secondary": [
                 {"name": "S1", "path": "s1", "frames": {"every_s": 1.0}},
-                {"name": "S2", "path": "s2", "boxes": "ann.json", "samples": "both"},
+                {
+                    "name": "S2",
+                    "path": "s2",
+                    "boxes": "ann.json",
+                    "samples": "both",
+                    "select": False,  # applies to S2 and S2/crops
+                },
             ],
         },
         "metrics": {"null_repeats": 2, "mmd_permutations": 10},
@@ -582,6 +588,8 @@ def test_job_with_frames_and_crops_end_to_end(tmp_path):
         person = i_dist[[k for k, lab in enumerate(labels) if lab == g["name"]]]
         assert g["o_dist"] == pytest.approx(float(np.mean(person)), rel=1e-12)
     assert report["gates"][0]["dataset"] == "S2/crops" and report["passed"]
+    assert secs["S2"]["selections"] == crops["selections"] == []
+    assert [s["count"] for s in s1["selections"]] == [1, 2]
     figures = sorted(p.name for p in (run_dir / "figures").glob("thumbnails_*"))
     assert len(figures) == 3
     text = pdf_text(run_dir / "report.pdf")

@@ -135,7 +135,7 @@ def _selections(
     kw = _engine_kw(job)
     s_l, p_l = space.secondary, space.primary
     out, chosen = [], {}
-    config = next((d for d in job.datasets.secondary if d.name == sec.name), None)
+    config = next((d for d in job.datasets.secondary if sec.name in d.sample_names()), None)
     if config is not None and not config.select:
         return out, chosen  # a blind set (select: false) is evaluated only, never selected from
 
