@@ -114,7 +114,13 @@ def _validate(job_path: Path) -> int:
     then each local image folder is listed: nothing is decoded or computed."""
     from worker.job import load_job
     from worker.preflight import check_locations
-    from worker.sources import is_s3, list_images, policy_for
+    from worker.sources import IMAGE_EXTENSIONS, is_s3, policy_for
+    from worker.sources.samples import (
+        VIDEO_EXTENSIONS,
+        check_no_videos_for_adaptation,
+        is_video,
+        list_dataset,
+    )
 
     job = load_job(job_path)
     check_locations(job)
@@ -123,13 +129,16 @@ def _validate(job_path: Path) -> int:
         if ds.path is None or is_s3(ds.path):
             continue
         root = job.resolve(ds.path)
-        found = list_images(root, job.storage, policy=policy_for(job))
+        found = list_dataset(root, job.storage, policy=policy_for(job))
         if not found:
             raise JobError(
-                f"datasets.{ds.name}.path: no images found in {root} "
-                "(looked for .jpg .jpeg .png .bmp .tif .tiff .webp, recursively)"
+                f"datasets.{ds.name}.path: no images found in {root}, and no videos (looked "
+                f"for {' '.join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)}, recursively)"
             )
-        counts.append(f"{ds.name}: {len(found)} images")
+        check_no_videos_for_adaptation(job, ds, found)
+        videos = sum(is_video(it.id) for it in found)
+        shown = f"{len(found) - videos} images" + (f", {videos} videos" if videos else "")
+        counts.append(f"{ds.name}: {shown}")
     if job.adaptation.enabled:
         from worker.adapt.masks import check_adaptation_inputs
 

@@ -16,9 +16,12 @@ from worker.embeddings import EmbeddedSet
 from worker.job import Job
 from worker.pca import joint_pca
 from worker.results import (
+    ClassDistance,
     Cover,
+    CropClasses,
     Duplicates,
     ImageResult,
+    ImageSource,
     PairPca,
     PcaSummary,
     Perturbation,
@@ -138,7 +141,7 @@ def _selections(
     kw = _engine_kw(job)
     s_l, p_l = space.secondary, space.primary
     out, chosen = [], {}
-    config = next((d for d in job.datasets.secondary if d.name == sec.name), None)
+    config = next((d for d in job.datasets.secondary if sec.name in d.sample_names()), None)
     if config is not None and not config.select:
         return out, chosen  # a blind set (select: false) is evaluated only, never selected from
 
@@ -313,7 +316,12 @@ def analyse_secondary(primary: EmbeddedSet, sec: EmbeddedSet, job: Job) -> Secon
         i_dist_scaled_p90=float(np.percentile(scaled, 90)),
         images=[
             ImageResult(
-                id=i, i_dist=float(d), i_dist_scaled=float(x), i_dist_mean=float(a), sha256=h
+                id=i,
+                i_dist=float(d),
+                i_dist_scaled=float(x),
+                i_dist_mean=float(a),
+                sha256=h,
+                source=_source(sec, i),
             )
             for i, d, x, a, h in zip(sec.ids, i_dist, scaled, per_image_mean, hashes, strict=True)
         ],
@@ -336,8 +344,25 @@ def analyse_secondary(primary: EmbeddedSet, sec: EmbeddedSet, job: Job) -> Secon
         duplicates=(
             _duplicates(primary, sec, p_l, s_l, kw, passes) if job.metrics.duplicates else None
         ),
+        crops=_crop_classes(sec, i_dist, len(p_l)),
     )
     return SecondaryAnalysis(result, space, chosen)
+
+
+def _source(sec: EmbeddedSet, image_id: str) -> ImageSource | None:
+    """report.json's `source` of a frame or crop sample (None for a whole image)."""
+    sample = sec.samples.get(image_id)
+    return ImageSource.model_validate(sample.source()) if sample is not None else None
+
+
+def _crop_classes(sec: EmbeddedSet, i_dist: np.ndarray, n_primary: int) -> CropClasses | None:
+    """Per-class counts and O_dist of the crops of S (None when S has no crops)."""
+    labels = [getattr(sec.samples.get(i), "label", None) for i in sec.ids]
+    kinds = {getattr(sec.samples.get(i), "kind", None) for i in sec.ids}
+    if "crop" not in kinds:
+        return None
+    rows = metrics.class_distances(i_dist, labels, n_primary)
+    return CropClasses(classes=[ClassDistance(**r) for r in rows])
 
 
 def pca_sweep(

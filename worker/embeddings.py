@@ -33,6 +33,8 @@ class EmbeddedSet:
     #: what the listing did not read (hidden or unreadable folders, links leaving the job
     #: folder): one line each, for report.json's `warnings`
     warnings: list[str] = field(default_factory=list)
+    #: id -> worker.sources.samples.Sample for rows that are video frames or object crops
+    samples: dict = field(default_factory=dict)
 
     @property
     def count(self) -> int:
@@ -62,7 +64,11 @@ def read_decoded(item: Item, storage, cache, key: str) -> _Loaded:
     """Read one image, hash it, look it up in the cache; on a miss decode it to RGB.
 
     Returns a cached `vector`, the decoded PIL image as `prepared`, or a `skip` reason.
-    Shared by the local loader threads and the Ray Data read stage."""
+    Shared by the local loader threads and the Ray Data read stage. A sample (a video frame
+    or an object crop, worker.sources.samples.Sample) is looked up under its own `digest`
+    (its source file's hash plus its position and settings) and makes its own pixels."""
+    if hasattr(item, "pixels"):
+        return _read_sample(item, storage, cache, key)
     try:
         data = read_bytes(item.uri, storage)
     except OSError as err:
@@ -74,6 +80,20 @@ def read_decoded(item: Item, storage, cache, key: str) -> _Loaded:
             return _Loaded(item, digest, vector=vector)
     try:
         img = decode_image(data)
+    except ImageError as err:
+        return _Loaded(item, skip=str(err))
+    return _Loaded(item, digest, prepared=img)
+
+
+def _read_sample(item, storage, cache, key: str) -> _Loaded:
+    """read_decoded for a Sample: cache first, then its pixels (decoded only on a miss)."""
+    digest = item.digest
+    if cache is not None:
+        vector = cache.get(digest, key)
+        if vector is not None:
+            return _Loaded(item, digest, vector=vector)
+    try:
+        img = item.pixels(storage)
     except ImageError as err:
         return _Loaded(item, skip=str(err))
     return _Loaded(item, digest, prepared=img)
@@ -169,6 +189,7 @@ def embed_items(
     uris: list[str] = []
     hashes: list[str] = []
     rows: list[np.ndarray | None] = []
+    samples: dict = {}
     # entries the listing could not use (FIFOs, links leaving the job folder, ...) come first
     skipped: list[dict] = [{"dataset": name, **s} for s in getattr(items, "skipped", [])]
     pending: list[tuple[int, object]] = []  # (row index, prepared input)
@@ -211,6 +232,8 @@ def embed_items(
             ids.append(item.id)
             uris.append(item.uri)
             hashes.append(loaded.digest)
+            if hasattr(item, "pixels"):
+                samples[item.id] = item
             rows.append(loaded.vector)
             if loaded.vector is None:
                 pending.append((len(rows) - 1, loaded.prepared))
@@ -236,6 +259,7 @@ def embed_items(
         hashes=hashes,
         skipped=skipped,
         warnings=list(getattr(items, "warnings", [])),
+        samples=samples,
     )
 
 

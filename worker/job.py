@@ -146,6 +146,32 @@ class PcaConfig(Strict):
         return sorted(set(v))
 
 
+class FramesConfig(Strict):
+    """How frames are sampled from the videos of a dataset folder (worker/sources/samples.py):
+    `every_s` seconds (the first frame at or after each multiple) or `every_n` frames, then at
+    most `max_per_video` of them spread evenly over the video."""
+
+    every_s: float | None = Field(default=None, gt=0, le=86_400)
+    every_n: int | None = Field(default=None, ge=1, le=10_000_000)
+    max_per_video: int | None = Field(default=None, ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> FramesConfig:
+        if self.every_s is not None and self.every_n is not None:
+            raise ValueError("give one of 'every_s' or 'every_n', not both")
+        if self.every_s is None and self.every_n is None:
+            self.every_s = 1.0
+        return self
+
+
+class CropConfig(Strict):
+    """How boxes become crops: each side grows by `padding` times the box's width / height;
+    boxes whose clipped width or height is below `min_size` pixels are skipped."""
+
+    padding: float = Field(default=0.1, ge=0, le=10)
+    min_size: int = Field(default=16, ge=1, le=100_000)
+
+
 class DatasetConfig(Strict):
     name: str = Field(min_length=1, max_length=100)
     path: str | None = None
@@ -155,6 +181,14 @@ class DatasetConfig(Strict):
     # user's own model; scored against `masks` like `python -m worker evaluate` (worker.estimate)
     predictions: str | None = None
     select: bool = True
+    #: video files in `path` are sampled into frames (default every_s: 1.0 when unset)
+    frames: FramesConfig | None = None
+    #: a COCO .json file or a folder of YOLO .txt files: each box becomes a crop sample
+    boxes: str | None = None
+    crop: CropConfig | None = None
+    #: images (whole images and video frames), crops (one sample per box), or both: two
+    #: secondaries, `<name>` and `<name>/crops`; default: crops when `boxes` is given
+    samples: Literal["images", "crops", "both"] | None = None
 
     @field_validator("name")
     @classmethod
@@ -169,10 +203,54 @@ class DatasetConfig(Strict):
             raise ValueError(f"dataset name {v!r} contains a control or invalid character")
         return v
 
-    @field_validator("path", "embeddings", "masks")
+    @field_validator("path", "embeddings", "masks", "boxes")
     @classmethod
     def _location(cls, v: str | None) -> str | None:
         return check_location(v)
+
+    @property
+    def sample_mode(self) -> str:
+        """images, crops or both: what the dataset's samples are."""
+        return self.samples or ("crops" if self.boxes else "images")
+
+    @property
+    def crop_settings(self) -> CropConfig:
+        return self.crop or CropConfig()
+
+    @property
+    def frame_settings(self) -> FramesConfig:
+        return self.frames or FramesConfig()
+
+    @property
+    def has_samples(self) -> bool:
+        """Frames or crops were asked for (adaptation and masks need whole images)."""
+        return self.frames is not None or self.boxes is not None
+
+    def sample_names(self) -> list[str]:
+        """The dataset names this entry gives in the report (`both`: name and name/crops)."""
+        return [self.name, self.name + "/crops"] if self.sample_mode == "both" else [self.name]
+
+    @model_validator(mode="after")
+    def _samples(self) -> DatasetConfig:
+        where = f"datasets.{self.name}"
+        for key in ("frames", "boxes", "crop", "samples"):
+            if getattr(self, key) is not None and self.path is None:
+                raise ValueError(f"{where}.{key}: needs 'path' (a folder of images or videos)")
+        if self.samples in ("crops", "both") and self.boxes is None:
+            raise ValueError(
+                f"{where}.samples: {self.samples!r} needs 'boxes' (a COCO .json file or a "
+                "folder of YOLO .txt files)"
+            )
+        if self.crop is not None and self.boxes is None:
+            raise ValueError(f"{where}.crop: needs 'boxes'; add 'boxes' or remove 'crop'")
+        for key in ("masks", "predictions"):
+            if getattr(self, key) is not None and self.has_samples:
+                raise ValueError(
+                    f"{where}.{key}: masks belong to whole images, but this dataset samples "
+                    "frames or crops ('frames' / 'boxes'); use a separate dataset entry for "
+                    "the masked images"
+                )
+        return self
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetConfig:
@@ -204,6 +282,11 @@ class DatasetsConfig(Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"dataset names must be unique; repeated: {', '.join(dupes)}")
+        if self.primary.sample_mode == "both":
+            raise ValueError(
+                f"datasets.primary.samples: 'both' gives two datasets, and the primary is one; "
+                f"use samples: images or samples: crops for {self.primary.name!r}"
+            )
         if self.primary.predictions is not None:
             raise ValueError(
                 f"primary.predictions: the primary dataset {self.primary.name!r} has no distance "
@@ -509,6 +592,16 @@ class Job(Strict):
                         "dataset gives 'path' (images); name an extractor in model.name "
                         "(e.g. hog) instead"
                     )
+        if self.adaptation.enabled:
+            for ds in self.all_datasets:
+                if ds.has_samples:
+                    key = "boxes" if ds.boxes is not None else "frames"
+                    raise ValueError(
+                        f"adaptation.enabled: adaptation trains on whole images with masks, "
+                        f"but datasets.{ds.name}.{key} makes {ds.name!r} a "
+                        f"{'crop' if key == 'boxes' else 'video'} dataset; set "
+                        "adaptation.enabled: false or remove the key"
+                    )
         for i, gate in enumerate(self.gates):
             check_gate(self, gate, f"gates[{i}]")
         return self
@@ -535,7 +628,7 @@ def check_gate(job: Job, gate: GateConfig, where: str) -> None:
     """A gate must resolve exactly what it names: its dataset, its model, a computed metric.
 
     Raises ValueError starting with the field path (e.g. "gates[0].model: ...")."""
-    names = [ds.name for ds in job.all_datasets]
+    names = [n for ds in job.all_datasets for n in ds.sample_names()]
     primary = job.datasets.primary.name
     metric = gate.metric
     if gate.dataset != "*" and gate.dataset not in names:

@@ -230,3 +230,17 @@ def histogram(values: np.ndarray, bins: int) -> dict[str, list]:
         return {"edges": [], "counts": []}
     counts, edges = np.histogram(values, bins=int(bins))
     return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
+
+
+def class_distances(i_dist: np.ndarray, labels: list[str | None], n_primary: int) -> list[dict]:
+    """Per class c: count, o_dist_c = mean of I_dist over the samples labelled c, and
+    o_dist_mean_c = o_dist_c / n_primary. i_dist (m,), labels (m,) (None = no class, left out).
+    Sorted by class name."""
+    values = np.asarray(i_dist, dtype=np.float64)
+    out = []
+    for name in sorted({lab for lab in labels if lab is not None}):
+        sel = values[[k for k, lab in enumerate(labels) if lab == name]]
+        o = float(sel.mean()) if len(sel) else None
+        mean = o / n_primary if o is not None and n_primary else None
+        out.append({"name": name, "count": int(len(sel)), "o_dist": o, "o_dist_mean": mean})
+    return out

@@ -40,7 +40,14 @@ from worker.results import (
     Report,
     RunInfo,
 )
-from worker.sources import Item, is_s3, list_images, policy_for
+from worker.sources import IMAGE_EXTENSIONS, is_s3, policy_for
+from worker.sources.samples import (
+    VIDEO_EXTENSIONS,
+    check_no_videos_for_adaptation,
+    expand_dataset,
+    list_dataset,
+    samples_of,
+)
 from worker.store import new_run_id, publish_run
 
 
@@ -57,57 +64,75 @@ def _check_location(job: Job, ds: DatasetConfig, key: str, location: str) -> str
     return resolved
 
 
-def dataset_items(job: Job, ds: DatasetConfig, extractor) -> EmbeddedSet | list[Item]:
-    """A precomputed dataset as its EmbeddedSet, or the list of images to embed."""
+def dataset_items(job: Job, ds: DatasetConfig, extractor) -> list[tuple[str, Any]]:
+    """A dataset as [(name, what to embed)]: a precomputed EmbeddedSet, or the list of images,
+    video frames and object crops to embed (worker/sources/samples.py). `samples: both`
+    gives two entries, `<name>` (images and frames) and `<name>/crops`."""
     storage = job.storage
     if ds.embeddings is not None:
         uri = _check_location(job, ds, "embeddings", ds.embeddings)
-        return load_precomputed(ds.name, uri, storage)
+        return [(ds.name, load_precomputed(ds.name, uri, storage))]
     root = _check_location(job, ds, "path", ds.path)
     if extractor is None:
         raise JobError(
             f"datasets.{ds.name}: model 'precomputed' needs 'embeddings', but this dataset "
             "gives 'path' (images); name an extractor in model.name (e.g. hog) instead"
         )
-    items = list_images(root, storage, policy=policy_for(job))
-    if not items:
+    listing = list_dataset(root, storage, policy=policy_for(job))
+    if not listing:
         raise JobError(
-            f"datasets.{ds.name}.path: no images found in {root} "
-            "(looked for .jpg .jpeg .png .bmp .tif .tiff .webp, recursively)"
+            f"datasets.{ds.name}.path: no images found in {root}, and no videos (looked "
+            f"for {' '.join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)}, recursively)"
         )
-    return items
+    check_no_videos_for_adaptation(job, ds, listing)
+    boxes = _check_location(job, ds, "boxes", ds.boxes) if ds.boxes else None
+    return expand_dataset(
+        ds.name, ds, listing, boxes_uri=boxes, storage=storage, policy=policy_for(job)
+    )
 
 
 def load_dataset(
     job: Job, ds: DatasetConfig, extractor, cache, progress, batch_size: int = 32
-) -> EmbeddedSet:
-    """One dataset's features: a precomputed array, or its images embedded (cached)."""
-    items = dataset_items(job, ds, extractor)
-    if isinstance(items, EmbeddedSet):
-        return items
-    bar = progress(len(items), f"embed {ds.name}")
-    try:
-        return embed_items(
-            ds.name,
-            items,
-            extractor,
-            cache=cache,
-            batch_size=batch_size,
-            storage=job.storage,
-            progress=bar.update_to,
-        )
-    finally:
-        bar.close()
+) -> list[EmbeddedSet]:
+    """One dataset's features (two with samples: both): a precomputed array, or its images,
+    frames or crops embedded (cached)."""
+    out = []
+    for name, items in dataset_items(job, ds, extractor):
+        if isinstance(items, EmbeddedSet):
+            out.append(items)
+            continue
+        bar = progress(len(items), f"embed {name}")
+        try:
+            out.append(
+                embed_items(
+                    name,
+                    items,
+                    extractor,
+                    cache=cache,
+                    batch_size=batch_size,
+                    storage=job.storage,
+                    progress=bar.update_to,
+                )
+            )
+        finally:
+            bar.close()
+    return out
 
 
 def load_datasets_ray(
     job: Job, configs: list[DatasetConfig], extractor, cache, progress, batch_size: int
 ) -> list[EmbeddedSet]:
     """Every dataset's features, the images of all of them embedded by one Ray Data
-    pipeline (one actor pool, one model load per actor)."""
+    pipeline (one actor pool, one model load per actor). Datasets of frames or crops are
+    embedded in this process (the Ray read stage reads whole files)."""
     from worker.distributed import embed_items_ray
 
-    found = {ds.name: dataset_items(job, ds, extractor) for ds in configs}
+    found = {name: v for ds in configs for name, v in dataset_items(job, ds, extractor)}
+    local = {n: v for n, v in found.items() if not isinstance(v, EmbeddedSet) and samples_of(v)}
+    for name, items in local.items():
+        found[name] = embed_items(
+            name, items, extractor, cache=cache, batch_size=batch_size, storage=job.storage
+        )
     images = {name: v for name, v in found.items() if not isinstance(v, EmbeddedSet)}
     if images:
         bar = progress(sum(len(v) for v in images.values()), "embed (ray)")
@@ -125,7 +150,7 @@ def load_datasets_ray(
         finally:
             bar.close()
         found.update(embedded)
-    return [found[ds.name] for ds in configs]
+    return list(found.values())
 
 
 def _check_sets(job: Job, sets: list[EmbeddedSet]) -> None:
@@ -222,7 +247,9 @@ def embed_all(
         sets = load_datasets_ray(job, configs, extractor, cache, progress, model.batch_size)
     else:
         sets = [
-            load_dataset(job, ds, extractor, cache, progress, model.batch_size) for ds in configs
+            emb
+            for ds in configs
+            for emb in load_dataset(job, ds, extractor, cache, progress, model.batch_size)
         ]
     _check_sets(job, sets)
     info = dict(extractor.info) if extractor is not None else {"name": "precomputed"}
@@ -580,6 +607,7 @@ def _render_inputs(first: Measured, adapted: Adapted | None, job: Job) -> Render
     return RenderInputs(
         scatter=first.analysis.scatter,
         image_uris={s.name: dict(zip(s.ids, s.uris, strict=False)) for s in first.embedded.sets},
+        samples={s.name: s.samples for s in first.embedded.sets if s.samples},
         storage=job.storage,
         adaptation=adapted.figure_data if adapted else None,
     )

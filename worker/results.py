@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from worker.adapt.results import Adaptation
 
-SCHEMA_VERSION = "1.1.0"
+SCHEMA_VERSION = "1.2.0"
 
 
 def _is_none(value: Any) -> bool:
@@ -98,6 +98,45 @@ class Splits(Result):
     thirds: list[Split] = Field(description="Three parts: closest third first.")
 
 
+class ImageSource(Result):
+    """Where a sample's pixels come from: a video frame or an object crop (docs/samples.md)."""
+
+    model_config = ConfigDict(
+        extra="forbid", allow_inf_nan=False, serialize_by_alias=True, validate_by_name=True
+    )
+
+    file: str = Field(description="The source file: its path relative to the dataset folder.")
+    time_s: float | None = optional_block("Frame: seconds from the video's first frame (>= 0).")
+    frame: int | None = optional_block(
+        "Frame: index of the frame in presentation order (0 = first frame; >= 0)."
+    )
+    box: list[int] | None = optional_block(
+        "Crop: [x0, y0, x1, y1] in pixels of the upright image, padded and clipped; x1 and "
+        "y1 exclusive (the crop is image[y0:y1, x0:x1])."
+    )
+    class_: str | None = Field(
+        default=None,
+        alias="class",
+        exclude_if=_is_none,
+        description="Crop: the box's class name (the category id as text when unnamed).",
+    )
+
+
+class ClassDistance(Result):
+    """The crops of one class in a secondary: count and their O_dist (mean I_dist)."""
+
+    name: str = Field(description="Class name.")
+    count: Count = Field(description="Crops of this class used.")
+    o_dist: float | None = Field(description="Mean I_dist over the class's crops (>= 0).")
+    o_dist_mean: float | None = Field(description="o_dist / |P|: size-free (>= 0).")
+
+
+class CropClasses(Result):
+    """Per-class counts and distances of a secondary made of object crops."""
+
+    classes: list[ClassDistance] = Field(description="One entry per class, by name.")
+
+
 class ImageResult(Result):
     """One image (sample) of a secondary."""
 
@@ -113,10 +152,14 @@ class ImageResult(Result):
     )
     sha256: str | None = Field(
         default=None,
-        description="SHA-256 of the image file (hex); null for precomputed embeddings.",
+        description="SHA-256 of the image file (hex); for a frame or crop, of its source "
+        "file's hash, position and sampling settings; null for precomputed embeddings.",
     )
     new: bool | None = optional_block(
         "True when the image was not in the previous run's dataset of this name (history)."
+    )
+    source: ImageSource | None = optional_block(
+        "For a video frame or an object crop: its source file and position."
     )
 
 
@@ -264,6 +307,9 @@ class SecondaryResult(Result):
     robustness: dict[str, float | None] | None = optional_block(
         "Perturbation -> Kendall tau of this secondary's per-image I_dist ranking, clean vs "
         "perturbed (in [-1, 1]; metrics.robustness)."
+    )
+    crops: CropClasses | None = optional_block(
+        "Per-class counts and O_dist of a secondary made of object crops (boxes:)."
     )
 
 

@@ -28,6 +28,8 @@ class RenderInputs:
     image_uris: dict[str, dict[str, str]] = field(default_factory=dict)  # dataset -> id -> uri
     storage: Any = None  # the job's StorageConfig, for s3:// images
     adaptation: dict | None = None  # worker.adapt.run extras for the adaptation figures
+    #: dataset -> id -> worker.sources.samples.Sample, for ids that are video frames or crops
+    samples: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -40,16 +42,20 @@ class FigureData:
     adaptation: dict | None = None
 
 
-def load_thumbnail(uri: str | None, storage=None, size: int = THUMBNAIL_PX):
+def load_thumbnail(uri: str | None, storage=None, size: int = THUMBNAIL_PX, sample=None):
     """The image at `uri` decoded (as the embedding stage decodes it) and shrunk to fit
-    size x size; None when it is missing or cannot be read any more."""
-    if not uri:
+    size x size; for a `sample` (a video frame or an object crop), the frame or the crop.
+    None when it is missing or cannot be read any more."""
+    if not uri and sample is None:
         return None
     from worker.images import ImageError, decode_image
     from worker.sources import read_bytes
 
     try:
-        img = decode_image(read_bytes(uri, storage))
+        if sample is not None:
+            img = sample.pixels(storage)
+        else:
+            img = decode_image(read_bytes(uri, storage))
     except (OSError, ImageError):
         return None
     img.thumbnail((size, size))
@@ -61,6 +67,7 @@ def closest_and_farthest(report: Report, inputs: RenderInputs) -> dict[str, dict
     out = {}
     for sec in report.secondaries:
         uris = inputs.image_uris.get(sec.name) or {}
+        samples = inputs.samples.get(sec.name) or {}
         if not uris or not sec.images:
             continue
         known = [k for k, im in enumerate(sec.images) if im.i_dist is not None]
@@ -73,7 +80,9 @@ def closest_and_farthest(report: Report, inputs: RenderInputs) -> dict[str, dict
             thumbs = []
             for r in rows:
                 image_id = sec.images[r].id
-                img = load_thumbnail(uris.get(image_id), inputs.storage)
+                img = load_thumbnail(
+                    uris.get(image_id), inputs.storage, sample=samples.get(image_id)
+                )
                 if img is not None:
                     thumbs.append((image_id, img))
             out[sec.name][label] = thumbs
@@ -83,26 +92,33 @@ def closest_and_farthest(report: Report, inputs: RenderInputs) -> dict[str, dict
 def duplicate_pairs(report: Report, inputs: RenderInputs) -> dict[str, list]:
     """The first duplicate pairs of each S (with P first, then within S), decoded."""
     p_uris = inputs.image_uris.get(report.primary.name) or {}
+    p_samples = inputs.samples.get(report.primary.name) or {}
     out = {}
     for sec in report.secondaries:
         s_uris = inputs.image_uris.get(sec.name) or {}
+        s_samples = inputs.samples.get(sec.name) or {}
         if sec.duplicates is None or not s_uris:
             continue
         d = sec.duplicates
         wanted = [
             (
                 f"{x.id} vs {report.primary.name}:{x.primary_id} (d = {x.distance:.3g})",
-                s_uris.get(x.id),
-                p_uris.get(x.primary_id),
+                (s_uris.get(x.id), s_samples.get(x.id)),
+                (p_uris.get(x.primary_id), p_samples.get(x.primary_id)),
             )
             for x in d.with_primary
         ] + [
-            (f"{x.id_a} vs {x.id_b} (d = {x.distance:.3g})", s_uris.get(x.id_a), s_uris.get(x.id_b))
+            (
+                f"{x.id_a} vs {x.id_b} (d = {x.distance:.3g})",
+                (s_uris.get(x.id_a), s_samples.get(x.id_a)),
+                (s_uris.get(x.id_b), s_samples.get(x.id_b)),
+            )
             for x in d.within
         ]
         pairs = []
-        for caption, a, b in wanted[:DUPLICATE_PAIRS_SHOWN]:
-            img_a, img_b = load_thumbnail(a, inputs.storage), load_thumbnail(b, inputs.storage)
+        for caption, (a, sa), (b, sb) in wanted[:DUPLICATE_PAIRS_SHOWN]:
+            img_a = load_thumbnail(a, inputs.storage, sample=sa)
+            img_b = load_thumbnail(b, inputs.storage, sample=sb)
             if img_a is not None and img_b is not None:
                 pairs.append((caption, img_a, img_b))
         if pairs:
