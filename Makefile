@@ -35,6 +35,8 @@ bench: install
 	$(PY) benchmarks/distances.py
 	$(PY) benchmarks/embed.py
 	$(PY) benchmarks/scale.py
+	$(PY) benchmarks/report_json.py
+	$(PY) benchmarks/e2e.py
 
 clean:
 	rm -rf .venv demo out .cache
