@@ -2,7 +2,7 @@
 commit (default: main), same data, same machine, same run.
 
     .venv/bin/python benchmarks/many.py                  # 50 secondaries x 150 x 64-D, vs main
-    .venv/bin/python benchmarks/many.py --ref HEAD~3 --secondaries 20
+    .venv/bin/python benchmarks/many.py --ref HEAD~3 --secondaries 20 --repeats 3
 
 Each side is one `python -m worker run job.yaml --log-format json` subprocess; the stage lines
 of its log give the `measure` and `report` seconds. The reference code is exported with
@@ -101,17 +101,25 @@ def main() -> None:
     ap.add_argument("--secondaries", type=int, default=50)
     ap.add_argument("--rows", type=int, default=150)
     ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=1, help="runs per side, alternating; best kept")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-many-") as tmp:
         tmp = Path(tmp)
         job = write_job(tmp / "data", args.secondaries, args.rows, args.dim)
         old = export(args.ref, tmp / "ref")
-        rows = {}
-        for label, code in (("reference " + args.ref, old), ("this tree", ROOT)):
-            rows[label] = timed_run(code, job, tmp / f"out-{len(rows)}")
+        rows: dict[str, dict] = {}
+        runs = 0
+        for _ in range(args.repeats):  # alternate the sides so that load drifts hit both
+            for label, code in (("reference " + args.ref, old), ("this tree", ROOT)):
+                st = timed_run(code, job, tmp / f"out-{runs}")
+                runs += 1
+                total = st.get("measure", 0.0) + st.get("report", 0.0)
+                best = rows.get(label)
+                if best is None or total < best.get("measure", 0.0) + best.get("report", 0.0):
+                    rows[label] = st
     print(
         f"{args.secondaries} secondaries x {args.rows} x {args.dim}-D precomputed, "
-        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs\n"
+        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, best of {args.repeats}\n"
     )
     print("| code | measure (s) | report (s) | measure + report (s) | wall (s) | PDF pages |")
     print("|---|---|---|---|---|---|")
