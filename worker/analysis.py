@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from worker import engine, metrics, selection, stats
+from worker import comparison, engine, metrics, selection, stats
 from worker.embeddings import EmbeddedSet
 from worker.job import Job
 from worker.pca import joint_pca
@@ -19,13 +19,18 @@ from worker.results import (
     ClassDistance,
     Cover,
     CropClasses,
+    DatasetMatrix,
     Duplicates,
+    GroupPair,
+    Groups,
+    GroupSummary,
     ImageResult,
     ImageSource,
     PairPca,
     PcaSummary,
     Perturbation,
     PrimaryResult,
+    Ranking,
     SecondaryResult,
     SelectionResult,
     Splits,
@@ -119,10 +124,14 @@ def _spread(d: dict | None, bins: int) -> Spread | None:
     )
 
 
-def _cover(c: dict | None) -> Cover | None:
+def _cover(c: dict | None, bins: int | None = None) -> Cover | None:
+    """A coverage result as the report stores it; with `bins`, its histogram too."""
     if c is None:
         return None
-    return Cover(mean=c["mean"], max=c["max"])
+    hist = None
+    if bins is not None and c.get("mean") is not None:
+        hist = metrics.histogram(c["values"], bins)
+    return Cover(mean=c["mean"], max=c["max"], histogram=hist)
 
 
 def _selections(
@@ -164,9 +173,9 @@ def _selections(
         for count in job.selection.counts:
             idx = pick(strategy, count)
             chosen[(strategy, count)] = idx
-            diversity = random_diversity = pool_diversity = coverage = None
+            diversity = random_diversity = pool_diversity = coverage = random_coverage = None
+            rand = selection.random_subset(len(s_l), len(idx), job.seed)
             if job.metrics.diversity:
-                rand = selection.random_subset(len(s_l), len(idx), job.seed)
                 diversity = _spread(metrics.diversity(s_l[idx], **kw), bins)
                 random_diversity = _spread(metrics.diversity(s_l[rand], **kw), bins)
                 if p_nearest_other is None:
@@ -175,7 +184,8 @@ def _selections(
                     pool = metrics.pool_diversity(p_l, s_l[idx], p_nearest_other, **kw)
                 pool_diversity = _spread(pool, bins)
             if job.metrics.coverage:
-                coverage = _cover(metrics.coverage(s_l, s_l[idx], **kw))
+                coverage = _cover(metrics.coverage(s_l, s_l[idx], **kw), bins)
+                random_coverage = _cover(metrics.coverage(s_l, s_l[rand], **kw), bins)
             out.append(
                 SelectionResult(
                     strategy=strategy,
@@ -185,6 +195,7 @@ def _selections(
                     random_diversity=random_diversity,
                     pool_diversity=pool_diversity,
                     coverage=coverage,
+                    random_coverage=random_coverage,
                 )
             )
     return out, chosen
@@ -518,3 +529,59 @@ def robustness_probe(
             image_kendall_tau=per_image,
         )
     return out
+
+
+# --------------------------------------------------------------------------- many datasets
+
+
+def rank_secondaries(secondaries: list[SecondaryResult], job: Job) -> Ranking:
+    """Secondaries ranked by o_dist_mean (method.md §9) and the PDF sections report.detail
+    keeps: every secondary (full) or the top_k closest and farthest (summary)."""
+    top_k = job.report.top_k
+    ranked = comparison.ranking({s.name: s.o_dist_mean for s in secondaries}, top_k)
+    detail = job.report.detail_for(len(secondaries))
+    sections = ranked["order"] if detail == "full" else comparison.ends(ranked["order"], top_k)
+    return Ranking(by="o_dist_mean", top_k=top_k, detail=detail, sections=sections, **ranked)
+
+
+def compare_groups(secondaries: list[SecondaryResult], job: Job) -> Groups | None:
+    """Per-group summaries of o_dist_mean and the separation of every pair of groups
+    (method.md §9; paper appendix E); None when no secondary has a `group`."""
+    labels = {d.name: d.group for d in job.datasets.secondary if d.group is not None}
+    if not labels:
+        return None
+    values = {s.name: s.o_dist_mean for s in secondaries if s.name in labels}
+    groups = {name: labels[name] for name in values}
+    perms = job.metrics.group_permutations
+    summaries = comparison.group_summaries(values, groups)
+    pairs = comparison.group_separations(values, groups, permutations=perms, seed=job.seed)
+    return Groups(
+        groups=[
+            GroupSummary(name=label, members=g["members"], o_dist_mean=Summary(**g["summary"]))
+            for label, g in summaries.items()
+        ],
+        pairs=[GroupPair(permutations=perms, **p) for p in pairs],
+    )
+
+
+def analyse_matrix(sets: list[EmbeddedSet], job: Job) -> DatasetMatrix:
+    """o_dist_mean between every two datasets, each pair in its own joint PCA (or one shared
+    PCA: pca.shared), from the embeddings already made (method.md §9)."""
+    names = [s.name for s in sets]
+    matrix = comparison.dataset_matrix(
+        [s.vectors for s in sets],
+        dims=job.pca.dims,
+        shared=job.pca.shared,
+        route=job.pca.route,
+        seed=job.seed,
+        **_engine_kw(job),
+    )
+    order = comparison.cluster_order(matrix)
+    return DatasetMatrix(
+        names=names,
+        o_dist_mean=matrix.tolist(),
+        pca="shared" if job.pca.shared else "pair",
+        dims=job.pca.dims,
+        order=[names[i] for i in order],
+        nearest=comparison.nearest_other(matrix, names),
+    )

@@ -56,6 +56,8 @@ ADAPTATION_METRICS = ("f_slope", "ods_f")
 HISTORY_METRICS = ("o_dist_mean_change", "new_images_far_fraction")
 #: the performance estimated without labels (secondaries without masks)
 ESTIMATE_METRICS = ("estimated_f",)
+#: metrics of the groups block: one value per pair of groups, dataset "A vs B"
+GROUP_METRICS = ("group_separation",)
 #: metrics that also apply to the primary when a gate names every dataset ("*")
 PRIMARY_TOO = ("skipped_fraction", "diversity_mean")
 
@@ -64,6 +66,7 @@ GATE_METRICS: tuple[str, ...] = (
     *ADAPTATION_METRICS,
     *HISTORY_METRICS,
     *ESTIMATE_METRICS,
+    *GROUP_METRICS,
     "skipped_fraction",
 )
 
@@ -103,6 +106,8 @@ def gate_value(report: Report, gate: GateConfig, dataset: str) -> float | None:
     if gate.metric in ESTIMATE_METRICS:
         sec = report.secondary(dataset)
         return sec.estimate.estimated_f if sec is not None and sec.estimate else None
+    if gate.metric in GROUP_METRICS:
+        return _group_separation(report, dataset)
     if gate.metric in HISTORY_METRICS:
         from worker import history
 
@@ -113,6 +118,19 @@ def gate_value(report: Report, gate: GateConfig, dataset: str) -> float | None:
     for sec in secondaries or []:
         if sec.name == dataset:
             return SECONDARY_METRICS[gate.metric](sec)
+    return None
+
+
+def group_pair_name(group_a: str, group_b: str) -> str:
+    """How a gate names a pair of groups: 'A vs B'."""
+    return f"{group_a} vs {group_b}"
+
+
+def _group_separation(report: Report, pair: str) -> float | None:
+    """The separation AUC of the pair of groups named 'A vs B' (report.groups)."""
+    for p in report.groups.pairs if report.groups else []:
+        if group_pair_name(p.group_a, p.group_b) == pair:
+            return p.auc
     return None
 
 
@@ -136,6 +154,9 @@ def evaluate_gates(report: Report, gates: list[GateConfig]) -> list[GateResult]:
     for gate in gates:
         if gate.dataset != "*":
             targets = [gate.dataset]
+        elif gate.metric in GROUP_METRICS:
+            pairs = report.groups.pairs if report.groups else []
+            targets = [group_pair_name(p.group_a, p.group_b) for p in pairs]
         elif gate.metric in PRIMARY_TOO:
             targets = [report.primary.name, *secondary_names]
         else:

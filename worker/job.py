@@ -13,7 +13,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from worker.errors import JobError
-from worker.gates import ADAPTATION_METRICS, GATE_METRICS, METRIC_SWITCHES, PRIMARY_TOO
+from worker.gates import (
+    ADAPTATION_METRICS,
+    GATE_METRICS,
+    GROUP_METRICS,
+    METRIC_SWITCHES,
+    PRIMARY_TOO,
+)
 
 EXTRACTOR_NAMES = (
     "hog",
@@ -137,6 +143,8 @@ class PcaConfig(Strict):
     dims: int | None = Field(default=25, ge=1)
     sweep: list[int] = Field(default_factory=lambda: [5, 10, 15, 20, 25])
     route: Literal["auto", "exact", "gram", "covariance", "randomized"] = "auto"
+    #: datasets.matrix only: one PCA over every dataset instead of one per pair (large K)
+    shared: bool = False
 
     @field_validator("sweep")
     @classmethod
@@ -189,6 +197,8 @@ class DatasetConfig(Strict):
     #: images (whole images and video frames), crops (one sample per box), or both: two
     #: secondaries, `<name>` and `<name>/crops`; default: crops when `boxes` is given
     samples: Literal["images", "crops", "both"] | None = None
+    #: secondaries only: a group label; report.json `groups` compares the groups
+    group: str | None = Field(default=None, min_length=1, max_length=100)
 
     @field_validator("name")
     @classmethod
@@ -275,6 +285,8 @@ class DatasetConfig(Strict):
 class DatasetsConfig(Strict):
     primary: DatasetConfig
     secondary: list[DatasetConfig] = Field(min_length=1)
+    #: also measure every dataset against every other (each as the primary in turn)
+    matrix: bool = False
 
     @model_validator(mode="after")
     def _unique_names(self) -> DatasetsConfig:
@@ -286,6 +298,11 @@ class DatasetsConfig(Strict):
             raise ValueError(
                 f"datasets.primary.samples: 'both' gives two datasets, and the primary is one; "
                 f"use samples: images or samples: crops for {self.primary.name!r}"
+            )
+        if self.primary.group is not None:
+            raise ValueError(
+                f"primary.group: groups compare secondaries; the primary {self.primary.name!r} "
+                "is the reference of every distance, so remove 'group' from it"
             )
         if self.primary.predictions is not None:
             raise ValueError(
@@ -304,6 +321,26 @@ class MetricsConfig(Strict):
     mmd_permutations: int = Field(default=500, ge=0, le=10000)
     duplicates: bool = True
     robustness: bool = False
+    #: label permutations for the p-value of the group separation (0: no p-value)
+    group_permutations: int = Field(default=1000, ge=0, le=100_000)
+
+
+class ReportConfig(Strict):
+    """How much the PDF shows (report.json always holds every number)."""
+
+    #: how many closest and farthest secondaries the ranking and summary pages show
+    top_k: int = Field(default=5, ge=1, le=1000)
+    #: full: a section per secondary; summary: one row per secondary and sections for the
+    #: top_k closest and farthest only; null: summary above SUMMARY_ABOVE secondaries
+    detail: Literal["full", "summary"] | None = None
+
+    def detail_for(self, secondaries: int) -> str:
+        if self.detail is not None:
+            return self.detail
+        return "summary" if secondaries > SUMMARY_ABOVE else "full"
+
+
+SUMMARY_ABOVE = 10
 
 
 class SelectionConfig(Strict):
@@ -571,6 +608,7 @@ class Job(Strict):
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
     adaptation: AdaptationConfig = Field(default_factory=AdaptationConfig)
     history: HistoryConfig = Field(default_factory=HistoryConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
     max_skipped_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
     allow_outside_paths: bool = True
 
@@ -602,6 +640,11 @@ class Job(Strict):
                         f"{'crop' if key == 'boxes' else 'video'} dataset; set "
                         "adaptation.enabled: false or remove the key"
                     )
+        if self.pca.shared and not self.datasets.matrix:
+            raise ValueError(
+                "pca.shared: one PCA over every dataset applies to datasets.matrix only; "
+                "set datasets.matrix: true or remove pca.shared"
+            )
         for i, gate in enumerate(self.gates):
             check_gate(self, gate, f"gates[{i}]")
         return self
@@ -631,6 +674,21 @@ def check_gate(job: Job, gate: GateConfig, where: str) -> None:
     names = [n for ds in job.all_datasets for n in ds.sample_names()]
     primary = job.datasets.primary.name
     metric = gate.metric
+    if metric in GROUP_METRICS:
+        labels = list(dict.fromkeys(s.group for s in job.datasets.secondary if s.group))
+        if len(labels) < 2:
+            raise ValueError(
+                f"{where}.metric: {metric!r} compares groups of secondaries; give at least "
+                "two different 'group:' labels on the secondaries "
+                f"(found: {', '.join(labels) or 'none'})"
+            )
+        pairs = [f"{a} vs {b}" for i, a in enumerate(labels) for b in labels[i + 1 :]]
+        if gate.dataset != "*" and gate.dataset not in pairs:
+            raise ValueError(
+                f"{where}.dataset: {metric!r} names a pair of groups as 'A vs B' (A listed "
+                f"first in the job) or '*'; use one of {', '.join(pairs)}"
+            )
+        return
     if gate.dataset != "*" and gate.dataset not in names:
         raise ValueError(
             f"{where}.dataset: gate on {metric!r} names dataset {gate.dataset!r}, "

@@ -22,7 +22,13 @@ import numpy as np
 from worker import __version__
 from worker.adapt.masks import check_adaptation_inputs
 from worker.adapt.predictions import score_all_predictions
-from worker.analysis import ModelAnalysis, analyse_model
+from worker.analysis import (
+    ModelAnalysis,
+    analyse_matrix,
+    analyse_model,
+    compare_groups,
+    rank_secondaries,
+)
 from worker.embeddings import EmbeddedSet, embed_items, load_precomputed
 from worker.errors import JobError
 from worker.gates import evaluate_gates
@@ -33,6 +39,7 @@ from worker.report.render import RenderInputs, render_outputs
 from worker.results import (
     SCHEMA_VERSION,
     Adaptation,
+    DatasetMatrix,
     JobInfo,
     ModelInfo,
     ModelResult,
@@ -311,6 +318,10 @@ def run(
                     with stage("robustness", model=model.label), numeric_input_errors():
                         robustness = measure_robustness(job, model, embedded, analysis)
                 measured.append(Measured(model.label, embedded, analysis, robustness))
+            matrix = None
+            if job.datasets.matrix:
+                with stage("matrix"), numeric_input_errors():
+                    matrix = analyse_matrix(measured[0].embedded.sets, job)
             adapted = None
             if job.adaptation.enabled:
                 with stage("adapt"):
@@ -327,6 +338,7 @@ def run(
                 RunInfo(**_run_info(started, engine_info), run_id=run_id),
                 scores=scores,
                 store=out_uri,
+                matrix=matrix,
             )
             try:
                 render_outputs(report, _render_inputs(measured[0], adapted, job), staging)
@@ -493,6 +505,7 @@ def build_report(
     run_info: RunInfo,
     scores: dict | None = None,
     store: str | None = None,
+    matrix: DatasetMatrix | None = None,
 ) -> Report:
     """report.json as one typed Report: the first extractor's blocks at the top level, every
     extractor in `models`, the performance estimate, the history against earlier runs of
@@ -548,6 +561,9 @@ def build_report(
         model_agreement=agreement,
         robustness=robustness,
         adaptation=adapted.block if adapted else None,
+        ranking=rank_secondaries(first.secondaries, job),
+        groups=compare_groups(first.secondaries, job),
+        matrix=matrix,
     )
     attach_estimate(report, scores, job.seed)
     if store is not None:

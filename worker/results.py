@@ -70,6 +70,9 @@ class Cover(Result):
     max: float | None = Field(
         description="Largest distance to the nearest output: the k-center covering radius (>= 0)."
     )
+    histogram: Histogram | None = optional_block(
+        "Histogram of the distances to the nearest output (selections only)."
+    )
 
 
 class Summary(Result):
@@ -188,6 +191,9 @@ class SelectionResult(Result):
     )
     pool_diversity: Spread | None = Field(
         default=None, description="Diversity of P plus the chosen images."
+    )
+    random_coverage: Cover | None = optional_block(
+        "Coverage of all of S by the same seeded random subset as random_diversity."
     )
 
 
@@ -415,6 +421,76 @@ class Perturbation(Result):
     o_dist_scaled: ByName = Field(description="Secondary -> scaled O_dist when perturbed.")
     image_kendall_tau: ByName = Field(
         description="Secondary -> Kendall tau of its per-image I_dist, clean vs perturbed."
+    )
+
+
+# --------------------------------------------------------------------------- many datasets
+
+
+class Ranking(Result):
+    """Secondaries ranked by the size-free o_dist_mean (method.md §9), closest first."""
+
+    by: Literal["o_dist_mean"] = Field(description="The ranking key (size-free distance).")
+    top_k: Count = Field(description="report.top_k: how many names each end lists.")
+    order: list[str] = Field(
+        description="Every secondary, closest first (ties: job order; no value: last)."
+    )
+    closest: list[str] = Field(description="The top_k closest secondaries, closest first.")
+    farthest: list[str] = Field(description="The top_k farthest secondaries, farthest first.")
+    detail: Literal["full", "summary"] = Field(
+        description="report.detail as applied: full (a PDF section per secondary) or summary."
+    )
+    sections: list[str] = Field(
+        description="Secondaries with a full PDF section, in rank order (summary: both ends)."
+    )
+
+
+class GroupSummary(Result):
+    """One group of secondaries (`group:` in the job)."""
+
+    name: str = Field(description="Group label from the job.")
+    members: list[str] = Field(description="Secondaries of the group, in job order.")
+    o_dist_mean: Summary = Field(description="Summary of the members' o_dist_mean (std ddof 0).")
+
+
+class GroupPair(Result):
+    """Separation of two groups: AUC = share of pairs (a in A, b in B) with
+    o_dist_mean(a) < o_dist_mean(b), ties 1/2 (paper appendix E)."""
+
+    group_a: str = Field(description="Group A (earlier in the job).")
+    group_b: str = Field(description="Group B.")
+    auc: float | None = Field(description="In [0, 1]: 1 = every A set closer than every B set.")
+    p_value: float | None = Field(
+        description="Permutation p-value over the group labels, two-sided on |AUC - 1/2| "
+        "((1 + hits) / (1 + permutations), in (0, 1]); null without permutations."
+    )
+    permutations: Count = Field(description="Label permutations (metrics.group_permutations).")
+
+
+class Groups(Result):
+    """Groups of secondaries and how well o_dist_mean separates them."""
+
+    groups: list[GroupSummary] = Field(description="Every group, in order of first appearance.")
+    pairs: list[GroupPair] = Field(description="One entry per pair of groups.")
+
+
+class DatasetMatrix(Result):
+    """Every dataset as the primary in turn (datasets.matrix; method.md §9)."""
+
+    names: list[str] = Field(description="Datasets, in job order (primary first).")
+    o_dist_mean: list[list[float | None]] = Field(
+        description="[i][j] = o_dist_mean of dataset i against dataset j (symmetric; diagonal: "
+        "a set against itself, self-pairs included)."
+    )
+    pca: Literal["pair", "shared"] = Field(
+        description="pair: one joint PCA per pair of datasets; shared: one PCA over all."
+    )
+    dims: int | None = Field(description="pca.dims (null: raw centred features).")
+    order: list[str] = Field(
+        description="Names in the leaf order of an average-linkage clustering (scipy)."
+    )
+    nearest: dict[str, str | None] = Field(
+        description="Dataset -> the other dataset with the smallest o_dist_mean."
     )
 
 
@@ -754,6 +830,15 @@ class Report(Result):
     )
     history: History | None = optional_block(
         "This run against the earlier runs of the same store (a run store with earlier runs)."
+    )
+    ranking: Ranking | None = optional_block(
+        "Secondaries ranked by o_dist_mean, with the report.top_k closest and farthest."
+    )
+    groups: Groups | None = optional_block(
+        "Groups of secondaries (`group:` in the job) and their separation."
+    )
+    matrix: DatasetMatrix | None = optional_block(
+        "o_dist_mean between every two datasets (datasets.matrix: true)."
     )
 
     def secondary(self, name: str) -> SecondaryResult | None:

@@ -9,6 +9,10 @@ FigureData (worker.report.render) beside it.
 - `scatter`: 2-D PCA of P and every S, selected images outlined (data.scatter);
 - `i_dist:<S>`: one secondary's violin and sorted curve, selected images marked;
 - `diversity:<S>`: histograms of S and of each selection (random subset of the same size dashed);
+- `coverage:<S>`: coverage of S by each selection and by its random subset, side by side;
+- `ranking_strip`: closest image of each top_k closest S, farthest of each top_k farthest;
+- `matrix`: heatmap of report.matrix in clustering order (datasets.matrix);
+- per-secondary keys exist only for the secondaries of report.ranking.sections;
 - `thumbnails:<S>`: closest and farthest images of S (data.thumbnails, image inputs only);
 - `duplicates:<S>`: duplicate pairs side by side (data.duplicate_pairs);
 - `estimate_curve`: from worker.report.estimate_figures when report.estimate exists;
@@ -107,6 +111,44 @@ def colours(report: Report) -> dict[str, str]:
     return out
 
 
+def ranked(report: Report) -> list[SecondaryResult]:
+    """Secondaries in rank order (closest first; job order without a ranking block)."""
+    if report.ranking is None:
+        return list(report.secondaries)
+    by_name = {s.name: s for s in report.secondaries}
+    return [by_name[n] for n in report.ranking.order if n in by_name]
+
+
+def highlighted(report: Report) -> list[str]:
+    """Names drawn in colour when there are many secondaries: the top_k closest and farthest
+    (every secondary when there are at most 2 top_k, or no ranking)."""
+    if report.ranking is None:
+        return [s.name for s in report.secondaries]
+    order, k = report.ranking.order, report.ranking.top_k
+    return list(order) if len(order) <= 2 * k else list(order[:k]) + list(order[-k:])
+
+
+def section_names(report: Report) -> list[str]:
+    """Secondaries with a section of their own in the PDF (report.ranking.sections)."""
+    if report.ranking is None:
+        return [s.name for s in report.secondaries]
+    return list(report.ranking.sections)
+
+
+def _legend_right(ax, handles, labels, fig) -> None:
+    """A legend outside the axes, to the right, in as many columns as the height needs."""
+    rows = max(1, int(fig.get_figheight() * 72 / 11))  # ~11 pt per entry at 7 pt type
+    ax.legend(
+        handles,
+        labels,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        ncols=max(1, math.ceil(len(labels) / rows)),
+        borderaxespad=0.0,
+        handlelength=1.6,
+    )
+
+
 def _save(fig, path: Path) -> Path:
     """Draw at DPI and write an RGB PNG without metadata: deterministic bytes, and WeasyPrint
     embeds an opaque PNG as is (an RGBA one it would have to decode and split)."""
@@ -174,7 +216,10 @@ def _stat_marks(ax, summary: Summary | None, pos: float, *, legend: bool) -> Non
 
 
 def plot_violin_overview(report: Report, path: Path) -> Path | None:
-    secs = [s for s in report.secondaries if s.images]
+    """One violin per secondary in rank order (closest on top); with more than 2 top_k
+    secondaries only the top_k closest and farthest (paper appendix D)."""
+    keep = set(highlighted(report))
+    secs = [s for s in ranked(report) if s.images and s.name in keep]
     if not secs:
         return None
     col = colours(report)
@@ -203,23 +248,33 @@ def _sorted_curve(images: list[ImageResult]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def plot_sorted_overview(report: Report, path: Path) -> Path | None:
-    secs = [s for s in report.secondaries if s.images]
+    """Sorted scaled I_dist curves; legend outside the axes. With many secondaries the
+    top_k closest and farthest are coloured and named, the others drawn thin and grey."""
+    secs = [s for s in ranked(report) if s.images]
     if not secs:
         return None
     col = colours(report)
+    keep = set(highlighted(report))
     fig, ax = plt.subplots(figsize=(WIDTH_IN, 3.0))
     handles, labels = [], []
-    for i, s in enumerate(secs):
+    others = [s for s in secs if s.name not in keep]
+    for s in others:
+        x, y = _sorted_curve(s.images)
+        (line,) = ax.plot(x, y, color="#B0B0B0", linewidth=0.6, zorder=1)
+    if others:
+        handles.append(line)
+        labels.append(f"{len(others)} other secondaries")
+    for i, s in enumerate(s for s in secs if s.name in keep):
         x, y = _sorted_curve(s.images)
         style = ["-", "--", "-.", ":"][(i // len(PALETTE)) % 4]
-        (line,) = ax.plot(x, y, color=col[s.name], linewidth=1.4, linestyle=style)
+        (line,) = ax.plot(x, y, color=col[s.name], linewidth=1.4, linestyle=style, zorder=2)
         handles.append(line)
-        labels.append(short(s.name, 28))
+        labels.append(short(s.name, 24))
     ax.set_xlabel("image rank fraction (sorted by I_dist)")
     ax.set_ylabel("min-max scaled I_dist")
     ax.set_xlim(0, 1)
     ax.set_ylim(-0.03, 1.03)
-    ax.legend(handles, labels, loc="upper left", ncols=2 if len(secs) > 6 else 1)
+    _legend_right(ax, handles, labels, fig)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -285,7 +340,14 @@ def plot_secondary_idist(report: Report, sec: SecondaryResult, path: Path) -> Pa
     right.set_title("sorted I_dist, selected images marked")
     if right.get_legend_handles_labels()[0]:
         right.legend(loc="upper left")
-    fig.tight_layout()
+    # fixed margins (inches) instead of tight_layout: the same layout, a third of the time
+    fig.subplots_adjust(
+        left=0.25 / WIDTH_IN,
+        right=1 - 0.1 / WIDTH_IN,
+        bottom=0.95 / 2.6,
+        top=1 - 0.25 / 2.6,
+        wspace=0.3,
+    )
     return _save(fig, path)
 
 
@@ -320,20 +382,31 @@ def _panel(ax, label: str, spread: Spread, colour: str, overlay: Spread | None) 
         )
     ax.set_title(f"{short(label, 34)}\nmean {_fmt(spread.mean)}", fontsize=7)
     ax.tick_params(labelsize=6)
+    ax.locator_params(nbins=4)  # small panels: fewer ticks read better and draw faster
     return True
 
 
 Panel = tuple[str, Spread | None, str, Spread | None]  # label, spread, colour, overlay
 
 
-def plot_histograms(panels: list[Panel], path: Path) -> Path | None:
-    """Small multiples of diversity histograms: (label, spread, colour, overlay spread)."""
-    panels = [p for p in panels if _histogram(p[1]) is not None]
-    if not panels:
+def plot_histograms(
+    panels: list[Panel],
+    path: Path,
+    *,
+    ncols: int | None = None,
+    xlabel: str = "distance to nearest neighbour",
+    keep_empty: bool = False,
+) -> Path | None:
+    """Small multiples of diversity (or coverage) histograms: (label, spread, colour, overlay
+    spread). `ncols` fixes the grid (pairs side by side); `keep_empty` keeps a panel without
+    a histogram as an empty cell so that rows stay aligned."""
+    if not any(_histogram(p[1]) is not None for p in panels):
         return None
+    if not keep_empty:
+        panels = [p for p in panels if _histogram(p[1]) is not None]
     dropped = max(0, len(panels) - MAX_HIST_PANELS)
     panels = panels[:MAX_HIST_PANELS]
-    ncols = 3 if len(panels) <= 9 else 4
+    ncols = ncols or (3 if len(panels) <= 9 else 4)
     ncols = min(ncols, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     height = 0.45 + 1.6 * nrows
@@ -355,12 +428,13 @@ def plot_histograms(panels: list[Panel], path: Path) -> Path | None:
     )
     overlay_shown = False
     for ax, (label, spread, colour, overlay) in zip(axes.flat, panels, strict=False):
-        _panel(ax, label, spread, colour, overlay)
+        if not _panel(ax, label, spread, colour, overlay):
+            ax.set_title(f"{short(label, 34)}\nnot computed", fontsize=7)
         overlay_shown |= _histogram(overlay) is not None
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     for ax in axes[-1]:
-        ax.set_xlabel("distance to nearest neighbour", fontsize=6.5)
+        ax.set_xlabel(xlabel, fontsize=6.5)
         ax.tick_params(labelbottom=True)
     for ax in axes[:, 0]:
         ax.set_ylabel("images", fontsize=6.5)
@@ -373,11 +447,35 @@ def plot_histograms(panels: list[Panel], path: Path) -> Path | None:
 
 
 def diversity_overview_panels(report: Report) -> list[Panel]:
+    """The primary and every secondary (rank order); with many, the two ends only."""
     col = colours(report)
     prim = report.primary
+    keep = set(highlighted(report))
     panels = [(f"{prim.name} (primary)", prim.diversity, PRIMARY_COLOUR, None)]
-    for s in report.secondaries:
-        panels.append((s.name, s.diversity, col[s.name], None))
+    for s in ranked(report):
+        if s.name in keep:
+            panels.append((s.name, s.diversity, col[s.name], None))
+    return panels
+
+
+def coverage_panels(report: Report, sec: SecondaryResult) -> list[Panel]:
+    """Per selection, two panels side by side: coverage of S by the selection and by the
+    random subset of the same size (LightlyOne's coverage histograms). A summary report
+    draws each strategy's largest selection only."""
+    colour = colours(report)[sec.name]
+    panels: list[Panel] = []
+    selections = sec.selections
+    if report.ranking is not None and report.ranking.detail == "summary":
+        largest: dict[str, SelectionResult] = {}
+        for sel in selections:
+            if sel.strategy not in largest or sel.count > largest[sel.strategy].count:
+                largest[sel.strategy] = sel
+        selections = list(largest.values())
+    for sel in selections:
+        if sel.coverage is None and sel.random_coverage is None:
+            continue
+        panels.append((f"{sel.strategy}, q={sel.count}", sel.coverage, colour, None))
+        panels.append((f"random subset, q={sel.count}", sel.random_coverage, RANDOM_COLOUR, None))
     return panels
 
 
@@ -404,7 +502,16 @@ def plot_scatter(report: Report, scatter: ScatterPoints, path: Path) -> Path | N
     fig, ax = plt.subplots(figsize=(WIDTH_IN, 4.6))
     handles, labels = [], []
     sec_index = 0
+    keep = set(highlighted(report))
+    others = [n for n in names if n != primary and n not in keep]
+    if others:
+        pts = np.vstack([np.asarray(points[n], dtype=np.float64).reshape(-1, 2) for n in others])
+        h = ax.scatter(pts[:, 0], pts[:, 1], s=5, color="#C8C8C8", linewidths=0, zorder=0)
+        handles.append(h)
+        labels.append(f"{len(others)} other secondaries ({len(pts)})")
     for name in names:
+        if name in others:
+            continue
         pts = np.asarray(points[name], dtype=np.float64).reshape(-1, 2)
         if name == primary:
             h = ax.scatter(pts[:, 0], pts[:, 1], s=6, color=PRIMARY_COLOUR, alpha=0.45, zorder=1)
@@ -426,6 +533,8 @@ def plot_scatter(report: Report, scatter: ScatterPoints, path: Path) -> Path | N
         handles.append(h)
     sel_handle = None
     for name in names:
+        if name in others:
+            continue
         rows = [int(r) for r in selected.get(name, [])]
         pts = np.asarray(points[name], dtype=np.float64).reshape(-1, 2)
         rows = [r for r in rows if 0 <= r < len(pts)]
@@ -446,15 +555,7 @@ def plot_scatter(report: Report, scatter: ScatterPoints, path: Path) -> Path | N
         labels.append("selected for labelling")
     ax.set_xlabel("principal component 1")
     ax.set_ylabel("principal component 2")
-    ncols = min(3, len(labels))
-    ax.legend(
-        handles,
-        labels,
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.14),
-        ncols=ncols,
-        markerscale=1.5,
-    )
+    _legend_right(ax, handles, labels, fig)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -515,6 +616,92 @@ def plot_thumbnails(sec: SecondaryResult, thumbs: dict, path: Path) -> Path | No
     return _save(fig, path)
 
 
+def plot_ranking_strip(report: Report, thumbs: dict, path: Path) -> Path | None:
+    """Paper figures 19-29: the closest image of each of the top_k closest secondaries (top
+    row) and the farthest image of each of the top_k farthest (bottom row)."""
+    if report.ranking is None:
+        return None
+    rows = []
+    for label, names, end in (
+        ("closest", report.ranking.closest, "closest"),
+        ("farthest", report.ranking.farthest, "farthest"),
+    ):
+        items = []
+        for name in names:
+            got = (thumbs.get(name) or {}).get(end) or []
+            if got:
+                items.append((name, got[0][0], got[0][1]))
+        if items:
+            rows.append((label, items))
+    if not rows:
+        return None
+    ncols = max(4, max(len(items) for _, items in rows))
+    cell = (WIDTH_IN - 0.35) / ncols
+    height = len(rows) * (cell + 0.45)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(WIDTH_IN, height), squeeze=False)
+    fig.subplots_adjust(
+        left=0.3 / WIDTH_IN,
+        right=1 - 0.05 / WIDTH_IN,
+        bottom=0.05 / height,
+        top=1 - 0.4 / height,
+        wspace=0.08,
+        hspace=0.45 / cell,
+    )
+    for r, (label, items) in enumerate(rows):
+        for c in range(ncols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+            if c >= len(items):
+                ax.set_visible(False)
+                continue
+            name, image_id, img = items[c]
+            arr, cmap = _as_array(img)
+            ax.imshow(arr, cmap=cmap, vmin=0 if cmap else None, vmax=255 if cmap else None)
+            ax.set_title(f"{short(name, 18)}\n{short(image_id, 18)}", fontsize=5.5)
+            if c == 0:
+                ax.set_ylabel(label, fontsize=8)
+    return _save(fig, path)
+
+
+def plot_matrix(report: Report, path: Path) -> Path | None:
+    """Heatmap of report.matrix.o_dist_mean, rows and columns in clustering order."""
+    mx = report.matrix
+    if mx is None or not mx.names:
+        return None
+    index = {n: i for i, n in enumerate(mx.names)}
+    order = [index[n] for n in mx.order if n in index] or list(range(len(mx.names)))
+    values = np.array(
+        [[np.nan if v is None else v for v in row] for row in mx.o_dist_mean], dtype=np.float64
+    )[np.ix_(order, order)]
+    k = len(order)
+    side = min(WIDTH_IN - 1.2, max(2.5, 0.22 * k + 1.5))
+    fig, ax = plt.subplots(figsize=(WIDTH_IN, side))
+    image = ax.imshow(values, cmap="viridis", aspect="equal")
+    labels = [short(mx.names[i], 22) for i in order]
+    size = 7 if k <= 20 else max(3.0, 7 - (k - 20) / 12)
+    ax.set_xticks(range(k), labels, rotation=90, fontsize=size)
+    ax.set_yticks(range(k), labels, fontsize=size)
+    ax.grid(False)
+    if k <= 12:
+        for i in range(k):
+            for j in range(k):
+                if np.isfinite(values[i, j]):
+                    ax.text(
+                        j,
+                        i,
+                        _fmt(values[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=5.5,
+                        color="white",
+                    )
+    fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label="o_dist_mean")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plot_duplicate_pairs(pairs: list, path: Path) -> Path | None:
     """Duplicate image pairs side by side: [(caption, image_a, image_b)], two pairs a row."""
     if not pairs:
@@ -565,14 +752,31 @@ def make_figures(report: Report, data: FigureData | None, out_dir: str | Path) -
         if data.scatter is not None:
             add("scatter", plot_scatter(report, data.scatter, out / "scatter.png"))
         thumbnails = data.thumbnails
+        add("ranking_strip", plot_ranking_strip(report, thumbnails, out / "ranking_strip.png"))
+        add("matrix", plot_matrix(report, out / "matrix.png"))
+        sections = set(section_names(report))
+        summary = report.ranking is not None and report.ranking.detail == "summary"
         for k, sec in enumerate(report.secondaries):
             name = sec.name
+            if name not in sections:
+                continue  # summary detail: one table row, no pages (report.ranking)
             stem = f"{k:02d}_{_safe(name)}"
             add(f"i_dist:{name}", plot_secondary_idist(report, sec, out / f"i_dist_{stem}.png"))
+            if not summary:  # a summary section shows the coverage histograms only
+                add(
+                    f"diversity:{name}",
+                    plot_histograms(
+                        secondary_diversity_panels(report, sec), out / f"diversity_{stem}.png"
+                    ),
+                )
             add(
-                f"diversity:{name}",
+                f"coverage:{name}",
                 plot_histograms(
-                    secondary_diversity_panels(report, sec), out / f"diversity_{stem}.png"
+                    coverage_panels(report, sec),
+                    out / f"coverage_{stem}.png",
+                    ncols=4,
+                    xlabel="to nearest selected",
+                    keep_empty=True,
                 ),
             )
             if thumbnails.get(name):

@@ -89,10 +89,20 @@ def _context(report: Report, figures: dict | None) -> dict:
         ]
         for s in report.secondaries
     }
+    by_name = {s.name: s for s in report.secondaries}
+    order = report.ranking.order if report.ranking else names
+    ranked = [by_name[n] for n in order if n in by_name]
+    shown = report.ranking.sections if report.ranking else names
     return {
         "report": report,
         "figures": _figure_uris(figures),
         "names": names,
+        "ranked": ranked,  # secondaries, closest first (report.ranking.order)
+        "ranked_names": [s.name for s in ranked],
+        "rank_of": {s.name: i + 1 for i, s in enumerate(ranked)},
+        "sections": [by_name[n] for n in shown if n in by_name],  # secondaries with pages
+        "section_names": list(shown),
+        "summary": bool(report.ranking and report.ranking.detail == "summary"),
         "gates_failed": [g for g in report.gates if not g.passed],
         "skipped_by": skipped_by,
         "farthest": farthest,

@@ -63,9 +63,16 @@ def load_thumbnail(uri: str | None, storage=None, size: int = THUMBNAIL_PX, samp
 
 
 def closest_and_farthest(report: Report, inputs: RenderInputs) -> dict[str, dict[str, list]]:
-    """The THUMBNAILS_PER_END closest and farthest images of each S (by I_dist), decoded."""
+    """The THUMBNAILS_PER_END closest and farthest images of each S (by I_dist), decoded;
+    only for the secondaries the PDF shows (report.ranking: its sections and both ends)."""
+    wanted = None
+    if report.ranking is not None:
+        r = report.ranking
+        wanted = set(r.sections) | set(r.closest) | set(r.farthest)
     out = {}
     for sec in report.secondaries:
+        if wanted is not None and sec.name not in wanted:
+            continue
         uris = inputs.image_uris.get(sec.name) or {}
         samples = inputs.samples.get(sec.name) or {}
         if not uris or not sec.images:
@@ -93,8 +100,11 @@ def duplicate_pairs(report: Report, inputs: RenderInputs) -> dict[str, list]:
     """The first duplicate pairs of each S (with P first, then within S), decoded."""
     p_uris = inputs.image_uris.get(report.primary.name) or {}
     p_samples = inputs.samples.get(report.primary.name) or {}
+    shown = set(report.ranking.sections) if report.ranking is not None else None
     out = {}
     for sec in report.secondaries:
+        if shown is not None and sec.name not in shown:
+            continue
         s_uris = inputs.image_uris.get(sec.name) or {}
         s_samples = inputs.samples.get(sec.name) or {}
         if sec.duplicates is None or not s_uris:

@@ -1,0 +1,151 @@
+"""worker.comparison against independent references: numpy argsort, scikit-learn's ROC AUC,
+an exact enumeration of label permutations, scipy cdist and scikit-learn PCA."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import cdist
+from sklearn.decomposition import PCA
+from sklearn.metrics import roc_auc_score
+
+from worker import comparison
+
+
+def test_ranking_matches_numpy_argsort_and_ends():
+    rng = np.random.default_rng(0)
+    values = rng.gamma(3.0, 1.0, size=23)
+    names = [f"S{i:02d}" for i in range(23)]
+    got = comparison.ranking(dict(zip(names, values, strict=True)), top_k=5)
+    order = [names[i] for i in np.argsort(values, kind="stable")]
+    assert got["order"] == order
+    assert got["closest"] == order[:5]
+    assert got["farthest"] == order[::-1][:5]
+    assert comparison.ends(order, 5) == order[:5] + order[-5:]
+    assert comparison.ends(order[:8], 5) == order[:8]  # <= 2k: every name
+
+
+def test_ranking_ties_keep_job_order_and_missing_values_last():
+    got = comparison.ranking({"a": 2.0, "b": None, "c": 1.0, "d": 2.0}, top_k=2)
+    assert got["order"] == ["c", "a", "d", "b"]
+    assert got["closest"] == ["c", "a"]
+    assert got["farthest"] == ["d", "a"]
+    with pytest.raises(ValueError, match="top_k"):
+        comparison.ranking({"a": 1.0}, top_k=0)
+
+
+def test_separation_auc_hand_vector_and_sklearn():
+    # pairs (a, b): 1<2 yes, 1<3 yes, 2<2 tie, 2<3 yes, 4<2 no, 4<3 no -> (3 + 0.5) / 6
+    assert comparison.separation_auc([1, 2, 4], [2, 3]) == pytest.approx(3.5 / 6, abs=1e-15)
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 6, size=17).astype(float)  # integers: many ties
+    b = rng.integers(2, 9, size=11).astype(float)
+    labels = np.r_[np.zeros(len(a)), np.ones(len(b))]  # b positive: larger value = positive
+    expected = roc_auc_score(labels, np.r_[a, b])
+    assert comparison.separation_auc(a, b) == pytest.approx(expected, abs=1e-12)
+    assert comparison.separation_auc([], b) is None
+
+
+def test_permutation_p_value_matches_exact_enumeration():
+    a, b = np.array([0.1, 0.4, 0.2]), np.array([0.5, 0.3, 0.9])
+    auc = comparison.separation_auc(a, b)
+    pooled = np.r_[a, b]
+    exact = []
+    for idx in itertools.combinations(range(6), 3):
+        rest = [i for i in range(6) if i not in idx]
+        exact.append(comparison.separation_auc(pooled[list(idx)], pooled[rest]))
+    p_exact = np.mean([abs(x - 0.5) >= abs(auc - 0.5) - 1e-12 for x in exact])
+    got_auc, p = comparison.separation_test(a, b, permutations=4000, seed=3)
+    assert got_auc == pytest.approx(8 / 9)
+    assert p == pytest.approx(p_exact, abs=0.03)
+    # seeded: same seed, same p; no permutations: no p
+    assert comparison.separation_test(a, b, permutations=4000, seed=3)[1] == p
+    assert comparison.separation_test(a, b, permutations=0, seed=3) == (got_auc, None)
+
+
+def test_groups_planted_closer_are_separated():
+    rng = np.random.default_rng(2)
+    values, groups = {}, {}
+    for i in range(6):
+        values[f"near{i}"] = 1.0 + 0.1 * rng.random()
+        groups[f"near{i}"] = "near"
+    for i in range(6):
+        values[f"far{i}"] = 2.0 + 0.1 * rng.random()
+        groups[f"far{i}"] = "far"
+    for i in range(6):
+        values[f"mix{i}"] = rng.choice([1.0, 2.0]) + 0.1 * rng.random()
+        groups[f"mix{i}"] = "mixed"
+    pairs = comparison.group_separations(values, groups, permutations=999, seed=0)
+    by = {(p["group_a"], p["group_b"]): p for p in pairs}
+    assert list(by) == [("near", "far"), ("near", "mixed"), ("far", "mixed")]
+    assert by[("near", "far")]["auc"] == 1.0
+    # exact two-sided p of a perfect split of 6 + 6: 2 / C(12, 6) = 0.00216; (1 + hits) / 1000
+    assert by[("near", "far")]["p_value"] < 0.01
+    assert 0.0 < by[("far", "mixed")]["auc"] < 0.5
+    summary = comparison.group_summaries(values, groups)
+    near = np.array([values[f"near{i}"] for i in range(6)])
+    assert summary["near"]["members"] == [f"near{i}" for i in range(6)]
+    assert summary["near"]["summary"]["mean"] == pytest.approx(near.mean(), abs=1e-14)
+    assert summary["near"]["summary"]["std"] == pytest.approx(near.std(), abs=1e-14)
+
+
+def _blocks(seed=4):
+    rng = np.random.default_rng(seed)
+    return [
+        rng.normal(size=(20, 6)),
+        rng.normal(size=(15, 6)) + 1.0,
+        rng.normal(size=(12, 6)) * 2.0,
+        rng.normal(size=(18, 6)) + 4.0,
+    ]
+
+
+def test_matrix_symmetric_and_raw_distances_when_pca_keeps_every_dimension():
+    blocks = _blocks()
+    for dims in (None, 6):  # 6 >= rank: PCA is a rotation, distances are the raw ones
+        m = comparison.dataset_matrix(blocks, dims=dims, precision="float64")
+        assert np.array_equal(m, m.T)  # mirrored, not recomputed
+        for i, a in enumerate(blocks):
+            for j, b in enumerate(blocks):
+                assert m[i, j] == pytest.approx(cdist(a, b).mean(), rel=1e-10)
+        # the diagonal: a set against itself, the n zero self-pairs included
+        assert m[0, 0] == pytest.approx(cdist(blocks[0], blocks[0]).sum() / 20**2, rel=1e-10)
+
+
+def test_matrix_pair_pca_and_shared_pca_match_sklearn():
+    blocks = _blocks()
+    m = comparison.dataset_matrix(blocks, dims=2)
+    a, b = blocks[0], blocks[3]
+    y = PCA(n_components=2, svd_solver="full").fit_transform(np.vstack([a, b]))
+    assert m[0, 3] == pytest.approx(cdist(y[:20], y[20:]).mean(), rel=1e-8)
+    y = PCA(n_components=2, svd_solver="full").fit_transform(blocks[2])
+    assert m[2, 2] == pytest.approx(cdist(y, y).mean(), rel=1e-8)
+    shared = comparison.dataset_matrix(blocks, dims=2, shared=True)
+    y = PCA(n_components=2, svd_solver="full").fit_transform(np.vstack(blocks))
+    cuts = np.cumsum([0] + [len(b) for b in blocks])
+    parts = [y[cuts[i] : cuts[i + 1]] for i in range(len(blocks))]
+    assert np.array_equal(shared, shared.T)
+    assert shared[1, 3] == pytest.approx(cdist(parts[1], parts[3]).mean(), rel=1e-8)
+
+
+def test_cluster_order_and_nearest_other():
+    # two planted clusters {0, 2} and {1, 3}; 4 close to 1
+    m = np.array(
+        [
+            [1.0, 9.0, 2.0, 9.5, 9.0],
+            [9.0, 1.0, 9.2, 2.0, 1.5],
+            [2.0, 9.2, 1.0, 9.1, 9.3],
+            [9.5, 2.0, 9.1, 1.0, 2.2],
+            [9.0, 1.5, 9.3, 2.2, 1.0],
+        ]
+    )
+    order = comparison.cluster_order(m)
+    assert sorted(order) == list(range(5))
+    pos = {k: order.index(k) for k in range(5)}
+    assert abs(pos[0] - pos[2]) == 1  # a cluster stays together
+    assert {order[0], order[1]} == {0, 2} or {order[-1], order[-2]} == {0, 2}
+    names = ["a", "b", "c", "d", "e"]
+    assert comparison.nearest_other(m, names) == {"a": "c", "b": "e", "c": "a", "d": "b", "e": "b"}
+    assert comparison.nearest_other(np.array([[1.0]]), ["a"]) == {"a": None}
+    assert comparison.cluster_order(np.array([[1.0]])) == [0]

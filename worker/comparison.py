@@ -1,0 +1,195 @@
+"""Comparisons across many datasets (docs/method.md §9, DESIGN 9): pure functions on arrays.
+
+- Ranking: secondaries ordered by the size-free distance
+  `o_dist_mean(S, P) = (1 / (m n)) sum_j sum_k ||s_j - p_k||` (ascending: closest first).
+- Group separation (paper appendix E): for groups A and B of secondaries,
+  `AUC(A, B) = (1 / (|A| |B|)) sum_a sum_b ([v_a < v_b] + 1/2 [v_a = v_b])`, 1 when every A set
+  is closer than every B set, 0.5 when the groups are mixed; a permutation p-value over the
+  group labels (two-sided: |AUC_perm - 1/2| >= |AUC - 1/2|).
+- Dataset matrix: `M[i, j] = o_dist_mean(X_i, X_j)` with one joint PCA per unordered pair (or
+  one shared PCA over every set); symmetric by construction (each pair computed once and
+  mirrored); the diagonal is a set against itself, self-pairs (distance 0) included.
+
+No I/O, no printing. Distances go through worker.metrics / worker.engine (`**engine_kw`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from worker import metrics
+from worker.pca import joint_pca
+
+# --------------------------------------------------------------------------- ranking
+
+
+def rank_order(values: Mapping[str, float | None]) -> list[str]:
+    """Names sorted by value, ascending (closest first); ties keep the mapping's order, names
+    without a value (None) come last in their given order."""
+    known = [(v, i, n) for i, (n, v) in enumerate(values.items()) if v is not None]
+    missing = [n for n, v in values.items() if v is None]
+    return [n for _, _, n in sorted(known)] + missing
+
+
+def ranking(values: Mapping[str, float | None], top_k: int) -> dict[str, list[str]]:
+    """{order, closest, farthest}: `order` every name closest first (rank_order), `closest` its
+    first top_k, `farthest` the top_k largest values, farthest first (names without a value are
+    in neither end). top_k >= 1; with fewer names the two ends overlap."""
+    if top_k < 1:
+        raise ValueError(f"report.top_k: must be at least 1, got {top_k}")
+    order = rank_order(values)
+    known = [n for n in order if values[n] is not None]
+    return {"order": order, "closest": known[:top_k], "farthest": known[::-1][:top_k]}
+
+
+def ends(order: Sequence[str], top_k: int) -> list[str]:
+    """The names shown in full in a summary report: the top_k closest and the top_k farthest
+    of `order` (closest first), each once, in rank order."""
+    if len(order) <= 2 * top_k:
+        return list(order)
+    return list(order[:top_k]) + list(order[-top_k:])
+
+
+# --------------------------------------------------------------------------- groups
+
+
+def separation_auc(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Share of pairs (x in a, y in b) with x < y, ties counting 1/2 (Mann-Whitney AUC).
+    a (p,), b (q,) -> float in [0, 1]; None when either is empty."""
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    if a.size == 0 or b.size == 0:
+        return None
+    less = (a[:, None] < b[None, :]).sum()
+    ties = (a[:, None] == b[None, :]).sum()
+    return float((less + 0.5 * ties) / (a.size * b.size))
+
+
+def separation_test(
+    a: np.ndarray, b: np.ndarray, *, permutations: int, seed: int
+) -> tuple[float | None, float | None]:
+    """(AUC of a vs b, permutation p-value): the labels of the pooled values are shuffled
+    `permutations` times (numpy default_rng(seed)); p = (1 + #{|AUC* - 1/2| >= |AUC - 1/2|})
+    / (1 + permutations), in (0, 1]. p is None when permutations is 0 or a side is empty."""
+    auc = separation_auc(a, b)
+    if auc is None or permutations <= 0:
+        return auc, None
+    a = np.asarray(a, dtype=np.float64).ravel()
+    pooled = np.concatenate([a, np.asarray(b, dtype=np.float64).ravel()])
+    rng = np.random.default_rng(seed)
+    observed = abs(auc - 0.5)
+    hits = 0
+    for _ in range(permutations):
+        perm = rng.permutation(pooled)
+        value = separation_auc(perm[: a.size], perm[a.size :])
+        hits += abs(value - 0.5) >= observed - 1e-12
+    return auc, float((1 + hits) / (1 + permutations))
+
+
+def group_summaries(
+    values: Mapping[str, float | None], groups: Mapping[str, str]
+) -> dict[str, dict[str, Any]]:
+    """Group label -> {members (names in given order), summary of their values
+    (metrics.summary_stats, None values left out)}; groups in order of first appearance."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, label in groups.items():
+        out.setdefault(label, {"members": []})["members"].append(name)
+    for entry in out.values():
+        vals = np.array([values[n] for n in entry["members"] if values.get(n) is not None])
+        entry["summary"] = metrics.summary_stats(vals)
+    return out
+
+
+def group_separations(
+    values: Mapping[str, float | None],
+    groups: Mapping[str, str],
+    *,
+    permutations: int,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """One entry per pair of groups (A before B in order of first appearance):
+    {group_a, group_b, auc, p_value}; auc = share of (a, b) with value(a) < value(b)."""
+    summary = group_summaries(values, groups)
+    labels = list(summary)
+    out = []
+    for i, ga in enumerate(labels):
+        for gb in labels[i + 1 :]:
+            va = [values[n] for n in summary[ga]["members"] if values.get(n) is not None]
+            vb = [values[n] for n in summary[gb]["members"] if values.get(n) is not None]
+            auc, p = separation_test(
+                np.array(va), np.array(vb), permutations=permutations, seed=seed
+            )
+            out.append({"group_a": ga, "group_b": gb, "auc": auc, "p_value": p})
+    return out
+
+
+# --------------------------------------------------------------------------- matrix
+
+
+def pair_o_dist_mean(a: np.ndarray, b: np.ndarray, **engine_kw: Any) -> float:
+    """o_dist_mean(a, b) = (1 / (p q)) sum_j sum_k ||a_j - b_k||; a (p, z), b (q, z)."""
+    i_dist = metrics.image_dataset_distances(a, b, **engine_kw)
+    return float(np.sum(i_dist, dtype=np.float64) / (len(a) * len(b)))
+
+
+def dataset_matrix(
+    blocks: Sequence[np.ndarray],
+    *,
+    dims: int | None,
+    shared: bool = False,
+    route: str = "auto",
+    seed: int = 0,
+    **engine_kw: Any,
+) -> np.ndarray:
+    """(K, K) float64 matrix of o_dist_mean between every two of the K feature blocks.
+
+    shared False: each unordered pair {i, j} gets its own joint PCA of [X_i; X_j] to `dims`
+    (the diagonal: a PCA of X_i alone), as the paper measures one (P, S) pair; shared True:
+    one joint PCA of every block. Each unordered pair is computed once and mirrored, so the
+    matrix is exactly symmetric."""
+    k = len(blocks)
+    out = np.zeros((k, k), dtype=np.float64)
+    if shared:
+        projected, _ = joint_pca(list(blocks), dims, route=route, seed=seed)
+    for i in range(k):
+        for j in range(i, k):
+            if shared:
+                a, b = projected[i], projected[j]
+            elif i == j:
+                (a,), _ = joint_pca([blocks[i]], dims, route=route, seed=seed)
+                b = a
+            else:
+                (a, b), _ = joint_pca([blocks[i], blocks[j]], dims, route=route, seed=seed)
+            out[i, j] = out[j, i] = pair_o_dist_mean(a, b, **engine_kw)
+    return out
+
+
+def cluster_order(matrix: np.ndarray) -> list[int]:
+    """Leaf order of an average-linkage hierarchical clustering (scipy) of the off-diagonal
+    entries of a symmetric (K, K) matrix, optimal leaf ordering; [0] for K = 1."""
+    m = np.asarray(matrix, dtype=np.float64)
+    k = len(m)
+    if k < 3:
+        return list(range(k))
+    from scipy.cluster.hierarchy import leaves_list, linkage
+    from scipy.spatial.distance import squareform
+
+    off = m.copy()
+    np.fill_diagonal(off, 0.0)
+    tree = linkage(squareform(off, checks=False), method="average", optimal_ordering=True)
+    return [int(i) for i in leaves_list(tree)]
+
+
+def nearest_other(matrix: np.ndarray, names: Sequence[str]) -> dict[str, str | None]:
+    """Name -> the other name with the smallest entry in its row (first on ties); None for a
+    single dataset."""
+    m = np.asarray(matrix, dtype=np.float64)
+    out: dict[str, str | None] = {}
+    for i, name in enumerate(names):
+        row = m[i].copy()
+        row[i] = np.inf
+        out[name] = names[int(np.argmin(row))] if len(names) > 1 else None
+    return out
