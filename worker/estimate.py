@@ -197,6 +197,22 @@ def _refusal(evidence: Sequence[Evidence], min_datasets: int, min_images: int) -
     return None
 
 
+def _labelled_set(
+    e: Evidence, loo_estimate: float | None = None, loo_error: float | None = None
+) -> LabelledSet:
+    """One labelled secondary's evidence as report.json lists it."""
+    return LabelledSet(
+        dataset=e.name,
+        count=len(e.f),
+        o_dist_mean=e.o_dist_mean,
+        ods_f=e.ods_f,
+        ods_threshold=e.ods_threshold,
+        mean_f=float(np.mean(e.f)),
+        loo_estimate=loo_estimate,
+        loo_error=loo_error,
+    )
+
+
 def estimate_performance(
     evidence: Sequence[Evidence],
     targets: Sequence[Target],
@@ -233,19 +249,7 @@ def estimate_performance(
     )
     reason = _refusal(evidence, min_datasets, min_images)
     if reason is not None:
-        labelled = [
-            LabelledSet(
-                dataset=e.name,
-                count=len(e.f),
-                o_dist_mean=e.o_dist_mean,
-                ods_f=e.ods_f,
-                ods_threshold=e.ods_threshold,
-                mean_f=float(np.mean(e.f)),
-                loo_estimate=None,
-                loo_error=None,
-            )
-            for e in evidence
-        ]
+        labelled = [_labelled_set(e) for e in evidence]
         return Estimate(
             **common,
             made=False,
@@ -392,19 +396,7 @@ def estimate_performance(
             )
         )
 
-    labelled = [
-        LabelledSet(
-            dataset=e.name,
-            count=len(e.f),
-            o_dist_mean=e.o_dist_mean,
-            ods_f=e.ods_f,
-            ods_threshold=e.ods_threshold,
-            mean_f=float(np.mean(e.f)),
-            loo_estimate=v,
-            loo_error=err,
-        )
-        for e, v, err in zip(evidence, loo, loo_err, strict=True)
-    ]
+    labelled = [_labelled_set(e, v, err) for e, v, err in zip(evidence, loo, loo_err, strict=True)]
     return Estimate(
         **common,
         made=True,

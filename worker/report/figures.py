@@ -573,66 +573,9 @@ def _as_array(img) -> tuple[np.ndarray, str | None]:
     return arr, ("gray" if img.mode == "L" else None)
 
 
-def plot_thumbnails(sec: SecondaryResult, thumbs: dict, path: Path) -> Path | None:
-    rows = [(label, list(thumbs.get(label) or [])) for label in ("closest", "farthest")]
+def _picture_rows(rows: list[tuple[str, list[tuple[object, str]]]], path: Path) -> Path | None:
+    """Rows of small pictures, one row label each: rows = [(label, [(image, title)])]."""
     rows = [(label, items) for label, items in rows if items]
-    if not rows:
-        return None
-    scaled = {im.id: im.i_dist_scaled for im in sec.images}
-    ncols = max(4, max(len(items) for _, items in rows))
-    cell = (WIDTH_IN - 0.35) / ncols
-    height = len(rows) * (cell + 0.4)
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(WIDTH_IN, height), squeeze=False)
-    fig.subplots_adjust(
-        left=0.3 / WIDTH_IN,
-        right=1 - 0.05 / WIDTH_IN,
-        bottom=0.05 / height,
-        top=1 - 0.35 / height,
-        wspace=0.08,
-        hspace=0.4 / cell,
-    )
-    for r, (label, items) in enumerate(rows):
-        for c in range(ncols):
-            ax = axes[r, c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.grid(False)
-            for spine in ax.spines.values():
-                spine.set_visible(False)
-            if c >= len(items):
-                ax.set_visible(False)
-                continue
-            image_id, img = items[c]
-            arr, cmap = _as_array(img)
-            ax.imshow(arr, cmap=cmap, vmin=0 if cmap else None, vmax=255 if cmap else None)
-            s = scaled.get(image_id)
-            ax.set_title(
-                f"{short(image_id, 22)}\nscaled I_dist {_fmt(s) if s is not None else 'n/a'}",
-                fontsize=6,
-            )
-            if c == 0:
-                ax.set_ylabel(label, fontsize=8)
-                ax.spines["left"].set_visible(False)
-    return _save(fig, path)
-
-
-def plot_ranking_strip(report: Report, thumbs: dict, path: Path) -> Path | None:
-    """Paper figures 19-29: the closest image of each of the top_k closest secondaries (top
-    row) and the farthest image of each of the top_k farthest (bottom row)."""
-    if report.ranking is None:
-        return None
-    rows = []
-    for label, names, end in (
-        ("closest", report.ranking.closest, "closest"),
-        ("farthest", report.ranking.farthest, "farthest"),
-    ):
-        items = []
-        for name in names:
-            got = (thumbs.get(name) or {}).get(end) or []
-            if got:
-                items.append((name, got[0][0], got[0][1]))
-        if items:
-            rows.append((label, items))
     if not rows:
         return None
     ncols = max(4, max(len(items) for _, items in rows))
@@ -653,16 +596,50 @@ def plot_ranking_strip(report: Report, thumbs: dict, path: Path) -> Path | None:
             ax.set_xticks([])
             ax.set_yticks([])
             ax.grid(False)
+            for spine in ax.spines.values():
+                spine.set_visible(False)
             if c >= len(items):
                 ax.set_visible(False)
                 continue
-            name, image_id, img = items[c]
+            img, title = items[c]
             arr, cmap = _as_array(img)
             ax.imshow(arr, cmap=cmap, vmin=0 if cmap else None, vmax=255 if cmap else None)
-            ax.set_title(f"{short(name, 18)}\n{short(image_id, 18)}", fontsize=5.5)
+            ax.set_title(title, fontsize=6)
             if c == 0:
                 ax.set_ylabel(label, fontsize=8)
     return _save(fig, path)
+
+
+def plot_thumbnails(sec: SecondaryResult, thumbs: dict, path: Path) -> Path | None:
+    """The closest and farthest images of one secondary, with their scaled I_dist."""
+    scaled = {im.id: im.i_dist_scaled for im in sec.images}
+
+    def title(image_id: str) -> str:
+        s = scaled.get(image_id)
+        return f"{short(image_id, 22)}\nscaled I_dist {_fmt(s) if s is not None else 'n/a'}"
+
+    rows = [
+        (label, [(img, title(image_id)) for image_id, img in thumbs.get(label) or []])
+        for label in ("closest", "farthest")
+    ]
+    return _picture_rows(rows, path)
+
+
+def plot_ranking_strip(report: Report, thumbs: dict, path: Path) -> Path | None:
+    """Paper figures 19-29: the closest image of each of the top_k closest secondaries (top
+    row) and the farthest image of each of the top_k farthest (bottom row)."""
+    if report.ranking is None:
+        return None
+    rows = []
+    for end, names in (("closest", report.ranking.closest), ("farthest", report.ranking.farthest)):
+        items = []
+        for name in names:
+            got = (thumbs.get(name) or {}).get(end) or []
+            if got:
+                image_id, img = got[0]
+                items.append((img, f"{short(name, 18)}\n{short(image_id, 18)}"))
+        rows.append((end, items))
+    return _picture_rows(rows, path)
 
 
 def plot_matrix(report: Report, path: Path) -> Path | None:
