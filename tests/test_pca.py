@@ -146,6 +146,8 @@ def test_chunked_routes_with_tiny_budget(route):
 
 def test_auto_route_choice(monkeypatch):
     assert pca._choose_route(2_000, 768) == "exact"
+    assert pca._choose_route(40_000, 128) == "covariance"  # tall: q x q eigenproblem
+    assert pca._choose_route(4_000, 128) == "exact"  # small: the reference SVD
     assert pca._choose_route(2_000, 1_048_576) == "gram"
     assert pca._choose_route(1_000_000, 768) == "covariance"
     assert pca._choose_route(1_000_000, 4096) == "covariance"
@@ -189,3 +191,15 @@ def test_bad_input():
         joint_pca([np.array([[np.nan, 1.0]])], 1)
     with pytest.raises(ValueError, match="empty"):
         joint_pca([np.zeros((0, 3))], 1)
+
+
+def test_auto_on_tall_data_takes_covariance_and_equals_sklearn(monkeypatch):
+    from tests import reference as R
+
+    monkeypatch.setattr(pca, "TALL_MIN_VALUES", 1000)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2000, 20)) * np.exp(-np.arange(20) / 6)
+    (a, b), info = joint_pca([x[:1200], x[1200:]], 6)
+    assert info["route"] == "covariance"
+    ra, rb = R.joint_pca([x[:1200], x[1200:]], 6)
+    np.testing.assert_allclose(R.pairwise(b, a), R.pairwise(rb, ra), rtol=1e-10)

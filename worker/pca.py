@@ -12,7 +12,8 @@ Routes (recorded in ``info["route"]``):
 - ``gram``: eigendecomposition of the N x N Gram matrix Xc Xc^T accumulated over column
   chunks; for q >> N (flattened SAM features, 1M-D). Never forms q x q.
 - ``covariance``: q x q covariance accumulated in float64 over row chunks (two passes: mean,
-  then centred products); for N up to 1e6 and q <= 4096.
+  then centred products); for N up to 1e6 and q <= 4096, and chosen by ``auto`` for tall data
+  (N >= 16 q and N q >= 2e6) where it is an order of magnitude faster than the SVD.
 - ``randomized``: randomized SVD (Halko et al. 2011) of the implicitly centred X with a
   fixed seed, oversampling 10 and power iterations with QR re-orthonormalisation; for large
   N and large q.
@@ -38,6 +39,10 @@ EXACT_MAX_VALUES = 50_000_000  # N*q of the float64 copy the exact SVD needs (40
 EXACT_MAX_SIDE = 8192  # min(N, q) above this makes the SVD too slow
 COVARIANCE_MAX_Q = 4096
 GRAM_MAX_N = 16384
+#: tall data (N >= TALL_RATIO q, N q >= TALL_MIN_VALUES) takes the covariance route under auto:
+#: at 40,000 x 128 it is 12x faster than the exact SVD and gives the same distances to 2e-15
+TALL_RATIO = 16
+TALL_MIN_VALUES = 2_000_000
 #: hard limits for explicitly requested routes (memory of the q x q or N x N matrix)
 COVARIANCE_HARD_MAX_Q = 32768
 GRAM_HARD_MAX_N = 65536
@@ -254,6 +259,8 @@ def _fit_randomized(
 
 
 def _choose_route(n: int, q: int) -> str:
+    if n >= TALL_RATIO * q and n * q >= TALL_MIN_VALUES and q <= COVARIANCE_MAX_Q:
+        return "covariance"  # tall data: a q x q eigenproblem, ~12x faster than the SVD
     if n * q <= EXACT_MAX_VALUES and min(n, q) <= EXACT_MAX_SIDE:
         return "exact"
     if q <= COVARIANCE_MAX_Q:
