@@ -177,6 +177,32 @@ def test_matrix_symmetric_with_diagonal_against_itself(tmp_path):
     assert "Every dataset as the primary in turn" in pdf_text(tmp_path / "out" / "report.pdf")
 
 
+def test_matrix_as_a_list_without_a_primary(tmp_path):
+    """datasets: {matrix: [A, B, C]}: a list with no single primary gives the same matrix as
+    the primary + secondary form (the first dataset only heads the per-secondary sections)."""
+    from worker.errors import JobError
+    from worker.job import parse_job
+
+    vec = {n: np.random.default_rng(k).normal(size=(30, 6)) + k for k, n in enumerate("ABC")}
+    for n, v in vec.items():
+        np.save(tmp_path / f"{n}.npy", v)
+    listed = [{"name": n, "embeddings": f"{n}.npy"} for n in "ABC"]
+    job = parse_job(
+        {"model": {"name": "precomputed"}, "pca": {"dims": None, "sweep": []},
+         "datasets": {"matrix": listed}},
+        tmp_path,
+    )  # fmt: skip
+    assert job.datasets.matrix and job.datasets.primary.name == "A"
+    report = run(job, out_dir=str(tmp_path / "out")).report
+    m = np.array(report.matrix.o_dist_mean)
+    expected = np.array([[cdist(vec[a], vec[b]).mean() for b in "ABC"] for a in "ABC"])
+    np.testing.assert_allclose(m, expected, rtol=1e-10)
+    with pytest.raises(JobError, match="matrix: list at least two"):
+        parse_job({"datasets": {"matrix": listed[:1]}}, tmp_path)
+    with pytest.raises(JobError, match="not both"):
+        parse_job({"datasets": {"matrix": listed, "primary": listed[0]}}, tmp_path)
+
+
 def test_pca_shared_needs_matrix(tmp_path):
     from worker.errors import JobError
 

@@ -288,6 +288,24 @@ class DatasetsConfig(Strict):
     #: also measure every dataset against every other (each as the primary in turn)
     matrix: bool = False
 
+    @model_validator(mode="before")
+    @classmethod
+    def _matrix_list(cls, data: object) -> object:
+        """`matrix: [dataset, dataset, ...]`: a list with no single primary. The first
+        dataset is the reference of the per-secondary sections; the matrix treats all alike."""
+        if not isinstance(data, dict) or not isinstance(data.get("matrix"), list):
+            return data
+        listed = data["matrix"]
+        if "primary" in data or "secondary" in data:
+            raise ValueError(
+                "matrix: give the datasets either as a list under 'matrix' or as "
+                "'primary' + 'secondary' (with matrix: true), not both"
+            )
+        if len(listed) < 2:
+            raise ValueError("matrix: list at least two datasets to compare")
+        rest = {k: v for k, v in data.items() if k != "matrix"}
+        return {**rest, "primary": listed[0], "secondary": listed[1:], "matrix": True}
+
     @model_validator(mode="after")
     def _unique_names(self) -> DatasetsConfig:
         names = [self.primary.name] + [s.name for s in self.secondary]
