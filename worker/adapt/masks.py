@@ -66,7 +66,7 @@ class MaskedSet:
         return out
 
 
-def _primary_masks_error(name: str) -> JobError:
+def primary_masks_error(name: str) -> JobError:
     return JobError(
         f"datasets.primary.masks: adaptation needs masks for the primary dataset "
         f"{name!r}; add 'masks: <folder>' or set adaptation.enabled: false"
@@ -81,7 +81,7 @@ def build_masked_sets(job) -> dict[str, MaskedSet]:
     """
     primary = job.datasets.primary
     if primary.masks is None or primary.path is None:
-        raise _primary_masks_error(primary.name)
+        raise primary_masks_error(primary.name)
     out: dict[str, MaskedSet] = {}
     for ds in job.all_datasets:
         if ds.path is None or ds.masks is None:
@@ -192,7 +192,7 @@ def check_adaptation_inputs(job) -> dict[str, MaskedSet]:
                 raise JobError(f"{field}.{key}: {job.resolve(loc)} does not exist")
     primary = job.datasets.primary
     if primary.masks is None or primary.path is None:
-        raise _primary_masks_error(primary.name)
+        raise primary_masks_error(primary.name)
     for ds in job.all_datasets:
         if ds.masks is not None and not list_images(job.resolve(ds.masks), job.storage):
             raise JobError(

@@ -57,7 +57,12 @@ import torch
 
 from worker.adapt import ods
 from worker.adapt import results as res
-from worker.adapt.masks import MaskedSet, build_masked_sets, check_adaptation_inputs
+from worker.adapt.masks import (
+    MaskedSet,
+    build_masked_sets,
+    check_adaptation_inputs,
+    primary_masks_error,
+)
 from worker.adapt.segmenters import (
     Segmenter,
     TrainedEncoderExtractor,
@@ -551,10 +556,7 @@ def run_adaptation(
     primary_name = job.datasets.primary.name
     primary = datasets.get(primary_name)
     if primary is None or not primary.has_masks:
-        raise JobError(
-            f"datasets.primary.masks: adaptation needs masks for the primary dataset "
-            f"{primary_name!r}; add 'masks: <folder>' or set adaptation.enabled: false"
-        )
+        raise primary_masks_error(primary_name)
     plan_models = _plan_models(job, datasets, selections_by_dataset, primary)
 
     # images any model trained on (any q) are left out of every model's evaluation, and so are

@@ -145,10 +145,10 @@ def deterministic():
 
 
 def resolve_device(name: str | None) -> torch.device:
-    """'auto' (or None) -> cuda when available, else cpu; otherwise torch.device(name)."""
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """The device training runs on, by the one device rule (worker.devices; compute.device)."""
+    from worker.devices import resolve_device as resolve
+
+    return resolve(name, "compute.device")
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
