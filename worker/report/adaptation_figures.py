@@ -1,5 +1,6 @@
 """Figures of the adaptation section (paper figures 4-8). Plotting only: every number comes from
-report["adaptation"] (and the per-image scaled I_dist / example predictions in extras).
+report.adaptation (the typed block) or, for per-image scaled I_dist and example predictions,
+the adapt stage's figure data.
 
 - `adaptation_f_vs_idist_<dataset>`: per-image F (at the model's ODS threshold) against min-max
   scaled I_dist, images sorted by I_dist, moving average of window max(1, |S| // 10), one line
@@ -7,7 +8,7 @@ report["adaptation"] (and the per-image scaled I_dist / example predictions in e
 - `adaptation_f_bars`: ODS F per model per secondary (fig. 7);
 - `adaptation_grid_<dataset>`: image / mask / one prediction per model for the farthest images
   (fig. 8).
-- with two or more architectures (report["adaptation"]["architectures"]):
+- with two or more architectures (report.adaptation.architectures):
   `adaptation_arch_f_vs_idist_<dataset>`: the F-vs-I_dist panel of every architecture side by
   side (shared y axis); `adaptation_arch_f_bars`: ODS F per model and secondary, one panel per
   architecture (fig. 7 per architecture).
@@ -26,6 +27,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from worker.adapt.results import Adaptation, AdaptationScore  # noqa: E402
 
 DPI = 120
 
@@ -48,9 +51,11 @@ def f_vs_idist_series(
 ) -> tuple[np.ndarray, ...]:
     """(x, f) smoothed: images sorted by scaled I_dist, moving average of window |S| // 10.
     `key`: the per-image value ("f", or "fp_rate" on sets without positive pixels)."""
-    rows = [
-        (scaled[r["id"]], r[key]) for r in per_image if r["id"] in scaled and r.get(key) is not None
-    ]
+    rows = []
+    for r in per_image:  # typed PerImageF (report) or plain {id, f, ...} dicts
+        rid, value = (r["id"], r.get(key)) if isinstance(r, dict) else (r.id, getattr(r, key))
+        if rid in scaled and value is not None:
+            rows.append((scaled[rid], value))
     if not rows:
         return np.zeros(0), np.zeros(0)
     rows.sort(key=lambda t: t[0])
@@ -60,9 +65,9 @@ def f_vs_idist_series(
     return moving_average(x, w), moving_average(f, w)
 
 
-def _model_order(adaptation: dict, extras: dict) -> list[str]:
+def _model_order(adaptation: Adaptation, extras: dict) -> list[str]:
     order = (extras or {}).get("model_order")
-    return list(order) if order else [m["name"] for m in adaptation.get("models", [])]
+    return list(order) if order else [m.name for m in adaptation.models]
 
 
 def _colours(models: list[str]) -> dict[str, tuple]:
@@ -70,18 +75,20 @@ def _colours(models: list[str]) -> dict[str, tuple]:
     return {m: cmap(i % 10) for i, m in enumerate(models)}
 
 
-def _draw_curves(ax, results: list[dict], dataset: str, scaled: dict, colours: dict) -> str:
+def _draw_curves(
+    ax, results: list[AdaptationScore], dataset: str, scaled: dict, colours: dict
+) -> str:
     """Lines of every model on `dataset`; returns the y quantity drawn ('' when none)."""
     drawn = ""
     for r in results:
-        if r["dataset"] != dataset or r["model"] not in colours:
+        if r.dataset != dataset or r.model not in colours:
             continue
-        key = "fp_rate" if r.get("ods_f") is None and r.get("mask_pixels") == 0 else "f"
-        x, f = f_vs_idist_series(r["per_image"], scaled, key)
+        key = "fp_rate" if r.ods_f is None and r.mask_pixels == 0 else "f"
+        x, f = f_vs_idist_series(r.per_image, scaled, key)
         if len(x) == 0:
             continue
-        style = "--" if r["model"].startswith("M_B") else "-"
-        ax.plot(x, f, style, color=colours[r["model"]], label=r["model"], lw=1.6)
+        style = "--" if r.model.startswith("M_B") else "-"
+        ax.plot(x, f, style, color=colours[r.model], label=r.model, lw=1.6)
         drawn = key
     return drawn
 
@@ -96,14 +103,14 @@ def _label_axes(ax, key: str) -> None:
     ax.grid(alpha=0.3)
 
 
-def plot_f_vs_idist(adaptation: dict, extras: dict, dataset: str, path: Path) -> Path | None:
+def plot_f_vs_idist(adaptation: Adaptation, extras: dict, dataset: str, path: Path) -> Path | None:
     curves = (extras or {}).get("curves", {}).get(dataset)
     if not curves or curves.get("i_dist_scaled") is None:
         return None
     scaled = dict(zip(curves["ids"], curves["i_dist_scaled"], strict=True))
     colours = _colours(_model_order(adaptation, extras))
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    key = _draw_curves(ax, adaptation.get("results", []), dataset, scaled, colours)
+    key = _draw_curves(ax, adaptation.results, dataset, scaled, colours)
     if not key:
         plt.close(fig)
         return None
@@ -119,24 +126,24 @@ def plot_f_vs_idist(adaptation: dict, extras: dict, dataset: str, path: Path) ->
 
 
 def plot_f_vs_idist_architectures(
-    adaptation: dict, extras: dict, dataset: str, path: Path
+    adaptation: Adaptation, extras: dict, dataset: str, path: Path
 ) -> Path | None:
     """One F-vs-I_dist panel per architecture, side by side (paper figs. 4-6)."""
-    blocks = adaptation.get("architectures") or []
+    blocks = adaptation.architectures or []
     curves = (extras or {}).get("curves", {}).get(dataset)
     if len(blocks) < 2 or not curves or curves.get("i_dist_scaled") is None:
         return None
     scaled = dict(zip(curves["ids"], curves["i_dist_scaled"], strict=True))
-    colours = _colours([m["name"] for m in blocks[0]["models"]])
+    colours = _colours([m.name for m in blocks[0].models])
     fig, axes = plt.subplots(
         1, len(blocks), figsize=(3.2 * len(blocks) + 1.2, 3.4), sharey=True, squeeze=False
     )
     drawn = ""
     for ax, block in zip(axes[0], blocks, strict=True):
-        key = _draw_curves(ax, block["results"], dataset, scaled, colours)
+        key = _draw_curves(ax, block.results, dataset, scaled, colours)
         drawn = drawn or key
         _label_axes(ax, key or "f")
-        ax.set_title(block["label"], fontsize=9)
+        ax.set_title(block.label, fontsize=9)
         if ax is not axes[0][0]:
             ax.set_ylabel("")
     if not drawn:
@@ -150,15 +157,13 @@ def plot_f_vs_idist_architectures(
     return path
 
 
-def plot_architecture_bars(adaptation: dict, path: Path) -> Path | None:
+def plot_architecture_bars(adaptation: Adaptation, path: Path) -> Path | None:
     """ODS F per model and secondary, one panel per architecture (fig. 7 side by side)."""
-    blocks = adaptation.get("architectures") or []
+    blocks = adaptation.architectures or []
     if len(blocks) < 2:
         return None
-    models = [m["name"] for m in blocks[0]["models"]]
-    datasets = list(
-        dict.fromkeys(r["dataset"] for r in blocks[0]["results"] if r.get("ods_f") is not None)
-    )
+    models = [m.name for m in blocks[0].models]
+    datasets = list(dict.fromkeys(r.dataset for r in blocks[0].results if r.ods_f is not None))
     if not datasets:
         return None
     colours = _colours(models)
@@ -172,14 +177,14 @@ def plot_architecture_bars(adaptation: dict, path: Path) -> Path | None:
     )
     pos = np.arange(len(datasets))
     for ax, block in zip(axes[0], blocks, strict=True):
-        value = {(r["model"], r["dataset"]): r["ods_f"] for r in block["results"]}
+        value = {(r.model, r.dataset): r.ods_f for r in block.results}
         for k, m in enumerate(models):
             h = [value.get((m, d)) for d in datasets]
             h = [np.nan if v is None else v for v in h]
             ax.bar(pos + (k - (len(models) - 1) / 2) * width, h, width, label=m, color=colours[m])
         ax.set_xticks(pos)
         ax.set_xticklabels(datasets, fontsize=8)
-        ax.set_title(block["label"], fontsize=9)
+        ax.set_title(block.label, fontsize=9)
         ax.set_ylim(0, 1.02)
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("ODS F-score")
@@ -191,13 +196,13 @@ def plot_architecture_bars(adaptation: dict, path: Path) -> Path | None:
     return path
 
 
-def plot_f_bars(adaptation: dict, extras: dict, path: Path) -> Path | None:
-    results = adaptation.get("results", [])
+def plot_f_bars(adaptation: Adaptation, extras: dict, path: Path) -> Path | None:
+    results = adaptation.results
     if not results:
         return None
     models = _model_order(adaptation, extras)
-    datasets = list(dict.fromkeys(r["dataset"] for r in results))
-    value = {(r["model"], r["dataset"]): r["ods_f"] for r in results}
+    datasets = list(dict.fromkeys(r.dataset for r in results))
+    value = {(r.model, r.dataset): r.ods_f for r in results}
     colours = _colours(models)
     width = 0.8 / max(1, len(models))
     fig, ax = plt.subplots(figsize=(max(5.5, 0.35 * len(datasets) * max(1, len(models)) + 2), 3.8))
@@ -206,7 +211,7 @@ def plot_f_bars(adaptation: dict, extras: dict, path: Path) -> Path | None:
         heights = [value.get((m, d)) for d in datasets]
         heights = [np.nan if h is None else h for h in heights]
         ax.bar(pos + (k - (len(models) - 1) / 2) * width, heights, width, label=m, color=colours[m])
-    no_pos = {r["dataset"] for r in results if r.get("mask_pixels") == 0}
+    no_pos = {r.dataset for r in results if r.mask_pixels == 0}
     ax.set_xticks(pos)
     ax.set_xticklabels([f"{d}\n(no positive pixels)" if d in no_pos else d for d in datasets])
     ax.set_ylabel("ODS F-score")
@@ -220,7 +225,7 @@ def plot_f_bars(adaptation: dict, extras: dict, path: Path) -> Path | None:
     return path
 
 
-def plot_grid(adaptation: dict, extras: dict, dataset: str, path: Path) -> Path | None:
+def plot_grid(adaptation: Adaptation, extras: dict, dataset: str, path: Path) -> Path | None:
     examples = (extras or {}).get("examples", {}).get(dataset) or []
     if not examples:
         return None
@@ -256,23 +261,22 @@ def plot_grid(adaptation: dict, extras: dict, dataset: str, path: Path) -> Path 
 
 
 def make_adaptation_figures(report, extras: dict, out_dir: str | Path) -> dict[str, Path]:
-    """Every adaptation figure for `report` (no-op without report["adaptation"]).
+    """Every adaptation figure for `report` (no-op without an adaptation block).
 
-    `extras` is the pipeline's extras dict (its "adaptation" entry from run_adaptation is used)
-    or that entry itself. Returns {figure key: path}; keys start with "adaptation_".
+    `report`: the typed Report (or a {"adaptation": block} mapping, block typed or a dict).
+    `extras` is the adapt stage's figure data (its "adaptation" entry from run_adaptation is
+    used) or that entry itself. Returns {figure key: path}; keys start with "adaptation_".
     """
     block = report.adaptation if hasattr(report, "adaptation") else report.get("adaptation")
-    adaptation = block.model_dump() if hasattr(block, "model_dump") else block
-    if not adaptation:
+    if not block:
         return {}
-    if hasattr(adaptation, "model_dump"):  # worker.adapt.results.Adaptation
-        adaptation = adaptation.model_dump(mode="json")
+    adaptation = Adaptation.model_validate(block)
     extras = extras or {}
     data = extras.get("adaptation", extras)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures: dict[str, Path] = {}
-    datasets = list(dict.fromkeys(r["dataset"] for r in adaptation.get("results", [])))
+    datasets = list(dict.fromkeys(r.dataset for r in adaptation.results))
     for k, name in enumerate(datasets):
         p = plot_f_vs_idist(
             adaptation, data, name, out / f"adaptation_f_vs_idist_{k}_{_safe(name)}.png"
