@@ -526,6 +526,21 @@ def nearest_distances(
     return _nearest_distances(queries, points, exclude_self=exclude_self, **kw)
 
 
+def _take_better(t: torch.Tensor, v: torch.Tensor, bv, bi, c0: int) -> None:
+    """Rows of tile `t` (columns from c0) whose minimum `v` beats the best so far `bv`: update
+    `bv` and the column index `bi`. Strict <, so earlier columns win ties; the (slow) argmin
+    runs only on the rows this tile improves, or on the whole tile when many do."""
+    better = v < bv
+    if bool(better.any()):
+        rows = better.nonzero().squeeze(1)
+        if len(rows) > t.shape[0] // 4:
+            ix = t.argmin(dim=1).index_select(0, rows)
+        else:
+            ix = t.index_select(0, rows).argmin(dim=1)
+        bi[rows] = ix + c0
+        bv[rows] = v[rows]
+
+
 @_cpu_single_threaded
 def _nearest_distances(
     queries: np.ndarray,
@@ -580,15 +595,7 @@ def _nearest_distances(
                 limit = tau * (row_max + col_max[k])
                 if _fix_small(t, ai, b, c0, limit, tau, tile_min=float(v.min())):
                     v = t.amin(dim=1)
-                better = v < bv  # strict: earlier columns win ties
-                if bool(better.any()):
-                    rows = better.nonzero().squeeze(1)
-                    if len(rows) > r // 4:
-                        ix = t.argmin(dim=1).index_select(0, rows)
-                    else:
-                        ix = t.index_select(0, rows).argmin(dim=1)
-                    bi[rows] = ix + c0
-                    bv[rows] = v[rows]
+                _take_better(t, v, bv, bi, c0)
 
         with _no_tf32(dev):
             _run_row_blocks(m, plan, dev, make_buffer, block)
@@ -856,15 +863,7 @@ def _pair_pass(
                     if zp == near:
                         if changed:
                             v = t.amin(dim=1)
-                        better = v < bv  # strict: earlier columns win ties
-                        if bool(better.any()):
-                            sel = better.nonzero().squeeze(1)
-                            if len(sel) > r // 4:
-                                ix = t.argmin(dim=1).index_select(0, sel)
-                            else:
-                                ix = t.index_select(0, sel).argmin(dim=1)
-                            bi[sel] = ix + c0
-                            bv[sel] = v[sel]
+                        _take_better(t, v, bv, bi, c0)
                     if not in_sums[g]:
                         continue
                     if g == last:
