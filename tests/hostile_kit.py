@@ -18,9 +18,10 @@ from PIL import Image
 SIZE = 32
 
 
-def png(arr: np.ndarray) -> bytes:
+def png(arr: np.ndarray, mode: str | None = None, fmt: str = "PNG") -> bytes:
+    """Encoded image bytes of `arr` (PNG unless `fmt` says otherwise)."""
     buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
+    (Image.fromarray(arr, mode=mode) if mode else Image.fromarray(arr)).save(buf, format=fmt)
     return buf.getvalue()
 
 

@@ -17,41 +17,16 @@ import pytest
 import yaml
 from PIL import Image
 
-SIZE = 32
-
-
-def _png(arr: np.ndarray, mode: str | None = None, fmt: str = "PNG") -> bytes:
-    buf = io.BytesIO()
-    (Image.fromarray(arr, mode=mode) if mode else Image.fromarray(arr)).save(buf, format=fmt)
-    return buf.getvalue()
-
-
-def _images(folder: Path, count: int, seed: int, shift: int = 0) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(count):
-        arr = np.clip(rng.normal(120 + shift, 40, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
-        (folder / f"img_{i:02d}.png").write_bytes(_png(arr))
+from tests.hostile_kit import SIZE, image_job
+from tests.hostile_kit import images as _images
+from tests.hostile_kit import png as _png
 
 
 @pytest.fixture
 def base(tmp_path: Path):
     """A small image job (hog, 12 + 10 images) that runs cleanly; cases break one thing."""
-    _images(tmp_path / "P", 12, 0)
-    _images(tmp_path / "S", 10, 1, shift=40)
-    job = {
-        "seed": 0,
-        "model": {"name": "hog", "image_size": 32},
-        "pca": {"dims": 4, "sweep": [2, 4]},
-        "datasets": {
-            "primary": {"name": "P", "path": "P"},
-            "secondary": [{"name": "S", "path": "S"}],
-        },
-        "metrics": {"null_repeats": 2, "mmd_permutations": 10},
-        "selection": {"counts": [1, 2]},
-        "cache": {"enabled": False},
-        "max_skipped_fraction": 0.2,
-    }
+    job = image_job(tmp_path)
+    job["max_skipped_fraction"] = 0.2
     return tmp_path, job
 
 
