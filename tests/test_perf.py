@@ -92,14 +92,18 @@ def test_scatter_reuses_the_pair_fit_with_one_secondary(tmp_path):
 
 
 def test_precomputed_job_imports_only_what_it_uses(embedding_job):
-    """No transformers, scikit-learn or scipy.stats for a precomputed job (issue 18)."""
+    """No transformers, scikit-learn or scipy.stats for a precomputed job, and no torch when
+    every distance call is small and no GPU can exist here (issue 18)."""
+    from worker.devices import _gpu_node_present
+
     folder, data, _ = embedding_job
     job_path = write_job(folder, data)
+    torch = "" if _gpu_node_present() else ", 'torch'"
     code = (
         "import sys, runpy; sys.argv = ['worker', 'run', sys.argv[1]];\n"
         "try:\n    runpy.run_module('worker', run_name='__main__')\n"
         "except SystemExit:\n    pass\n"
-        "heavy = ['transformers', 'sklearn', 'scipy.stats', 'ray', 'boto3']\n"
+        f"heavy = ['transformers', 'sklearn', 'scipy.stats', 'ray', 'boto3'{torch}]\n"
         "print('LOADED', [m for m in heavy if m in sys.modules])"
     )
     done = subprocess.run(

@@ -82,9 +82,14 @@ class ModelAnalysis:
 
 
 def _engine_kw(job: Job) -> dict:
-    from worker.devices import resolve_device
+    from worker.devices import is_cpu, resolve_device
 
-    device = str(resolve_device(job.compute.device, "compute.device"))
+    field = "compute.device"
+    device = (
+        "cpu"
+        if is_cpu(job.compute.device, field)
+        else str(resolve_device(job.compute.device, field))
+    )
     return {
         "memory_budget_mb": job.compute.memory_budget_mb,
         "precision": job.compute.precision,
@@ -422,7 +427,7 @@ def primary_diversity(primary: EmbeddedSet, job: Job) -> Spread | None:
     if not job.metrics.diversity:
         return None
     (p_l,), _ = joint_pca([primary.vectors], job.pca.dims, route=job.pca.route, seed=job.seed)
-    return _spread(metrics.diversity(p_l), job.metrics.histogram_bins)
+    return _spread(metrics.diversity(p_l, **_engine_kw(job)), job.metrics.histogram_bins)
 
 
 def scatter_points(

@@ -3,17 +3,43 @@
 `resolve_device(name, field)`: 'auto' (or None) -> CUDA when torch sees a GPU, else CPU;
 'cpu'; 'cuda' / 'cuda:N' only when that device exists. Anything else raises JobError naming
 `field`, so every stage refuses an impossible device the same way.
+
+`is_cpu(name, field)` answers the same question for 'cpu' without importing torch where the
+answer is certain ('cpu', or 'auto' on a machine without a GPU device node), so a CPU job
+that needs no model never pays torch's import.
 """
 
 from __future__ import annotations
 
-import torch
+import glob
+from typing import TYPE_CHECKING
 
 from worker.errors import JobError
+
+if TYPE_CHECKING:
+    import torch
+
+#: device nodes without which no CUDA device can be visible (Linux; /dev/dxg under WSL)
+GPU_NODES = ("/dev/nvidia[0-9]*", "/dev/dxg")
+
+
+def _gpu_node_present() -> bool:
+    return any(glob.glob(pattern) for pattern in GPU_NODES)
+
+
+def is_cpu(name: str | torch.device | None = "auto", field: str = "device") -> bool:
+    """True when `name` resolves to the CPU (resolve_device's rule); imports torch only when
+    the setting could name a GPU that exists."""
+    text = "auto" if name is None else str(name).strip().lower()
+    if text == "cpu" or (text == "auto" and not _gpu_node_present()):
+        return True
+    return resolve_device(name, field).type == "cpu"
 
 
 def resolve_device(name: str | torch.device | None = "auto", field: str = "device") -> torch.device:
     """The torch.device a job's `field` setting names (see the module docstring)."""
+    import torch
+
     if isinstance(name, torch.device):
         dev = name
     else:

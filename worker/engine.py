@@ -24,11 +24,15 @@ How it works (docs/method.md §8):
   float64. Nearest-neighbour distances are recomputed exactly in float64 for the chosen
   neighbour. k-center uses fused direct differences (``cdist`` without the GEMM trick).
 - TF32 is switched off for these matmuls on CUDA (and restored afterwards).
+- Small calls on the CPU (at most SMALL_CALL_ELEMENTS = pairs x columns) skip all of this:
+  numpy float64 direct differences, exact, and torch is imported only by the first call
+  that needs it, so a small CPU job never pays its import.
 """
 
 from __future__ import annotations
 
 import functools
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +42,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
+
+from worker.devices import is_cpu
+
+
+class _Torch:
+    """torch, imported on first use (the module global is then the real module)."""
+
+    def __getattr__(self, name: str) -> Any:
+        import torch as module
+
+        globals()["torch"] = module
+        return getattr(module, name)
+
+
+torch = _Torch()
 
 DEFAULT_MEMORY_BUDGET_MB = 256
 
@@ -52,13 +70,16 @@ TILE_OVERHEAD = 3
 #: smallest tile (values) whatever the budget, so tiny budgets stay usable.
 MIN_TILE = 16
 
-_PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
+_PRECISIONS = ("float32", "float64")
 #: relative size d^2 / (|a|^2 + |b|^2) under which a pair is recomputed by differences.
 #: The GEMM trick's rounding error is a few eps * (|a|^2 + |b|^2) (eps 6e-8 in float32), so
 #: every exact duplicate falls below tau; above it a pair's d^2 keeps a relative error below
 #: ~1e-4 (float32). 1e-2 made low-dimensional prefixes (z = 5) recompute many tiles: 2x
 #: slower fused passes for no change in I_dist (benchmarks/RESULTS.md, issue 18).
-_TAU = {torch.float32: 1e-3, torch.float64: 1e-4}
+_TAU = {"torch.float32": 1e-3, "torch.float64": 1e-4}
+#: CPU calls with at most this many (pairs x columns) values run by direct differences in
+#: numpy float64 (exact; no tiles, no torch)
+SMALL_CALL_ELEMENTS = 1 << 22
 _POOL_LOCK = threading.RLock()
 _OUTER_THREADS: list[int] = []  # thread counts saved by nested _single_threaded blocks
 #: a distributed backend (worker.distributed.RayDistanceBackend) for large calls, or None
@@ -94,19 +115,23 @@ def resolve_precision(precision: str, distances: int) -> str:
 def _dtype(precision: str, distances: int = 0) -> torch.dtype:
     """The tile dtype: float32, float64, or for "auto" float32 when the call computes at least
     AUTO_FLOAT32_MIN_DISTANCES distances and float64 below that."""
+    return getattr(torch, _precision_name(precision, distances))
+
+
+def _precision_name(precision: str, distances: int = 0) -> str:
+    """'float32' or 'float64' (see _dtype); ValueError for anything else."""
     if precision == "auto":
-        return torch.float32 if distances >= AUTO_FLOAT32_MIN_DISTANCES else torch.float64
-    try:
-        return _PRECISIONS[precision]
-    except KeyError:
+        return "float32" if distances >= AUTO_FLOAT32_MIN_DISTANCES else "float64"
+    if precision not in _PRECISIONS:
         raise ValueError(
             f"compute.precision: {precision!r} is not supported; use 'auto', 'float32' or 'float64'"
-        ) from None
+        )
+    return precision
 
 
 def as_matrix(x: np.ndarray, name: str) -> np.ndarray:
     """x as a finite numeric (N, z) numpy array (no copy when it already is one)."""
-    if isinstance(x, torch.Tensor):
+    if "torch" in sys.modules and isinstance(x, sys.modules["torch"].Tensor):
         x = x.detach().cpu().numpy()
     arr = np.asarray(x)
     if arr.ndim != 2:
@@ -185,6 +210,11 @@ def _centred(
     return out
 
 
+def _check_budget(memory_budget_mb: float) -> None:
+    if memory_budget_mb is None or not memory_budget_mb > 0:
+        raise ValueError(f"compute.memory_budget_mb must be > 0, got {memory_budget_mb!r}")
+
+
 @dataclass(frozen=True)
 class _Plan:
     tile_rows: int
@@ -202,8 +232,7 @@ def _plan(
     workers: int | None = None,
 ) -> _Plan:
     """Tile shape and thread count such that all tiles together stay within the budget."""
-    if memory_budget_mb is None or not memory_budget_mb > 0:
-        raise ValueError(f"compute.memory_budget_mb must be > 0, got {memory_budget_mb!r}")
+    _check_budget(memory_budget_mb)
     budget = float(memory_budget_mb) * 1024 * 1024
     n_rows, n_cols = max(1, n_rows), max(1, n_cols)
     # bytes per tile element: the tile itself plus temporaries that are at most as large
@@ -357,6 +386,105 @@ def _fix_small(
     return changed
 
 
+# --------------------------------------------------------------------------- small calls
+
+
+def _small_call(
+    a: np.ndarray, b: np.ndarray, memory_budget_mb: float, precision: str, device: str
+) -> bool:
+    """True when a call on a (m, z) and b (n, z) takes the numpy path: m n z at most
+    SMALL_CALL_ELEMENTS on the CPU. Checks the settings as the tiled path would."""
+    if len(a) * len(b) * max(1, np.shape(a)[-1]) > SMALL_CALL_ELEMENTS:
+        return False
+    if not is_cpu(device, "compute.device"):
+        return False
+    _check_budget(memory_budget_mb)
+    _precision_name(precision)
+    return True
+
+
+def _squared_by_columns(a: np.ndarray, b: np.ndarray, bounds: list[int]) -> Iterator[np.ndarray]:
+    """For each prefix in `bounds` (increasing), ||a_i[:p] - b_j[:p]||^2 (m, n) float64 by
+    direct differences, accumulated over the column groups."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    sq = np.zeros((len(a), len(b)))
+    lo = 0
+    for hi in bounds:
+        diff = a[:, None, lo:hi] - b[None, :, lo:hi]
+        sq += np.einsum("ijk,ijk->ij", diff, diff)
+        lo = hi
+        yield sq
+
+
+def _neighbour_distances(a: np.ndarray, b: np.ndarray, idx: np.ndarray, width: int) -> np.ndarray:
+    """||a_i[:width] - b_idx[i][:width]||_2 in float64 from the original vectors, inf where
+    idx is -1 (the exact distance to each row's chosen neighbour). (m,) float64."""
+    dist = np.full(len(idx), np.inf, dtype=np.float64)
+    ok = np.flatnonzero(idx >= 0)
+    step = max(1, (32 * 1024 * 1024) // max(1, 16 * width))
+    for s in range(0, len(ok), step):
+        sel = ok[s : s + step]
+        diff = np.asarray(a[sel, :width], np.float64) - np.asarray(b[idx[sel], :width], np.float64)
+        dist[sel] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+    return dist
+
+
+def _small_nearest(
+    a: np.ndarray, b: np.ndarray, sq: np.ndarray, width: int, exclude_self: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest row of b for each row of a from their squared distances sq (m, n) over the
+    first `width` columns: (distance, index), lowest index on ties; exclude_self: row i skips
+    column i; no admissible column -> inf, -1."""
+    m, n = sq.shape
+    if exclude_self and m:
+        sq = sq.copy()
+        np.fill_diagonal(sq, np.inf)
+    idx = np.full(m, -1, dtype=np.int64)
+    if n:
+        best = np.argmin(sq, axis=1)
+        found = np.isfinite(sq[np.arange(m), best])
+        idx[found] = best[found]
+    return _neighbour_distances(a, b, idx, width), idx
+
+
+def _small_pair_pass(
+    a: np.ndarray, b: np.ndarray, sums_at: list[int], near: int | None
+) -> PairPassResult:
+    bounds = sorted({*sums_at, *([near] if near is not None else [])})
+    i_dist: dict[int, np.ndarray] = {}
+    dist = idx = None
+    for p, sq in zip(bounds, _squared_by_columns(a, b, bounds), strict=True):
+        if p in sums_at:
+            i_dist[p] = np.sqrt(sq).sum(axis=1)
+        if p == near:
+            dist, idx = _small_nearest(a, b, sq, p, exclude_self=False)
+    for p in sums_at:
+        i_dist.setdefault(p, np.zeros(len(a)))
+    return PairPassResult(
+        i_dist=i_dist, nearest_distance=dist, nearest_index=idx, nearest_dims=near
+    )
+
+
+def _small_kcenter(x_np: np.ndarray, k: int, min_d: np.ndarray | None) -> list[int]:
+    """kcenter_greedy's loop in numpy float64 (min_d: distances to the given centres)."""
+    x = np.asarray(x_np, dtype=np.float64)
+    x = x - x.mean(axis=0)
+    first = None
+    if min_d is None:
+        first = int(np.argmax(np.einsum("ij,ij->i", x, x)))
+        min_d = np.full(len(x), np.inf)
+    min_d = np.array(min_d, dtype=np.float64)
+    chosen: list[int] = []
+    for it in range(k):
+        j = first if (it == 0 and first is not None) else int(np.argmax(min_d))
+        chosen.append(j)
+        diff = x - x[j]
+        np.minimum(min_d, np.sqrt(np.einsum("ij,ij->i", diff, diff)), out=min_d)
+        min_d[j] = -1.0
+    return chosen
+
+
 # --------------------------------------------------------------------------- backends
 
 
@@ -433,11 +561,16 @@ def row_distance_sums(
     device: 'cpu', 'cuda', 'cuda:N' or 'auto'.
     Inside `distance_backend(...)`, a call the backend takes runs there in row blocks.
     """
+    rows, cols = as_matrix(rows, "rows"), as_matrix(cols, "cols")
+    check_pair(rows, cols, "rows", "cols")
     precision = resolve_precision(precision, len(rows) * len(cols))
     kw = {"memory_budget_mb": memory_budget_mb, "precision": precision, "device": device}
     backend = _delegate(len(rows), len(cols))
     if backend is not None:
         return backend.row_distance_sums(rows, cols, **kw)
+    if _small_call(rows, cols, memory_budget_mb, precision, device):
+        (sq,) = _squared_by_columns(rows, cols, [rows.shape[1]])
+        return np.sqrt(sq).sum(axis=1)
     return _row_distance_sums(rows, cols, **kw)
 
 
@@ -468,7 +601,7 @@ def _row_distance_sums(
     def make_buffer() -> torch.Tensor:
         return torch.empty(tr * tc + tr, dtype=dtype, device=dev)
 
-    tau = _TAU[dtype]
+    tau = _TAU[str(dtype)]
     col_max = _col_sq_max(b, tc)
 
     def block(s: int, e: int, buf: torch.Tensor) -> None:
@@ -518,11 +651,17 @@ def nearest_distances(
             "exclude_self=True needs queries and points to be the same set "
             f"(got {len(queries)} and {len(points)} rows)"
         )
+    queries, points = as_matrix(queries, "queries"), as_matrix(points, "points")
+    check_pair(queries, points, "queries", "points")
     precision = resolve_precision(precision, len(queries) * len(points))
     kw = {"memory_budget_mb": memory_budget_mb, "precision": precision, "device": device}
     backend = _delegate(len(queries), len(points))
     if backend is not None:
         return backend.nearest_distances(queries, points, exclude_self=exclude_self, **kw)
+    if _small_call(queries, points, memory_budget_mb, precision, device):
+        z = queries.shape[1]
+        (sq,) = _squared_by_columns(queries, points, [z])
+        return _small_nearest(queries, points, sq, z, exclude_self)
     return _nearest_distances(queries, points, exclude_self=exclude_self, **kw)
 
 
@@ -574,7 +713,7 @@ def _nearest_distances(
         def make_buffer() -> torch.Tensor:
             return torch.empty(tr * tc, dtype=dtype, device=dev)
 
-        tau = _TAU[dtype]
+        tau = _TAU[str(dtype)]
         col_max = _col_sq_max(b, tc)
 
         def block(s: int, e: int, buf: torch.Tensor) -> None:
@@ -601,14 +740,7 @@ def _nearest_distances(
             _run_row_blocks(m, plan, dev, make_buffer, block)
 
     idx = best_idx.cpu().numpy()
-    dist = np.full(m, np.inf, dtype=np.float64)
-    ok = np.flatnonzero(idx >= 0)
-    step = max(1, (32 * 1024 * 1024) // max(1, 16 * q_np.shape[1]))
-    for s in range(0, len(ok), step):  # exact float64 distance to the chosen neighbour
-        sel = ok[s : s + step]
-        diff = np.asarray(q_np[sel], dtype=np.float64) - np.asarray(p_np[idx[sel]], np.float64)
-        dist[sel] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
-    return dist, idx
+    return _neighbour_distances(q_np, p_np, idx, q_np.shape[1]), idx
 
 
 # --------------------------------------------------------------------------- fused passes
@@ -674,11 +806,15 @@ def pair_pass(
     (same centring: the joint mean's prefix) to rounding. Inside `distance_backend(...)`, a
     call the backend takes runs there in row blocks.
     """
+    rows, cols = as_matrix(rows, "rows"), as_matrix(cols, "cols")
+    check_pair(rows, cols, "rows", "cols")
     precision = resolve_precision(precision, len(rows) * len(cols))
     kw = {"memory_budget_mb": memory_budget_mb, "precision": precision, "device": device}
     backend = _delegate(len(rows), len(cols))
     if backend is not None:
         return backend.pair_pass(rows, cols, prefixes=prefixes, nearest=nearest, **kw)
+    if _small_call(rows, cols, memory_budget_mb, precision, device):
+        return _small_pair_pass(rows, cols, *_prefix_plan(rows.shape[1], prefixes, nearest))
     return _pair_pass(rows, cols, prefixes=prefixes, nearest=nearest, **kw)
 
 
@@ -819,7 +955,7 @@ def _pair_pass(
         n_buf = 2 if sums_at and sums_at[0] < bounds[-1] else 1
         plan = _plan(m, n, n_buf * a_raw.element_size(), memory_budget_mb, dev, workers=workers)
         tr, tc = plan.tile_rows, plan.tile_cols
-        tau = _TAU[dtype]
+        tau = _TAU[str(dtype)]
         col_max = [
             [float(b_sq[c : c + tc, g].max()) for c in range(0, n, tc)] for g in range(len(bounds))
         ]
@@ -881,15 +1017,7 @@ def _pair_pass(
     dist = idx = None
     if near is not None:
         idx = best_idx.cpu().numpy()
-        dist = np.full(m, np.inf, dtype=np.float64)
-        ok = np.flatnonzero(idx >= 0)
-        step = max(1, (32 * 1024 * 1024) // max(1, 16 * near))
-        for s in range(0, len(ok), step):  # exact float64 distance to the chosen neighbour
-            sel = ok[s : s + step]
-            diff = np.asarray(a_np[sel, :near], np.float64) - np.asarray(
-                b_np[idx[sel], :near], np.float64
-            )
-            dist[sel] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+        dist = _neighbour_distances(a_np, b_np, idx, near)
     return PairPassResult(
         i_dist={p: v.cpu().numpy() for p, v in out.items()},
         nearest_distance=dist,
@@ -898,7 +1026,6 @@ def _pair_pass(
     )
 
 
-@_cpu_single_threaded
 def kcenter_greedy(
     candidates: np.ndarray,
     k: int,
@@ -923,6 +1050,24 @@ def kcenter_greedy(
     k = min(int(k), len(x_np))
     if k <= 0:
         return []
+    kw = {"memory_budget_mb": memory_budget_mb, "precision": precision, "device": device}
+    n_centers = 0 if c_np is None else len(c_np)
+    if _small_call(x_np, np.empty((k + n_centers, x_np.shape[1])), **kw):
+        min_d = nearest_distances(x_np, c_np, **kw)[0] if n_centers else None
+        return _small_kcenter(x_np, k, min_d)
+    return _kcenter_greedy(x_np, k, c_np, **kw)
+
+
+@_cpu_single_threaded
+def _kcenter_greedy(
+    x_np: np.ndarray,
+    k: int,
+    c_np: np.ndarray | None,
+    *,
+    memory_budget_mb: float,
+    precision: str,
+    device: str,
+) -> list[int]:
     work = len(x_np) * (k + (0 if c_np is None else len(c_np)))
     dtype, dev = _dtype(precision, work), resolve_device(device)
     # distances from each pick are direct differences (fused in cdist), not the GEMM trick,
