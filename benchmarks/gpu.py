@@ -1,0 +1,242 @@
+"""GPU benchmark (issue 18): the CUDA fused pass at n = m = 200k and embedding throughput.
+
+    python benchmarks/gpu.py [--n 200000] [--images 2048] [--out benchmarks/GPU.md]
+
+One prepared script for a GPU machine; every ratio is measured in this one run.
+
+1. Fused S x P pass (engine.pair_pass: I_dist at z = 5, 10, 15, 20, 25 and each row's
+   nearest P, one pass) on CUDA at n = m = --n, float32 (the default) and float64, against
+   two baselines on the same data in the same run: the naive GPU route (torch.cdist in row
+   chunks, one call per prefix plus one for the nearest row) and our engine on this machine's
+   CPU cores (the first m' rows of S, scaled by m / m'). Error of float32 against float64.
+2. Self pass (diversity: nearest other row of P) on CUDA at n.
+3. Embedding: benchmarks/embed.py on CUDA (small random DINOv2 through the real
+   from_pretrained path): the whole pipeline's images/s against the model alone on
+   pre-loaded tensors, and a cached re-run against a cold run.
+
+Writes a Markdown report (--out) with the card's name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import io
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+from e2e import SWEEP, projected  # noqa: E402
+
+from worker import engine  # noqa: E402
+
+DEVICE = "cuda"  # --device cpu: a smoke test of this script on a machine without a GPU
+
+
+def sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def synced(fn) -> float:
+    sync()
+    t = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t
+
+
+def cdist_baseline(sl: np.ndarray, pl: np.ndarray, chunk: int = 4096) -> dict[int, np.ndarray]:
+    """The naive GPU route: torch.cdist row chunks, one pass per prefix and one for argmin."""
+    a = torch.from_numpy(sl).float().to(DEVICE)
+    b = torch.from_numpy(pl).float().to(DEVICE)
+    out: dict[int, np.ndarray] = {}
+    for z in SWEEP:
+        sums = torch.empty(len(a), dtype=torch.float64, device=DEVICE)
+        for s in range(0, len(a), chunk):
+            sums[s : s + chunk] = torch.cdist(a[s : s + chunk, :z], b[:, :z]).sum(
+                1, dtype=torch.float64
+            )
+        out[z] = sums.cpu().numpy()
+    idx = torch.empty(len(a), dtype=torch.int64, device=DEVICE)
+    for s in range(0, len(a), chunk):
+        idx[s : s + chunk] = torch.cdist(a[s : s + chunk], b).argmin(1)
+    out[-1] = idx.cpu().numpy()
+    return out
+
+
+def fused(n: int, cpu_rows: int) -> tuple[list[str], dict]:
+    t0 = time.perf_counter()
+    pl, sl = projected(n)
+    lines = [
+        f"Data: joint PCA to 25 of 128 decaying-variance columns, n = m = {n:,} "
+        f"(made in {time.perf_counter() - t0:.1f} s on the CPU)."
+    ]
+    engine.pair_pass(sl[:256], pl[:4096], prefixes=SWEEP, nearest=True, device=DEVICE)  # warm-up
+    res, times = {}, {}
+    for prec in ("float32", "float64"):
+
+        def run(prec=prec):
+            res[prec] = engine.pair_pass(
+                sl, pl, prefixes=SWEEP, nearest=True, precision=prec, device=DEVICE
+            )
+
+        times[prec] = synced(run)
+        times[prec + "_again"] = synced(run)
+    one = synced(lambda: engine.row_distance_sums(sl, pl, precision="float32", device=DEVICE))
+    cdist_baseline(sl[:256], pl[:4096])  # warm-up
+    base = {}
+    times["cdist"] = synced(lambda: base.update(cdist_baseline(sl, pl)))
+    # CPU engine on this machine's cores, first cpu_rows rows of S, scaled to m
+    torch.set_num_threads(os.cpu_count() or 1)
+    t = time.perf_counter()
+    engine.pair_pass(sl[:cpu_rows], pl, prefixes=SWEEP, nearest=True, precision="float32")
+    times["cpu"] = (time.perf_counter() - t) * n / cpu_rows
+    t = time.perf_counter()
+    div = engine.self_pass(pl, precision="float32", device=DEVICE)
+    sync()
+    times["self"] = time.perf_counter() - t
+    r32, r64 = res["float32"], res["float64"]
+    err = max(float(np.max(np.abs(r32.i_dist[z] - r64.i_dist[z]) / r64.i_dist[z])) for z in SWEEP)
+    err_cdist = max(float(np.max(np.abs(base[z] - r64.i_dist[z]) / r64.i_dist[z])) for z in SWEEP)
+    same = int(np.sum(r32.nearest_index == r64.nearest_index))
+    same_cdist = int(np.sum(base[-1] == r64.nearest_index))
+    best32 = min(times["float32"], times["float32_again"])
+    best64 = min(times["float64"], times["float64_again"])
+    lines += [
+        "",
+        "| route | time (s) | vs ours float32 | I_dist rel. error vs ours float64 "
+        "| same nearest index |",
+        "|---|---|---|---|---|",
+        f"| ours, {DEVICE}, float32 (default) | {best32:.2f} | 1.0x | {err:.1e} "
+        f"| {same:,} / {n:,} |",
+        f"| ours, {DEVICE}, float64 | {best64:.2f} | {best64 / best32:.1f}x slower | 0 "
+        f"| {n:,} / {n:,} |",
+        f"| torch.cdist chunks, CUDA float32 (naive GPU baseline) | {times['cdist']:.2f} | "
+        f"{times['cdist'] / best32:.1f}x slower | {err_cdist:.1e} | {same_cdist:,} / {n:,} |",
+        f"| ours, CPU, {os.cpu_count()} cores, float32 (m' = {cpu_rows:,}, scaled) | "
+        f"{times['cpu']:.1f} | {times['cpu'] / best32:.0f}x slower | - | - |",
+        "",
+        f"First call (float32, includes CUDA set-up of the shapes): {times['float32']:.2f} s; "
+        f"float64 first call {times['float64']:.2f} s. One I_dist at z = 25 alone (float32): "
+        f"{one:.2f} s. Distances per second in the fused pass (float32, 5 prefixes): "
+        f"{n * n / best32 / 1e9:.1f} G pairs/s.",
+        f"Self pass (nearest other row of P, diversity) at n = {n:,}, CUDA float32: "
+        f"{times['self']:.2f} s (min distance {float(div.distance.min()):.3g}).",
+    ]
+    return lines, times
+
+
+def embedding(images: int, workers: int) -> list[str]:
+    import embed
+
+    lines = []
+    for model in ("small", "base"):
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            embed.main(
+                [
+                    "--device",
+                    DEVICE,
+                    "--images",
+                    str(images),
+                    "--model",
+                    model,
+                    "--workers",
+                    str(workers),
+                    "--batch-size",
+                    "64",
+                    "--repeats",
+                    "2",
+                ]
+            )
+        print(buf.getvalue(), flush=True)
+        lines += [
+            f"### DINOv2 '{model}' (random weights)",
+            "",
+            "```",
+            buf.getvalue().rstrip(),
+            "```",
+            "",
+        ]
+    return lines
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=200_000)
+    ap.add_argument("--cpu-rows", type=int, default=4000)
+    ap.add_argument("--images", type=int, default=2048)
+    ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "GPU.md"))
+    args = ap.parse_args()
+    global DEVICE
+    DEVICE = args.device
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device: this benchmark needs a GPU", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    card = "none (smoke test on the CPU)"
+    if DEVICE == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        smi = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        card = (
+            f"{torch.cuda.get_device_name(0)} ({props.multi_processor_count} SMs, "
+            f"{props.total_memory / 2**30:.0f} GiB); nvidia-smi: {smi}"
+        )
+    head = [
+        "# GPU benchmark",
+        "",
+        f"Written by `benchmarks/gpu.py` on {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC.",
+        "",
+        f"- card: {card}",
+        f"- torch {torch.__version__}, CUDA {torch.version.cuda}, "
+        f"python {platform.python_version()}, {os.cpu_count()} CPU cores",
+        "",
+        f"## Fused S x P pass: I_dist at z = {', '.join(map(str, SWEEP))} and nearest P, one pass",
+        "",
+    ]
+    lines, _ = fused(args.n, args.cpu_rows)
+    print("\n".join(head + lines), flush=True)
+    emb = embedding(args.images, args.workers)
+    text = (
+        "\n".join(
+            head
+            + lines
+            + [
+                "",
+                "## Embedding: whole pipeline against the model alone (`benchmarks/embed.py`)",
+                "",
+                f"{args.images} JPEGs 640 x 480, model.image_size 448, batch 64, {args.workers} "
+                "decode threads. 'model only' runs the forward passes on tensors decoded and "
+                "processed beforehand; 'pipeline' is embed_items (read, decode, resize, processor, "
+                "forward, in order). Goal: pipeline / model-only >= 0.9.",
+                "",
+                *emb,
+                f"Total benchmark time {time.perf_counter() - start:.0f} s.",
+            ]
+        )
+        + "\n"
+    )
+    Path(args.out).write_text(text)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
