@@ -40,6 +40,7 @@ from e2e import SWEEP, projected  # noqa: E402
 
 from worker import engine  # noqa: E402
 
+BUDGETS = (1024, 4096)  # compute.memory_budget_mb values tried besides the default
 DEVICE = "cuda"  # --device cpu: a smoke test of this script on a machine without a GPU
 
 
@@ -102,6 +103,23 @@ def fused(n: int, cpu_rows: int) -> tuple[list[str], dict]:
     t = time.perf_counter()
     engine.pair_pass(sl[:cpu_rows], pl, prefixes=SWEEP, nearest=True, precision="float32")
     times["cpu"] = (time.perf_counter() - t) * n / cpu_rows
+    # where the fused pass spends its time: one prefix alone, and larger tile budgets
+    for z in (5, 25):
+        times[f"only{z}"] = synced(
+            lambda z=z: engine.pair_pass(sl, pl, prefixes=[z], precision="float32", device=DEVICE)
+        )
+    for budget in BUDGETS:
+        times[f"budget{budget}"] = synced(
+            lambda b=budget: engine.pair_pass(
+                sl,
+                pl,
+                prefixes=SWEEP,
+                nearest=True,
+                memory_budget_mb=b,
+                precision="float32",
+                device=DEVICE,
+            )
+        )
     t = time.perf_counter()
     div = engine.self_pass(pl, precision="float32", device=DEVICE)
     sync()
@@ -131,17 +149,22 @@ def fused(n: int, cpu_rows: int) -> tuple[list[str], dict]:
         f"float64 first call {times['float64']:.2f} s. One I_dist at z = 25 alone (float32): "
         f"{one:.2f} s. Distances per second in the fused pass (float32, 5 prefixes): "
         f"{n * n / best32 / 1e9:.1f} G pairs/s.",
+        f"One prefix alone (float32): z = 5 {times['only5']:.2f} s, z = 25 "
+        f"{times['only25']:.2f} s. Fused pass with a larger tile budget (compute."
+        "memory_budget_mb, default 256): "
+        + ", ".join(f"{b} MB {times[f'budget{b}']:.2f} s" for b in BUDGETS)
+        + ".",
         f"Self pass (nearest other row of P, diversity) at n = {n:,}, CUDA float32: "
         f"{times['self']:.2f} s (min distance {float(div.distance.min()):.3g}).",
     ]
     return lines, times
 
 
-def embedding(images: int, workers: int) -> list[str]:
+def embedding(images: int, workers: int, models: list[str]) -> list[str]:
     import embed
 
     lines = []
-    for model in ("small", "base"):
+    for model in models:
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
             embed.main(
@@ -178,6 +201,7 @@ def main() -> int:
     ap.add_argument("--cpu-rows", type=int, default=4000)
     ap.add_argument("--images", type=int, default=2048)
     ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--models", default="small,base", help="embed.py models ('' skips)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "GPU.md"))
     args = ap.parse_args()
@@ -213,7 +237,7 @@ def main() -> int:
     ]
     lines, _ = fused(args.n, args.cpu_rows)
     print("\n".join(head + lines), flush=True)
-    emb = embedding(args.images, args.workers)
+    emb = embedding(args.images, args.workers, args.models.split(",")) if args.models else []
     text = (
         "\n".join(
             head

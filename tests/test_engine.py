@@ -246,6 +246,15 @@ def test_device_and_precision_validation():
         nearest_distances(np.ones(3), np.ones((2, 3)))
 
 
+def test_auto_memory_budget():
+    assert engine.auto_memory_budget_mb("cpu") == engine.DEFAULT_MEMORY_BUDGET_MB
+    if torch.cuda.is_available():
+        free = torch.cuda.mem_get_info()[0] / 2**20
+        budget = engine.auto_memory_budget_mb("cuda")
+        assert engine.DEFAULT_MEMORY_BUDGET_MB <= budget <= engine.CUDA_AUTO_MEMORY_BUDGET_MB
+        assert budget <= max(engine.DEFAULT_MEMORY_BUDGET_MB, free / 4)
+
+
 def test_tf32_disabled_on_cuda_and_restored():
     old = torch.backends.cuda.matmul.allow_tf32
     try:

@@ -22,6 +22,9 @@ def test_valid_job_loads_with_defaults(embedding_job):
     assert loaded.selection.strategies == ["band", "farthest", "kcenter"]
     assert loaded.resolve("emb/P.npy") == str(folder.resolve() / "emb/P.npy")
     assert loaded.model_list[0].name == "precomputed"
+    assert loaded.compute.memory_budget_mb == "auto"
+    job["compute"] = {"memory_budget_mb": 512}
+    assert load_job(write_job(folder, job)).compute.memory_budget_mb == 512
 
 
 @pytest.mark.parametrize(
@@ -46,6 +49,8 @@ def test_valid_job_loads_with_defaults(embedding_job):
         (lambda j: j["gates"].append({"metric": "o_dist"}), "give 'max' or 'min'"),
         (lambda j: j["gates"].append({"metric": "bogus", "max": 1}), "unknown gate metric 'bogus'"),
         (lambda j: j.update(version=2), "version"),
+        (lambda j: j.update(compute={"memory_budget_mb": "lots"}), "compute.memory_budget_mb"),
+        (lambda j: j.update(compute={"memory_budget_mb": 4}), "compute.memory_budget_mb"),
         (lambda j: j["datasets"].pop("primary"), "datasets.primary: required field is missing"),
     ],
 )

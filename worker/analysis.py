@@ -90,8 +90,9 @@ def _engine_kw(job: Job) -> dict:
         if is_cpu(job.compute.device, field)
         else str(resolve_device(job.compute.device, field))
     )
+    budget = job.compute.memory_budget_mb
     return {
-        "memory_budget_mb": job.compute.memory_budget_mb,
+        "memory_budget_mb": engine.auto_memory_budget_mb(device) if budget == "auto" else budget,
         "precision": job.compute.precision,
         "device": device,
     }

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import unicodedata
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -479,7 +479,9 @@ class ComputeConfig(Strict):
     batch_size: int | None = Field(default=None, ge=1, le=65_536)
     #: ray only: rows of S per distance task; calls with fewer rows stay on the driver
     block_rows: int = Field(default=4096, ge=1, le=10_000_000)
-    memory_budget_mb: int = Field(default=256, ge=8, le=1_000_000)
+    #: tiles of one distance call; auto: 256 on the CPU, 4096 on a GPU (at most a quarter of
+    #: its free memory): larger CUDA tiles make the fused pass 2.6x faster (benchmarks/GPU.md)
+    memory_budget_mb: Annotated[int, Field(ge=8, le=1_000_000)] | Literal["auto"] = "auto"
     device: str = "auto"
     #: float32 tiles with float64 accumulation: I_dist within 1e-6 relative of float64
     #: (benchmarks/RESULTS.md, issue 18); float64 for bit-level comparisons
