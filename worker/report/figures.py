@@ -22,8 +22,10 @@ FigureData (worker.report.render) beside it.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +36,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from cycler import cycler  # noqa: E402
 
+from worker.report.forked import run_tasks  # noqa: E402
 from worker.report.render import FigureData  # noqa: E402
 from worker.results import (  # noqa: E402
     Histogram,
@@ -704,79 +707,126 @@ def plot_duplicate_pairs(pairs: list, path: Path) -> Path | None:
 # --- entry point ----------------------------------------------------------------------------
 
 
-def make_figures(report: Report, data: FigureData | None, out_dir: str | Path) -> dict[str, Path]:
-    """Draw every figure of the PDF into `out_dir`; returns {figure key: PNG path}.
+Task = Callable[[], dict[str, Path]]  # draws one figure (or one module's) -> {key: path}
 
-    Figures whose data is missing (no images, no histogram, no scatter) are left out; the
-    template checks each key before using it.
-    """
-    data = data or FigureData()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    figures: dict[str, Path] = {}
 
-    def add(key: str, path: Path | None) -> None:
-        if path is not None:
-            figures[key] = path
+def _figure(key: str, draw: Callable[..., Path | None], *args) -> Task:
+    def task() -> dict[str, Path]:
+        with plt.rc_context(STYLE):
+            path = draw(*args)
+        return {} if path is None else {key: path}
 
-    with plt.rc_context(STYLE):
-        add("i_dist_violin", plot_violin_overview(report, out / "i_dist_violin.png"))
-        add("i_dist_sorted", plot_sorted_overview(report, out / "i_dist_sorted.png"))
-        add(
+    return task
+
+
+def _figures(make: Callable[..., dict[str, Path]], *args) -> Task:
+    def task() -> dict[str, Path]:
+        with plt.rc_context(STYLE):
+            return make(*args)
+
+    return task
+
+
+def figure_tasks(report: Report, data: FigureData, out: Path) -> list[Task]:
+    """One task per figure of the PDF (one per module for estimate, history, adaptation)."""
+    tasks = [
+        _figure("i_dist_violin", plot_violin_overview, report, out / "i_dist_violin.png"),
+        _figure("i_dist_sorted", plot_sorted_overview, report, out / "i_dist_sorted.png"),
+        _figure(
             "diversity_overview",
-            plot_histograms(diversity_overview_panels(report), out / "diversity_overview.png"),
+            plot_histograms,
+            diversity_overview_panels(report),
+            out / "diversity_overview.png",
+        ),
+    ]
+    if data.scatter is not None:
+        tasks.append(_figure("scatter", plot_scatter, report, data.scatter, out / "scatter.png"))
+    thumbnails = data.thumbnails
+    tasks.append(
+        _figure("ranking_strip", plot_ranking_strip, report, thumbnails, out / "ranking_strip.png")
+    )
+    tasks.append(_figure("matrix", plot_matrix, report, out / "matrix.png"))
+    sections = set(section_names(report))
+    summary = report.ranking is not None and report.ranking.detail == "summary"
+    for k, sec in enumerate(report.secondaries):
+        name = sec.name
+        if name not in sections:
+            continue  # summary detail: one table row, no pages (report.ranking)
+        stem = f"{k:02d}_{_safe(name)}"
+        tasks.append(
+            _figure(f"i_dist:{name}", plot_secondary_idist, report, sec, out / f"i_dist_{stem}.png")
         )
-        if data.scatter is not None:
-            add("scatter", plot_scatter(report, data.scatter, out / "scatter.png"))
-        thumbnails = data.thumbnails
-        add("ranking_strip", plot_ranking_strip(report, thumbnails, out / "ranking_strip.png"))
-        add("matrix", plot_matrix(report, out / "matrix.png"))
-        sections = set(section_names(report))
-        summary = report.ranking is not None and report.ranking.detail == "summary"
-        for k, sec in enumerate(report.secondaries):
-            name = sec.name
-            if name not in sections:
-                continue  # summary detail: one table row, no pages (report.ranking)
-            stem = f"{k:02d}_{_safe(name)}"
-            add(f"i_dist:{name}", plot_secondary_idist(report, sec, out / f"i_dist_{stem}.png"))
-            if not summary:  # a summary section shows the coverage histograms only
-                add(
+        if not summary:  # a summary section shows the coverage histograms only
+            tasks.append(
+                _figure(
                     f"diversity:{name}",
-                    plot_histograms(
-                        secondary_diversity_panels(report, sec), out / f"diversity_{stem}.png"
-                    ),
+                    plot_histograms,
+                    secondary_diversity_panels(report, sec),
+                    out / f"diversity_{stem}.png",
                 )
-            add(
-                f"coverage:{name}",
-                plot_histograms(
-                    coverage_panels(report, sec),
-                    out / f"coverage_{stem}.png",
-                    ncols=4,
-                    xlabel="to nearest selected",
-                    keep_empty=True,
-                ),
             )
-            if thumbnails.get(name):
-                add(
+        coverage = functools.partial(
+            plot_histograms, ncols=4, xlabel="to nearest selected", keep_empty=True
+        )
+        tasks.append(
+            _figure(
+                f"coverage:{name}",
+                coverage,
+                coverage_panels(report, sec),
+                out / f"coverage_{stem}.png",
+            )
+        )
+        if thumbnails.get(name):
+            tasks.append(
+                _figure(
                     f"thumbnails:{name}",
-                    plot_thumbnails(sec, thumbnails[name], out / f"thumbnails_{stem}.png"),
+                    plot_thumbnails,
+                    sec,
+                    thumbnails[name],
+                    out / f"thumbnails_{stem}.png",
                 )
-            pairs = data.duplicate_pairs.get(name)
-            if pairs:
-                add(f"duplicates:{name}", plot_duplicate_pairs(pairs, out / f"dupes_{stem}.png"))
+            )
+        pairs = data.duplicate_pairs.get(name)
+        if pairs:
+            tasks.append(
+                _figure(
+                    f"duplicates:{name}", plot_duplicate_pairs, pairs, out / f"dupes_{stem}.png"
+                )
+            )
     if report.estimate is not None:
         from worker.report.estimate_figures import make_estimate_figures
 
-        with plt.rc_context(STYLE):
-            figures.update(make_estimate_figures(report.estimate, out))
+        tasks.append(_figures(make_estimate_figures, report.estimate, out))
     if report.history is not None:
         from worker.report.history_figures import make_history_figures
 
-        with plt.rc_context(STYLE):
-            figures.update(make_history_figures(report.history, out))
+        tasks.append(_figures(make_history_figures, report.history, out))
     if report.adaptation is not None:
         from worker.report.adaptation_figures import make_adaptation_figures
 
-        with plt.rc_context(STYLE):
-            figures.update(make_adaptation_figures(report, data.adaptation or {}, out))
+        tasks.append(_figures(make_adaptation_figures, report, data.adaptation or {}, out))
+    return tasks
+
+
+def make_figures(
+    report: Report,
+    data: FigureData | None,
+    out_dir: str | Path,
+    *,
+    processes: int | None = None,
+    meanwhile: Callable[[], None] | None = None,
+) -> dict[str, Path]:
+    """Draw every figure of the PDF into `out_dir`; returns {figure key: PNG path}.
+
+    Figures whose data is missing (no images, no histogram, no scatter) are left out; the
+    template checks each key before using it. The figures are drawn in forked processes
+    (worker.report.forked; `processes` None: one per core), `meanwhile` runs here during
+    that; the PNG bytes are those of a serial run (processes=1).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = figure_tasks(report, data or FigureData(), out)
+    figures: dict[str, Path] = {}
+    for drawn in run_tasks(tasks, processes, meanwhile):
+        figures.update(drawn)
     return figures

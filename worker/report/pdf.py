@@ -121,6 +121,14 @@ def render_html(report: Report, figures: dict | None) -> str:
     return env.get_template("report.html.j2").render(**_context(report, figures))
 
 
+def prepare() -> None:
+    """Pay render_pdf's fixed costs ahead (WeasyPrint's import, the templates' compilation),
+    e.g. while the figures are drawn in other processes."""
+    import weasyprint  # noqa: F401
+
+    _environment(str(templates_dir())).get_template("report.html.j2")
+
+
 def _allowed(url: str, roots: list[Path]) -> bool:
     parsed = urlparse(url)
     if parsed.scheme == "data":

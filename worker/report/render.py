@@ -137,12 +137,13 @@ def duplicate_pairs(report: Report, inputs: RenderInputs) -> dict[str, list]:
 
 
 def render_outputs(report: Report, inputs: RenderInputs, folder: Path) -> dict[str, Path]:
-    """Draw the figures, print report.pdf and write report.json (last) into `folder`.
+    """Draw the figures (in forked processes, while WeasyPrint loads here), print report.pdf
+    and write report.json (last) into `folder`.
 
     Returns {figure key: PNG path}."""
     from worker.report.figures import make_figures
     from worker.report.model import write_report_json
-    from worker.report.pdf import render_pdf
+    from worker.report.pdf import prepare, render_pdf
 
     data = FigureData(
         scatter=inputs.scatter,
@@ -150,7 +151,7 @@ def render_outputs(report: Report, inputs: RenderInputs, folder: Path) -> dict[s
         duplicate_pairs=duplicate_pairs(report, inputs),
         adaptation=inputs.adaptation,
     )
-    figures = make_figures(report, data, folder / "figures")
+    figures = make_figures(report, data, folder / "figures", meanwhile=prepare)
     render_pdf(report, figures, folder / "report.pdf")
     write_report_json(report, folder / "report.json")
     return figures
