@@ -29,6 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from worker.adapt.results import Adaptation, AdaptationScore  # noqa: E402
+from worker.report.figures import save_png  # noqa: E402
 
 DPI = 120
 
@@ -120,9 +121,7 @@ def plot_f_vs_idist(adaptation: Adaptation, extras: dict, dataset: str, path: Pa
     ax.set_title(f"{dataset}: {what} vs I_dist (moving average, window {max(1, n // 10)})")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, DPI)
 
 
 def plot_f_vs_idist_architectures(
@@ -152,9 +151,7 @@ def plot_f_vs_idist_architectures(
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.suptitle(f"{dataset}: per-image score vs I_dist by architecture", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, DPI)
 
 
 def plot_architecture_bars(adaptation: Adaptation, path: Path) -> Path | None:
@@ -191,9 +188,7 @@ def plot_architecture_bars(adaptation: Adaptation, path: Path) -> Path | None:
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.suptitle("ODS F-score per model and secondary, by architecture", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, DPI)
 
 
 def plot_f_bars(adaptation: Adaptation, extras: dict, path: Path) -> Path | None:
@@ -220,9 +215,7 @@ def plot_f_bars(adaptation: Adaptation, extras: dict, path: Path) -> Path | None
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, DPI)
 
 
 def plot_grid(adaptation: Adaptation, extras: dict, dataset: str, path: Path) -> Path | None:
@@ -255,9 +248,7 @@ def plot_grid(adaptation: Adaptation, extras: dict, dataset: str, path: Path) ->
         axes[i, 0].set_ylabel(label, fontsize=6)
     fig.suptitle(f"{dataset}: farthest images", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, DPI)
 
 
 def make_adaptation_figures(report, extras: dict, out_dir: str | Path) -> dict[str, Path]:

@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from worker.estimate import DatasetEstimate, Estimate  # noqa: E402
+from worker.report.figures import save_png  # noqa: E402
 
 DPI = 120
 EXTRAPOLATED_COLOUR = "#D55E00"
@@ -124,9 +125,7 @@ def plot_estimate(estimate: Estimate, path: str | Path) -> Path | None:
     mae = estimate.dataset_fit_loo_mae
     ax2.set_title("Dataset-level fit" + (f" (LOO MAE {mae:.3f})" if mae is not None else ""))
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, DPI)
 
 
 def make_estimate_figures(estimate: Estimate | None, out_dir: str | Path) -> dict[str, Path]:

@@ -152,12 +152,13 @@ def _legend_right(ax, handles, labels, fig) -> None:
     )
 
 
-def _save(fig, path: Path) -> Path:
-    """Draw at DPI and write an RGB PNG without metadata: deterministic bytes, and WeasyPrint
-    embeds an opaque PNG as is (an RGBA one it would have to decode and split)."""
+def save_png(fig, path: Path, dpi: int = DPI) -> Path:
+    """Draw at `dpi` and write an RGB PNG without metadata, then close the figure:
+    deterministic bytes, and WeasyPrint embeds an opaque PNG without splitting off an alpha
+    channel (an RGBA one it decodes and encodes twice more)."""
     from PIL import Image
 
-    fig.set_dpi(DPI)
+    fig.set_dpi(dpi)
     fig.set_facecolor("white")
     fig.canvas.draw()
     rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3]
@@ -239,7 +240,7 @@ def plot_violin_overview(report: Report, path: Path) -> Path | None:
     ax.grid(axis="y", visible=False)
     ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=3, fontsize=6.5)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _sorted_curve(images: list[ImageResult]) -> tuple[np.ndarray, np.ndarray]:
@@ -279,7 +280,7 @@ def plot_sorted_overview(report: Report, path: Path) -> Path | None:
     ax.set_ylim(-0.03, 1.03)
     _legend_right(ax, handles, labels, fig)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _selected_ranks(sec: SecondaryResult) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -351,7 +352,7 @@ def plot_secondary_idist(report: Report, sec: SecondaryResult, path: Path) -> Pa
         top=1 - 0.25 / 2.6,
         wspace=0.3,
     )
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 # --- diversity --------------------------------------------------------------------------------
@@ -446,7 +447,7 @@ def plot_histograms(
         if dropped:
             text += f"{'; ' if text else ''}{dropped} more selections not drawn"
         fig.text(0.99, 0.01, text, ha="right", va="bottom", fontsize=6.5)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def diversity_overview_panels(report: Report) -> list[Panel]:
@@ -560,7 +561,7 @@ def plot_scatter(report: Report, scatter: ScatterPoints, path: Path) -> Path | N
     ax.set_ylabel("principal component 2")
     _legend_right(ax, handles, labels, fig)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _as_array(img) -> tuple[np.ndarray, str | None]:
@@ -610,7 +611,7 @@ def _picture_rows(rows: list[tuple[str, list[tuple[object, str]]]], path: Path) 
             ax.set_title(title, fontsize=6)
             if c == 0:
                 ax.set_ylabel(label, fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_thumbnails(sec: SecondaryResult, thumbs: dict, path: Path) -> Path | None:
@@ -679,7 +680,7 @@ def plot_matrix(report: Report, path: Path) -> Path | None:
                     )
     fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label="o_dist_mean")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_duplicate_pairs(pairs: list, path: Path) -> Path | None:
@@ -701,7 +702,7 @@ def plot_duplicate_pairs(pairs: list, path: Path) -> Path | None:
             arr, cmap = _as_array(img)
             ax.imshow(arr, cmap=cmap, vmin=0 if cmap else None, vmax=255 if cmap else None)
         axes[r, 2 * c].set_title(short(caption, 60), fontsize=6, loc="left")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 # --- entry point ----------------------------------------------------------------------------

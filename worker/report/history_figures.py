@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from worker.history import History, Summary  # noqa: E402
+from worker.report.figures import save_png  # noqa: E402
 
 DPI = 120
 
@@ -71,9 +72,7 @@ def plot_trend(history: History, path: Path) -> Path | None:
     ax_n.set_xticks(ticks[::step])
     ax_n.set_xticklabels([_short(runs[i], i) for i in ticks[::step]], rotation=30, fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, DPI)
 
 
 def _range(ax, y: float, s: Summary, colour, label: str) -> None:
@@ -106,9 +105,7 @@ def plot_new_images(history: History, path: Path) -> Path | None:
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, DPI)
 
 
 def make_history_figures(history: History, out_dir: str | Path) -> dict[str, Path]:
