@@ -1,11 +1,12 @@
-"""Figures drawn in forked processes: the same PNG bytes as a serial run, a child's failure
-raised in the parent (nothing published), and the serial fallback."""
+"""Figures drawn and the PDF printed in forked processes: the same PNG bytes as a serial
+run, a child's failure raised in the parent (nothing published), the serial fallback."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
 import sys
+import time
 from concurrent.futures.process import BrokenProcessPool
 
 import pytest
@@ -52,18 +53,13 @@ def test_parallel_figures_are_the_serial_figures(tmp_path):
 
 
 @needs_fork
-def test_tasks_run_in_children_and_meanwhile_here():
-    here = os.getpid()
-    calls = []
-    pids = forked.run_tasks([_pid, _pid, _pid], processes=2, meanwhile=lambda: calls.append(1))
-    assert calls == [1]
-    assert here not in pids and len(set(pids)) <= 2
+def test_tasks_run_in_children():
+    pids = forked.run_tasks([_pid, _pid, _pid], processes=2)
+    assert os.getpid() not in pids and len(set(pids)) <= 2
 
 
 def test_one_process_runs_the_tasks_here():
-    calls = []
-    pids = forked.run_tasks([_pid, _pid], processes=1, meanwhile=lambda: calls.append(1))
-    assert pids == [os.getpid()] * 2 and calls == [1]
+    assert forked.run_tasks([_pid, _pid], processes=1) == [os.getpid()] * 2
 
 
 @needs_fork
@@ -77,6 +73,56 @@ def test_a_failing_task_raises_its_error_in_the_parent():
 def test_a_dying_child_raises_broken_pool():
     with pytest.raises(BrokenProcessPool):
         forked.run_tasks([_die, _pid], processes=2)
+
+
+def _pid_plus(x: int) -> tuple[int, int]:
+    return os.getpid(), x + 1
+
+
+@pytest.mark.parametrize("fork", [pytest.param(True, marks=needs_fork), False])
+def test_child_prepares_at_once_and_finishes_with_what_it_is_given(tmp_path, fork):
+    marker = tmp_path / "prepared"
+    with forked.Child(marker.touch, _pid_plus, fork=fork) as child:
+        if fork:
+            for _ in range(500):  # prepare runs before result() is called
+                if marker.exists():
+                    break
+                time.sleep(0.01)
+            assert marker.exists()
+        pid, value = child.result(41)
+    assert value == 42 and (pid != os.getpid()) == fork
+    assert marker.exists()
+
+
+@needs_fork
+def test_child_failure_is_raised_here_with_its_traceback():
+    with forked.Child(lambda: None, lambda x: _fail()) as child:
+        with pytest.raises(ValueError, match="figure 2 cannot be drawn") as err:
+            child.result(1)
+    assert isinstance(err.value.__cause__, forked.RemoteTraceback)
+    assert "_fail" in str(err.value.__cause__)
+
+
+@needs_fork
+def test_child_whose_prepare_fails_says_why_even_for_a_large_input():
+    with forked.Child(_fail, _pid_plus) as child:
+        with pytest.raises(ValueError, match="figure 2 cannot be drawn"):
+            child.result(b"x" * 1_000_000)  # more than a pipe holds
+
+
+@needs_fork
+def test_child_that_dies_raises_a_clear_error():
+    with forked.Child(lambda: None, lambda x: _die()) as child:
+        with pytest.raises(RuntimeError, match=r"report process died \(exit code 7\)"):
+            child.result(1)
+
+
+@needs_fork
+def test_leaving_early_kills_the_child(tmp_path):
+    with pytest.raises(KeyError):
+        with forked.Child(lambda: None, _pid_plus) as child:
+            raise KeyError("a figure failed")
+    assert child._proc.exitcode is not None  # killed, not left waiting for its input
 
 
 def test_default_processes_falls_back_to_serial(monkeypatch):

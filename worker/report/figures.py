@@ -815,19 +815,18 @@ def make_figures(
     out_dir: str | Path,
     *,
     processes: int | None = None,
-    meanwhile: Callable[[], None] | None = None,
 ) -> dict[str, Path]:
     """Draw every figure of the PDF into `out_dir`; returns {figure key: PNG path}.
 
     Figures whose data is missing (no images, no histogram, no scatter) are left out; the
     template checks each key before using it. The figures are drawn in forked processes
-    (worker.report.forked; `processes` None: one per core), `meanwhile` runs here during
-    that; the PNG bytes are those of a serial run (processes=1).
+    (worker.report.forked; `processes` None: one per core); the PNG bytes are those of a
+    serial run (processes=1).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tasks = figure_tasks(report, data or FigureData(), out)
     figures: dict[str, Path] = {}
-    for drawn in run_tasks(tasks, processes, meanwhile):
+    for drawn in run_tasks(tasks, processes):
         figures.update(drawn)
     return figures

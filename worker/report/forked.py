@@ -1,14 +1,18 @@
-"""Independent tasks in worker processes forked from this one (the figures of report.pdf).
+"""Work of the report stage in processes forked from this one: the figures, the PDF.
 
-`run_tasks(tasks, processes, meanwhile)` calls every zero-argument callable of `tasks` and
-returns their results in task order. With 2 or more processes the tasks run in children
-forked from this process: they inherit the tasks (closures over the report and decoded
-pictures), nothing is pickled on the way in; results and exceptions come back pickled. A
-task's exception is raised here with the child's traceback as its cause; a child that dies
-raises BrokenProcessPool. `meanwhile` runs in this process while the children work.
+`run_tasks(tasks, processes)` calls every zero-argument callable of `tasks` and returns
+their results in task order. With 2 or more processes the tasks run in children forked
+from this process: they inherit the tasks (closures over the report and decoded pictures),
+nothing is pickled on the way in; results and exceptions come back pickled. A task's
+exception is raised here with the child's traceback as its cause; a child that dies raises
+BrokenProcessPool.
 
-Fork copies one thread only, so a task must not use what other threads of this process may
-hold (torch, CUDA, OpenMP, Ray): the figure tasks use matplotlib, numpy and PIL only.
+`Child(prepare, finish)` forks one child that runs `prepare()` at once (WeasyPrint's
+import) and `finish(x)` once `result(x)` hands it x (the figures): the two overlap with
+whatever this process does in between (drawing the figures).
+
+Fork copies one thread only, so the children must not use what other threads of this
+process may hold (torch, CUDA, OpenMP, Ray): they use matplotlib, numpy, PIL and WeasyPrint.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,14 +29,21 @@ MAX_PROCESSES = 8  # forks beyond this cost more than the few dozen figures of a
 _TASKS: Sequence[Callable[[], Any]] = ()  # set in each child by _adopt, never in the parent
 
 
+def can_fork() -> bool:
+    """Whether work may go to forked children: Linux with fork, and more than one core."""
+    if not sys.platform.startswith("linux"):
+        return False
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return False
+    return len(os.sched_getaffinity(0)) > 1
+
+
 def default_processes(n_tasks: int) -> int:
     """Worker processes for `n_tasks`: one per usable core up to MAX_PROCESSES; 1 (run here)
     for a single task, a single core, or where fork is unavailable (fork only on Linux)."""
-    if n_tasks < 2 or not sys.platform.startswith("linux"):
+    if n_tasks < 2 or not can_fork():
         return 1
-    if "fork" not in multiprocessing.get_all_start_methods():
-        return 1
-    return max(1, min(n_tasks, len(os.sched_getaffinity(0)), MAX_PROCESSES))
+    return min(n_tasks, len(os.sched_getaffinity(0)), MAX_PROCESSES)
 
 
 def _adopt(tasks: Sequence[Callable[[], Any]]) -> None:
@@ -43,18 +55,12 @@ def _run(index: int) -> Any:
     return _TASKS[index]()
 
 
-def run_tasks(
-    tasks: Sequence[Callable[[], Any]],
-    processes: int | None = None,
-    meanwhile: Callable[[], None] | None = None,
-) -> list[Any]:
+def run_tasks(tasks: Sequence[Callable[[], Any]], processes: int | None = None) -> list[Any]:
     """Every task's result, in order. processes: None picks default_processes; 1 runs the
-    tasks here (after `meanwhile`)."""
+    tasks here."""
     tasks = list(tasks)
     n = default_processes(len(tasks)) if processes is None else min(processes, len(tasks))
     if n <= 1:
-        if meanwhile is not None:
-            meanwhile()
         return [task() for task in tasks]
     from concurrent.futures import ProcessPoolExecutor
 
@@ -63,8 +69,77 @@ def run_tasks(
     )
     try:
         futures = [pool.submit(_run, i) for i in range(len(tasks))]
-        if meanwhile is not None:
-            meanwhile()
         return [f.result() for f in futures]
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a child (the cause of the one raised here)."""
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.args[0]}"""'
+
+
+def _child_main(prepare, finish, inbox, outbox) -> None:
+    try:
+        prepare()
+        reply = (True, finish(inbox.recv()), None)
+    except BaseException as err:  # every failure goes back to the parent, which raises it
+        reply = (False, err, traceback.format_exc())
+    try:
+        outbox.send(reply)
+    except Exception as err:  # an exception that cannot be pickled: its text instead
+        outbox.send((False, RuntimeError(repr(reply[1])), f"{reply[2]}\n{err!r}"))
+
+
+class Child:
+    """`prepare()` now and `finish(x)` later in a forked child; in this process, both at
+    `result(x)`, where can_fork() is false or `fork` is False. A context manager: leaving
+    it early (an exception) kills the child."""
+
+    def __init__(
+        self, prepare: Callable[[], None], finish: Callable[[Any], Any], fork: bool | None = None
+    ):
+        self._prepare, self._finish = prepare, finish
+        self._proc = None
+        if not (can_fork() if fork is None else fork):
+            return
+        ctx = multiprocessing.get_context("fork")
+        child_in, self._inbox = ctx.Pipe(duplex=False)
+        self._outbox, child_out = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(
+            target=_child_main, args=(prepare, finish, child_in, child_out), daemon=True
+        )
+        self._proc.start()
+        child_in.close()  # the child's ends: EOF here once it is gone
+        child_out.close()
+
+    def result(self, x: Any) -> Any:
+        """finish(x): its return value, or its exception raised here."""
+        if self._proc is None:
+            self._prepare()
+            return self._finish(x)
+        try:
+            self._inbox.send(x)
+        except BrokenPipeError:
+            pass  # the child stopped before reading x (prepare failed): its reply says why
+        finally:
+            self._inbox.close()
+        try:
+            ok, value, trace = self._outbox.recv()
+        except EOFError:
+            self._proc.join()
+            raise RuntimeError(f"a report process died (exit code {self._proc.exitcode})") from None
+        self._proc.join()
+        if ok:
+            return value
+        raise value from RemoteTraceback(trace)
+
+    def __enter__(self) -> Child:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._proc is not None and self._proc.exitcode is None:
+            self._proc.kill()
+            self._proc.join()

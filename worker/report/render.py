@@ -137,21 +137,25 @@ def duplicate_pairs(report: Report, inputs: RenderInputs) -> dict[str, list]:
 
 
 def render_outputs(report: Report, inputs: RenderInputs, folder: Path) -> dict[str, Path]:
-    """Draw the figures (in forked processes, while WeasyPrint loads here), print report.pdf
-    and write report.json (last) into `folder`.
+    """Draw the figures, print report.pdf and write report.json (last) into `folder`.
 
-    Returns {figure key: PNG path}."""
-    from worker.report.figures import make_figures
+    A forked child loads WeasyPrint while the figures are drawn (in forked processes too),
+    then prints the PDF (worker.report.forked). Returns {figure key: PNG path}."""
+    from worker.report.forked import Child
     from worker.report.model import write_report_json
     from worker.report.pdf import prepare, render_pdf
 
-    data = FigureData(
-        scatter=inputs.scatter,
-        thumbnails=closest_and_farthest(report, inputs),
-        duplicate_pairs=duplicate_pairs(report, inputs),
-        adaptation=inputs.adaptation,
-    )
-    figures = make_figures(report, data, folder / "figures", meanwhile=prepare)
-    render_pdf(report, figures, folder / "report.pdf")
+    pdf_path = folder / "report.pdf"
+    with Child(prepare, lambda figures: render_pdf(report, figures, pdf_path)) as printer:
+        from worker.report.figures import make_figures
+
+        data = FigureData(
+            scatter=inputs.scatter,
+            thumbnails=closest_and_farthest(report, inputs),
+            duplicate_pairs=duplicate_pairs(report, inputs),
+            adaptation=inputs.adaptation,
+        )
+        figures = make_figures(report, data, folder / "figures")
+        printer.result(figures)
     write_report_json(report, folder / "report.json")
     return figures
