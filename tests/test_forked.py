@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import sys
 import time
+import types
 from concurrent.futures.process import BrokenProcessPool
 
 import pytest
@@ -142,6 +143,10 @@ def test_default_processes_falls_back_to_serial(monkeypatch):
     monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["fork", "spawn"])
     monkeypatch.setattr(sys, "platform", "darwin")
     assert forked.default_processes(10) == 1  # fork only on Linux
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert forked.can_fork()
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(is_initialized=lambda: True))
+    assert not forked.can_fork()  # a Ray driver never forks
 
 
 @needs_fork

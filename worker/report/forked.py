@@ -30,10 +30,14 @@ _TASKS: Sequence[Callable[[], Any]] = ()  # set in each child by _adopt, never i
 
 
 def can_fork() -> bool:
-    """Whether work may go to forked children: Linux with fork, and more than one core."""
+    """Whether work may go to forked children: Linux with fork, more than one core, and no
+    Ray connection in this process (a Ray driver that forks hangs in its next ray.get)."""
     if not sys.platform.startswith("linux"):
         return False
     if "fork" not in multiprocessing.get_all_start_methods():
+        return False
+    ray = sys.modules.get("ray")
+    if ray is not None and getattr(ray, "is_initialized", lambda: False)():
         return False
     return len(os.sched_getaffinity(0)) > 1
 

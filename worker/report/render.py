@@ -147,6 +147,7 @@ def render_outputs(report: Report, inputs: RenderInputs, folder: Path) -> dict[s
 
     pdf_path = folder / "report.pdf"
     with Child(prepare, lambda figures: render_pdf(report, figures, pdf_path)) as printer:
+        # after the fork: matplotlib loads here while WeasyPrint loads in the child
         from worker.report.figures import make_figures
 
         data = FigureData(
