@@ -277,3 +277,19 @@ def test_extractor_without_prepare_still_parallel(tmp_path):
     np.testing.assert_array_equal(seq.vectors, par.vectors)
     cached = _embed(images, hog, EmbeddingCache(str(tmp_path / "c")), batch_size=4)
     np.testing.assert_array_equal(cached.vectors, seq.vectors)
+
+
+def test_default_num_workers(monkeypatch):
+    """model.num_workers: a number as given; auto (the default) or no setting: one decode
+    thread per usable core, at most AUTO_MAX_WORKERS."""
+    from types import SimpleNamespace
+
+    from worker import embeddings
+
+    assert ModelConfig(name="hog").num_workers == "auto"
+    for cores, expected in [(1, 1), (2, 2), (16, embeddings.AUTO_MAX_WORKERS)]:
+        monkeypatch.setattr(embeddings.os, "sched_getaffinity", lambda _, c=cores: set(range(c)))
+        assert embeddings.default_num_workers(SimpleNamespace(num_workers="auto")) == expected
+        assert embeddings.default_num_workers(object()) == expected
+        assert embeddings.default_num_workers(SimpleNamespace(num_workers=3)) == 3
+        assert embeddings.default_num_workers(SimpleNamespace(num_workers=0)) == 0

@@ -6,6 +6,7 @@ import hashlib
 import io
 import itertools
 import logging
+import os
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -107,10 +108,19 @@ def prepare_or_skip(prepare, image) -> tuple[object, str | None]:
         return None, f"cannot preprocess ({err.__class__.__name__}: {err})"
 
 
+#: model.num_workers "auto": at most this many decode threads (8 fed an H100 3.8x faster than
+#: one thread did, benchmarks/GPU.md; the GIL limits what more threads add)
+AUTO_MAX_WORKERS = 8
+
+
 def default_num_workers(extractor=None) -> int:
-    """The extractor's `num_workers` (from model.num_workers) if it has one, else 2."""
+    """The extractor's `num_workers` (model.num_workers) when it is a number; "auto", or an
+    extractor without the setting: one thread per usable core, at most AUTO_MAX_WORKERS."""
     n = getattr(extractor, "num_workers", None)
-    return int(n) if n is not None else 2
+    if n is not None and n != "auto":
+        return int(n)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(AUTO_MAX_WORKERS, cores or 1))
 
 
 _END = object()

@@ -103,7 +103,8 @@ class ModelConfig(Strict):
     prompt: str | None = None
     image_size: int | None = Field(default=None, ge=8, le=4096)
     batch_size: int = Field(default=32, ge=1, le=4096)
-    num_workers: int = Field(default=2, ge=0, le=64)
+    #: decode threads; auto: one per usable core, at most 8 (embeddings.default_num_workers)
+    num_workers: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = "auto"
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
