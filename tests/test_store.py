@@ -398,6 +398,13 @@ def small_job(tmp_path_factory) -> Path:
     return root / "job.yaml"
 
 
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT at its default, whatever this process inherited (a
+    test suite started in the background of a non-interactive shell ignores SIGINT, and an
+    ignored SIGINT stays ignored across exec, so the CLI would never see it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(job: Path, out: str, env: dict) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "worker", "run", str(job), "--out", out, "--quiet"],
@@ -406,6 +413,7 @@ def _cli(job: Path, out: str, env: dict) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         cwd=job.parent,
+        preexec_fn=_default_sigint,
     )
 
 
