@@ -909,25 +909,33 @@ def _fix_small_prefix(
     limit: float,
     tau: float,
     tile_min: float | None = None,
+    row_min: torch.Tensor | None = None,
 ) -> bool:
     """_fix_small for a prefix: entries with d^2 < tau (|a|^2 + |b|^2) (norms of the first zp
     columns) are recomputed from direct differences of those columns. a_raw (r, z) / a_sq (r,)
-    are the tile's rows, b_raw / b_sq its columns. True if t changed."""
+    are the tile's rows, b_raw / b_sq its columns; row_min (r,): t's row minima if known.
+    True if t changed.
+
+    Past the tile test (min < limit) only rows whose minimum is below tau (|a_i|^2 + max |b|^2)
+    are scanned entry by entry: at low prefixes (z = 5) the tile test passes often while few
+    rows hold a near duplicate."""
     if (float(t.amin()) if tile_min is None else tile_min) >= limit:
         return False
     r, c = t.shape
+    low = t.amin(dim=1) if row_min is None else row_min
+    rows = torch.nonzero(low < (a_sq + float(b_sq.max())) * tau).squeeze(1)
     changed = False
     step = max(1, r // 4)
-    for r0 in range(0, r, step):
-        tr = t[r0 : r0 + step]
-        thr = (a_sq[r0 : r0 + step, None] + b_sq[None, :]).mul_(tau)
-        ri, ci = torch.nonzero(tr < thr, as_tuple=True)
+    for s0 in range(0, len(rows), step):
+        part = rows[s0 : s0 + step]
+        thr = (a_sq[part, None] + b_sq[None, :]).mul_(tau)
+        ri, ci = torch.nonzero(t.index_select(0, part) < thr, as_tuple=True)
         del thr
         hits = max(1, (step * c) // max(1, 2 * zp))
         for h in range(0, len(ri), hits):
-            rr, cc = ri[h : h + hits], ci[h : h + hits]
-            diff = a_raw[r0 + rr, :zp] - b_raw[cc, :zp]
-            tr[rr, cc] = diff.pow(2).sum(dim=1)
+            rr, cc = part[ri[h : h + hits]], ci[h : h + hits]
+            diff = a_raw[rr, :zp] - b_raw[cc, :zp]
+            t[rr, cc] = diff.pow(2).sum(dim=1)
             changed = True
     return changed
 
@@ -1007,6 +1015,7 @@ def _pair_pass(
                         limit,
                         tau,
                         tile_min,
+                        v,
                     )
                     if zp == near:
                         if changed:
