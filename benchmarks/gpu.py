@@ -160,6 +160,28 @@ def fused(n: int, cpu_rows: int) -> tuple[list[str], dict]:
     return lines, times
 
 
+def tile_budgets(n: int) -> list[str]:
+    """--quick: one prefix alone (z = 5, z = 25) and the five-prefix pass with the nearest P,
+    each with the former 256 MB tiles and with compute.memory_budget_mb auto (best of 2)."""
+    pl, sl = projected(n)
+    auto = engine.auto_memory_budget_mb(DEVICE)
+    engine.pair_pass(sl[:256], pl[:4096], prefixes=SWEEP, nearest=True, device=DEVICE)
+    lines = [f"card {torch.cuda.get_device_name(0) if DEVICE == 'cuda' else 'cpu'}, n = m = {n:,}"]
+    for budget in (256, auto):
+        for prefixes, near in (([5], False), ([25], False), (SWEEP, True)):
+            kw = {"prefixes": prefixes, "nearest": near, "memory_budget_mb": budget}
+
+            def run(kw=kw):
+                engine.pair_pass(sl, pl, precision="float32", device=DEVICE, **kw)
+
+            best = min(synced(run) for _ in range(2))
+            lines.append(
+                f"budget {budget:.0f} MB, prefixes {prefixes}, nearest {near}: {best:.2f} s"
+            )
+            print(lines[-1], flush=True)
+    return lines
+
+
 def embedding(images: int, workers: int, models: list[str]) -> list[str]:
     import embed
 
@@ -203,6 +225,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--models", default="small,base", help="embed.py models ('' skips)")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--quick", action="store_true", help="only the tile-budget grid, printed")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "GPU.md"))
     args = ap.parse_args()
     global DEVICE
@@ -210,6 +233,9 @@ def main() -> int:
     if DEVICE == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: this benchmark needs a GPU", file=sys.stderr)
         return 2
+    if args.quick:
+        tile_budgets(args.n)
+        return 0
     start = time.perf_counter()
     card = "none (smoke test on the CPU)"
     if DEVICE == "cuda":
