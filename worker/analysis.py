@@ -82,14 +82,9 @@ class ModelAnalysis:
 
 
 def _engine_kw(job: Job) -> dict:
-    from worker.devices import is_cpu, resolve_device
+    from worker.devices import device_name
 
-    field = "compute.device"
-    device = (
-        "cpu"
-        if is_cpu(job.compute.device, field)
-        else str(resolve_device(job.compute.device, field))
-    )
+    device = device_name(job.compute.device, "compute.device")
     budget = job.compute.memory_budget_mb
     return {
         "memory_budget_mb": engine.auto_memory_budget_mb(device) if budget == "auto" else budget,

@@ -4,9 +4,9 @@
 'cpu'; 'cuda' / 'cuda:N' only when that device exists. Anything else raises JobError naming
 `field`, so every stage refuses an impossible device the same way.
 
-`is_cpu(name, field)` answers the same question for 'cpu' without importing torch where the
-answer is certain ('cpu', or 'auto' on a machine without a GPU device node), so a CPU job
-that needs no model never pays torch's import.
+`device_name(name, field)` gives the same answer as a string ('cpu', 'cuda:0', ...) without
+importing torch where it is certain ('cpu', or 'auto' on a machine without a GPU device
+node), so a CPU job that needs no model never pays torch's import; `is_cpu` reads it.
 """
 
 from __future__ import annotations
@@ -27,13 +27,18 @@ def _gpu_node_present() -> bool:
     return any(glob.glob(pattern) for pattern in GPU_NODES)
 
 
-def is_cpu(name: str | torch.device | None = "auto", field: str = "device") -> bool:
-    """True when `name` resolves to the CPU (resolve_device's rule); imports torch only when
-    the setting could name a GPU that exists."""
+def device_name(name: str | torch.device | None = "auto", field: str = "device") -> str:
+    """str(resolve_device(name, field)); imports torch only when the setting could name a GPU
+    that exists."""
     text = "auto" if name is None else str(name).strip().lower()
     if text == "cpu" or (text == "auto" and not _gpu_node_present()):
-        return True
-    return resolve_device(name, field).type == "cpu"
+        return "cpu"
+    return str(resolve_device(name, field))
+
+
+def is_cpu(name: str | torch.device | None = "auto", field: str = "device") -> bool:
+    """True when `name` resolves to the CPU (device_name)."""
+    return device_name(name, field) == "cpu"
 
 
 def resolve_device(name: str | torch.device | None = "auto", field: str = "device") -> torch.device:

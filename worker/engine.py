@@ -402,11 +402,11 @@ def _fix_small(
 
 
 def _small_call(
-    a: np.ndarray, b: np.ndarray, memory_budget_mb: float, precision: str, device: str
+    m: int, n: int, z: int, memory_budget_mb: float, precision: str, device: str
 ) -> bool:
-    """True when a call on a (m, z) and b (n, z) takes the numpy path: m n z at most
+    """True when a call over m x n pairs of z columns takes the numpy path: m n z at most
     SMALL_CALL_ELEMENTS on the CPU. Checks the settings as the tiled path would."""
-    if len(a) * len(b) * max(1, np.shape(a)[-1]) > SMALL_CALL_ELEMENTS:
+    if m * n * max(1, z) > SMALL_CALL_ELEMENTS:
         return False
     if not is_cpu(device, "compute.device"):
         return False
@@ -580,7 +580,7 @@ def row_distance_sums(
     backend = _delegate(len(rows), len(cols))
     if backend is not None:
         return backend.row_distance_sums(rows, cols, **kw)
-    if _small_call(rows, cols, memory_budget_mb, precision, device):
+    if _small_call(len(rows), len(cols), rows.shape[1], memory_budget_mb, precision, device):
         (sq,) = _squared_by_columns(rows, cols, [rows.shape[1]])
         return np.sqrt(sq).sum(axis=1)
     return _row_distance_sums(rows, cols, **kw)
@@ -670,7 +670,9 @@ def nearest_distances(
     backend = _delegate(len(queries), len(points))
     if backend is not None:
         return backend.nearest_distances(queries, points, exclude_self=exclude_self, **kw)
-    if _small_call(queries, points, memory_budget_mb, precision, device):
+    if _small_call(
+        len(queries), len(points), queries.shape[1], memory_budget_mb, precision, device
+    ):
         z = queries.shape[1]
         (sq,) = _squared_by_columns(queries, points, [z])
         return _small_nearest(queries, points, sq, z, exclude_self)
@@ -825,7 +827,7 @@ def pair_pass(
     backend = _delegate(len(rows), len(cols))
     if backend is not None:
         return backend.pair_pass(rows, cols, prefixes=prefixes, nearest=nearest, **kw)
-    if _small_call(rows, cols, memory_budget_mb, precision, device):
+    if _small_call(len(rows), len(cols), rows.shape[1], memory_budget_mb, precision, device):
         return _small_pair_pass(rows, cols, *_prefix_plan(rows.shape[1], prefixes, nearest))
     return _pair_pass(rows, cols, prefixes=prefixes, nearest=nearest, **kw)
 
@@ -1073,7 +1075,7 @@ def kcenter_greedy(
         return []
     kw = {"memory_budget_mb": memory_budget_mb, "precision": precision, "device": device}
     n_centers = 0 if c_np is None else len(c_np)
-    if _small_call(x_np, np.empty((k + n_centers, x_np.shape[1])), **kw):
+    if _small_call(len(x_np), k + n_centers, x_np.shape[1], **kw):
         min_d = nearest_distances(x_np, c_np, **kw)[0] if n_centers else None
         return _small_kcenter(x_np, k, min_d)
     return _kcenter_greedy(x_np, k, c_np, **kw)
