@@ -1,6 +1,7 @@
 """Whole-job benchmark (issue 18): fused passes, precision, start-up, end-to-end, scale.
 
-    python benchmarks/e2e.py [--quick] [--big N] [--out benchmarks/RESULTS.md]
+    python benchmarks/e2e.py [--n N] [--big N] [--parts start_up,end_to_end] [--device cuda]
+                             [--out e2e.json]
 
 Every ratio is measured in this one run against a named baseline:
 
@@ -19,7 +20,7 @@ Every ratio is measured in this one run against a named baseline:
   (exact) when installed.
 - --big N: the same job at n = m = N: wall time and peak RSS of the job process.
 
-The results are appended as a dated section of benchmarks/RESULTS.md (--out).
+The results are written as JSON (--out); benchmarks/RESULTS.md holds their account.
 """
 
 from __future__ import annotations
@@ -61,11 +62,17 @@ def projected(n: int) -> tuple[np.ndarray, np.ndarray]:
     return pl, sl
 
 
+#: compute.device written into the jobs (--device); None leaves the default ("auto")
+JOB_DEVICE: str | None = None
+
+
 def write_job(folder: Path, n: int, precision: str | None = None) -> Path:
     p, s = features(n)
     np.save(folder / f"P{n}.npy", p)
     np.save(folder / f"S{n}.npy", s)
-    compute = f"compute: {{precision: {precision}}}\n" if precision else ""
+    settings = [f"precision: {precision}"] if precision else []
+    settings += [f"device: {JOB_DEVICE}"] if JOB_DEVICE else []
+    compute = f"compute: {{{', '.join(settings)}}}\n" if settings else ""
     job = folder / f"job{n}_{precision or 'default'}.yaml"
     job.write_text(
         "version: 1\nseed: 0\nmodel: {name: precomputed}\n"
@@ -233,29 +240,42 @@ def start_up(folder: Path) -> dict:
     return {"torch_s": torch_s, "job50_s": job_s, "imports_s": heavy}
 
 
+PARTS = ("start_up", "fused", "nearest", "end_to_end")
+
+
 def main() -> None:
+    global JOB_DEVICE
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--big", type=int, default=0, help="also run the job at n = m = BIG")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "e2e.json"))
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated of {PARTS}")
+    ap.add_argument("--device", default=None, help="compute.device of the jobs (default: auto)")
     args = ap.parse_args()
+    parts = [p for p in args.parts.split(",") if p]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        ap.error(f"--parts: unknown {unknown}; choose from {PARTS}")
+    JOB_DEVICE = args.device
     sys.path.insert(0, str(ROOT))
     started = time.time()
     results: dict = {
         "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "cpus": os.cpu_count(),
+        "job_device": args.device or "auto",
         "load_start": os.getloadavg()[0],
     }
     with tempfile.TemporaryDirectory(prefix="e2e-") as tmp:
         folder = Path(tmp)
-        results["start_up"] = start_up(folder)
-        print(json.dumps(results["start_up"]), flush=True)
-        results["fused"] = fused_and_precision(args.n)
-        print(json.dumps(results["fused"]), flush=True)
-        results["nearest"] = nearest_neighbours(args.n)
-        print(json.dumps(results["nearest"]), flush=True)
-        results["end_to_end"] = end_to_end(folder, 50, args.n, [None, "float64"])
-        print(json.dumps(results["end_to_end"]), flush=True)
+        steps = {
+            "start_up": lambda: start_up(folder),
+            "fused": lambda: fused_and_precision(args.n),
+            "nearest": lambda: nearest_neighbours(args.n),
+            "end_to_end": lambda: end_to_end(folder, 50, args.n, [None, "float64"]),
+        }
+        for part in parts:
+            results[part] = steps[part]()
+            print(json.dumps({part: results[part]}), flush=True)
         if args.big:
             job = write_job(folder, args.big)
             wall, rss = child_peak_rss([PY, "-m", "worker", "run", str(job)], folder)

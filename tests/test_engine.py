@@ -14,12 +14,15 @@ from worker.errors import JobError
 RNG = np.random.default_rng(20240611)
 
 
-@pytest.fixture(autouse=True, params=["tiled", "small"])
+@pytest.fixture(autouse=True, params=["numpy-tiles", "torch-tiles", "small"])
 def route(request, monkeypatch):
-    """Every test runs on both routes: the tiled torch path (forced for small inputs too) and
-    the numpy path small CPU calls take (SMALL_CALL_ELEMENTS)."""
-    if request.param == "tiled":
+    """Every test runs on the three CPU routes: numpy tiles (the CPU's tiled path), torch tiles
+    (the CUDA route's code, run on the CPU), both forced for small inputs too, and the direct
+    float64 differences that small CPU calls take (SMALL_CALL_ELEMENTS)."""
+    if request.param != "small":
         monkeypatch.setattr(engine, "SMALL_CALL_ELEMENTS", -1)
+    if request.param == "torch-tiles":
+        monkeypatch.setattr(engine, "CPU_TILES", "torch")
     return request.param
 
 
@@ -96,14 +99,14 @@ def test_row_sums_chunked_equals_unchunked(precision):
         s, p, memory_budget_mb=4096, precision=precision, device="cpu", workers=1
     )
     for budget, workers in [(0.003, 1), (0.003, 2), (0.02, 2), (1, 2), (256, 2)]:
-        plan = engine._plan(len(s), len(p), 8, budget, torch.device("cpu"), workers=workers)
+        plan = engine._plan(len(s), len(p), 8, budget, False, workers=workers)
         used = plan.tile_rows * (plan.tile_cols + 1) * plan.workers * 8 * engine.TILE_OVERHEAD
         assert used <= budget * 2**20
         part = engine._row_distance_sums(
             s, p, memory_budget_mb=budget, precision=precision, device="cpu", workers=workers
         )
         np.testing.assert_allclose(part, whole, rtol=1e-13 if precision == "float64" else 1e-6)
-    tiny = engine._plan(len(s), len(p), 8, 0.003, torch.device("cpu"), workers=2)
+    tiny = engine._plan(len(s), len(p), 8, 0.003, False, workers=2)
     assert tiny.tile_rows <= 4 and tiny.tile_cols < len(p)  # really many blocks
 
 
@@ -267,14 +270,15 @@ def test_tf32_disabled_on_cuda_and_restored():
 
 
 def test_cuda_plan_respects_budget():
-    plan = engine._plan(100_000, 100_000, 4, 64, torch.device("cuda"))
+    plan = engine._plan(100_000, 100_000, 4, 64, True)
     assert plan.workers == 1
     assert plan.tile_rows * plan.tile_cols * 4 * engine.TILE_OVERHEAD <= 64 * 2**20
     assert plan.tile_cols == engine.CUDA_TILE_COLS
 
 
-def test_public_calls_use_the_thread_pool(monkeypatch):
-    """The plan must see the caller's thread count, not the 1 set inside engine calls."""
+def test_public_calls_use_the_thread_pool(monkeypatch, route):
+    """The plan must see the caller's thread count (torch) or the cores (numpy), not the 1 set
+    inside engine calls."""
     seen = []
     real = engine._plan
 
@@ -293,12 +297,16 @@ def test_public_calls_use_the_thread_pool(monkeypatch):
         kcenter_greedy(x, 3, x[:400])
     finally:
         torch.set_num_threads(before)
-    assert seen == [2, 2, 2]
+    workers = 2 if route == "torch-tiles" else engine._cpu_count()
+    assert seen == [workers] * 3
     assert torch.get_num_threads() == before
 
 
 def test_threads_restored_after_pool():
+    from threadpoolctl import threadpool_info
+
     before = torch.get_num_threads()
+    blas_before = [lib["num_threads"] for lib in threadpool_info()]
     engine._row_distance_sums(
         RNG.standard_normal((600, 3)),
         RNG.standard_normal((50, 3)),
@@ -308,6 +316,7 @@ def test_threads_restored_after_pool():
         workers=2,
     )
     assert torch.get_num_threads() == before
+    assert [lib["num_threads"] for lib in threadpool_info()] == blas_before
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

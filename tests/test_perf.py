@@ -174,3 +174,31 @@ def test_robustness_rerun_embeds_nothing(tmp_path, monkeypatch):
     calls.clear()
     pipeline.run(job, out_dir=str(tmp_path / "out2"))
     assert sum(calls) == 0
+
+
+def test_cpu_tiles_do_not_import_torch():
+    """A CPU job's tiled calls (above SMALL_CALL_ELEMENTS) run in numpy: no torch import."""
+    from worker.devices import _gpu_node_present
+
+    if _gpu_node_present():
+        pytest.skip("compute.device 'auto' may name a GPU here")
+    code = (
+        "import sys, numpy as np\n"
+        "from worker import engine\n"
+        "x = np.random.default_rng(0).standard_normal((600, 20))\n"
+        "assert 600 * 600 * 20 > engine.SMALL_CALL_ELEMENTS\n"
+        "engine.row_distance_sums(x, x, device='auto')\n"
+        "engine.nearest_distances(x, x, exclude_self=True)\n"
+        "engine.pair_pass(x, x[:500], prefixes=[5, 20], nearest=10)\n"
+        "engine.kcenter_greedy(x, 5, x[:400], precision='float32')\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"

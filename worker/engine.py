@@ -1,4 +1,5 @@
-"""Blocked distance engine (torch, CPU or CUDA): row sums, nearest neighbours, k-center.
+"""Blocked distance engine (numpy on the CPU, torch on CUDA): row sums, nearest neighbours,
+k-center, fused passes.
 
 All inputs are (N, z) float arrays; nothing here builds an N x M matrix for large sets.
 
@@ -9,11 +10,12 @@ How it works (docs/method.md §8):
   ``[a, |a|^2, 1] @ [-2b, 1, |b|^2]^T = |a|^2 + |b|^2 - 2ab``. No negative rounding
   result reaches the square root (see the near-duplicate fix-up below).
 - The (m x n) distance matrix is visited in small cache-sized tiles (256 x 1024 by default)
-  that are reused from a per-thread buffer; on CPU the row blocks are spread over a pool of
-  ``torch.get_num_threads()`` Python threads, each running torch single-threaded (the ops
-  release the GIL). This beats one multi-threaded op per large chunk by a wide margin for
-  small z, because the tile stays in L2 between the GEMM, the sqrt and the row sum.
-  On CUDA one stream processes larger tiles.
+  that are reused from a per-thread buffer. On the CPU the tiles are numpy arrays and the row
+  blocks are spread over a pool of one Python thread per core, each running BLAS
+  single-threaded (GEMMs and ufuncs release the GIL); the tile stays in L2 between the GEMM,
+  the sqrt and the row sum. On CUDA one stream processes larger torch tiles. Both routes run
+  the same kernels through a small table of tile operations (_NumpyTiles, _TorchTiles);
+  CPU_TILES = "torch" runs the CUDA route's torch code on the CPU (the tests do).
 - ``memory_budget_mb`` bounds the tiles of all threads together, with their temporaries
   (``TILE_OVERHEAD`` x the tile bytes); besides them the engine holds one copy of the inputs
   in the working precision (O((n + m) z)), never O(n m).
@@ -22,16 +24,17 @@ How it works (docs/method.md §8):
   tile finds out cheaply whether a tile has any.
 - Row sums are reduced per tile in the working precision and accumulated across tiles in
   float64. Nearest-neighbour distances are recomputed exactly in float64 for the chosen
-  neighbour. k-center uses fused direct differences (``cdist`` without the GEMM trick).
+  neighbour. k-center uses direct differences (no GEMM trick).
 - TF32 is switched off for these matmuls on CUDA (and restored afterwards).
-- Small calls on the CPU (at most SMALL_CALL_ELEMENTS = pairs x columns) skip all of this:
-  numpy float64 direct differences, exact, and torch is imported only by the first call
-  that needs it, so a small CPU job never pays its import.
+- Small calls on the CPU (at most SMALL_CALL_ELEMENTS = pairs x columns) skip the tiles:
+  numpy float64 direct differences, exact. A CPU job never imports torch; torch is imported
+  by the first call that runs on CUDA.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -79,7 +82,7 @@ _PRECISIONS = ("float32", "float64")
 #: every exact duplicate falls below tau; above it a pair's d^2 keeps a relative error below
 #: ~1e-4 (float32). 1e-2 made low-dimensional prefixes (z = 5) recompute many tiles: 2x
 #: slower fused passes for no change in I_dist (benchmarks/RESULTS.md, issue 18).
-_TAU = {"torch.float32": 1e-3, "torch.float64": 1e-4}
+_TAU = {"float32": 1e-3, "float64": 1e-4}
 #: CPU calls with at most this many (pairs x columns) values run by direct differences in
 #: numpy float64 (exact; no tiles, no torch)
 SMALL_CALL_ELEMENTS = 1 << 22
@@ -113,12 +116,6 @@ def resolve_precision(precision: str, distances: int) -> str:
     if precision != "auto":
         return precision
     return "float32" if distances >= AUTO_FLOAT32_MIN_DISTANCES else "float64"
-
-
-def _dtype(precision: str, distances: int = 0) -> torch.dtype:
-    """The tile dtype: float32, float64, or for "auto" float32 when the call computes at least
-    AUTO_FLOAT32_MIN_DISTANCES distances and float64 below that."""
-    return getattr(torch, _precision_name(precision, distances))
 
 
 def _precision_name(precision: str, distances: int = 0) -> str:
@@ -180,28 +177,21 @@ def _joint_mean(arrays: list[np.ndarray]) -> np.ndarray:
     return acc / total
 
 
-def _centred(
-    x: np.ndarray, mean: np.ndarray, dtype: torch.dtype, device: torch.device, *, augment: str
-) -> torch.Tensor:
-    """(x - mean) in `dtype` on `device`, with two extra columns for the GEMM trick.
-
-    augment='rows' -> [a, |a|^2, 1]; augment='cols' -> [-2b, 1, |b|^2];
+def _centred(x: np.ndarray, mean: np.ndarray, dtype: str, *, augment: str) -> np.ndarray:
+    """(x - mean) in `dtype` ('float32' / 'float64'), with two extra columns for the GEMM
+    trick: augment='rows' -> [a, |a|^2, 1]; augment='cols' -> [-2b, 1, |b|^2];
     augment='none' -> a. Converted in row chunks so no full float64 temporary is made.
-    The squared norms are taken in float64 from the already rounded values.
-    """
+    The squared norms are taken in float64 from the already rounded values."""
     n, z = x.shape
     extra = 0 if augment == "none" else 2
-    out = torch.empty((n, z + extra), dtype=dtype, device=device)
+    out = np.empty((n, z + extra), dtype=dtype)
     step = max(1, (32 * 1024 * 1024) // max(1, 8 * z))
     for s in range(0, n, step):
-        # writable (a copy only if x is read-only, e.g. an array from Ray's object store)
-        part = np.require(x[s : s + step], dtype=np.float64, requirements="W")
-        chunk = torch.as_tensor(part, device=device)
-        chunk = (chunk - torch.as_tensor(mean, device=device)).to(dtype)
+        chunk = (np.asarray(x[s : s + step], dtype=np.float64) - mean).astype(dtype)
         if augment == "none":
             out[s : s + step] = chunk
             continue
-        sq = chunk.double().pow(2).sum(dim=1).to(dtype)
+        sq = np.einsum("ij,ij->i", chunk, chunk, dtype=np.float64).astype(dtype)
         if augment == "rows":
             out[s : s + step, :z] = chunk
             out[s : s + step, z] = sq
@@ -239,25 +229,26 @@ def _plan(
     n_cols: int,
     itemsize: int,
     memory_budget_mb: float,
-    device: torch.device,
+    cuda: bool,
     *,
     workers: int | None = None,
 ) -> _Plan:
-    """Tile shape and thread count such that all tiles together stay within the budget."""
+    """Tile shape and thread count such that all tiles together stay within the budget.
+    workers: CPU threads (None: one per core)."""
     _check_budget(memory_budget_mb)
     budget = float(memory_budget_mb) * 1024 * 1024
     n_rows, n_cols = max(1, n_rows), max(1, n_cols)
     # bytes per tile element: the tile itself plus temporaries that are at most as large
     # (near-duplicate fix-up: thresholds, mask, gathered rows; argmin on a row subset)
     per_elem = TILE_OVERHEAD * itemsize
-    if device.type == "cuda":
+    if cuda:
         workers = 1
         elems = max(1, int(budget // per_elem))
         cols = min(n_cols, CUDA_TILE_COLS, elems)
         rows = min(n_rows, max(1, elems // cols))
     else:
         if workers is None:
-            workers = _available_threads()
+            workers = _cpu_count()
         # per worker: one tile plus one row vector; never below MIN_TILE values
         elems = max(MIN_TILE, int(budget // (workers * per_elem)))
         cols = min(n_cols, CPU_TILE_COLS, max(MIN_TILE, elems // 4))
@@ -296,31 +287,216 @@ def _available_threads() -> int:
     return max(1, _OUTER_THREADS[0] if _OUTER_THREADS else torch.get_num_threads())
 
 
+def _cpu_count() -> int:
+    """The cores this process may run on (its affinity mask)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+# --------------------------------------------------------------------------- tile operations
+
+
+class _NumpyTiles:
+    """Tile operations on numpy arrays: the CPU route (no torch import; benchmarks/RESULTS.md,
+    session 5: 30% faster than torch's CPU ops on these small tiles). Row blocks run in a
+    thread pool with BLAS single-threaded (numpy releases the GIL in GEMMs and ufuncs)."""
+
+    cuda = False
+    #: addmm goes through a scratch tile (numpy's matmul has no accumulate)
+    addmm_scratch = True
+
+    def dtype(self, name: str) -> np.dtype:
+        return np.dtype(name)
+
+    def asarray(self, x: np.ndarray) -> np.ndarray:
+        return x
+
+    def to_numpy(self, x: np.ndarray) -> np.ndarray:
+        return x
+
+    def full(self, n: int, value: float, dtype) -> np.ndarray:
+        return np.full(n, value, dtype=dtype)
+
+    def empty(self, n: int, dtype) -> np.ndarray:
+        return np.empty(n, dtype=dtype)
+
+    def tile(self, buf: np.ndarray, r: int, c: int) -> np.ndarray:
+        return buf[: r * c].reshape(r, c)
+
+    def mm(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+        """out = a @ b.T (b holds the column side row-wise)."""
+        np.matmul(a, b.T, out=out)
+
+    def addmm(self, t: np.ndarray, a: np.ndarray, b: np.ndarray, scratch: np.ndarray) -> None:
+        """t += a @ b.T, through `scratch` (same shape as t)."""
+        np.matmul(a, b.T, out=scratch)
+        t += scratch
+
+    def row_min(self, t: np.ndarray) -> np.ndarray:
+        return t.min(axis=1)
+
+    def sqrt_(self, t: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        return np.sqrt(t, out=t if out is None else out)
+
+    def row_sum(self, t: np.ndarray, out: np.ndarray) -> None:
+        np.sum(t, axis=1, out=out)
+
+    def nonzero(self, mask: np.ndarray) -> tuple[np.ndarray, ...]:
+        return np.nonzero(mask)
+
+    def argmin_rows(self, t: np.ndarray) -> np.ndarray:
+        return t.argmin(axis=1)
+
+    def sq_sum_rows(self, d: np.ndarray) -> np.ndarray:
+        return np.einsum("ij,ij->i", d, d)
+
+    def fill_diagonal(self, t: np.ndarray, offset: int, value: float) -> None:
+        i = np.arange(max(0, -offset), min(t.shape[0], t.shape[1] - offset))
+        t[i, i + offset] = value
+
+    def point_distances(self, x: np.ndarray, point: np.ndarray) -> np.ndarray:
+        """||x_i - point|| by direct differences in x's precision, as float64."""
+        diff = x - point
+        return np.sqrt(np.einsum("ij,ij->i", diff, diff)).astype(np.float64)
+
+    def argmax(self, x: np.ndarray) -> int:
+        return int(np.argmax(x))
+
+    def minimum_(self, x: np.ndarray, y: np.ndarray) -> None:
+        np.minimum(x, y, out=x)
+
+    @contextmanager
+    def single_threaded(self) -> Iterator[None]:
+        """BLAS on one thread for the call: the row-block pool gives the parallelism."""
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+
+    def thread_setup(self) -> None:
+        pass
+
+    def workers(self) -> int:
+        return _cpu_count()
+
+    @contextmanager
+    def exact_matmul(self) -> Iterator[None]:
+        yield
+
+
+class _TorchTiles:
+    """The same operations on torch tensors: the CUDA route (and the CPU, when CPU_TILES is
+    "torch", which runs the CUDA code path without a GPU)."""
+
+    addmm_scratch = False
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.cuda = device.type == "cuda"
+
+    def dtype(self, name: str) -> torch.dtype:
+        return getattr(torch, name)
+
+    def asarray(self, x: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(x, device=self.device)
+
+    def to_numpy(self, x: torch.Tensor) -> np.ndarray:
+        return x.cpu().numpy()
+
+    def full(self, n: int, value: float, dtype) -> torch.Tensor:
+        return torch.full((n,), value, dtype=dtype, device=self.device)
+
+    def empty(self, n: int, dtype) -> torch.Tensor:
+        return torch.empty(n, dtype=dtype, device=self.device)
+
+    def tile(self, buf: torch.Tensor, r: int, c: int) -> torch.Tensor:
+        return buf[: r * c].view(r, c)
+
+    def mm(self, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
+        torch.mm(a, b.t(), out=out)
+
+    def addmm(self, t: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scratch) -> None:
+        t.addmm_(a, b.t())
+
+    def row_min(self, t: torch.Tensor) -> torch.Tensor:
+        return t.amin(dim=1)
+
+    def sqrt_(self, t: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return t.sqrt_() if out is None else torch.sqrt(t, out=out)
+
+    def row_sum(self, t: torch.Tensor, out: torch.Tensor) -> None:
+        torch.sum(t, dim=1, out=out)
+
+    def nonzero(self, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return torch.nonzero(mask, as_tuple=True)
+
+    def argmin_rows(self, t: torch.Tensor) -> torch.Tensor:
+        return t.argmin(dim=1)
+
+    def sq_sum_rows(self, d: torch.Tensor) -> torch.Tensor:
+        return d.pow(2).sum(dim=1)
+
+    def fill_diagonal(self, t: torch.Tensor, offset: int, value: float) -> None:
+        t.diagonal(offset=offset).fill_(value)
+
+    def point_distances(self, x: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
+        d = torch.cdist(x, point[None, :], compute_mode="donot_use_mm_for_euclid_dist")
+        return d.squeeze(1).double()
+
+    def argmax(self, x: torch.Tensor) -> int:
+        return int(torch.argmax(x))
+
+    def minimum_(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        torch.minimum(x, y, out=x)
+
+    def single_threaded(self):
+        return _single_threaded(self.device)
+
+    def thread_setup(self) -> None:
+        torch.set_num_threads(1)
+
+    def workers(self) -> int:
+        return _available_threads()
+
+    def exact_matmul(self):
+        return _no_tf32(self.device)
+
+
+#: the CPU's tile route: "numpy" (the default; no torch import) or "torch" (the CUDA route's
+#: torch code on the CPU: the tests run it so the CUDA kernels are covered without a GPU)
+CPU_TILES = "numpy"
+_NUMPY_TILES = _NumpyTiles()
+
+
+def _tile_ops(device: str | torch.device) -> _NumpyTiles | _TorchTiles:
+    """The tile operations for `device` (compute.device): numpy on the CPU (unless CPU_TILES
+    says torch), torch on CUDA."""
+    if CPU_TILES == "numpy" and is_cpu(device, "compute.device"):
+        return _NUMPY_TILES
+    return _TorchTiles(resolve_device(device))
+
+
 def _cpu_single_threaded(fn: Callable) -> Callable:
-    """Run the whole call with one torch thread in the calling thread (see _single_threaded);
-    the parallelism comes from the row-block pool, not from OpenMP inside small ops."""
+    """Run the whole call with single-threaded ops in the calling thread (torch intra-op
+    threads, or BLAS threads for numpy); the parallelism comes from the row-block pool."""
 
     @functools.wraps(fn)
     def wrapper(*args, device: str = "cpu", **kwargs):
-        with _single_threaded(resolve_device(device)):
+        with _tile_ops(device).single_threaded():
             return fn(*args, device=device, **kwargs)
 
     return wrapper
 
 
-def _run_row_blocks(
-    n_rows: int,
-    plan: _Plan,
-    device: torch.device,
-    make_buffer: Callable[[], torch.Tensor],
-    fn: Callable,
-) -> None:
-    """Call fn(start, stop, buffer) for each row block; on CPU spread over a thread pool.
+def _run_row_blocks(n_rows: int, plan: _Plan, ops, make_buffer: Callable, fn: Callable) -> None:
+    """Call fn(start, stop, buffer) for each row block; on the CPU spread over a thread pool.
 
-    On CPU every tile runs torch single-threaded (several threads on one small tile cost
-    more in wake-ups than they gain), and the row blocks are shared by `plan.workers` Python
-    threads; the process-wide torch thread count is restored afterwards, and such calls are
-    serialised by a lock. On CUDA the blocks run in order on the current stream.
+    On the CPU every tile runs single-threaded (several threads on one small tile cost more in
+    wake-ups than they gain) and the row blocks are shared by `plan.workers` Python threads;
+    the process-wide thread settings are restored afterwards. On CUDA the blocks run in order
+    on the current stream.
     """
     starts = list(range(0, n_rows, plan.tile_rows))
 
@@ -329,7 +505,7 @@ def _run_row_blocks(
         for s in starts:
             fn(s, min(s + plan.tile_rows, n_rows), buf)
 
-    if device.type != "cpu":
+    if ops.cuda:
         serial()
         return
 
@@ -337,12 +513,12 @@ def _run_row_blocks(
 
     def task(s: int) -> None:
         if not getattr(local, "ready", False):
-            torch.set_num_threads(1)
+            ops.thread_setup()
             local.buf = make_buffer()
             local.ready = True
         fn(s, min(s + plan.tile_rows, n_rows), local.buf)
 
-    with _single_threaded(device):
+    with ops.single_threaded():
         if plan.workers <= 1 or len(starts) <= 1:
             serial()
         else:
@@ -351,26 +527,13 @@ def _run_row_blocks(
                     pass
 
 
-def _tile(buf: torch.Tensor, r: int, c: int) -> torch.Tensor:
-    """A contiguous (r, c) view of the flat buffer."""
-    return buf[: r * c].view(r, c)
-
-
-def _col_sq_max(b: torch.Tensor, tile_cols: int) -> list[float]:
+def _col_sq_max(b, tile_cols: int) -> list[float]:
     """Largest |b|^2 within each column tile (for the cheap near-duplicate test)."""
     sq = b[:, -1]
     return [float(sq[c : c + tile_cols].max()) for c in range(0, sq.shape[0], tile_cols)]
 
 
-def _fix_small(
-    t: torch.Tensor,
-    ai: torch.Tensor,
-    b: torch.Tensor,
-    c0: int,
-    limit: float,
-    tau: float,
-    tile_min: float | None = None,
-) -> bool:
+def _fix_small(ops, t, ai, b, c0: int, limit: float, tau: float, tile_min=None) -> bool:
     """Replace squared distances of near-duplicate pairs in the tile by exact ones.
 
     |a|^2 + |b|^2 - 2ab loses about log10(S / d^2) digits where S = |a|^2 + |b|^2; entries
@@ -378,7 +541,7 @@ def _fix_small(
     close pairs keep full relative precision. `limit` bounds tau * S over the tile, so the
     common case costs one min-reduction (or none, given `tile_min`). True if t changed.
     """
-    if (float(t.amin()) if tile_min is None else tile_min) >= limit:
+    if (float(t.min()) if tile_min is None else tile_min) >= limit:
         return False
     z = ai.shape[1] - 2
     r, c = t.shape
@@ -386,14 +549,15 @@ def _fix_small(
     step = max(1, r // 4)  # temporaries stay below the tile's own size
     for r0 in range(0, r, step):
         tr = t[r0 : r0 + step]
-        thr = (ai[r0 : r0 + step, z : z + 1] + b[c0 : c0 + c, z + 1]).mul_(tau)
-        ri, ci = torch.nonzero(tr < thr, as_tuple=True)
+        thr = ai[r0 : r0 + step, z : z + 1] + b[c0 : c0 + c, z + 1]
+        thr *= tau
+        ri, ci = ops.nonzero(tr < thr)
         del thr
         hits = max(1, (step * c) // max(1, 2 * z))
         for h in range(0, len(ri), hits):
             rr, cc = ri[h : h + hits], ci[h : h + hits]
             diff = ai[r0 + rr, :z] + 0.5 * b[c0 + cc, :z]  # a - b, as b holds -2b
-            tr[rr, cc] = diff.pow(2).sum(dim=1)
+            tr[rr, cc] = ops.sq_sum_rows(diff)
             changed = True
     return changed
 
@@ -600,23 +764,25 @@ def _row_distance_sums(
     a_np, b_np = as_matrix(rows, "rows"), as_matrix(cols, "cols")
     check_pair(a_np, b_np, "rows", "cols")
     m, n = len(a_np), len(b_np)
-    dtype, dev = _dtype(precision, m * n), resolve_device(device)
-    out = torch.zeros(m, dtype=torch.float64, device=dev)
+    ops, name = _tile_ops(device), _precision_name(precision, m * n)
+    dtype = ops.dtype(name)
+    out = ops.full(m, 0.0, ops.dtype("float64"))
     if m == 0 or n == 0:
-        return out.cpu().numpy()
+        return ops.to_numpy(out)
     mean = call_center(a_np, b_np) if center is None else np.array(center, dtype=np.float64)
-    a = _centred(a_np, mean, dtype, dev, augment="rows")
-    b = _centred(b_np, mean, dtype, dev, augment="cols")  # (n, z+2); mm with b.T views
-    plan = _plan(m, n, a.element_size(), memory_budget_mb, dev, workers=workers)
+    a = ops.asarray(_centred(a_np, mean, name, augment="rows"))
+    b = ops.asarray(_centred(b_np, mean, name, augment="cols"))  # (n, z+2); mm with b.T
+    workers = ops.workers() if workers is None else workers
+    plan = _plan(m, n, np.dtype(name).itemsize, memory_budget_mb, ops.cuda, workers=workers)
     tr, tc = plan.tile_rows, plan.tile_cols
 
-    def make_buffer() -> torch.Tensor:
-        return torch.empty(tr * tc + tr, dtype=dtype, device=dev)
+    def make_buffer():
+        return ops.empty(tr * tc + tr, dtype)
 
-    tau = _TAU[str(dtype)]
+    tau = _TAU[name]
     col_max = _col_sq_max(b, tc)
 
-    def block(s: int, e: int, buf: torch.Tensor) -> None:
+    def block(s: int, e: int, buf) -> None:
         r = e - s
         ai = a[s:e]
         row_max = float(ai[:, -2].max())
@@ -624,18 +790,18 @@ def _row_distance_sums(
         total = out[s:e]
         for k, c0 in enumerate(range(0, n, tc)):
             c1 = min(c0 + tc, n)
-            t = _tile(buf, r, c1 - c0)
-            torch.mm(ai, b[c0:c1].t(), out=t)
+            t = ops.tile(buf, r, c1 - c0)
+            ops.mm(ai, b[c0:c1], out=t)
             # after the fix-up every entry is >= 0 (entries below tau * S were recomputed
             # exactly, the others are >= tau * S >= 0), so no clamp pass is needed
-            _fix_small(t, ai, b, c0, tau * (row_max + col_max[k]), tau)
-            t.sqrt_()
-            torch.sum(t, dim=1, out=acc)
-            total.add_(acc)
+            _fix_small(ops, t, ai, b, c0, tau * (row_max + col_max[k]), tau)
+            ops.sqrt_(t)
+            ops.row_sum(t, out=acc)
+            total += acc
 
-    with _no_tf32(dev):
-        _run_row_blocks(m, plan, dev, make_buffer, block)
-    return out.cpu().numpy()
+    with ops.exact_matmul():
+        _run_row_blocks(m, plan, ops, make_buffer, block)
+    return ops.to_numpy(out)
 
 
 def nearest_distances(
@@ -679,17 +845,17 @@ def nearest_distances(
     return _nearest_distances(queries, points, exclude_self=exclude_self, **kw)
 
 
-def _take_better(t: torch.Tensor, v: torch.Tensor, bv, bi, c0: int) -> None:
+def _take_better(ops, t, v, bv, bi, c0: int) -> None:
     """Rows of tile `t` (columns from c0) whose minimum `v` beats the best so far `bv`: update
     `bv` and the column index `bi`. Strict <, so earlier columns win ties; the (slow) argmin
     runs only on the rows this tile improves, or on the whole tile when many do."""
     better = v < bv
     if bool(better.any()):
-        rows = better.nonzero().squeeze(1)
+        (rows,) = ops.nonzero(better)
         if len(rows) > t.shape[0] // 4:
-            ix = t.argmin(dim=1).index_select(0, rows)
+            ix = ops.argmin_rows(t)[rows]
         else:
-            ix = t.index_select(0, rows).argmin(dim=1)
+            ix = ops.argmin_rows(t[rows])
         bi[rows] = ix + c0
         bv[rows] = v[rows]
 
@@ -710,50 +876,52 @@ def _nearest_distances(
     q_np, p_np = as_matrix(queries, "queries"), as_matrix(points, "points")
     check_pair(q_np, p_np, "queries", "points")
     m, n = len(q_np), len(p_np)
-    dtype, dev = _dtype(precision, m * n), resolve_device(device)
-    best = torch.full((m,), float("inf"), dtype=dtype, device=dev)
-    best_idx = torch.full((m,), -1, dtype=torch.int64, device=dev)
+    ops, name = _tile_ops(device), _precision_name(precision, m * n)
+    dtype = ops.dtype(name)
+    best = ops.full(m, float("inf"), dtype)
+    best_idx = ops.full(m, -1, ops.dtype("int64"))
     if m and n:
         if center is not None:
             mean = np.array(center, dtype=np.float64)
         else:
             mean = call_center(p_np) if exclude_self else call_center(q_np, p_np)
-        a = _centred(q_np, mean, dtype, dev, augment="rows")
-        b = _centred(p_np, mean, dtype, dev, augment="cols")
-        plan = _plan(m, n, a.element_size(), memory_budget_mb, dev, workers=workers)
+        a = ops.asarray(_centred(q_np, mean, name, augment="rows"))
+        b = ops.asarray(_centred(p_np, mean, name, augment="cols"))
+        workers = ops.workers() if workers is None else workers
+        plan = _plan(m, n, np.dtype(name).itemsize, memory_budget_mb, ops.cuda, workers=workers)
         tr, tc = plan.tile_rows, plan.tile_cols
         inf = float("inf")
 
-        def make_buffer() -> torch.Tensor:
-            return torch.empty(tr * tc, dtype=dtype, device=dev)
+        def make_buffer():
+            return ops.empty(tr * tc, dtype)
 
-        tau = _TAU[str(dtype)]
+        tau = _TAU[name]
         col_max = _col_sq_max(b, tc)
 
-        def block(s: int, e: int, buf: torch.Tensor) -> None:
+        def block(s: int, e: int, buf) -> None:
             r = e - s
             ai = a[s:e]
             row_max = float(ai[:, -2].max())
             bv, bi = best[s:e], best_idx[s:e]
             for k, c0 in enumerate(range(0, n, tc)):
                 c1 = min(c0 + tc, n)
-                t = _tile(buf, r, c1 - c0)
-                torch.mm(ai, b[c0:c1].t(), out=t)
+                t = ops.tile(buf, r, c1 - c0)
+                ops.mm(ai, b[c0:c1], out=t)
                 g0, g1 = row_offset + s, row_offset + e  # this tile's rows in the whole call
                 if exclude_self and c0 < g1 and g0 < c1:
-                    t.diagonal(offset=g0 - c0).fill_(inf)
-                # amin is a fast vectorised reduction; the (slow) argmin only runs on the
-                # rows this tile improves, which are few once the first tiles are done
-                v = t.amin(dim=1)
+                    ops.fill_diagonal(t, g0 - c0, inf)
+                # the row minimum is a fast vectorised reduction; the (slow) argmin only runs
+                # on the rows this tile improves, which are few once the first tiles are done
+                v = ops.row_min(t)
                 limit = tau * (row_max + col_max[k])
-                if _fix_small(t, ai, b, c0, limit, tau, tile_min=float(v.min())):
-                    v = t.amin(dim=1)
-                _take_better(t, v, bv, bi, c0)
+                if _fix_small(ops, t, ai, b, c0, limit, tau, tile_min=float(v.min())):
+                    v = ops.row_min(t)
+                _take_better(ops, t, v, bv, bi, c0)
 
-        with _no_tf32(dev):
-            _run_row_blocks(m, plan, dev, make_buffer, block)
+        with ops.exact_matmul():
+            _run_row_blocks(m, plan, ops, make_buffer, block)
 
-    idx = best_idx.cpu().numpy()
+    idx = np.asarray(ops.to_numpy(best_idx), dtype=np.int64)
     return _neighbour_distances(q_np, p_np, idx, q_np.shape[1]), idx
 
 
@@ -877,41 +1045,41 @@ def self_pass(
 
 
 def _group_blocks(
-    x: np.ndarray, mean: np.ndarray, bounds: list[int], dtype, dev, *, side: str
-) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+    x: np.ndarray, mean: np.ndarray, bounds: list[int], dtype: str, ops, *, side: str
+) -> tuple[Any, list[Any], Any]:
     """Centred x in `dtype` (N, z), its augmented column groups, and the cumulative squared
-    norms per prefix (N, groups) (float64 sums of the rounded values, stored in `dtype`).
-
-    side='rows': group g -> [a_g, |a_g|^2, 1]; side='cols': [-2 b_g, 1, |b_g|^2]."""
-    raw = _centred(x, mean, dtype, dev, augment="none")
+    norms per prefix (N, groups) (float64 sums of the rounded values, stored in `dtype`), as
+    `ops` arrays. side='rows': group g -> [a_g, |a_g|^2, 1]; side='cols': [-2 b_g, 1, |b_g|^2]."""
+    raw = _centred(x, mean, dtype, augment="none")
     groups, cums = [], []
-    cum = torch.zeros(len(raw), dtype=torch.float64, device=dev)
+    cum = np.zeros(len(raw), dtype=np.float64)
+    one = np.ones((len(raw), 1), dtype=dtype)
     for lo, hi in zip([0, *bounds[:-1]], bounds, strict=True):
         part = raw[:, lo:hi]
-        sq64 = part.double().pow(2).sum(dim=1)
-        sq = sq64.to(dtype)
-        cum = cum + sq.double()
-        cums.append(cum.to(dtype))
-        one = torch.ones(len(raw), 1, dtype=dtype, device=dev)
+        sq = np.einsum("ij,ij->i", part, part, dtype=np.float64).astype(dtype)
+        cum = cum + sq
+        cums.append(cum.astype(dtype))
         if side == "rows":
-            groups.append(torch.cat([part, sq[:, None], one], dim=1).contiguous())
+            group = np.concatenate([part, sq[:, None], one], axis=1)
         else:
-            groups.append(torch.cat([part * -2.0, one, sq[:, None]], dim=1).contiguous())
-    sq_all = torch.stack(cums, dim=1) if cums else torch.zeros(len(raw), 0, dtype=dtype)
-    return raw, groups, sq_all
+            group = np.concatenate([part * -2.0, one, sq[:, None]], axis=1)
+        groups.append(ops.asarray(group))
+    sq_all = np.stack(cums, axis=1) if cums else np.zeros((len(raw), 0), dtype=dtype)
+    return ops.asarray(raw), groups, ops.asarray(sq_all)
 
 
 def _fix_small_prefix(
-    t: torch.Tensor,
-    a_raw: torch.Tensor,
-    a_sq: torch.Tensor,
-    b_raw: torch.Tensor,
-    b_sq: torch.Tensor,
+    ops,
+    t,
+    a_raw,
+    a_sq,
+    b_raw,
+    b_sq,
     zp: int,
     limit: float,
     tau: float,
     tile_min: float | None = None,
-    row_min: torch.Tensor | None = None,
+    row_min=None,
 ) -> bool:
     """_fix_small for a prefix: entries with d^2 < tau (|a|^2 + |b|^2) (norms of the first zp
     columns) are recomputed from direct differences of those columns. a_raw (r, z) / a_sq (r,)
@@ -921,23 +1089,24 @@ def _fix_small_prefix(
     Past the tile test (min < limit) only rows whose minimum is below tau (|a_i|^2 + max |b|^2)
     are scanned entry by entry: at low prefixes (z = 5) the tile test passes often while few
     rows hold a near duplicate."""
-    if (float(t.amin()) if tile_min is None else tile_min) >= limit:
+    if (float(t.min()) if tile_min is None else tile_min) >= limit:
         return False
     r, c = t.shape
-    low = t.amin(dim=1) if row_min is None else row_min
-    rows = torch.nonzero(low < (a_sq + float(b_sq.max())) * tau).squeeze(1)
+    low = ops.row_min(t) if row_min is None else row_min
+    (rows,) = ops.nonzero(low < (a_sq + float(b_sq.max())) * tau)
     changed = False
     step = max(1, r // 4)
     for s0 in range(0, len(rows), step):
         part = rows[s0 : s0 + step]
-        thr = (a_sq[part, None] + b_sq[None, :]).mul_(tau)
-        ri, ci = torch.nonzero(t.index_select(0, part) < thr, as_tuple=True)
+        thr = a_sq[part, None] + b_sq[None, :]
+        thr *= tau
+        ri, ci = ops.nonzero(t[part] < thr)
         del thr
         hits = max(1, (step * c) // max(1, 2 * zp))
         for h in range(0, len(ri), hits):
             rr, cc = part[ri[h : h + hits]], ci[h : h + hits]
             diff = a_raw[rr, :zp] - b_raw[cc, :zp]
-            t[rr, cc] = diff.pow(2).sum(dim=1)
+            t[rr, cc] = ops.sq_sum_rows(diff)
             changed = True
     return changed
 
@@ -958,56 +1127,63 @@ def _pair_pass(
     a_np, b_np = as_matrix(rows, "rows"), as_matrix(cols, "cols")
     check_pair(a_np, b_np, "rows", "cols")
     m, n = len(a_np), len(b_np)
-    dtype, dev = _dtype(precision, m * n), resolve_device(device)
+    ops, name = _tile_ops(device), _precision_name(precision, m * n)
+    dtype = ops.dtype(name)
     sums_at, near = _prefix_plan(a_np.shape[1], prefixes, nearest)
     bounds = sorted({*sums_at, *([near] if near is not None else [])})
-    out = {p: torch.zeros(m, dtype=torch.float64, device=dev) for p in sums_at}
-    best = torch.full((m,), float("inf"), dtype=dtype, device=dev)
-    best_idx = torch.full((m,), -1, dtype=torch.int64, device=dev)
+    out = {p: ops.full(m, 0.0, ops.dtype("float64")) for p in sums_at}
+    best = ops.full(m, float("inf"), dtype)
+    best_idx = ops.full(m, -1, ops.dtype("int64"))
     if m and n and bounds:
         mean = call_center(a_np, b_np) if center is None else np.array(center, dtype=np.float64)
         mean = mean[: bounds[-1]]
         a_raw, a_groups, a_sq = _group_blocks(
-            a_np[:, : bounds[-1]], mean, bounds, dtype, dev, side="rows"
+            a_np[:, : bounds[-1]], mean, bounds, name, ops, side="rows"
         )
         b_raw, b_groups, b_sq = _group_blocks(
-            b_np[:, : bounds[-1]], mean, bounds, dtype, dev, side="cols"
+            b_np[:, : bounds[-1]], mean, bounds, name, ops, side="cols"
         )
-        # the accumulated tile, and a sqrt copy when a sum is taken before the last group
-        n_buf = 2 if sums_at and sums_at[0] < bounds[-1] else 1
-        plan = _plan(m, n, n_buf * a_raw.element_size(), memory_budget_mb, dev, workers=workers)
+        # the accumulated tile, and a second one: the sqrt copy when a sum is taken before
+        # the last group, numpy's GEMM output before it is added (ops.addmm)
+        second = (sums_at and sums_at[0] < bounds[-1]) or (ops.addmm_scratch and len(bounds) > 1)
+        n_buf = 2 if second else 1
+        itemsize = n_buf * np.dtype(name).itemsize
+        workers = ops.workers() if workers is None else workers
+        plan = _plan(m, n, itemsize, memory_budget_mb, ops.cuda, workers=workers)
         tr, tc = plan.tile_rows, plan.tile_cols
-        tau = _TAU[str(dtype)]
+        tau = _TAU[name]
         col_max = [
             [float(b_sq[c : c + tc, g].max()) for c in range(0, n, tc)] for g in range(len(bounds))
         ]
         last = len(bounds) - 1
         in_sums = [p in out for p in bounds]
 
-        def make_buffer() -> torch.Tensor:
-            return torch.empty(n_buf * tr * tc + tr, dtype=dtype, device=dev)
+        def make_buffer():
+            return ops.empty(n_buf * tr * tc + tr, dtype)
 
-        def block(s: int, e: int, buf: torch.Tensor) -> None:
+        def block(s: int, e: int, buf) -> None:
             r = e - s
             row_max = [float(a_sq[s:e, g].max()) for g in range(len(bounds))]
             acc = buf[n_buf * tr * tc : n_buf * tr * tc + r]
             bv, bi = best[s:e], best_idx[s:e]
             for k, c0 in enumerate(range(0, n, tc)):
                 c1 = min(c0 + tc, n)
-                t = _tile(buf, r, c1 - c0)
+                t = ops.tile(buf, r, c1 - c0)
+                w = ops.tile(buf[tr * tc :], r, c1 - c0) if n_buf == 2 else None
                 for g, zp in enumerate(bounds):
                     if g == 0:
-                        torch.mm(a_groups[0][s:e], b_groups[0][c0:c1].t(), out=t)
+                        ops.mm(a_groups[0][s:e], b_groups[0][c0:c1], out=t)
                     else:
-                        t.addmm_(a_groups[g][s:e], b_groups[g][c0:c1].t())
+                        ops.addmm(t, a_groups[g][s:e], b_groups[g][c0:c1], w)
                     limit = tau * (row_max[g] + col_max[g][k])
                     v = None
                     if zp == near:
-                        v = t.amin(dim=1)
+                        v = ops.row_min(t)
                         tile_min = float(v.min())
                     else:
                         tile_min = None
                     changed = _fix_small_prefix(
+                        ops,
                         t,
                         a_raw[s:e],
                         a_sq[s:e, g],
@@ -1021,28 +1197,25 @@ def _pair_pass(
                     )
                     if zp == near:
                         if changed:
-                            v = t.amin(dim=1)
-                        _take_better(t, v, bv, bi, c0)
+                            v = ops.row_min(t)
+                        _take_better(ops, t, v, bv, bi, c0)
                     if not in_sums[g]:
                         continue
                     if g == last:
-                        t.sqrt_()
-                        torch.sum(t, dim=1, out=acc)
+                        ops.row_sum(ops.sqrt_(t), out=acc)
                     else:
-                        w = buf[tr * tc : tr * tc + r * (c1 - c0)].view(r, c1 - c0)
-                        torch.sqrt(t, out=w)
-                        torch.sum(w, dim=1, out=acc)
-                    out[zp][s:e].add_(acc)
+                        ops.row_sum(ops.sqrt_(t, out=w), out=acc)
+                    out[zp][s:e] += acc
 
-        with _no_tf32(dev):
-            _run_row_blocks(m, plan, dev, make_buffer, block)
+        with ops.exact_matmul():
+            _run_row_blocks(m, plan, ops, make_buffer, block)
 
     dist = idx = None
     if near is not None:
-        idx = best_idx.cpu().numpy()
+        idx = np.asarray(ops.to_numpy(best_idx), dtype=np.int64)
         dist = _neighbour_distances(a_np, b_np, idx, near)
     return PairPassResult(
-        i_dist={p: v.cpu().numpy() for p, v in out.items()},
+        i_dist={p: ops.to_numpy(v) for p, v in out.items()},
         nearest_distance=dist,
         nearest_index=idx,
         nearest_dims=near,
@@ -1092,40 +1265,38 @@ def _kcenter_greedy(
     device: str,
 ) -> list[int]:
     work = len(x_np) * (k + (0 if c_np is None else len(c_np)))
-    dtype, dev = _dtype(precision, work), resolve_device(device)
-    # distances from each pick are direct differences (fused in cdist), not the GEMM trick,
-    # so duplicates give exactly 0 and the order matches a plain float64 implementation
+    ops, name = _tile_ops(device), _precision_name(precision, work)
+    # distances from each pick are direct differences, not the GEMM trick, so duplicates
+    # give exactly 0 and the order matches a plain float64 implementation
     first = None
-    with _no_tf32(dev):
+    with ops.exact_matmul():
         if c_np is not None and len(c_np):
             # before x exists, so the two working copies are never held at the same time
             d0, _ = nearest_distances(
                 x_np, c_np, memory_budget_mb=memory_budget_mb, precision=precision, device=device
             )
-            min_d = torch.as_tensor(d0, dtype=torch.float64, device=dev)
-            x = _centred(x_np, _joint_mean([x_np]), dtype, dev, augment="none")
+            min_d = ops.asarray(np.array(d0, dtype=np.float64))
+            x = _centred(x_np, _joint_mean([x_np]), name, augment="none")
         else:
-            x = _centred(x_np, _joint_mean([x_np]), dtype, dev, augment="none")
+            x = _centred(x_np, _joint_mean([x_np]), name, augment="none")
             # the mean only seeds the first pick; it is not a centre afterwards
-            first = int(torch.argmax(torch.linalg.vector_norm(x, dim=1, dtype=torch.float64)))
-            min_d = torch.full((len(x),), float("inf"), dtype=torch.float64, device=dev)
+            first = int(np.argmax(np.einsum("ij,ij->i", x, x, dtype=np.float64)))
+            min_d = ops.full(len(x), float("inf"), ops.dtype("float64"))
+        x = ops.asarray(x)
         chunk = max(1, int(memory_budget_mb * 1024 * 1024 // (8 * max(1, x.shape[1]))))
         chosen: list[int] = []
-        with _single_threaded(dev):  # each pick is one memory-bound pass over x
-            _kcenter_loop(x, k, first, min_d, chunk, chosen)
+        with ops.single_threaded():  # each pick is one memory-bound pass over x
+            _kcenter_loop(ops, x, k, first, min_d, chunk, chosen)
     return chosen
 
 
-def _kcenter_loop(
-    x: torch.Tensor, k: int, first: int | None, min_d: torch.Tensor, chunk: int, chosen: list
-) -> None:
+def _kcenter_loop(ops, x, k: int, first: int | None, min_d, chunk: int, chosen: list) -> None:
     """The O(k N) greedy loop; min_d (float64) is updated in place after each pick."""
     for it in range(k):
-        j = first if (it == 0 and first is not None) else int(torch.argmax(min_d))
+        j = first if (it == 0 and first is not None) else ops.argmax(min_d)
         chosen.append(j)
-        xj = x[j : j + 1]
+        xj = x[j]
         for s in range(0, len(x), chunk):
             part = min_d[s : s + chunk]
-            d = torch.cdist(x[s : s + chunk], xj, compute_mode="donot_use_mm_for_euclid_dist")
-            torch.minimum(part, d.squeeze(1).double(), out=part)
+            ops.minimum_(part, ops.point_distances(x[s : s + chunk], xj))
         min_d[j] = -1.0
