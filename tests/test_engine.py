@@ -488,3 +488,12 @@ def test_self_pass_is_the_nearest_other_by_index():
     assert (res.index != np.arange(len(x))).all()
     one = engine.self_pass(x[:1])
     assert one.index.tolist() == [-1] and np.isinf(one.distance).all()
+
+
+def test_cpu_threads_are_capped(monkeypatch):
+    """Row-block threads: one per core of the affinity mask, at most CPU_MAX_WORKERS."""
+    monkeypatch.setattr(engine.os, "sched_getaffinity", lambda pid: set(range(32)))
+    assert engine._cpu_count() == engine.CPU_MAX_WORKERS
+    monkeypatch.setattr(engine.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    assert engine._cpu_count() == 3
+    assert engine._plan(10_000, 10_000, 4, 256, False).workers == 3

@@ -73,6 +73,10 @@ CPU_TILE_COLS = 1024
 CUDA_TILE_COLS = 16384
 #: memory per tile element, in units of the element size (tile + temporaries)
 TILE_OVERHEAD = 3
+#: most row-block threads on the CPU: the Python glue between the numpy ops of a tile holds
+#: the GIL, so more threads contend for it. On a 16-core host the fused 20k pass took 0.66 s
+#: with 8 threads and 1.49 s with 16 (benchmarks/GPU.md, session 5).
+CPU_MAX_WORKERS = 8
 #: smallest tile (values) whatever the budget, so tiny budgets stay usable.
 MIN_TILE = 16
 
@@ -288,11 +292,13 @@ def _available_threads() -> int:
 
 
 def _cpu_count() -> int:
-    """The cores this process may run on (its affinity mask)."""
+    """Row-block threads for the numpy tiles: the cores this process may run on (its affinity
+    mask), at most CPU_MAX_WORKERS."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, CPU_MAX_WORKERS))
 
 
 # --------------------------------------------------------------------------- tile operations
