@@ -366,6 +366,30 @@ def test_local_store_reader_and_collect(tmp_path):
         collect_history(str(store), r3, baseline="missing.json", base_dir=tmp_path)
 
 
+def test_collect_history_keeps_one_full_report(tmp_path, monkeypatch):
+    """Earlier runs but the newest are read for their trend points only: their per-image
+    lists are dropped as they are read, and the history equals the one built from the full
+    reports (a store of 30 large nightly runs must not hold 30 reports' images at once)."""
+    import worker.history as history
+
+    r1, r2, r3 = three_runs()
+    store = write_store(tmp_path / "out", [r1, r2])
+    seen = []
+    real = history.build_history
+
+    def spy(current, previous, *args, **kwargs):
+        seen.append([[len(s.get("images", [])) for s in r["secondaries"]] for r in previous])
+        return real(current, previous, *args, **kwargs)
+
+    monkeypatch.setattr(history, "build_history", spy)
+    h = collect_history(str(store), r3, max_runs=30)
+    full = real(r3, [read_run(str(store), R1), read_run(str(store), R2)], run_id=R3)
+    assert h.model_dump() == full.model_dump()
+    older, newest = seen[0]
+    assert older == [0] * len(older)
+    assert newest == [len(s["images"]) for s in r2["secondaries"]] and sum(newest) > 0
+
+
 def test_corrupt_earlier_run_is_skipped_with_a_warning(tmp_path):
     r1, r2, r3 = three_runs()
     store = write_store(tmp_path / "out", [r1, r2], extra_junk=False)

@@ -458,6 +458,16 @@ def _run_exists(store: str, run_id: str, storage=None) -> bool:
     return (Path(store) / "runs" / run_id / "report.json").is_file()
 
 
+def without_images(report: dict) -> dict:
+    """`report` with every secondary's per-image list left out (a shallow copy): what a trend
+    point needs, so a long history holds one full report at a time, not max_runs of them."""
+    secs = [
+        {k: v for k, v in sec.items() if k != "images"} if isinstance(sec, dict) else sec
+        for sec in report.get("secondaries") or []
+    ]
+    return {**report, "secondaries": secs}
+
+
 def collect_history(
     store_uri: str,
     current: dict,
@@ -481,9 +491,13 @@ def collect_history(
     previous, skipped = [], []
     for rid in ids:
         try:
-            previous.append(read_run(store_uri, rid, storage))
+            report = read_run(store_uri, rid, storage)
         except JobError as err:
             skipped.append(f"earlier run {rid} skipped: {err}")
+            continue
+        if previous:  # only the newest earlier run's images are read (new_images)
+            previous[-1] = without_images(previous[-1])
+        previous.append(report)
     base = None
     label = None
     if baseline:
