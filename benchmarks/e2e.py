@@ -16,6 +16,8 @@ Every ratio is measured in this one run against a named baseline:
   fresh process. Target: sklearn / (job(20k) - job(50)) >= 3.
 - start-up: `worker run` of the 50-row job against `python -c "import torch"`
   (target <= 2x), and the heavy modules the job imported (-X importtime).
+- routes: the CPU's numpy tiles against the torch tiles (the CUDA route's code run on the
+  CPU), fused pass, nearest and I_dist, alternating, with the numbers' difference.
 - nearest neighbours: ours against sklearn NearestNeighbors and faiss-cpu IndexFlatL2
   (exact) when installed.
 - --big N: the same job at n = m = N: wall time and peak RSS of the job process.
@@ -170,6 +172,44 @@ def fused_and_precision(n: int) -> dict:
     return out
 
 
+def cpu_routes(n: int, alternations: int = 2) -> dict:
+    """The CPU's numpy tiles against the torch tiles (the CUDA route's code on the CPU), on
+    the same projected data in this process, alternating the routes: best of 3 per call."""
+    from worker import engine
+
+    pl, sl = projected(n)
+    calls = {
+        "fused": lambda kw: engine.pair_pass(sl, pl, prefixes=SWEEP, nearest=True, **kw),
+        "nearest": lambda kw: engine.nearest_distances(sl, pl, **kw)[1],
+        "i_dist": lambda kw: engine.row_distance_sums(sl, pl, **kw),
+    }
+    out: dict = {}
+    results: dict = {}
+
+    def timed(route: str, prec: str, name: str) -> float:
+        def run() -> None:
+            results[(route, prec, name)] = calls[name]({"precision": prec})
+
+        engine.CPU_TILES = route
+        return best(run, 3)
+
+    for _ in range(alternations):
+        for route in ("torch", "numpy"):
+            for prec in ("float32", "float64"):
+                for name in calls:
+                    key = f"{route}_{prec}_{name}_s"
+                    out[key] = min(out.get(key, np.inf), timed(route, prec, name))
+    engine.CPU_TILES = "numpy"
+    for prec in ("float32", "float64"):
+        a, b = results[("torch", prec, "fused")], results[("numpy", prec, "fused")]
+        out[f"{prec}_fused_rel_diff"] = max(
+            float(np.max(np.abs(a.i_dist[z] - b.i_dist[z]) / a.i_dist[z])) for z in SWEEP
+        )
+        same = results[("torch", prec, "nearest")] == results[("numpy", prec, "nearest")]
+        out[f"{prec}_nearest_same_index"] = float(np.mean(same))
+    return out
+
+
 def nearest_neighbours(n: int) -> dict:
     from sklearn.neighbors import NearestNeighbors
 
@@ -248,7 +288,7 @@ def start_up(folder: Path) -> dict:
     return {"torch_s": torch_s, "job50_s": job_s, "imports_s": heavy}
 
 
-PARTS = ("start_up", "fused", "nearest", "end_to_end")
+PARTS = ("start_up", "fused", "routes", "nearest", "end_to_end")
 
 
 def main() -> None:
@@ -280,6 +320,7 @@ def main() -> None:
         steps = {
             "start_up": lambda: start_up(folder),
             "fused": lambda: fused_and_precision(args.n),
+            "routes": lambda: cpu_routes(args.n),
             "nearest": lambda: nearest_neighbours(args.n),
             "end_to_end": lambda: end_to_end(folder, 50, args.n, [None, "float64"], args.repeats),
         }

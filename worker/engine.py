@@ -305,9 +305,10 @@ def _cpu_count() -> int:
 
 
 class _NumpyTiles:
-    """Tile operations on numpy arrays: the CPU route (no torch import; benchmarks/RESULTS.md,
-    session 5: 30% faster than torch's CPU ops on these small tiles). Row blocks run in a
-    thread pool with BLAS single-threaded (numpy releases the GIL in GEMMs and ufuncs)."""
+    """Tile operations on numpy arrays: the CPU route. No torch import, and on these small
+    tiles as fast as torch's CPU ops or faster (benchmarks/RESULTS.md, session 5). Row blocks
+    run in a thread pool with BLAS single-threaded (numpy releases the GIL in GEMMs and
+    ufuncs)."""
 
     cuda = False
     #: addmm goes through a scratch tile (numpy's matmul has no accumulate)
