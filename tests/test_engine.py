@@ -497,3 +497,22 @@ def test_cpu_threads_are_capped(monkeypatch):
     monkeypatch.setattr(engine.os, "sched_getaffinity", lambda pid: {0, 1, 2})
     assert engine._cpu_count() == 3
     assert engine._plan(10_000, 10_000, 4, 256, False).workers == 3
+
+
+@pytest.mark.parametrize("magnitude", [1e-30, 1e-20, 1e20, 1e30])
+def test_float32_tiles_at_any_magnitude(magnitude):
+    """float32 squares overflow above ~1e19 and underflow below ~1e-19; the tiles hold the
+    centred data divided by a power of two near its largest value, so every call keeps float32
+    accuracy at any magnitude (method.md §8)."""
+    s, p = RNG.standard_normal((60, 5)) * magnitude, RNG.standard_normal((70, 5)) * magnitude
+    ref = R.i_dist(s, p)
+    kw = {"precision": "float32"}
+    np.testing.assert_allclose(row_distance_sums(s, p, **kw), ref, rtol=1e-6)
+    fused = engine.pair_pass(s, p, prefixes=[2, 5], nearest=True, **kw)
+    np.testing.assert_allclose(fused.i_dist[5], ref, rtol=1e-6)
+    np.testing.assert_allclose(fused.i_dist[2], R.i_dist(s[:, :2], p[:, :2]), rtol=1e-6)
+    rd, ridx = R.nearest(s, p)
+    d, idx = nearest_distances(s, p, **kw)
+    np.testing.assert_array_equal(idx, ridx)
+    np.testing.assert_allclose(d, rd, rtol=1e-12)
+    assert kcenter_greedy(s, 6, p, **kw) == R.kcenter(s / magnitude, 6, p / magnitude)

@@ -181,9 +181,28 @@ def _joint_mean(arrays: list[np.ndarray]) -> np.ndarray:
     return acc / total
 
 
-def _centred(x: np.ndarray, mean: np.ndarray, dtype: str, *, augment: str) -> np.ndarray:
-    """(x - mean) in `dtype` ('float32' / 'float64'), with two extra columns for the GEMM
-    trick: augment='rows' -> [a, |a|^2, 1]; augment='cols' -> [-2b, 1, |b|^2];
+def _scale(arrays: list[np.ndarray], mean: np.ndarray) -> float:
+    """A power of two at or below the largest |x - mean| over the call's inputs (1.0 when
+    they are all equal): the tiles hold (x - mean) / scale, so float32 squares neither
+    overflow (|x| > 1e19) nor underflow (|x| < 1e-19) whatever the data's magnitude. Dividing
+    by a power of two is exact, so where nothing overflows the tiles' numbers are those of the
+    unscaled data times 2^-k: the same rounding, and sums scale back exactly."""
+    peak = 0.0
+    for a in arrays:
+        if len(a):
+            hi = np.max(a, axis=0).astype(np.float64) - mean
+            lo = mean - np.min(a, axis=0).astype(np.float64)
+            peak = max(peak, float(np.max(hi)), float(np.max(lo)))
+    if not (0.0 < peak < np.inf):
+        return 1.0
+    return float(2.0 ** np.floor(np.log2(peak)))
+
+
+def _centred(
+    x: np.ndarray, mean: np.ndarray, dtype: str, *, augment: str, scale: float = 1.0
+) -> np.ndarray:
+    """(x - mean) / scale in `dtype` ('float32' / 'float64'), with two extra columns for the
+    GEMM trick: augment='rows' -> [a, |a|^2, 1]; augment='cols' -> [-2b, 1, |b|^2];
     augment='none' -> a. Converted in row chunks so no full float64 temporary is made.
     The squared norms are taken in float64 from the already rounded values."""
     n, z = x.shape
@@ -191,7 +210,7 @@ def _centred(x: np.ndarray, mean: np.ndarray, dtype: str, *, augment: str) -> np
     out = np.empty((n, z + extra), dtype=dtype)
     step = max(1, (32 * 1024 * 1024) // max(1, 8 * z))
     for s in range(0, n, step):
-        chunk = (np.asarray(x[s : s + step], dtype=np.float64) - mean).astype(dtype)
+        chunk = ((np.asarray(x[s : s + step], dtype=np.float64) - mean) / scale).astype(dtype)
         if augment == "none":
             out[s : s + step] = chunk
             continue
@@ -777,8 +796,9 @@ def _row_distance_sums(
     if m == 0 or n == 0:
         return ops.to_numpy(out)
     mean = call_center(a_np, b_np) if center is None else np.array(center, dtype=np.float64)
-    a = ops.asarray(_centred(a_np, mean, name, augment="rows"))
-    b = ops.asarray(_centred(b_np, mean, name, augment="cols"))  # (n, z+2); mm with b.T
+    scale = _scale([a_np, b_np], mean)
+    a = ops.asarray(_centred(a_np, mean, name, augment="rows", scale=scale))
+    b = ops.asarray(_centred(b_np, mean, name, augment="cols", scale=scale))  # mm with b.T
     workers = ops.workers() if workers is None else workers
     plan = _plan(m, n, np.dtype(name).itemsize, memory_budget_mb, ops.cuda, workers=workers)
     tr, tc = plan.tile_rows, plan.tile_cols
@@ -808,7 +828,7 @@ def _row_distance_sums(
 
     with ops.exact_matmul():
         _run_row_blocks(m, plan, ops, make_buffer, block)
-    return ops.to_numpy(out)
+    return ops.to_numpy(out) * scale
 
 
 def nearest_distances(
@@ -892,8 +912,9 @@ def _nearest_distances(
             mean = np.array(center, dtype=np.float64)
         else:
             mean = call_center(p_np) if exclude_self else call_center(q_np, p_np)
-        a = ops.asarray(_centred(q_np, mean, name, augment="rows"))
-        b = ops.asarray(_centred(p_np, mean, name, augment="cols"))
+        scale = _scale([q_np, p_np], mean)
+        a = ops.asarray(_centred(q_np, mean, name, augment="rows", scale=scale))
+        b = ops.asarray(_centred(p_np, mean, name, augment="cols", scale=scale))
         workers = ops.workers() if workers is None else workers
         plan = _plan(m, n, np.dtype(name).itemsize, memory_budget_mb, ops.cuda, workers=workers)
         tr, tc = plan.tile_rows, plan.tile_cols
@@ -1052,12 +1073,12 @@ def self_pass(
 
 
 def _group_blocks(
-    x: np.ndarray, mean: np.ndarray, bounds: list[int], dtype: str, ops, *, side: str
+    x: np.ndarray, mean: np.ndarray, bounds: list[int], dtype: str, ops, *, side: str, scale: float
 ) -> tuple[Any, list[Any], Any]:
     """Centred x in `dtype` (N, z), its augmented column groups, and the cumulative squared
     norms per prefix (N, groups) (float64 sums of the rounded values, stored in `dtype`), as
     `ops` arrays. side='rows': group g -> [a_g, |a_g|^2, 1]; side='cols': [-2 b_g, 1, |b_g|^2]."""
-    raw = _centred(x, mean, dtype, augment="none")
+    raw = _centred(x, mean, dtype, augment="none", scale=scale)
     groups, cums = [], []
     cum = np.zeros(len(raw), dtype=np.float64)
     one = np.ones((len(raw), 1), dtype=dtype)
@@ -1141,14 +1162,17 @@ def _pair_pass(
     out = {p: ops.full(m, 0.0, ops.dtype("float64")) for p in sums_at}
     best = ops.full(m, float("inf"), dtype)
     best_idx = ops.full(m, -1, ops.dtype("int64"))
+    scale = 1.0
     if m and n and bounds:
         mean = call_center(a_np, b_np) if center is None else np.array(center, dtype=np.float64)
         mean = mean[: bounds[-1]]
+        a_np, b_np = a_np[:, : bounds[-1]], b_np[:, : bounds[-1]]
+        scale = _scale([a_np, b_np], mean)
         a_raw, a_groups, a_sq = _group_blocks(
-            a_np[:, : bounds[-1]], mean, bounds, name, ops, side="rows"
+            a_np, mean, bounds, name, ops, side="rows", scale=scale
         )
         b_raw, b_groups, b_sq = _group_blocks(
-            b_np[:, : bounds[-1]], mean, bounds, name, ops, side="cols"
+            b_np, mean, bounds, name, ops, side="cols", scale=scale
         )
         # the accumulated tile, and a second one: the sqrt copy when a sum is taken before
         # the last group, numpy's GEMM output before it is added (ops.addmm)
@@ -1222,7 +1246,7 @@ def _pair_pass(
         idx = np.asarray(ops.to_numpy(best_idx), dtype=np.int64)
         dist = _neighbour_distances(a_np, b_np, idx, near)
     return PairPassResult(
-        i_dist={p: ops.to_numpy(v) for p, v in out.items()},
+        i_dist={p: ops.to_numpy(v) * scale for p, v in out.items()},
         nearest_distance=dist,
         nearest_index=idx,
         nearest_dims=near,
@@ -1282,10 +1306,13 @@ def _kcenter_greedy(
             d0, _ = nearest_distances(
                 x_np, c_np, memory_budget_mb=memory_budget_mb, precision=precision, device=device
             )
-            min_d = ops.asarray(np.array(d0, dtype=np.float64))
-            x = _centred(x_np, _joint_mean([x_np]), name, augment="none")
+            mean = _joint_mean([x_np])
+            scale = _scale([x_np], mean)
+            min_d = ops.asarray(np.array(d0, dtype=np.float64) / scale)
+            x = _centred(x_np, mean, name, augment="none", scale=scale)
         else:
-            x = _centred(x_np, _joint_mean([x_np]), name, augment="none")
+            mean = _joint_mean([x_np])
+            x = _centred(x_np, mean, name, augment="none", scale=_scale([x_np], mean))
             # the mean only seeds the first pick; it is not a centre afterwards
             first = int(np.argmax(np.einsum("ij,ij->i", x, x, dtype=np.float64)))
             min_d = ops.full(len(x), float("inf"), ops.dtype("float64"))
