@@ -516,3 +516,11 @@ def test_float32_tiles_at_any_magnitude(magnitude):
     np.testing.assert_array_equal(idx, ridx)
     np.testing.assert_allclose(d, rd, rtol=1e-12)
     assert kcenter_greedy(s, 6, p, **kw) == R.kcenter(s / magnitude, 6, p / magnitude)
+
+
+def test_zero_columns_give_zero_distances():
+    a, b = np.zeros((5, 0)), np.zeros((7, 0))
+    np.testing.assert_array_equal(row_distance_sums(a, b), 0.0)
+    d, idx = nearest_distances(a, b)
+    np.testing.assert_array_equal(d, 0.0)
+    np.testing.assert_array_equal(idx, 0)

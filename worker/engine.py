@@ -189,7 +189,7 @@ def _scale(arrays: list[np.ndarray], mean: np.ndarray) -> float:
     unscaled data times 2^-k: the same rounding, and sums scale back exactly."""
     peak = 0.0
     for a in arrays:
-        if len(a):
+        if a.size:
             hi = np.max(a, axis=0).astype(np.float64) - mean
             lo = mean - np.min(a, axis=0).astype(np.float64)
             peak = max(peak, float(np.max(hi)), float(np.max(lo)))
