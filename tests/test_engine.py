@@ -491,12 +491,18 @@ def test_self_pass_is_the_nearest_other_by_index():
 
 
 def test_cpu_threads_are_capped(monkeypatch):
-    """Row-block threads: one per core of the affinity mask, at most CPU_MAX_WORKERS."""
+    """Row-block threads: one per core of the affinity mask, at most CPU_MAX_WORKERS and at
+    most OMP_NUM_THREADS when set."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(engine.os, "sched_getaffinity", lambda pid: set(range(32)))
     assert engine._cpu_count() == engine.CPU_MAX_WORKERS
     monkeypatch.setattr(engine.os, "sched_getaffinity", lambda pid: {0, 1, 2})
     assert engine._cpu_count() == 3
     assert engine._plan(10_000, 10_000, 4, 256, False).workers == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert engine._cpu_count() == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "nonsense")
+    assert engine._cpu_count() == 3
 
 
 @pytest.mark.parametrize("magnitude", [1e-30, 1e-20, 1e20, 1e30])

@@ -312,11 +312,15 @@ def _available_threads() -> int:
 
 def _cpu_count() -> int:
     """Row-block threads for the numpy tiles: the cores this process may run on (its affinity
-    mask), at most CPU_MAX_WORKERS."""
+    mask), at most CPU_MAX_WORKERS and at most OMP_NUM_THREADS when that is set (as torch
+    would; Ray sets it to 1 in its workers, which run side by side)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) > 0:
+        cores = min(cores, int(omp))
     return max(1, min(cores, CPU_MAX_WORKERS))
 
 
