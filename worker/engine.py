@@ -123,7 +123,8 @@ def resolve_precision(precision: str, distances: int) -> str:
 
 
 def _precision_name(precision: str, distances: int = 0) -> str:
-    """'float32' or 'float64' (see _dtype); ValueError for anything else."""
+    """The tiles' precision: 'float32' or 'float64'; "auto" -> float32 for calls of at least
+    AUTO_FLOAT32_MIN_DISTANCES distances, else float64. ValueError for anything else."""
     if precision == "auto":
         return "float32" if distances >= AUTO_FLOAT32_MIN_DISTANCES else "float64"
     if precision not in _PRECISIONS:
