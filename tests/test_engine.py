@@ -530,3 +530,19 @@ def test_zero_columns_give_zero_distances():
     d, idx = nearest_distances(a, b)
     np.testing.assert_array_equal(d, 0.0)
     np.testing.assert_array_equal(idx, 0)
+
+
+def test_interrupt_stops_the_row_blocks(monkeypatch):
+    """Ctrl-C (or a failing block) during a CPU call returns without running the blocks that
+    had not started (a 200k pass would otherwise run to its end before the interrupt lands)."""
+    ran = []
+    plan = engine._Plan(tile_rows=1, tile_cols=4, workers=2)
+
+    def block(s, e, buf):
+        ran.append(s)
+        if s == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        engine._run_row_blocks(400, plan, engine._NUMPY_TILES, lambda: None, block)
+    assert len(ran) < 400
