@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -288,7 +289,7 @@ def test_default_num_workers(monkeypatch):
 
     assert ModelConfig(name="hog").num_workers == "auto"
     for cores, expected in [(1, 1), (2, 2), (16, embeddings.AUTO_MAX_WORKERS)]:
-        monkeypatch.setattr(embeddings.os, "sched_getaffinity", lambda _, c=cores: set(range(c)))
+        monkeypatch.setattr(os, "sched_getaffinity", lambda _, c=cores: set(range(c)))
         assert embeddings.default_num_workers(SimpleNamespace(num_workers="auto")) == expected
         assert embeddings.default_num_workers(object()) == expected
         assert embeddings.default_num_workers(SimpleNamespace(num_workers=3)) == 3

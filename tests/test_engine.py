@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -494,9 +496,9 @@ def test_cpu_threads_are_capped(monkeypatch):
     """Row-block threads: one per core of the affinity mask, at most CPU_MAX_WORKERS and at
     most OMP_NUM_THREADS when set."""
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(engine.os, "sched_getaffinity", lambda pid: set(range(32)))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)))
     assert engine._cpu_count() == engine.CPU_MAX_WORKERS
-    monkeypatch.setattr(engine.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
     assert engine._cpu_count() == 3
     assert engine._plan(10_000, 10_000, 4, 256, False).workers == 3
     monkeypatch.setenv("OMP_NUM_THREADS", "2")

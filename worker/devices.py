@@ -7,11 +7,13 @@
 `device_name(name, field)` gives the same answer as a string ('cpu', 'cuda:0', ...) without
 importing torch where it is certain ('cpu', or 'auto' on a machine without a GPU device
 node), so a CPU job that needs no model never pays torch's import; `is_cpu` reads it.
+`usable_cores()`: the CPU cores a thread or process pool of this process may use.
 """
 
 from __future__ import annotations
 
 import glob
+import os
 from typing import TYPE_CHECKING
 
 from worker.errors import JobError
@@ -21,6 +23,15 @@ if TYPE_CHECKING:
 
 #: device nodes without which no CUDA device can be visible (Linux; /dev/dxg under WSL)
 GPU_NODES = ("/dev/nvidia[0-9]*", "/dev/dxg")
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on: its affinity mask where the OS has one (a
+    container's cpuset), else os.cpu_count()."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _gpu_node_present() -> bool:

@@ -6,7 +6,6 @@ import hashlib
 import io
 import itertools
 import logging
-import os
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -119,8 +118,9 @@ def default_num_workers(extractor=None) -> int:
     n = getattr(extractor, "num_workers", None)
     if n is not None and n != "auto":
         return int(n)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(AUTO_MAX_WORKERS, cores or 1))
+    from worker.devices import usable_cores
+
+    return min(AUTO_MAX_WORKERS, usable_cores())
 
 
 _END = object()

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.devices import is_cpu
+from worker.devices import is_cpu, usable_cores
 
 
 class _Torch:
@@ -315,10 +315,7 @@ def _cpu_count() -> int:
     """Row-block threads for the numpy tiles: the cores this process may run on (its affinity
     mask), at most CPU_MAX_WORKERS and at most OMP_NUM_THREADS when that is set (as torch
     would; Ray sets it to 1 in its workers, which run side by side)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
+    cores = usable_cores()
     omp = os.environ.get("OMP_NUM_THREADS", "").strip()
     if omp.isdigit() and int(omp) > 0:
         cores = min(cores, int(omp))
@@ -526,8 +523,9 @@ def _run_row_blocks(n_rows: int, plan: _Plan, ops, make_buffer: Callable, fn: Ca
 
     On the CPU every tile runs single-threaded (several threads on one small tile cost more in
     wake-ups than they gain) and the row blocks are shared by `plan.workers` Python threads;
-    the process-wide thread settings are restored afterwards. On CUDA the blocks run in order
-    on the current stream.
+    callers run inside ops.single_threaded() (the _cpu_single_threaded kernels), which
+    restores the process-wide thread settings afterwards. On CUDA the blocks run in order on
+    the current stream.
     """
     starts = list(range(0, n_rows, plan.tile_rows))
 
@@ -549,13 +547,12 @@ def _run_row_blocks(n_rows: int, plan: _Plan, ops, make_buffer: Callable, fn: Ca
             local.ready = True
         fn(s, min(s + plan.tile_rows, n_rows), local.buf)
 
-    with ops.single_threaded():
-        if plan.workers <= 1 or len(starts) <= 1:
-            serial()
-        else:
-            with ThreadPoolExecutor(max_workers=plan.workers) as pool:
-                for _ in pool.map(task, starts):
-                    pass
+    if plan.workers <= 1 or len(starts) <= 1:
+        serial()
+    else:
+        with ThreadPoolExecutor(max_workers=plan.workers) as pool:
+            for _ in pool.map(task, starts):
+                pass
 
 
 def _col_sq_max(b, tile_cols: int) -> list[float]:
@@ -1324,8 +1321,8 @@ def _kcenter_greedy(
         x = ops.asarray(x)
         chunk = max(1, int(memory_budget_mb * 1024 * 1024 // (8 * max(1, x.shape[1]))))
         chosen: list[int] = []
-        with ops.single_threaded():  # each pick is one memory-bound pass over x
-            _kcenter_loop(ops, x, k, first, min_d, chunk, chosen)
+        # one memory-bound pass per pick, single-threaded (the _cpu_single_threaded decorator)
+        _kcenter_loop(ops, x, k, first, min_d, chunk, chosen)
     return chosen
 
 

@@ -18,11 +18,12 @@ process may hold (torch, CUDA, OpenMP, Ray): they use matplotlib, numpy, PIL and
 from __future__ import annotations
 
 import multiprocessing
-import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from worker.devices import usable_cores
 
 MAX_PROCESSES = 8  # forks beyond this cost more than the few dozen figures of a report save
 
@@ -39,7 +40,7 @@ def can_fork() -> bool:
     ray = sys.modules.get("ray")
     if ray is not None and getattr(ray, "is_initialized", lambda: False)():
         return False
-    return len(os.sched_getaffinity(0)) > 1
+    return usable_cores() > 1
 
 
 def default_processes(n_tasks: int) -> int:
@@ -47,7 +48,7 @@ def default_processes(n_tasks: int) -> int:
     for a single task, a single core, or where fork is unavailable (fork only on Linux)."""
     if n_tasks < 2 or not can_fork():
         return 1
-    return min(n_tasks, len(os.sched_getaffinity(0)), MAX_PROCESSES)
+    return min(n_tasks, usable_cores(), MAX_PROCESSES)
 
 
 def _adopt(tasks: Sequence[Callable[[], Any]]) -> None:
