@@ -66,9 +66,12 @@ DEFAULT_MEMORY_BUDGET_MB = 256
 #: fewer, larger tiles; the fused 200k pass took 2.05 s instead of 5.33 s (benchmarks/GPU.md)
 CUDA_AUTO_MEMORY_BUDGET_MB = 4096
 
-#: CPU tile shape (rows x columns); about 1 MiB of float32, which fits the L2 cache.
-CPU_TILE_ROWS = 256
-CPU_TILE_COLS = 1024
+#: CPU tile shape (rows x columns); about 1 MiB of float32, which fits the L2 cache. Tall
+#: and narrow: OpenBLAS's GEMM with the few columns of a sweep group (k = 5..27) writes a
+#: 1024 x 256 tile 2-2.5x faster than a 256 x 1024 one (fused 20k pass 1.57 -> 1.13 s with
+#: the GEMV row sums; benchmarks/RESULTS.md, session 6).
+CPU_TILE_ROWS = 1024
+CPU_TILE_COLS = 256
 #: CUDA tiles are as large as the budget allows, up to this many columns.
 CUDA_TILE_COLS = 16384
 #: memory per tile element, in units of the element size (tile + temporaries)
@@ -335,6 +338,10 @@ class _NumpyTiles:
     #: addmm goes through a scratch tile (numpy's matmul has no accumulate)
     addmm_scratch = True
 
+    def __init__(self) -> None:
+        self._ones_cache: dict = {}
+        self._arange_cache: dict = {}
+
     def dtype(self, name: str) -> np.dtype:
         return np.dtype(name)
 
@@ -363,13 +370,34 @@ class _NumpyTiles:
         t += scratch
 
     def row_min(self, t: np.ndarray) -> np.ndarray:
-        return t.min(axis=1)
+        return self.row_min_index(t)[0]
+
+    def row_min_index(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's minimum and its first column: argmin, then a gather (on a 1024 x 256
+        tile 2x faster than numpy's min along the rows)."""
+        idx = t.argmin(axis=1)
+        return t[self._arange(len(idx)), idx], idx
+
+    def _arange(self, n: int) -> np.ndarray:
+        rows = self._arange_cache.get(n)
+        if rows is None:
+            rows = self._arange_cache[n] = np.arange(n)
+        return rows
 
     def sqrt_(self, t: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         return np.sqrt(t, out=t if out is None else out)
 
     def row_sum(self, t: np.ndarray, out: np.ndarray) -> None:
-        np.sum(t, axis=1, out=out)
+        """out = t @ 1: BLAS's GEMV, 2-3x numpy's row sum on a tile; vector accumulators over
+        at most CPU_TILE_COLS terms, the tiles' sums then accumulate in float64."""
+        np.matmul(t, self._ones(t.shape[1], t.dtype), out=out)
+
+    def _ones(self, n: int, dtype) -> np.ndarray:
+        key = (n, np.dtype(dtype))
+        ones = self._ones_cache.get(key)
+        if ones is None:
+            ones = self._ones_cache[key] = np.ones(n, dtype=dtype)
+        return ones
 
     def nonzero(self, mask: np.ndarray) -> tuple[np.ndarray, ...]:
         return np.nonzero(mask)
@@ -450,6 +478,10 @@ class _TorchTiles:
 
     def row_min(self, t: torch.Tensor) -> torch.Tensor:
         return t.amin(dim=1)
+
+    def row_min_index(self, t: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """Row minima only: _take_better finds the columns of the rows that improve."""
+        return self.row_min(t), None
 
     def sqrt_(self, t: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         return t.sqrt_() if out is None else torch.sqrt(t, out=out)
@@ -874,14 +906,17 @@ def nearest_distances(
     return _nearest_distances(queries, points, exclude_self=exclude_self, **kw)
 
 
-def _take_better(ops, t, v, bv, bi, c0: int) -> None:
-    """Rows of tile `t` (columns from c0) whose minimum `v` beats the best so far `bv`: update
-    `bv` and the column index `bi`. Strict <, so earlier columns win ties; the (slow) argmin
-    runs only on the rows this tile improves, or on the whole tile when many do."""
+def _take_better(ops, t, v, vi, bv, bi, c0: int) -> None:
+    """Rows of tile `t` (columns from c0) whose minimum `v` (at columns `vi`, or None) beats
+    the best so far `bv`: update `bv` and the column index `bi`. Strict <, so earlier columns
+    win ties; without `vi` the argmin runs only on the rows this tile improves, or on the
+    whole tile when many do."""
     better = v < bv
     if bool(better.any()):
         (rows,) = ops.nonzero(better)
-        if len(rows) > t.shape[0] // 4:
+        if vi is not None:
+            ix = vi[rows]
+        elif len(rows) > t.shape[0] // 4:
             ix = ops.argmin_rows(t)[rows]
         else:
             ix = ops.argmin_rows(t[rows])
@@ -942,11 +977,11 @@ def _nearest_distances(
                     ops.fill_diagonal(t, g0 - c0, inf)
                 # the row minimum is a fast vectorised reduction; the (slow) argmin only runs
                 # on the rows this tile improves, which are few once the first tiles are done
-                v = ops.row_min(t)
+                v, vi = ops.row_min_index(t)
                 limit = tau * (row_max + col_max[k])
                 if _fix_small(ops, t, ai, b, c0, limit, tau, tile_min=float(v.min())):
-                    v = ops.row_min(t)
-                _take_better(ops, t, v, bv, bi, c0)
+                    v, vi = ops.row_min_index(t)
+                _take_better(ops, t, v, vi, bv, bi, c0)
 
         with ops.exact_matmul():
             _run_row_blocks(m, plan, ops, make_buffer, block)
@@ -1209,9 +1244,9 @@ def _pair_pass(
                     else:
                         ops.addmm(t, a_groups[g][s:e], b_groups[g][c0:c1], w)
                     limit = tau * (row_max[g] + col_max[g][k])
-                    v = None
+                    v = vi = None
                     if zp == near:
-                        v = ops.row_min(t)
+                        v, vi = ops.row_min_index(t)
                         tile_min = float(v.min())
                     else:
                         tile_min = None
@@ -1230,8 +1265,8 @@ def _pair_pass(
                     )
                     if zp == near:
                         if changed:
-                            v = ops.row_min(t)
-                        _take_better(ops, t, v, bv, bi, c0)
+                            v, vi = ops.row_min_index(t)
+                        _take_better(ops, t, v, vi, bv, bi, c0)
                     if not in_sums[g]:
                         continue
                     if g == last:
