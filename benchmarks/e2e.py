@@ -89,19 +89,38 @@ def write_job(folder: Path, n: int, precision: str | None = None) -> Path:
     return job
 
 
+#: a small launcher between this process and the measured one: Linux carries a process's
+#: peak RSS across exec, so a child forked straight from this (large) benchmark process would
+#: report this process's size when it is the larger; the launcher's grandchild starts clean.
+LAUNCHER = """
+import os, subprocess, sys, time
+t0 = time.perf_counter()
+proc = subprocess.Popen(sys.argv[1:])
+_, status, usage = os.wait4(proc.pid, 0)
+print(time.perf_counter() - t0, os.waitstatus_to_exitcode(status), usage.ru_maxrss)
+"""
+
+
 def child_peak_rss(args: list[str], cwd: Path) -> tuple[float, float]:
-    """Wall seconds and the child's own peak RSS (MB), measured by /usr/bin/time-like wait4."""
-    t0 = time.perf_counter()
+    """Wall seconds and the child's own peak RSS (MB), measured by wait4 in a small launcher
+    (LAUNCHER)."""
     with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(args, cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=log)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
+        done = subprocess.run(
+            [PY, "-c", LAUNCHER, *args],
+            cwd=cwd,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            check=False,
+        )
         log.seek(0)
         err = log.read().decode(errors="replace")
-    code = os.waitstatus_to_exitcode(status)
-    if code not in (0, 1):
+    # the measured process's own output goes to the launcher's stdout: the last line is ours
+    wall, code, maxrss_kb = done.stdout.strip().splitlines()[-1].split()
+    if int(code) not in (0, 1):
         raise RuntimeError(f"{args} failed ({code}): {err[-2000:]}")
-    return wall, usage.ru_maxrss / 1024.0
+    return float(wall), int(maxrss_kb) / 1024.0
 
 
 SKLEARN_CHILD = """
