@@ -68,8 +68,8 @@ CUDA_AUTO_MEMORY_BUDGET_MB = 4096
 
 #: CPU tile shape (rows x columns); about 1 MiB of float32, which fits the L2 cache. Tall
 #: and narrow: OpenBLAS's GEMM with the few columns of a sweep group (k = 5..27) writes a
-#: 1024 x 256 tile 2-2.5x faster than a 256 x 1024 one (fused 20k pass 1.57 -> 1.13 s with
-#: the GEMV row sums; benchmarks/RESULTS.md, session 6).
+#: 1024 x 256 tile 2-2.5x faster than a 256 x 1024 one (fused 20k pass 1.57 -> 1.04 s with
+#: the GEMV row sums and argmin row minima; benchmarks/RESULTS.md, session 6).
 CPU_TILE_ROWS = 1024
 CPU_TILE_COLS = 256
 #: CUDA tiles are as large as the budget allows, up to this many columns.
@@ -975,8 +975,9 @@ def _nearest_distances(
                 g0, g1 = row_offset + s, row_offset + e  # this tile's rows in the whole call
                 if exclude_self and c0 < g1 and g0 < c1:
                     ops.fill_diagonal(t, g0 - c0, inf)
-                # the row minimum is a fast vectorised reduction; the (slow) argmin only runs
-                # on the rows this tile improves, which are few once the first tiles are done
+                # numpy: argmin and a gather (faster than min along the rows); torch: the
+                # minimum alone, the argmin only on the rows this tile improves (few once the
+                # first tiles are done)
                 v, vi = ops.row_min_index(t)
                 limit = tau * (row_max + col_max[k])
                 if _fix_small(ops, t, ai, b, c0, limit, tau, tile_min=float(v.min())):
