@@ -9,7 +9,7 @@ How it works (docs/method.md §8):
   working precision and augmented so that one GEMM gives squared distances directly:
   ``[a, |a|^2, 1] @ [-2b, 1, |b|^2]^T = |a|^2 + |b|^2 - 2ab``. No negative rounding
   result reaches the square root (see the near-duplicate fix-up below).
-- The (m x n) distance matrix is visited in small cache-sized tiles (256 x 1024 by default)
+- The (m x n) distance matrix is visited in small cache-sized tiles (1024 x 256 on the CPU)
   that are reused from a per-thread buffer. On the CPU the tiles are numpy arrays and the row
   blocks are spread over a pool of one Python thread per core, each running BLAS
   single-threaded (GEMMs and ufuncs release the GIL); the tile stays in L2 between the GEMM,
@@ -328,6 +328,15 @@ def _cpu_count() -> int:
 # --------------------------------------------------------------------------- tile operations
 
 
+@functools.lru_cache(maxsize=64)
+def _constant(n: int, kind: str, dtype: str) -> np.ndarray:
+    """A read-only np.ones(n) or np.arange(n) in `dtype`, made once per size (the tiles'
+    row-sum vector and gather rows)."""
+    out = np.ones(n, dtype=dtype) if kind == "ones" else np.arange(n, dtype=dtype)
+    out.flags.writeable = False
+    return out
+
+
 class _NumpyTiles:
     """Tile operations on numpy arrays: the CPU route. No torch import, and on these small
     tiles as fast as torch's CPU ops or faster (benchmarks/RESULTS.md, session 5). Row blocks
@@ -337,10 +346,6 @@ class _NumpyTiles:
     cuda = False
     #: addmm goes through a scratch tile (numpy's matmul has no accumulate)
     addmm_scratch = True
-
-    def __init__(self) -> None:
-        self._ones_cache: dict = {}
-        self._arange_cache: dict = {}
 
     def dtype(self, name: str) -> np.dtype:
         return np.dtype(name)
@@ -376,13 +381,7 @@ class _NumpyTiles:
         """Each row's minimum and its first column: argmin, then a gather (on a 1024 x 256
         tile 2x faster than numpy's min along the rows)."""
         idx = t.argmin(axis=1)
-        return t[self._arange(len(idx)), idx], idx
-
-    def _arange(self, n: int) -> np.ndarray:
-        rows = self._arange_cache.get(n)
-        if rows is None:
-            rows = self._arange_cache[n] = np.arange(n)
-        return rows
+        return t[_constant(len(idx), "arange", "int64"), idx], idx
 
     def sqrt_(self, t: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         return np.sqrt(t, out=t if out is None else out)
@@ -390,14 +389,7 @@ class _NumpyTiles:
     def row_sum(self, t: np.ndarray, out: np.ndarray) -> None:
         """out = t @ 1: BLAS's GEMV, 2-3x numpy's row sum on a tile; vector accumulators over
         at most CPU_TILE_COLS terms, the tiles' sums then accumulate in float64."""
-        np.matmul(t, self._ones(t.shape[1], t.dtype), out=out)
-
-    def _ones(self, n: int, dtype) -> np.ndarray:
-        key = (n, np.dtype(dtype))
-        ones = self._ones_cache.get(key)
-        if ones is None:
-            ones = self._ones_cache[key] = np.ones(n, dtype=dtype)
-        return ones
+        np.matmul(t, _constant(t.shape[1], "ones", t.dtype.name), out=out)
 
     def nonzero(self, mask: np.ndarray) -> tuple[np.ndarray, ...]:
         return np.nonzero(mask)
