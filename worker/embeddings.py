@@ -60,13 +60,14 @@ class _Loaded:
     skip: str | None = None
 
 
-def read_decoded(item: Item, storage, cache, key: str) -> _Loaded:
+def read_decoded(item: Item, storage, cache, key: str, draft: int | None = None) -> _Loaded:
     """Read one image, hash it, look it up in the cache; on a miss decode it to RGB.
 
     Returns a cached `vector`, the decoded PIL image as `prepared`, or a `skip` reason.
     Shared by the local loader threads and the Ray Data read stage. A sample (a video frame
     or an object crop, worker.sources.samples.Sample) is looked up under its own `digest`
-    (its source file's hash plus its position and settings) and makes its own pixels."""
+    (its source file's hash plus its position and settings) and makes its own pixels.
+    `draft` (the extractor's `decode_size`): see worker.images.decode_image."""
     if hasattr(item, "pixels"):
         return _read_sample(item, storage, cache, key)
     try:
@@ -79,7 +80,7 @@ def read_decoded(item: Item, storage, cache, key: str) -> _Loaded:
         if vector is not None:
             return _Loaded(item, digest, vector=vector)
     try:
-        img = decode_image(data)
+        img = decode_image(data, draft=draft)
     except ImageError as err:
         return _Loaded(item, skip=str(err))
     return _Loaded(item, digest, prepared=img)
@@ -188,8 +189,10 @@ def embed_items(
     workers = default_num_workers(extractor) if num_workers is None else max(0, int(num_workers))
     window = max(batch_size * max(prefetch_batches, 1), 2 * workers, 1)
 
+    draft = extractor.info.get("decode_size")
+
     def load(item: Item) -> _Loaded:
-        loaded = read_decoded(item, storage, cache, key)
+        loaded = read_decoded(item, storage, cache, key, draft)
         if loaded.prepared is None or prepare is None:
             return loaded
         prepared, skip = prepare_or_skip(prepare, loaded.prepared)

@@ -102,7 +102,11 @@ class ModelConfig(Strict):
     pooling: Literal["flatten", "mean", "cls"] | None = None
     prompt: str | None = None
     image_size: int | None = Field(default=None, ge=8, le=4096)
-    batch_size: int = Field(default=32, ge=1, le=4096)
+    #: images per forward pass; auto: 32 on the CPU, from the GPU's free memory on CUDA
+    batch_size: Annotated[int, Field(ge=1, le=4096)] | Literal["auto"] = 32
+    #: fast: resize in threads, the processor's rescale and normalisation as one tensor op
+    #: per batch on the device; exact: the checkpoint's own processor per image (reference)
+    preprocess: Literal["fast", "exact"] = "fast"
     #: decode threads; auto: one per usable core, at most 8 (embeddings.default_num_workers)
     num_workers: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = "auto"
     device: str = "auto"

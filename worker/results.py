@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from worker.adapt.results import Adaptation
 
-SCHEMA_VERSION = "1.2.0"
+SCHEMA_VERSION = "1.3.0"
 
 
 def _is_none(value: Any) -> bool:
@@ -364,6 +364,17 @@ class ModelInfo(Result):
     feature_dim: int | None = Field(ge=1, description="Width of the feature vectors.")
     pooling: str | None = Field(description="flatten, mean or cls.")
     image_size: int | list[int] | None = Field(description="Input size in pixels.")
+    input_size: int | None = Field(
+        default=None,
+        description=(
+            "Side in pixels of the square the model sees: image_size, or the family's native "
+            "input where it cannot take image_size (SAM: 1024 for the paper's checkpoint)."
+        ),
+    )
+    preprocess: str | None = Field(
+        default=None,
+        description="fast (tensor rescale and normalisation) or exact (the processor's own).",
+    )
 
 
 class ModelResult(Result):
