@@ -93,6 +93,15 @@ class OutputConfig(Strict):
     _dir = field_validator("dir")(classmethod(lambda cls, v: check_location(v)))
 
 
+class ReduceConfig(Strict):
+    """A seeded sparse random projection (Johnson-Lindenstrauss) of the features to `dims`
+    values, applied as they are embedded (or loaded, for precomputed) and cached so."""
+
+    method: Literal["random"] = "random"
+    dims: int = Field(default=4096, ge=1, le=1_000_000)
+    seed: int = Field(default=0, ge=0)
+
+
 class ModelConfig(Strict):
     """A feature extractor. `name` is a registry name (see EXTRACTOR_NAMES)."""
 
@@ -107,6 +116,8 @@ class ModelConfig(Strict):
     #: fast: resize in threads, the processor's rescale and normalisation as one tensor op
     #: per batch on the device; exact: the checkpoint's own processor per image (reference)
     preprocess: Literal["fast", "exact"] = "fast"
+    #: optional seeded sparse random projection of every feature vector (worker/reduce.py)
+    reduce: ReduceConfig | None = None
     #: decode threads; auto: one per usable core, at most 8 (embeddings.default_num_workers)
     num_workers: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = "auto"
     device: str = "auto"

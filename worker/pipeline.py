@@ -263,6 +263,10 @@ def embed_all(
         ]
     _check_sets(job, sets)
     info = dict(extractor.info) if extractor is not None else {"name": "precomputed"}
+    if extractor is None and model.reduce is not None:  # precomputed: projected as loaded
+        from worker.reduce import reduce_sets
+
+        info["reduce"] = reduce_sets(sets, model.reduce.dims, model.reduce.seed)
     info["feature_dim"] = int(sets[0].vectors.shape[1])
     keys = ModelInfo.model_fields
     return Embedded(sets, extractor, ModelInfo(**{k: info.get(k) for k in keys}))

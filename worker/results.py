@@ -355,6 +355,15 @@ class SweepRow(Result):
     ranking: list[str] = Field(description="Secondaries, farthest first.")
 
 
+class ReduceInfo(Result):
+    """model.reduce: the seeded random projection applied to every feature vector."""
+
+    method: str = Field(description="random: very sparse Johnson-Lindenstrauss projection.")
+    dims: int = Field(ge=1, description="Width of the projected features.")
+    seed: int = Field(ge=0, description="Seed of the projection matrix.")
+    input_dim: int | None = Field(default=None, description="Width before the projection.")
+
+
 class ModelInfo(Result):
     """The feature extractor."""
 
@@ -374,6 +383,9 @@ class ModelInfo(Result):
     preprocess: str | None = Field(
         default=None,
         description="fast (tensor rescale and normalisation) or exact (the processor's own).",
+    )
+    reduce: ReduceInfo | None = optional_block(
+        "The random projection of the features (model.reduce); left out when none."
     )
 
 
