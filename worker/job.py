@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from worker.adapt.names import model_names
 from worker.errors import JobError
 from worker.gates import (
     ADAPTATION_METRICS,
@@ -594,6 +595,8 @@ class AdaptationConfig(Strict):
     lr: float = Field(default=6.0e-5, gt=0, le=10)
     features_from_trained: bool = False
     negatives: NegativesConfig | None = None
+    #: every architecture trains every model once per seed: job.seed, job.seed + 1, ...
+    seeds: int = Field(default=1, ge=1, le=100)
 
     _counts = field_validator("counts")(classmethod(lambda cls, v: check_counts(v)))
     _checkpoint = field_validator("checkpoint")(classmethod(lambda cls, v: check_text(v)))
@@ -778,9 +781,7 @@ def check_gate(job: Job, gate: GateConfig, where: str) -> None:
                 f"{', '.join(lacking) or 'none'} has none (with masks: "
                 f"{', '.join(masked) or 'none'})"
             )
-        models = ["M", *(f"M{q}" for q in ad.counts)]
-        if ad.negatives is not None:
-            models += [f"M_B{q}" for q in ad.negatives.counts]
+        models = model_names(ad.counts, ad.negatives.counts if ad.negatives else None)
         if gate.model is not None and gate.model not in models:
             raise ValueError(
                 f"{where}.model: {gate.model!r} is not an adaptation model of this job; "

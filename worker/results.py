@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from worker.adapt.results import Adaptation
+from worker.adapt.block import Adaptation
 
 SCHEMA_VERSION = "1.3.0"
 
