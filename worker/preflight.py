@@ -136,8 +136,11 @@ def check_junit_path(junit: str, protected: list[tuple[str, str]], store: str | 
         raise JobError("--junit: the path is empty; give a file path such as gates.xml")
     real = _real(junit)
     for label, location in protected:
-        if location and not is_s3(location) and os.path.lexists(location) and _inside(
-            real, _real(location)
+        if (
+            location
+            and not is_s3(location)
+            and os.path.lexists(location)
+            and _inside(real, _real(location))
         ):
             raise JobError(
                 f"--junit: {junit} is {label} ({location}) or inside it; the JUnit file would "
