@@ -104,8 +104,11 @@ def gate_value(report: Report, gate: GateConfig, dataset: str) -> float | None:
             report.adaptation, dataset, gate.metric, gate.model, gate.architecture
         )
     if gate.metric in ESTIMATE_METRICS:
+        # the interval's lower end against a min (upper against a max); None when no
+        # estimate (no skill, extrapolation): the gate fails with the estimate's reason
         sec = report.secondary(dataset)
-        return sec.estimate.estimated_f if sec is not None and sec.estimate else None
+        est = sec.estimate if sec is not None else None
+        return est.gate_value(gate.min, gate.max) if est is not None else None
     if gate.metric in GROUP_METRICS:
         return _group_separation(report, dataset)
     if gate.metric in HISTORY_METRICS:
@@ -131,6 +134,16 @@ def _group_separation(report: Report, pair: str) -> float | None:
     for p in report.groups.pairs if report.groups else []:
         if group_pair_name(p.group_a, p.group_b) == pair:
             return p.auc
+    return None
+
+
+def _estimate_reason(report: Report, dataset: str) -> str | None:
+    """Why secondary `dataset` has no estimate to gate on (no skill, extrapolation, labelled)."""
+    sec = report.secondary(dataset)
+    if sec is not None and sec.estimate is not None and sec.estimate.reason:
+        return f"estimated_f: {sec.estimate.reason}"
+    if report.estimate is not None and any(s.dataset == dataset for s in report.estimate.labelled):
+        return f"estimated_f: {dataset} is labelled evidence; gate it on ods_f"
     return None
 
 
@@ -164,6 +177,8 @@ def evaluate_gates(report: Report, gates: list[GateConfig]) -> list[GateResult]:
         for dataset in targets:
             value = gate_value(report, gate, dataset)
             reason = f"{gate.metric} was not computed for {dataset}" if value is None else None
+            if value is None and gate.metric in ESTIMATE_METRICS:
+                reason = _estimate_reason(report, dataset) or reason
             passed = value is not None and (
                 (gate.max is None or value <= gate.max) and (gate.min is None or value >= gate.min)
             )

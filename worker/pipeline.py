@@ -580,7 +580,7 @@ def attach_estimate(report: Report, scores: dict | None, seed: int) -> None:
         return  # no labelled evidence (and no scikit-learn import for it)
     from worker.estimate import estimate_from_report
 
-    estimate = estimate_from_report(report.model_dump(mode="json"), scores, seed=seed)
+    estimate = estimate_from_report(report, scores, seed=seed)
     if estimate is None:
         return
     for sec in report.secondaries:
