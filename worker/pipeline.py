@@ -562,7 +562,7 @@ def build_report(
         robustness=robustness,
         adaptation=adapted.block if adapted else None,
         ranking=rank_secondaries(first.secondaries, job),
-        groups=compare_groups(first.secondaries, job),
+        groups=compare_groups(first.secondaries, job, matrix),
         matrix=matrix,
     )
     attach_estimate(report, scores, job.seed)

@@ -515,10 +515,37 @@ class Perturbation(Result):
 # --------------------------------------------------------------------------- many datasets
 
 
-class Ranking(Result):
-    """Secondaries ranked by the size-free o_dist_mean (method.md §9), closest first."""
+RankingMetric = Literal["energy_distance", "o_dist_mean", "mmd", "fid", "kid"]
 
-    by: Literal["o_dist_mean"] = Field(description="The ranking key (size-free distance).")
+
+class RankDisagreement(Result):
+    """A secondary whose rank by the ranking metric differs from its rank by the paper's
+    o_dist_mean, and why (method.md §12.2)."""
+
+    name: str = Field(description="Secondary name.")
+    rank: int = Field(ge=1, description="Its rank by ranking.metric (1 = closest).")
+    o_dist_mean_rank: int = Field(ge=1, description="Its rank by o_dist_mean (1 = closest).")
+    explanation: str = Field(description="Why, in words (the energy decomposition).")
+
+
+class Ranking(Result):
+    """Secondaries ranked by ranking.metric (default the energy distance, method.md §12),
+    closest first."""
+
+    by: RankingMetric = Field(description="The ranking key (same as metric).")
+    metric: RankingMetric = Field(
+        default="energy_distance",
+        description="ranking.metric: energy_distance, o_dist_mean, mmd (MMD²), fid or kid "
+        "(KID mean); every ranking is closest first.",
+    )
+    values: ByName = Field(
+        default_factory=dict, description="Secondary -> its value of the ranking metric."
+    )
+    disagreements: list[RankDisagreement] = Field(
+        default_factory=list,
+        description="Secondaries ranked differently by o_dist_mean (the paper's distance), "
+        "with the reason.",
+    )
     top_k: Count = Field(description="report.top_k: how many names each end lists.")
     order: list[str] = Field(
         description="Every secondary, closest first (ties: job order; no value: last)."
@@ -539,6 +566,9 @@ class GroupSummary(Result):
     name: str = Field(description="Group label from the job.")
     members: list[str] = Field(description="Secondaries of the group, in job order.")
     o_dist_mean: Summary = Field(description="Summary of the members' o_dist_mean (std ddof 0).")
+    values: Summary | None = optional_block(
+        "Summary of the members' values of the ranking metric (groups.metric; std ddof 0)."
+    )
 
 
 class GroupPair(Result):
@@ -553,13 +583,28 @@ class GroupPair(Result):
         "((1 + hits) / (1 + permutations), in (0, 1]); null without permutations."
     )
     permutations: Count = Field(description="Label permutations (metrics.group_permutations).")
+    separation: float | None = optional_block(
+        "In [0, 1], the same whichever group is listed first: from the matrix, the AUC of "
+        "within-group entries below between-group ones; else max(auc, 1 - auc) (§12.6)."
+    )
+    p_value_adjusted: float | None = optional_block(
+        "p_value adjusted over the pairs of groups (metrics.p_adjustment)."
+    )
 
 
 class Groups(Result):
-    """Groups of secondaries and how well o_dist_mean separates them."""
+    """Groups of secondaries (or of every dataset of the matrix) and how well the ranking
+    metric separates them."""
 
     groups: list[GroupSummary] = Field(description="Every group, in order of first appearance.")
     pairs: list[GroupPair] = Field(description="One entry per pair of groups.")
+    metric: RankingMetric | None = optional_block(
+        "The ranking metric the values, auc and separation use (ranking.metric)."
+    )
+    basis: Literal["matrix", "primary"] | None = optional_block(
+        "matrix: separation from the energy (or o_dist_mean) matrix over every dataset; "
+        "primary: from each secondary's value against the primary."
+    )
 
 
 class DatasetMatrix(Result):
@@ -578,7 +623,16 @@ class DatasetMatrix(Result):
         description="Names in the leaf order of an average-linkage clustering (scipy)."
     )
     nearest: dict[str, str | None] = Field(
-        description="Dataset -> the other dataset with the smallest o_dist_mean."
+        description="Dataset -> the other dataset with the smallest entry of the matrix that "
+        "orders (ordered_by)."
+    )
+    energy: list[list[float]] | None = optional_block(
+        "[i][j] = energy distance of datasets i and j in their pair's space (method.md "
+        "§12.1; symmetric, zero diagonal)."
+    )
+    ordered_by: Literal["energy", "o_dist_mean"] | None = optional_block(
+        "The matrix behind order and nearest: o_dist_mean when ranking.metric is o_dist_mean, "
+        "else energy."
     )
 
 
