@@ -280,8 +280,8 @@ def _two_cluster_world(seed: int):
 def _judged(strategy, P, S, count=7, B=200, seed=0):
     near_p = R.nearest(S, P)[0]
     loo = R.nearest_other(P)
-    novelty = selection.novelty_from_nearest(near_p, loo)
-    novel = near_p > selection.novelty_threshold(loo)
+    novelty = metrics.novelty_scores(near_p, loo)["novelty"]
+    novel = metrics.novelty_summary(near_p, loo, 0.95)["novel"]
     i_dist = metrics.image_dataset_distances(S, P)
     idx = selection.select(
         strategy, S_L=S, P_L=P, i_dist=i_dist, count=count, novel=novel, seed=seed

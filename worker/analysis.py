@@ -21,11 +21,13 @@ from worker.results import (
     CropClasses,
     DatasetMatrix,
     Duplicates,
+    EnergyResult,
     GroupPair,
     Groups,
     GroupSummary,
     ImageResult,
     ImageSource,
+    NoveltySummary,
     PairPca,
     PcaSummary,
     Perturbation,
@@ -40,6 +42,7 @@ from worker.results import (
     Statistics,
     Summary,
     SweepRow,
+    Verdict,
 )
 
 
@@ -142,16 +145,19 @@ def _selections(
     space: PairSpace,
     i_dist: np.ndarray,
     job: Job,
-    p_nearest_other: np.ndarray | None = None,
-    nearest_primary: np.ndarray | None = None,
+    p_nearest_other: np.ndarray,
+    nearest_primary: np.ndarray,
+    novelty: dict | None = None,
     memory: selection.SelectionMemory | None = None,
 ) -> tuple[list[SelectionResult], dict[tuple[str, int], list[int]], SelectionPool | None]:
     """Every (strategy, count) selection with its diversity, coverage and comparison with
     random subsets (method.md §2-3), and the secondary's pool.
 
     `nearest_primary` (m,): each S image's nearest-P distance; `p_nearest_other` (n,): P's
-    leave-one-out nearest distances; `memory`: the earlier runs' selections. Images selected
-    earlier or named by selection.labelled join the pool and are never proposed.
+    leave-one-out nearest distances; `novelty`: the per-image novelty and novel flags
+    (_novelty; None when P is too small: no image is novel); `memory`: the earlier runs'
+    selections. Images selected earlier or named by selection.labelled join the pool and are
+    never proposed.
     The adaptation stage's (strategy, count) pairs are chosen here too, by the same code.
     A secondary with `select: false` (a blind set) gets none.
     """
@@ -166,12 +172,9 @@ def _selections(
     earlier = selection.earlier_mask(sec.name, sec.ids, sec.hashes, memory)
     labelled = selection.labelled_mask(sec.ids, sec.uris, cfg.labelled, job.base_dir)
     exclude = earlier | labelled
-    if nearest_primary is None:
-        nearest_primary = engine.nearest_distances(s_l, p_l, **kw)[0]
-    if p_nearest_other is None:
-        p_nearest_other = engine.nearest_distances(p_l, p_l, exclude_self=True, **kw)[0]
-    novelty = selection.novelty_from_nearest(nearest_primary, p_nearest_other)
-    novel = nearest_primary > selection.novelty_threshold(p_nearest_other)
+    if novelty is None:
+        novelty = {"novelty": np.zeros(len(s_l)), "novel": np.zeros(len(s_l), dtype=bool)}
+    novel = np.asarray(novelty["novel"], dtype=bool)
     pool_nearest = selection.pool_nearest(s_l, nearest_primary, exclude, **kw)
     candidates = np.flatnonzero(~exclude)
 
@@ -202,7 +205,7 @@ def _selections(
                 strategy,
                 idx,
                 S_L=s_l,
-                novelty=novelty,
+                novelty=novelty["novelty"],
                 novel=novel,
                 pool_nearest=pool_nearest,
                 subsets=subsets,
@@ -312,7 +315,7 @@ def _pair_passes(space: PairSpace, job: Job, kw: dict) -> dict:
     p_l, s_l = space.primary, space.secondary
     z = p_l.shape[1]
     m = job.metrics
-    need_nearest = True  # coverage, duplicates and the selections' novelty and pool
+    need_nearest = True  # each S image's nearest P image: novelty (k = 1), coverage, duplicates
     sweep: dict[int, np.ndarray] = {}
     if space.sweep_primary is not None and space.nested:
         width = space.sweep_primary.shape[1]
@@ -334,15 +337,61 @@ def _pair_passes(space: PairSpace, job: Job, kw: dict) -> dict:
             )
             sweep = {d: wide.i_dist[min(d, width)] for d in job.pca.sweep}
     s_self = engine.self_pass(s_l, **kw) if (m.diversity or m.duplicates) else None
-    p_need = True  # the duplicate threshold, pool diversity and the selections' novelty
-    p_self = engine.self_pass(p_l, **kw) if p_need else None
+    p_self = engine.self_pass(p_l, **kw)  # P's leave-one-out nearest distances (novelty)
     return {
         "pair": pair,
         "i_dist": pair.i_dist[z],
         "sweep": sweep,
         "s_self": s_self,
         "p_self": p_self,
+        "s_within": engine.row_distance_sums(s_l, s_l, **kw),
+        "p_within": engine.row_distance_sums(p_l, p_l, **kw),
     }
+
+
+def _energy(space: PairSpace, passes: dict, job: Job) -> EnergyResult:
+    """Energy distance of the pair from its S x P, S x S and P x P row sums, its permutation
+    test (metrics.energy_permutations) and its explanation (method.md §12.1-12.2). The
+    adjusted p-value is filled in by analyse_model, which sees every secondary."""
+    p_l, s_l = space.primary, space.secondary
+    terms = metrics.energy_from_sums(
+        passes["i_dist"].sum(),
+        passes["s_within"].sum(),
+        passes["p_within"].sum(),
+        len(s_l),
+        len(p_l),
+    )
+    perms = job.metrics.energy_permutations
+    test = stats.energy_test(p_l, s_l, permutations=perms, seed=job.seed)
+    return EnergyResult(
+        **terms,
+        p_value=test["p_value"],
+        p_value_adjusted=None,
+        min_p_value=1.0 / (1 + test["permutations"]) if test["p_value"] is not None else None,
+        permutations=test["permutations"],
+        n_x=test["n_x"],
+        n_y=test["n_y"],
+        explanation=metrics.energy_explanation(terms),
+    )
+
+
+def _novelty(space: PairSpace, passes: dict, job: Job, kw: dict) -> tuple[dict, dict] | None:
+    """Per-image novelty of S against P's leave-one-out k-NN distances (method.md §12.3):
+    ({nn_distance, novelty, p_value, novel} per image, the set's summary), or None when P has
+    no more than k images. k = 1 reads the pair's passes; k > 1 runs a k-NN."""
+    k, q = job.metrics.novelty_k, job.metrics.novelty_quantile
+    p_l, s_l = space.primary, space.secondary
+    if len(p_l) <= k:
+        return None
+    if k == 1:
+        d, loo = passes["pair"].nearest_distance, passes["p_self"].distance
+    else:
+        d = metrics.kth_nearest_distances(s_l, p_l, k, **kw)
+        loo = metrics.kth_nearest_distances(p_l, p_l, k, exclude_self=True, **kw)
+    scores = metrics.novelty_scores(d, loo)
+    summary = metrics.novelty_summary(d, loo, q)
+    per_image = {"nn_distance": d, **scores, "novel": summary.pop("novel")}
+    return per_image, {"k": k, "quantile": q, **summary, "p_value_adjusted": None}
 
 
 @dataclass
@@ -372,17 +421,30 @@ def analyse_secondary(
     scaled = metrics.min_max_scale(i_dist)
     per_image_mean = metrics.mean_distance_per_image(i_dist, len(p_l))
     hashes = sec.hashes or [None] * sec.count
-    p_self = passes["p_self"]
+    o_dist_mean = metrics.o_dist_mean(i_dist, len(p_l))
+    novelty = _novelty(space, passes, job, kw)
+    per_image = novelty[0] if novelty is not None else None
     selections, chosen, pool = _selections(
         sec,
         space,
         i_dist,
         job,
-        None if p_self is None else p_self.distance,
+        passes["p_self"].distance,
         passes["pair"].nearest_distance,
+        per_image,
         memory,
     )
-    o_dist_mean = metrics.o_dist_mean(i_dist, len(p_l))
+
+    def image_novelty(j: int) -> dict:
+        if per_image is None:
+            return {}
+        return {
+            "nn_distance": float(per_image["nn_distance"][j]),
+            "novelty": float(per_image["novelty"][j]),
+            "novelty_p_value": float(per_image["p_value"][j]),
+            "novel": bool(per_image["novel"][j]),
+        }
+
     result = SecondaryResult(
         name=sec.name,
         count=sec.count,
@@ -399,8 +461,11 @@ def analyse_secondary(
                 i_dist_mean=float(a),
                 sha256=h,
                 source=_source(sec, i),
+                **image_novelty(j),
             )
-            for i, d, x, a, h in zip(sec.ids, i_dist, scaled, per_image_mean, hashes, strict=True)
+            for j, (i, d, x, a, h) in enumerate(
+                zip(sec.ids, i_dist, scaled, per_image_mean, hashes, strict=True)
+            )
         ],
         splits=Splits(
             halves=metrics.sorted_splits(i_dist, 2), thirds=metrics.sorted_splits(i_dist, 3)
@@ -423,8 +488,70 @@ def analyse_secondary(
             _duplicates(primary, sec, p_l, s_l, kw, passes) if job.metrics.duplicates else None
         ),
         crops=_crop_classes(sec, i_dist, len(p_l)),
+        energy=_energy(space, passes, job),
+        novelty=NoveltySummary(**novelty[1]) if novelty is not None else None,
     )
     return SecondaryAnalysis(result, space, chosen)
+
+
+#: verdict thresholds (method.md §12.5): a significance level for the adjusted p-values and
+#: the novel fraction above which a set counts as far (most of it beyond P's envelope)
+VERDICT_ALPHA = 0.05
+VERDICT_FAR_FRACTION = 0.5
+
+
+def adjust_secondaries(entries: list[SecondaryResult], method: str) -> None:
+    """Fill every p_value_adjusted over the secondaries (one family per test: energy,
+    novelty, MMD; method.md §12.4) and then each secondary's verdict."""
+    energy = [e.energy for e in entries if e.energy is not None]
+    for block, adj in zip(
+        energy, stats.adjust_p_values([b.p_value for b in energy], method), strict=True
+    ):
+        block.p_value_adjusted = adj
+    novelty = [e.novelty for e in entries if e.novelty is not None]
+    for block, adj in zip(
+        novelty, stats.adjust_p_values([b.p_value for b in novelty], method), strict=True
+    ):
+        block.p_value_adjusted = adj
+    mmd = [e.statistics.mmd for e in entries if e.statistics is not None]
+    for block, adj in zip(
+        mmd, stats.adjust_p_values([b.p_value for b in mmd], method), strict=True
+    ):
+        block.p_value_adjusted = adj
+    for e in entries:
+        e.verdict = verdict(e, method)
+
+
+def verdict(sec: SecondaryResult, method: str = "holm") -> Verdict | None:
+    """same / shifted / far (method.md §12.5): shifted when the adjusted energy or novelty
+    p-value is below VERDICT_ALPHA; far when, in addition, at least VERDICT_FAR_FRACTION of
+    S is novel; same otherwise. None without an energy or novelty block."""
+    e, nv = sec.energy, sec.novelty
+    if e is None and nv is None:
+        return None
+    name = {"holm": "Holm", "bh": "BH"}[method]
+    tests, facts = [], []
+    if e is not None and e.p_value_adjusted is not None:
+        tests.append(e.p_value_adjusted)
+        facts.append(
+            f"energy distance {e.distance:.4g} (p = {e.p_value_adjusted:.3g} {name}-adjusted, "
+            f"smallest attainable {e.min_p_value:.3g})"
+        )
+    if nv is not None and nv.p_value_adjusted is not None:
+        tests.append(nv.p_value_adjusted)
+        facts.append(
+            f"{nv.novel_fraction:.0%} of images novel against {nv.base_rate:.0%} expected "
+            f"(p = {nv.p_value_adjusted:.3g} {name}-adjusted)"
+        )
+    significant = any(p < VERDICT_ALPHA for p in tests)
+    far = nv is not None and (nv.novel_fraction or 0.0) >= VERDICT_FAR_FRACTION
+    if significant and far:
+        label, why = "far", f"at least {VERDICT_FAR_FRACTION:.0%} of S lies beyond P's envelope"
+    elif significant:
+        label, why = "shifted", f"a difference significant at {VERDICT_ALPHA}"
+    else:
+        label, why = "same", f"no difference significant at {VERDICT_ALPHA}"
+    return Verdict(label=label, reason=f"{why}: " + "; ".join(facts) if facts else why)
 
 
 def _source(sec: EmbeddedSet, image_id: str) -> ImageSource | None:
@@ -539,6 +666,7 @@ def analyse_model(
     o_scaled = metrics.scaled_dataset_distances(o_dist)
     for e in entries:
         e.o_dist_scaled = o_scaled[e.name]
+    adjust_secondaries(entries, job.metrics.p_adjustment)
     sweep, stable = pca_sweep({d.result.name: d.space for d in done}, job.pca.sweep, warnings)
     first = entries[0].pca
     pca_info = PcaSummary(

@@ -98,7 +98,7 @@ def gate_value(report: Report, gate: GateConfig, dataset: str) -> float | None:
     if gate.metric in ADAPTATION_METRICS:
         if report.adaptation is None:
             return None
-        from worker.adapt.results import adaptation_metric
+        from worker.adapt.block import adaptation_metric
 
         return adaptation_metric(
             report.adaptation, dataset, gate.metric, gate.model, gate.architecture

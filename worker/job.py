@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from worker.adapt.names import model_names
 from worker.errors import JobError
 from worker.gates import (
     ADAPTATION_METRICS,
@@ -342,6 +343,30 @@ class MetricsConfig(Strict):
     robustness: bool = False
     #: label permutations for the p-value of the group separation (0: no p-value)
     group_permutations: int = Field(default=1000, ge=0, le=100_000)
+    #: label permutations for the energy test's p-value (method.md §12.1; 0: no p-value)
+    energy_permutations: int = Field(default=500, ge=0, le=10000)
+    #: novelty: distance to the k-th nearest P image (method.md §12.3)
+    novelty_k: int = Field(default=1, ge=1, le=100)
+    #: novelty: an image is novel beyond this quantile of P's leave-one-out distances
+    novelty_quantile: float = Field(default=0.95, gt=0.0, lt=1.0)
+    #: multiple-testing adjustment of every p-value over the secondaries (method.md §12.4)
+    p_adjustment: Literal["holm", "bh"] = "holm"
+
+
+#: what `ranking.metric` can rank by (closest first), and the metrics.* switch each needs
+RANKING_METRICS: dict[str, str | None] = {
+    "energy_distance": None,
+    "o_dist_mean": None,
+    "mmd": "statistics",
+    "fid": "statistics",
+    "kid": "statistics",
+}
+
+
+class RankingConfig(Strict):
+    """What orders the secondaries, the matrix and the groups (method.md §11, §12)."""
+
+    metric: Literal["energy_distance", "o_dist_mean", "mmd", "fid", "kid"] = "energy_distance"
 
 
 class ReportConfig(Strict):
@@ -594,6 +619,8 @@ class AdaptationConfig(Strict):
     lr: float = Field(default=6.0e-5, gt=0, le=10)
     features_from_trained: bool = False
     negatives: NegativesConfig | None = None
+    #: every architecture trains every model once per seed: job.seed, job.seed + 1, ...
+    seeds: int = Field(default=1, ge=1, le=100)
 
     _counts = field_validator("counts")(classmethod(lambda cls, v: check_counts(v)))
     _checkpoint = field_validator("checkpoint")(classmethod(lambda cls, v: check_text(v)))
@@ -654,6 +681,7 @@ class Job(Strict):
     adaptation: AdaptationConfig = Field(default_factory=AdaptationConfig)
     history: HistoryConfig = Field(default_factory=HistoryConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    ranking: RankingConfig = Field(default_factory=RankingConfig)
     max_skipped_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
     allow_outside_paths: bool = True
 
@@ -689,6 +717,12 @@ class Job(Strict):
             raise ValueError(
                 "pca.shared: one PCA over every dataset applies to datasets.matrix only; "
                 "set datasets.matrix: true or remove pca.shared"
+            )
+        switch = RANKING_METRICS[self.ranking.metric]
+        if switch is not None and not getattr(self.metrics, switch):
+            raise ValueError(
+                f"ranking.metric: {self.ranking.metric!r} is computed with metrics.{switch}, "
+                f"which is false; set metrics.{switch}: true or rank by energy_distance"
             )
         for i, gate in enumerate(self.gates):
             check_gate(self, gate, f"gates[{i}]")
@@ -771,9 +805,7 @@ def check_gate(job: Job, gate: GateConfig, where: str) -> None:
                 f"{', '.join(lacking) or 'none'} has none (with masks: "
                 f"{', '.join(masked) or 'none'})"
             )
-        models = ["M", *(f"M{q}" for q in ad.counts)]
-        if ad.negatives is not None:
-            models += [f"M_B{q}" for q in ad.negatives.counts]
+        models = model_names(ad.counts, ad.negatives.counts if ad.negatives else None)
         if gate.model is not None and gate.model not in models:
             raise ValueError(
                 f"{where}.model: {gate.model!r} is not an adaptation model of this job; "

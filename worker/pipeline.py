@@ -46,7 +46,7 @@ from worker.results import (
     Perturbation,
     Report,
     RunInfo,
-    SelectionSummary,
+    SelectionInfo,
 )
 from worker.selection import ALPHA, PAPER_STRATEGY, SelectionMemory, earlier_selections
 from worker.sources import IMAGE_EXTENSIONS, is_s3, policy_for
@@ -634,10 +634,10 @@ def selection_memory(job: Job, store: str) -> SelectionMemory | None:
     return earlier_selections(read_run(store, r, job.storage) for r in runs)
 
 
-def selection_summary(job: Job, memory: SelectionMemory | None) -> SelectionSummary:
+def selection_summary(job: Job, memory: SelectionMemory | None) -> SelectionInfo:
     """report.json's `selection` block: strategies, judging, memory and exports."""
     cfg = job.selection
-    return SelectionSummary(
+    return SelectionInfo(
         strategies=cfg.strategies,
         paper_strategy=PAPER_STRATEGY,
         random_subsets=cfg.random_subsets,

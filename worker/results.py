@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from worker.adapt.results import Adaptation
+from worker.adapt.block import Adaptation
 
 SCHEMA_VERSION = "1.3.0"
 
@@ -164,6 +164,19 @@ class ImageResult(Result):
     source: ImageSource | None = optional_block(
         "For a video frame or an object crop: its source file and position."
     )
+    nn_distance: float | None = optional_block(
+        "Distance to the k-th nearest P image (novelty.k; method.md §12.3; >= 0)."
+    )
+    novelty: float | None = optional_block(
+        "Share of P's leave-one-out k-NN distances below nn_distance (in [0, 1]; higher = "
+        "more novel; method.md §12.3)."
+    )
+    novelty_p_value: float | None = optional_block(
+        "Conformal p-value (1 + #{P leave-one-out >= nn_distance}) / (|P| + 1), in (0, 1]."
+    )
+    novel: bool | None = optional_block(
+        "True when nn_distance exceeds P's novelty threshold (its q-quantile; method.md §12.3)."
+    )
 
 
 class PairPca(Result):
@@ -237,7 +250,7 @@ class SelectionResult(Result):
     verdict: str | None = optional_block("The comparison with random in plain words.")
 
 
-class SelectionSummary(Result):
+class SelectionInfo(Result):
     """How this run chose what to label (method.md §3): strategies, judging, memory, exports."""
 
     strategies: list[str] = Field(description="selection.strategy, in job order.")
@@ -278,6 +291,9 @@ class MmdResult(Result):
     permutations: Count = Field(description="Number of label permutations.")
     n_x: Count = Field(description="P samples used (after subsampling).")
     n_y: Count = Field(description="S samples used (after subsampling).")
+    p_value_adjusted: float | None = optional_block(
+        "p_value adjusted over the secondaries (metrics.p_adjustment; method.md §12.4)."
+    )
 
 
 class KidResult(Result):
@@ -347,6 +363,69 @@ class Duplicates(Result):
     )
 
 
+class EnergyResult(Result):
+    """Energy distance of S from P in the pair's PCA space, its terms, its permutation test and
+    its decomposition in words (method.md §12.1-12.2)."""
+
+    distance: float = Field(
+        description="2 cross - within_secondary - within_primary (V-statistic; >= 0, 0 for "
+        "identical sets; distance units)."
+    )
+    cross: float = Field(description="E|s - p|: mean S-P distance (= o_dist_mean; >= 0).")
+    within_secondary: float = Field(description="E|s - s'|: mean distance within S (>= 0).")
+    within_primary: float = Field(description="E|p - p'|: mean distance within P (>= 0).")
+    coefficient: float = Field(
+        description="distance / (2 cross), in [0, 1]: unit-free (0 = same distribution)."
+    )
+    p_value: float | None = Field(
+        description="Permutation p-value (1 + #{perm >= obs}) / (1 + permutations), in (0, 1]; "
+        "null without permutations."
+    )
+    p_value_adjusted: float | None = Field(
+        description="p_value adjusted over the secondaries (metrics.p_adjustment; §12.4)."
+    )
+    min_p_value: float | None = Field(
+        description="Smallest attainable p_value: 1 / (1 + permutations)."
+    )
+    permutations: Count = Field(description="Label permutations (metrics.energy_permutations).")
+    n_x: Count = Field(description="P samples the test used (after subsampling).")
+    n_y: Count = Field(description="S samples the test used (after subsampling).")
+    explanation: str = Field(
+        description="Why S is far or near, in words: shifted, less or more varied than P."
+    )
+
+
+class NoveltySummary(Result):
+    """Per-image novelty against P, summarised for S (method.md §12.3)."""
+
+    k: int = Field(ge=1, description="The k of the k-th nearest P image (novelty.k).")
+    quantile: float = Field(description="q (novelty.quantile): novel beyond P's q-quantile.")
+    threshold: float = Field(
+        description="q-quantile of P's leave-one-out k-NN distances (distance units)."
+    )
+    novel_count: Count = Field(description="Images of S beyond the threshold.")
+    novel_fraction: float | None = Field(description="novel_count / |S|, in [0, 1].")
+    base_rate: float = Field(
+        description="1 - q: the novel fraction expected of a set drawn like P (e.g. 0.05)."
+    )
+    p_value: float | None = Field(
+        description="One-sided binomial P(X >= novel_count), X ~ Binomial(|S|, base_rate)."
+    )
+    p_value_adjusted: float | None = Field(
+        description="p_value adjusted over the secondaries (metrics.p_adjustment; §12.4)."
+    )
+
+
+class Verdict(Result):
+    """A verdict page 1 prints as it is (method.md §12.5)."""
+
+    label: Literal["same", "shifted", "far"] = Field(
+        description="same: no detectable difference; shifted: a significant difference; far: "
+        "most of S lies beyond P's envelope."
+    )
+    reason: str = Field(description="The numbers behind the label, in words.")
+
+
 # --------------------------------------------------------------------------- per dataset
 
 
@@ -391,6 +470,15 @@ class SecondaryResult(Result):
     )
     crops: CropClasses | None = optional_block(
         "Per-class counts and O_dist of a secondary made of object crops (boxes:)."
+    )
+    energy: EnergyResult | None = optional_block(
+        "Energy distance of S from P, its terms, test and explanation (method.md §12.1)."
+    )
+    novelty: NoveltySummary | None = optional_block(
+        "Novel images of S against P's own leave-one-out distances (method.md §12.3)."
+    )
+    verdict: Verdict | None = optional_block(
+        "same / shifted / far, with its reason (method.md §12.5)."
     )
 
 
@@ -906,7 +994,7 @@ class Report(Result):
     history: History | None = optional_block(
         "This run against the earlier runs of the same store (a run store with earlier runs)."
     )
-    selection: SelectionSummary | None = optional_block(
+    selection: SelectionInfo | None = optional_block(
         "How the selections were chosen, judged, remembered and exported (method.md §3)."
     )
     ranking: Ranking | None = optional_block(

@@ -298,15 +298,6 @@ def judge_value(
     return {"percentile": percentile, "p_value": p_value, "beats_random": bool(p_value <= alpha)}
 
 
-def novelty_from_nearest(nearest_s: np.ndarray, nearest_p_loo: np.ndarray) -> np.ndarray:
-    """(m,) per-image novelty in [0, 1]: the share of P's leave-one-out nearest distances
-    (n,) strictly below each S image's nearest-P distance (m,) (method.md §9)."""
-    ref = np.sort(np.asarray(nearest_p_loo, dtype=np.float64))
-    if ref.size == 0:
-        return np.zeros(len(nearest_s))
-    return np.searchsorted(ref, np.asarray(nearest_s, dtype=np.float64), side="left") / ref.size
-
-
 def judge(
     strategy: str,
     chosen: list[int],
@@ -410,14 +401,6 @@ def verdict(strategy: str, count: int, judged: list[dict[str, Any]], subsets: in
             f"p = {j['p_value']:.2g})"
         )
     return f"{head}: " + "; ".join(parts) + "."
-
-
-def novelty_threshold(nearest_p_loo: np.ndarray, quantile: float = 0.95) -> float:
-    """P's q-quantile of its leave-one-out nearest distances (numpy method 'higher'): an S
-    image farther than this from its nearest P image is novel (method.md §9)."""
-    ref = np.asarray(nearest_p_loo, dtype=np.float64)
-    ref = ref[np.isfinite(ref)]
-    return float(np.quantile(ref, quantile, method="higher")) if ref.size else np.inf
 
 
 def pool_nearest(
