@@ -32,9 +32,11 @@ from worker.results import (
     PcaSummary,
     Perturbation,
     PrimaryResult,
+    RandomComparison,
     RankDisagreement,
     Ranking,
     SecondaryResult,
+    SelectionPool,
     SelectionResult,
     Splits,
     Spread,
@@ -144,10 +146,19 @@ def _selections(
     space: PairSpace,
     i_dist: np.ndarray,
     job: Job,
-    p_nearest_other: np.ndarray | None = None,
-) -> tuple[list[SelectionResult], dict[tuple[str, int], list[int]]]:
-    """Every (strategy, count) selection with its diversity and coverage (method.md §2-3).
+    p_nearest_other: np.ndarray,
+    nearest_primary: np.ndarray,
+    novelty: dict | None = None,
+    memory: selection.SelectionMemory | None = None,
+) -> tuple[list[SelectionResult], dict[tuple[str, int], list[int]], SelectionPool | None]:
+    """Every (strategy, count) selection with its diversity, coverage and comparison with
+    random subsets (method.md §2-3), and the secondary's pool.
 
+    `nearest_primary` (m,): each S image's nearest-P distance; `p_nearest_other` (n,): P's
+    leave-one-out nearest distances; `novelty`: the per-image novelty and novel flags
+    (_novelty; None when P is too small: no image is novel); `memory`: the earlier runs'
+    selections. Images selected earlier or named by selection.labelled join the pool and are
+    never proposed.
     The adaptation stage's (strategy, count) pairs are chosen here too, by the same code.
     A secondary with `select: false` (a blind set) gets none.
     """
@@ -157,7 +168,16 @@ def _selections(
     out, chosen = [], {}
     config = next((d for d in job.datasets.secondary if sec.name in d.sample_names()), None)
     if config is not None and not config.select:
-        return out, chosen  # a blind set (select: false) is evaluated only, never selected from
+        return out, chosen, None  # a blind set (select: false) is evaluated only, never selected
+    cfg = job.selection
+    earlier = selection.earlier_mask(sec.name, sec.ids, sec.hashes, memory)
+    labelled = selection.labelled_mask(sec.ids, sec.uris, cfg.labelled, job.base_dir)
+    exclude = earlier | labelled
+    if novelty is None:
+        novelty = {"novelty": np.zeros(len(s_l)), "novel": np.zeros(len(s_l), dtype=bool)}
+    novel = np.asarray(novelty["novel"], dtype=bool)
+    pool_nearest = selection.pool_nearest(s_l, nearest_primary, exclude, **kw)
+    candidates = np.flatnonzero(~exclude)
 
     def pick(strategy: str, count: int) -> list[int]:
         return selection.select(
@@ -166,27 +186,38 @@ def _selections(
             P_L=p_l,
             i_dist=i_dist,
             count=count,
-            band=job.selection.band,
+            band=cfg.band,
             seed=job.seed,
+            novel=novel,
+            exclude=exclude,
             **kw,
         )
 
     if job.adaptation.enabled:
         for q in job.adaptation.counts:
             chosen[(job.adaptation.selection, q)] = pick(job.adaptation.selection, q)
-    for strategy in job.selection.strategies:
-        for count in job.selection.counts:
+    for count in cfg.counts:
+        subsets = selection.random_subsets(candidates, count, cfg.random_subsets, job.seed)
+        baselines: dict[str, np.ndarray] = {}  # one random baseline per count, every strategy
+        for strategy in cfg.strategies:
             idx = pick(strategy, count)
             chosen[(strategy, count)] = idx
+            judged = selection.judge(
+                strategy,
+                idx,
+                S_L=s_l,
+                novelty=novelty["novelty"],
+                novel=novel,
+                pool_nearest=pool_nearest,
+                subsets=subsets,
+                baselines=baselines,
+            )
             diversity = random_diversity = pool_diversity = coverage = random_coverage = None
             rand = selection.random_subset(len(s_l), len(idx), job.seed)
             if job.metrics.diversity:
                 diversity = _spread(metrics.diversity(s_l[idx], **kw), bins)
                 random_diversity = _spread(metrics.diversity(s_l[rand], **kw), bins)
-                if p_nearest_other is None:
-                    pool = metrics.diversity(np.vstack([p_l, s_l[idx]]), **kw)
-                else:  # P's nearest-other distances come from the pair's one P x P pass
-                    pool = metrics.pool_diversity(p_l, s_l[idx], p_nearest_other, **kw)
+                pool = metrics.pool_diversity(p_l, s_l[idx], p_nearest_other, **kw)
                 pool_diversity = _spread(pool, bins)
             if job.metrics.coverage:
                 coverage = _cover(metrics.coverage(s_l, s_l[idx], **kw), bins)
@@ -201,9 +232,32 @@ def _selections(
                     pool_diversity=pool_diversity,
                     coverage=coverage,
                     random_coverage=random_coverage,
+                    aim=selection.AIM_WORDS[strategy],
+                    against_random=[
+                        RandomComparison(
+                            aim=j["aim"],
+                            decides=j["decides"],
+                            higher_is_better=j["higher_is_better"],
+                            value=j["value"],
+                            random=Summary(**metrics.summary_stats(j["random"])),
+                            subsets=len(subsets),
+                            percentile=j["percentile"],
+                            p_value=j["p_value"],
+                            beats_random=j["beats_random"],
+                        )
+                        for j in judged
+                    ],
+                    beats_random=selection.beats_random(judged),
+                    verdict=selection.verdict(strategy, len(idx), judged, len(subsets)),
                 )
             )
-    return out, chosen
+    pool_block = SelectionPool(
+        candidates=len(candidates),
+        earlier_selected=int(earlier.sum()),
+        labelled=int(labelled.sum()),
+        novel=int(novel.sum()),
+    )
+    return out, chosen, pool_block
 
 
 def _statistics(p_l: np.ndarray, s_l: np.ndarray, o_dist_mean: float, job: Job) -> Statistics:
@@ -350,9 +404,14 @@ class SecondaryAnalysis:
     chosen: dict[tuple[str, int], list[int]]
 
 
-def analyse_secondary(primary: EmbeddedSet, sec: EmbeddedSet, job: Job) -> SecondaryAnalysis:
+def analyse_secondary(
+    primary: EmbeddedSet,
+    sec: EmbeddedSet,
+    job: Job,
+    memory: selection.SelectionMemory | None = None,
+) -> SecondaryAnalysis:
     """All per-pair numbers of one secondary (method.md §1-4). o_dist_scaled is left None:
-    it needs every secondary (analyse_model fills it)."""
+    it needs every secondary (analyse_model fills it). `memory`: earlier runs' selections."""
     kw = _engine_kw(job)
     bins = job.metrics.histogram_bins
     space = project_pair(primary.vectors, sec.vectors, job)
@@ -363,13 +422,19 @@ def analyse_secondary(primary: EmbeddedSet, sec: EmbeddedSet, job: Job) -> Secon
     scaled = metrics.min_max_scale(i_dist)
     per_image_mean = metrics.mean_distance_per_image(i_dist, len(p_l))
     hashes = sec.hashes or [None] * sec.count
-    p_self = passes["p_self"]
-    selections, chosen = _selections(
-        sec, space, i_dist, job, None if p_self is None else p_self.distance
-    )
     o_dist_mean = metrics.o_dist_mean(i_dist, len(p_l))
     novelty = _novelty(space, passes, job, kw)
     per_image = novelty[0] if novelty is not None else None
+    selections, chosen, pool = _selections(
+        sec,
+        space,
+        i_dist,
+        job,
+        passes["p_self"].distance,
+        passes["pair"].nearest_distance,
+        per_image,
+        memory,
+    )
 
     def image_novelty(j: int) -> dict:
         if per_image is None:
@@ -418,6 +483,7 @@ def analyse_secondary(primary: EmbeddedSet, sec: EmbeddedSet, job: Job) -> Secon
             else None
         ),
         selections=selections,
+        selection_pool=pool,
         statistics=_statistics(p_l, s_l, o_dist_mean, job) if job.metrics.statistics else None,
         duplicates=(
             _duplicates(primary, sec, p_l, s_l, kw, passes) if job.metrics.duplicates else None
@@ -586,9 +652,15 @@ def scatter_points(
     return ScatterPoints(names=names, points=points)
 
 
-def analyse_model(primary: EmbeddedSet, secondaries: list[EmbeddedSet], job: Job) -> ModelAnalysis:
-    """Every number of the report for one extractor's features."""
-    done = [analyse_secondary(primary, sec, job) for sec in secondaries]
+def analyse_model(
+    primary: EmbeddedSet,
+    secondaries: list[EmbeddedSet],
+    job: Job,
+    memory: selection.SelectionMemory | None = None,
+) -> ModelAnalysis:
+    """Every number of the report for one extractor's features; `memory`: the selections of
+    earlier runs of the store, not proposed again (selection.exclude_previous)."""
+    done = [analyse_secondary(primary, sec, job, memory) for sec in secondaries]
     entries = [d.result for d in done]
     warnings = [f"{e.name}: {w}" for e in entries for w in e.pca.warnings]
     o_dist = {e.name: e.o_dist for e in entries}

@@ -388,12 +388,22 @@ class ReportConfig(Strict):
 SUMMARY_ABOVE = 10
 
 
+SelectionStrategy = Literal["novel", "band", "farthest", "kcenter"]
+ExportFormat = Literal["csv", "label-studio", "fiftyone"]
+
+
 class SelectionConfig(Strict):
-    strategy: (
-        Literal["band", "farthest", "kcenter"] | list[Literal["band", "farthest", "kcenter"]]
-    ) = "band"
+    strategy: SelectionStrategy | list[SelectionStrategy] = "novel"
     counts: list[int] = Field(default_factory=lambda: [1, 3, 7])
     band: tuple[float, float] = (0.6, 1.0)
+    #: B: seeded random subsets of each selection's size it is judged against
+    random_subsets: int = Field(default=200, ge=1, le=100_000)
+    #: images selected in earlier runs of the run store (by content hash) are not proposed
+    exclude_previous: bool = True
+    #: images already labelled (ids, folders or URI prefixes): in the pool, never proposed
+    labelled: list[str] = Field(default_factory=list)
+    #: files for labelling tools written into the run folder
+    export: list[ExportFormat] = Field(default_factory=list)
 
     @field_validator("counts")
     @classmethod
@@ -405,7 +415,9 @@ class SelectionConfig(Strict):
     def _strategies(cls, v):
         if isinstance(v, list):
             if not v:
-                raise ValueError("strategy must name at least one of band, farthest, kcenter")
+                raise ValueError(
+                    "strategy must name at least one of novel, band, farthest, kcenter"
+                )
             v = list(dict.fromkeys(v))  # repeats removed, order kept
         return v
 
@@ -416,6 +428,18 @@ class SelectionConfig(Strict):
         if not (0.0 <= lo <= hi <= 1.0):
             raise ValueError("band must be [low, high] with 0 <= low <= high <= 1")
         return v
+
+    @field_validator("labelled")
+    @classmethod
+    def _labelled(cls, v: list[str]) -> list[str]:
+        if any(not str(e).strip() for e in v):
+            raise ValueError("labelled: every entry must name an id, a folder or a prefix")
+        return v
+
+    @field_validator("export")
+    @classmethod
+    def _export(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(v))
 
     @property
     def strategies(self) -> list[str]:
@@ -589,7 +613,7 @@ class AdaptationConfig(Strict):
     checkpoint: str | None = None
     models: list[ArchitectureConfig] | None = Field(default=None, min_length=1)
     counts: list[int] = Field(default_factory=lambda: [1, 3, 7])
-    selection: Literal["band", "farthest", "kcenter"] = "band"
+    selection: SelectionStrategy = "band"
     epochs: int = Field(default=50, ge=1, le=10000)
     image_size: int = Field(default=448, ge=16, le=4096)
     batch_size: int = Field(default=8, ge=1, le=1024)

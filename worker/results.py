@@ -191,10 +191,37 @@ class PairPca(Result):
     warnings: list[str] = Field(default_factory=list, description="What the fit had to adjust.")
 
 
+class RandomComparison(Result):
+    """One aim of a selection against B seeded random subsets of the same size drawn from the
+    same candidates (method.md §3.5)."""
+
+    aim: Literal["novelty", "coverage", "novel_coverage"] = Field(
+        description="novelty: mean per-image novelty of the chosen images (higher is better); "
+        "coverage: covering radius of S by the pool (P, earlier selections, labelled images) "
+        "plus the chosen images (lower is better); novel_coverage: the same for the novel "
+        "images of S."
+    )
+    decides: bool = Field(description="True when this aim is the strategy's own (its verdict).")
+    higher_is_better: bool = Field(description="True for novelty, false for the radii.")
+    value: float | None = Field(description="The selection's value on this aim.")
+    random: Summary = Field(description="The random subsets' values on this aim.")
+    subsets: Count = Field(description="Random subsets drawn (selection.random_subsets).")
+    percentile: float | None = Field(
+        description="Share of random subsets the selection does better than, ties counted "
+        "half, in percent ([0, 100]); null when not judged."
+    )
+    p_value: float | None = Field(
+        description="(1 + random subsets at least as good) / (subsets + 1), in (0, 1]."
+    )
+    beats_random: bool | None = Field(
+        description="p_value <= 0.05; null when not judged (no image, or every candidate)."
+    )
+
+
 class SelectionResult(Result):
     """The images one strategy picks from S for labelling (method.md §3)."""
 
-    strategy: str = Field(description="band, farthest or kcenter.")
+    strategy: str = Field(description="novel, band, farthest or kcenter.")
     count: Count = Field(description="Number of images chosen.")
     ids: list[str] = Field(description="Chosen image ids, in the order chosen.")
     diversity: Spread | None = Field(description="Diversity of the chosen images.")
@@ -208,6 +235,51 @@ class SelectionResult(Result):
     random_coverage: Cover | None = optional_block(
         "Coverage of all of S by the same seeded random subset as random_diversity."
     )
+    aim: str | None = optional_block(
+        "What the strategy aims at: novelty (band, farthest), coverage (kcenter), novelty and "
+        "coverage of the novel images (novel)."
+    )
+    against_random: list[RandomComparison] | None = optional_block(
+        "The selection against random subsets of its size, one entry per aim (method.md §3.5)."
+    )
+    beats_random: bool | None = Field(
+        default=None,
+        description="True when the selection beats random on every aim of its strategy, false "
+        "when it fails one, null when it was not judged.",
+    )
+    verdict: str | None = optional_block("The comparison with random in plain words.")
+
+
+class SelectionInfo(Result):
+    """How this run chose what to label (method.md §3): strategies, judging, memory, exports."""
+
+    strategies: list[str] = Field(description="selection.strategy, in job order.")
+    paper_strategy: str = Field(
+        description="The strategy the paper used (section 4.3): band, random within the band "
+        "of scaled I_dist."
+    )
+    random_subsets: Count = Field(description="B: random subsets each selection is judged on.")
+    alpha: float = Field(description="A selection beats random when its p_value <= alpha.")
+    exclude_previous: bool = Field(
+        description="True when images selected in earlier runs of the store are not proposed."
+    )
+    earlier_runs: Count = Field(description="Earlier runs of the store whose selections count.")
+    labelled: list[str] = Field(description="selection.labelled: images already labelled.")
+    exports: list[str] = Field(
+        description="Files written into the run folder for labelling tools (selection.export)."
+    )
+
+
+class SelectionPool(Result):
+    """What a secondary's selections could not propose (method.md §3.6)."""
+
+    candidates: Count = Field(description="Images that could be proposed.")
+    earlier_selected: Count = Field(
+        description="Images selected in an earlier run of the store (by content hash), not "
+        "proposed again (selection.exclude_previous)."
+    )
+    labelled: Count = Field(description="Images named by selection.labelled, never proposed.")
+    novel: Count = Field(description="Novel images (beyond P's calibrated quantile).")
 
 
 class MmdResult(Result):
@@ -382,6 +454,9 @@ class SecondaryResult(Result):
     )
     selections: list[SelectionResult] = Field(
         description="One entry per (strategy, count) of the job's selection."
+    )
+    selection_pool: SelectionPool | None = optional_block(
+        "Candidates and the images left out of every selection of this secondary."
     )
     statistics: Statistics | None = optional_block("Yardsticks (metrics.statistics).")
     duplicates: Duplicates | None = optional_block("Duplicates (metrics.duplicates).")
@@ -972,6 +1047,9 @@ class Report(Result):
     )
     history: History | None = optional_block(
         "This run against the earlier runs of the same store (a run store with earlier runs)."
+    )
+    selection: SelectionInfo | None = optional_block(
+        "How the selections were chosen, judged, remembered and exported (method.md §3)."
     )
     ranking: Ranking | None = optional_block(
         "Secondaries ranked by o_dist_mean, with the report.top_k closest and farthest."
