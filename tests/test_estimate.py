@@ -18,6 +18,7 @@ from tests import planted_worlds as W
 from tests.test_report import make_report
 from worker import estimate as E
 from worker.adapt import evaluate_cli
+from worker.adapt.block import Adaptation, AdaptationScore
 from worker.adapt.predictions import score_all_predictions, score_predictions
 from worker.errors import JobError
 from worker.gates import evaluate_gates
@@ -461,8 +462,18 @@ def _typed_report(rng) -> Report:
     results = []
     for k, sec in enumerate(raw["secondaries"]):
         x = rng.uniform(1 + k, 4 + k, len(sec["images"]))
-        for im, v in zip(sec["images"], x, strict=True):
-            im["i_dist_mean"] = float(v)
+        for j, (im, v) in enumerate(zip(sec["images"], x, strict=True)):
+            im.update(i_dist_mean=float(v), novelty=j / len(x), novel=j % 4 == 0)
+        sec["energy"] = {
+            "distance": 0.1 * (k + 1), "cross": 1.0, "within_secondary": 0.9,
+            "within_primary": 1.0, "coefficient": 0.05, "p_value": None,
+            "p_value_adjusted": None, "min_p_value": None, "permutations": 0, "n_x": 40,
+            "n_y": len(x), "explanation": "",
+        }  # fmt: skip
+        sec["novelty"] = {
+            "k": 5, "quantile": 0.95, "threshold": 1.0, "novel_count": 0,
+            "novel_fraction": 0.0, "base_rate": 0.05, "p_value": None, "p_value_adjusted": None,
+        }  # fmt: skip
         f = np.clip(truth(x) + rng.normal(0, 0.05, len(x)), 0, 1)
         for arch, shift in (("unet", 0.0), ("other", 0.3)):
             results.append({
@@ -475,9 +486,8 @@ def _typed_report(rng) -> Report:
                               for im, v in zip(sec["images"][1:], f[1:], strict=True)],
             })  # fmt: skip
     report = Report.model_validate(raw)
-    from worker.adapt.results import AdaptationScore
-
-    report.adaptation = type("A", (), {"results": [AdaptationScore(**r) for r in results]})()
+    # only the results are read: the rest of the adaptation block is left out
+    report.adaptation = Adaptation.model_construct(results=[AdaptationScore(**r) for r in results])
     return report
 
 
@@ -491,6 +501,10 @@ def test_evidence_from_typed_report():
     res = next(r for r in report.adaptation.results if r.architecture == "unet")
     np.testing.assert_array_equal(ev[0].f, [p.f for p in res.per_image])  # first architecture
     assert ev[0].ods_f == res.ods_f and ev[0].o_dist_mean == sec.o_dist_mean
+    # novelty per image and the set's energy distance come with the distances
+    np.testing.assert_array_equal(ev[0].novelty, [im.novelty for im in sec.images][1:])
+    assert ev[0].novel.tolist() == [im.novel for im in sec.images][1:]
+    assert ev[0].energy == 0.1 and ev[1].energy == 0.2 and ev[0].novelty_base_rate == 0.05
     est = E.estimate_from_report(report, seed=1, n_bootstrap=5)
     assert est.source == "adaptation:M" and [s.dataset for s in est.secondaries] == ["S3-emb"]
     assert not est.made and "at least 3" in est.reason  # two labelled sets

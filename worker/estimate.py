@@ -727,20 +727,18 @@ def target_of(sec: SecondaryResult) -> Target:
     """A secondary's distances as a Target: images with an i_dist_mean, in report order, with
     their novelty and the set's energy distance when the report has them."""
     ims = [im for im in sec.images if im.i_dist_mean is not None]
-    novelty = [getattr(im, "novelty", None) for im in ims]
-    novel = [getattr(im, "novel", None) for im in ims]
-    summary = getattr(sec, "novelty", None)
-    energy = getattr(sec, "energy", None)
+    novelty = [im.novelty for im in ims]
+    novel = [im.novel for im in ims]
     return Target(
         name=sec.name,
         ids=[im.id for im in ims],
         i_dist_scaled=np.array([im.i_dist_scaled or 0.0 for im in ims], dtype=np.float64),
         i_dist_mean=np.array([im.i_dist_mean for im in ims], dtype=np.float64),
         o_dist_mean=math.nan if sec.o_dist_mean is None else float(sec.o_dist_mean),
-        novelty=None if any(v is None for v in novelty) else np.array(novelty, dtype=np.float64),
-        novel=None if any(v is None for v in novel) else np.array(novel, dtype=bool),
-        novelty_base_rate=getattr(summary, "base_rate", None),
-        energy=getattr(energy, "distance", None),
+        novelty=None if None in novelty else np.array(novelty, dtype=np.float64),
+        novel=None if None in novel else np.array(novel, dtype=bool),
+        novelty_base_rate=sec.novelty.base_rate if sec.novelty is not None else None,
+        energy=sec.energy.distance if sec.energy is not None else None,
     )
 
 
