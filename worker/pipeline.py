@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from worker import __version__
+from worker import __version__, exports
 from worker.adapt.masks import check_adaptation_inputs
 from worker.adapt.predictions import score_all_predictions
 from worker.analysis import (
@@ -48,7 +48,9 @@ from worker.results import (
     Perturbation,
     Report,
     RunInfo,
+    SelectionInfo,
 )
+from worker.selection import ALPHA, PAPER_STRATEGY, SelectionMemory, earlier_selections
 from worker.sources import IMAGE_EXTENSIONS, is_s3, listing_policy, policy_for
 from worker.sources.samples import (
     VIDEO_EXTENSIONS,
@@ -319,13 +321,14 @@ def _run(
     scores = score_all_predictions(job)  # the user's own maps (predictions:), also checked early
     with tempfile.TemporaryDirectory(prefix="worker-out-") as tmp:
         staging = Path(tmp)
+        memory = selection_memory(job, out_uri)  # earlier runs' selections, not proposed again
         with compute_engine(job) as engine_info:
             measured: list[Measured] = []
             for model in job.model_list:
                 with stage("embed", model=model.label):
                     embedded = embed_all(job, model, show_progress)
                 with stage("measure", model=model.label), numeric_input_errors():
-                    analysis = analyse_model(embedded.sets[0], embedded.sets[1:], job)
+                    analysis = analyse_model(embedded.sets[0], embedded.sets[1:], job, memory)
                 robustness = None
                 if job.metrics.robustness:
                     with stage("robustness", model=model.label), numeric_input_errors():
@@ -351,6 +354,7 @@ def _run(
                 RunInfo(**_run_info(started, engine_info), run_id=run_id),
                 matrix=matrix,
             )
+            report.selection = selection_summary(job, memory)
         with stage("estimate"):
             attach_estimate(report, scores, job.seed)
         with stage("history"):
@@ -360,6 +364,7 @@ def _run(
             report.passed = all(g.passed for g in report.gates)
         with stage("render"):
             try:
+                write_exports(job, report, measured[0], staging)
                 render_outputs(report, _render_inputs(measured[0], adapted, job), staging)
             except OSError as err:
                 raise JobError(
@@ -576,7 +581,7 @@ def build_report(
         robustness=robustness,
         adaptation=adapted.block if adapted else None,
         ranking=rank_secondaries(first.secondaries, job),
-        groups=compare_groups(first.secondaries, job),
+        groups=compare_groups(first.secondaries, job, matrix),
         matrix=matrix,
     )
     return report
@@ -603,7 +608,7 @@ def attach_estimate(report: Report, scores: dict | None, seed: int) -> None:
         return  # no labelled evidence (and no scikit-learn import for it)
     from worker.estimate import estimate_from_report
 
-    estimate = estimate_from_report(report.model_dump(mode="json"), scores, seed=seed)
+    estimate = estimate_from_report(report, scores, seed=seed)
     if estimate is None:
         return
     for sec in report.secondaries:
@@ -663,6 +668,43 @@ def attach_history(report: Report, job: Job, store: str) -> None:
         new = set(new)
         for im in sec.images:
             im.new = im.id in new
+
+
+def selection_memory(job: Job, store: str) -> SelectionMemory | None:
+    """What the earlier runs of the run store selected (selection.exclude_previous; method.md
+    §3.6), read one report at a time; None when exclusion is off."""
+    if not job.selection.exclude_previous:
+        return None
+    from worker.store import each_run
+
+    skipped: list[str] = []
+    memory = earlier_selections(each_run(store, storage=job.storage, skipped=skipped))
+    for warning in skipped:
+        LOGGER.warning("selection.exclude_previous: %s", warning)
+    return memory
+
+
+def selection_summary(job: Job, memory: SelectionMemory | None) -> SelectionInfo:
+    """report.json's `selection` block: strategies, judging, memory and exports."""
+    cfg = job.selection
+    return SelectionInfo(
+        strategies=cfg.strategies,
+        paper_strategy=PAPER_STRATEGY,
+        random_subsets=cfg.random_subsets,
+        alpha=ALPHA,
+        exclude_previous=cfg.exclude_previous,
+        earlier_runs=0 if memory is None else memory.runs,
+        labelled=list(cfg.labelled),
+        exports=[exports.FILES[f] for f in exports.FILES if f in cfg.export],
+    )
+
+
+def write_exports(job: Job, report: Report, first: Measured, folder: Path) -> None:
+    """selection.csv / label-studio.json / fiftyone.json into the run folder (selection.export)."""
+    if not job.selection.export:
+        return
+    locations = {s.name: dict(zip(s.ids, s.uris, strict=False)) for s in first.embedded.sets}
+    exports.write_exports(job.selection.export, exports.export_rows(report, locations), folder)
 
 
 def _render_inputs(first: Measured, adapted: Adapted | None, job: Job) -> RenderInputs:

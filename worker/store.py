@@ -28,7 +28,11 @@ always names one complete run; the flat keys are a compatibility copy and may br
 runs while they are copied (read latest.json, or the run it names, for a consistent view).
 
 `output.keep: N` prunes the oldest complete runs after a successful publish, never the new run
-nor the one `latest` names. list_runs / read_run give the history feature the complete runs.
+nor the one `latest` names.
+
+Reading (the one door to earlier runs): open_store, list_runs, latest_run, load_run, each_run,
+earlier_runs, load_report, read_report; every report comes back as a typed Report, and one
+that cannot be read raises DamagedReport (readers of earlier runs skip it with a warning).
 """
 
 from __future__ import annotations
@@ -753,6 +757,21 @@ def _without_images(report: Report) -> Report:
     return report.model_copy(
         update={"secondaries": [s.model_copy(update={"images": []}) for s in report.secondaries]}
     )
+
+
+def each_run(
+    store_uri: str, *, before: str | None = None, storage=None, skipped: list[str]
+) -> Iterator[Report]:
+    """Every complete run of the store older than run `before` (all when None), oldest first,
+    one typed Report at a time; a run whose report.json cannot be read is skipped, its
+    reason appended to `skipped`."""
+    for run_id in open_store(store_uri, storage).run_ids():
+        if before is not None and run_id >= before:
+            continue
+        try:
+            yield load_run(store_uri, run_id, storage)
+        except JobError as err:
+            skipped.append(f"earlier run {run_id} skipped: {err}")
 
 
 def earlier_runs(
