@@ -17,15 +17,8 @@ from scipy.stats import linregress
 
 from tests import reference as R
 from worker.adapt import evaluate_cli, ods
-from worker.adapt.run import (
-    MIN_IMAGES,
-    SLOPE_TOL,
-    MaskedSet,
-    build_masked_sets,
-    run_adaptation,
-    trend,
-    verdict,
-)
+from worker.adapt.masks import MaskedSet, build_masked_sets
+from worker.adapt.run import run_adaptation
 from worker.adapt.segmenters import (
     TrainedEncoderExtractor,
     build_segmenter,
@@ -33,12 +26,8 @@ from worker.adapt.segmenters import (
     load_segmenter,
     save_segmenter,
 )
-from worker.adapt.train import (
-    Sample,
-    load_training_set,
-    predict_probs,
-    train_segmenter,
-)
+from worker.adapt.train import Sample, load_pair, predict_probs, train_segmenter
+from worker.adapt.verdicts import MIN_IMAGES, SLOPE_TOL, trend, verdict
 from worker.errors import JobError
 from worker.job import parse_job
 
@@ -153,6 +142,14 @@ def make_job(root: Path, adaptation: dict, secondary: list[dict], **extra):
 
 
 # ----------------------------------------------------------------------------- training
+
+
+def load_training_set(samples: list[Sample], size: int):
+    """(X (N, 3, S, S) float in [0, 1], Y (N, 1, S, S) 0/1, samples) through load_pair."""
+    pairs = [load_pair(s, size) for s in samples]
+    x = torch.from_numpy(np.stack([p[0] for p in pairs])).permute(0, 3, 1, 2).float() / 255.0
+    y = torch.from_numpy(np.stack([p[1] for p in pairs])).float().unsqueeze(1)
+    return x, y, samples
 
 
 def _tiny_training_data(tmp_path: Path):
