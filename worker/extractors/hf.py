@@ -334,7 +334,7 @@ class HFExtractor:
                 )
                 self.preprocess = "exact"
         self._scale, self._shift = (
-            (torch.from_numpy(a).to(self.device).view(1, 3, 1, 1) for a in self._affine)
+            (torch.from_numpy(a).to(self.device) for a in self._affine)
             if self._affine is not None
             else (None, None)
         )
@@ -488,8 +488,9 @@ class HFExtractor:
         path's float32 input passes as it is."""
         if batch.dtype != torch.uint8:
             return batch
-        x = batch.permute(0, 3, 1, 2).to(torch.float32)
-        return torch.addcmul(self._shift, x, self._scale).contiguous()
+        x = batch.to(torch.float32)  # (B, H, W, 3): the channel is the fastest axis
+        x.mul_(self._scale).add_(self._shift)  # two in-place passes, no temporaries
+        return x.permute(0, 3, 1, 2)  # NCHW view in channels-last memory (convolutions take it)
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         """A stacked batch on the device -> (B, d) float32 features on the CPU."""
