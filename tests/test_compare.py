@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_history import R1, R2, R3, three_runs, write_store
+from tests.helpers.history import R1, R2, R3, three_runs, write_store
 from worker.__main__ import main
 from worker.compare import compare_gates, compare_reports, ranking
 
