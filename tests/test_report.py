@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers.pdf import pdf_text
-from tests.helpers.reports import HOSTILE_ID, make_extras, make_report
+from tests.helpers.sample_report import HOSTILE_ID, make_extras, make_report
 from worker.report import figures as figmod
 from worker.report.junit import gate_case_name, write_junit
 from worker.report.model import (

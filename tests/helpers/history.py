@@ -1,5 +1,5 @@
-"""Earlier runs for the history and compare tests: three hand-made report dicts and a
-local store holding them."""
+"""Earlier runs for the history and compare tests: three hand-made typed reports (run ids
+R1-R3, |P| = N_P) and a local store holding them."""
 
 from __future__ import annotations
 
@@ -8,17 +8,20 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.helpers.reports import typed_report
+from worker.results import Report
+
 R1, R2, R3 = "20260101T020000Z-aaaaaa", "20260102T020000Z-bbbbbb", "20260103T020000Z-cccccc"
 
 
 N_P = 10  # |P|: o_dist_mean = o_dist / N_P
 
 
-def _img(id_, sha, i_dist, scaled):
+def image_entry(id_, sha, i_dist, scaled):
     return {"id": id_, "sha256": sha, "i_dist": i_dist, "i_dist_scaled": scaled}
 
 
-def _sec(name, images, mmd_p=None):
+def secondary_entry(name, images, mmd_p=None):
     """A secondaries[] entry whose numbers follow from its images (as the pipeline makes them)."""
     d = np.array([im["i_dist"] for im in images], dtype=np.float64)
     lo, hi = d.min(), d.max()
@@ -38,9 +41,12 @@ def _sec(name, images, mmd_p=None):
     }
 
 
-def _report(run_id, secondaries, finished):
+def report_entry(run_id, secondaries, finished):
+    return typed_report(report_sketch(run_id, secondaries, finished))
+
+
+def report_sketch(run_id, secondaries, finished):
     return {
-        "schema_version": "1.4.0",
         "run": {"run_id": run_id, "started": finished, "finished": finished},
         "model": {"name": "hog", "checkpoint": None, "pooling": None, "image_size": 64},
         "primary": {"name": "P", "count": N_P},
@@ -49,63 +55,76 @@ def _report(run_id, secondaries, finished):
     }
 
 
+def report_json(report: Report, run_id: bool = True) -> str:
+    body = report.model_dump(mode="json")
+    if not run_id:
+        del body["run"]["run_id"]
+    return json.dumps(body)
+
+
 def three_runs():
     """Run 1: S1 {a,b,c}, S2 {x,y}, S3 {z}. Run 2: S1 {a,b,d,e} (c removed), S3 {z}.
     Run 3: S1 {a, b renamed (same hash), d, f, g} (e removed), S2 {x,y,w} (S2 back)."""
-    r1 = _report(
+    r1 = report_entry(
         R1,
         [
-            _sec(
+            secondary_entry(
                 "S1",
                 [
-                    _img("a", "ha", 10.0, None),
-                    _img("b", "hb", 20.0, None),
-                    _img("c", "hc", 30.0, None),
+                    image_entry("a", "ha", 10.0, None),
+                    image_entry("b", "hb", 20.0, None),
+                    image_entry("c", "hc", 30.0, None),
                 ],
                 0.5,
             ),
-            _sec("S2", [_img("x", "hx", 5.0, None), _img("y", "hy", 15.0, None)], 0.2),
-            _sec("S3", [_img("z1", "hz1", 1.0, None), _img("z2", "hz2", 3.0, None)]),
+            secondary_entry(
+                "S2", [image_entry("x", "hx", 5.0, None), image_entry("y", "hy", 15.0, None)], 0.2
+            ),
+            secondary_entry(
+                "S3", [image_entry("z1", "hz1", 1.0, None), image_entry("z2", "hz2", 3.0, None)]
+            ),
         ],
         "2026-01-01T02:10:00Z",
     )
-    r2 = _report(
+    r2 = report_entry(
         R2,
         [
-            _sec(
+            secondary_entry(
                 "S1",
                 [
-                    _img("a", "ha", 10.0, None),
-                    _img("b", "hb", 20.0, None),
-                    _img("d", "hd", 40.0, None),
-                    _img("e", "he", 25.0, None),
+                    image_entry("a", "ha", 10.0, None),
+                    image_entry("b", "hb", 20.0, None),
+                    image_entry("d", "hd", 40.0, None),
+                    image_entry("e", "he", 25.0, None),
                 ],
                 0.25,
             ),
-            _sec("S3", [_img("z1", "hz1", 1.0, None), _img("z2", "hz2", 3.0, None)]),
+            secondary_entry(
+                "S3", [image_entry("z1", "hz1", 1.0, None), image_entry("z2", "hz2", 3.0, None)]
+            ),
         ],
         "2026-01-02T02:10:00Z",
     )
-    r3 = _report(
+    r3 = report_entry(
         R3,
         [
-            _sec(
+            secondary_entry(
                 "S1",
                 [
-                    _img("a", "ha", 10.0, None),
-                    _img("b_renamed", "hb", 20.0, None),
-                    _img("d", "hd", 40.0, None),
-                    _img("f", "hf", 50.0, None),
-                    _img("g", "hg", 16.0, None),
+                    image_entry("a", "ha", 10.0, None),
+                    image_entry("b_renamed", "hb", 20.0, None),
+                    image_entry("d", "hd", 40.0, None),
+                    image_entry("f", "hf", 50.0, None),
+                    image_entry("g", "hg", 16.0, None),
                 ],
                 0.01,
             ),
-            _sec(
+            secondary_entry(
                 "S2",
                 [
-                    _img("x", "hx", 5.0, None),
-                    _img("y", "hy", 15.0, None),
-                    _img("w", "hw", 25.0, None),
+                    image_entry("x", "hx", 5.0, None),
+                    image_entry("y", "hy", 15.0, None),
+                    image_entry("w", "hw", 25.0, None),
                 ],
                 0.3,
             ),
@@ -115,13 +134,14 @@ def three_runs():
     return r1, r2, r3
 
 
-def write_store(root: Path, reports: list[dict], extra_junk: bool = True) -> Path:
+def write_store(root: Path, reports: list[Report], extra_junk: bool = True) -> Path:
     for r in reports:
-        d = root / "runs" / r["run"]["run_id"]
+        d = root / "runs" / r.run.run_id
         d.mkdir(parents=True)
-        body = json.loads(json.dumps(r))
-        del body["run"]["run_id"]  # the reader fills it in from the folder name
-        (d / "report.json").write_text(json.dumps(body))
+        # the reader fills run.run_id in from the folder name
+        (d / "report.json").write_text(report_json(r, run_id=False))
+    if reports:
+        (root / "latest").symlink_to(f"runs/{reports[-1].run.run_id}")
     if extra_junk:
         (root / "runs" / "20260104T020000Z-dddddd").mkdir()  # incomplete: no report.json
         (root / "runs" / "not-a-run").mkdir()
