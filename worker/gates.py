@@ -38,6 +38,10 @@ SECONDARY_METRICS: dict[str, Callable[[SecondaryResult], float | None]] = {
     "mmd_p_value": lambda s: s.statistics.mmd.p_value if s.statistics else None,
     "fid": lambda s: s.statistics.fid if s.statistics else None,
     "duplicates_with_primary": _with_primary,
+    "energy_distance": lambda s: s.energy.distance if s.energy else None,
+    "energy_p_value": lambda s: s.energy.p_value_adjusted if s.energy else None,
+    "novel_fraction": lambda s: s.novelty.novel_fraction if s.novelty else None,
+    "novelty_p_value": lambda s: s.novelty.p_value_adjusted if s.novelty else None,
 }
 #: metric -> the metrics.* switches it needs (a gate on a switched-off metric is refused)
 METRIC_SWITCHES: dict[str, tuple[str, ...]] = {
@@ -104,8 +108,11 @@ def gate_value(report: Report, gate: GateConfig, dataset: str) -> float | None:
             report.adaptation, dataset, gate.metric, gate.model, gate.architecture
         )
     if gate.metric in ESTIMATE_METRICS:
+        # the interval's lower end against a min (upper against a max); None when no
+        # estimate (no skill, extrapolation): the gate fails with the estimate's reason
         sec = report.secondary(dataset)
-        return sec.estimate.estimated_f if sec is not None and sec.estimate else None
+        est = sec.estimate if sec is not None else None
+        return est.gate_value(gate.min, gate.max) if est is not None else None
     if gate.metric in GROUP_METRICS:
         return _group_separation(report, dataset)
     if gate.metric in HISTORY_METRICS:
@@ -127,10 +134,21 @@ def group_pair_name(group_a: str, group_b: str) -> str:
 
 
 def _group_separation(report: Report, pair: str) -> float | None:
-    """The separation AUC of the pair of groups named 'A vs B' (report.groups)."""
+    """The separation of the pair of groups named 'A vs B' or 'B vs A' (report.groups): the
+    order-free `separation` (method.md §12.6)."""
     for p in report.groups.pairs if report.groups else []:
-        if group_pair_name(p.group_a, p.group_b) == pair:
-            return p.auc
+        if pair in (group_pair_name(p.group_a, p.group_b), group_pair_name(p.group_b, p.group_a)):
+            return p.separation if p.separation is not None else p.auc
+    return None
+
+
+def _estimate_reason(report: Report, dataset: str) -> str | None:
+    """Why secondary `dataset` has no estimate to gate on (no skill, extrapolation, labelled)."""
+    sec = report.secondary(dataset)
+    if sec is not None and sec.estimate is not None and sec.estimate.reason:
+        return f"estimated_f: {sec.estimate.reason}"
+    if report.estimate is not None and any(s.dataset == dataset for s in report.estimate.labelled):
+        return f"estimated_f: {dataset} is labelled evidence; gate it on ods_f"
     return None
 
 
@@ -164,6 +182,8 @@ def evaluate_gates(report: Report, gates: list[GateConfig]) -> list[GateResult]:
         for dataset in targets:
             value = gate_value(report, gate, dataset)
             reason = f"{gate.metric} was not computed for {dataset}" if value is None else None
+            if value is None and gate.metric in ESTIMATE_METRICS:
+                reason = _estimate_reason(report, dataset) or reason
             passed = value is not None and (
                 (gate.max is None or value <= gate.max) and (gate.min is None or value >= gate.min)
             )

@@ -319,10 +319,11 @@ class DatasetsConfig(Strict):
                 f"datasets.primary.samples: 'both' gives two datasets, and the primary is one; "
                 f"use samples: images or samples: crops for {self.primary.name!r}"
             )
-        if self.primary.group is not None:
+        if self.primary.group is not None and not self.matrix:
             raise ValueError(
                 f"primary.group: groups compare secondaries; the primary {self.primary.name!r} "
-                "is the reference of every distance, so remove 'group' from it"
+                "is the reference of every distance, so remove 'group' from it (with "
+                "datasets.matrix every dataset may have a group)"
             )
         if self.primary.predictions is not None:
             raise ValueError(
@@ -757,7 +758,8 @@ def check_gate(job: Job, gate: GateConfig, where: str) -> None:
     primary = job.datasets.primary.name
     metric = gate.metric
     if metric in GROUP_METRICS:
-        labels = list(dict.fromkeys(s.group for s in job.datasets.secondary if s.group))
+        grouped = job.all_datasets if job.datasets.matrix else job.datasets.secondary
+        labels = list(dict.fromkeys(s.group for s in grouped if s.group))
         if len(labels) < 2:
             raise ValueError(
                 f"{where}.metric: {metric!r} compares groups of secondaries; give at least "
@@ -765,7 +767,8 @@ def check_gate(job: Job, gate: GateConfig, where: str) -> None:
                 f"(found: {', '.join(labels) or 'none'})"
             )
         pairs = [f"{a} vs {b}" for i, a in enumerate(labels) for b in labels[i + 1 :]]
-        if gate.dataset != "*" and gate.dataset not in pairs:
+        either = pairs + [f"{b} vs {a}" for i, a in enumerate(labels) for b in labels[i + 1 :]]
+        if gate.dataset != "*" and gate.dataset not in either:
             raise ValueError(
                 f"{where}.dataset: {metric!r} names a pair of groups as 'A vs B' (A listed "
                 f"first in the job) or '*'; use one of {', '.join(pairs)}"
@@ -787,6 +790,10 @@ def check_gate(job: Job, gate: GateConfig, where: str) -> None:
                 f"{where}.metric: {metric!r} is not computed with metrics.{switch}: false; "
                 f"set metrics.{switch}: true or remove the gate"
             )
+    if metric == "energy_p_value" and job.metrics.energy_permutations == 0:
+        raise ValueError(
+            f"{where}.metric: 'energy_p_value' needs metrics.energy_permutations > 0 (it is 0)"
+        )
     if metric == "mmd_p_value" and job.metrics.mmd_permutations == 0:
         raise ValueError(
             f"{where}.metric: 'mmd_p_value' needs metrics.mmd_permutations > 0 (it is 0)"

@@ -578,7 +578,7 @@ def build_report(
         robustness=robustness,
         adaptation=adapted.block if adapted else None,
         ranking=rank_secondaries(first.secondaries, job),
-        groups=compare_groups(first.secondaries, job),
+        groups=compare_groups(first.secondaries, job, matrix),
         matrix=matrix,
     )
     attach_estimate(report, scores, job.seed)
@@ -596,7 +596,7 @@ def attach_estimate(report: Report, scores: dict | None, seed: int) -> None:
         return  # no labelled evidence (and no scikit-learn import for it)
     from worker.estimate import estimate_from_report
 
-    estimate = estimate_from_report(report.model_dump(mode="json"), scores, seed=seed)
+    estimate = estimate_from_report(report, scores, seed=seed)
     if estimate is None:
         return
     for sec in report.secondaries:
