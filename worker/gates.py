@@ -152,12 +152,6 @@ def _estimate_reason(report: Report, dataset: str) -> str | None:
     return None
 
 
-def _first_run(report: Report) -> bool:
-    """True when the store held no earlier run of this job: a change gate then passes (with
-    its reason) instead of failing the first night."""
-    return report.history is None or report.history.previous_run is None
-
-
 def evaluate_gates(report: Report, gates: list[GateConfig]) -> list[GateResult]:
     """One result per (gate, dataset).
 
@@ -165,7 +159,7 @@ def evaluate_gates(report: Report, gates: list[GateConfig]) -> list[GateResult]:
     diversity_mean, to the primary too). A gate whose value was not computed fails with a
     reason, so a CI build never passes on a number that does not exist; the one exception is
     a change gate on the first run of a store (no earlier run exists), which passes with
-    that reason.
+    that reason and no value (JUnit: skipped).
     """
     results = []
     secondary_names = [s.name for s in report.secondaries]
@@ -187,8 +181,12 @@ def evaluate_gates(report: Report, gates: list[GateConfig]) -> list[GateResult]:
             passed = value is not None and (
                 (gate.max is None or value <= gate.max) and (gate.min is None or value >= gate.min)
             )
-            if value is None and gate.metric in HISTORY_METRICS and _first_run(report):
-                passed, reason = True, f"{gate.metric}: first run in the store, nothing to compare"
+            if gate.metric in HISTORY_METRICS:
+                from worker import history
+
+                reason = history.gate_reason(report.history, gate.metric, dataset)
+                if value is None and history.first_run(report.history):
+                    passed = True  # nothing to compare yet: JUnit lists it as skipped
             results.append(
                 GateResult(
                     metric=gate.metric,

@@ -691,6 +691,7 @@ class Job(Strict):
 
     # Set by load_job: the folder that relative paths are resolved against.
     base_dir: Path = Field(default=Path("."), exclude=True)
+    job_file: Path | None = Field(default=None, exclude=True)  # set by load_job
 
     @model_validator(mode="after")
     def _models(self) -> Job:
@@ -898,4 +899,6 @@ def load_job(path: str | Path) -> Job:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise JobError(f"{path}: malformed YAML{where}; fix the syntax and run again") from None
-    return parse_job(data, path.resolve().parent, str(path))
+    job = parse_job(data, path.resolve().parent, str(path))
+    job.job_file = path.resolve()
+    return job

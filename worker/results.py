@@ -1179,6 +1179,15 @@ class History(Result):
         description="secondary -> ids of its images flagged new: true (all others false)"
     )
     warnings: list[str] = Field(description="why some runs may not be comparable, or were skipped")
+    skipped_runs: list[str] | None = optional_block(
+        "Earlier runs of the store skipped because their report.json could not be read (empty, "
+        "truncated, a field of the wrong type), each with why; the runs above exclude them."
+    )
+    not_comparable: str | None = optional_block(
+        "Why the reference run of o_dist_mean_change (the baseline if set, else the previous "
+        "run) measured something else (another extractor, image size, primary or PCA dims): "
+        "o_dist_mean_change is then null and a gate on it fails with this reason."
+    )
     estimates: EstimateTrack | None = optional_block(
         "Secondaries estimated in an earlier run and labelled later: estimate against "
         "realised ODS, with the estimator's running error (method-estimate.md)."

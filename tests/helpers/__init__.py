@@ -1,0 +1,1 @@
+"""Shared test builders (exposed to tests through tests/conftest.py and plain imports)."""
