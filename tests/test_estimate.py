@@ -696,3 +696,51 @@ def test_figure_and_partial(tmp_path):
     assert "No estimate: 2 labelled dataset(s) (L0, L1)" in html and "<table" not in html
     # nothing unlabelled: no estimate page at all
     assert "<section" not in _rendered(E.estimate_performance(ev, []))
+
+
+# ------------------------------------------------------------------------------ end to end
+
+
+def _world_job(root: Path, masks_for: tuple[str, ...] = ()) -> Path:
+    import yaml
+
+    datasets = W.write_world(root, 3, "noise", labelled=FIVE, masks_for=masks_for)
+    job = {
+        "version": 1, "seed": 0, "output": {"dir": "out"},
+        "model": {"name": "hog", "image_size": 64}, "pca": {"dims": 10, "sweep": [5, 10]},
+        "datasets": datasets, "metrics": {"energy_permutations": 20, "novelty_k": 5},
+        "gates": [{"metric": "estimated_f", "dataset": "U_near", "min": 0.3},
+                  {"metric": "estimated_f", "dataset": "U_far", "min": 0.0}],
+    }  # fmt: skip
+    path = root / "job.yaml"
+    path.write_text(yaml.safe_dump(job), encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+def test_pipeline_estimates_from_predictions_and_fails_the_far_gate(tmp_path):
+    """A real job (hog, energy and novelty from the distance stage, five labelled sets through
+    predictions:): the report chooses a predictor, flags the far set, and its gate fails even
+    at min 0 (no point estimate), with the reason in report.json and the PDF."""
+    from tests.pdftext import pdf_text
+    from worker.job import load_job
+    from worker.pipeline import run
+
+    result = run(load_job(str(_world_job(tmp_path))))
+    report = json.loads((Path(result.run_dir) / "report.json").read_text())
+    est = report["estimate"]
+    assert est["source"] == "predictions" and est["made"] and est["chosen"] != "no_skill"
+    avail = {c["name"]: c["available"] for c in est["candidates"]}
+    assert avail == {"no_skill": True, "i_dist_mean": True, "novelty": True, "energy": True}
+    by = {s["dataset"]: s for s in est["secondaries"]}
+    assert set(by) == {"U_near", "U_far"}
+    assert by["U_far"]["extrapolation"] and by["U_far"]["estimated_f"] is None
+    assert by["U_far"]["low"] == 0.0 and by["U_far"]["novel_fraction"] is not None
+    assert by["U_near"]["estimated_f"] is not None
+    gates = {g["dataset"]: g for g in report["gates"]}
+    assert not gates["U_far"]["passed"] and "extrapolation" in gates["U_far"]["reason"]
+    assert gates["U_near"]["value"] == by["U_near"]["low"]
+    assert result.exit_code == 1
+    text = " ".join(pdf_text(Path(result.run_dir) / "report.pdf").split())
+    assert "Estimated performance on unlabelled data" in text
+    assert f"{est['chosen']} (chosen)" in text and "(extrapolated)" in text
