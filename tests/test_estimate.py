@@ -722,7 +722,7 @@ def test_pipeline_estimates_from_predictions_and_fails_the_far_gate(tmp_path):
     """A real job (hog, energy and novelty from the distance stage, five labelled sets through
     predictions:): the report chooses a predictor, flags the far set, and its gate fails even
     at min 0 (no point estimate), with the reason in report.json and the PDF."""
-    from tests.pdftext import pdf_text
+    from tests.helpers.pdf import pdf_text
     from worker.job import load_job
     from worker.pipeline import run
 
