@@ -12,11 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import write_job
-from tests.test_s3 import REGION, admin, aws_env, bucket, moto_endpoint  # noqa: F401 (fixtures)
+from tests.helpers.jobs import write_job
+from tests.helpers.s3 import REGION
 from worker import exports
 from worker.job import load_job
 from worker.pipeline import run
+
+#: every test here runs with planted AWS credentials and no AWS config (tests/helpers/s3.py)
+pytestmark = pytest.mark.usefixtures("aws_env")
 
 
 def _png(rng: np.random.Generator, bright: float, rough: float) -> bytes:

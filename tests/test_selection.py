@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests import reference as R
+from tests.helpers import reference as R
 from tests.helpers.reports import typed_report
 from worker import metrics, selection
 
