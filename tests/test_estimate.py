@@ -16,8 +16,8 @@ from pydantic import BaseModel
 from scipy import stats as sps
 from sklearn.isotonic import IsotonicRegression
 
-from tests import planted_worlds as W
-from tests.test_report import make_report
+from tests.helpers import planted_worlds as W
+from tests.helpers.sample_report import make_report
 from worker import estimate as E
 from worker.adapt import evaluate_cli
 from worker.adapt.block import Adaptation, AdaptationScore
@@ -732,7 +732,7 @@ def test_pipeline_estimates_from_predictions_and_fails_the_far_gate(tmp_path):
     """A real job (hog, energy and novelty from the distance stage, five labelled sets through
     predictions:): the report chooses a predictor, flags the far set, and its gate fails even
     at min 0 (no point estimate), with the reason in report.json and the PDF."""
-    from tests.pdftext import pdf_text
+    from tests.helpers.pdf import pdf_text
     from worker.job import load_job
     from worker.pipeline import run
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_report import make_report
+from tests.helpers.sample_report import make_report
 from worker.gates import (
     ADAPTATION_METRICS,
     GATE_METRICS,

@@ -622,6 +622,9 @@ class AdaptationConfig(Strict):
     negatives: NegativesConfig | None = None
     #: every architecture trains every model once per seed: job.seed, job.seed + 1, ...
     seeds: int = Field(default=1, ge=1, le=100)
+    #: share of each selectable secondary held out of selection and training, chosen by
+    #: I_dist strata before selection; every model is also scored on it (0: none)
+    held_out: float = Field(default=0.2, ge=0.0, lt=1.0)
 
     _counts = field_validator("counts")(classmethod(lambda cls, v: check_counts(v)))
     _checkpoint = field_validator("checkpoint")(classmethod(lambda cls, v: check_text(v)))

@@ -465,8 +465,19 @@ def adapt(job: Job, analysis: ModelAnalysis, sets: dict, artifacts: Path) -> Ada
     def per_image(key: str) -> dict[str, dict[str, float]]:
         return {e.name: {im.id: getattr(im, key) for im in e.images} for e in analysis.secondaries}
 
+    held_out = {
+        e.name: [e.images[i].id for i in analysis.held_out[e.name]]
+        for e in analysis.secondaries
+        if e.name in sets and e.name in analysis.held_out
+    }
     block, extras = run_adaptation(
-        job, sets, selections, per_image("i_dist_scaled"), artifacts, i_dist=per_image("i_dist")
+        job,
+        sets,
+        selections,
+        per_image("i_dist_scaled"),
+        artifacts,
+        i_dist=per_image("i_dist"),
+        held_out=held_out,
     )
     return Adapted(
         block=block,

@@ -280,6 +280,11 @@ class SelectionPool(Result):
     )
     labelled: Count = Field(description="Images named by selection.labelled, never proposed.")
     novel: Count = Field(description="Novel images (beyond P's calibrated quantile).")
+    held_out: Count = Field(
+        default=0,
+        description="Images of the adaptation's held-out split: never selected, scored by "
+        "every model (adaptation.held_out).",
+    )
 
 
 class MmdResult(Result):
