@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import reference as R
+from tests.helpers.reports import typed_report
 from worker import metrics, selection
 
 I_DIST = np.array([0.0, 10.0, 6.0, 9.0, 2.0, 8.0])  # scaled = I_DIST / 10
@@ -230,7 +231,7 @@ def test_exclude_is_never_proposed_and_joins_the_pool():
 
 
 def test_earlier_selections_and_masks():
-    earlier = [
+    earlier = typed_report(
         {
             "secondaries": [
                 {
@@ -240,8 +241,8 @@ def test_earlier_selections_and_masks():
                 }
             ]
         }
-    ]
-    memory = selection.earlier_selections(earlier)
+    )
+    memory = selection.earlier_selections([earlier])
     assert memory.hashes == {"h1"} and memory.ids == {("S", "b")} and memory.runs == 1
     # by hash in any secondary (a renamed file keeps its hash), by id within the same name
     got = selection.earlier_mask("T", ["x", "b", "y"], ["h1", "h2", "h3"], memory)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from worker.adapt.names import model_names
 from worker.errors import JobError
-from worker.gates import (
+from worker.gate_metrics import (
     ADAPTATION_METRICS,
     GATE_METRICS,
     GROUP_METRICS,

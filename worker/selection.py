@@ -31,6 +31,7 @@ import numpy as np
 
 from worker import engine
 from worker.metrics import min_max_scale
+from worker.results import Report
 
 STRATEGIES = ("novel", "band", "farthest", "kcenter")
 #: the strategy the paper used (section 4.3: random within the band [0.6, 1] of scaled I_dist)
@@ -287,30 +288,31 @@ def covering_radii(
     min(pool_nearest[r], min_j ||S_L[r] - S_L[subsets[b, j]]||) (Sener & Savarese; method.md
     §2.2). `pool_nearest` (m,): each S image's distance to its nearest pool image (P, earlier
     selections, labelled images; +inf for an empty pool). NaN when `rows` is empty.
-    Exact float64, in chunks of rows of about `chunk_values` values (B * k per row)."""
+    float64 from squared distances of centred rows (sqrt taken at the end), in chunks of rows
+    of about `chunk_values` values."""
     S_L = np.asarray(S_L, dtype=np.float64)
     pool_nearest = np.asarray(pool_nearest, dtype=np.float64)
     subsets = np.asarray(subsets, dtype=np.int64).reshape(len(subsets), -1)
     rows = np.arange(len(S_L)) if rows is None else np.asarray(rows, dtype=np.int64)
-    radii = np.full(len(subsets), -np.inf)
     if len(rows) == 0:
         return np.full(len(subsets), np.nan)
     used, pos = np.unique(subsets, return_inverse=True)
     pos = pos.reshape(subsets.shape)
-    centres = S_L[used]
+    centre = S_L[rows].mean(axis=0)  # centred: the expanded squares lose less to rounding
+    centres = S_L[used] - centre
     c2 = (centres**2).sum(axis=1)
-    step = max(1, chunk_values // max(1, subsets.size))
+    pool2 = pool_nearest**2
+    step = max(1, chunk_values // max(1, len(used) + len(subsets)))
+    radii2 = np.full(len(subsets), -np.inf)
     for start in range(0, len(rows), step):
         r = rows[start : start + step]
-        x = S_L[r]
-        d2 = (x**2).sum(axis=1)[:, None] + c2[None, :] - 2.0 * (x @ centres.T)
-        d = np.sqrt(np.maximum(d2, 0.0))  # (chunk, |used|)
-        nearest = (
-            d[:, pos].min(axis=2) if subsets.shape[1] else np.full((len(r), len(subsets)), np.inf)
-        )
-        nearest = np.minimum(nearest, pool_nearest[r][:, None])
-        radii = np.maximum(radii, nearest.max(axis=0))
-    return radii
+        x = S_L[r] - centre
+        d2 = np.maximum((x**2).sum(axis=1)[:, None] + c2[None, :] - 2.0 * (x @ centres.T), 0.0)
+        nearest2 = np.broadcast_to(pool2[r][:, None], (len(r), len(subsets))).copy()
+        for j in range(subsets.shape[1]):  # (chunk, B): min over each subset's j-th member
+            np.minimum(nearest2, d2[:, pos[:, j]], out=nearest2)
+        np.maximum(radii2, nearest2.max(axis=0), out=radii2)
+    return np.sqrt(radii2)
 
 
 def judge_value(
@@ -467,23 +469,22 @@ class SelectionMemory:
     runs: int = 0
 
 
-def earlier_selections(reports: Iterable[Any]) -> SelectionMemory:
-    """The images any selection of `reports` (earlier runs' report.json, as dicts or Report
-    objects) chose: by content hash (images[].sha256), else by (secondary, id)."""
+def earlier_selections(reports: Iterable[Report]) -> SelectionMemory:
+    """The images any selection of `reports` (earlier runs, typed) chose: by content hash
+    (images[].sha256), else by (secondary, id)."""
     hashes: set[str] = set()
     ids: set[tuple[str, str]] = set()
     runs = 0
     for report in reports:
-        data = report if isinstance(report, dict) else report.model_dump(mode="json")
         runs += 1
-        for sec in data.get("secondaries") or []:
-            sha = {im["id"]: im.get("sha256") for im in sec.get("images") or []}
-            for sel in sec.get("selections") or []:
-                for i in sel.get("ids") or []:
+        for sec in report.secondaries:
+            sha = {im.id: im.sha256 for im in sec.images}
+            for sel in sec.selections:
+                for i in sel.ids:
                     if sha.get(i):
                         hashes.add(sha[i])
                     else:
-                        ids.add((sec["name"], i))
+                        ids.add((sec.name, i))
     return SelectionMemory(frozenset(hashes), frozenset(ids), runs)
 
 
