@@ -149,3 +149,16 @@ def test_test_files_import_only_helpers():
                 bad = [a.name for a in node.names if a.name.startswith("tests.")]
                 bad = [b for b in bad if not b.startswith("tests.helpers")]
                 assert not bad, f"{path.name} imports {bad}"
+
+
+def test_one_pydantic_base_class():
+    """Every pydantic model of the package derives from worker.base.Model (directly or through
+    a subclass); only worker/base.py subclasses pydantic's BaseModel."""
+    direct = []
+    for name, path in _modules("worker").items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                bases = {ast.unparse(b) for b in node.bases}
+                if bases & {"BaseModel", "pydantic.BaseModel"}:
+                    direct.append(f"{name}.{node.name}")
+    assert direct == ["worker.base.Model"]
