@@ -7,7 +7,7 @@ route's own matrices. Blocks may be memory-mapped (a large precomputed .npy): th
 release each chunk's pages after reading it (`release_rows`), so the features of a job
 larger than memory are streamed from the file, once per pass, at a bounded RSS.
 
-Routes (recorded in ``info["route"]``):
+Routes (recorded in ``info.route``, the fit's typed PairPca block):
 
 - ``exact``: float64 SVD of the centred X (LAPACK gesdd through numpy); for N*q up to a few
   ten million values. The reference.
@@ -33,6 +33,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from worker.results import PairPca
 
 ROUTES = ("auto", "exact", "gram", "covariance", "randomized")
 DEFAULT_MEMORY_BUDGET_MB = 256
@@ -68,14 +70,16 @@ class PCAModel:
     def dims(self) -> int:
         return int(self.components.shape[0]) if self.route != "none" else int(self.mean.shape[0])
 
-    def info(self) -> dict:
-        return {
-            "route": self.route,
-            "dims": self.dims,
-            "requested_dims": self.requested_dims,
-            "explained_variance_ratio": [float(v) for v in self.explained_variance_ratio],
-            "warnings": list(self.warnings),
-        }
+    def info(self) -> PairPca:
+        """The fit as the report's typed PCA block (route, dims, requested_dims, explained
+        variance ratio per kept component, warnings)."""
+        return PairPca(
+            route=self.route,
+            dims=self.dims,
+            requested_dims=self.requested_dims,
+            explained_variance_ratio=[float(v) for v in self.explained_variance_ratio],
+            warnings=list(self.warnings),
+        )
 
 
 # --------------------------------------------------------------------------- chunked reads
@@ -393,11 +397,11 @@ def joint_pca(
     route: str = "auto",
     seed: int = 0,
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
-) -> tuple[list[np.ndarray], dict]:
+) -> tuple[list[np.ndarray], PairPca]:
     """One PCA fitted on vstack(blocks), each block projected. See the module docstring.
 
-    Returns (projected, info): projected[i] is (len(blocks[i]), z) float64; info has route,
-    dims, requested_dims, explained_variance_ratio (list), warnings (list[str]).
+    Returns (projected, info): projected[i] is (len(blocks[i]), z) float64; info is the
+    fit's PairPca (route, dims, requested_dims, explained_variance_ratio, warnings).
     """
     if not isinstance(blocks, (list, tuple)):
         raise ValueError("pca: blocks must be a list of (n_i, q) arrays")
