@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from worker.adapt.names import model_names
+from worker.base import Model
 from worker.errors import JobError
-from worker.gates import (
+from worker.gate_metrics import (
     ADAPTATION_METRICS,
     GATE_METRICS,
     GROUP_METRICS,
@@ -77,9 +78,9 @@ MIN_IMAGE_SIZE = {"hog": 32}
 DEFAULT_MIN_IMAGE_SIZE = 32
 
 
-class Strict(BaseModel):
-    # inf and NaN are refused in every float field: no bound, band or rate can be infinite
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class Strict(Model):
+    """Base of the job's models: inf and NaN are refused in every float field (no bound, band
+    or rate can be infinite), unknown keys too."""
 
 
 class OutputConfig(Strict):

@@ -637,6 +637,7 @@ def attach_history(report: Report, job: Job, store: str) -> None:
     skipped, and the skip is in report.warnings, on stderr and in the gate reasons it
     changes. The first run of a store (no earlier run, no baseline, nothing skipped) gets
     no block."""
+    from worker.estimate import estimated_vs_realised
     from worker.history import build_history
     from worker.store import earlier_runs, is_run_id, load_report, load_run
 
@@ -673,6 +674,8 @@ def attach_history(report: Report, job: Job, store: str) -> None:
     if history.previous_run is None and not history.baseline and not skipped:
         return  # a first run: nothing to compare, and report.json stays free of run ids
     report.history = history
+    # estimates of earlier runs against the F realised once masks arrived (method-estimate.md)
+    history.estimates = estimated_vs_realised([*previous, report])
     for sec in report.secondaries:
         new = history.new_ids.get(sec.name)
         if new is None:

@@ -15,15 +15,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from worker.base import Model
 
 TENDENCY_TOL = 0.05  # precision - recall beyond which a model leans one way
 
 
-class AdaptBlock(BaseModel):
+class AdaptBlock(Model):
     """Base of the adaptation block's models: unknown keys and NaN/infinity refused."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class PerImageF(AdaptBlock):
