@@ -190,6 +190,18 @@ def available(name: str, sets: Sequence[Target]) -> str | None:
 Predictor = Callable[[Target], float]
 
 
+def image_fit(name: str, train: Sequence[Evidence]) -> tuple[Isotonic, float]:
+    """(g, offset) of image-level predictor `name`: g the isotonic fit of per-image F on its
+    values over every image of `train`, offset = mean_d (ODS_d - mean_{j in d} g(x_dj))."""
+    x = np.concatenate([image_values(name, e) for e in train])
+    f = np.concatenate([e.f for e in train]).astype(np.float64)
+    g = fit_isotonic(x, f)
+    offset = float(
+        np.mean([e.ods_f - float(g.predict(image_values(name, e)).mean()) for e in train])
+    )
+    return g, offset
+
+
 def fit_candidate(name: str, train: Sequence[Evidence]) -> Predictor:
     """Fit predictor `name` on the labelled sets `train` (module docstring); returns
     est: set -> estimated ODS in [0, 1]."""
@@ -200,12 +212,7 @@ def fit_candidate(name: str, train: Sequence[Evidence]) -> Predictor:
     if LEVELS[name] == "set":
         h = fit_isotonic([set_value(name, e) for e in train], ods)
         return lambda s: float(h.predict([set_value(name, s)])[0])
-    x = np.concatenate([image_values(name, e) for e in train])
-    f = np.concatenate([e.f for e in train]).astype(np.float64)
-    g = fit_isotonic(x, f)
-    offset = float(
-        np.mean([e.ods_f - float(g.predict(image_values(name, e)).mean()) for e in train])
-    )
+    g, offset = image_fit(name, train)
     return lambda s: float(np.clip(g.predict(image_values(name, s)).mean() + offset, 0.0, 1.0))
 
 
@@ -272,6 +279,12 @@ def sampling_error(sets: Sequence[Evidence]) -> float:
     return float(np.mean(errs)) if errs else 0.0
 
 
+def interval_method(n: int, level: float = INTERVAL) -> str:
+    """'jackknife+' when n labelled sets allow a finite distribution-free `level` interval
+    (ceil(level (n + 1)) <= n), else 'student-t'."""
+    return "jackknife+" if math.ceil(level * (n + 1) - 1e-9) <= n else "student-t"
+
+
 def interval(
     estimate: float, fold_estimates: np.ndarray, residuals: np.ndarray, level: float = INTERVAL
 ) -> tuple[float, float, str]:
@@ -284,7 +297,7 @@ def interval(
     alpha = 1.0 - level
     r = np.abs(residuals)
     k_hi = math.ceil((1.0 - alpha) * (n + 1) - 1e-9)
-    if k_hi <= n:
+    if interval_method(n, level) == "jackknife+":
         k_lo = max(math.floor(alpha * (n + 1) + 1e-9), 1)
         lo = float(np.sort(fold_estimates - r)[k_lo - 1])
         hi = float(np.sort(fold_estimates + r)[k_hi - 1])
@@ -597,18 +610,22 @@ def estimate_performance(
         )
         for n in candidates
     ]
-    best = "no predictor" if chosen == NO_SKILL else f"{chosen} (LOO MAE {maes[chosen]:.3f})"
+    best = (
+        "no predictor beats"
+        if chosen == NO_SKILL
+        else f"{chosen} (LOO MAE {maes[chosen]:.3f}) does not beat"
+    )
     no_skill_reason = (
-        f"no skill: {best} does not beat the labelled sets' mean ODS (LOO MAE "
-        f"{no_skill_mae:.3f}) by more than the sampling error of a set's F ({noise:.3f}); "
-        "F is not explained by distance here"
+        f"no skill: {best} the labelled sets' mean ODS (LOO MAE {no_skill_mae:.3f}) by more "
+        f"than the sampling error of a set's F ({noise:.3f}); F is not explained by distance "
+        "here"
     )
     lo_x = min(float(e.i_dist_mean.min()) for e in evidence)
     hi_x = max(float(e.i_dist_mean.max()) for e in evidence)
     o_lab = [e.o_dist_mean for e in evidence]
     curves = _curves(evidence, targets, seed, n_bootstrap)
 
-    secondaries, methods = [], set()
+    secondaries = []
     for k, t in enumerate(targets):
         if not len(t.ids):
             secondaries.append(_no_estimate(t, f"secondary {t.name!r} has no image distances"))
@@ -679,24 +696,15 @@ def estimate_performance(
                 high=1.0 if below else block["high"],
                 reason=_extrapolation_reason(judged, share if share_flag else 0.0, side),
             )
-        methods.add(method)
         secondaries.append(DatasetEstimate(**block))
 
-    final_idist = fit_candidate("i_dist_mean", evidence) if "i_dist_mean" in names else None
-    offset = None
-    if final_idist is not None:
-        g = fit_isotonic(np.concatenate([e.i_dist_mean for e in evidence]),
-                         np.concatenate([e.f for e in evidence]))  # fmt: skip
-        offset = float(
-            np.mean([e.ods_f - float(g.predict(e.i_dist_mean).mean()) for e in evidence])
-        )
+    offset = image_fit("i_dist_mean", evidence)[1] if "i_dist_mean" in names else None
     labelled_sets = [
         _labelled_set(e, float(v), float(abs(r)), c)
         for e, v, r, c in zip(
             evidence, nested.estimates, nested.residuals, nested.chosen, strict=True
         )
     ]
-    _, _, method = interval(0.0, nested.estimates, nested.residuals)
     return Estimate(
         **common,
         made=skill,
@@ -715,7 +723,7 @@ def estimate_performance(
         no_skill_loo_mae=no_skill_mae,
         sampling_error=noise,
         skill=skill,
-        interval_method=method,
+        interval_method=interval_method(len(evidence)),
     )
 
 
