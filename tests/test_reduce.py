@@ -117,7 +117,7 @@ def test_reduced_extractor_caches_projected_vectors(tmp_path):
 
 
 def test_precomputed_job_with_reduce_reports_it(tmp_path):
-    from tests.conftest import write_job
+    from tests.helpers.jobs import write_job
     from worker.job import load_job
     from worker.pipeline import run
 
