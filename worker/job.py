@@ -573,6 +573,10 @@ class AdaptationConfig(Strict):
     negatives: NegativesConfig | None = None
     #: every architecture trains every model once per seed: job.seed, job.seed + 1, ...
     seeds: int = Field(default=1, ge=1, le=100)
+    #: the recommendation's criteria in priority order (worker/adapt/summary.py)
+    choose_by: list[Literal["ods_unseen", "gain", "stability", "cost"]] = Field(
+        default_factory=lambda: ["ods_unseen", "gain", "stability", "cost"], min_length=1
+    )
 
     _counts = field_validator("counts")(classmethod(lambda cls, v: check_counts(v)))
     _checkpoint = field_validator("checkpoint")(classmethod(lambda cls, v: check_text(v)))
@@ -584,6 +588,13 @@ class AdaptationConfig(Strict):
             v = [v]
         if isinstance(v, list):
             return [{"name": x} if isinstance(x, str) else x for x in v]
+        return v
+
+    @field_validator("choose_by")
+    @classmethod
+    def _unique_criteria(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"each criterion at most once, got {v}")
         return v
 
     @model_validator(mode="after")

@@ -31,6 +31,7 @@ from worker.adapt.block import (
     TrainedModel,
 )
 from worker.adapt.masks import MaskedSet, primary_masks_error
+from worker.adapt.names import BASELINE
 from worker.adapt.plan import PlannedModel, check_masks, fingerprint, plan_models, train_ids
 from worker.adapt.score import EvaluatedSet, Runs, evaluate_set, score
 from worker.adapt.segmenters import TrainedEncoderExtractor, build_segmenter, save_segmenter
@@ -276,8 +277,13 @@ def run_adaptation(
 
     blocks = []
     for arch in archs:
+        per_seed = []
+        for seed in seeds:
+            results, splits = score(arch.label, seed, runs[(arch.label, seed)], evaluated)
+            per_seed += summ.seed_scores(seed, results)
+            if seed == seeds[0]:
+                first_results, first_splits = results, splits
         models = runs[(arch.label, seeds[0])]
-        results, splits = score(arch.label, seeds[0], models, evaluated)
         blocks.append(
             ArchitectureBlock(
                 label=arch.label,
@@ -286,9 +292,27 @@ def run_adaptation(
                 encoder=arch.encoder,
                 parameters=models[0].segmenter.parameters_count,
                 models=[_trained(m) for m in models],
-                results=results,
-                splits=splits,
+                results=first_results,
+                splits=first_splits,
+                per_seed=per_seed,
+                over_seeds=summ.over_seeds(per_seed),
             )
+        )
+    baselines = [
+        summ.trivial_baseline(es.ds.name, es.counts[(baseline, seeds[0], BASELINE)], es.pixels)
+        for es in evaluated
+    ]
+    draws = {}
+    if len(archs) > 1:
+        adapted = [m.name for m in plan if m.q > 0 and not m.negatives]
+        draws = summ.bootstrap_draws(
+            {(a, s, m, es.ds.name): c for es in evaluated for (a, s, m), c in es.counts.items()},
+            {es.ds.name: es.x for es in evaluated},
+            [a.label for a in archs],
+            seeds,
+            [b.dataset for b in baselines if b.positive_pixels > 0],
+            adapted[-1] if adapted else None,
+            seed=job.seed,
         )
 
     if job.output.save_checkpoints:
@@ -312,7 +336,9 @@ def run_adaptation(
         results=first.results,
         splits=first.splits,
         architectures=blocks,
-        summary=summ.summarise(blocks),
+        summary=summ.summarise(blocks, baselines, draws, cfg.choose_by),
+        seeds=seeds,
+        baselines=baselines,
     )
     first_runs = {a.label: runs[(a.label, seeds[0])] for a in archs}
     extractor = None
