@@ -186,7 +186,7 @@ def test_cpu_tiles_do_not_import_torch():
         "import sys, numpy as np\n"
         "from worker import engine\n"
         "x = np.random.default_rng(0).standard_normal((600, 20))\n"
-        "assert 600 * 600 * 20 > engine.SMALL_CALL_ELEMENTS\n"
+        "assert 600 * 600 * 20 > engine.planning.SMALL_CALL_ELEMENTS\n"
         "engine.row_distance_sums(x, x, device='auto')\n"
         "engine.nearest_distances(x, x, exclude_self=True)\n"
         "engine.pair_pass(x, x[:500], prefixes=[5, 20], nearest=10)\n"

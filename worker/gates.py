@@ -38,6 +38,10 @@ SECONDARY_METRICS: dict[str, Callable[[SecondaryResult], float | None]] = {
     "mmd_p_value": lambda s: s.statistics.mmd.p_value if s.statistics else None,
     "fid": lambda s: s.statistics.fid if s.statistics else None,
     "duplicates_with_primary": _with_primary,
+    "energy_distance": lambda s: s.energy.distance if s.energy else None,
+    "energy_p_value": lambda s: s.energy.p_value_adjusted if s.energy else None,
+    "novel_fraction": lambda s: s.novelty.novel_fraction if s.novelty else None,
+    "novelty_p_value": lambda s: s.novelty.p_value_adjusted if s.novelty else None,
 }
 #: metric -> the metrics.* switches it needs (a gate on a switched-off metric is refused)
 METRIC_SWITCHES: dict[str, tuple[str, ...]] = {
@@ -127,10 +131,11 @@ def group_pair_name(group_a: str, group_b: str) -> str:
 
 
 def _group_separation(report: Report, pair: str) -> float | None:
-    """The separation AUC of the pair of groups named 'A vs B' (report.groups)."""
+    """The separation of the pair of groups named 'A vs B' or 'B vs A' (report.groups): the
+    order-free `separation` (method.md §12.6)."""
     for p in report.groups.pairs if report.groups else []:
-        if group_pair_name(p.group_a, p.group_b) == pair:
-            return p.auc
+        if pair in (group_pair_name(p.group_a, p.group_b), group_pair_name(p.group_b, p.group_a)):
+            return p.separation if p.separation is not None else p.auc
     return None
 
 

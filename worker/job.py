@@ -319,10 +319,11 @@ class DatasetsConfig(Strict):
                 f"datasets.primary.samples: 'both' gives two datasets, and the primary is one; "
                 f"use samples: images or samples: crops for {self.primary.name!r}"
             )
-        if self.primary.group is not None:
+        if self.primary.group is not None and not self.matrix:
             raise ValueError(
                 f"primary.group: groups compare secondaries; the primary {self.primary.name!r} "
-                "is the reference of every distance, so remove 'group' from it"
+                "is the reference of every distance, so remove 'group' from it (with "
+                "datasets.matrix every dataset may have a group)"
             )
         if self.primary.predictions is not None:
             raise ValueError(
@@ -343,6 +344,30 @@ class MetricsConfig(Strict):
     robustness: bool = False
     #: label permutations for the p-value of the group separation (0: no p-value)
     group_permutations: int = Field(default=1000, ge=0, le=100_000)
+    #: label permutations for the energy test's p-value (method.md §12.1; 0: no p-value)
+    energy_permutations: int = Field(default=500, ge=0, le=10000)
+    #: novelty: distance to the k-th nearest P image (method.md §12.3)
+    novelty_k: int = Field(default=1, ge=1, le=100)
+    #: novelty: an image is novel beyond this quantile of P's leave-one-out distances
+    novelty_quantile: float = Field(default=0.95, gt=0.0, lt=1.0)
+    #: multiple-testing adjustment of every p-value over the secondaries (method.md §12.4)
+    p_adjustment: Literal["holm", "bh"] = "holm"
+
+
+#: what `ranking.metric` can rank by (closest first), and the metrics.* switch each needs
+RANKING_METRICS: dict[str, str | None] = {
+    "energy_distance": None,
+    "o_dist_mean": None,
+    "mmd": "statistics",
+    "fid": "statistics",
+    "kid": "statistics",
+}
+
+
+class RankingConfig(Strict):
+    """What orders the secondaries, the matrix and the groups (method.md §11, §12)."""
+
+    metric: Literal["energy_distance", "o_dist_mean", "mmd", "fid", "kid"] = "energy_distance"
 
 
 class ReportConfig(Strict):
@@ -363,12 +388,22 @@ class ReportConfig(Strict):
 SUMMARY_ABOVE = 10
 
 
+SelectionStrategy = Literal["novel", "band", "farthest", "kcenter"]
+ExportFormat = Literal["csv", "label-studio", "fiftyone"]
+
+
 class SelectionConfig(Strict):
-    strategy: (
-        Literal["band", "farthest", "kcenter"] | list[Literal["band", "farthest", "kcenter"]]
-    ) = "band"
+    strategy: SelectionStrategy | list[SelectionStrategy] = "novel"
     counts: list[int] = Field(default_factory=lambda: [1, 3, 7])
     band: tuple[float, float] = (0.6, 1.0)
+    #: B: seeded random subsets of each selection's size it is judged against
+    random_subsets: int = Field(default=200, ge=1, le=100_000)
+    #: images selected in earlier runs of the run store (by content hash) are not proposed
+    exclude_previous: bool = True
+    #: images already labelled (ids, folders or URI prefixes): in the pool, never proposed
+    labelled: list[str] = Field(default_factory=list)
+    #: files for labelling tools written into the run folder
+    export: list[ExportFormat] = Field(default_factory=list)
 
     @field_validator("counts")
     @classmethod
@@ -380,7 +415,9 @@ class SelectionConfig(Strict):
     def _strategies(cls, v):
         if isinstance(v, list):
             if not v:
-                raise ValueError("strategy must name at least one of band, farthest, kcenter")
+                raise ValueError(
+                    "strategy must name at least one of novel, band, farthest, kcenter"
+                )
             v = list(dict.fromkeys(v))  # repeats removed, order kept
         return v
 
@@ -391,6 +428,18 @@ class SelectionConfig(Strict):
         if not (0.0 <= lo <= hi <= 1.0):
             raise ValueError("band must be [low, high] with 0 <= low <= high <= 1")
         return v
+
+    @field_validator("labelled")
+    @classmethod
+    def _labelled(cls, v: list[str]) -> list[str]:
+        if any(not str(e).strip() for e in v):
+            raise ValueError("labelled: every entry must name an id, a folder or a prefix")
+        return v
+
+    @field_validator("export")
+    @classmethod
+    def _export(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(v))
 
     @property
     def strategies(self) -> list[str]:
@@ -564,7 +613,7 @@ class AdaptationConfig(Strict):
     checkpoint: str | None = None
     models: list[ArchitectureConfig] | None = Field(default=None, min_length=1)
     counts: list[int] = Field(default_factory=lambda: [1, 3, 7])
-    selection: Literal["band", "farthest", "kcenter"] = "band"
+    selection: SelectionStrategy = "band"
     epochs: int = Field(default=50, ge=1, le=10000)
     image_size: int = Field(default=448, ge=16, le=4096)
     batch_size: int = Field(default=8, ge=1, le=1024)
@@ -644,6 +693,7 @@ class Job(Strict):
     adaptation: AdaptationConfig = Field(default_factory=AdaptationConfig)
     history: HistoryConfig = Field(default_factory=HistoryConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    ranking: RankingConfig = Field(default_factory=RankingConfig)
     max_skipped_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
     allow_outside_paths: bool = True
 
@@ -680,6 +730,12 @@ class Job(Strict):
                 "pca.shared: one PCA over every dataset applies to datasets.matrix only; "
                 "set datasets.matrix: true or remove pca.shared"
             )
+        switch = RANKING_METRICS[self.ranking.metric]
+        if switch is not None and not getattr(self.metrics, switch):
+            raise ValueError(
+                f"ranking.metric: {self.ranking.metric!r} is computed with metrics.{switch}, "
+                f"which is false; set metrics.{switch}: true or rank by energy_distance"
+            )
         for i, gate in enumerate(self.gates):
             check_gate(self, gate, f"gates[{i}]")
         return self
@@ -710,7 +766,8 @@ def check_gate(job: Job, gate: GateConfig, where: str) -> None:
     primary = job.datasets.primary.name
     metric = gate.metric
     if metric in GROUP_METRICS:
-        labels = list(dict.fromkeys(s.group for s in job.datasets.secondary if s.group))
+        grouped = job.all_datasets if job.datasets.matrix else job.datasets.secondary
+        labels = list(dict.fromkeys(s.group for s in grouped if s.group))
         if len(labels) < 2:
             raise ValueError(
                 f"{where}.metric: {metric!r} compares groups of secondaries; give at least "
@@ -718,7 +775,8 @@ def check_gate(job: Job, gate: GateConfig, where: str) -> None:
                 f"(found: {', '.join(labels) or 'none'})"
             )
         pairs = [f"{a} vs {b}" for i, a in enumerate(labels) for b in labels[i + 1 :]]
-        if gate.dataset != "*" and gate.dataset not in pairs:
+        either = pairs + [f"{b} vs {a}" for i, a in enumerate(labels) for b in labels[i + 1 :]]
+        if gate.dataset != "*" and gate.dataset not in either:
             raise ValueError(
                 f"{where}.dataset: {metric!r} names a pair of groups as 'A vs B' (A listed "
                 f"first in the job) or '*'; use one of {', '.join(pairs)}"
@@ -740,6 +798,10 @@ def check_gate(job: Job, gate: GateConfig, where: str) -> None:
                 f"{where}.metric: {metric!r} is not computed with metrics.{switch}: false; "
                 f"set metrics.{switch}: true or remove the gate"
             )
+    if metric == "energy_p_value" and job.metrics.energy_permutations == 0:
+        raise ValueError(
+            f"{where}.metric: 'energy_p_value' needs metrics.energy_permutations > 0 (it is 0)"
+        )
     if metric == "mmd_p_value" and job.metrics.mmd_permutations == 0:
         raise ValueError(
             f"{where}.metric: 'mmd_p_value' needs metrics.mmd_permutations > 0 (it is 0)"

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from worker import __version__
+from worker import __version__, exports
 from worker.adapt.masks import check_adaptation_inputs
 from worker.adapt.predictions import score_all_predictions
 from worker.analysis import (
@@ -46,7 +46,9 @@ from worker.results import (
     Perturbation,
     Report,
     RunInfo,
+    SelectionInfo,
 )
+from worker.selection import ALPHA, PAPER_STRATEGY, SelectionMemory, earlier_selections
 from worker.sources import IMAGE_EXTENSIONS, is_s3, policy_for
 from worker.sources.samples import (
     VIDEO_EXTENSIONS,
@@ -306,13 +308,14 @@ def run(
     scores = score_all_predictions(job)  # the user's own maps (predictions:), also checked early
     with tempfile.TemporaryDirectory(prefix="worker-out-") as tmp:
         staging = Path(tmp)
+        memory = selection_memory(job, out_uri)  # earlier runs' selections, not proposed again
         with compute_engine(job) as engine_info:
             measured: list[Measured] = []
             for model in job.model_list:
                 with stage("embed", model=model.label):
                     embedded = embed_all(job, model, show_progress)
                 with stage("measure", model=model.label), numeric_input_errors():
-                    analysis = analyse_model(embedded.sets[0], embedded.sets[1:], job)
+                    analysis = analyse_model(embedded.sets[0], embedded.sets[1:], job, memory)
                 robustness = None
                 if job.metrics.robustness:
                     with stage("robustness", model=model.label), numeric_input_errors():
@@ -340,7 +343,9 @@ def run(
                 store=out_uri,
                 matrix=matrix,
             )
+            report.selection = selection_summary(job, memory)
             try:
+                write_exports(job, report, measured[0], staging)
                 render_outputs(report, _render_inputs(measured[0], adapted, job), staging)
             except OSError as err:
                 raise JobError(
@@ -562,7 +567,7 @@ def build_report(
         robustness=robustness,
         adaptation=adapted.block if adapted else None,
         ranking=rank_secondaries(first.secondaries, job),
-        groups=compare_groups(first.secondaries, job),
+        groups=compare_groups(first.secondaries, job, matrix),
         matrix=matrix,
     )
     attach_estimate(report, scores, job.seed)
@@ -616,6 +621,40 @@ def attach_history(report: Report, job: Job, store: str) -> None:
         new = set(new)
         for im in sec.images:
             im.new = im.id in new
+
+
+def selection_memory(job: Job, store: str) -> SelectionMemory | None:
+    """What the earlier runs of the run store selected (selection.exclude_previous; method.md
+    §3.6), read one report at a time; None when exclusion is off."""
+    if not job.selection.exclude_previous:
+        return None
+    from worker.store import list_runs, read_run
+
+    runs = list_runs(store, job.storage)
+    return earlier_selections(read_run(store, r, job.storage) for r in runs)
+
+
+def selection_summary(job: Job, memory: SelectionMemory | None) -> SelectionInfo:
+    """report.json's `selection` block: strategies, judging, memory and exports."""
+    cfg = job.selection
+    return SelectionInfo(
+        strategies=cfg.strategies,
+        paper_strategy=PAPER_STRATEGY,
+        random_subsets=cfg.random_subsets,
+        alpha=ALPHA,
+        exclude_previous=cfg.exclude_previous,
+        earlier_runs=0 if memory is None else memory.runs,
+        labelled=list(cfg.labelled),
+        exports=[exports.FILES[f] for f in exports.FILES if f in cfg.export],
+    )
+
+
+def write_exports(job: Job, report: Report, first: Measured, folder: Path) -> None:
+    """selection.csv / label-studio.json / fiftyone.json into the run folder (selection.export)."""
+    if not job.selection.export:
+        return
+    locations = {s.name: dict(zip(s.ids, s.uris, strict=False)) for s in first.embedded.sets}
+    exports.write_exports(job.selection.export, exports.export_rows(report, locations), folder)
 
 
 def _render_inputs(first: Measured, adapted: Adapted | None, job: Job) -> RenderInputs:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from worker.adapt.block import Adaptation
 
-SCHEMA_VERSION = "1.2.0"
+SCHEMA_VERSION = "1.3.0"
 
 
 def _is_none(value: Any) -> bool:
@@ -164,6 +164,19 @@ class ImageResult(Result):
     source: ImageSource | None = optional_block(
         "For a video frame or an object crop: its source file and position."
     )
+    nn_distance: float | None = optional_block(
+        "Distance to the k-th nearest P image (novelty.k; method.md §12.3; >= 0)."
+    )
+    novelty: float | None = optional_block(
+        "Share of P's leave-one-out k-NN distances below nn_distance (in [0, 1]; higher = "
+        "more novel; method.md §12.3)."
+    )
+    novelty_p_value: float | None = optional_block(
+        "Conformal p-value (1 + #{P leave-one-out >= nn_distance}) / (|P| + 1), in (0, 1]."
+    )
+    novel: bool | None = optional_block(
+        "True when nn_distance exceeds P's novelty threshold (its q-quantile; method.md §12.3)."
+    )
 
 
 class PairPca(Result):
@@ -178,10 +191,37 @@ class PairPca(Result):
     warnings: list[str] = Field(default_factory=list, description="What the fit had to adjust.")
 
 
+class RandomComparison(Result):
+    """One aim of a selection against B seeded random subsets of the same size drawn from the
+    same candidates (method.md §3.5)."""
+
+    aim: Literal["novelty", "coverage", "novel_coverage"] = Field(
+        description="novelty: mean per-image novelty of the chosen images (higher is better); "
+        "coverage: covering radius of S by the pool (P, earlier selections, labelled images) "
+        "plus the chosen images (lower is better); novel_coverage: the same for the novel "
+        "images of S."
+    )
+    decides: bool = Field(description="True when this aim is the strategy's own (its verdict).")
+    higher_is_better: bool = Field(description="True for novelty, false for the radii.")
+    value: float | None = Field(description="The selection's value on this aim.")
+    random: Summary = Field(description="The random subsets' values on this aim.")
+    subsets: Count = Field(description="Random subsets drawn (selection.random_subsets).")
+    percentile: float | None = Field(
+        description="Share of random subsets the selection does better than, ties counted "
+        "half, in percent ([0, 100]); null when not judged."
+    )
+    p_value: float | None = Field(
+        description="(1 + random subsets at least as good) / (subsets + 1), in (0, 1]."
+    )
+    beats_random: bool | None = Field(
+        description="p_value <= 0.05; null when not judged (no image, or every candidate)."
+    )
+
+
 class SelectionResult(Result):
     """The images one strategy picks from S for labelling (method.md §3)."""
 
-    strategy: str = Field(description="band, farthest or kcenter.")
+    strategy: str = Field(description="novel, band, farthest or kcenter.")
     count: Count = Field(description="Number of images chosen.")
     ids: list[str] = Field(description="Chosen image ids, in the order chosen.")
     diversity: Spread | None = Field(description="Diversity of the chosen images.")
@@ -195,6 +235,51 @@ class SelectionResult(Result):
     random_coverage: Cover | None = optional_block(
         "Coverage of all of S by the same seeded random subset as random_diversity."
     )
+    aim: str | None = optional_block(
+        "What the strategy aims at: novelty (band, farthest), coverage (kcenter), novelty and "
+        "coverage of the novel images (novel)."
+    )
+    against_random: list[RandomComparison] | None = optional_block(
+        "The selection against random subsets of its size, one entry per aim (method.md §3.5)."
+    )
+    beats_random: bool | None = Field(
+        default=None,
+        description="True when the selection beats random on every aim of its strategy, false "
+        "when it fails one, null when it was not judged.",
+    )
+    verdict: str | None = optional_block("The comparison with random in plain words.")
+
+
+class SelectionInfo(Result):
+    """How this run chose what to label (method.md §3): strategies, judging, memory, exports."""
+
+    strategies: list[str] = Field(description="selection.strategy, in job order.")
+    paper_strategy: str = Field(
+        description="The strategy the paper used (section 4.3): band, random within the band "
+        "of scaled I_dist."
+    )
+    random_subsets: Count = Field(description="B: random subsets each selection is judged on.")
+    alpha: float = Field(description="A selection beats random when its p_value <= alpha.")
+    exclude_previous: bool = Field(
+        description="True when images selected in earlier runs of the store are not proposed."
+    )
+    earlier_runs: Count = Field(description="Earlier runs of the store whose selections count.")
+    labelled: list[str] = Field(description="selection.labelled: images already labelled.")
+    exports: list[str] = Field(
+        description="Files written into the run folder for labelling tools (selection.export)."
+    )
+
+
+class SelectionPool(Result):
+    """What a secondary's selections could not propose (method.md §3.6)."""
+
+    candidates: Count = Field(description="Images that could be proposed.")
+    earlier_selected: Count = Field(
+        description="Images selected in an earlier run of the store (by content hash), not "
+        "proposed again (selection.exclude_previous)."
+    )
+    labelled: Count = Field(description="Images named by selection.labelled, never proposed.")
+    novel: Count = Field(description="Novel images (beyond P's calibrated quantile).")
 
 
 class MmdResult(Result):
@@ -206,6 +291,9 @@ class MmdResult(Result):
     permutations: Count = Field(description="Number of label permutations.")
     n_x: Count = Field(description="P samples used (after subsampling).")
     n_y: Count = Field(description="S samples used (after subsampling).")
+    p_value_adjusted: float | None = optional_block(
+        "p_value adjusted over the secondaries (metrics.p_adjustment; method.md §12.4)."
+    )
 
 
 class KidResult(Result):
@@ -275,6 +363,69 @@ class Duplicates(Result):
     )
 
 
+class EnergyResult(Result):
+    """Energy distance of S from P in the pair's PCA space, its terms, its permutation test and
+    its decomposition in words (method.md §12.1-12.2)."""
+
+    distance: float = Field(
+        description="2 cross - within_secondary - within_primary (V-statistic; >= 0, 0 for "
+        "identical sets; distance units)."
+    )
+    cross: float = Field(description="E|s - p|: mean S-P distance (= o_dist_mean; >= 0).")
+    within_secondary: float = Field(description="E|s - s'|: mean distance within S (>= 0).")
+    within_primary: float = Field(description="E|p - p'|: mean distance within P (>= 0).")
+    coefficient: float = Field(
+        description="distance / (2 cross), in [0, 1]: unit-free (0 = same distribution)."
+    )
+    p_value: float | None = Field(
+        description="Permutation p-value (1 + #{perm >= obs}) / (1 + permutations), in (0, 1]; "
+        "null without permutations."
+    )
+    p_value_adjusted: float | None = Field(
+        description="p_value adjusted over the secondaries (metrics.p_adjustment; §12.4)."
+    )
+    min_p_value: float | None = Field(
+        description="Smallest attainable p_value: 1 / (1 + permutations)."
+    )
+    permutations: Count = Field(description="Label permutations (metrics.energy_permutations).")
+    n_x: Count = Field(description="P samples the test used (after subsampling).")
+    n_y: Count = Field(description="S samples the test used (after subsampling).")
+    explanation: str = Field(
+        description="Why S is far or near, in words: shifted, less or more varied than P."
+    )
+
+
+class NoveltySummary(Result):
+    """Per-image novelty against P, summarised for S (method.md §12.3)."""
+
+    k: int = Field(ge=1, description="The k of the k-th nearest P image (novelty.k).")
+    quantile: float = Field(description="q (novelty.quantile): novel beyond P's q-quantile.")
+    threshold: float = Field(
+        description="q-quantile of P's leave-one-out k-NN distances (distance units)."
+    )
+    novel_count: Count = Field(description="Images of S beyond the threshold.")
+    novel_fraction: float | None = Field(description="novel_count / |S|, in [0, 1].")
+    base_rate: float = Field(
+        description="1 - q: the novel fraction expected of a set drawn like P (e.g. 0.05)."
+    )
+    p_value: float | None = Field(
+        description="One-sided binomial P(X >= novel_count), X ~ Binomial(|S|, base_rate)."
+    )
+    p_value_adjusted: float | None = Field(
+        description="p_value adjusted over the secondaries (metrics.p_adjustment; §12.4)."
+    )
+
+
+class Verdict(Result):
+    """A verdict page 1 prints as it is (method.md §12.5)."""
+
+    label: Literal["same", "shifted", "far"] = Field(
+        description="same: no detectable difference; shifted: a significant difference; far: "
+        "most of S lies beyond P's envelope."
+    )
+    reason: str = Field(description="The numbers behind the label, in words.")
+
+
 # --------------------------------------------------------------------------- per dataset
 
 
@@ -304,6 +455,9 @@ class SecondaryResult(Result):
     selections: list[SelectionResult] = Field(
         description="One entry per (strategy, count) of the job's selection."
     )
+    selection_pool: SelectionPool | None = optional_block(
+        "Candidates and the images left out of every selection of this secondary."
+    )
     statistics: Statistics | None = optional_block("Yardsticks (metrics.statistics).")
     duplicates: Duplicates | None = optional_block("Duplicates (metrics.duplicates).")
     estimate: DatasetEstimate | None = optional_block(
@@ -316,6 +470,15 @@ class SecondaryResult(Result):
     )
     crops: CropClasses | None = optional_block(
         "Per-class counts and O_dist of a secondary made of object crops (boxes:)."
+    )
+    energy: EnergyResult | None = optional_block(
+        "Energy distance of S from P, its terms, test and explanation (method.md §12.1)."
+    )
+    novelty: NoveltySummary | None = optional_block(
+        "Novel images of S against P's own leave-one-out distances (method.md §12.3)."
+    )
+    verdict: Verdict | None = optional_block(
+        "same / shifted / far, with its reason (method.md §12.5)."
     )
 
 
@@ -427,10 +590,37 @@ class Perturbation(Result):
 # --------------------------------------------------------------------------- many datasets
 
 
-class Ranking(Result):
-    """Secondaries ranked by the size-free o_dist_mean (method.md §9), closest first."""
+RankingMetric = Literal["energy_distance", "o_dist_mean", "mmd", "fid", "kid"]
 
-    by: Literal["o_dist_mean"] = Field(description="The ranking key (size-free distance).")
+
+class RankDisagreement(Result):
+    """A secondary whose rank by the ranking metric differs from its rank by the paper's
+    o_dist_mean, and why (method.md §12.2)."""
+
+    name: str = Field(description="Secondary name.")
+    rank: int = Field(ge=1, description="Its rank by ranking.metric (1 = closest).")
+    o_dist_mean_rank: int = Field(ge=1, description="Its rank by o_dist_mean (1 = closest).")
+    explanation: str = Field(description="Why, in words (the energy decomposition).")
+
+
+class Ranking(Result):
+    """Secondaries ranked by ranking.metric (default the energy distance, method.md §12),
+    closest first."""
+
+    by: RankingMetric = Field(description="The ranking key (same as metric).")
+    metric: RankingMetric = Field(
+        default="energy_distance",
+        description="ranking.metric: energy_distance, o_dist_mean, mmd (MMD²), fid or kid "
+        "(KID mean); every ranking is closest first.",
+    )
+    values: ByName = Field(
+        default_factory=dict, description="Secondary -> its value of the ranking metric."
+    )
+    disagreements: list[RankDisagreement] = Field(
+        default_factory=list,
+        description="Secondaries ranked differently by o_dist_mean (the paper's distance), "
+        "with the reason.",
+    )
     top_k: Count = Field(description="report.top_k: how many names each end lists.")
     order: list[str] = Field(
         description="Every secondary, closest first (ties: job order; no value: last)."
@@ -451,6 +641,9 @@ class GroupSummary(Result):
     name: str = Field(description="Group label from the job.")
     members: list[str] = Field(description="Secondaries of the group, in job order.")
     o_dist_mean: Summary = Field(description="Summary of the members' o_dist_mean (std ddof 0).")
+    values: Summary | None = optional_block(
+        "Summary of the members' values of the ranking metric (groups.metric; std ddof 0)."
+    )
 
 
 class GroupPair(Result):
@@ -465,13 +658,28 @@ class GroupPair(Result):
         "((1 + hits) / (1 + permutations), in (0, 1]); null without permutations."
     )
     permutations: Count = Field(description="Label permutations (metrics.group_permutations).")
+    separation: float | None = optional_block(
+        "In [0, 1], the same whichever group is listed first: from the matrix, the AUC of "
+        "within-group entries below between-group ones; else max(auc, 1 - auc) (§12.6)."
+    )
+    p_value_adjusted: float | None = optional_block(
+        "p_value adjusted over the pairs of groups (metrics.p_adjustment)."
+    )
 
 
 class Groups(Result):
-    """Groups of secondaries and how well o_dist_mean separates them."""
+    """Groups of secondaries (or of every dataset of the matrix) and how well the ranking
+    metric separates them."""
 
     groups: list[GroupSummary] = Field(description="Every group, in order of first appearance.")
     pairs: list[GroupPair] = Field(description="One entry per pair of groups.")
+    metric: RankingMetric | None = optional_block(
+        "The ranking metric the values, auc and separation use (ranking.metric)."
+    )
+    basis: Literal["matrix", "primary"] | None = optional_block(
+        "matrix: separation from the energy (or o_dist_mean) matrix over every dataset; "
+        "primary: from each secondary's value against the primary."
+    )
 
 
 class DatasetMatrix(Result):
@@ -490,7 +698,16 @@ class DatasetMatrix(Result):
         description="Names in the leaf order of an average-linkage clustering (scipy)."
     )
     nearest: dict[str, str | None] = Field(
-        description="Dataset -> the other dataset with the smallest o_dist_mean."
+        description="Dataset -> the other dataset with the smallest entry of the matrix that "
+        "orders (ordered_by)."
+    )
+    energy: list[list[float]] | None = optional_block(
+        "[i][j] = energy distance of datasets i and j in their pair's space (method.md "
+        "§12.1; symmetric, zero diagonal)."
+    )
+    ordered_by: Literal["energy", "o_dist_mean"] | None = optional_block(
+        "The matrix behind order and nearest: o_dist_mean when ranking.metric is o_dist_mean, "
+        "else energy."
     )
 
 
@@ -830,6 +1047,9 @@ class Report(Result):
     )
     history: History | None = optional_block(
         "This run against the earlier runs of the same store (a run store with earlier runs)."
+    )
+    selection: SelectionInfo | None = optional_block(
+        "How the selections were chosen, judged, remembered and exported (method.md §3)."
     )
     ranking: Ranking | None = optional_block(
         "Secondaries ranked by o_dist_mean, with the report.top_k closest and farthest."
