@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_adaptation import _tiny_segformer, make_job, write_set
+from tests.test_adaptation import TEMPLATES, _tiny_segformer, make_job, write_set
 from worker.adapt import ods, verdicts
 from worker.adapt import summary as summ
 from worker.adapt.block import (
@@ -496,3 +496,72 @@ def test_two_architectures_three_seeds(tmp_path):
         for c in data["summary"]["comparisons"]
         if c["criterion"] in keep
     ]
+
+
+# ----------------------------------------------------------------------------- PDF
+
+
+def test_pdf_section_flags_recommends_and_fits_its_tables(tmp_path):
+    """The adaptation partial with report.css: the recommendation and the not-learning flag
+    are printed, and no table header or label breaks inside a word."""
+    import jinja2
+    import weasyprint
+
+    from tests.pdftext import pdf_text
+    from worker.adapt.block import Adaptation
+
+    trivial = baselines(0.12)
+    blocks = [
+        planted("unet", ods_m=[0.70] * 3, gain=[0.02] * 3, slopes=[0.05, 0.05], seconds=[30] * 3),
+        planted("segformer", ods_m=[0.55] * 3, gain=[0.1] * 3, slopes=[0.3, 0.3], seconds=[90] * 3),
+        planted("unetplusplus", ods_m=[0.138] * 3, gain=[0] * 3, slopes=[0, 0], seconds=[60] * 3),
+    ]
+    draws = noisy(
+        {
+            "unet": {"ods_unseen": 0.70, "gain": 0.02, "stability": 0.05},
+            "segformer": {"ods_unseen": 0.55, "gain": 0.10, "stability": 0.30},
+            "unetplusplus": {"ods_unseen": 0.138, "gain": 0.0, "stability": 0.0},
+        },
+        sd=0.005,
+    )
+    summary = summ.summarise(blocks, trivial, draws)
+    ad = Adaptation(
+        model="unet",
+        checkpoint=None,
+        baseline_architecture="unet",
+        selection="band",
+        epochs=1,
+        image_size=32,
+        verdict_rule=verdicts.VERDICT_RULE,
+        datasets=[],
+        models=blocks[0].models,
+        results=blocks[0].results,
+        splits={},
+        architectures=blocks,
+        summary=summary,
+        seeds=[0, 1, 2],
+        baselines=trivial,
+    )
+    templates = TEMPLATES
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates), autoescape=True, trim_blocks=True
+    )
+    body = env.get_template("adaptation.html.j2").render(report={"adaptation": ad}, figures={})
+    css = (templates / "report.css").read_text(encoding="utf-8")
+    html = f"<html><head><style>{css}</style></head><body>{body}</body></html>"
+    pdf = tmp_path / "a.pdf"
+    weasyprint.HTML(string=html).write_pdf(pdf)
+    text = pdf_text(pdf)
+    flat = " ".join(text.split())
+    assert "Recommended: unet." in flat
+    assert "unetplusplus is not learning" in flat
+    assert "Trade-off: segformer is better on ODS F gain from labels" in flat
+    # every word of the model-selection tables sits whole on one line (the fixed-layout
+    # tables of report.css broke "recommended" into "recommende" / "d")
+    words = ("architecture", "unetplusplus", "segformer", "recommended", "learning")
+    words += ("precision", "parameters", "tendency", "balanced", "unseen", "trivial")
+    for word in words:
+        assert word in text, word
+        for k in range(1, len(word)):
+            assert f"{word[:k]}\n{word[k:]}" not in text, f"{word} broken after {word[:k]}"
+    assert "not learning" in flat and "0.700 ± 0.000" in flat

@@ -503,16 +503,22 @@ def _reasons(
     return out
 
 
-def _numbers(row: ArchitectureSummary) -> str:
-    gain = "n/a" if row.gain is None else f"{row.gain:+.3f}"
-    per = "" if row.gain_per_image is None else f" ({row.gain_per_image:+.4f} per labelled image)"
-    adapted = row.adapted_model or "M{q}"
-    flat = "" if row.flat is None else (" flat" if row.flat else " not flat")
-    return (
-        f"baseline ODS F on unseen sets {_fmt(row, 'ods_unseen')}, gain from M to {adapted} "
-        f"{gain}{per}, |slope| of F against I_dist {_fmt(row, 'stability')}{flat}, "
-        f"training {_fmt(row, 'cost')} s"
-    )
+def _numbers(row: ArchitectureSummary, skip: str | None = None) -> str:
+    """The recommended architecture's other numbers, in words (`skip`: the one already said)."""
+    parts = []
+    if skip != "ods_unseen":
+        parts.append(f"baseline ODS F on unseen sets {_fmt(row, 'ods_unseen')}")
+    if skip != "gain":
+        per = (
+            "" if row.gain_per_image is None else f", {row.gain_per_image:+.4f} per labelled image"
+        )
+        parts.append(f"gain from M to {row.adapted_model or 'M{q}'} {_fmt(row, 'gain')}{per}")
+    if skip != "stability":
+        flat = "" if row.flat is None else (", flat" if row.flat else ", not flat")
+        parts.append(f"|slope| of F against I_dist {_fmt(row, 'stability')}{flat}")
+    if skip != "cost":
+        parts.append(f"training {_fmt(row, 'cost')} s")
+    return "; ".join(parts)
 
 
 def _trade_off(
@@ -559,10 +565,10 @@ def decide(
         rec = learning[0]
         decided = "only architecture" if len(rows) == 1 else "only learning architecture"
         why = (
-            f"{rec.architecture} is the only architecture tried: {_numbers(rec)}"
+            f"the only architecture tried: {_numbers(rec)}"
             if len(rows) == 1
-            else f"{rec.architecture} is the only architecture that beats the trivial "
-            f"baselines ({', '.join(dead)} does not): {_numbers(rec)}"
+            else f"the only architecture that beats the trivial baselines ({', '.join(dead)} "
+            f"{'does' if len(dead) == 1 else 'do'} not): {_numbers(rec)}"
         )
         return Recommendation(
             architecture=rec.architecture,
@@ -591,9 +597,8 @@ def decide(
             runner = _best(dropped, crit) or dropped[0]
             words = _CRITERION[crit][2]
             reason = (
-                f"{best.architecture}: {words} {_fmt(best, crit)} against "
-                f"{runner.architecture}'s {_fmt(runner, crit)}, beyond the noise; "
-                f"{_numbers(best)}"
+                f"{words} {_fmt(best, crit)} against {_fmt(runner, crit)} for "
+                f"{runner.architecture}, beyond the noise; also {_numbers(best, crit)}"
             )
             return Recommendation(
                 architecture=best.architecture,
@@ -640,15 +645,16 @@ def _statement(
         )
     ]
     names = [r.architecture for r in tied]
-    who = (
-        f"{names[0]} is"
-        if len(names) == 1
-        else f"{' and '.join(names)} are within the noise of each other as"
-    )
-    text = f"{who} {title}: {_CRITERION[crit][2]} {_fmt(best, crit)}"
+    values_text = ", ".join(f"{r.architecture} {_fmt(r, crit)}" for r in tied)
+    what = _CRITERION[crit][2]
+    if len(names) == 1:
+        text = f"{title}: {names[0]} ({what} {_fmt(best, crit)})"
+    else:
+        text = f"{title}: {' and '.join(names)}, within the noise ({what} {values_text})"
     others = [f"{r.architecture} {_fmt(r, crit)}" for r in rows if r not in tied]
     if others:
-        text += f" (others, beyond the noise or not learning: {', '.join(others)})"
+        why = "beyond the noise or not learning" if crit == "stability" else "beyond the noise"
+        text += f"; behind, {why}: {', '.join(others)}"
     return Statement(criterion=title, architectures=names, statement=text, values=values)
 
 
