@@ -1,4 +1,4 @@
-"""The model choice (method.md §5.7): seeds and their spread, trivial baselines, stability,
+"""The model choice (method.md §5.8): seeds and their spread, trivial baselines, stability,
 the paired bootstrap and the one recommendation.
 
 Planted outcomes feed numbers straight to the pure summary functions; one tiny

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from worker.adapt.names import model_names
+from worker.base import Model
 from worker.errors import JobError
-from worker.gates import (
+from worker.gate_metrics import (
     ADAPTATION_METRICS,
     GATE_METRICS,
     GROUP_METRICS,
@@ -77,9 +78,9 @@ MIN_IMAGE_SIZE = {"hog": 32}
 DEFAULT_MIN_IMAGE_SIZE = 32
 
 
-class Strict(BaseModel):
-    # inf and NaN are refused in every float field: no bound, band or rate can be infinite
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class Strict(Model):
+    """Base of the job's models: inf and NaN are refused in every float field (no bound, band
+    or rate can be infinite), unknown keys too."""
 
 
 class OutputConfig(Strict):
@@ -626,6 +627,9 @@ class AdaptationConfig(Strict):
     choose_by: list[Literal["ods_unseen", "gain", "stability", "cost"]] = Field(
         default_factory=lambda: ["ods_unseen", "gain", "stability", "cost"], min_length=1
     )
+    #: share of each selectable secondary held out of selection and training, chosen by
+    #: I_dist strata before selection; every model is also scored on it (0: none)
+    held_out: float = Field(default=0.2, ge=0.0, lt=1.0)
 
     _counts = field_validator("counts")(classmethod(lambda cls, v: check_counts(v)))
     _checkpoint = field_validator("checkpoint")(classmethod(lambda cls, v: check_text(v)))
@@ -699,6 +703,7 @@ class Job(Strict):
 
     # Set by load_job: the folder that relative paths are resolved against.
     base_dir: Path = Field(default=Path("."), exclude=True)
+    job_file: Path | None = Field(default=None, exclude=True)  # set by load_job
 
     @model_validator(mode="after")
     def _models(self) -> Job:
@@ -906,4 +911,6 @@ def load_job(path: str | Path) -> Job:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise JobError(f"{path}: malformed YAML{where}; fix the syntax and run again") from None
-    return parse_job(data, path.resolve().parent, str(path))
+    job = parse_job(data, path.resolve().parent, str(path))
+    job.job_file = path.resolve()
+    return job

@@ -1,4 +1,4 @@
-"""The model choice across architectures (docs/method.md §5.7): pure functions, numbers in,
+"""The model choice across architectures (docs/method.md §5.8): pure functions, numbers in,
 typed results out, no I/O.
 
 Per architecture, over the scored secondaries with positive mask pixels (all unseen by M) and
