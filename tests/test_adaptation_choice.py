@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_adaptation import TEMPLATES, _tiny_segformer, make_job, write_set
+from tests.helpers.adaptation import TEMPLATES, make_job, tiny_segformer, write_set
 from worker.adapt import ods, verdicts
 from worker.adapt import summary as summ
 from worker.adapt.block import (
@@ -419,7 +419,7 @@ def _run(tmp_path, job, sel, scaled):
 def test_two_architectures_three_seeds(tmp_path):
     write_set(tmp_path, "P", [{}] * 4, seed=1)
     write_set(tmp_path, "S", [{}] * 6, seed=2)
-    seg = _tiny_segformer(tmp_path / "segformer", 1)
+    seg = tiny_segformer(tmp_path / "segformer", 1)
     job = make_job(
         tmp_path,
         {
@@ -507,7 +507,7 @@ def test_pdf_section_flags_recommends_and_fits_its_tables(tmp_path):
     import jinja2
     import weasyprint
 
-    from tests.pdftext import pdf_text
+    from tests.helpers.pdf import pdf_text
     from worker.adapt.block import Adaptation
 
     trivial = baselines(0.12)
