@@ -5,7 +5,7 @@ axes. The blocks are never stacked or centred as a whole: every route reads them
 column chunks converted to float64, so memory stays bounded by `memory_budget_mb` plus the
 route's own matrices.
 
-Routes (recorded in ``info["route"]``):
+Routes (recorded in ``info.route``, the fit's typed PairPca block):
 
 - ``exact``: float64 SVD of the centred X (LAPACK gesdd through numpy); for N*q up to a few
   ten million values. The reference.
@@ -30,6 +30,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from worker.results import PairPca
 
 ROUTES = ("auto", "exact", "gram", "covariance", "randomized")
 DEFAULT_MEMORY_BUDGET_MB = 256
@@ -65,14 +67,16 @@ class PCAModel:
     def dims(self) -> int:
         return int(self.components.shape[0]) if self.route != "none" else int(self.mean.shape[0])
 
-    def info(self) -> dict:
-        return {
-            "route": self.route,
-            "dims": self.dims,
-            "requested_dims": self.requested_dims,
-            "explained_variance_ratio": [float(v) for v in self.explained_variance_ratio],
-            "warnings": list(self.warnings),
-        }
+    def info(self) -> PairPca:
+        """The fit as the report's typed PCA block (route, dims, requested_dims, explained
+        variance ratio per kept component, warnings)."""
+        return PairPca(
+            route=self.route,
+            dims=self.dims,
+            requested_dims=self.requested_dims,
+            explained_variance_ratio=[float(v) for v in self.explained_variance_ratio],
+            warnings=list(self.warnings),
+        )
 
 
 # --------------------------------------------------------------------------- chunked reads
@@ -361,11 +365,11 @@ def joint_pca(
     route: str = "auto",
     seed: int = 0,
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
-) -> tuple[list[np.ndarray], dict]:
+) -> tuple[list[np.ndarray], PairPca]:
     """One PCA fitted on vstack(blocks), each block projected. See the module docstring.
 
-    Returns (projected, info): projected[i] is (len(blocks[i]), z) float64; info has route,
-    dims, requested_dims, explained_variance_ratio (list), warnings (list[str]).
+    Returns (projected, info): projected[i] is (len(blocks[i]), z) float64; info is the
+    fit's PairPca (route, dims, requested_dims, explained_variance_ratio, warnings).
     """
     if not isinstance(blocks, (list, tuple)):
         raise ValueError("pca: blocks must be a list of (n_i, q) arrays")

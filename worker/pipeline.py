@@ -344,7 +344,7 @@ def _run(
                     adapted = adapt(job, measured[0].analysis, masked, staging)
                 if adapted.trained_encoder is not None:
                     with stage("measure", model="trained"), numeric_input_errors():
-                        measured.append(measure_trained(job, adapted.trained_encoder))
+                        measured.append(measure_trained(job, adapted.trained_encoder, memory))
         with stage("report"):
             report = build_report(
                 job,
@@ -486,10 +486,11 @@ def adapt(job: Job, analysis: ModelAnalysis, sets: dict, artifacts: Path) -> Ada
     )
 
 
-def measure_trained(job: Job, encoder) -> Measured:
-    """Distances measured with the trained baseline M's own encoder (features_from_trained)."""
+def measure_trained(job: Job, encoder, memory: SelectionMemory | None = None) -> Measured:
+    """Distances measured with the trained baseline M's own encoder (features_from_trained);
+    `memory`: the earlier runs' selections, as for the other extractors."""
     embedded = embed_all(job, ModelConfig(name="trained"), False, extractor=encoder)
-    analysis = analyse_model(embedded.sets[0], embedded.sets[1:], job)
+    analysis = analyse_model(embedded.sets[0], embedded.sets[1:], job, memory)
     return Measured("trained (baseline M encoder)", embedded, analysis)
 
 
