@@ -638,6 +638,10 @@ class AdaptationConfig(Strict):
     negatives: NegativesConfig | None = None
     #: every architecture trains every model once per seed: job.seed, job.seed + 1, ...
     seeds: int = Field(default=1, ge=1, le=100)
+    #: the recommendation's criteria in priority order (worker/adapt/summary.py)
+    choose_by: list[Literal["ods_unseen", "gain", "stability", "cost"]] = Field(
+        default_factory=lambda: ["ods_unseen", "gain", "stability", "cost"], min_length=1
+    )
     #: share of each selectable secondary held out of selection and training, chosen by
     #: I_dist strata before selection; every model is also scored on it (0: none)
     held_out: float = Field(default=0.2, ge=0.0, lt=1.0)
@@ -652,6 +656,13 @@ class AdaptationConfig(Strict):
             v = [v]
         if isinstance(v, list):
             return [{"name": x} if isinstance(x, str) else x for x in v]
+        return v
+
+    @field_validator("choose_by")
+    @classmethod
+    def _unique_criteria(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"each criterion at most once, got {v}")
         return v
 
     @model_validator(mode="after")
