@@ -687,7 +687,7 @@ class Groups(Result):
 
 
 class DatasetMatrix(Result):
-    """Every dataset as the primary in turn (datasets.matrix; method.md §9)."""
+    """Every dataset as the primary in turn (datasets.matrix; method.md §11)."""
 
     names: list[str] = Field(description="Datasets, in job order (primary first).")
     o_dist_mean: list[list[float | None]] = Field(
