@@ -14,7 +14,7 @@ import torch
 import yaml
 from PIL import Image
 
-from tests.test_adaptation import TEMPLATES, band_select, hog_i_dist, make_job, write_set
+from tests.helpers.adaptation import TEMPLATES, band_select, hog_i_dist, make_job, write_set
 from worker.adapt import block, ods, verdicts
 from worker.adapt import summary as summ
 from worker.adapt.masks import build_masked_sets

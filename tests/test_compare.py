@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.history import R1, R2, R3, report_json, three_runs, write_store
 from tests.helpers.reports import typed_report
-from tests.test_history import R1, R2, R3, _json, three_runs, write_store
 from worker.__main__ import main
 from worker.results import SecondaryResult
 from worker.runs_compare import compare_gates, compare_reports, ranking
@@ -29,8 +29,8 @@ def two_reports(tmp_path):
     """A = run 1, B = run 3 of the synthetic history (see tests/test_history.py)."""
     r1, _, r3 = three_runs()
     a, b = tmp_path / "a.json", tmp_path / "b.json"
-    a.write_text(_json(r1))
-    b.write_text(_json(r3))
+    a.write_text(report_json(r1))
+    b.write_text(report_json(r3))
     return a, b
 
 
@@ -163,8 +163,8 @@ def test_threshold_with_no_common_secondary_fails(tmp_path, capsys):
     r1, _, r3 = three_runs()
     for sec in r3.secondaries:
         sec.name = "other-" + sec.name
-    (tmp_path / "a.json").write_text(_json(r1))
-    (tmp_path / "b.json").write_text(_json(r3))
+    (tmp_path / "a.json").write_text(report_json(r1))
+    (tmp_path / "b.json").write_text(report_json(r3))
     argv = ["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")]
     assert main([*argv, "--max-o-dist-mean-change", "1"]) == 1
     assert "no secondary is in both reports" in capsys.readouterr().out
@@ -268,7 +268,7 @@ def test_cli_run_ids_in_a_store(tmp_path, capsys):
 def test_cli_bad_inputs_exit_2(tmp_path, monkeypatch, capsys, argv, needle):
     r1, _, _ = three_runs()
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "A").write_text(_json(r1))
+    (tmp_path / "A").write_text(report_json(r1))
     (tmp_path / "afile").write_text("x")
     (tmp_path / "notjson.txt").write_text("not json")
     (tmp_path / "other.json").write_text(json.dumps({"secondaries": "no"}))
@@ -342,7 +342,7 @@ def test_github_compare_workflow_command(tmp_path, monkeypatch, capsys):
     _, r2, r3 = three_runs()
     nightly = tmp_path / "nightly"
     nightly.mkdir()
-    (nightly / "report.json").write_text(_json(r2))
+    (nightly / "report.json").write_text(report_json(r2))
     _latest_store(tmp_path / "out", [r3])
     monkeypatch.chdir(tmp_path)
     argv = [a.replace("$NIGHTLY", str(nightly)) for a in argv]

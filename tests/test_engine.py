@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests import reference as R
+from tests.helpers import reference as R
 from worker import engine
 from worker.engine import kcenter_greedy, nearest_distances, planning, row_distance_sums, tiles
 from worker.engine.pair import fused_pass

@@ -6,16 +6,18 @@ import io
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 from pydantic import BaseModel
 from scipy import stats as sps
 from sklearn.isotonic import IsotonicRegression
 
-from tests import planted_worlds as W
-from tests.test_report import make_report
+from tests.helpers import planted_worlds as W
+from tests.helpers.sample_report import make_report
 from worker import estimate as E
 from worker.adapt import evaluate_cli
 from worker.adapt.block import Adaptation, AdaptationScore
@@ -651,13 +653,14 @@ def test_predictions_key_validated(tmp_path, secondary, primary_extra, expected)
 # ------------------------------------------------------------------------------ figure and partial
 
 
-def _rendered(estimate, figures=None) -> str:
+def _rendered(estimate, figures=None, **context) -> str:
     from jinja2 import Environment, FileSystemLoader
 
     root = Path(__file__).resolve().parents[1] / "templates"
     env = Environment(loader=FileSystemLoader(str(root)), autoescape=True, trim_blocks=True,
                       lstrip_blocks=True)  # fmt: skip
-    return env.get_template("estimate.html.j2").render(estimate=estimate, figures=figures or {})
+    template = env.get_template("estimate.html.j2")
+    return template.render(estimate=estimate, figures=figures or {}, **context)
 
 
 def test_figure_and_partial(tmp_path):
@@ -696,3 +699,76 @@ def test_figure_and_partial(tmp_path):
     assert "No estimate: 2 labelled dataset(s) (L0, L1)" in html and "<table" not in html
     # nothing unlabelled: no estimate page at all
     assert "<section" not in _rendered(E.estimate_performance(ev, []))
+    # estimated against realised, from the report's history
+    runs = [
+        _run("20260101T020000Z-aaaaaa", {"U": (0.70, 0.60, 0.80)}, {}),
+        _run("20260102T020000Z-bbbbbb", {}, {"U": 0.55}),
+    ]
+    history = SimpleNamespace(estimates=E.estimated_vs_realised(runs))
+    html = _rendered(E.estimate_performance(ev, []), report=SimpleNamespace(history=history))
+    assert "Estimated against realised performance" in html
+    assert "20260101T020000Z-aaaaaa" in html and "0.550" in html and "+0.150" in html
+
+
+# ------------------------------------------------------------------------------ end to end
+
+
+def _world_job(root: Path, masks_for: tuple[str, ...] = ()) -> Path:
+    datasets = W.write_world(root, 3, "noise", labelled=FIVE, masks_for=masks_for)
+    job = {
+        "version": 1, "seed": 0, "output": {"dir": "out"},
+        "model": {"name": "hog", "image_size": 64}, "pca": {"dims": 10, "sweep": [5, 10]},
+        "datasets": datasets, "metrics": {"energy_permutations": 20, "novelty_k": 5},
+        "gates": [{"metric": "estimated_f", "dataset": "U_near", "min": 0.3},
+                  {"metric": "estimated_f", "dataset": "U_far", "min": 0.0}],
+    }  # fmt: skip
+    path = root / "job.yaml"
+    path.write_text(yaml.safe_dump(job), encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+def test_pipeline_estimates_from_predictions_and_fails_the_far_gate(tmp_path):
+    """A real job (hog, energy and novelty from the distance stage, five labelled sets through
+    predictions:): the report chooses a predictor, flags the far set, and its gate fails even
+    at min 0 (no point estimate), with the reason in report.json and the PDF."""
+    from tests.helpers.pdf import pdf_text
+    from worker.job import load_job
+    from worker.pipeline import run
+
+    result = run(load_job(str(_world_job(tmp_path))))
+    report = json.loads((Path(result.run_dir) / "report.json").read_text())
+    est = report["estimate"]
+    assert est["source"] == "predictions" and est["made"] and est["chosen"] != "no_skill"
+    avail = {c["name"]: c["available"] for c in est["candidates"]}
+    assert avail == {"no_skill": True, "i_dist_mean": True, "novelty": True, "energy": True}
+    by = {s["dataset"]: s for s in est["secondaries"]}
+    assert set(by) == {"U_near", "U_far"}
+    assert by["U_far"]["extrapolation"] and by["U_far"]["estimated_f"] is None
+    assert by["U_far"]["low"] == 0.0 and by["U_far"]["novel_fraction"] is not None
+    assert by["U_near"]["estimated_f"] is not None
+    gates = {g["dataset"]: g for g in report["gates"]}
+    assert not gates["U_far"]["passed"] and "extrapolation" in gates["U_far"]["reason"]
+    assert gates["U_near"]["value"] == by["U_near"]["low"]
+    assert result.exit_code == 1
+    text = " ".join(pdf_text(Path(result.run_dir) / "report.pdf").split())
+    assert "Estimated performance on unlabelled data" in text
+    assert f"{est['chosen']} (chosen)" in text and "(extrapolated)" in text
+
+    # the next night brings masks and predictions for U_near: estimate against realised
+    second = tmp_path / "night2"
+    job2 = _world_job(second, masks_for=("U_near",))
+    data = yaml.safe_load(job2.read_text(encoding="utf-8"))
+    data["output"]["dir"] = str(tmp_path / "out")  # the first night's store
+    job2.write_text(yaml.safe_dump(data), encoding="utf-8")
+    later = run(load_job(str(job2)))
+    track = later.report.history.estimates
+    (point,) = [p for p in track.points if p.dataset == "U_near"]
+    realised = next(s for s in later.report.estimate.labelled if s.dataset == "U_near").ods_f
+    assert point.run_id == result.run_id and point.realised_run_id == later.run_id
+    assert point.estimated_f == by["U_near"]["estimated_f"] and point.realised_f == realised
+    assert point.error == pytest.approx(point.estimated_f - realised)
+    assert point.running_mae == pytest.approx(abs(point.error))
+    assert "Estimated against realised performance" in " ".join(
+        pdf_text(Path(later.run_dir) / "report.pdf").split()
+    )

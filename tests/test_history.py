@@ -10,10 +10,10 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from tests.helpers.reports import report_dict, typed_report
+from tests.helpers.history import N_P, R1, R2, R3, report_json, three_runs, write_store
+from tests.helpers.reports import report_dict
 from worker.errors import JobError
 from worker.history import (
     History,
@@ -28,119 +28,6 @@ from worker.results import Report, SecondaryResult
 from worker.store import list_runs, load_report, load_run
 
 ROOT = Path(__file__).resolve().parents[1]
-R1, R2, R3 = "20260101T020000Z-aaaaaa", "20260102T020000Z-bbbbbb", "20260103T020000Z-cccccc"
-N_P = 10  # |P|: o_dist_mean = o_dist / N_P
-
-
-def _img(id_, sha, i_dist, scaled):
-    return {"id": id_, "sha256": sha, "i_dist": i_dist, "i_dist_scaled": scaled}
-
-
-def _sec(name, images, mmd_p=None):
-    """A secondaries[] entry whose numbers follow from its images (as the pipeline makes them)."""
-    d = np.array([im["i_dist"] for im in images], dtype=np.float64)
-    lo, hi = d.min(), d.max()
-    for im in images:
-        if im["i_dist_scaled"] is None:
-            im["i_dist_scaled"] = float((im["i_dist"] - lo) / (hi - lo))
-    o = float(d.mean())
-    return {
-        "name": name,
-        "count": len(images),
-        "o_dist": o,
-        "o_dist_mean": o / N_P,
-        "i_dist": {"p90": float(np.percentile(d, 90))},
-        "i_dist_scaled_p90": None,
-        "images": images,
-        "statistics": {"mmd": {"p_value": mmd_p}, "o_dist_ratio": None},
-    }
-
-
-def _report(run_id, secondaries, finished):
-    return typed_report(_sketch(run_id, secondaries, finished))
-
-
-def _sketch(run_id, secondaries, finished):
-    return {
-        "run": {"run_id": run_id, "started": finished, "finished": finished},
-        "model": {"name": "hog", "checkpoint": None, "pooling": None, "image_size": 64},
-        "primary": {"name": "P", "count": N_P},
-        "pca": {"dims": 25},
-        "secondaries": secondaries,
-    }
-
-
-def _json(report: Report, run_id: bool = True) -> str:
-    body = report.model_dump(mode="json")
-    if not run_id:
-        del body["run"]["run_id"]
-    return json.dumps(body)
-
-
-def three_runs():
-    """Run 1: S1 {a,b,c}, S2 {x,y}, S3 {z}. Run 2: S1 {a,b,d,e} (c removed), S3 {z}.
-    Run 3: S1 {a, b renamed (same hash), d, f, g} (e removed), S2 {x,y,w} (S2 back)."""
-    r1 = _report(
-        R1,
-        [
-            _sec(
-                "S1",
-                [
-                    _img("a", "ha", 10.0, None),
-                    _img("b", "hb", 20.0, None),
-                    _img("c", "hc", 30.0, None),
-                ],
-                0.5,
-            ),
-            _sec("S2", [_img("x", "hx", 5.0, None), _img("y", "hy", 15.0, None)], 0.2),
-            _sec("S3", [_img("z1", "hz1", 1.0, None), _img("z2", "hz2", 3.0, None)]),
-        ],
-        "2026-01-01T02:10:00Z",
-    )
-    r2 = _report(
-        R2,
-        [
-            _sec(
-                "S1",
-                [
-                    _img("a", "ha", 10.0, None),
-                    _img("b", "hb", 20.0, None),
-                    _img("d", "hd", 40.0, None),
-                    _img("e", "he", 25.0, None),
-                ],
-                0.25,
-            ),
-            _sec("S3", [_img("z1", "hz1", 1.0, None), _img("z2", "hz2", 3.0, None)]),
-        ],
-        "2026-01-02T02:10:00Z",
-    )
-    r3 = _report(
-        R3,
-        [
-            _sec(
-                "S1",
-                [
-                    _img("a", "ha", 10.0, None),
-                    _img("b_renamed", "hb", 20.0, None),
-                    _img("d", "hd", 40.0, None),
-                    _img("f", "hf", 50.0, None),
-                    _img("g", "hg", 16.0, None),
-                ],
-                0.01,
-            ),
-            _sec(
-                "S2",
-                [
-                    _img("x", "hx", 5.0, None),
-                    _img("y", "hy", 15.0, None),
-                    _img("w", "hw", 25.0, None),
-                ],
-                0.3,
-            ),
-        ],
-        "2026-01-03T02:10:00Z",
-    )
-    return r1, r2, r3
 
 
 def _sec_of(h: History, name: str):
@@ -345,21 +232,6 @@ def test_job_history_config_and_gate_metrics():
 # ----------------------------------------------------------------------------- store reader
 
 
-def write_store(root: Path, reports: list[Report], extra_junk: bool = True) -> Path:
-    for r in reports:
-        d = root / "runs" / r.run.run_id
-        d.mkdir(parents=True)
-        # the reader fills run.run_id in from the folder name
-        (d / "report.json").write_text(_json(r, run_id=False))
-    if reports:
-        (root / "latest").symlink_to(f"runs/{reports[-1].run.run_id}")
-    if extra_junk:
-        (root / "runs" / "20260104T020000Z-dddddd").mkdir()  # incomplete: no report.json
-        (root / "runs" / "not-a-run").mkdir()
-        (root / "runs" / "not-a-run" / "report.json").write_text("{}")
-    return root
-
-
 def _job(tmp_path: Path, **history) -> object:
     base = {
         "datasets": {
@@ -401,11 +273,11 @@ def test_local_store_reader_and_history_stage(tmp_path):
     hb = collect(str(store), r3, tmp_path, baseline=R1)
     assert hb.baseline == R1 and gate_value(hb, "o_dist_mean_change", "S1") == pytest.approx(0.36)
     # baseline by path, relative to the job folder
-    (tmp_path / "golden.json").write_text(_json(r1))
+    (tmp_path / "golden.json").write_text(report_json(r1))
     hp = collect(str(store), r3, tmp_path, baseline="golden.json")
     assert hp.baseline == R1  # labelled by the run id the report carries
     assert gate_value(hp, "o_dist_mean_change", "S1") == pytest.approx(0.36)
-    (tmp_path / "golden2.json").write_text(_json(r1, run_id=False))
+    (tmp_path / "golden2.json").write_text(report_json(r1, run_id=False))
     hp2 = collect(str(store), r3, tmp_path, baseline="golden2.json")
     assert hp2.baseline == "golden2.json"
     assert _sec_of(hp2, "S1").vs_baseline.o_dist_mean_rel == pytest.approx(0.36)
@@ -453,7 +325,7 @@ def test_history_stage_keeps_one_full_report(tmp_path, monkeypatch):
 def test_damaged_earlier_run_is_skipped_with_a_warning_and_gate_reason(tmp_path, damage, said):
     r1, r2, r3 = three_runs()
     store = write_store(tmp_path / "out", [r1, r2], extra_junk=False)
-    body = json.loads(_json(r2))
+    body = json.loads(report_json(r2))
     if damage == "text":
         body["secondaries"][0]["count"] = "twelve"
     elif damage == "no id":
@@ -527,7 +399,7 @@ def s3_store(monkeypatch_module):
     r1, r2, _ = three_runs()
     for r in (r1, r2):
         client.put_object(
-            Bucket="hist", Key=f"nightly/runs/{r.run.run_id}/report.json", Body=_json(r)
+            Bucket="hist", Key=f"nightly/runs/{r.run.run_id}/report.json", Body=report_json(r)
         )
     client.put_object(
         Bucket="hist", Key="nightly/runs/20260104T020000Z-dddddd/report.pdf", Body=b"x"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import write_job
+from tests.helpers.jobs import write_job
 from worker.__main__ import main
 from worker.store import list_runs as store_runs
 

@@ -19,18 +19,15 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.test_s3 import (  # noqa: F401 - pytest fixtures, shared with the S3 tests
-    _cli_env,
-    _storage,
-    admin,
-    aws_env,
-    bucket,
-    moto_endpoint,
-)
+from tests.helpers.s3 import cli_env, storage_config
 from worker import store
 from worker.errors import JobError
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+#: every test here runs with planted AWS credentials and no AWS config (tests/helpers/s3.py)
+pytestmark = pytest.mark.usefixtures("aws_env")
 
 
 # ------------------------------------------------------------------ helpers
@@ -654,7 +651,7 @@ def _visible_s3(admin, bucket: str) -> dict[str, bytes]:  # noqa: F811
 
 
 def test_s3_store_pointer_flat_keys_listing_and_retention(bucket, admin, moto_endpoint, tmp_path):  # noqa: F811
-    storage = _storage(moto_endpoint)
+    storage = storage_config(moto_endpoint)
     uri = f"s3://{bucket}/store"
     t0 = 1_767_225_600.0  # ids sort by start second; runs within one second sort at random
     one = store.publish_run(
@@ -698,7 +695,7 @@ def test_s3_failed_upload_leaves_previous_latest_and_no_objects(
 ):
     from worker.sources import s3
 
-    storage = _storage(moto_endpoint)
+    storage = storage_config(moto_endpoint)
     uri = f"s3://{bucket}/store"
     one = store.publish_run(make_staging(tmp_path / "a", "one"), uri, storage)
     before = _visible_s3(admin, bucket)
@@ -719,11 +716,11 @@ def test_s3_failed_upload_leaves_previous_latest_and_no_objects(
 
 @pytest.mark.parametrize("point", ["uploaded", "pointed"])
 def test_s3_sigkill_while_publishing(bucket, admin, moto_endpoint, tmp_path, point):  # noqa: F811
-    storage = _storage(moto_endpoint)
+    storage = storage_config(moto_endpoint)
     uri = f"s3://{bucket}/store"
     one = store.publish_run(make_staging(tmp_path / "a", "one"), uri, storage)
     before = _visible_s3(admin, bucket)
-    env = _env(tmp_path, point, _cli_env(moto_endpoint))
+    env = _env(tmp_path, point, cli_env(moto_endpoint))
     proc = _publisher(make_staging(tmp_path / "b", "two"), uri, env, moto_endpoint)
     _wait_paused(proc, env)
     proc.kill()
@@ -745,11 +742,11 @@ def test_s3_cli_sigint_before_the_pointer_publishes_nothing(
     small_job,
     tmp_path,
 ):
-    storage = _storage(moto_endpoint)
+    storage = storage_config(moto_endpoint)
     uri = f"s3://{bucket}/store"
     one = store.publish_run(make_staging(tmp_path / "a", "one"), uri, storage)
     before = _visible_s3(admin, bucket)
-    env = _env(tmp_path, "uploaded", _cli_env(moto_endpoint))
+    env = _env(tmp_path, "uploaded", cli_env(moto_endpoint))
     proc = _cli(small_job, uri, env)
     _wait_paused(proc, env)
     proc.send_signal(signal.SIGINT)

@@ -84,6 +84,8 @@ class ModelAnalysis:
     warnings: list[str] = field(default_factory=list)
     #: S name -> (strategy, count) -> chosen row indices into S
     selections: dict[str, dict[tuple[str, int], list[int]]] = field(default_factory=dict)
+    #: S name -> rows of the adaptation's held-out split (adaptation.held_out)
+    held_out: dict[str, list[int]] = field(default_factory=dict)
     scatter: ScatterPoints | None = None
 
 
@@ -150,9 +152,12 @@ def _selections(
     nearest_primary: np.ndarray,
     novelty: dict | None = None,
     memory: selection.SelectionMemory | None = None,
-) -> tuple[list[SelectionResult], dict[tuple[str, int], list[int]], SelectionPool | None]:
+) -> tuple[
+    list[SelectionResult], dict[tuple[str, int], list[int]], SelectionPool | None, list[int]
+]:
     """Every (strategy, count) selection with its diversity, coverage and comparison with
-    random subsets (method.md §2-3), and the secondary's pool.
+    random subsets (method.md §2-3), the secondary's pool, and the adaptation's held-out rows
+    (chosen before selection, never selected; adaptation.held_out of a set with masks).
 
     `nearest_primary` (m,): each S image's nearest-P distance; `p_nearest_other` (n,): P's
     leave-one-out nearest distances; `novelty`: the per-image novelty and novel flags
@@ -168,16 +173,19 @@ def _selections(
     out, chosen = [], {}
     config = next((d for d in job.datasets.secondary if sec.name in d.sample_names()), None)
     if config is not None and not config.select:
-        return out, chosen, None  # a blind set (select: false) is evaluated only, never selected
+        return out, chosen, None, []  # a blind set (select: false): evaluated, never selected
     cfg = job.selection
     earlier = selection.earlier_mask(sec.name, sec.ids, sec.hashes, memory)
     labelled = selection.labelled_mask(sec.ids, sec.uris, cfg.labelled, job.base_dir)
     exclude = earlier | labelled
+    hold = np.zeros(len(s_l), dtype=bool)  # the adaptation's held-out split (method.md §5.7)
+    if job.adaptation.enabled and config is not None and config.masks is not None:
+        hold[selection.held_out_split(i_dist, job.adaptation.held_out, job.seed)] = True
     if novelty is None:
         novelty = {"novelty": np.zeros(len(s_l)), "novel": np.zeros(len(s_l), dtype=bool)}
     novel = np.asarray(novelty["novel"], dtype=bool)
     pool_nearest = selection.pool_nearest(s_l, nearest_primary, exclude, **kw)
-    candidates = np.flatnonzero(~exclude)
+    candidates = selection.candidates(len(s_l), exclude, hold)
 
     def pick(strategy: str, count: int) -> list[int]:
         return selection.select(
@@ -190,6 +198,7 @@ def _selections(
             seed=job.seed,
             novel=novel,
             exclude=exclude,
+            hold=hold,
             **kw,
         )
 
@@ -256,8 +265,9 @@ def _selections(
         earlier_selected=int(earlier.sum()),
         labelled=int(labelled.sum()),
         novel=int(novel.sum()),
+        held_out=int(hold.sum()),
     )
-    return out, chosen, pool_block
+    return out, chosen, pool_block, np.flatnonzero(hold).tolist()
 
 
 def _statistics(p_l: np.ndarray, s_l: np.ndarray, o_dist_mean: float, job: Job) -> Statistics:
@@ -402,6 +412,7 @@ class SecondaryAnalysis:
     result: SecondaryResult
     space: PairSpace
     chosen: dict[tuple[str, int], list[int]]
+    held_out: list[int] = field(default_factory=list)  # rows held out for evaluation
 
 
 def analyse_secondary(
@@ -425,7 +436,7 @@ def analyse_secondary(
     o_dist_mean = metrics.o_dist_mean(i_dist, len(p_l))
     novelty = _novelty(space, passes, job, kw)
     per_image = novelty[0] if novelty is not None else None
-    selections, chosen, pool = _selections(
+    selections, chosen, pool, held_out = _selections(
         sec,
         space,
         i_dist,
@@ -492,7 +503,7 @@ def analyse_secondary(
         energy=_energy(space, passes, job),
         novelty=NoveltySummary(**novelty[1]) if novelty is not None else None,
     )
-    return SecondaryAnalysis(result, space, chosen)
+    return SecondaryAnalysis(result, space, chosen, held_out)
 
 
 #: verdict thresholds (method.md §12.5): a significance level for the adjusted p-values and
@@ -693,6 +704,7 @@ def analyse_model(
         pca_sweep_stable=stable,
         warnings=warnings,
         selections=chosen_all,
+        held_out={d.result.name: d.held_out for d in done if d.held_out},
         scatter=scatter,
     )
 

@@ -259,8 +259,9 @@ def dataset_matrices(
                 b = a
             else:
                 (a, b), _ = joint_pca([blocks[i], blocks[j]], dims, route=route, seed=seed)
-            cross = float(np.sum(metrics.image_dataset_distances(a, b, **engine_kw)))
-            out[i, j] = out[j, i] = cross / (len(a) * len(b))
+            i_dist = metrics.image_dataset_distances(a, b, **engine_kw)
+            cross = float(np.sum(i_dist))
+            out[i, j] = out[j, i] = metrics.o_dist_mean(i_dist, len(b))
             if i != j:
                 keys = (i, j) if shared else (None, None)
                 terms = metrics.energy_from_sums(

@@ -1,7 +1,7 @@
 """Gates: bounds on report numbers that turn into the exit code (0 pass, 1 some gate failed).
 
-`GATE_METRICS` is the one registry of gate metric names: the job model validates names
-against it and `evaluate_gates` reads each value off the typed report through it.
+`worker.gate_metrics.GATE_METRICS` is the one registry of gate metric names: the job model
+validates names against it and `evaluate_gates` reads each value off the typed report here.
 """
 
 from __future__ import annotations
@@ -9,6 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from worker.gate_metrics import (
+    ADAPTATION_METRICS,
+    ESTIMATE_METRICS,
+    GROUP_METRICS,
+    HISTORY_METRICS,
+    PRIMARY_TOO,
+)
 from worker.results import GateResult, Report, SecondaryResult
 
 if TYPE_CHECKING:
@@ -19,8 +26,9 @@ def _with_primary(sec: SecondaryResult) -> float | None:
     return len(sec.duplicates.with_primary) if sec.duplicates is not None else None
 
 
-#: metric -> value read off one secondary's typed result (None when not computed)
-SECONDARY_METRICS: dict[str, Callable[[SecondaryResult], float | None]] = {
+#: metric of gate_metrics.SECONDARY_METRICS -> its value read off one secondary's typed
+#: result (None when not computed)
+SECONDARY_VALUES: dict[str, Callable[[SecondaryResult], float | None]] = {
     "o_dist": lambda s: s.o_dist,
     "o_dist_scaled": lambda s: s.o_dist_scaled,
     "o_dist_mean": lambda s: s.o_dist_mean,
@@ -43,36 +51,6 @@ SECONDARY_METRICS: dict[str, Callable[[SecondaryResult], float | None]] = {
     "novel_fraction": lambda s: s.novelty.novel_fraction if s.novelty else None,
     "novelty_p_value": lambda s: s.novelty.p_value_adjusted if s.novelty else None,
 }
-#: metric -> the metrics.* switches it needs (a gate on a switched-off metric is refused)
-METRIC_SWITCHES: dict[str, tuple[str, ...]] = {
-    "diversity_mean": ("diversity",),
-    "coverage_by_primary_mean": ("coverage",),
-    "coverage_by_primary_max": ("coverage",),
-    "o_dist_ratio": ("statistics",),
-    "o_dist_percentile": ("statistics",),
-    "fid": ("statistics",),
-    "mmd_p_value": ("statistics",),
-    "duplicates_with_primary": ("duplicates",),
-}
-#: metrics of the adaptation block (per secondary, trained model (default M) and architecture)
-ADAPTATION_METRICS = ("f_slope", "ods_f")
-#: metrics of the history block: change against earlier runs of the same store
-HISTORY_METRICS = ("o_dist_mean_change", "new_images_far_fraction")
-#: the performance estimated without labels (secondaries without masks)
-ESTIMATE_METRICS = ("estimated_f",)
-#: metrics of the groups block: one value per pair of groups, dataset "A vs B"
-GROUP_METRICS = ("group_separation",)
-#: metrics that also apply to the primary when a gate names every dataset ("*")
-PRIMARY_TOO = ("skipped_fraction", "diversity_mean")
-
-GATE_METRICS: tuple[str, ...] = (
-    *SECONDARY_METRICS,
-    *ADAPTATION_METRICS,
-    *HISTORY_METRICS,
-    *ESTIMATE_METRICS,
-    *GROUP_METRICS,
-    "skipped_fraction",
-)
 
 
 def _skipped_fraction(report: Report, dataset: str) -> float | None:
@@ -124,7 +102,7 @@ def gate_value(report: Report, gate: GateConfig, dataset: str) -> float | None:
     secondaries = _secondaries_of(report, gate.model)
     for sec in secondaries or []:
         if sec.name == dataset:
-            return SECONDARY_METRICS[gate.metric](sec)
+            return SECONDARY_VALUES[gate.metric](sec)
     return None
 
 

@@ -9,11 +9,12 @@ import unicodedata
 from pathlib import Path
 from typing import Annotated, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from worker.adapt.names import model_names
+from worker.base import Model
 from worker.errors import JobError
-from worker.gates import (
+from worker.gate_metrics import (
     ADAPTATION_METRICS,
     GATE_METRICS,
     GROUP_METRICS,
@@ -100,9 +101,9 @@ def _bool_for_number(annotation: object, value: object) -> bool:
     return False
 
 
-class Strict(BaseModel):
-    # inf and NaN are refused in every float field: no bound, band or rate can be infinite
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class Strict(Model):
+    """Base of the job's models: inf and NaN are refused in every float field (no bound, band
+    or rate can be infinite), unknown keys too, and yes/no where a number is expected."""
 
     @field_validator("*", mode="before")
     @classmethod
@@ -658,6 +659,9 @@ class AdaptationConfig(Strict):
     negatives: NegativesConfig | None = None
     #: every architecture trains every model once per seed: job.seed, job.seed + 1, ...
     seeds: int = Field(default=1, ge=1, le=100)
+    #: share of each selectable secondary held out of selection and training, chosen by
+    #: I_dist strata before selection; every model is also scored on it (0: none)
+    held_out: float = Field(default=0.2, ge=0.0, lt=1.0)
 
     _counts = field_validator("counts")(classmethod(lambda cls, v: check_counts(v)))
     _checkpoint = field_validator("checkpoint")(classmethod(lambda cls, v: check_text(v)))

@@ -465,8 +465,19 @@ def adapt(job: Job, analysis: ModelAnalysis, sets: dict, artifacts: Path) -> Ada
     def per_image(key: str) -> dict[str, dict[str, float]]:
         return {e.name: {im.id: getattr(im, key) for im in e.images} for e in analysis.secondaries}
 
+    held_out = {
+        e.name: [e.images[i].id for i in analysis.held_out[e.name]]
+        for e in analysis.secondaries
+        if e.name in sets and e.name in analysis.held_out
+    }
     block, extras = run_adaptation(
-        job, sets, selections, per_image("i_dist_scaled"), artifacts, i_dist=per_image("i_dist")
+        job,
+        sets,
+        selections,
+        per_image("i_dist_scaled"),
+        artifacts,
+        i_dist=per_image("i_dist"),
+        held_out=held_out,
     )
     return Adapted(
         block=block,
@@ -625,6 +636,7 @@ def attach_history(report: Report, job: Job, store: str) -> None:
     skipped, and the skip is in report.warnings, on stderr and in the gate reasons it
     changes. The first run of a store (no earlier run, no baseline, nothing skipped) gets
     no block."""
+    from worker.estimate import estimated_vs_realised
     from worker.history import build_history
     from worker.store import earlier_runs, is_run_id, load_report, load_run
 
@@ -661,6 +673,8 @@ def attach_history(report: Report, job: Job, store: str) -> None:
     if history.previous_run is None and not history.baseline and not skipped:
         return  # a first run: nothing to compare, and report.json stays free of run ids
     report.history = history
+    # estimates of earlier runs against the F realised once masks arrived (method-estimate.md)
+    history.estimates = estimated_vs_realised([*previous, report])
     for sec in report.secondaries:
         new = history.new_ids.get(sec.name)
         if new is None:

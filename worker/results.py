@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from worker.adapt.block import Adaptation
+from worker.base import Model
 
 SCHEMA_VERSION = "1.3.0"
 
@@ -32,10 +33,8 @@ def optional_block(description: str) -> Any:
     return Field(default=None, exclude_if=_is_none, description=description)
 
 
-class Result(BaseModel):
+class Result(Model):
     """Base of every report block: unknown keys and non-finite floats are refused."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=False)
 
 
 Count = Annotated[int, Field(ge=0)]
@@ -280,6 +279,11 @@ class SelectionPool(Result):
     )
     labelled: Count = Field(description="Images named by selection.labelled, never proposed.")
     novel: Count = Field(description="Novel images (beyond P's calibrated quantile).")
+    held_out: Count = Field(
+        default=0,
+        description="Images of the adaptation's held-out split: never selected, scored by "
+        "every model (adaptation.held_out).",
+    )
 
 
 class MmdResult(Result):

@@ -23,16 +23,19 @@ import datetime as dt
 import json
 import sys
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from worker.base import Model
 from worker.comparison import rank_order
 from worker.errors import JobError
 from worker.history import DEFAULT_BAND, abs_rel, image_diff, in_band, incomparable, run_id_of
 from worker.results import GateResult, Report
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Strict(Model):
+    """Base of the comparison's models; a delta of two finite numbers may overflow to inf."""
+
+    model_config = ConfigDict(allow_inf_nan=True)
 
 
 class Delta(Strict):

@@ -1,1 +1,3 @@
-"""Shared test builders (exposed to tests through tests/conftest.py and plain imports)."""
+"""Shared test builders, references and fixtures (exposed to every test file through
+tests/conftest.py). Test files import from here, never from each other; no module of
+`worker` imports from here."""

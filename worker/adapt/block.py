@@ -15,15 +15,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from worker.base import Model
 
 TENDENCY_TOL = 0.05  # precision - recall beyond which a model leans one way
 
 
-class AdaptBlock(BaseModel):
+class AdaptBlock(Model):
     """Base of the adaptation block's models: unknown keys and NaN/infinity refused."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class PerImageF(AdaptBlock):
@@ -138,6 +138,35 @@ class ArchitectureBlock(AdaptBlock):
     splits: dict[str, dict[str, FSplitTable]] = Field(
         description="dataset -> model -> F by I_dist halves and thirds (sets with positives)"
     )
+    held_out_results: list[AdaptationScore] = Field(
+        default_factory=list,
+        description="every model on the held-out split of every scored secondary that has one",
+    )
+
+
+class HeldOutSplit(AdaptBlock):
+    """One secondary's held-out split: chosen by I_dist strata before selection, never
+    selected nor trained on, scored by every model (method.md §5.7)."""
+
+    dataset: str = Field(description="secondary name")
+    ids: list[str] = Field(description="the held-out image ids scored, ascending I_dist")
+    far_count: int = Field(
+        description="held-out images whose scaled I_dist lies in selection.band (far images)"
+    )
+    i_dist_scaled_max: float | None = Field(
+        description="largest scaled I_dist in the split, 0..1 (1: the farthest image of S)"
+    )
+
+
+class HeldOut(AdaptBlock):
+    """The fixed held-out evaluation (adaptation.held_out): the same images for M, M{q},
+    M_B{q}, so the farthest images are scored even when the selections take far ones."""
+
+    fraction: float = Field(description="adaptation.held_out: share of each selectable set")
+    splits: list[HeldOutSplit] = Field(description="one per scored secondary with a split")
+    results: list[AdaptationScore] = Field(
+        description="the baseline architecture's models on each split (as `results`)"
+    )
 
 
 class ArchitectureSummary(AdaptBlock):
@@ -195,6 +224,11 @@ class Adaptation(AdaptBlock):
     splits: dict[str, dict[str, FSplitTable]] = Field(description="the baseline's splits")
     architectures: list[ArchitectureBlock] = Field(description="every architecture, baseline 1st")
     summary: SelectionSummary = Field(description="model-selection summary across architectures")
+    held_out: HeldOut | None = Field(
+        default=None,
+        description="every model scored on a fixed held-out split of each selectable set "
+        "(adaptation.held_out > 0); `results` score the images left after selection",
+    )
 
 
 def adaptation_metric(

@@ -20,6 +20,7 @@ worker's own implementation.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -234,3 +235,38 @@ def outcomes(seed: int, shift: str, **world_kw) -> list[Outcome]:
         )  # fmt: skip
         for s in est.secondaries
     ]
+
+
+def write_world(
+    root: Path,
+    seed: int,
+    shift: str,
+    *,
+    labelled: tuple[float, ...] = (0.1, 0.35, 0.6),
+    unlabelled: dict[str, float] | None = None,
+    n_primary: int = 30,
+    n: int = 16,
+    masks_for: tuple[str, ...] = (),
+) -> dict:
+    """Write a world as a job's inputs under `root`: images (PNG), and for the labelled sets
+    (and those named in `masks_for`) masks and the detector's 8-bit probability maps, so the
+    job's `predictions:` make them labelled evidence. Returns the job's `datasets` block."""
+    rng = np.random.default_rng(seed)
+    unlabelled = {"U_near": 0.45, "U_far": 1.0} if unlabelled is None else unlabelled
+    plan = [("P", 0.0, n_primary, False)]
+    plan += [(f"L{i}", st, n, True) for i, st in enumerate(labelled)]
+    plan += [(name, st, n, name in masks_for) for name, st in unlabelled.items()]
+    secondary = []
+    for name, strength, count, with_masks in plan:
+        for i in range(count):
+            img, mask = render(rng, shift, strength)
+            for sub, arr in (("images", img), ("masks", mask.astype(np.uint8) * 255),
+                             ("pred", np.round(detector(img) * 255).astype(np.uint8))):  # fmt: skip
+                path = root / name / sub / f"{i:03d}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(arr).save(path)
+        entry = {"name": name, "path": f"{name}/images"}
+        if with_masks:
+            entry.update(masks=f"{name}/masks", predictions=f"{name}/pred")
+        secondary.append(entry)
+    return {"primary": secondary[0], "secondary": secondary[1:]}
