@@ -53,7 +53,7 @@ class PairSpace:
 
     primary: np.ndarray  # (n, z)
     secondary: np.ndarray  # (m, z)
-    info: dict
+    info: PairPca
     sweep_primary: np.ndarray | None = None  # (n, max sweep) for the PCA sweep
     sweep_secondary: np.ndarray | None = None
     nested: bool = False  # primary / secondary are the first columns of the sweep arrays
@@ -117,10 +117,13 @@ def project_pair(p: np.ndarray, s: np.ndarray, job: Job) -> PairSpace:
         return PairSpace(pl, sl, info, *(wide or (None, None)))
     (pw, sw), info = joint_pca([p, s], sweep_max, route=job.pca.route, seed=seed)
     z = min(dims, pw.shape[1])
-    info = dict(info)
-    info["dims"] = z
-    info["requested_dims"] = dims
-    info["explained_variance_ratio"] = list(info.get("explained_variance_ratio", []))[:z]
+    info = info.model_copy(
+        update={
+            "dims": z,
+            "requested_dims": dims,
+            "explained_variance_ratio": info.explained_variance_ratio[:z],
+        }
+    )
     return PairSpace(pw[:, :z], sw[:, :z], info, pw, sw, nested=True)
 
 
@@ -482,7 +485,7 @@ def analyse_secondary(
         splits=Splits(
             halves=metrics.sorted_splits(i_dist, 2), thirds=metrics.sorted_splits(i_dist, 3)
         ),
-        pca=PairPca(**space.info),
+        pca=space.info,
         diversity=(
             _spread(metrics.diversity_from_nearest(passes["s_self"].distance), bins)
             if job.metrics.diversity
@@ -646,7 +649,7 @@ def scatter_points(
     reuse = (
         space is not None
         and len(secondaries) == 1
-        and space.info.get("route") in ("exact", "covariance", "gram")  # not randomized
+        and space.info.route in ("exact", "covariance", "gram")  # not randomized
         and space.primary.shape[1] >= 2
     )
     if reuse:
