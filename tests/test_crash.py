@@ -55,7 +55,9 @@ def _start(job: Path, out: Path, env: dict | None = None) -> subprocess.Popen:
 
 
 def _cache_entries(root: Path) -> int:
-    return sum(1 for _ in (root / "cache").rglob("*.emb")) if (root / "cache").exists() else 0
+    from worker.cache import EmbeddingCache
+
+    return EmbeddingCache(str(root / "cache")).count()
 
 
 def _wait_for_entries(proc: subprocess.Popen, root: Path, at_least: int) -> None:

@@ -95,6 +95,15 @@ class OutputConfig(Strict):
     _dir = field_validator("dir")(classmethod(lambda cls, v: check_location(v)))
 
 
+class ReduceConfig(Strict):
+    """A seeded sparse random projection (Johnson-Lindenstrauss) of the features to `dims`
+    values, applied as they are embedded (or loaded, for precomputed) and cached so."""
+
+    method: Literal["random"] = "random"
+    dims: int = Field(default=4096, ge=1, le=1_000_000)
+    seed: int = Field(default=0, ge=0)
+
+
 class ModelConfig(Strict):
     """A feature extractor. `name` is a registry name (see EXTRACTOR_NAMES)."""
 
@@ -104,7 +113,13 @@ class ModelConfig(Strict):
     pooling: Literal["flatten", "mean", "cls"] | None = None
     prompt: str | None = None
     image_size: int | None = Field(default=None, ge=8, le=4096)
-    batch_size: int = Field(default=32, ge=1, le=4096)
+    #: images per forward pass; auto: 32 on the CPU, from the GPU's free memory on CUDA
+    batch_size: Annotated[int, Field(ge=1, le=4096)] | Literal["auto"] = 32
+    #: fast: resize in threads, the processor's rescale and normalisation as one tensor op
+    #: per batch on the device; exact: the checkpoint's own processor per image (reference)
+    preprocess: Literal["fast", "exact"] = "fast"
+    #: optional seeded sparse random projection of every feature vector (worker/reduce.py)
+    reduce: ReduceConfig | None = None
     #: decode threads; auto: one per usable core, at most 8 (embeddings.default_num_workers)
     num_workers: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = "auto"
     device: str = "auto"
@@ -623,6 +638,10 @@ class AdaptationConfig(Strict):
     negatives: NegativesConfig | None = None
     #: every architecture trains every model once per seed: job.seed, job.seed + 1, ...
     seeds: int = Field(default=1, ge=1, le=100)
+    #: the recommendation's criteria in priority order (worker/adapt/summary.py)
+    choose_by: list[Literal["ods_unseen", "gain", "stability", "cost"]] = Field(
+        default_factory=lambda: ["ods_unseen", "gain", "stability", "cost"], min_length=1
+    )
     #: share of each selectable secondary held out of selection and training, chosen by
     #: I_dist strata before selection; every model is also scored on it (0: none)
     held_out: float = Field(default=0.2, ge=0.0, lt=1.0)
@@ -637,6 +656,13 @@ class AdaptationConfig(Strict):
             v = [v]
         if isinstance(v, list):
             return [{"name": x} if isinstance(x, str) else x for x in v]
+        return v
+
+    @field_validator("choose_by")
+    @classmethod
+    def _unique_criteria(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"each criterion at most once, got {v}")
         return v
 
     @model_validator(mode="after")

@@ -254,16 +254,23 @@ def embed_all(
         return _Progress(total, desc, show_progress)
 
     configs = datasets or job.all_datasets
+    # model.batch_size auto: the extractor's choice (from the device's memory)
+    batch = model.batch_size if model.batch_size != "auto" else None
+    batch = batch or getattr(extractor, "batch_size", None) or 32
     if job.compute.engine == "ray" and extractor is not None:
-        sets = load_datasets_ray(job, configs, extractor, cache, progress, model.batch_size)
+        sets = load_datasets_ray(job, configs, extractor, cache, progress, batch)
     else:
         sets = [
             emb
             for ds in configs
-            for emb in load_dataset(job, ds, extractor, cache, progress, model.batch_size)
+            for emb in load_dataset(job, ds, extractor, cache, progress, batch)
         ]
     _check_sets(job, sets)
     info = dict(extractor.info) if extractor is not None else {"name": "precomputed"}
+    if extractor is None and model.reduce is not None:  # precomputed: projected as loaded
+        from worker.reduce import reduce_sets
+
+        info["reduce"] = reduce_sets(sets, model.reduce.dims, model.reduce.seed)
     info["feature_dim"] = int(sets[0].vectors.shape[1])
     keys = ModelInfo.model_fields
     return Embedded(sets, extractor, ModelInfo(**{k: info.get(k) for k in keys}))
