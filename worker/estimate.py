@@ -107,12 +107,21 @@ class Target:
 
 
 @dataclass(frozen=True)
-class Evidence(Target):
-    """One labelled secondary: its distances plus per-image F (length M) and its ODS."""
+class Evidence:
+    """One labelled secondary: its distances and per-image F (length M), and its ODS."""
 
-    f: np.ndarray | None = None  # (M,) per-image F at the dataset's ODS threshold, [0, 1]
-    ods_f: float = math.nan
+    name: str
+    ids: list[str]
+    i_dist_scaled: np.ndarray  # (M,)
+    i_dist_mean: np.ndarray  # (M,)
+    f: np.ndarray  # (M,) per-image F at the dataset's ODS threshold, [0, 1]
+    o_dist_mean: float
+    ods_f: float
     ods_threshold: float | None = None
+    novelty: np.ndarray | None = None
+    novel: np.ndarray | None = None
+    novelty_base_rate: float | None = None
+    energy: float | None = None
 
 
 def labelled(
@@ -158,7 +167,7 @@ def fit_isotonic(x: np.ndarray | Sequence[float], y: np.ndarray | Sequence[float
     return Isotonic(xu, np.clip(fitted, 0.0, 1.0))
 
 
-def image_values(name: str, s: Target) -> np.ndarray | None:
+def image_values(name: str, s: Target | Evidence) -> np.ndarray | None:
     """Per-image values (M,) of an image-level predictor; None for set-level ones or when the
     set lacks them."""
     v = {"i_dist_mean": s.i_dist_mean, "novelty": s.novelty}.get(name)
@@ -168,7 +177,7 @@ def image_values(name: str, s: Target) -> np.ndarray | None:
     return v if len(v) == len(s.ids) and np.all(np.isfinite(v)) else None
 
 
-def set_value(name: str, s: Target) -> float | None:
+def set_value(name: str, s: Target | Evidence) -> float | None:
     """A set's value of predictor `name` (higher = farther): the mean over its images for
     image-level predictors, the energy distance for `energy`; None when unknown."""
     if name == "energy":
@@ -177,7 +186,7 @@ def set_value(name: str, s: Target) -> float | None:
     return float(v.mean()) if v is not None and len(v) else None
 
 
-def available(name: str, sets: Sequence[Target]) -> str | None:
+def available(name: str, sets: Sequence[Target | Evidence]) -> str | None:
     """None when every set in `sets` has predictor `name`'s values, else the reason."""
     if name == NO_SKILL:
         return None
@@ -187,7 +196,7 @@ def available(name: str, sets: Sequence[Target]) -> str | None:
     return None
 
 
-Predictor = Callable[[Target], float]
+Predictor = Callable[[Target | Evidence], float]
 
 
 def image_fit(name: str, train: Sequence[Evidence]) -> tuple[Isotonic, float]:
@@ -545,7 +554,7 @@ def estimate_performance(
     fewer than `min_datasets` labelled sets or `min_images` labelled images, or without
     skill, no estimate is made and every target carries the reason.
     """
-    evidence = [e for e in evidence if e.f is not None and len(e.f)]
+    evidence = [e for e in evidence if len(e.f)]
     points = [
         LabelledPoint(
             dataset=e.name, id=i, i_dist_scaled=float(s), i_dist_mean=float(x), f=float(f)

@@ -357,9 +357,10 @@ def judge(
     - novel_coverage: the same for the novel images of S only (when S has any).
 
     Returns one dict per aim: {aim, decides (an aim of `strategy`), higher_is_better, value,
-    random (B,), percentile, p_value, beats_random}. `baselines` (aim -> (B,)) caches the
-    random values across strategies sharing `subsets`. A selection of no image or of every
-    candidate (subsets of its size are all alike) is not judged (None fields)."""
+    random (the finite values of the B subsets), percentile, p_value, beats_random}.
+    `baselines` (aim -> (B,)) caches the random values across strategies sharing `subsets`.
+    A selection of no image or of every candidate (subsets of its size are all alike) is not
+    judged (None fields)."""
     novelty = np.asarray(novelty, dtype=np.float64)
     novel = np.asarray(novel, dtype=bool)
     baselines = {} if baselines is None else baselines
@@ -389,7 +390,7 @@ def judge(
                 "decides": aim in STRATEGY_AIMS[strategy],
                 "higher_is_better": higher,
                 "value": value if value is not None and np.isfinite(value) else None,
-                "random": baselines[aim],
+                "random": baselines[aim][np.isfinite(baselines[aim])],
                 **verdict,
             }
         )
