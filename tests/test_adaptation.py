@@ -22,6 +22,7 @@ from tests.helpers.adaptation import (
     farthest,
     hog_i_dist,
     make_job,
+    tiny_segformer,
     write_set,
 )
 from worker.adapt import evaluate_cli, ods
@@ -529,29 +530,9 @@ def test_evaluate_cli_errors(tmp_path, capsys):
 # ----------------------------------------------------------------------------- SegFormer
 
 
-def _tiny_segformer(folder: Path, num_labels: int) -> Path:
-    from transformers import SegformerConfig, SegformerForSemanticSegmentation
-
-    config = SegformerConfig(
-        num_encoder_blocks=2,
-        depths=[1, 1],
-        sr_ratios=[2, 1],
-        hidden_sizes=[8, 16],
-        num_attention_heads=[1, 1],
-        patch_sizes=[7, 3],
-        strides=[4, 2],
-        mlp_ratios=[2, 2],
-        decoder_hidden_size=16,
-        num_labels=num_labels,
-    )
-    torch.manual_seed(0)
-    SegformerForSemanticSegmentation(config).save_pretrained(folder)
-    return folder
-
-
 @pytest.mark.parametrize("num_labels", [1, 2, 10])
 def test_segformer_tiny_round_trip(tmp_path, num_labels):
-    ckpt = _tiny_segformer(tmp_path / "segformer", num_labels)
+    ckpt = tiny_segformer(tmp_path / "segformer", num_labels)
     model = build_segmenter("segformer", str(ckpt), seed=0).eval()
     assert model.net.config.num_labels == (num_labels if num_labels in (1, 2) else 1)
     x = torch.rand(2, 3, 64, 64)
@@ -580,7 +561,7 @@ def test_segformer_tiny_round_trip(tmp_path, num_labels):
 def test_segformer_adaptation_run(tmp_path):
     write_set(tmp_path, "P", [{}] * 3, seed=1)
     write_set(tmp_path, "S", [{}] * 4, seed=2)
-    ckpt = _tiny_segformer(tmp_path / "segformer", 10)
+    ckpt = tiny_segformer(tmp_path / "segformer", 10)
     job = make_job(
         tmp_path,
         {
