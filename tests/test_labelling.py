@@ -250,3 +250,17 @@ def test_held_out_setting_is_checked(tmp_path):
     job["adaptation"] = {"held_out": 1.0}
     with pytest.raises(JobError, match=r"adaptation\.held_out"):
         parse_job(job, tmp_path)
+
+
+def test_a_set_with_everything_labelled_proposes_nothing(embedding_job):
+    from worker.job import parse_job
+
+    folder, job, _ = embedding_job
+    job["selection"] = {"strategy": ["novel", "band"], "counts": [1, 3], "labelled": []}
+    job["selection"]["labelled"] = [f"s1_{i:02d}" for i in range(20)]  # all of S1
+    report = run(parse_job(job, folder)).report
+    s1 = report.secondary("S1")
+    assert s1.selection_pool.candidates == 0 and s1.selection_pool.labelled == 20
+    assert all(sel.ids == [] and sel.beats_random is None for sel in s1.selections)
+    assert all(sel.verdict.endswith("nothing to judge.") for sel in s1.selections)
+    assert all(sel.ids for sel in report.secondary("S2").selections)  # the other set is served
