@@ -913,7 +913,8 @@ class DatasetEstimate(Result):
     )
     low: float | None = Field(
         description="lower end of the 90% interval from the leave-one-set-out errors (between-"
-        "set error included), 0..1; 0 when farther than every labelled set"
+        "set error included), 0..1; 0 when farther than every labelled set; with no skill, "
+        "that of the no-skill baseline (the labelled sets' spread)"
     )
     high: float | None = Field(
         description="upper end of the 90% interval, 0..1; 1 when closer than every labelled set"
