@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import unicodedata
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args, get_origin
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from worker.adapt.names import model_names
@@ -78,9 +77,46 @@ MIN_IMAGE_SIZE = {"hog": 32}
 DEFAULT_MIN_IMAGE_SIZE = 32
 
 
+def _wants_number(annotation: object) -> bool:
+    """Whether a field's type takes a number but not a boolean (int, float, in unions)."""
+    args = get_args(annotation)
+    if get_origin(annotation) is Annotated:
+        return _wants_number(args[0])
+    if args and get_origin(annotation) not in (list, tuple, dict):
+        return bool not in args and any(_wants_number(a) for a in args)
+    return annotation in (int, float)
+
+
+def _bool_for_number(annotation: object, value: object) -> bool:
+    """True when `value` (or an item of it) is a YAML boolean where a number is expected."""
+    if isinstance(value, bool):
+        return _wants_number(annotation)
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _bool_for_number(args[0], value)
+    if isinstance(value, list) and origin in (list, tuple) and args:
+        return any(_bool_for_number(args[0], v) for v in value)
+    if args and origin not in (list, tuple, dict):  # a union: any list member decides
+        return any(_bool_for_number(a, value) for a in args if get_origin(a) in (list, tuple))
+    return False
+
+
 class Strict(Model):
     """Base of the job's models: inf and NaN are refused in every float field (no bound, band
-    or rate can be infinite), unknown keys too."""
+    or rate can be infinite), unknown keys too, and yes/no where a number is expected."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, v: object, info) -> object:
+        """YAML reads yes/no/on/off/true/false as booleans, and pydantic would take them as
+        1 and 0: `keep: yes` became 1 and pruned runs. A number field refuses them."""
+        if isinstance(v, (bool, list)) and info.field_name in cls.model_fields:
+            if _bool_for_number(cls.model_fields[info.field_name].annotation, v):
+                raise ValueError(
+                    "expected a number, got a yes/no value (YAML reads yes, no, on, off, true "
+                    "and false as booleans); write the number"
+                )
+        return v
 
 
 class OutputConfig(Strict):
@@ -912,20 +948,12 @@ def parse_job(data: object, base_dir: Path, source: str = "job") -> Job:
 
 
 def load_job(path: str | Path) -> Job:
-    """Read and validate a YAML job (yaml.safe_load only). Raises JobError naming the field."""
+    """Read and validate a YAML job (worker.yamlfile: a bounded regular file, UTF-8, strict
+    safe YAML). Raises JobError naming the file or the field."""
+    from worker import yamlfile
+
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise JobError(f"{path}: job file not found; check the path") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise JobError(f"{path}: cannot read the job file ({err.__class__.__name__})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise JobError(f"{path}: malformed YAML{where}; fix the syntax and run again") from None
+    data = yamlfile.parse(yamlfile.read_text(path), str(path))
     job = parse_job(data, path.resolve().parent, str(path))
     job.job_file = path.resolve()
     return job

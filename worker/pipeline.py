@@ -12,7 +12,6 @@ import datetime as dt
 import functools
 import platform
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from worker.analysis import (
 from worker.embeddings import EmbeddedSet, embed_items, load_precomputed
 from worker.errors import JobError
 from worker.gates import evaluate_gates
+from worker.interrupt import check as check_interrupt
 from worker.job import DatasetConfig, Job, ModelConfig
 from worker.logs import LOGGER, stage
 from worker.preflight import check_locations
@@ -59,7 +59,7 @@ from worker.sources.samples import (
     list_dataset,
     samples_of,
 )
-from worker.store import new_run_id, publish_run
+from worker.store import new_run_id, publish_run, staging_dir
 
 
 def _check_location(job: Job, ds: DatasetConfig, key: str, location: str) -> str:
@@ -200,6 +200,7 @@ class _Progress:
             self._bar = tqdm(total=total, desc=desc, unit="img", leave=False, file=sys.stderr)
 
     def update_to(self, done: int) -> None:
+        check_interrupt()  # after each embedded batch: a safe point to stop at
         if self._bar is not None:
             self._bar.update(done - self._bar.n)
 
@@ -326,8 +327,7 @@ def _run(
     check_locations(job, out=out_dir, junit=junit_path)  # every local location, before work
     masked = check_adaptation_inputs(job)  # masks checked before any embedding
     scores = score_all_predictions(job)  # the user's own maps (predictions:), also checked early
-    with tempfile.TemporaryDirectory(prefix="worker-out-") as tmp:
-        staging = Path(tmp)
+    with staging_dir(out_uri, run_id) as staging:  # inside the store: a later run cleans it
         memory = selection_memory(job, out_uri)  # earlier runs' selections, not proposed again
         with compute_engine(job) as engine_info:
             measured: list[Measured] = []
