@@ -23,8 +23,8 @@ save_pretrained (with the published dinov2-base processor: shortest edge 256, ce
   image_size 392 with flatten pooling (785 tokens x 64 = 50,240 floats per image).
   Target >= 20x.
 - reduce: the effect of model.reduce (random projection to 4096 and 1024 dims) on I_dist,
-  O_dist and the ranking: a precomputed job on planted 50,000-float features (P and four
-  secondaries at growing shift), with and without the projection, same seed.
+  O_dist and the ranking: a precomputed job on planted 20,000-float features (P and four
+  secondaries at growing shift, 200 rows each), with and without the projection, same seed.
 - big: a precomputed job at n = m = --big-n with --big-dim float32 features per image, as
   memory-mapped .npy files, with model.reduce to 4096: wall time and the job process's peak
   RSS (benchmarks/e2e.py's launcher). Target: <= 8 GB. Needs 2 x n x dim x 4 bytes of disk.
@@ -259,6 +259,9 @@ def part_cache(model: Path, images: Path, tmp: Path, repeats: int) -> dict:
     return out
 
 
+REDUCE_N, REDUCE_D = 200, 20_000  # per set; the unreduced job's PCA is the slow side
+
+
 def _planted_sets(n: int, d: int, shifts: list[float], seed: int = 0) -> list[np.ndarray]:
     """P and secondaries: a 20-dim signal embedded in d dims plus noise; secondary k shifted
     by shifts[k] along a random signal direction, with its spread grown likewise."""
@@ -279,7 +282,7 @@ def part_reduce(tmp: Path) -> dict:
     from worker.job import load_job
     from worker.pipeline import run
 
-    sets = _planted_sets(400, 50_000, [0.3, 0.6, 0.9, 1.2, 1.5, 0.45])
+    sets = _planted_sets(REDUCE_N, REDUCE_D, [0.3, 0.6, 0.9, 1.2])
     names = ["P"] + [f"S{i}" for i in range(1, len(sets))]
     for name, x in zip(names, sets, strict=True):
         np.save(tmp / f"{name}.npy", x)
@@ -306,7 +309,7 @@ def part_reduce(tmp: Path) -> dict:
         return {"report": report, "wall_s": wall}
 
     base = job(None)
-    out = {"n": 400, "d": 50_000, "secondaries": len(names) - 1, "runs": {}}
+    out = {"n": REDUCE_N, "d": REDUCE_D, "secondaries": len(names) - 1, "runs": {}}
     ref = {s["name"]: s for s in base["report"]["secondaries"]}
     ranking = base["report"]["ranking"]
     for dims in (4096, 1024):
@@ -337,7 +340,7 @@ def part_reduce(tmp: Path) -> dict:
         }
         same = out["runs"][dims]["ranking_same"]
         print(
-            f"reduce to {dims} (planted 400 x 50,000 per set, {len(ref)} secondaries; "
+            f"reduce to {dims} (planted {REDUCE_N} x {REDUCE_D} per set, {len(ref)} secondaries; "
             f"{load()}): O_dist max relative change {max(o_rel):.4f}, I_dist max "
             f"{max(i_rel):.4f}, ranking {'unchanged' if same else 'CHANGED'} "
             f"(tau {tau:.3f}); job {got['wall_s']:.1f} s vs {base['wall_s']:.1f} s unreduced"
