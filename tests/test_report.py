@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from PIL import Image
 from tests.pdftext import pdf_text
 from worker.analysis import ScatterPoints
 from worker.report import figures as figmod
+from worker.report.fmt import fmt_num
+from worker.report.inputs import FigureData
 from worker.report.junit import gate_case_name, write_junit
 from worker.report.model import (
     SCHEMA_VERSION,
@@ -24,8 +27,8 @@ from worker.report.model import (
     validate_report,
     write_report_json,
 )
-from worker.report.pdf import fmt_num, render_html, render_pdf
-from worker.report.render import FigureData
+from worker.report.pdf import render_html, render_pdf
+from worker.report.pictures import PictureSets, picture_sets
 from worker.results import Report
 
 HOSTILE_ID = "<b>&x.png"
@@ -251,24 +254,28 @@ def make_extras(report: dict) -> FigureData:
         )
     }
     selected = {s["name"]: [0, 1, 2] for s in report["secondaries"]}
-    thumbs = {}
-    for s in report["secondaries"][:2]:  # S3-emb is embeddings-only: no thumbnails
-        modes = ["RGB", "L", "RGBA", "I;16"]
-        ends = {}
-        by_dist = [im["id"] for im in sorted(s["images"], key=lambda im: im["i_dist"])]
-        for label, chosen in (("closest", by_dist[:4]), ("farthest", by_dist[::-1][:4])):
-            items = []
-            for k, image_id in enumerate(chosen):
-                arr = rng.integers(0, 255, size=(48, 64, 3), dtype=np.uint8)
-                img = Image.fromarray(arr, "RGB")
-                mode = modes[k % len(modes)]
-                img = img.convert(mode) if mode != "I;16" else img.convert("L").convert("I;16")
-                items.append((image_id, img))
-            ends[label] = items
-        thumbs[s["name"]] = ends
-    return FigureData(
-        scatter=ScatterPoints(names=names, points=points, selected=selected), thumbnails=thumbs
-    )
+    return FigureData(scatter=ScatterPoints(names=names, points=points, selected=selected))
+
+
+class FakePictures:
+    """Pictures of the first two secondaries in four modes (S3-emb is embeddings-only)."""
+
+    def __init__(self, report: dict):
+        self.names = {s["name"] for s in report["secondaries"][:2]}
+        self.rng = np.random.default_rng(5)
+
+    def has_images(self, dataset: str) -> bool:
+        return dataset in self.names
+
+    def get(self, dataset: str, image_id: str):
+        arr = self.rng.integers(0, 255, size=(48, 64, 3), dtype=np.uint8)
+        mode = ["RGB", "L", "RGBA", "I;16"][len(image_id) % 4]
+        img = Image.fromarray(arr, "RGB")
+        return img.convert(mode) if mode != "I;16" else img.convert("L").convert("I;16")
+
+
+def make_pictures(report: dict, typed: Report) -> PictureSets:
+    return picture_sets(typed, FakePictures(report))
 
 
 @pytest.fixture(scope="module")
@@ -285,8 +292,10 @@ def typed(report) -> Report:
 def rendered(tmp_path_factory, report, typed):
     out = tmp_path_factory.mktemp("report")
     figs = figmod.make_figures(typed, make_extras(report), out / "figures")
-    pdf = render_pdf(typed, figs, out / "report.pdf")
-    return {"out": out, "figures": figs, "pdf": pdf, "html": render_html(typed, figs)}
+    pictures = make_pictures(report, typed)
+    pdf = render_pdf(typed, figs, out / "report.pdf", pictures)
+    html = render_html(typed, figs, pictures)
+    return {"out": out, "figures": figs, "pdf": pdf, "html": html, "pictures": pictures}
 
 
 # --- report.json -----------------------------------------------------------------------------
@@ -403,11 +412,7 @@ def test_write_report_json_roundtrip_is_atomic(report, tmp_path):
 
 def test_figures_cover_every_dataset(rendered, report):
     figs = rendered["figures"]
-    expected = {"i_dist_violin", "i_dist_sorted", "diversity_overview", "scatter"}
-    for s in report["secondaries"]:
-        expected |= {f"i_dist:{s['name']}", f"diversity:{s['name']}"}
-    expected |= {"thumbnails:S1 near", "thumbnails:S2 far & wide"}
-    assert set(figs) == expected  # no thumbnails for the embeddings-only S3-emb
+    assert set(figs) == {"i_dist_violin", "i_dist_sorted", "scatter"}  # pictures are no figures
     for path in figs.values():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert path.parent == rendered["out"] / "figures"
@@ -422,10 +427,7 @@ def test_figures_deterministic_and_without_extras(report, tmp_path):
     small = Report.model_validate(small)
     a = figmod.make_figures(small, FigureData(), tmp_path / "a")
     b = figmod.make_figures(small, None, tmp_path / "b")
-    assert set(a) == {"i_dist_violin", "i_dist_sorted", "diversity_overview"} | {
-        "i_dist:S1 near",
-        "diversity:S1 near",
-    }  # no scatter or thumbnails without extras
+    assert set(a) == {"i_dist_violin", "i_dist_sorted"}  # no scatter without extras
     for key in a:
         assert a[key].read_bytes() == b[key].read_bytes(), key
 
@@ -436,13 +438,16 @@ def test_html_is_autoescaped(rendered, report):
     assert "&lt;b&gt;&amp;x.png" in html
     assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;.png" in html
     assert "S2 far &amp; wide" in html and "S2 far & wide" not in html
-    # Truncated long id lists say how many were left out.
-    assert "and 20 more" in html
-    # Both models of the cross-model table and every secondary section.
-    assert html.count('class="secondary"') == 3
+    # Both models of the cross-model table and every secondary's block.
+    assert html.count('<div class="secondary"') == 3
     assert ">clip</th>" in html and ">hog</th>" in html
-    # Embeddings-only secondary gets a note instead of thumbnails.
-    assert "No thumbnails: S3-emb" in html
+    # Pictures are embedded JPEGs, closest and farthest of the two secondaries with images;
+    # the embeddings-only secondary gets a note instead.
+    ends = rendered["pictures"].ends
+    assert set(ends) == {"S1 near", "S2 far & wide"}
+    assert [label for label, _ in ends["S1 near"]] == ["closest", "farthest"]
+    assert html.count('src="data:image/jpeg;base64,') == 16
+    assert "No pictures: S3-emb" in html
     # Figures are referenced as file URIs of the generated PNGs.
     for path in rendered["figures"].values():
         assert path.resolve().as_uri() in html
@@ -464,7 +469,8 @@ def test_pdf_opens_and_names_every_dataset(rendered, report):
     pages = text.count("\f")
     assert f"Page {pages} of {pages}" in text
     assert HOSTILE_ID in text  # shown as text, not swallowed as markup
-    assert "FAILED" in text and "ranking of the secondaries changes" in text
+    assert "FAILED" in text and "ranking changes with" in text
+    assert not re.search(r"\de-1\d", text)  # no float noise such as -4.441e-16
 
 
 def test_fmt_num():
@@ -475,6 +481,7 @@ def test_fmt_num():
     assert fmt_num(1.5e-5) == "1.500e-05"
     assert fmt_num(float("nan")) == "n/a"
     assert fmt_num(math.pi, 3) == "3.14"
+    assert fmt_num(-4.440892098500626e-16) == "0"  # float noise of a sum that is zero
 
 
 # --- JUnit -----------------------------------------------------------------------------------

@@ -541,8 +541,9 @@ def rank_secondaries(secondaries: list[SecondaryResult], job: Job) -> Ranking:
     top_k = job.report.top_k
     ranked = comparison.ranking({s.name: s.o_dist_mean for s in secondaries}, top_k)
     detail = job.report.detail_for(len(secondaries))
-    sections = ranked["order"] if detail == "full" else comparison.ends(ranked["order"], top_k)
-    return Ranking(by="o_dist_mean", top_k=top_k, detail=detail, sections=sections, **ranked)
+    ranking = Ranking(by="o_dist_mean", top_k=top_k, detail=detail, sections=[], **ranked)
+    ranking.sections = ranking.order if detail == "full" else ranking.highlighted
+    return ranking
 
 
 def compare_groups(secondaries: list[SecondaryResult], job: Job) -> Groups | None:
