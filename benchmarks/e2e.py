@@ -210,7 +210,7 @@ def cpu_routes(n: int, alternations: int = 2) -> dict:
         def run() -> None:
             results[(route, prec, name)] = calls[name]({"precision": prec})
 
-        engine.CPU_TILES = route
+        engine.tiles.CPU_TILES = route
         return best(run, 3)
 
     for _ in range(alternations):
@@ -219,7 +219,7 @@ def cpu_routes(n: int, alternations: int = 2) -> dict:
                 for name in calls:
                     key = f"{route}_{prec}_{name}_s"
                     out[key] = min(out.get(key, np.inf), timed(route, prec, name))
-    engine.CPU_TILES = "numpy"
+    engine.tiles.CPU_TILES = "numpy"
     for prec in ("float32", "float64"):
         a, b = results[("torch", prec, "fused")], results[("numpy", prec, "fused")]
         out[f"{prec}_fused_rel_diff"] = max(

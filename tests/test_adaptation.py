@@ -15,17 +15,18 @@ import torch
 from PIL import Image
 from scipy.stats import linregress
 
-from tests import reference as R
-from worker.adapt import evaluate_cli, ods
-from worker.adapt.run import (
-    MIN_IMAGES,
-    SLOPE_TOL,
-    MaskedSet,
-    build_masked_sets,
-    run_adaptation,
-    trend,
-    verdict,
+from tests.helpers import reference as R
+from tests.helpers.adaptation import (
+    TEMPLATES,
+    band_select,
+    farthest,
+    hog_i_dist,
+    make_job,
+    write_set,
 )
+from worker.adapt import evaluate_cli, ods
+from worker.adapt.masks import MaskedSet, build_masked_sets
+from worker.adapt.run import run_adaptation
 from worker.adapt.segmenters import (
     TrainedEncoderExtractor,
     build_segmenter,
@@ -33,17 +34,10 @@ from worker.adapt.segmenters import (
     load_segmenter,
     save_segmenter,
 )
-from worker.adapt.train import (
-    Sample,
-    load_training_set,
-    predict_probs,
-    train_segmenter,
-)
+from worker.adapt.train import Sample, load_pair, predict_probs, train_segmenter
+from worker.adapt.verdicts import MIN_IMAGES, SLOPE_TOL, trend, verdict
 from worker.errors import JobError
 from worker.job import parse_job
-
-SIZE = 64
-TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 
 
 @pytest.fixture(autouse=True)
@@ -59,100 +53,15 @@ def _one_thread():
 # ----------------------------------------------------------------------------- synthetic data
 
 
-def crack_image(
-    rng: np.random.Generator,
-    *,
-    orientation: str = "h",
-    background: float = 180.0,
-    crack: float = 50.0,
-    lines: int = 2,
-    texture: float = 18.0,
-    size: int = SIZE,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(RGB uint8 image, bool mask): `lines` thin wandering lines on a textured background."""
-    yy, xx = np.mgrid[0:size, 0:size]
-    bg = background + texture * rng.standard_normal((size, size))
-    bg += 10 * np.sin(xx / rng.uniform(3, 7) + rng.uniform(0, 6)) * np.cos(yy / rng.uniform(4, 9))
-    mask = np.zeros((size, size), dtype=bool)
-    for _ in range(lines):
-        pos = rng.uniform(8, size - 8)
-        slope = rng.uniform(-0.25, 0.25)
-        for t in range(size):
-            pos += slope + rng.normal(0, 0.4)
-            pos = float(np.clip(pos, 2, size - 3))
-            a, b = int(round(pos)), int(round(pos)) + int(rng.random() < 0.5)
-            if orientation == "h":
-                mask[a : b + 1, t] = True
-            else:
-                mask[t, a : b + 1] = True
-    grey = np.where(mask, crack + 8 * rng.standard_normal((size, size)), bg)
-    tint = rng.uniform(0.9, 1.1, size=3)
-    rgb = np.clip(grey[..., None] * tint, 0, 255).astype(np.uint8)
-    return rgb, mask
-
-
-def write_set(root: Path, name: str, specs: list[dict], seed: int, masks: bool = True) -> Path:
-    """Images (and masks, 0/255 PNG) for a list of crack_image keyword dicts."""
-    rng = np.random.default_rng(seed)
-    img_dir = root / name / "images"
-    img_dir.mkdir(parents=True)
-    if masks:
-        (root / name / "masks").mkdir()
-    for k, spec in enumerate(specs):
-        rgb, mask = crack_image(rng, **spec)
-        Image.fromarray(rgb).save(img_dir / f"{name.lower()}_{k:03d}.png")
-        if masks:
-            Image.fromarray(mask.astype(np.uint8) * 255).save(
-                root / name / "masks" / f"{name.lower()}_{k:03d}.png"
-            )
-    return root / name
-
-
-def hog_i_dist(primary: Path, secondary: Path) -> tuple[dict, dict]:
-    """Raw and min-max scaled I_dist (sum of Euclidean distances, HOG features, no PCA)."""
-    from worker.extractors.hog import HogExtractor
-
-    ext = HogExtractor(image_size=SIZE, pixels_per_cell=16)
-
-    def feats(folder: Path):
-        files = sorted((folder / "images").glob("*.png"))
-        return [f.name for f in files], ext.embed([Image.open(f).convert("RGB") for f in files])
-
-    _, p = feats(primary)
-    ids, s = feats(secondary)
-    d = R.i_dist(s, p)
-    scaled = (d - d.min()) / (d.max() - d.min())
-    return dict(zip(ids, d.tolist(), strict=True)), dict(zip(ids, scaled.tolist(), strict=True))
-
-
-def band_select(scaled: dict, q: int, seed: int, band=(0.6, 1.0)) -> list[str]:
-    ids = sorted(i for i, v in scaled.items() if band[0] <= v <= band[1])
-    rng = np.random.default_rng(seed)
-    return [ids[k] for k in sorted(rng.permutation(len(ids))[:q])]
-
-
-def farthest(scaled: dict, q: int) -> list[str]:
-    return sorted(scaled, key=lambda i: -scaled[i])[:q]
-
-
-def make_job(root: Path, adaptation: dict, secondary: list[dict], **extra):
-    data = {
-        "version": 1,
-        "seed": 0,
-        "output": {"dir": "out", "save_checkpoints": extra.pop("save_checkpoints", False)},
-        "model": {"name": "hog"},
-        "datasets": {
-            "primary": {"name": "P", "path": "P/images", "masks": "P/masks"},
-            "secondary": secondary,
-        },
-        "cache": {"dir": ".cache/embeddings"},
-        "adaptation": {"enabled": True, "model": "unet", "image_size": SIZE, **adaptation},
-        **extra,
-    }
-    return parse_job(data, root)
-
-
 # ----------------------------------------------------------------------------- training
+
+
+def load_training_set(samples: list[Sample], size: int):
+    """(X (N, 3, S, S) float in [0, 1], Y (N, 1, S, S) 0/1, samples) through load_pair."""
+    pairs = [load_pair(s, size) for s in samples]
+    x = torch.from_numpy(np.stack([p[0] for p in pairs])).permute(0, 3, 1, 2).float() / 255.0
+    y = torch.from_numpy(np.stack([p[1] for p in pairs])).float().unsqueeze(1)
+    return x, y, samples
 
 
 def _tiny_training_data(tmp_path: Path):

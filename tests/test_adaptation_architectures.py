@@ -14,10 +14,11 @@ import torch
 import yaml
 from PIL import Image
 
-from tests.test_adaptation import TEMPLATES, band_select, hog_i_dist, make_job, write_set
-from worker.adapt import ods
-from worker.adapt import results as res
-from worker.adapt.run import build_masked_sets, run_adaptation
+from tests.helpers.adaptation import TEMPLATES, band_select, hog_i_dist, make_job, write_set
+from worker.adapt import block, ods, verdicts
+from worker.adapt import summary as summ
+from worker.adapt.masks import build_masked_sets
+from worker.adapt.run import run_adaptation
 from worker.adapt.segmenters import (
     build_segmenter,
     encoder_features,
@@ -204,28 +205,29 @@ def test_false_positive_rate_hand_count():
 def test_baseline_verdict_weighs_the_gains():
     flat = "no fine-tuning needed: F is flat against I_dist"
     # the case: a flat curve, but M3 raised ODS F from 0.874 to 0.914
-    v = res.baseline_verdict(flat, 0.02, 0.874, {"M1": 0.870, "M3": 0.914, "M7": 0.90})
+    v = verdicts.baseline_verdict(flat, 0.02, 0.874, {"M1": 0.870, "M3": 0.914, "M7": 0.90})
     assert v.startswith("fine-tuning recommended: M3 raised ODS F from 0.874 to 0.914 (+0.040)")
-    v = res.baseline_verdict(flat, 0.02, 0.874, {"M1": 0.876, "M3": 0.88})
+    v = verdicts.baseline_verdict(flat, 0.02, 0.874, {"M1": 0.876, "M3": 0.88})
     assert v.startswith("no fine-tuning needed") and "best M3: +0.006" in v
     falls = "fine-tuning recommended: F falls with distance from the training set"
-    v = res.baseline_verdict(falls, -0.4, 0.6, {"M1": 0.59, "M3": 0.6})
+    v = verdicts.baseline_verdict(falls, -0.4, 0.6, {"M1": 0.59, "M3": 0.6})
     assert v.startswith("fine-tuning recommended: F falls") and "did not raise" in v
-    assert res.baseline_verdict(falls, -0.4, 0.6, {}) == falls
+    assert verdicts.baseline_verdict(falls, -0.4, 0.6, {}) == falls
     incon = "inconclusive: F tends to fall with distance, but the correlation is not significant"
-    assert res.baseline_verdict(incon, -0.2, 0.5, {"M1": 0.51}).startswith("inconclusive")
-    assert res.baseline_verdict("not enough images", None, 0.5, {"M1": 0.9}).startswith("not")
+    assert verdicts.baseline_verdict(incon, -0.2, 0.5, {"M1": 0.51}).startswith("inconclusive")
+    assert verdicts.baseline_verdict("not enough images", None, 0.5, {"M1": 0.9}).startswith("not")
 
 
 def test_adapted_verdict_says_whether_the_curve_flattened():
-    assert res.adapted_verdict(-0.5, -0.05, 0.4, 0.6, 20).startswith(
+    assert verdicts.adapted_verdict(-0.5, -0.05, 0.4, 0.6, 20).startswith(
         "adaptation flattened the curve (slope -0.500 -> -0.050, ODS F 0.400 -> 0.600)"
     )
-    assert res.adapted_verdict(-0.5, -0.3, 0.4, 0.6, 20).startswith("adaptation reduced")
-    assert res.adapted_verdict(-0.5, -0.6, 0.4, 0.3, 20).startswith("adaptation did not")
-    assert res.adapted_verdict(0.0, 0.02, 0.8, 0.8, 20).startswith("the curve was already flat")
-    assert "now falls" in res.adapted_verdict(0.0, -0.3, 0.8, 0.7, 20)
-    assert res.adapted_verdict(-0.5, -0.05, 0.4, 0.6, 3).startswith("not enough")
+    assert verdicts.adapted_verdict(-0.5, -0.3, 0.4, 0.6, 20).startswith("adaptation reduced")
+    assert verdicts.adapted_verdict(-0.5, -0.6, 0.4, 0.3, 20).startswith("adaptation did not")
+    v = verdicts.adapted_verdict(0.0, 0.02, 0.8, 0.8, 20)
+    assert v.startswith("the curve was already flat")
+    assert "now falls" in verdicts.adapted_verdict(0.0, -0.3, 0.8, 0.7, 20)
+    assert verdicts.adapted_verdict(-0.5, -0.05, 0.4, 0.6, 3).startswith("not enough")
 
 
 # ----------------------------------------------------------------------------- summary
@@ -255,7 +257,7 @@ def _block(label, *, m, m7, slope, p, r, fp, seconds, params=1000):
             "per_image": [],
         }
         base.update(kw)
-        return res.AdaptationScore.model_validate(base)
+        return block.AdaptationScore.model_validate(base)
 
     results = []
     for model, f in (("M", m), ("M7", m7)):
@@ -276,10 +278,10 @@ def _block(label, *, m, m7, slope, p, r, fp, seconds, params=1000):
             )
         )
     models = [
-        res.TrainedModel(name="M", q=0, negatives=0, train_ids=[], training_seconds=seconds / 2),
-        res.TrainedModel(name="M7", q=7, negatives=0, train_ids=[], training_seconds=seconds / 2),
+        block.TrainedModel(name="M", q=0, negatives=0, train_ids=[], training_seconds=seconds / 2),
+        block.TrainedModel(name="M7", q=7, negatives=0, train_ids=[], training_seconds=seconds / 2),
     ]
-    return res.ArchitectureBlock(
+    return block.ArchitectureBlock(
         label=label,
         name="unet",
         checkpoint=None,
@@ -300,7 +302,7 @@ def test_summary_names_the_planted_winners():
         _block("steady", m=0.65, m7=0.85, slope=-0.05, p=0.6, r=0.8, fp=1e-4, seconds=30),
         _block("dead", m=0.05, m7=0.05, slope=0.0, p=0.5, r=0.5, fp=5e-2, seconds=5),
     ]
-    summary = res.summarise(blocks)
+    summary = summ.summarise(blocks)
     rows = {r.architecture: r for r in summary.architectures}
     assert rows["nearfit"].baseline_ods_unseen == pytest.approx(0.70)
     assert rows["steady"].gain == pytest.approx(0.20)
@@ -326,7 +328,7 @@ def test_summary_names_the_planted_winners():
     # no set without positives: noise is "not measured", not a winner
     for b in blocks:
         b.results = [r for r in b.results if r.dataset != "NEG"]
-    noise = next(s for s in res.summarise(blocks).statements if s.criterion == "least noise")
+    noise = next(s for s in summ.summarise(blocks).statements if s.criterion == "least noise")
     assert noise.architectures == [] and "not measured" in noise.statement
 
 
@@ -392,10 +394,10 @@ def test_two_architectures_give_two_complete_blocks(tmp_path):
     # the top-level block is the baseline architecture's (gates keep their meaning)
     assert data["results"] == blocks[0]["results"] and data["models"] == blocks[0]["models"]
     assert data["model"] == "unet" and data["baseline_architecture"] == "unet"
-    assert res.adaptation_metric(data, "S1", "ods_f") == blocks[0]["results"][0]["ods_f"]
+    assert block.adaptation_metric(data, "S1", "ods_f") == blocks[0]["results"][0]["ods_f"]
     upp_m_s2 = next(r for r in blocks[1]["results"] if r["model"] == "M" and r["dataset"] == "S2")
-    assert res.adaptation_metric(ad, "S2", "f_slope", architecture="upp") == upp_m_s2["f_slope"]
-    assert res.adaptation_metric(ad, "S2", "ods_f", architecture="nope") is None
+    assert block.adaptation_metric(ad, "S2", "f_slope", architecture="upp") == upp_m_s2["f_slope"]
+    assert block.adaptation_metric(ad, "S2", "ods_f", architecture="nope") is None
 
     # blind sets are never listed with selections
     roles = {d["name"]: d for d in data["datasets"]}

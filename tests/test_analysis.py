@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers.jobs import embeddings_job
 from worker.analysis import analyse_model
 from worker.embeddings import EmbeddedSet
 from worker.job import parse_job
@@ -15,19 +16,13 @@ from worker.results import SecondaryResult
 
 
 def _job(tmp_path: Path, **over) -> object:
-    data = {
-        "seed": 0,
-        "pca": {"dims": 2, "sweep": [1, 2]},
-        "datasets": {
-            "primary": {"name": "P", "embeddings": "p.npy"},
-            "secondary": [
-                {"name": "S", "embeddings": "s.npy"},
-                {"name": "T", "embeddings": "t.npy"},
-            ],
-        },
-        "selection": {"strategy": ["farthest"], "counts": [1]},
-        "metrics": {"statistics": False, "duplicates": False},
-    }
+    data = embeddings_job(
+        "S",
+        "T",
+        pca={"dims": 2, "sweep": [1, 2]},
+        selection={"strategy": ["farthest"], "counts": [1]},
+        metrics={"statistics": False, "duplicates": False},
+    )
     data.update(over)
     return parse_job(data, tmp_path)
 
@@ -111,3 +106,29 @@ def test_optional_blocks_only_when_asked(tmp_path):
     plain = analyse_model(_set("P", P), [_set("S", S), _set("T", T)], _job(tmp_path))
     dumped = plain.secondaries[0].model_dump()
     assert "statistics" not in dumped and "duplicates" not in dumped
+
+
+def test_energy_and_novelty_blocks_on_the_hand_vector(analysis):
+    """z = 2 = rank, so the pair space is a rotation: energy terms and nearest distances are
+    those of the raw hand vectors (method.md §12)."""
+    from tests.helpers import reference as R
+
+    s: SecondaryResult = analysis.secondaries[0]
+    ref = R.energy_terms(np.array(S, float), np.array(P, float))
+    for key, value in ref.items():
+        assert getattr(s.energy, key) == pytest.approx(value, abs=1e-12), key
+    assert s.energy.cross == pytest.approx(s.o_dist_mean, rel=1e-12)
+    assert s.energy.permutations == 500 and s.energy.p_value is not None
+    assert "Energy distance" in s.energy.explanation
+    # P's leave-one-out nearest distances: [2, 2, 2] (each corner's nearest) -> threshold 2
+    assert s.novelty.threshold == pytest.approx(2.0) and s.novelty.base_rate == pytest.approx(0.05)
+    nn = R.knn(np.array(S, float), np.array(P, float), 1)
+    assert [im.nn_distance for im in s.images] == pytest.approx(nn)
+    assert [im.novel for im in s.images] == [False, True]  # sqrt(2) <= 2 < sqrt(10)
+    assert [im.novelty for im in s.images] == [0.0, 1.0]
+    assert [im.novelty_p_value for im in s.images] == [1.0, 0.25]
+    # two secondaries: Holm over both
+    raw = [x.energy.p_value for x in analysis.secondaries]
+    adj = [x.energy.p_value_adjusted for x in analysis.secondaries]
+    assert min(adj) == pytest.approx(min(1.0, 2 * min(raw)))
+    assert s.verdict is not None and s.verdict.label in ("same", "shifted", "far")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.test_extractors import save_tiny
+from tests.helpers.extractors import save_tiny
 from worker.cache import EmbeddingCache
 from worker.embeddings import content_hash, embed_items
 from worker.extractors import get_extractor

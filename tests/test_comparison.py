@@ -156,3 +156,70 @@ def test_cluster_order_and_nearest_other():
     assert comparison.nearest_other(m, names) == {"a": "c", "b": "e", "c": "a", "d": "b", "e": "b"}
     assert comparison.nearest_other(np.array([[1.0]]), ["a"]) == {"a": None}
     assert comparison.cluster_order(np.array([[1.0]])) == [0]
+
+
+def test_group_separation_does_not_depend_on_listing_order():
+    """Values of two groups listed either way: the same separation and p-value; auc flips."""
+    rng = np.random.default_rng(2)
+    values = {f"a{i}": 1.0 + rng.random() for i in range(5)}
+    values.update({f"b{i}": 1.6 + rng.random() for i in range(5)})
+    ab = {n: n[0] for n in values}
+    ba_values = dict(reversed(list(values.items())))
+    one = comparison.group_separations(values, ab, permutations=300, seed=1)[0]
+    ba = {n: n[0] for n in ba_values}
+    two = comparison.group_separations(ba_values, ba, permutations=300, seed=1)[0]
+    assert (one["group_a"], two["group_a"]) == ("a", "b")
+    assert one["separation"] == two["separation"] == max(one["auc"], 1 - one["auc"])
+    assert one["auc"] == pytest.approx(1 - two["auc"])
+    assert one["p_value"] == two["p_value"]
+
+
+def test_each_pair_of_groups_has_its_own_stream():
+    a = comparison.pair_rng(0, "x", "y").random(4)
+    assert np.array_equal(a, comparison.pair_rng(0, "y", "x").random(4))
+    assert not np.array_equal(a, comparison.pair_rng(0, "x", "z").random(4))
+    assert not np.array_equal(a, comparison.pair_rng(1, "x", "y").random(4))
+
+
+def test_matrix_separation_hand_vector_and_order():
+    """Four sets, groups g = [A, A, B, B]: within entries (0,1) = 1 and (2,3) = 2, between
+    entries 3, 4, 5, 6 -> every within below every between: separation 1. Swapping which
+    group comes first (relabelling, reordering the sets) gives the same value and p."""
+    m = np.array(
+        [[0, 1, 3, 4], [1, 0, 5, 6], [3, 5, 0, 2], [4, 6, 2, 0]], dtype=float
+    )  # fmt: skip
+    one = comparison.matrix_separations(m, ["A", "A", "B", "B"], permutations=200, seed=0)
+    assert one[0]["separation"] == 1.0 and (one[0]["group_a"], one[0]["group_b"]) == ("A", "B")
+    # 4 sets, 2 + 2: 3 distinct labellings, one of them the observed -> p about 1/3
+    assert 0.2 < one[0]["p_value"] < 0.5
+    perm = [2, 3, 0, 1]
+    two = comparison.matrix_separations(
+        m[np.ix_(perm, perm)], ["B", "B", "A", "A"], permutations=200, seed=0
+    )
+    assert (two[0]["group_a"], two[0]["group_b"]) == ("B", "A")
+    assert two[0]["separation"] == one[0]["separation"] and two[0]["p_value"] == one[0]["p_value"]
+    # one within entry overlapping: (0,1) = 3.5 > between 3 -> 7 of 8 pairs ordered
+    m2 = m.copy()
+    m2[0, 1] = m2[1, 0] = 3.5
+    got = comparison.matrix_separations(m2, ["A", "A", "B", "B"], permutations=0, seed=0)[0]
+    assert got["separation"] == pytest.approx(7 / 8) and got["p_value"] is None
+
+
+def test_energy_matrix_zero_diagonal_symmetric_and_nearest_itself():
+    """Energy form of the matrix: zero diagonal, symmetric, every row's smallest entry on the
+    diagonal (each set nearest itself), and two planted groups separated."""
+    rng = np.random.default_rng(8)
+    blocks = [rng.normal(size=(25, 5)) + (0.0 if k < 3 else 3.0) for k in range(6)]
+    both = comparison.dataset_matrices(blocks, dims=None)
+    e = both["energy"]
+    assert np.array_equal(e, e.T) and np.all(np.diag(e) == 0.0)
+    assert all(int(np.argmin(row)) == i for i, row in enumerate(e))
+    ref = np.array(
+        [
+            [2 * cdist(a, b).mean() - cdist(a, a).mean() - cdist(b, b).mean() for b in blocks]
+            for a in blocks
+        ]
+    )
+    np.testing.assert_allclose(e, ref, rtol=1e-10, atol=1e-12)
+    sep = comparison.matrix_separations(e, list("aaabbb"), permutations=100, seed=0)[0]
+    assert sep["separation"] == 1.0 and sep["p_value"] < 0.2  # 1 of 10 partitions of 3 + 3

@@ -8,12 +8,24 @@ import numpy as np
 import pytest
 import torch
 
-from tests import reference as R
+from tests.helpers import reference as R
 from worker import engine
-from worker.engine import kcenter_greedy, nearest_distances, row_distance_sums
+from worker.engine import kcenter_greedy, nearest_distances, planning, row_distance_sums, tiles
+from worker.engine.pair import fused_pass
 from worker.errors import JobError
 
 RNG = np.random.default_rng(20240611)
+
+
+def _tiled_row_sums(rows, cols, **kw):
+    """The tiled kernel's row sums (no small-call shortcut, no backend); kw: workers etc."""
+    return fused_pass(rows, cols, **kw).i_dist[np.shape(rows)[1]]
+
+
+def _tiled_nearest(queries, points, *, exclude_self=False, **kw):
+    """The tiled kernel's nearest (no small-call shortcut, no backend)."""
+    res = fused_pass(queries, points, prefixes=[], nearest=True, exclude_self=exclude_self, **kw)
+    return res.nearest_distance, res.nearest_index
 
 
 @pytest.fixture(autouse=True, params=["numpy-tiles", "torch-tiles", "small"])
@@ -22,9 +34,9 @@ def route(request, monkeypatch):
     (the CUDA route's code, run on the CPU), both forced for small inputs too, and the direct
     float64 differences that small CPU calls take (SMALL_CALL_ELEMENTS)."""
     if request.param != "small":
-        monkeypatch.setattr(engine, "SMALL_CALL_ELEMENTS", -1)
+        monkeypatch.setattr(planning, "SMALL_CALL_ELEMENTS", -1)
     if request.param == "torch-tiles":
-        monkeypatch.setattr(engine, "CPU_TILES", "torch")
+        monkeypatch.setattr(tiles, "CPU_TILES", "torch")
     return request.param
 
 
@@ -97,18 +109,18 @@ def test_row_sums_near_duplicates_small_n(precision, rtol):
 @pytest.mark.parametrize("precision", ["float32", "float64"])
 def test_row_sums_chunked_equals_unchunked(precision):
     s, p = RNG.standard_normal((300, 7)), RNG.standard_normal((1100, 7))
-    whole = engine._row_distance_sums(
+    whole = _tiled_row_sums(
         s, p, memory_budget_mb=4096, precision=precision, device="cpu", workers=1
     )
     for budget, workers in [(0.003, 1), (0.003, 2), (0.02, 2), (1, 2), (256, 2)]:
-        plan = engine._plan(len(s), len(p), 8, budget, False, workers=workers)
+        plan = planning.plan(len(s), len(p), 8, budget, False, workers=workers)
         used = plan.tile_rows * (plan.tile_cols + 1) * plan.workers * 8 * engine.TILE_OVERHEAD
         assert used <= budget * 2**20
-        part = engine._row_distance_sums(
+        part = _tiled_row_sums(
             s, p, memory_budget_mb=budget, precision=precision, device="cpu", workers=workers
         )
         np.testing.assert_allclose(part, whole, rtol=1e-13 if precision == "float64" else 1e-6)
-    tiny = engine._plan(len(s), len(p), 8, 0.003, False, workers=2)
+    tiny = planning.plan(len(s), len(p), 8, 0.003, False, workers=2)
     assert tiny.tile_rows <= 4 and tiny.tile_cols < len(p)  # really many blocks
 
 
@@ -146,7 +158,7 @@ def test_nearest_matches_numpy(m, n, z, precision):
 def test_nearest_exclude_self_duplicates_chunked(budget, workers):
     base = RNG.standard_normal((120, 4))
     x = np.vstack([base, base[:10], base[50:51]])  # exact duplicates: true zero distances
-    d, idx = engine._nearest_distances(
+    d, idx = _tiled_nearest(
         x,
         x,
         exclude_self=True,
@@ -168,7 +180,7 @@ def test_nearest_exclude_self_duplicates_chunked(budget, workers):
 def test_all_points_identical(precision):
     x = np.full((300, 4), 7.5)
     np.testing.assert_array_equal(row_distance_sums(x, x, precision=precision), 0.0)
-    d, idx = engine._nearest_distances(
+    d, idx = _tiled_nearest(
         x, x, exclude_self=True, memory_budget_mb=0.05, precision=precision, device="cpu"
     )
     np.testing.assert_array_equal(d, 0.0)
@@ -264,7 +276,7 @@ def test_tf32_disabled_on_cuda_and_restored():
     old = torch.backends.cuda.matmul.allow_tf32
     try:
         torch.backends.cuda.matmul.allow_tf32 = True
-        with engine._no_tf32(torch.device("cuda")):
+        with tiles.no_tf32(torch.device("cuda")):
             assert torch.backends.cuda.matmul.allow_tf32 is False
         assert torch.backends.cuda.matmul.allow_tf32 is True
     finally:
@@ -272,7 +284,7 @@ def test_tf32_disabled_on_cuda_and_restored():
 
 
 def test_cuda_plan_respects_budget():
-    plan = engine._plan(100_000, 100_000, 4, 64, True)
+    plan = planning.plan(100_000, 100_000, 4, 64, True)
     assert plan.workers == 1
     assert plan.tile_rows * plan.tile_cols * 4 * engine.TILE_OVERHEAD <= 64 * 2**20
     assert plan.tile_cols == engine.CUDA_TILE_COLS
@@ -282,14 +294,14 @@ def test_public_calls_use_the_thread_pool(monkeypatch, route):
     """The plan must see the caller's thread count (torch) or the cores (numpy), not the 1 set
     inside engine calls."""
     seen = []
-    real = engine._plan
+    real = planning.plan
 
     def spy(*args, **kwargs):
         plan = real(*args, **kwargs)
         seen.append(plan.workers)
         return plan
 
-    monkeypatch.setattr(engine, "_plan", spy)
+    monkeypatch.setattr(planning, "plan", spy)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
@@ -299,7 +311,7 @@ def test_public_calls_use_the_thread_pool(monkeypatch, route):
         kcenter_greedy(x, 3, x[:400])
     finally:
         torch.set_num_threads(before)
-    workers = 2 if route == "torch-tiles" else engine._cpu_count()
+    workers = 2 if route == "torch-tiles" else planning.cpu_count()
     assert seen == [workers] * 3
     assert torch.get_num_threads() == before
 
@@ -309,7 +321,7 @@ def test_threads_restored_after_pool():
 
     before = torch.get_num_threads()
     blas_before = [lib["num_threads"] for lib in threadpool_info()]
-    engine._row_distance_sums(
+    _tiled_row_sums(
         RNG.standard_normal((600, 3)),
         RNG.standard_normal((50, 3)),
         memory_budget_mb=1,
@@ -492,19 +504,88 @@ def test_self_pass_is_the_nearest_other_by_index():
     assert one.index.tolist() == [-1] and np.isinf(one.distance).all()
 
 
+def test_self_pass_row_sums_hand_vector():
+    """Points 0, 1, 3 on a line: each row's summed distance to the other rows."""
+    x = np.array([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0]])
+    res = engine.self_pass(x)
+    np.testing.assert_allclose(res.row_sums, [4.0, 3.0, 5.0], rtol=1e-12)
+    assert res.row_sums.dtype == np.float64
+    np.testing.assert_array_equal(res.index, [1, 0, 1])
+    assert engine.self_pass(x[:1]).row_sums.tolist() == [0.0]
+    assert engine.self_pass(x[:0]).row_sums.shape == (0,)
+
+
+@pytest.mark.parametrize(("precision", "rtol"), [("float64", 1e-12), ("float32", 1e-6)])
+@pytest.mark.parametrize("budget", [0.05, 256])
+def test_self_pass_row_sums_come_from_the_same_tiles_as_the_nearest(precision, rtol, budget):
+    """row_sums equals numpy's sums over the other rows (duplicates included, the self
+    distance exactly 0), and the nearest of the same pass equals the separate nearest call."""
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(150, 6)) * 2 + 5
+    x[9] = x[4]
+    kw = {"memory_budget_mb": budget, "precision": precision}
+    res = engine.self_pass(x, **kw)
+    np.testing.assert_allclose(res.row_sums, R.pairwise(x, x).sum(axis=1), rtol=rtol)
+    d, idx = nearest_distances(x, x, exclude_self=True, **kw)
+    np.testing.assert_array_equal(res.distance, d)
+    np.testing.assert_array_equal(res.index, idx)
+
+
+@pytest.mark.parametrize("block", [1, 7, 64])
+def test_self_pass_row_blocks_equal_the_whole_call(block):
+    """What the Ray backend does with the self pass: blocks centred by the call's mean, the
+    self-exclusion placed by the block's row offset."""
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(50, 5)) * 3 + 10
+    x[13] = x[12]  # an exact duplicate across a block boundary (block = 1, 7)
+    whole = engine.self_pass(x)
+    center = engine.call_center(x)
+    parts = [
+        engine.block_pair_pass(
+            x[s : s + block], x, center, nearest=True, exclude_self=True, row_offset=s
+        )
+        for s in range(0, len(x), block)
+    ]
+    joined = engine.concat_pair_results(parts)
+    np.testing.assert_allclose(joined.i_dist[5], whole.row_sums, rtol=1e-12)
+    np.testing.assert_allclose(joined.nearest_distance, whole.distance, rtol=1e-12)
+    assert joined.nearest_distance[12] == 0.0 and joined.nearest_index[12] == 13
+
+
+def test_self_pass_goes_to_the_backend_as_a_pair_pass_without_self():
+    calls = []
+
+    class Backend:
+        def takes(self, m, n):
+            return m > 3
+
+        def pair_pass(self, rows, cols, **kw):
+            calls.append(kw)
+            return engine.block_pair_pass(rows, cols, engine.call_center(cols), **kw)
+
+    x = RNG.normal(size=(6, 3))
+    with engine.distance_backend(Backend()):
+        res = engine.self_pass(x)
+    assert len(calls) == 1 and calls[0]["exclude_self"] is True and calls[0]["nearest"] is True
+    ref = R.pairwise(x, x)
+    np.testing.assert_allclose(res.row_sums, ref.sum(axis=1), rtol=1e-12)
+    np.fill_diagonal(ref, np.inf)
+    np.testing.assert_allclose(res.distance, ref.min(axis=1), rtol=1e-12)
+
+
 def test_cpu_threads_are_capped(monkeypatch):
     """Row-block threads: one per core of the affinity mask, at most CPU_MAX_WORKERS and at
     most OMP_NUM_THREADS when set."""
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)))
-    assert engine._cpu_count() == engine.CPU_MAX_WORKERS
+    assert planning.cpu_count() == engine.CPU_MAX_WORKERS
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
-    assert engine._cpu_count() == 3
-    assert engine._plan(10_000, 10_000, 4, 256, False).workers == 3
+    assert planning.cpu_count() == 3
+    assert planning.plan(10_000, 10_000, 4, 256, False).workers == 3
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    assert engine._cpu_count() == 2
+    assert planning.cpu_count() == 2
     monkeypatch.setenv("OMP_NUM_THREADS", "nonsense")
-    assert engine._cpu_count() == 3
+    assert planning.cpu_count() == 3
 
 
 @pytest.mark.parametrize("magnitude", [1e-30, 1e-20, 1e20, 1e30])
@@ -538,7 +619,7 @@ def test_interrupt_stops_the_row_blocks(monkeypatch):
     """Ctrl-C (or a failing block) during a CPU call returns without running the blocks that
     had not started (a 200k pass would otherwise run to its end before the interrupt lands)."""
     ran = []
-    plan = engine._Plan(tile_rows=1, tile_cols=4, workers=2)
+    plan = planning.Plan(tile_rows=1, tile_cols=4, workers=2)
 
     def block(s, e, buf):
         ran.append(s)
@@ -546,5 +627,5 @@ def test_interrupt_stops_the_row_blocks(monkeypatch):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        engine._run_row_blocks(400, plan, engine._NUMPY_TILES, lambda: None, block)
+        planning.run_row_blocks(400, plan, tiles.NUMPY_TILES, lambda: None, block)
     assert len(ran) < 400

@@ -17,9 +17,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.hostile_kit import SIZE, image_job
-from tests.hostile_kit import images as _images
-from tests.hostile_kit import png as _png
+from tests.helpers.hostile import SIZE, image_job
+from tests.helpers.hostile import images as _images
+from tests.helpers.hostile import png as _png
 
 
 @pytest.fixture
@@ -159,7 +159,7 @@ def test_one_image_datasets(base):
     assert sec["count"] == 1
     # one image each: PCA of two points is a rotation (method.md §1.2), so O_dist is the raw
     # distance between the two images' hog features
-    from tests import reference as R
+    from tests.helpers import reference as R
     from worker.extractors.hog import HogExtractor
     from worker.images import decode_image
 

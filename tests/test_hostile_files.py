@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.hostile_kit import (
+from tests.helpers.hostile import (
     image_job,
     images,
     png,

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from tests.conftest import write_job
-from tests.pdftext import pdf_text
+from tests.helpers.jobs import write_job
+from tests.helpers.pdf import pdf_text
 from worker.job import load_job
 from worker.pipeline import run
 
@@ -65,15 +65,33 @@ def many(tmp_path_factory):
     return folder, result, report
 
 
+def _energy(a: np.ndarray, b: np.ndarray) -> float:
+    """Energy distance (V-statistic, method.md §12.1) by scipy cdist."""
+    return 2 * cdist(a, b).mean() - cdist(a, a).mean() - cdist(b, b).mean()
+
+
 def test_ranking_matches_numpy(many):
+    """The default ranking is by the energy distance (closest first); o_dist_mean stays the
+    paper's number, and where the two orders differ the report says so."""
     folder, _, report = many
     vec = _vectors(folder)
     names = [f"S{k:03d}" for k in range(49)]
     expected = np.array([cdist(vec[n], vec["P"]).mean() for n in names])
     got = {s["name"]: s["o_dist_mean"] for s in report["secondaries"]}
     np.testing.assert_allclose([got[n] for n in names], expected, rtol=1e-10)
-    order = [names[i] for i in np.argsort(expected, kind="stable")]
+    energy = np.array([_energy(vec[n], vec["P"]) for n in names])
+    got_e = {s["name"]: s["energy"]["distance"] for s in report["secondaries"]}
+    np.testing.assert_allclose([got_e[n] for n in names], energy, rtol=1e-10)
+    order = [names[i] for i in np.argsort(energy, kind="stable")]
     ranking = report["ranking"]
+    assert ranking["metric"] == ranking["by"] == "energy_distance"
+    paper = [names[i] for i in np.argsort(expected, kind="stable")]
+    differ = {n for n in names if order.index(n) != paper.index(n)}
+    assert {d["name"] for d in ranking["disagreements"]} == differ
+    for d in ranking["disagreements"]:
+        assert (d["rank"], d["o_dist_mean_rank"]) == (order.index(d["name"]) + 1,
+                                                      paper.index(d["name"]) + 1)  # fmt: skip
+        assert "by the paper's o_dist_mean" in d["explanation"]
     assert ranking["order"] == order
     assert ranking["top_k"] == 5
     assert ranking["closest"] == order[:5]
@@ -168,7 +186,12 @@ def test_matrix_symmetric_with_diagonal_against_itself(tmp_path):
     assert np.array_equal(m, m.T)
     expected = np.array([[cdist(vec[a], vec[b]).mean() for b in names] for a in names])
     np.testing.assert_allclose(m, expected, rtol=1e-10)  # diagonal: self-pairs included
-    off = expected + np.diag(np.full(5, np.inf))
+    energy = np.array([[_energy(vec[a], vec[b]) for b in names] for a in names])
+    e = np.array(mx["energy"])
+    assert np.array_equal(e, e.T) and np.all(np.diag(e) == 0.0)
+    np.testing.assert_allclose(e, energy, rtol=1e-10, atol=1e-12)
+    assert mx["ordered_by"] == "energy"
+    off = energy + np.diag(np.full(5, np.inf))
     assert mx["nearest"] == {n: names[int(np.argmin(off[i]))] for i, n in enumerate(names)}
     assert sorted(mx["order"]) == sorted(names)
     # the matrix row of P against each secondary is the secondary's o_dist_mean
@@ -262,3 +285,40 @@ def test_100_secondaries_render_every_name_on_its_own_row(tmp_path):
     for rank, name in enumerate(report.ranking.order, 1):
         assert any(line.startswith(f"{rank} {name} ") for line in lines), name
         assert any(line.startswith(f"{name} 0.") for line in lines), name  # robustness row
+
+
+def test_matrix_list_with_a_group_on_every_entry_separates_either_order(tmp_path):
+    """datasets: {matrix: [...]} with `group:` on every entry (the first too): the groups come
+    from the energy matrix over every dataset, and the separation and its p-value are the
+    same whichever group is listed first."""
+    from worker.analysis import analyse_matrix, compare_groups
+    from worker.embeddings import EmbeddedSet
+    from worker.job import parse_job
+
+    rng = np.random.default_rng(4)
+    vec = {f"{g}{k}": rng.normal(size=(25, 5)) + (0.0 if g == "x" else 2.5)
+           for g in "xy" for k in range(3)}  # fmt: skip
+    for n, v in vec.items():
+        np.save(tmp_path / f"{n}.npy", v)
+
+    def groups_of(names):
+        listed = [{"name": n, "embeddings": f"{n}.npy", "group": n[0]} for n in names]
+        job = parse_job(
+            {"model": {"name": "precomputed"}, "pca": {"dims": None, "sweep": []},
+             "datasets": {"matrix": listed}, "metrics": {"group_permutations": 200}},
+            tmp_path,
+        )  # fmt: skip
+        sets = [EmbeddedSet(n, [f"{n}-{i}" for i in range(25)], vec[n]) for n in names]
+        matrix = analyse_matrix(sets, job)
+        return matrix, compare_groups([], job, matrix)
+
+    names = list(vec)
+    matrix, one = groups_of(names)
+    assert matrix.ordered_by == "energy" and np.all(np.diag(matrix.energy) == 0.0)
+    assert all(matrix.nearest[n][0] == n[0] for n in names)  # nearest other: same group
+    _, two = groups_of(names[::-1])
+    assert one.basis == "matrix" and [g.name for g in one.groups] == ["x", "y"]
+    assert [g.name for g in two.groups] == ["y", "x"]
+    a, b = one.pairs[0], two.pairs[0]
+    assert a.separation == b.separation == 1.0
+    assert a.p_value == b.p_value and a.p_value < 0.2

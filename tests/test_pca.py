@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests import reference as R
+from tests.helpers import reference as R
 from worker import pca
 from worker.pca import fit_pca, joint_pca, project
 
@@ -194,7 +194,7 @@ def test_bad_input():
 
 
 def test_auto_on_tall_data_takes_covariance_and_equals_sklearn(monkeypatch):
-    from tests import reference as R
+    from tests.helpers import reference as R
 
     monkeypatch.setattr(pca, "TALL_MIN_VALUES", 1000)
     rng = np.random.default_rng(3)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import ray
 
-from tests.test_extractors import save_tiny
+from tests.helpers.extractors import save_tiny
 from worker import engine, metrics, pipeline
 from worker.demo import make_demo_data
 from worker.distributed import RayDistanceBackend

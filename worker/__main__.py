@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print one JSON object")
 
     cmp = sub.add_parser("compare", help="what changed between two reports or runs")
-    from worker.compare import add_arguments
+    from worker.runs_compare import add_arguments
 
     add_arguments(cmp)
 
@@ -60,30 +60,22 @@ def _show_progress(args: argparse.Namespace) -> bool:
     return not args.quiet and sys.stderr.isatty()
 
 
-def _run_job(job_path: Path, args: argparse.Namespace, out: str | None = None) -> int:
+def _run_job(job_path: Path, args: argparse.Namespace) -> int:
     from worker.job import load_job
     from worker.pipeline import run
-    from worker.preflight import check_locations
-    from worker.sources import listing_policy, policy_for
     from worker.store import forget_published
 
     job = load_job(job_path)
     forget_published()
-    out = out or getattr(args, "out", None)
-    junit = getattr(args, "junit", None)
-    check_locations(job, out=out, junit=junit)  # before any computation
-    with listing_policy(policy_for(job)):
-        result = run(
-            job,
-            out_dir=out,
-            # the file's name, not the path as typed: report.json outside `run` must not
-            # depend on how the job path was spelled (relative, absolute, ./, symlinked)
-            job_source=job_path.name,
-            show_progress=_show_progress(args),
-            junit_path=None,  # written below, only once the reports are published
-        )
-    if junit:
-        _write_junit(result.report, junit)
+    result = run(
+        job,
+        out_dir=getattr(args, "out", None),
+        # the file's name, not the path as typed: report.json outside `run` must not
+        # depend on how the job path was spelled (relative, absolute, ./, symlinked)
+        job_source=job_path.name,
+        show_progress=_show_progress(args),
+        junit_path=getattr(args, "junit", None),
+    )
     from worker.report.junit import gate_bound, gate_target
 
     print(f"report: {result.out_dir}/report.json and {result.out_dir}/report.pdf")
@@ -93,20 +85,6 @@ def _run_job(job_path: Path, args: argparse.Namespace, out: str | None = None) -
         if not g.passed:
             print(f"gate failed: {gate_target(g)} = {g.value} (want {gate_bound(g)})")
     return result.exit_code
-
-
-def _write_junit(report, junit: str) -> None:
-    """Gate results as JUnit XML, atomically, after the reports are in place (a run that
-    wrote nothing writes no JUnit file)."""
-    from worker.report.junit import write_junit
-
-    try:
-        write_junit(report, Path(junit))
-    except OSError as err:
-        raise JobError(
-            f"--junit: cannot write {junit} ({err.strerror or err}); the reports were "
-            "written; choose another --junit path"
-        ) from None
 
 
 def _validate(job_path: Path) -> int:
@@ -177,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return evaluate_main(ev_args)
         if args.command == "compare":
-            from worker.compare import run_compare
+            from worker.runs_compare import run_compare
 
             return run_compare(args)
         if args.command == "demo":

@@ -21,23 +21,29 @@ from worker.results import (
     CropClasses,
     DatasetMatrix,
     Duplicates,
+    EnergyResult,
     GroupPair,
     Groups,
     GroupSummary,
     ImageResult,
     ImageSource,
+    NoveltySummary,
     PairPca,
     PcaSummary,
     Perturbation,
     PrimaryResult,
+    RandomComparison,
+    RankDisagreement,
     Ranking,
     SecondaryResult,
+    SelectionPool,
     SelectionResult,
     Splits,
     Spread,
     Statistics,
     Summary,
     SweepRow,
+    Verdict,
 )
 
 
@@ -78,6 +84,8 @@ class ModelAnalysis:
     warnings: list[str] = field(default_factory=list)
     #: S name -> (strategy, count) -> chosen row indices into S
     selections: dict[str, dict[tuple[str, int], list[int]]] = field(default_factory=dict)
+    #: S name -> rows of the adaptation's held-out split (adaptation.held_out)
+    held_out: dict[str, list[int]] = field(default_factory=dict)
     scatter: ScatterPoints | None = None
 
 
@@ -140,10 +148,22 @@ def _selections(
     space: PairSpace,
     i_dist: np.ndarray,
     job: Job,
-    p_nearest_other: np.ndarray | None = None,
-) -> tuple[list[SelectionResult], dict[tuple[str, int], list[int]]]:
-    """Every (strategy, count) selection with its diversity and coverage (method.md §2-3).
+    p_nearest_other: np.ndarray,
+    nearest_primary: np.ndarray,
+    novelty: dict | None = None,
+    memory: selection.SelectionMemory | None = None,
+) -> tuple[
+    list[SelectionResult], dict[tuple[str, int], list[int]], SelectionPool | None, list[int]
+]:
+    """Every (strategy, count) selection with its diversity, coverage and comparison with
+    random subsets (method.md §2-3), the secondary's pool, and the adaptation's held-out rows
+    (chosen before selection, never selected; adaptation.held_out of a set with masks).
 
+    `nearest_primary` (m,): each S image's nearest-P distance; `p_nearest_other` (n,): P's
+    leave-one-out nearest distances; `novelty`: the per-image novelty and novel flags
+    (_novelty; None when P is too small: no image is novel); `memory`: the earlier runs'
+    selections. Images selected earlier or named by selection.labelled join the pool and are
+    never proposed.
     The adaptation stage's (strategy, count) pairs are chosen here too, by the same code.
     A secondary with `select: false` (a blind set) gets none.
     """
@@ -153,7 +173,19 @@ def _selections(
     out, chosen = [], {}
     config = next((d for d in job.datasets.secondary if sec.name in d.sample_names()), None)
     if config is not None and not config.select:
-        return out, chosen  # a blind set (select: false) is evaluated only, never selected from
+        return out, chosen, None, []  # a blind set (select: false): evaluated, never selected
+    cfg = job.selection
+    earlier = selection.earlier_mask(sec.name, sec.ids, sec.hashes, memory)
+    labelled = selection.labelled_mask(sec.ids, sec.uris, cfg.labelled, job.base_dir)
+    exclude = earlier | labelled
+    hold = np.zeros(len(s_l), dtype=bool)  # the adaptation's held-out split (method.md §5.7)
+    if job.adaptation.enabled and config is not None and config.masks is not None:
+        hold[selection.held_out_split(i_dist, job.adaptation.held_out, job.seed)] = True
+    if novelty is None:
+        novelty = {"novelty": np.zeros(len(s_l)), "novel": np.zeros(len(s_l), dtype=bool)}
+    novel = np.asarray(novelty["novel"], dtype=bool)
+    pool_nearest = selection.pool_nearest(s_l, nearest_primary, exclude, **kw)
+    candidates = selection.candidates(len(s_l), exclude, hold)
 
     def pick(strategy: str, count: int) -> list[int]:
         return selection.select(
@@ -162,27 +194,39 @@ def _selections(
             P_L=p_l,
             i_dist=i_dist,
             count=count,
-            band=job.selection.band,
+            band=cfg.band,
             seed=job.seed,
+            novel=novel,
+            exclude=exclude,
+            hold=hold,
             **kw,
         )
 
     if job.adaptation.enabled:
         for q in job.adaptation.counts:
             chosen[(job.adaptation.selection, q)] = pick(job.adaptation.selection, q)
-    for strategy in job.selection.strategies:
-        for count in job.selection.counts:
+    for count in cfg.counts:
+        subsets = selection.random_subsets(candidates, count, cfg.random_subsets, job.seed)
+        baselines: dict[str, np.ndarray] = {}  # one random baseline per count, every strategy
+        for strategy in cfg.strategies:
             idx = pick(strategy, count)
             chosen[(strategy, count)] = idx
+            judged = selection.judge(
+                strategy,
+                idx,
+                S_L=s_l,
+                novelty=novelty["novelty"],
+                novel=novel,
+                pool_nearest=pool_nearest,
+                subsets=subsets,
+                baselines=baselines,
+            )
             diversity = random_diversity = pool_diversity = coverage = random_coverage = None
             rand = selection.random_subset(len(s_l), len(idx), job.seed)
             if job.metrics.diversity:
                 diversity = _spread(metrics.diversity(s_l[idx], **kw), bins)
                 random_diversity = _spread(metrics.diversity(s_l[rand], **kw), bins)
-                if p_nearest_other is None:
-                    pool = metrics.diversity(np.vstack([p_l, s_l[idx]]), **kw)
-                else:  # P's nearest-other distances come from the pair's one P x P pass
-                    pool = metrics.pool_diversity(p_l, s_l[idx], p_nearest_other, **kw)
+                pool = metrics.pool_diversity(p_l, s_l[idx], p_nearest_other, **kw)
                 pool_diversity = _spread(pool, bins)
             if job.metrics.coverage:
                 coverage = _cover(metrics.coverage(s_l, s_l[idx], **kw), bins)
@@ -197,9 +241,33 @@ def _selections(
                     pool_diversity=pool_diversity,
                     coverage=coverage,
                     random_coverage=random_coverage,
+                    aim=selection.AIM_WORDS[strategy],
+                    against_random=[
+                        RandomComparison(
+                            aim=j["aim"],
+                            decides=j["decides"],
+                            higher_is_better=j["higher_is_better"],
+                            value=j["value"],
+                            random=Summary(**metrics.summary_stats(j["random"])),
+                            subsets=len(subsets),
+                            percentile=j["percentile"],
+                            p_value=j["p_value"],
+                            beats_random=j["beats_random"],
+                        )
+                        for j in judged
+                    ],
+                    beats_random=selection.beats_random(judged),
+                    verdict=selection.verdict(strategy, len(idx), judged, len(subsets)),
                 )
             )
-    return out, chosen
+    pool_block = SelectionPool(
+        candidates=len(candidates),
+        earlier_selected=int(earlier.sum()),
+        labelled=int(labelled.sum()),
+        novel=int(novel.sum()),
+        held_out=int(hold.sum()),
+    )
+    return out, chosen, pool_block, np.flatnonzero(hold).tolist()
 
 
 def _statistics(p_l: np.ndarray, s_l: np.ndarray, o_dist_mean: float, job: Job) -> Statistics:
@@ -258,7 +326,7 @@ def _pair_passes(space: PairSpace, job: Job, kw: dict) -> dict:
     p_l, s_l = space.primary, space.secondary
     z = p_l.shape[1]
     m = job.metrics
-    need_nearest = m.coverage or m.duplicates
+    need_nearest = True  # each S image's nearest P image: novelty (k = 1), coverage, duplicates
     sweep: dict[int, np.ndarray] = {}
     if space.sweep_primary is not None and space.nested:
         width = space.sweep_primary.shape[1]
@@ -280,15 +348,61 @@ def _pair_passes(space: PairSpace, job: Job, kw: dict) -> dict:
             )
             sweep = {d: wide.i_dist[min(d, width)] for d in job.pca.sweep}
     s_self = engine.self_pass(s_l, **kw) if (m.diversity or m.duplicates) else None
-    p_need = m.duplicates or (m.diversity and bool(job.selection.strategies))
-    p_self = engine.self_pass(p_l, **kw) if p_need else None
+    p_self = engine.self_pass(p_l, **kw)  # P's leave-one-out nearest distances (novelty)
     return {
         "pair": pair,
         "i_dist": pair.i_dist[z],
         "sweep": sweep,
         "s_self": s_self,
         "p_self": p_self,
+        "s_within": engine.row_distance_sums(s_l, s_l, **kw),
+        "p_within": engine.row_distance_sums(p_l, p_l, **kw),
     }
+
+
+def _energy(space: PairSpace, passes: dict, job: Job) -> EnergyResult:
+    """Energy distance of the pair from its S x P, S x S and P x P row sums, its permutation
+    test (metrics.energy_permutations) and its explanation (method.md §12.1-12.2). The
+    adjusted p-value is filled in by analyse_model, which sees every secondary."""
+    p_l, s_l = space.primary, space.secondary
+    terms = metrics.energy_from_sums(
+        passes["i_dist"].sum(),
+        passes["s_within"].sum(),
+        passes["p_within"].sum(),
+        len(s_l),
+        len(p_l),
+    )
+    perms = job.metrics.energy_permutations
+    test = stats.energy_test(p_l, s_l, permutations=perms, seed=job.seed)
+    return EnergyResult(
+        **terms,
+        p_value=test["p_value"],
+        p_value_adjusted=None,
+        min_p_value=1.0 / (1 + test["permutations"]) if test["p_value"] is not None else None,
+        permutations=test["permutations"],
+        n_x=test["n_x"],
+        n_y=test["n_y"],
+        explanation=metrics.energy_explanation(terms),
+    )
+
+
+def _novelty(space: PairSpace, passes: dict, job: Job, kw: dict) -> tuple[dict, dict] | None:
+    """Per-image novelty of S against P's leave-one-out k-NN distances (method.md §12.3):
+    ({nn_distance, novelty, p_value, novel} per image, the set's summary), or None when P has
+    no more than k images. k = 1 reads the pair's passes; k > 1 runs a k-NN."""
+    k, q = job.metrics.novelty_k, job.metrics.novelty_quantile
+    p_l, s_l = space.primary, space.secondary
+    if len(p_l) <= k:
+        return None
+    if k == 1:
+        d, loo = passes["pair"].nearest_distance, passes["p_self"].distance
+    else:
+        d = metrics.kth_nearest_distances(s_l, p_l, k, **kw)
+        loo = metrics.kth_nearest_distances(p_l, p_l, k, exclude_self=True, **kw)
+    scores = metrics.novelty_scores(d, loo)
+    summary = metrics.novelty_summary(d, loo, q)
+    per_image = {"nn_distance": d, **scores, "novel": summary.pop("novel")}
+    return per_image, {"k": k, "quantile": q, **summary, "p_value_adjusted": None}
 
 
 @dataclass
@@ -298,11 +412,17 @@ class SecondaryAnalysis:
     result: SecondaryResult
     space: PairSpace
     chosen: dict[tuple[str, int], list[int]]
+    held_out: list[int] = field(default_factory=list)  # rows held out for evaluation
 
 
-def analyse_secondary(primary: EmbeddedSet, sec: EmbeddedSet, job: Job) -> SecondaryAnalysis:
+def analyse_secondary(
+    primary: EmbeddedSet,
+    sec: EmbeddedSet,
+    job: Job,
+    memory: selection.SelectionMemory | None = None,
+) -> SecondaryAnalysis:
     """All per-pair numbers of one secondary (method.md §1-4). o_dist_scaled is left None:
-    it needs every secondary (analyse_model fills it)."""
+    it needs every secondary (analyse_model fills it). `memory`: earlier runs' selections."""
     kw = _engine_kw(job)
     bins = job.metrics.histogram_bins
     space = project_pair(primary.vectors, sec.vectors, job)
@@ -313,11 +433,30 @@ def analyse_secondary(primary: EmbeddedSet, sec: EmbeddedSet, job: Job) -> Secon
     scaled = metrics.min_max_scale(i_dist)
     per_image_mean = metrics.mean_distance_per_image(i_dist, len(p_l))
     hashes = sec.hashes or [None] * sec.count
-    p_self = passes["p_self"]
-    selections, chosen = _selections(
-        sec, space, i_dist, job, None if p_self is None else p_self.distance
-    )
     o_dist_mean = metrics.o_dist_mean(i_dist, len(p_l))
+    novelty = _novelty(space, passes, job, kw)
+    per_image = novelty[0] if novelty is not None else None
+    selections, chosen, pool, held_out = _selections(
+        sec,
+        space,
+        i_dist,
+        job,
+        passes["p_self"].distance,
+        passes["pair"].nearest_distance,
+        per_image,
+        memory,
+    )
+
+    def image_novelty(j: int) -> dict:
+        if per_image is None:
+            return {}
+        return {
+            "nn_distance": float(per_image["nn_distance"][j]),
+            "novelty": float(per_image["novelty"][j]),
+            "novelty_p_value": float(per_image["p_value"][j]),
+            "novel": bool(per_image["novel"][j]),
+        }
+
     result = SecondaryResult(
         name=sec.name,
         count=sec.count,
@@ -334,8 +473,11 @@ def analyse_secondary(primary: EmbeddedSet, sec: EmbeddedSet, job: Job) -> Secon
                 i_dist_mean=float(a),
                 sha256=h,
                 source=_source(sec, i),
+                **image_novelty(j),
             )
-            for i, d, x, a, h in zip(sec.ids, i_dist, scaled, per_image_mean, hashes, strict=True)
+            for j, (i, d, x, a, h) in enumerate(
+                zip(sec.ids, i_dist, scaled, per_image_mean, hashes, strict=True)
+            )
         ],
         splits=Splits(
             halves=metrics.sorted_splits(i_dist, 2), thirds=metrics.sorted_splits(i_dist, 3)
@@ -352,13 +494,76 @@ def analyse_secondary(primary: EmbeddedSet, sec: EmbeddedSet, job: Job) -> Secon
             else None
         ),
         selections=selections,
+        selection_pool=pool,
         statistics=_statistics(p_l, s_l, o_dist_mean, job) if job.metrics.statistics else None,
         duplicates=(
             _duplicates(primary, sec, p_l, s_l, kw, passes) if job.metrics.duplicates else None
         ),
         crops=_crop_classes(sec, i_dist, len(p_l)),
+        energy=_energy(space, passes, job),
+        novelty=NoveltySummary(**novelty[1]) if novelty is not None else None,
     )
-    return SecondaryAnalysis(result, space, chosen)
+    return SecondaryAnalysis(result, space, chosen, held_out)
+
+
+#: verdict thresholds (method.md §12.5): a significance level for the adjusted p-values and
+#: the novel fraction above which a set counts as far (most of it beyond P's envelope)
+VERDICT_ALPHA = 0.05
+VERDICT_FAR_FRACTION = 0.5
+
+
+def adjust_secondaries(entries: list[SecondaryResult], method: str) -> None:
+    """Fill every p_value_adjusted over the secondaries (one family per test: energy,
+    novelty, MMD; method.md §12.4) and then each secondary's verdict."""
+    energy = [e.energy for e in entries if e.energy is not None]
+    for block, adj in zip(
+        energy, stats.adjust_p_values([b.p_value for b in energy], method), strict=True
+    ):
+        block.p_value_adjusted = adj
+    novelty = [e.novelty for e in entries if e.novelty is not None]
+    for block, adj in zip(
+        novelty, stats.adjust_p_values([b.p_value for b in novelty], method), strict=True
+    ):
+        block.p_value_adjusted = adj
+    mmd = [e.statistics.mmd for e in entries if e.statistics is not None]
+    for block, adj in zip(
+        mmd, stats.adjust_p_values([b.p_value for b in mmd], method), strict=True
+    ):
+        block.p_value_adjusted = adj
+    for e in entries:
+        e.verdict = verdict(e, method)
+
+
+def verdict(sec: SecondaryResult, method: str = "holm") -> Verdict | None:
+    """same / shifted / far (method.md §12.5): shifted when the adjusted energy or novelty
+    p-value is below VERDICT_ALPHA; far when, in addition, at least VERDICT_FAR_FRACTION of
+    S is novel; same otherwise. None without an energy or novelty block."""
+    e, nv = sec.energy, sec.novelty
+    if e is None and nv is None:
+        return None
+    name = {"holm": "Holm", "bh": "BH"}[method]
+    tests, facts = [], []
+    if e is not None and e.p_value_adjusted is not None:
+        tests.append(e.p_value_adjusted)
+        facts.append(
+            f"energy distance {e.distance:.4g} (p = {e.p_value_adjusted:.3g} {name}-adjusted, "
+            f"smallest attainable {e.min_p_value:.3g})"
+        )
+    if nv is not None and nv.p_value_adjusted is not None:
+        tests.append(nv.p_value_adjusted)
+        facts.append(
+            f"{nv.novel_fraction:.0%} of images novel against {nv.base_rate:.0%} expected "
+            f"(p = {nv.p_value_adjusted:.3g} {name}-adjusted)"
+        )
+    significant = any(p < VERDICT_ALPHA for p in tests)
+    far = nv is not None and (nv.novel_fraction or 0.0) >= VERDICT_FAR_FRACTION
+    if significant and far:
+        label, why = "far", f"at least {VERDICT_FAR_FRACTION:.0%} of S lies beyond P's envelope"
+    elif significant:
+        label, why = "shifted", f"a difference significant at {VERDICT_ALPHA}"
+    else:
+        label, why = "same", f"no difference significant at {VERDICT_ALPHA}"
+    return Verdict(label=label, reason=f"{why}: " + "; ".join(facts) if facts else why)
 
 
 def _source(sec: EmbeddedSet, image_id: str) -> ImageSource | None:
@@ -458,15 +663,22 @@ def scatter_points(
     return ScatterPoints(names=names, points=points)
 
 
-def analyse_model(primary: EmbeddedSet, secondaries: list[EmbeddedSet], job: Job) -> ModelAnalysis:
-    """Every number of the report for one extractor's features."""
-    done = [analyse_secondary(primary, sec, job) for sec in secondaries]
+def analyse_model(
+    primary: EmbeddedSet,
+    secondaries: list[EmbeddedSet],
+    job: Job,
+    memory: selection.SelectionMemory | None = None,
+) -> ModelAnalysis:
+    """Every number of the report for one extractor's features; `memory`: the selections of
+    earlier runs of the store, not proposed again (selection.exclude_previous)."""
+    done = [analyse_secondary(primary, sec, job, memory) for sec in secondaries]
     entries = [d.result for d in done]
     warnings = [f"{e.name}: {w}" for e in entries for w in e.pca.warnings]
     o_dist = {e.name: e.o_dist for e in entries}
     o_scaled = metrics.scaled_dataset_distances(o_dist)
     for e in entries:
         e.o_dist_scaled = o_scaled[e.name]
+    adjust_secondaries(entries, job.metrics.p_adjustment)
     sweep, stable = pca_sweep({d.result.name: d.space for d in done}, job.pca.sweep, warnings)
     first = entries[0].pca
     pca_info = PcaSummary(
@@ -492,6 +704,7 @@ def analyse_model(primary: EmbeddedSet, secondaries: list[EmbeddedSet], job: Job
         pca_sweep_stable=stable,
         warnings=warnings,
         selections=chosen_all,
+        held_out={d.result.name: d.held_out for d in done if d.held_out},
         scatter=scatter,
     )
 
@@ -535,42 +748,146 @@ def robustness_probe(
 # --------------------------------------------------------------------------- many datasets
 
 
+def ranking_values(secondaries: list[SecondaryResult], metric: str) -> dict[str, float | None]:
+    """Secondary -> its value of ranking.metric (method.md §12): energy_distance, o_dist_mean,
+    mmd (MMD²), fid or kid (KID mean); None where it was not computed."""
+
+    def value(s: SecondaryResult) -> float | None:
+        st = s.statistics
+        if metric == "energy_distance":
+            return s.energy.distance if s.energy is not None else None
+        if metric == "o_dist_mean":
+            return s.o_dist_mean
+        if metric == "mmd":
+            return st.mmd.statistic if st is not None else None
+        if metric == "fid":
+            return st.fid if st is not None else None
+        return st.kid.mean if st is not None else None
+
+    return {s.name: value(s) for s in secondaries}
+
+
+def _ordinal(k: int) -> str:
+    suffix = "th" if 10 <= k % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(k % 10, "th")
+    return f"{k}{suffix}"
+
+
+def rank_disagreements(
+    secondaries: list[SecondaryResult], order: list[str], metric: str
+) -> list[RankDisagreement]:
+    """The secondaries whose rank by `metric` (order, closest first) differs from their rank
+    by o_dist_mean, each with the energy decomposition in words (method.md §12.2)."""
+    if metric == "o_dist_mean":
+        return []
+    by_name = {s.name: s for s in secondaries}
+    paper = comparison.rank_order({s.name: s.o_dist_mean for s in secondaries})
+    out = []
+    for r, name in enumerate(order, start=1):
+        pr = paper.index(name) + 1
+        if pr == r:
+            continue
+        sec = by_name[name]
+        why = sec.energy.explanation if sec.energy is not None else ""
+        out.append(
+            RankDisagreement(
+                name=name,
+                rank=r,
+                o_dist_mean_rank=pr,
+                explanation=f"{name} ranks {_ordinal(r)} by {metric} but {_ordinal(pr)} by "
+                f"the paper's o_dist_mean. {why}".strip(),
+            )
+        )
+    return out
+
+
 def rank_secondaries(secondaries: list[SecondaryResult], job: Job) -> Ranking:
-    """Secondaries ranked by o_dist_mean (method.md §9) and the PDF sections report.detail
+    """Secondaries ranked by ranking.metric, closest first (method.md §11-12), where the
+    paper's o_dist_mean ranks them differently and why, and the PDF sections report.detail
     keeps: every secondary (full) or the top_k closest and farthest (summary)."""
     top_k = job.report.top_k
-    ranked = comparison.ranking({s.name: s.o_dist_mean for s in secondaries}, top_k)
+    metric = job.ranking.metric
+    values = ranking_values(secondaries, metric)
+    ranked = comparison.ranking(values, top_k)
     detail = job.report.detail_for(len(secondaries))
-    ranking = Ranking(by="o_dist_mean", top_k=top_k, detail=detail, sections=[], **ranked)
+    ranking = Ranking(
+        by=metric,
+        metric=metric,
+        values=values,
+        disagreements=rank_disagreements(secondaries, ranked["order"], metric),
+        top_k=top_k,
+        detail=detail,
+        sections=[],
+        **ranked,
+    )
     ranking.sections = ranking.order if detail == "full" else ranking.highlighted
     return ranking
 
 
-def compare_groups(secondaries: list[SecondaryResult], job: Job) -> Groups | None:
-    """Per-group summaries of o_dist_mean and the separation of every pair of groups
-    (method.md §9; paper appendix E); None when no secondary has a `group`."""
-    labels = {d.name: d.group for d in job.datasets.secondary if d.group is not None}
+def compare_groups(
+    secondaries: list[SecondaryResult], job: Job, matrix: DatasetMatrix | None = None
+) -> Groups | None:
+    """Per-group summaries and the separation of every pair of groups (method.md §12.6;
+    paper appendix E). With the dataset matrix: groups of every dataset with a `group`,
+    separated by the matrix that orders it (energy unless ranking.metric is o_dist_mean);
+    without: groups of secondaries by their ranking-metric value against P. None when fewer
+    than one group is given."""
+    metric = job.ranking.metric
+    perms = job.metrics.group_permutations
+    if matrix is not None:
+        labels = {d.name: d.group for d in job.all_datasets if d.group is not None}
+    else:
+        labels = {d.name: d.group for d in job.datasets.secondary if d.group is not None}
     if not labels:
         return None
-    values = {s.name: s.o_dist_mean for s in secondaries if s.name in labels}
-    groups = {name: labels[name] for name in values}
-    perms = job.metrics.group_permutations
-    summaries = comparison.group_summaries(values, groups)
-    pairs = comparison.group_separations(values, groups, permutations=perms, seed=job.seed)
+    o_mean = {s.name: s.o_dist_mean for s in secondaries}
+    values = ranking_values(secondaries, metric)
+    if matrix is not None:
+        grid = matrix.o_dist_mean if matrix.ordered_by == "o_dist_mean" else matrix.energy
+        pairs = comparison.matrix_separations(
+            np.array(grid, dtype=np.float64),
+            [labels.get(n) for n in matrix.names],
+            permutations=perms,
+            seed=job.seed,
+        )
+        order = [n for n in matrix.names if n in labels]
+    else:
+        order = [s.name for s in secondaries if s.name in labels]
+        pairs = comparison.group_separations(
+            {n: values[n] for n in order},
+            {n: labels[n] for n in order},
+            permutations=perms,
+            seed=job.seed,
+        )
+    groups = {n: labels[n] for n in order}
+    summaries = comparison.group_summaries({n: o_mean.get(n) for n in order}, groups)
+    value_summaries = comparison.group_summaries({n: values.get(n) for n in order}, groups)
+    adjusted = stats.adjust_p_values([p["p_value"] for p in pairs], job.metrics.p_adjustment)
     return Groups(
         groups=[
-            GroupSummary(name=label, members=g["members"], o_dist_mean=Summary(**g["summary"]))
+            GroupSummary(
+                name=label,
+                members=g["members"],
+                o_dist_mean=Summary(**g["summary"]),
+                values=Summary(**value_summaries[label]["summary"]),
+            )
             for label, g in summaries.items()
         ],
-        pairs=[GroupPair(permutations=perms, **p) for p in pairs],
+        pairs=[
+            GroupPair(permutations=perms, p_value_adjusted=a, **p)
+            for p, a in zip(pairs, adjusted, strict=True)
+        ],
+        metric=metric,
+        basis="matrix" if matrix is not None else "primary",
     )
 
 
 def analyse_matrix(sets: list[EmbeddedSet], job: Job) -> DatasetMatrix:
-    """o_dist_mean between every two datasets, each pair in its own joint PCA (or one shared
-    PCA: pca.shared), from the embeddings already made (method.md §9)."""
+    """o_dist_mean and the energy distance between every two datasets, each pair in its own
+    joint PCA (or one shared PCA: pca.shared), from the embeddings already made (method.md
+    §11-12). Clustering order and nearest use the energy matrix unless ranking.metric is
+    o_dist_mean."""
     names = [s.name for s in sets]
-    matrix = comparison.dataset_matrix(
+    both = comparison.dataset_matrices(
         [s.vectors for s in sets],
         dims=job.pca.dims,
         shared=job.pca.shared,
@@ -578,12 +895,16 @@ def analyse_matrix(sets: list[EmbeddedSet], job: Job) -> DatasetMatrix:
         seed=job.seed,
         **_engine_kw(job),
     )
-    order = comparison.cluster_order(matrix)
+    ordered_by = "o_dist_mean" if job.ranking.metric == "o_dist_mean" else "energy"
+    grid = both[ordered_by]
+    order = comparison.cluster_order(grid)
     return DatasetMatrix(
         names=names,
-        o_dist_mean=matrix.tolist(),
+        o_dist_mean=both["o_dist_mean"].tolist(),
+        energy=both["energy"].tolist(),
+        ordered_by=ordered_by,
         pca="shared" if job.pca.shared else "pair",
         dims=job.pca.dims,
         order=[names[i] for i in order],
-        nearest=comparison.nearest_other(matrix, names),
+        nearest=comparison.nearest_other(grid, names),
     )

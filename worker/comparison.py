@@ -1,26 +1,33 @@
-"""Comparisons across many datasets (docs/method.md §9, DESIGN 9): pure functions on arrays.
+"""Comparisons across many datasets (docs/method.md §11-12, DESIGN 9): pure functions on arrays.
 
-- Ranking: secondaries ordered by the size-free distance
-  `o_dist_mean(S, P) = (1 / (m n)) sum_j sum_k ||s_j - p_k||` (ascending: closest first).
-- Group separation (paper appendix E): for groups A and B of secondaries,
+- Ranking: secondaries ordered by the job's ranking metric (default the energy distance,
+  method.md §12.1), ascending: closest first.
+- Group separation of values (paper appendix E): for groups A and B of secondaries,
   `AUC(A, B) = (1 / (|A| |B|)) sum_a sum_b ([v_a < v_b] + 1/2 [v_a = v_b])`, 1 when every A set
-  is closer than every B set, 0.5 when the groups are mixed; a permutation p-value over the
-  group labels (two-sided: |AUC_perm - 1/2| >= |AUC - 1/2|).
+  is closer than every B set, 0.5 when the groups are mixed; `separation = max(AUC, 1 - AUC)`
+  does not depend on which group is listed first; a permutation p-value over the group labels
+  (two-sided: |AUC_perm - 1/2| >= |AUC - 1/2|), pooled in name order, each pair of groups with
+  its own seeded stream.
+- Group separation from a matrix: the AUC of the within-group entries (both sets in A, or both
+  in B) against the between-group entries (one in each): 1 when every within entry is smaller
+  than every between entry; symmetric in A and B by construction.
 - Dataset matrix: `M[i, j] = o_dist_mean(X_i, X_j)` with one joint PCA per unordered pair (or
   one shared PCA over every set); symmetric by construction (each pair computed once and
-  mirrored); the diagonal is a set against itself, self-pairs (distance 0) included.
+  mirrored); the diagonal is a set against itself, self-pairs (distance 0) included. Its energy
+  form `E[i, j]` is each pair's energy distance in the same space (zero diagonal).
 
 No I/O, no printing. Distances go through worker.metrics / worker.engine (`**engine_kw`).
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from worker import metrics
+from worker import engine, metrics
 from worker.pca import joint_pca
 
 # --------------------------------------------------------------------------- ranking
@@ -60,18 +67,33 @@ def separation_auc(a: np.ndarray, b: np.ndarray) -> float | None:
     return float((less + 0.5 * ties) / (a.size * b.size))
 
 
+def pair_rng(seed: int, group_a: str, group_b: str) -> np.random.Generator:
+    """The seeded stream of one pair of groups: numpy default_rng([seed, crc32(first),
+    crc32(second)]) with the two labels in name order, so every pair has its own stream and
+    neither depends on which group is listed first."""
+    first, second = sorted((group_a, group_b))
+    keys = [zlib.crc32(x.encode("utf-8")) for x in (first, second)]
+    return np.random.default_rng([int(seed), *keys])
+
+
 def separation_test(
-    a: np.ndarray, b: np.ndarray, *, permutations: int, seed: int
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    permutations: int,
+    seed: int | None = None,
+    rng: np.random.Generator | None = None,
 ) -> tuple[float | None, float | None]:
     """(AUC of a vs b, permutation p-value): the labels of the pooled values are shuffled
-    `permutations` times (numpy default_rng(seed)); p = (1 + #{|AUC* - 1/2| >= |AUC - 1/2|})
-    / (1 + permutations), in (0, 1]. p is None when permutations is 0 or a side is empty."""
+    `permutations` times (`rng`, or numpy default_rng(seed)); p = (1 + #{|AUC* - 1/2| >=
+    |AUC - 1/2|}) / (1 + permutations), in (0, 1]. p is None when permutations is 0 or a side
+    is empty."""
     auc = separation_auc(a, b)
     if auc is None or permutations <= 0:
         return auc, None
     a = np.asarray(a, dtype=np.float64).ravel()
     pooled = np.concatenate([a, np.asarray(b, dtype=np.float64).ravel()])
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed) if rng is None else rng
     observed = abs(auc - 0.5)
     hits = 0
     for _ in range(permutations):
@@ -103,18 +125,79 @@ def group_separations(
     seed: int,
 ) -> list[dict[str, Any]]:
     """One entry per pair of groups (A before B in order of first appearance):
-    {group_a, group_b, auc, p_value}; auc = share of (a, b) with value(a) < value(b)."""
+    {group_a, group_b, auc, separation, p_value}; auc = share of (a, b) with value(a) <
+    value(b), separation = max(auc, 1 - auc). The permutation test pools the two groups (and
+    their members) in name order with the pair's own stream (pair_rng), so p does not depend
+    on the listing."""
     summary = group_summaries(values, groups)
     labels = list(summary)
     out = []
     for i, ga in enumerate(labels):
         for gb in labels[i + 1 :]:
-            va = [values[n] for n in summary[ga]["members"] if values.get(n) is not None]
-            vb = [values[n] for n in summary[gb]["members"] if values.get(n) is not None]
+            va = [values[n] for n in sorted(summary[ga]["members"]) if values.get(n) is not None]
+            vb = [values[n] for n in sorted(summary[gb]["members"]) if values.get(n) is not None]
+            first, second = (va, vb) if ga <= gb else (vb, va)
             auc, p = separation_test(
-                np.array(va), np.array(vb), permutations=permutations, seed=seed
+                np.array(first),
+                np.array(second),
+                permutations=permutations,
+                rng=pair_rng(seed, ga, gb),
             )
-            out.append({"group_a": ga, "group_b": gb, "auc": auc, "p_value": p})
+            if auc is not None and ga > gb:
+                auc = 1.0 - auc
+            sep = None if auc is None else max(auc, 1.0 - auc)
+            out.append({"group_a": ga, "group_b": gb, "auc": auc, "separation": sep, "p_value": p})
+    return out
+
+
+def _within_between(
+    matrix: np.ndarray, labels: np.ndarray, ga: str, gb: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Upper-triangle entries of `matrix` with both ends in one of the two groups (within)
+    and with one end in each (between)."""
+    i, j = np.triu_indices(len(matrix), k=1)
+    li, lj = labels[i], labels[j]
+    ends = np.isin(li, [ga, gb]) & np.isin(lj, [ga, gb])
+    within = ends & (li == lj)
+    between = ends & (li != lj)
+    return matrix[i[within], j[within]], matrix[i[between], j[between]]
+
+
+def matrix_separations(
+    matrix: np.ndarray,
+    groups: Sequence[str | None],
+    *,
+    permutations: int,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """Separation of every pair of groups from a symmetric (K, K) distance matrix (method.md
+    §12.6): separation = AUC(within entries < between entries) (ties 1/2), within = pairs of
+    sets in the same group (A or B), between = one set in each; symmetric in A and B. p-value:
+    the group labels of the sets of A and B are permuted (pair_rng stream), p = (1 + #{sep* >=
+    sep}) / (1 + permutations) (one-sided: separation larger than by chance). `groups[i]` is
+    set i's label (None: in no group). One entry per pair, A before B in order of first
+    appearance: {group_a, group_b, auc, separation, p_value} (auc = separation here). None
+    values when no within entry exists (both groups of one set)."""
+    m = np.asarray(matrix, dtype=np.float64)
+    labels = np.array([g if g is not None else "" for g in groups], dtype=object)
+    order = list(dict.fromkeys(g for g in groups if g is not None))
+    out = []
+    for x, ga in enumerate(order):
+        for gb in order[x + 1 :]:
+            within, between = _within_between(m, labels, ga, gb)
+            sep = separation_auc(-between, -within) if within.size else None
+            p = None
+            if sep is not None and permutations > 0:
+                rng = pair_rng(seed, ga, gb)
+                idx = np.flatnonzero(np.isin(labels, [ga, gb]))
+                hits = 0
+                for _ in range(permutations):
+                    shuffled = labels.copy()
+                    shuffled[idx] = rng.permutation(labels[idx])
+                    w, b = _within_between(m, shuffled, ga, gb)
+                    hits += separation_auc(-b, -w) >= sep - 1e-12
+                p = float((1 + hits) / (1 + permutations))
+            out.append({"group_a": ga, "group_b": gb, "auc": sep, "separation": sep, "p_value": p})
     return out
 
 
@@ -127,7 +210,7 @@ def pair_o_dist_mean(a: np.ndarray, b: np.ndarray, **engine_kw: Any) -> float:
     return float(np.sum(i_dist, dtype=np.float64) / (len(a) * len(b)))
 
 
-def dataset_matrix(
+def dataset_matrices(
     blocks: Sequence[np.ndarray],
     *,
     dims: int | None,
@@ -135,15 +218,28 @@ def dataset_matrix(
     route: str = "auto",
     seed: int = 0,
     **engine_kw: Any,
-) -> np.ndarray:
-    """(K, K) float64 matrix of o_dist_mean between every two of the K feature blocks.
+) -> dict[str, np.ndarray]:
+    """{o_dist_mean, energy}: two (K, K) float64 matrices between every two of the K blocks.
 
     shared False: each unordered pair {i, j} gets its own joint PCA of [X_i; X_j] to `dims`
     (the diagonal: a PCA of X_i alone), as the paper measures one (P, S) pair; shared True:
-    one joint PCA of every block. Each unordered pair is computed once and mirrored, so the
-    matrix is exactly symmetric."""
+    one joint PCA of every block. o_dist_mean[i, j] = mean ||a - b|| over the pair;
+    energy[i, j] = 2 o_dist_mean[i, j] - E||a - a'|| - E||b - b'|| with the within means in the
+    same pair space (metrics.energy_from_sums, V-statistic), so energy has a zero diagonal.
+    Each unordered pair is computed once and mirrored: both matrices are exactly symmetric."""
     k = len(blocks)
     out = np.zeros((k, k), dtype=np.float64)
+    energy = np.zeros((k, k), dtype=np.float64)
+    within_shared: dict[int, float] = {}
+
+    def within(x: np.ndarray, i: int | None) -> float:
+        if i is not None and i in within_shared:
+            return within_shared[i]
+        value = float(engine.row_distance_sums(x, x, **engine_kw).sum())
+        if i is not None:
+            within_shared[i] = value
+        return value
+
     if shared:
         projected, _ = joint_pca(list(blocks), dims, route=route, seed=seed)
     for i in range(k):
@@ -155,8 +251,30 @@ def dataset_matrix(
                 b = a
             else:
                 (a, b), _ = joint_pca([blocks[i], blocks[j]], dims, route=route, seed=seed)
-            out[i, j] = out[j, i] = pair_o_dist_mean(a, b, **engine_kw)
-    return out
+            cross = float(np.sum(metrics.image_dataset_distances(a, b, **engine_kw)))
+            out[i, j] = out[j, i] = cross / (len(a) * len(b))
+            if i != j:
+                keys = (i, j) if shared else (None, None)
+                terms = metrics.energy_from_sums(
+                    cross, within(a, keys[0]), within(b, keys[1]), len(a), len(b)
+                )
+                energy[i, j] = energy[j, i] = terms["distance"]
+    return {"o_dist_mean": out, "energy": energy}
+
+
+def dataset_matrix(
+    blocks: Sequence[np.ndarray],
+    *,
+    dims: int | None,
+    shared: bool = False,
+    route: str = "auto",
+    seed: int = 0,
+    **engine_kw: Any,
+) -> np.ndarray:
+    """The o_dist_mean matrix of dataset_matrices."""
+    return dataset_matrices(blocks, dims=dims, shared=shared, route=route, seed=seed, **engine_kw)[
+        "o_dist_mean"
+    ]
 
 
 def cluster_order(matrix: np.ndarray) -> list[int]:
@@ -169,7 +287,7 @@ def cluster_order(matrix: np.ndarray) -> list[int]:
     from scipy.cluster.hierarchy import leaves_list, linkage
     from scipy.spatial.distance import squareform
 
-    off = m.copy()
+    off = np.maximum(m, 0.0)
     np.fill_diagonal(off, 0.0)
     tree = linkage(squareform(off, checks=False), method="average", optimal_ordering=True)
     return [int(i) for i in leaves_list(tree)]

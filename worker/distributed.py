@@ -165,7 +165,7 @@ def _nearest_task(queries, points, start: int, stop: int, center, exclude_self: 
 
 
 def _pair_pass_task(rows, cols, start: int, stop: int, center, kw: dict):
-    return engine.block_pair_pass(rows[start:stop], cols, center, **kw)
+    return engine.block_pair_pass(rows[start:stop], cols, center, row_offset=start, **kw)
 
 
 @dataclass
@@ -256,12 +256,19 @@ class RayDistanceBackend:
         memory_budget_mb: float,
         precision: str,
         device: str,
+        exclude_self: bool = False,
     ) -> engine.PairPassResult:
-        """engine.pair_pass over row blocks: every block centred by the whole call's mean."""
+        """engine.pair_pass over row blocks: every block centred by the whole call's mean.
+        exclude_self (the self pass, rows is cols): block row i skips column start + i."""
         a, b = engine.as_matrix(rows, "rows"), engine.as_matrix(cols, "cols")
         engine.check_pair(a, b, "rows", "cols")
-        center = engine.call_center(a, b)
-        kw = {**self._kw(memory_budget_mb, precision), "prefixes": prefixes, "nearest": nearest}
+        center = engine.call_center(b) if exclude_self else engine.call_center(a, b)
+        kw = {
+            **self._kw(memory_budget_mb, precision),
+            "prefixes": prefixes,
+            "nearest": nearest,
+            "exclude_self": exclude_self,
+        }
         ra, rb = self._put(a), self._put(b)
         refs = [self._pair.remote(ra, rb, s, e, center, kw) for s, e in self._blocks(len(a))]
         self.stats["distance_tasks"] += len(refs)

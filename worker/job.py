@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from worker.adapt.names import model_names
+from worker.base import Model
 from worker.errors import JobError
-from worker.gates import (
+from worker.gate_metrics import (
     ADAPTATION_METRICS,
     GATE_METRICS,
     GROUP_METRICS,
@@ -76,9 +78,9 @@ MIN_IMAGE_SIZE = {"hog": 32}
 DEFAULT_MIN_IMAGE_SIZE = 32
 
 
-class Strict(BaseModel):
-    # inf and NaN are refused in every float field: no bound, band or rate can be infinite
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class Strict(Model):
+    """Base of the job's models: inf and NaN are refused in every float field (no bound, band
+    or rate can be infinite), unknown keys too."""
 
 
 class OutputConfig(Strict):
@@ -318,10 +320,11 @@ class DatasetsConfig(Strict):
                 f"datasets.primary.samples: 'both' gives two datasets, and the primary is one; "
                 f"use samples: images or samples: crops for {self.primary.name!r}"
             )
-        if self.primary.group is not None:
+        if self.primary.group is not None and not self.matrix:
             raise ValueError(
                 f"primary.group: groups compare secondaries; the primary {self.primary.name!r} "
-                "is the reference of every distance, so remove 'group' from it"
+                "is the reference of every distance, so remove 'group' from it (with "
+                "datasets.matrix every dataset may have a group)"
             )
         if self.primary.predictions is not None:
             raise ValueError(
@@ -342,6 +345,30 @@ class MetricsConfig(Strict):
     robustness: bool = False
     #: label permutations for the p-value of the group separation (0: no p-value)
     group_permutations: int = Field(default=1000, ge=0, le=100_000)
+    #: label permutations for the energy test's p-value (method.md §12.1; 0: no p-value)
+    energy_permutations: int = Field(default=500, ge=0, le=10000)
+    #: novelty: distance to the k-th nearest P image (method.md §12.3)
+    novelty_k: int = Field(default=1, ge=1, le=100)
+    #: novelty: an image is novel beyond this quantile of P's leave-one-out distances
+    novelty_quantile: float = Field(default=0.95, gt=0.0, lt=1.0)
+    #: multiple-testing adjustment of every p-value over the secondaries (method.md §12.4)
+    p_adjustment: Literal["holm", "bh"] = "holm"
+
+
+#: what `ranking.metric` can rank by (closest first), and the metrics.* switch each needs
+RANKING_METRICS: dict[str, str | None] = {
+    "energy_distance": None,
+    "o_dist_mean": None,
+    "mmd": "statistics",
+    "fid": "statistics",
+    "kid": "statistics",
+}
+
+
+class RankingConfig(Strict):
+    """What orders the secondaries, the matrix and the groups (method.md §11, §12)."""
+
+    metric: Literal["energy_distance", "o_dist_mean", "mmd", "fid", "kid"] = "energy_distance"
 
 
 class ReportConfig(Strict):
@@ -362,12 +389,22 @@ class ReportConfig(Strict):
 SUMMARY_ABOVE = 10
 
 
+SelectionStrategy = Literal["novel", "band", "farthest", "kcenter"]
+ExportFormat = Literal["csv", "label-studio", "fiftyone"]
+
+
 class SelectionConfig(Strict):
-    strategy: (
-        Literal["band", "farthest", "kcenter"] | list[Literal["band", "farthest", "kcenter"]]
-    ) = "band"
+    strategy: SelectionStrategy | list[SelectionStrategy] = "novel"
     counts: list[int] = Field(default_factory=lambda: [1, 3, 7])
     band: tuple[float, float] = (0.6, 1.0)
+    #: B: seeded random subsets of each selection's size it is judged against
+    random_subsets: int = Field(default=200, ge=1, le=100_000)
+    #: images selected in earlier runs of the run store (by content hash) are not proposed
+    exclude_previous: bool = True
+    #: images already labelled (ids, folders or URI prefixes): in the pool, never proposed
+    labelled: list[str] = Field(default_factory=list)
+    #: files for labelling tools written into the run folder
+    export: list[ExportFormat] = Field(default_factory=list)
 
     @field_validator("counts")
     @classmethod
@@ -379,7 +416,9 @@ class SelectionConfig(Strict):
     def _strategies(cls, v):
         if isinstance(v, list):
             if not v:
-                raise ValueError("strategy must name at least one of band, farthest, kcenter")
+                raise ValueError(
+                    "strategy must name at least one of novel, band, farthest, kcenter"
+                )
             v = list(dict.fromkeys(v))  # repeats removed, order kept
         return v
 
@@ -390,6 +429,18 @@ class SelectionConfig(Strict):
         if not (0.0 <= lo <= hi <= 1.0):
             raise ValueError("band must be [low, high] with 0 <= low <= high <= 1")
         return v
+
+    @field_validator("labelled")
+    @classmethod
+    def _labelled(cls, v: list[str]) -> list[str]:
+        if any(not str(e).strip() for e in v):
+            raise ValueError("labelled: every entry must name an id, a folder or a prefix")
+        return v
+
+    @field_validator("export")
+    @classmethod
+    def _export(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(v))
 
     @property
     def strategies(self) -> list[str]:
@@ -563,13 +614,18 @@ class AdaptationConfig(Strict):
     checkpoint: str | None = None
     models: list[ArchitectureConfig] | None = Field(default=None, min_length=1)
     counts: list[int] = Field(default_factory=lambda: [1, 3, 7])
-    selection: Literal["band", "farthest", "kcenter"] = "band"
+    selection: SelectionStrategy = "band"
     epochs: int = Field(default=50, ge=1, le=10000)
     image_size: int = Field(default=448, ge=16, le=4096)
     batch_size: int = Field(default=8, ge=1, le=1024)
     lr: float = Field(default=6.0e-5, gt=0, le=10)
     features_from_trained: bool = False
     negatives: NegativesConfig | None = None
+    #: every architecture trains every model once per seed: job.seed, job.seed + 1, ...
+    seeds: int = Field(default=1, ge=1, le=100)
+    #: share of each selectable secondary held out of selection and training, chosen by
+    #: I_dist strata before selection; every model is also scored on it (0: none)
+    held_out: float = Field(default=0.2, ge=0.0, lt=1.0)
 
     _counts = field_validator("counts")(classmethod(lambda cls, v: check_counts(v)))
     _checkpoint = field_validator("checkpoint")(classmethod(lambda cls, v: check_text(v)))
@@ -630,11 +686,13 @@ class Job(Strict):
     adaptation: AdaptationConfig = Field(default_factory=AdaptationConfig)
     history: HistoryConfig = Field(default_factory=HistoryConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    ranking: RankingConfig = Field(default_factory=RankingConfig)
     max_skipped_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
     allow_outside_paths: bool = True
 
     # Set by load_job: the folder that relative paths are resolved against.
     base_dir: Path = Field(default=Path("."), exclude=True)
+    job_file: Path | None = Field(default=None, exclude=True)  # set by load_job
 
     @model_validator(mode="after")
     def _models(self) -> Job:
@@ -666,6 +724,12 @@ class Job(Strict):
                 "pca.shared: one PCA over every dataset applies to datasets.matrix only; "
                 "set datasets.matrix: true or remove pca.shared"
             )
+        switch = RANKING_METRICS[self.ranking.metric]
+        if switch is not None and not getattr(self.metrics, switch):
+            raise ValueError(
+                f"ranking.metric: {self.ranking.metric!r} is computed with metrics.{switch}, "
+                f"which is false; set metrics.{switch}: true or rank by energy_distance"
+            )
         for i, gate in enumerate(self.gates):
             check_gate(self, gate, f"gates[{i}]")
         return self
@@ -696,7 +760,8 @@ def check_gate(job: Job, gate: GateConfig, where: str) -> None:
     primary = job.datasets.primary.name
     metric = gate.metric
     if metric in GROUP_METRICS:
-        labels = list(dict.fromkeys(s.group for s in job.datasets.secondary if s.group))
+        grouped = job.all_datasets if job.datasets.matrix else job.datasets.secondary
+        labels = list(dict.fromkeys(s.group for s in grouped if s.group))
         if len(labels) < 2:
             raise ValueError(
                 f"{where}.metric: {metric!r} compares groups of secondaries; give at least "
@@ -704,7 +769,8 @@ def check_gate(job: Job, gate: GateConfig, where: str) -> None:
                 f"(found: {', '.join(labels) or 'none'})"
             )
         pairs = [f"{a} vs {b}" for i, a in enumerate(labels) for b in labels[i + 1 :]]
-        if gate.dataset != "*" and gate.dataset not in pairs:
+        either = pairs + [f"{b} vs {a}" for i, a in enumerate(labels) for b in labels[i + 1 :]]
+        if gate.dataset != "*" and gate.dataset not in either:
             raise ValueError(
                 f"{where}.dataset: {metric!r} names a pair of groups as 'A vs B' (A listed "
                 f"first in the job) or '*'; use one of {', '.join(pairs)}"
@@ -726,6 +792,10 @@ def check_gate(job: Job, gate: GateConfig, where: str) -> None:
                 f"{where}.metric: {metric!r} is not computed with metrics.{switch}: false; "
                 f"set metrics.{switch}: true or remove the gate"
             )
+    if metric == "energy_p_value" and job.metrics.energy_permutations == 0:
+        raise ValueError(
+            f"{where}.metric: 'energy_p_value' needs metrics.energy_permutations > 0 (it is 0)"
+        )
     if metric == "mmd_p_value" and job.metrics.mmd_permutations == 0:
         raise ValueError(
             f"{where}.metric: 'mmd_p_value' needs metrics.mmd_permutations > 0 (it is 0)"
@@ -747,9 +817,7 @@ def check_gate(job: Job, gate: GateConfig, where: str) -> None:
                 f"{', '.join(lacking) or 'none'} has none (with masks: "
                 f"{', '.join(masked) or 'none'})"
             )
-        models = ["M", *(f"M{q}" for q in ad.counts)]
-        if ad.negatives is not None:
-            models += [f"M_B{q}" for q in ad.negatives.counts]
+        models = model_names(ad.counts, ad.negatives.counts if ad.negatives else None)
         if gate.model is not None and gate.model not in models:
             raise ValueError(
                 f"{where}.model: {gate.model!r} is not an adaptation model of this job; "
@@ -832,4 +900,6 @@ def load_job(path: str | Path) -> Job:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise JobError(f"{path}: malformed YAML{where}; fix the syntax and run again") from None
-    return parse_job(data, path.resolve().parent, str(path))
+    job = parse_job(data, path.resolve().parent, str(path))
+    job.job_file = path.resolve()
+    return job

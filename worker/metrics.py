@@ -244,3 +244,177 @@ def class_distances(i_dist: np.ndarray, labels: list[str | None], n_primary: int
         mean = o / n_primary if o is not None and n_primary else None
         out.append({"name": name, "count": int(len(sel)), "o_dist": o, "o_dist_mean": mean})
     return out
+
+
+# --------------------------------------------------------------------------- energy distance
+
+
+def energy_from_sums(
+    cross_sum: float, within_s_sum: float, within_p_sum: float, m: int, n: int
+) -> dict[str, float]:
+    """Energy distance (Szekely and Rizzo; method.md §12.1) from three distance sums, as a
+    V-statistic (every ordered pair, self-pairs at distance 0 included):
+
+        cross            = E|s - p|  = cross_sum / (m n)      (= o_dist_mean, §1.10)
+        within_secondary = E|s - s'| = within_s_sum / m^2
+        within_primary   = E|p - p'| = within_p_sum / n^2
+        distance         = 2 cross - within_secondary - within_primary   (>= 0)
+        coefficient      = distance / (2 cross)  in [0, 1] (0 when cross is 0)
+
+    cross_sum = sum of the S x P row sums (I_dist), within_*_sum = sum of the S x S / P x P
+    row sums. The V-statistic is the energy distance of the two empirical distributions: never
+    negative (rounding aside, clamped at 0) and exactly 0 for identical sets; it exceeds the
+    population value by about E|s - s'| / m + E|p - p'| / n on average.
+    """
+    if m < 1 or n < 1:
+        raise ValueError(f"energy distance needs images on both sides, got m={m}, n={n}")
+    cross = float(cross_sum) / (m * n)
+    ws = float(within_s_sum) / (m * m)
+    wp = float(within_p_sum) / (n * n)
+    distance = max(0.0, 2.0 * cross - ws - wp)
+    return {
+        "distance": distance,
+        "cross": cross,
+        "within_secondary": ws,
+        "within_primary": wp,
+        "coefficient": distance / (2.0 * cross) if cross > 0 else 0.0,
+    }
+
+
+def energy_distance(S_L: np.ndarray, P_L: np.ndarray, **engine_kw: Any) -> dict[str, float]:
+    """energy_from_sums of S_L (m, z) and P_L (n, z): one S x P, one S x S and one P x P pass
+    of engine.row_distance_sums (float64 accumulation)."""
+    S_L, P_L = np.asarray(S_L), np.asarray(P_L)
+    cross = engine.row_distance_sums(S_L, P_L, **engine_kw).sum()
+    ws = engine.row_distance_sums(S_L, S_L, **engine_kw).sum()
+    wp = engine.row_distance_sums(P_L, P_L, **engine_kw).sum()
+    return energy_from_sums(cross, ws, wp, len(S_L), len(P_L))
+
+
+SPREAD_TOLERANCE = 0.1  # |within_secondary / within_primary - 1| below this: "as varied as P"
+
+
+def energy_explanation(terms: dict[str, float]) -> str:
+    """The energy decomposition in words (method.md §12.2): whether S is shifted (its images
+    are farther from P's than either set's images are from each other) and whether it is less
+    or more varied than P (its own mean pairwise distance against P's)."""
+    cross, ws, wp = terms["cross"], terms["within_secondary"], terms["within_primary"]
+    d = terms["distance"]
+    parts = []
+    if cross > max(ws, wp) * (1 + 1e-12) and d > 0:
+        parts.append(
+            f"S is shifted: an S image lies {cross:.4g} from a P image on average, farther "
+            f"than P's images lie from each other ({wp:.4g}) and S's from each other ({ws:.4g})"
+        )
+    if wp > 0:
+        ratio = ws / wp
+        if ratio < 1 - SPREAD_TOLERANCE:
+            parts.append(
+                f"S is less varied than P: its images lie {ratio:.0%} as far from each other "
+                f"as P's ({ws:.4g} vs {wp:.4g}), so o_dist_mean understates how far it is"
+            )
+        elif ratio > 1 + SPREAD_TOLERANCE:
+            parts.append(
+                f"S is more varied than P: its images lie {ratio:.0%} as far from each other "
+                f"as P's ({ws:.4g} vs {wp:.4g})"
+            )
+    if not parts:
+        parts.append(
+            f"S is as varied as P and not shifted: cross distance {cross:.4g} against spreads "
+            f"{ws:.4g} (S) and {wp:.4g} (P)"
+        )
+    return (
+        f"Energy distance {d:.4g} = 2 x {cross:.4g} - {ws:.4g} - {wp:.4g}. " + "; ".join(parts)
+    ) + "."
+
+
+# --------------------------------------------------------------------------- novelty
+
+
+def kth_nearest_distances(
+    queries: np.ndarray,
+    points: np.ndarray,
+    k: int,
+    *,
+    exclude_self: bool = False,
+    **engine_kw: Any,
+) -> np.ndarray:
+    """Distance from each query (m, z) to its k-th nearest point (n, z), float64 (m,).
+
+    exclude_self: queries and points are the same set and row j ignores point j (by index:
+    leave-one-out). k = 1 goes through engine.nearest_distances (tiled); k > 1 through
+    direct float64 differences in row blocks (memory ~ 64 MB per block). A query with fewer
+    than k admissible points gets inf."""
+    queries, points = np.asarray(queries, np.float64), np.asarray(points, np.float64)
+    if int(k) < 1:
+        raise ValueError(f"novelty k: must be at least 1, got {k}")
+    available = len(points) - (1 if exclude_self else 0)
+    if k > available:
+        return np.full(len(queries), np.inf)
+    if k == 1:
+        d, _ = engine.nearest_distances(queries, points, exclude_self=exclude_self, **engine_kw)
+        return d
+    n, z = points.shape
+    mean = points.mean(axis=0) if n else np.zeros(z)
+    pc = points - mean
+    qc = queries - mean
+    out = np.empty(len(queries))
+    step = max(1, int(64 * 1024 * 1024 // (8 * max(1, n) * max(1, z))))
+    for s in range(0, len(queries), step):
+        e = min(s + step, len(queries))
+        d = np.sqrt(((qc[s:e, None, :] - pc[None, :, :]) ** 2).sum(-1))
+        if exclude_self:
+            d[np.arange(e - s), np.arange(s, e)] = np.inf
+        out[s:e] = np.partition(d, k - 1, axis=1)[:, k - 1]
+    return out
+
+
+def novelty_threshold(loo: np.ndarray, quantile: float) -> float:
+    """P's novelty threshold (method.md §12.3): the q-quantile of P's leave-one-out k-NN
+    distances `loo` (n,), numpy method 'higher' (an order statistic, so an in-distribution
+    image exceeds it with probability at most 1 - q)."""
+    loo = _vector(loo, "loo")
+    if not 0.0 < quantile < 1.0:
+        raise ValueError(f"novelty quantile: must lie in (0, 1), got {quantile}")
+    finite = loo[np.isfinite(loo)]
+    if finite.size == 0:
+        raise ValueError("novelty: P needs at least k + 1 images for leave-one-out distances")
+    return float(np.quantile(finite, quantile, method="higher"))
+
+
+def novelty_scores(d: np.ndarray, loo: np.ndarray) -> dict[str, np.ndarray]:
+    """Per S image, its k-NN distance to P `d` (m,) against P's leave-one-out k-NN distances
+    `loo` (n,) (method.md §12.3):
+
+        novelty_j  = #{i : loo_i < d_j} / n               (in [0, 1]; higher = more novel)
+        p_value_j  = (1 + #{i : loo_i >= d_j}) / (n + 1)  (conformal, in (0, 1])
+
+    Returns {novelty (m,), p_value (m,)}."""
+    d = _vector(d, "d")
+    loo = np.sort(_vector(loo, "loo"))
+    n = loo.size
+    below = np.searchsorted(loo, d, side="left")  # #{loo < d}
+    return {"novelty": below / n, "p_value": (1.0 + (n - below)) / (n + 1.0)}
+
+
+def novelty_summary(d: np.ndarray, loo: np.ndarray, quantile: float) -> dict[str, Any]:
+    """Novelty of a set (method.md §12.3): an image is novel when d_j > threshold (P's
+    q-quantile); novel_fraction against the base rate 1 - q, with the one-sided binomial
+    p-value P(X >= novel_count), X ~ Binomial(m, 1 - q) (scipy). Returns {threshold,
+    novel (m,) bool, novel_count, novel_fraction, base_rate, p_value}."""
+    from scipy.stats import binom
+
+    d = _vector(d, "d")
+    threshold = novelty_threshold(loo, quantile)
+    novel = d > threshold
+    count = int(novel.sum())
+    m = int(d.size)
+    base = 1.0 - float(quantile)
+    return {
+        "threshold": threshold,
+        "novel": novel,
+        "novel_count": count,
+        "novel_fraction": count / m if m else None,
+        "base_rate": base,
+        "p_value": float(binom.sf(count - 1, m, base)) if m else None,
+    }

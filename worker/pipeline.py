@@ -1,7 +1,9 @@
 """run(job) -> RunResult: the one place that wires the stages, top to bottom.
 
-embed -> measure -> [robustness] -> [adapt -> measure with the trained encoder]
-    -> build report (typed, gates last) -> render (figures, PDF, report.json) -> publish
+check -> embed -> measure -> [robustness] -> [matrix] -> [adapt -> measure with the trained
+    encoder] -> report (typed) -> estimate -> history (earlier runs of the store, read as typed
+    Reports through worker.store) -> gates -> render (figures, PDF, report.json) -> publish
+    -> JUnit
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from worker import __version__
+from worker import __version__, exports
 from worker.adapt.masks import check_adaptation_inputs
 from worker.adapt.predictions import score_all_predictions
 from worker.analysis import (
@@ -47,8 +49,10 @@ from worker.results import (
     Perturbation,
     Report,
     RunInfo,
+    SelectionInfo,
 )
-from worker.sources import IMAGE_EXTENSIONS, is_s3, policy_for
+from worker.selection import ALPHA, PAPER_STRATEGY, SelectionMemory, earlier_selections
+from worker.sources import IMAGE_EXTENSIONS, is_s3, listing_policy, policy_for
 from worker.sources.samples import (
     VIDEO_EXTENSIONS,
     check_no_videos_for_adaptation,
@@ -297,8 +301,19 @@ def run(
     junit_path: str | None = None,
 ) -> RunResult:
     """Run every stage of a job, in order, and publish report.json, report.pdf and figures/:
-    embed, measure, robustness, adapt, measure with the trained encoder, build the report,
-    render, publish."""
+    check, embed, measure, robustness, adapt, measure with the trained encoder, report,
+    estimate, history, gates, render, publish, then the JUnit file (`junit_path`)."""
+    with listing_policy(policy_for(job)):
+        return _run(job, out_dir, job_source, show_progress, junit_path)
+
+
+def _run(
+    job: Job,
+    out_dir: str | None,
+    job_source: str | None,
+    show_progress: bool,
+    junit_path: str | None,
+) -> RunResult:
     started = time.time()
     run_id = new_run_id(started)
     out_uri = out_dir or job.resolve(job.output.dir)
@@ -307,13 +322,14 @@ def run(
     scores = score_all_predictions(job)  # the user's own maps (predictions:), also checked early
     with tempfile.TemporaryDirectory(prefix="worker-out-") as tmp:
         staging = Path(tmp)
+        memory = selection_memory(job, out_uri)  # earlier runs' selections, not proposed again
         with compute_engine(job) as engine_info:
             measured: list[Measured] = []
             for model in job.model_list:
                 with stage("embed", model=model.label):
                     embedded = embed_all(job, model, show_progress)
                 with stage("measure", model=model.label), numeric_input_errors():
-                    analysis = analyse_model(embedded.sets[0], embedded.sets[1:], job)
+                    analysis = analyse_model(embedded.sets[0], embedded.sets[1:], job, memory)
                 robustness = None
                 if job.metrics.robustness:
                     with stage("robustness", model=model.label), numeric_input_errors():
@@ -337,11 +353,19 @@ def run(
                 measured,
                 adapted,
                 RunInfo(**_run_info(started, engine_info), run_id=run_id),
-                scores=scores,
-                store=out_uri,
                 matrix=matrix,
             )
+            report.selection = selection_summary(job, memory)
+        with stage("estimate"):
+            attach_estimate(report, scores, job.seed)
+        with stage("history"):
+            attach_history(report, job, out_uri)
+        with stage("gates"):
+            report.gates = evaluate_gates(report, job.gates)
+            report.passed = all(g.passed for g in report.gates)
+        with stage("render"):
             try:
+                write_exports(job, report, measured[0], staging)
                 render_outputs(report, _render_inputs(measured[0], adapted, job), staging)
             except OSError as err:
                 raise JobError(
@@ -353,9 +377,7 @@ def run(
                 staging, out_uri, job.storage, started=started, run_id=run_id, keep=job.output.keep
             )
     if junit_path:
-        from worker.report.junit import write_junit
-
-        write_junit(report, Path(junit_path))
+        write_junit_file(report, junit_path)
     LOGGER.info("reports written to %s", published.run_uri, extra={"fields": {"out": out_uri}})
     return RunResult(report, out_uri, published.run_id, published.run_uri)
 
@@ -444,8 +466,19 @@ def adapt(job: Job, analysis: ModelAnalysis, sets: dict, artifacts: Path) -> Ada
     def per_image(key: str) -> dict[str, dict[str, float]]:
         return {e.name: {im.id: getattr(im, key) for im in e.images} for e in analysis.secondaries}
 
+    held_out = {
+        e.name: [e.images[i].id for i in analysis.held_out[e.name]]
+        for e in analysis.secondaries
+        if e.name in sets and e.name in analysis.held_out
+    }
     block, extras = run_adaptation(
-        job, sets, selections, per_image("i_dist_scaled"), artifacts, i_dist=per_image("i_dist")
+        job,
+        sets,
+        selections,
+        per_image("i_dist_scaled"),
+        artifacts,
+        i_dist=per_image("i_dist"),
+        held_out=held_out,
     )
     return Adapted(
         block=block,
@@ -504,13 +537,10 @@ def build_report(
     measured: list[Measured],
     adapted: Adapted | None,
     run_info: RunInfo,
-    scores: dict | None = None,
-    store: str | None = None,
     matrix: DatasetMatrix | None = None,
 ) -> Report:
     """report.json as one typed Report: the first extractor's blocks at the top level, every
-    extractor in `models`, the performance estimate, the history against earlier runs of
-    `store`, the gates evaluated last."""
+    extractor in `models`. The estimate, history and gates stages complete it (run())."""
     from worker import stats
 
     first = measured[0].analysis
@@ -563,15 +593,24 @@ def build_report(
         robustness=robustness,
         adaptation=adapted.block if adapted else None,
         ranking=rank_secondaries(first.secondaries, job),
-        groups=compare_groups(first.secondaries, job),
+        groups=compare_groups(first.secondaries, job, matrix),
         matrix=matrix,
     )
-    attach_estimate(report, scores, job.seed)
-    if store is not None:
-        attach_history(report, job, store)
-    report.gates = evaluate_gates(report, job.gates)
-    report.passed = all(g.passed for g in report.gates)
     return report
+
+
+def write_junit_file(report: Report, junit: str) -> None:
+    """Gate results as JUnit XML, atomically, once the reports are published (a run that
+    published nothing writes no JUnit file)."""
+    from worker.report.junit import write_junit
+
+    try:
+        write_junit(report, Path(junit))
+    except OSError as err:
+        raise JobError(
+            f"--junit: cannot write {junit} ({err.strerror or err}); the reports were "
+            "published; choose another --junit path"
+        ) from None
 
 
 def attach_estimate(report: Report, scores: dict | None, seed: int) -> None:
@@ -581,7 +620,7 @@ def attach_estimate(report: Report, scores: dict | None, seed: int) -> None:
         return  # no labelled evidence (and no scikit-learn import for it)
     from worker.estimate import estimate_from_report
 
-    estimate = estimate_from_report(report.model_dump(mode="json"), scores, seed=seed)
+    estimate = estimate_from_report(report, scores, seed=seed)
     if estimate is None:
         return
     for sec in report.secondaries:
@@ -593,23 +632,50 @@ def attach_estimate(report: Report, scores: dict | None, seed: int) -> None:
 
 def attach_history(report: Report, job: Job, store: str) -> None:
     """Compare this run with the earlier runs of the same store (method.md §6): the `history`
-    block, and `new` on every image of a secondary that the previous run also had. The first
-    run of a store (no earlier run, no baseline) gets no block."""
-    from worker.history import collect_history
+    block, and `new` on every image of a secondary that the previous run also had. Earlier
+    runs are read as typed Reports by worker.store (one reader); one that cannot be read is
+    skipped, and the skip is in report.warnings, on stderr and in the gate reasons it
+    changes. The first run of a store (no earlier run, no baseline, nothing skipped) gets
+    no block."""
+    from worker.estimate import estimated_vs_realised
+    from worker.history import build_history
+    from worker.store import earlier_runs, is_run_id, load_report, load_run
 
-    history = collect_history(
-        store,
-        report.model_dump(mode="json"),
-        max_runs=job.history.max_runs,
-        baseline=job.history.baseline,
-        band=tuple(job.selection.band),
-        storage=job.storage,
-        base_dir=job.base_dir,
-        run_id=report.run.run_id,
+    previous, skipped = earlier_runs(
+        store, before=report.run.run_id, max_runs=job.history.max_runs, storage=job.storage
     )
-    if history.previous_run is None and not history.baseline:
+    baseline = label = None
+    ref = job.history.baseline
+    if ref:
+        try:
+            if is_run_id(ref):
+                baseline = load_run(store, ref, job.storage)
+            else:
+                loc = ref if is_s3(ref) or Path(ref).is_absolute() else str(job.base_dir / ref)
+                baseline = load_report(loc, storage=job.storage)
+                label = ref
+        except JobError as err:
+            raise JobError(
+                f"history.baseline: {err}; give an existing run id of {store} or a readable "
+                "report.json path"
+            ) from None
+    for warning in skipped:
+        LOGGER.warning("%s", warning)
+    history = build_history(
+        report,
+        previous,
+        baseline,
+        tuple(job.selection.band),
+        baseline_label=label,
+        run_id=report.run.run_id,
+        skipped=skipped,
+    )
+    report.warnings = sorted(set(report.warnings) | set(history.warnings))
+    if history.previous_run is None and not history.baseline and not skipped:
         return  # a first run: nothing to compare, and report.json stays free of run ids
     report.history = history
+    # estimates of earlier runs against the F realised once masks arrived (method-estimate.md)
+    history.estimates = estimated_vs_realised([*previous, report])
     for sec in report.secondaries:
         new = history.new_ids.get(sec.name)
         if new is None:
@@ -617,6 +683,43 @@ def attach_history(report: Report, job: Job, store: str) -> None:
         new = set(new)
         for im in sec.images:
             im.new = im.id in new
+
+
+def selection_memory(job: Job, store: str) -> SelectionMemory | None:
+    """What the earlier runs of the run store selected (selection.exclude_previous; method.md
+    §3.6), read one report at a time; None when exclusion is off."""
+    if not job.selection.exclude_previous:
+        return None
+    from worker.store import each_run
+
+    skipped: list[str] = []
+    memory = earlier_selections(each_run(store, storage=job.storage, skipped=skipped))
+    for warning in skipped:
+        LOGGER.warning("selection.exclude_previous: %s", warning)
+    return memory
+
+
+def selection_summary(job: Job, memory: SelectionMemory | None) -> SelectionInfo:
+    """report.json's `selection` block: strategies, judging, memory and exports."""
+    cfg = job.selection
+    return SelectionInfo(
+        strategies=cfg.strategies,
+        paper_strategy=PAPER_STRATEGY,
+        random_subsets=cfg.random_subsets,
+        alpha=ALPHA,
+        exclude_previous=cfg.exclude_previous,
+        earlier_runs=0 if memory is None else memory.runs,
+        labelled=list(cfg.labelled),
+        exports=[exports.FILES[f] for f in exports.FILES if f in cfg.export],
+    )
+
+
+def write_exports(job: Job, report: Report, first: Measured, folder: Path) -> None:
+    """selection.csv / label-studio.json / fiftyone.json into the run folder (selection.export)."""
+    if not job.selection.export:
+        return
+    locations = {s.name: dict(zip(s.ids, s.uris, strict=False)) for s in first.embedded.sets}
+    exports.write_exports(job.selection.export, exports.export_rows(report, locations), folder)
 
 
 def _render_inputs(first: Measured, adapted: Adapted | None, job: Job) -> RenderInputs:

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from worker.adapt.results import Adaptation
+from worker.adapt.block import Adaptation
+from worker.base import Model
 
-SCHEMA_VERSION = "1.2.0"
+SCHEMA_VERSION = "1.3.0"
 
 
 def _is_none(value: Any) -> bool:
@@ -32,10 +33,8 @@ def optional_block(description: str) -> Any:
     return Field(default=None, exclude_if=_is_none, description=description)
 
 
-class Result(BaseModel):
+class Result(Model):
     """Base of every report block: unknown keys and non-finite floats are refused."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=False)
 
 
 Count = Annotated[int, Field(ge=0)]
@@ -164,6 +163,19 @@ class ImageResult(Result):
     source: ImageSource | None = optional_block(
         "For a video frame or an object crop: its source file and position."
     )
+    nn_distance: float | None = optional_block(
+        "Distance to the k-th nearest P image (novelty.k; method.md §12.3; >= 0)."
+    )
+    novelty: float | None = optional_block(
+        "Share of P's leave-one-out k-NN distances below nn_distance (in [0, 1]; higher = "
+        "more novel; method.md §12.3)."
+    )
+    novelty_p_value: float | None = optional_block(
+        "Conformal p-value (1 + #{P leave-one-out >= nn_distance}) / (|P| + 1), in (0, 1]."
+    )
+    novel: bool | None = optional_block(
+        "True when nn_distance exceeds P's novelty threshold (its q-quantile; method.md §12.3)."
+    )
 
 
 class PairPca(Result):
@@ -178,10 +190,37 @@ class PairPca(Result):
     warnings: list[str] = Field(default_factory=list, description="What the fit had to adjust.")
 
 
+class RandomComparison(Result):
+    """One aim of a selection against B seeded random subsets of the same size drawn from the
+    same candidates (method.md §3.5)."""
+
+    aim: Literal["novelty", "coverage", "novel_coverage"] = Field(
+        description="novelty: mean per-image novelty of the chosen images (higher is better); "
+        "coverage: covering radius of S by the pool (P, earlier selections, labelled images) "
+        "plus the chosen images (lower is better); novel_coverage: the same for the novel "
+        "images of S."
+    )
+    decides: bool = Field(description="True when this aim is the strategy's own (its verdict).")
+    higher_is_better: bool = Field(description="True for novelty, false for the radii.")
+    value: float | None = Field(description="The selection's value on this aim.")
+    random: Summary = Field(description="The random subsets' values on this aim.")
+    subsets: Count = Field(description="Random subsets drawn (selection.random_subsets).")
+    percentile: float | None = Field(
+        description="Share of random subsets the selection does better than, ties counted "
+        "half, in percent ([0, 100]); null when not judged."
+    )
+    p_value: float | None = Field(
+        description="(1 + random subsets at least as good) / (subsets + 1), in (0, 1]."
+    )
+    beats_random: bool | None = Field(
+        description="p_value <= 0.05; null when not judged (no image, or every candidate)."
+    )
+
+
 class SelectionResult(Result):
     """The images one strategy picks from S for labelling (method.md §3)."""
 
-    strategy: str = Field(description="band, farthest or kcenter.")
+    strategy: str = Field(description="novel, band, farthest or kcenter.")
     count: Count = Field(description="Number of images chosen.")
     ids: list[str] = Field(description="Chosen image ids, in the order chosen.")
     diversity: Spread | None = Field(description="Diversity of the chosen images.")
@@ -195,6 +234,56 @@ class SelectionResult(Result):
     random_coverage: Cover | None = optional_block(
         "Coverage of all of S by the same seeded random subset as random_diversity."
     )
+    aim: str | None = optional_block(
+        "What the strategy aims at: novelty (band, farthest), coverage (kcenter), novelty and "
+        "coverage of the novel images (novel)."
+    )
+    against_random: list[RandomComparison] | None = optional_block(
+        "The selection against random subsets of its size, one entry per aim (method.md §3.5)."
+    )
+    beats_random: bool | None = Field(
+        default=None,
+        description="True when the selection beats random on every aim of its strategy, false "
+        "when it fails one, null when it was not judged.",
+    )
+    verdict: str | None = optional_block("The comparison with random in plain words.")
+
+
+class SelectionInfo(Result):
+    """How this run chose what to label (method.md §3): strategies, judging, memory, exports."""
+
+    strategies: list[str] = Field(description="selection.strategy, in job order.")
+    paper_strategy: str = Field(
+        description="The strategy the paper used (section 4.3): band, random within the band "
+        "of scaled I_dist."
+    )
+    random_subsets: Count = Field(description="B: random subsets each selection is judged on.")
+    alpha: float = Field(description="A selection beats random when its p_value <= alpha.")
+    exclude_previous: bool = Field(
+        description="True when images selected in earlier runs of the store are not proposed."
+    )
+    earlier_runs: Count = Field(description="Earlier runs of the store whose selections count.")
+    labelled: list[str] = Field(description="selection.labelled: images already labelled.")
+    exports: list[str] = Field(
+        description="Files written into the run folder for labelling tools (selection.export)."
+    )
+
+
+class SelectionPool(Result):
+    """What a secondary's selections could not propose (method.md §3.6)."""
+
+    candidates: Count = Field(description="Images that could be proposed.")
+    earlier_selected: Count = Field(
+        description="Images selected in an earlier run of the store (by content hash), not "
+        "proposed again (selection.exclude_previous)."
+    )
+    labelled: Count = Field(description="Images named by selection.labelled, never proposed.")
+    novel: Count = Field(description="Novel images (beyond P's calibrated quantile).")
+    held_out: Count = Field(
+        default=0,
+        description="Images of the adaptation's held-out split: never selected, scored by "
+        "every model (adaptation.held_out).",
+    )
 
 
 class MmdResult(Result):
@@ -206,6 +295,9 @@ class MmdResult(Result):
     permutations: Count = Field(description="Number of label permutations.")
     n_x: Count = Field(description="P samples used (after subsampling).")
     n_y: Count = Field(description="S samples used (after subsampling).")
+    p_value_adjusted: float | None = optional_block(
+        "p_value adjusted over the secondaries (metrics.p_adjustment; method.md §12.4)."
+    )
 
 
 class KidResult(Result):
@@ -275,6 +367,69 @@ class Duplicates(Result):
     )
 
 
+class EnergyResult(Result):
+    """Energy distance of S from P in the pair's PCA space, its terms, its permutation test and
+    its decomposition in words (method.md §12.1-12.2)."""
+
+    distance: float = Field(
+        description="2 cross - within_secondary - within_primary (V-statistic; >= 0, 0 for "
+        "identical sets; distance units)."
+    )
+    cross: float = Field(description="E|s - p|: mean S-P distance (= o_dist_mean; >= 0).")
+    within_secondary: float = Field(description="E|s - s'|: mean distance within S (>= 0).")
+    within_primary: float = Field(description="E|p - p'|: mean distance within P (>= 0).")
+    coefficient: float = Field(
+        description="distance / (2 cross), in [0, 1]: unit-free (0 = same distribution)."
+    )
+    p_value: float | None = Field(
+        description="Permutation p-value (1 + #{perm >= obs}) / (1 + permutations), in (0, 1]; "
+        "null without permutations."
+    )
+    p_value_adjusted: float | None = Field(
+        description="p_value adjusted over the secondaries (metrics.p_adjustment; §12.4)."
+    )
+    min_p_value: float | None = Field(
+        description="Smallest attainable p_value: 1 / (1 + permutations)."
+    )
+    permutations: Count = Field(description="Label permutations (metrics.energy_permutations).")
+    n_x: Count = Field(description="P samples the test used (after subsampling).")
+    n_y: Count = Field(description="S samples the test used (after subsampling).")
+    explanation: str = Field(
+        description="Why S is far or near, in words: shifted, less or more varied than P."
+    )
+
+
+class NoveltySummary(Result):
+    """Per-image novelty against P, summarised for S (method.md §12.3)."""
+
+    k: int = Field(ge=1, description="The k of the k-th nearest P image (novelty.k).")
+    quantile: float = Field(description="q (novelty.quantile): novel beyond P's q-quantile.")
+    threshold: float = Field(
+        description="q-quantile of P's leave-one-out k-NN distances (distance units)."
+    )
+    novel_count: Count = Field(description="Images of S beyond the threshold.")
+    novel_fraction: float | None = Field(description="novel_count / |S|, in [0, 1].")
+    base_rate: float = Field(
+        description="1 - q: the novel fraction expected of a set drawn like P (e.g. 0.05)."
+    )
+    p_value: float | None = Field(
+        description="One-sided binomial P(X >= novel_count), X ~ Binomial(|S|, base_rate)."
+    )
+    p_value_adjusted: float | None = Field(
+        description="p_value adjusted over the secondaries (metrics.p_adjustment; §12.4)."
+    )
+
+
+class Verdict(Result):
+    """A verdict page 1 prints as it is (method.md §12.5)."""
+
+    label: Literal["same", "shifted", "far"] = Field(
+        description="same: no detectable difference; shifted: a significant difference; far: "
+        "most of S lies beyond P's envelope."
+    )
+    reason: str = Field(description="The numbers behind the label, in words.")
+
+
 # --------------------------------------------------------------------------- per dataset
 
 
@@ -304,6 +459,9 @@ class SecondaryResult(Result):
     selections: list[SelectionResult] = Field(
         description="One entry per (strategy, count) of the job's selection."
     )
+    selection_pool: SelectionPool | None = optional_block(
+        "Candidates and the images left out of every selection of this secondary."
+    )
     statistics: Statistics | None = optional_block("Yardsticks (metrics.statistics).")
     duplicates: Duplicates | None = optional_block("Duplicates (metrics.duplicates).")
     estimate: DatasetEstimate | None = optional_block(
@@ -316,6 +474,15 @@ class SecondaryResult(Result):
     )
     crops: CropClasses | None = optional_block(
         "Per-class counts and O_dist of a secondary made of object crops (boxes:)."
+    )
+    energy: EnergyResult | None = optional_block(
+        "Energy distance of S from P, its terms, test and explanation (method.md §12.1)."
+    )
+    novelty: NoveltySummary | None = optional_block(
+        "Novel images of S against P's own leave-one-out distances (method.md §12.3)."
+    )
+    verdict: Verdict | None = optional_block(
+        "same / shifted / far, with its reason (method.md §12.5)."
     )
 
 
@@ -427,10 +594,37 @@ class Perturbation(Result):
 # --------------------------------------------------------------------------- many datasets
 
 
-class Ranking(Result):
-    """Secondaries ranked by the size-free o_dist_mean (method.md §9), closest first."""
+RankingMetric = Literal["energy_distance", "o_dist_mean", "mmd", "fid", "kid"]
 
-    by: Literal["o_dist_mean"] = Field(description="The ranking key (size-free distance).")
+
+class RankDisagreement(Result):
+    """A secondary whose rank by the ranking metric differs from its rank by the paper's
+    o_dist_mean, and why (method.md §12.2)."""
+
+    name: str = Field(description="Secondary name.")
+    rank: int = Field(ge=1, description="Its rank by ranking.metric (1 = closest).")
+    o_dist_mean_rank: int = Field(ge=1, description="Its rank by o_dist_mean (1 = closest).")
+    explanation: str = Field(description="Why, in words (the energy decomposition).")
+
+
+class Ranking(Result):
+    """Secondaries ranked by ranking.metric (default the energy distance, method.md §12),
+    closest first."""
+
+    by: RankingMetric = Field(description="The ranking key (same as metric).")
+    metric: RankingMetric = Field(
+        default="energy_distance",
+        description="ranking.metric: energy_distance, o_dist_mean, mmd (MMD²), fid or kid "
+        "(KID mean); every ranking is closest first.",
+    )
+    values: ByName = Field(
+        default_factory=dict, description="Secondary -> its value of the ranking metric."
+    )
+    disagreements: list[RankDisagreement] = Field(
+        default_factory=list,
+        description="Secondaries ranked differently by o_dist_mean (the paper's distance), "
+        "with the reason.",
+    )
     top_k: Count = Field(description="report.top_k: how many names each end lists.")
     order: list[str] = Field(
         description="Every secondary, closest first (ties: job order; no value: last)."
@@ -460,6 +654,9 @@ class GroupSummary(Result):
     name: str = Field(description="Group label from the job.")
     members: list[str] = Field(description="Secondaries of the group, in job order.")
     o_dist_mean: Summary = Field(description="Summary of the members' o_dist_mean (std ddof 0).")
+    values: Summary | None = optional_block(
+        "Summary of the members' values of the ranking metric (groups.metric; std ddof 0)."
+    )
 
 
 class GroupPair(Result):
@@ -474,13 +671,28 @@ class GroupPair(Result):
         "((1 + hits) / (1 + permutations), in (0, 1]); null without permutations."
     )
     permutations: Count = Field(description="Label permutations (metrics.group_permutations).")
+    separation: float | None = optional_block(
+        "In [0, 1], the same whichever group is listed first: from the matrix, the AUC of "
+        "within-group entries below between-group ones; else max(auc, 1 - auc) (§12.6)."
+    )
+    p_value_adjusted: float | None = optional_block(
+        "p_value adjusted over the pairs of groups (metrics.p_adjustment)."
+    )
 
 
 class Groups(Result):
-    """Groups of secondaries and how well o_dist_mean separates them."""
+    """Groups of secondaries (or of every dataset of the matrix) and how well the ranking
+    metric separates them."""
 
     groups: list[GroupSummary] = Field(description="Every group, in order of first appearance.")
     pairs: list[GroupPair] = Field(description="One entry per pair of groups.")
+    metric: RankingMetric | None = optional_block(
+        "The ranking metric the values, auc and separation use (ranking.metric)."
+    )
+    basis: Literal["matrix", "primary"] | None = optional_block(
+        "matrix: separation from the energy (or o_dist_mean) matrix over every dataset; "
+        "primary: from each secondary's value against the primary."
+    )
 
 
 class DatasetMatrix(Result):
@@ -499,7 +711,16 @@ class DatasetMatrix(Result):
         description="Names in the leaf order of an average-linkage clustering (scipy)."
     )
     nearest: dict[str, str | None] = Field(
-        description="Dataset -> the other dataset with the smallest o_dist_mean."
+        description="Dataset -> the other dataset with the smallest entry of the matrix that "
+        "orders (ordered_by)."
+    )
+    energy: list[list[float]] | None = optional_block(
+        "[i][j] = energy distance of datasets i and j in their pair's space (method.md "
+        "§12.1; symmetric, zero diagonal)."
+    )
+    ordered_by: Literal["energy", "o_dist_mean"] | None = optional_block(
+        "The matrix behind order and nearest: o_dist_mean when ranking.metric is o_dist_mean, "
+        "else energy."
     )
 
 
@@ -591,9 +812,15 @@ class LabelledSet(Result):
     ods_threshold: float | None = Field(description="ODS threshold, 0..0.99; null if unknown")
     mean_f: float = Field(description="mean per-image F at the ODS threshold, 0..1")
     loo_estimate: float | None = Field(
-        description="estimate of this set's ODS from the other labelled sets, 0..1"
+        description="estimate of this set's ODS by the whole procedure (predictor choice "
+        "included) run on the other labelled sets, 0..1"
     )
     loo_error: float | None = Field(description="|loo_estimate - ods_f|, F units, 0..1")
+    loo_predictor: str | None = Field(
+        default=None,
+        description="the predictor that procedure chose without this set (nested "
+        "leave-one-out); null when no estimate is made",
+    )
 
 
 class Curve(Result):
@@ -603,6 +830,51 @@ class Curve(Result):
     f: list[float] = Field(description="fitted F at each x, 0..1, non-increasing")
     low: list[float] = Field(description="5th bootstrap percentile of the fit at each x, 0..1")
     high: list[float] = Field(description="95th bootstrap percentile of the fit at each x, 0..1")
+
+
+class CandidateScore(Result):
+    """One candidate predictor of a set's ODS, scored by leave-one-labelled-set-out error."""
+
+    name: str = Field(
+        description="'no_skill' (mean labelled ODS), 'i_dist_mean' (size-free I_dist), "
+        "'novelty' (calibrated per-image novelty) or 'energy' (set-level energy distance)"
+    )
+    description: str = Field(description="the predictor and its fit, in words")
+    level: Literal["image", "set"] = Field(
+        description="'image': a per-image fit of F, averaged over the set and calibrated to "
+        "ODS; 'set': a fit of ODS on one value per set"
+    )
+    available: bool = Field(description="every labelled and unlabelled set has its values")
+    reason: str | None = Field(description="why it is not available; null when it is")
+    loo_mae: float | None = Field(
+        description="mean over labelled sets of |estimate without the set - its ODS|, F units"
+    )
+    loo_estimates: list[float | None] = Field(
+        description="its estimate of each labelled set's ODS from the others, in `labelled` "
+        "order, 0..1"
+    )
+    set_values: list[float | None] = Field(
+        description="the predictor's value of each labelled set, in `labelled` order (mean "
+        "over its images for image-level predictors); higher = farther"
+    )
+    chosen: bool = Field(description="the predictor chosen on all labelled sets")
+    skill: bool = Field(
+        default=False,
+        description="not no_skill, and its loo_mae beats no_skill's by more than "
+        "sampling_error; extrapolation is judged on the predictors with skill",
+    )
+
+
+class EstimateRange(Result):
+    """Where one secondary lies against the labelled sets on one predictor."""
+
+    predictor: str = Field(description="candidate predictor name")
+    value: float = Field(description="the secondary's value of the predictor (higher = farther)")
+    low: float = Field(description="smallest labelled set value")
+    high: float = Field(description="largest labelled set value")
+    side: Literal["inside", "below", "above"] = Field(
+        description="'above': farther than every labelled set; 'below': closer than every one"
+    )
 
 
 class ImageEstimate(Result):
@@ -625,14 +897,20 @@ class DatasetEstimate(Result):
     estimated_f: float | None = Field(
         description="estimated ODS F-score, 0..1; null when no estimate (see reason)"
     )
-    low: float | None = Field(description="lower end of the 90% interval, 0..1")
-    high: float | None = Field(description="upper end of the 90% interval, 0..1")
+    low: float | None = Field(
+        description="lower end of the 90% interval from the leave-one-set-out errors (between-"
+        "set error included), 0..1; 0 when farther than every labelled set"
+    )
+    high: float | None = Field(
+        description="upper end of the 90% interval, 0..1; 1 when closer than every labelled set"
+    )
     loo_mae: float | None = Field(
-        description="leave-one-labelled-dataset-out mean absolute error of this estimator, F"
+        description="leave-one-labelled-dataset-out MAE of the whole procedure (nested), F"
     )
     extrapolation: bool = Field(
-        description="true when more than EXTRAPOLATION_SHARE of the images lie outside the "
-        "labelled i_dist_mean range"
+        description="true when the set lies outside the labelled sets' range on some "
+        "predictor (see ranges), or more than EXTRAPOLATION_SHARE of its images lie outside "
+        "the labelled images' i_dist_mean range; no point estimate then"
     )
     share_outside: float | None = Field(
         description="share of images outside the labelled i_dist_mean range, 0..1"
@@ -651,6 +929,48 @@ class DatasetEstimate(Result):
         "copy: dump with exclude={'secondaries': {'__all__': {'images'}}})",
     )
     reason: str | None = Field(description="why there is no estimate; null when there is one")
+    predictor: str | None = Field(
+        default=None, description="the chosen predictor the estimate comes from; null if none"
+    )
+    predictor_value: float | None = Field(
+        default=None, description="this secondary's value of the chosen predictor"
+    )
+    interval_method: str | None = Field(
+        default=None,
+        description="how low/high were made: 'jackknife+' or 'student-t' (method-estimate.md)",
+    )
+    ranges: list[EstimateRange] = Field(
+        default_factory=list,
+        description="this secondary against the labelled sets' range on every available "
+        "predictor (no_skill left out)",
+    )
+    extrapolation_side: Literal["above", "below"] | None = Field(
+        default=None,
+        description="'above': farther than every labelled set on some predictor (F bounded "
+        "above only: low is 0); 'below': closer (high is 1); null when inside",
+    )
+    novel_count: int | None = Field(
+        default=None, description="images flagged novel (calibrated novelty), >= 0"
+    )
+    novel_fraction: float | None = Field(
+        default=None, description="novel_count / count, 0..1; beside it the base rate"
+    )
+    novelty_base_rate: float | None = Field(
+        default=None, description="share of novel images expected of an unshifted set (1 - q)"
+    )
+
+    def gate_value(self, minimum: float | None, maximum: float | None) -> float | None:
+        """The `estimated_f` gate's value: the interval's lower end against a `min`, its upper
+        end against a `max` (the failing end when both are given); None, so the gate fails
+        with `reason`, when no estimate was made (no skill, extrapolation, too little
+        evidence)."""
+        if self.estimated_f is None or self.low is None or self.high is None:
+            return None
+        if minimum is not None and (maximum is None or self.low < minimum):
+            return self.low
+        if maximum is not None and self.high > maximum:
+            return self.high
+        return self.low if minimum is not None else self.high
 
 
 class Estimate(Result):
@@ -660,8 +980,11 @@ class Estimate(Result):
     method: str = Field(description="the estimator in words")
     made: bool = Field(description="whether estimates were made")
     reason: str | None = Field(description="why not, when made is false")
-    seed: int = Field(description="bootstrap seed")
-    n_bootstrap: int = Field(description="bootstrap replicates, >= 0")
+    seed: int = Field(description="seed of the curves' bootstrap bands")
+    n_bootstrap: int = Field(
+        description="bootstrap replicates of the curves' bands (descriptive; the estimate's "
+        "interval comes from the leave-one-set-out errors), >= 0"
+    )
     interval: float = Field(description="central interval coverage, 0..1")
     min_labelled_datasets: int = Field(description="labelled datasets needed for an estimate")
     min_labelled_images: int = Field(description="labelled images needed for an estimate")
@@ -670,9 +993,13 @@ class Estimate(Result):
         "is flagged as extrapolation, 0..1"
     )
     offset: float | None = Field(
-        description="mean labelled ODS minus mean fitted per-image F, F units, -1..1"
+        description="i_dist_mean predictor: mean labelled ODS minus mean fitted per-image F, "
+        "F units, -1..1"
     )
-    loo_mae: float | None = Field(description="leave-one-labelled-dataset-out MAE, F units")
+    loo_mae: float | None = Field(
+        description="leave-one-labelled-dataset-out MAE of the whole procedure, the choice of "
+        "predictor included (nested), F units"
+    )
     dataset_fit_loo_mae: float | None = Field(
         description="leave-one-out MAE of the dataset-level fit (ODS on o_dist_mean), F units"
     )
@@ -687,10 +1014,75 @@ class Estimate(Result):
     )
     dataset_curve: Curve | None = Field(description="fit of ODS on o_dist_mean with its band")
     secondaries: list[DatasetEstimate] = Field(description="one estimate per unlabelled set")
+    candidates: list[CandidateScore] = Field(
+        default_factory=list,
+        description="every candidate predictor with its leave-one-out error; the one with "
+        "the smallest error is chosen (no_skill on ties)",
+    )
+    chosen: str | None = Field(
+        default=None, description="the predictor chosen on all labelled sets; null if none"
+    )
+    no_skill_loo_mae: float | None = Field(
+        default=None, description="leave-one-out MAE of the no-skill baseline (mean ODS), F"
+    )
+    sampling_error: float | None = Field(
+        default=None,
+        description="mean over labelled sets of std(per-image F) / sqrt(images): the noise "
+        "a predictor's LOO error must beat the no-skill error by, F units",
+    )
+    skill: bool | None = Field(
+        default=None,
+        description="the chosen predictor's LOO MAE beats no_skill_loo_mae by more than "
+        "sampling_error; no estimate without it (reason 'no skill')",
+    )
+    interval_method: str | None = Field(
+        default=None,
+        description="'jackknife+' (distribution-free, needs >= 9 labelled sets at 90%) or "
+        "'student-t' (normal between-set errors, fewer sets)",
+    )
 
     def for_dataset(self, name: str) -> DatasetEstimate | None:
         """The estimate block of secondary `name`, or None."""
         return next((s for s in self.secondaries if s.dataset == name), None)
+
+
+class RealisedEstimate(Result):
+    """A secondary estimated in one run and labelled in a later one: estimate against truth."""
+
+    dataset: str = Field(description="secondary name")
+    run_id: str | None = Field(description="the run that made the estimate")
+    finished: str | None = Field(description="run.finished of that run, ISO 8601 UTC")
+    estimated_f: float | None = Field(
+        description="its estimated ODS, 0..1 (null: no point estimate; see reason)"
+    )
+    low: float | None = Field(description="its 90% interval's lower end, 0..1")
+    high: float | None = Field(description="its 90% interval's upper end, 0..1")
+    predictor: str | None = Field(description="the predictor the estimate came from")
+    reason: str | None = Field(description="why that run made no point estimate, if it did not")
+    realised_run_id: str | None = Field(
+        description="the first later run with masks (or predictions) for the secondary"
+    )
+    realised_f: float = Field(description="its realised ODS in that run, 0..1")
+    error: float | None = Field(description="estimated_f - realised_f, F units")
+    covered: bool | None = Field(description="low <= realised_f <= high; null without interval")
+    running_mae: float | None = Field(
+        description="mean |error| of every pair up to this one (oldest first), F units"
+    )
+
+
+class EstimateTrack(Result):
+    """Estimated against realised performance over the runs of a store (NannyML style)."""
+
+    source: str | None = Field(
+        description="the model whose F is compared ('predictions' or 'adaptation:<model>')"
+    )
+    points: list[RealisedEstimate] = Field(
+        description="one per (estimating run, secondary) later labelled, oldest first"
+    )
+    mae: float | None = Field(description="mean |error| over the points with an estimate, F")
+    coverage: float | None = Field(
+        description="share of the points with an interval whose interval held the realised F"
+    )
 
 
 # --------------------------------------------------------------------------- history (runs)
@@ -795,6 +1187,19 @@ class History(Result):
         description="secondary -> ids of its images flagged new: true (all others false)"
     )
     warnings: list[str] = Field(description="why some runs may not be comparable, or were skipped")
+    skipped_runs: list[str] | None = optional_block(
+        "Earlier runs of the store skipped because their report.json could not be read (empty, "
+        "truncated, a field of the wrong type), each with why; the runs above exclude them."
+    )
+    not_comparable: str | None = optional_block(
+        "Why the reference run of o_dist_mean_change (the baseline if set, else the previous "
+        "run) measured something else (another extractor, image size, primary or PCA dims): "
+        "o_dist_mean_change is then null and a gate on it fails with this reason."
+    )
+    estimates: EstimateTrack | None = optional_block(
+        "Secondaries estimated in an earlier run and labelled later: estimate against "
+        "realised ODS, with the estimator's running error (method-estimate.md)."
+    )
 
 
 # --------------------------------------------------------------------------- the report
@@ -839,6 +1244,9 @@ class Report(Result):
     )
     history: History | None = optional_block(
         "This run against the earlier runs of the same store (a run store with earlier runs)."
+    )
+    selection: SelectionInfo | None = optional_block(
+        "How the selections were chosen, judged, remembered and exported (method.md §3)."
     )
     ranking: Ranking | None = optional_block(
         "Secondaries ranked by o_dist_mean, with the report.top_k closest and farthest."

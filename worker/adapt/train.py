@@ -92,25 +92,6 @@ def load_pair(
     return image, resize_mask(mask, image_size), mask
 
 
-def load_training_set(
-    samples: list[Sample], image_size: int, storage=None
-) -> tuple[torch.Tensor, torch.Tensor, list[Sample]]:
-    """(X (N, 3, S, S) float32 in [0, 1], Y (N, 1, S, S) float32 0/1, the samples kept)."""
-    images, masks, kept = [], [], []
-    for s in samples:
-        pair = load_pair(s, image_size, storage)
-        if pair is None:
-            continue
-        images.append(pair[0])
-        masks.append(pair[1])
-        kept.append(s)
-    if not kept:
-        raise JobError("adaptation: no usable training images (every image failed to decode)")
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0)
-    y = torch.from_numpy(np.stack(masks)).float().unsqueeze(1)
-    return x.contiguous(), y.contiguous(), kept
-
-
 def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
     """Binary cross-entropy on logits plus soft Dice (over the whole batch)."""
     bce = F.binary_cross_entropy_with_logits(logits, target)

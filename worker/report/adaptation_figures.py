@@ -27,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from worker.adapt.results import Adaptation, AdaptationScore  # noqa: E402
+from worker.adapt.block import Adaptation, AdaptationScore  # noqa: E402
 from worker.report.inputs import AdaptationFigureData  # noqa: E402
 from worker.report.style import safe_name, save_png  # noqa: E402
 

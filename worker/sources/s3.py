@@ -27,7 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from worker.errors import JobError
-from worker.sources import Item
+from worker.sources.items import Item
 
 DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_READ_WORKERS = 8
@@ -333,7 +333,7 @@ def list_items(root: str, extensions: tuple[str, ...], storage=None):
     bucket, prefix = parse_uri(root)
     if prefix and not prefix.endswith("/"):
         prefix += "/"
-    from worker.sources import Listing
+    from worker.sources.items import Listing
 
     exts = tuple(e.lower() for e in extensions)
     items: list[Item] = []

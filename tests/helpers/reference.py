@@ -139,3 +139,31 @@ def scaled(o: dict[str, float]) -> dict[str, float]:
     """method.md §1.6 table-2 scaling, written out: each value over the sum."""
     total = sum(o.values())
     return {k: v / total for k, v in o.items()}
+
+
+# --------------------------------------------------------------------------- energy, novelty
+
+
+def energy_terms(s: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """method.md §12.1 by brute force: V-statistic means of the full distance matrices."""
+    cross = pairwise(s, p).mean()
+    ws = pairwise(s, s).mean()
+    wp = pairwise(p, p).mean()
+    return {
+        "distance": 2 * cross - ws - wp,
+        "cross": cross,
+        "within_secondary": ws,
+        "within_primary": wp,
+    }
+
+
+def loo_knn(p: np.ndarray, k: int) -> np.ndarray:
+    """Each P row's distance to its k-th nearest OTHER P row (method.md §12.3)."""
+    d = pairwise(p, p)
+    np.fill_diagonal(d, np.inf)
+    return np.sort(d, axis=1)[:, k - 1]
+
+
+def knn(s: np.ndarray, p: np.ndarray, k: int) -> np.ndarray:
+    """Each S row's distance to its k-th nearest P row."""
+    return np.sort(pairwise(s, p), axis=1)[:, k - 1]
