@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_job
+from tests.helpers.jobs import write_job
 from worker.job import load_job
 from worker.pipeline import run
 
@@ -114,15 +114,16 @@ def test_report_html_in_chromium(run_dir, tmp_path):
         shown = [r for r in driver.find_elements(By.CSS_SELECTOR, "#decision-table tbody tr")]
         assert [r.get_attribute("data-name") for r in shown if r.is_displayed()] == ["S2"]
 
-        # a secondary's thumbnails, most novel first (largest I_dist first without novelty)
+        # a secondary's thumbnails, most novel first
         from selenium.webdriver.support.ui import Select
 
         farthest = report["ranking"]["order"][-1]
         Select(driver.find_element(By.ID, "secondary")).select_by_value(farthest)
         thumbs = driver.find_elements(By.CSS_SELECTOR, "#thumbs .thumb")
         images = next(s for s in report["secondaries"] if s["name"] == farthest)["images"]
-        key = "novelty" if images[0].get("novelty") is not None else "i_dist"
-        want = [im["id"] for im in sorted(images, key=lambda im: -im[key])]
+        assert images[0].get("novelty") is not None
+        # most novel first; images as novel as each other: the larger I_dist first
+        want = [im["id"] for im in sorted(images, key=lambda im: (-im["novelty"], -im["i_dist"]))]
         got = [t.get_attribute("data-id") for t in thumbs]
         assert got == want[: len(got)] and len(got) == len(images)
         assert all(

@@ -28,7 +28,7 @@ from worker.report.model import (
     write_report_json,
 )
 from worker.report.pdf import render_html, render_pdf
-from worker.results import Report
+from worker.results import Ranking, Report
 
 
 @pytest.fixture(scope="module")
@@ -374,3 +374,108 @@ def test_contract_page_equals_the_generated_tables():
         "docs/report-json.md is stale: regenerate its Fields section with "
         "`python -m worker schema --markdown`"
     )
+
+
+# --- page 1 and the page budget (issue 30) ---------------------------------------------------
+
+
+def _decided(typed: Report) -> Report:
+    """The sample report with energy, novelty and a verdict on every secondary."""
+    from worker.results import EnergyResult, NoveltySummary, Verdict
+
+    out = typed.model_copy(deep=True)
+    for k, sec in enumerate(out.secondaries):
+        label = ["same", "shifted", "far"][k % 3]
+        sec.energy = EnergyResult(
+            distance=0.1 * (k + 1), cross=1.0, within_secondary=0.9, within_primary=0.9,
+            coefficient=0.05, p_value=0.001, p_value_adjusted=0.003, min_p_value=0.001,
+            permutations=999, n_x=10, n_y=10, explanation=f"{sec.name} is shifted.",
+        )  # fmt: skip
+        sec.novelty = NoveltySummary(
+            k=1, quantile=0.95, threshold=1.0, novel_count=3, novel_fraction=0.375,
+            base_rate=0.05, p_value=0.01, p_value_adjusted=0.02,
+        )  # fmt: skip
+        sec.verdict = Verdict(label=label, reason=f"planted {label}")
+    return out
+
+
+def test_page_one_names_every_secondary_its_verdict_and_what_to_do(report, typed, tmp_path):
+    from tests.helpers.pdf import pdf_text as text_of
+    from worker.report.decide import decision
+
+    decided = _decided(typed)
+    d = decision(decided)
+    assert [r.name for r in d.rows] == [s.name for s in decided.secondaries]  # no ranking block
+    assert [r.verdict.text for r in d.rows] == [
+        next(s for s in decided.secondaries if s.name == r.name).verdict.label for r in d.rows
+    ]
+    assert all(r.novel.text == "38%" and r.novel.sub == "base 5%" for r in d.rows)
+    pdf = render_pdf(decided, {}, tmp_path / "report.pdf", make_pictures(report, decided))
+    page1 = " ".join(text_of(pdf).split("\f")[0].split())
+    for s in decided.secondaries:
+        assert s.name in page1 and s.verdict.label in page1
+    for words in ("What to do", "Label ", "Fine-tuning:", "Architecture:"):
+        assert words in page1, words
+    assert "38%" in page1 and "base 5%" in page1
+    assert not re.search(r"\de-1\d", page1)
+
+
+def test_page_one_shows_both_ends_of_a_long_ranking(typed):
+    from worker.report.decide import decision
+
+    many = typed.model_copy(deep=True)
+    base = many.secondaries[0]
+    many.secondaries = [
+        base.model_copy(update={"name": f"S{k:02d}", "o_dist_mean": float(k)}) for k in range(12)
+    ]
+    order = [f"S{k:02d}" for k in range(12)]
+    many.ranking = Ranking(
+        by="o_dist_mean", metric="o_dist_mean", top_k=3, order=order, closest=order[:3],
+        farthest=order[::-1][:3], detail="summary", sections=order[:3] + order[-3:],
+    )  # fmt: skip
+    d = decision(many)
+    assert [r.name if r else None for r in d.shown] == order[:3] + [None] + order[-3:]
+    assert d.hidden == 6
+    assert many.ranking.highlighted == order[:3] + order[-3:]
+
+
+def _pages(pdf: Path) -> int:
+    from pypdf import PdfReader
+
+    return len(PdfReader(str(pdf)).pages)
+
+
+@pytest.mark.slow
+def test_matrix_job_fits_12_pages_and_decides_on_page_1(tmp_path):
+    from tests.helpers.pdf import pdf_text as text_of
+    from tests.helpers.report_jobs import matrix_job
+    from worker.job import load_job
+    from worker.pipeline import run
+
+    result = run(load_job(matrix_job(tmp_path)), out_dir=str(tmp_path / "out"))
+    run_dir = Path(result.run_dir)
+    pdf = run_dir / "report.pdf"
+    pages = _pages(pdf)
+    print(f"10-set matrix job: {pages} pages")
+    assert pages <= 12
+    text = text_of(pdf)
+    page1 = " ".join(text.split("\f")[0].split())
+    rep = result.report
+    assert not set(rep.ranking.closest) & set(rep.ranking.farthest)  # no set at both ends
+    for s in rep.secondaries:
+        assert s.name in page1 and s.verdict.label in page1, s.name
+    assert "What to do" in page1 and "Fine-tuning:" in page1
+    assert not re.search(r"\de-1\d", text)  # no float noise anywhere
+    assert (run_dir / "report.html").stat().st_size > 100_000
+
+
+@pytest.mark.slow
+def test_demo_fits_14_pages(tmp_path):
+    from worker.demo import write_demo
+    from worker.job import load_job
+    from worker.pipeline import run
+
+    result = run(load_job(write_demo(tmp_path / "demo")), out_dir=str(tmp_path / "out"))
+    pages = _pages(Path(result.run_dir) / "report.pdf")
+    print(f"demo: {pages} pages")
+    assert pages <= 14

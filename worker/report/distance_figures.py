@@ -107,8 +107,8 @@ def plot_violin_overview(report: Report, path: Path) -> Path | None:
     col = colours(report)
     data = [_values(s.images, "i_dist") for s in secs]
     positions = list(range(len(secs), 0, -1))  # first secondary on top
-    height = 1.0 + 0.45 * len(secs)
-    fig, ax = plt.subplots(figsize=(WIDTH_IN, min(max(height, 2.2), 9.0)))
+    height = 1.0 + 0.32 * len(secs)
+    fig, ax = plt.subplots(figsize=(WIDTH_IN, min(max(height, 2.0), 4.2)))
     _violin(ax, data, positions, [col[s.name] for s in secs])
     for i, (s, pos) in enumerate(zip(secs, positions, strict=True)):
         _stat_marks(ax, s.i_dist, pos, legend=i == 0)
@@ -137,7 +137,7 @@ def plot_sorted_overview(report: Report, path: Path) -> Path | None:
         return None
     col = colours(report)
     keep = set(highlighted(report))
-    fig, ax = plt.subplots(figsize=(WIDTH_IN, 3.0))
+    fig, ax = plt.subplots(figsize=(WIDTH_IN, 2.5))
     handles, labels = [], []
     others = [s for s in secs if s.name not in keep]
     for s in others:
@@ -169,7 +169,7 @@ def plot_scatter(report: Report, scatter: ScatterPoints, path: Path) -> Path | N
     col = colours(report)
     primary = report.primary.name
     selected = scatter.selected
-    fig, ax = plt.subplots(figsize=(WIDTH_IN, 3.4))
+    fig, ax = plt.subplots(figsize=(WIDTH_IN, 3.0))
     handles, labels = [], []
     sec_index = 0
     keep = set(highlighted(report))

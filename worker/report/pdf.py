@@ -76,6 +76,7 @@ def _context(report: Report, figures: dict | None, pictures=None) -> dict:
     order = report.ranking.order if report.ranking else [s.name for s in report.secondaries]
     ranked = [by_name[n] for n in order if n in by_name]
     shown = report.ranking.sections if report.ranking else order
+    evidence = report.ranking.highlighted if report.ranking else order
     return {
         "report": report,
         "d": decision(report),
@@ -86,6 +87,8 @@ def _context(report: Report, figures: dict | None, pictures=None) -> dict:
         "ranked_names": [s.name for s in ranked],
         "rank_of": {s.name: i + 1 for i, s in enumerate(ranked)},
         "sections": [by_name[n] for n in shown if n in by_name],  # secondaries with a block
+        # the evidence's per-secondary rows: every secondary, or both ends of a long ranking
+        "evidence": [by_name[n] for n in evidence if n in by_name],
         "section_names": list(shown),
         "summary": bool(report.ranking and report.ranking.detail == "summary"),
         "gates_failed": [g for g in report.gates if not g.passed],
