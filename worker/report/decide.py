@@ -300,16 +300,19 @@ def _adaptation_sentences(report: Report) -> list[str]:
     rows = ad.summary.architectures if ad.summary else []
     base = next((r for r in rows if r.architecture == ad.baseline_architecture), None)
     base = base or (rows[0] if rows else None)
-    if base is None or base.gain is None or base.adapted_model is None:
-        tune = "Fine-tuning: no adapted model was scored on sets with masks."
-    else:
-        helps = base.gain > 0
+    verdicts = {r.dataset: r.verdict for r in ad.results if r.model == "M" and r.verdict}
+    wanted = [d for d, v in verdicts.items() if v.startswith("fine-tuning recommended")]
+    if wanted:
+        tune = f"Fine-tuning: recommended for {_names(wanted)}: {verdicts[wanted[0]]}."
+    elif base is not None and base.gain is not None and base.adapted_model is not None:
         tune = (
-            f"Fine-tuning: {'worth it' if helps else 'not worth it'}: {base.adapted_model} "
-            f"(trained with labelled images of the secondaries) scores ODS F "
-            f"{fmt_num(base.adapted_ods, 3)} against {fmt_num(base.baseline_ods_unseen, 3)} for M "
-            f"({base.gain:+.3f}) on the sets with masks."
+            f"Fine-tuning: not needed: {base.adapted_model} (trained with labelled images of "
+            f"the secondaries) scores ODS F {fmt_num(base.adapted_ods, 3)} against "
+            f"{fmt_num(base.baseline_ods_unseen, 3)} for M ({base.gain:+.3f}) on the sets "
+            "with masks."
         )
+    else:
+        tune = "Fine-tuning: no adapted model was scored on sets with masks."
     recommended = getattr(ad.summary, "recommended", None) if ad.summary else None
     if recommended is not None:
         text = getattr(recommended, "statement", None) or getattr(recommended, "reason", None)

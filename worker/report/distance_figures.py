@@ -232,12 +232,15 @@ def plot_scatter(report: Report, scatter: ScatterPoints, path: Path) -> Path | N
 
 def matrix_values(report: Report) -> tuple[np.ndarray, list[int], str] | None:
     """(values in clustering order, that order as indices, what the values are) of
-    report.matrix: its energy form where the report has one, else o_dist_mean."""
+    report.matrix: the form its clustering used (matrix.ordered_by: the energy form, or
+    o_dist_mean)."""
     mx = report.matrix
     if mx is None or not mx.names:
         return None
-    energy = getattr(mx, "energy", None)
-    rows, label = (energy, "energy distance") if energy else (mx.o_dist_mean, "o_dist_mean")
+    if mx.energy and mx.ordered_by != "o_dist_mean":
+        rows, label = mx.energy, "energy distance"
+    else:
+        rows, label = mx.o_dist_mean, "o_dist_mean"
     index = {n: i for i, n in enumerate(mx.names)}
     order = [index[n] for n in mx.order if n in index] or list(range(len(mx.names)))
     values = np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=float)
@@ -302,9 +305,11 @@ def plot_matrix(report: Report, path: Path) -> Path | None:
             names_g,
             title="group",
             loc="upper left",
-            bbox_to_anchor=(box.x1 + 0.12, box.y1),
+            bbox_to_anchor=(box.x1 + 0.13, box.y1),
             fontsize=6.5,
             title_fontsize=7,
         )
-    fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02, label=label)
+    box = ax.get_position()
+    cax = fig.add_axes((box.x1 + 0.02, box.y0, 0.02, box.height))
+    fig.colorbar(image, cax=cax, label=label)
     return save_png(fig, path)

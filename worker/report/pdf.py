@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from jinja2 import Environment, FileSystemLoader
+from markupsafe import Markup, escape
 
 from worker.report.fmt import fmt_num, fmt_p, fmt_pct, fmt_ratio, fmt_signed_pct
 from worker.report.model import atomic_write_bytes
@@ -30,6 +31,11 @@ def templates_dir() -> Path:
     if env:
         return Path(env)
     return Path(__file__).resolve().parents[2] / "templates"
+
+
+def header_breaks(text: str) -> Markup:
+    """A column title that may wrap after an underscore or a slash, never inside a word."""
+    return Markup(str(escape(text)).replace("_", "_<wbr>").replace("/", "/<wbr>"))
 
 
 def fmt_bound(gate: GateResult) -> str:
@@ -54,6 +60,7 @@ def _environment(folder: str) -> Environment:
     env.filters["ratio"] = fmt_ratio
     env.filters["signed_pct"] = fmt_signed_pct
     env.filters["bound"] = fmt_bound
+    env.filters["hdr"] = header_breaks
     return env
 
 
