@@ -22,6 +22,7 @@ from tests.helpers.adaptation import (
     farthest,
     hog_i_dist,
     make_job,
+    tiny_segformer,
     write_set,
 )
 from worker.adapt import evaluate_cli, ods
@@ -217,7 +218,7 @@ def test_end_to_end_tiny_unet(tmp_path):
         i_dist=raw,
         unet_width=4,
     )
-    adaptation = adaptation.model_dump(mode="json")
+    typed, adaptation = adaptation, adaptation.model_dump(mode="json")
     json.dumps(adaptation, allow_nan=False)  # plain JSON, no NaN
 
     names = [m["name"] for m in adaptation["models"]]
@@ -303,9 +304,8 @@ def test_end_to_end_tiny_unet(tmp_path):
     from worker.report.adaptation_figures import make_adaptation_figures
     from worker.report.inputs import AdaptationFigureData
 
-    report = {"adaptation": adaptation}
     data = AdaptationFigureData.from_extras(extras)
-    figures = make_adaptation_figures(adaptation, data, tmp_path / "figures")
+    figures = make_adaptation_figures(typed, data, tmp_path / "figures")
     for key in (
         "adaptation_f_vs_idist_S1",
         "adaptation_f_vs_idist_S2",
@@ -323,7 +323,9 @@ def test_end_to_end_tiny_unet(tmp_path):
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined
     )
-    html = env.get_template("adaptation.html.j2").render(report=report, figures=figures)
+    html = env.get_template("adaptation.html.j2").render(
+        report={"adaptation": adaptation}, figures=figures
+    )
     for text in ("M_B2", "S1", "F(", "half 1", "third 3", "Verdict rule", "adaptation_grid"):
         assert text in html, text
     assert env.get_template("adaptation.html.j2").render(report={}, figures={}).strip() == ""
@@ -367,7 +369,7 @@ def test_demo_dataset_run(tmp_path):
     adaptation, extras = run_adaptation(
         job, build_masked_sets(job), selections, scaled, tmp_path / "o", unet_width=4
     )
-    adaptation = adaptation.model_dump(mode="json")
+    typed, adaptation = adaptation, adaptation.model_dump(mode="json")
     assert [m["name"] for m in adaptation["models"]] == ["M", "M1", "M3"]
     assert len(adaptation["models"][2]["train_ids"]) == 6 + 3 * 3
     by = {(r["model"], r["dataset"]): r for r in adaptation["results"]}
@@ -378,7 +380,7 @@ def test_demo_dataset_run(tmp_path):
     from worker.report.inputs import AdaptationFigureData
 
     data = AdaptationFigureData.from_extras(extras)
-    figures = make_adaptation_figures(adaptation, data, tmp_path / "fig")
+    figures = make_adaptation_figures(typed, data, tmp_path / "fig")
     assert len(figures) == 1 + 2 * len(names)
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
@@ -534,29 +536,9 @@ def test_evaluate_cli_errors(tmp_path, capsys):
 # ----------------------------------------------------------------------------- SegFormer
 
 
-def _tiny_segformer(folder: Path, num_labels: int) -> Path:
-    from transformers import SegformerConfig, SegformerForSemanticSegmentation
-
-    config = SegformerConfig(
-        num_encoder_blocks=2,
-        depths=[1, 1],
-        sr_ratios=[2, 1],
-        hidden_sizes=[8, 16],
-        num_attention_heads=[1, 1],
-        patch_sizes=[7, 3],
-        strides=[4, 2],
-        mlp_ratios=[2, 2],
-        decoder_hidden_size=16,
-        num_labels=num_labels,
-    )
-    torch.manual_seed(0)
-    SegformerForSemanticSegmentation(config).save_pretrained(folder)
-    return folder
-
-
 @pytest.mark.parametrize("num_labels", [1, 2, 10])
 def test_segformer_tiny_round_trip(tmp_path, num_labels):
-    ckpt = _tiny_segformer(tmp_path / "segformer", num_labels)
+    ckpt = tiny_segformer(tmp_path / "segformer", num_labels)
     model = build_segmenter("segformer", str(ckpt), seed=0).eval()
     assert model.net.config.num_labels == (num_labels if num_labels in (1, 2) else 1)
     x = torch.rand(2, 3, 64, 64)
@@ -585,7 +567,7 @@ def test_segformer_tiny_round_trip(tmp_path, num_labels):
 def test_segformer_adaptation_run(tmp_path):
     write_set(tmp_path, "P", [{}] * 3, seed=1)
     write_set(tmp_path, "S", [{}] * 4, seed=2)
-    ckpt = _tiny_segformer(tmp_path / "segformer", 10)
+    ckpt = tiny_segformer(tmp_path / "segformer", 10)
     job = make_job(
         tmp_path,
         {

@@ -135,7 +135,7 @@ def test_pca_invariant_distances_equal_raw():
 
     p, s = RNG.standard_normal((15, 4)) * 3 + 1, RNG.standard_normal((9, 4))
     (p_l, s_l), info = joint_pca([p, s], 4, route="exact")
-    assert info["dims"] == 4
+    assert info.dims == 4
     np.testing.assert_allclose(row_distance_sums(s_l, p_l), R.i_dist(s, p), rtol=1e-12)
 
 

@@ -3,7 +3,8 @@
 Each tiny model is built from its config class, written with save_pretrained (model and
 processor) and loaded back through worker.extractors.hf.build -> from_pretrained, the same
 path a real checkpoint takes. Features are checked against a direct model call on the same
-processed input.
+processed input: the checkpoint's own processor with its resize and crop turned off (the
+model sees model.image_size), SAM's native resize kept.
 """
 
 from __future__ import annotations
@@ -24,18 +25,20 @@ from worker.job import ModelConfig
 
 transformers = pytest.importorskip("transformers")
 
+INPUT = {"sam": SIZE}  # model input side per family where it is not RESIZE
+
 
 FAMILIES = ["sam", "clipseg", "efficientnet", "clip", "dinov2", "convnextv2", "swinv2"]
 
 # Feature width with pooling "flatten" for the tiny models above.
 FLAT_DIMS = {
-    "sam": 16 * 4 * 4,  # output_channels x (64/16)^2
-    "clipseg": 3 * 17 * 16,  # decoder hidden states (3) x (1 + 16 tokens) x reduce_dim
+    "sam": 16 * 4 * 4,  # output_channels x (64/16)^2 (native input 64)
+    "clipseg": 3 * 37 * 16,  # decoder hidden states (3) x (1 + (96/16)^2 tokens) x reduce_dim
     "efficientnet": 128,  # pooler_output width
     "clip": 24,  # projection_dim
-    "dinov2": 17 * 32,  # (1 + 16 tokens) x hidden
-    "convnextv2": 32 * 8 * 8,  # last width x (64/4/2)^2
-    "swinv2": 64 * 32,  # (64/4/2)^2 tokens x 2*embed_dim
+    "dinov2": 37 * 32,  # (1 + (96/16)^2 tokens) x hidden
+    "convnextv2": 32 * 12 * 12,  # last width x (96/4/2)^2
+    "swinv2": 144 * 32,  # (96/4/2)^2 tokens x 2*embed_dim
 }
 
 
@@ -47,10 +50,18 @@ def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def extractors(tiny_dirs) -> dict:
-    """One loaded extractor per family (pooling flatten), shared by the tests."""
+    """One loaded extractor per family (pooling flatten), shared by the tests: the exact
+    preparation, so features compare with a direct model call at float32 rounding (the fast
+    path is compared with it in test_fast_preparation_equals_the_processor)."""
     return {
         fam: get_extractor(
-            ModelConfig(name=fam, checkpoint=str(tiny_dirs[fam]), image_size=RESIZE, batch_size=2)
+            ModelConfig(
+                name=fam,
+                checkpoint=str(tiny_dirs[fam]),
+                image_size=RESIZE,
+                batch_size=2,
+                preprocess="exact",
+            )
         )
         for fam in FAMILIES
     }
@@ -65,10 +76,17 @@ def images() -> list[Image.Image]:
     ]
 
 
+def processor_input(ex, family: str, imgs: list[Image.Image]) -> torch.Tensor:
+    """The checkpoint processor's batch for images resized to RESIZE: its own resize and crop
+    off (SAM: its native resize to 64 and padding on)."""
+    resized = [resize_square(im.convert("RGB"), RESIZE) for im in imgs]
+    off = {} if family == "sam" else dict(do_resize=False, do_center_crop=False, do_pad=False)
+    return ex.image_processor(images=resized, return_tensors="pt", **off)["pixel_values"]
+
+
 def reference_features(ex, family: str, pooling: str, imgs: list[Image.Image]) -> np.ndarray:
     """The feature from a direct call on the loaded model, on the processor's batch output."""
-    resized = [resize_square(im, RESIZE) for im in imgs]
-    pixel_values = ex.image_processor(images=resized, return_tensors="pt")["pixel_values"]
+    pixel_values = processor_input(ex, family, imgs)
     m = ex.model
     with torch.inference_mode():
         if family == "sam":
@@ -77,7 +95,12 @@ def reference_features(ex, family: str, pooling: str, imgs: list[Image.Image]) -
         elif family == "clipseg":
             proc = transformers.AutoProcessor.from_pretrained(ex.info["checkpoint"], backend="pil")
             tok = proc.tokenizer([ex.prompt] * len(imgs), return_tensors="pt")
-            res = m(**tok, pixel_values=pixel_values, output_hidden_states=True)
+            res = m(
+                **tok,
+                pixel_values=pixel_values,
+                output_hidden_states=True,
+                interpolate_pos_encoding=True,
+            )
             states = res.decoder_output.hidden_states
             pick = {
                 "flatten": lambda h: h.flatten(1),
@@ -88,10 +111,11 @@ def reference_features(ex, family: str, pooling: str, imgs: list[Image.Image]) -
         elif family == "efficientnet":
             out = m(pixel_values=pixel_values).pooler_output
         elif family == "clip":
-            feats = m.get_image_features(pixel_values=pixel_values)
+            feats = m.get_image_features(pixel_values=pixel_values, interpolate_pos_encoding=True)
             out = feats if isinstance(feats, torch.Tensor) else feats.pooler_output
         else:
-            h = m(pixel_values=pixel_values).last_hidden_state
+            kw = {"interpolate_pos_encoding": True} if family == "swinv2" else {}
+            h = m(pixel_values=pixel_values, **kw).last_hidden_state
             if pooling == "flatten":
                 out = h.flatten(1)
             elif pooling == "cls":
@@ -141,7 +165,11 @@ def test_feature_matches_direct_model_call(family, extractors, images):
 )
 def test_pooling(family, pooling, dim, tiny_dirs, images):
     cfg = ModelConfig(
-        name=family, checkpoint=str(tiny_dirs[family]), pooling=pooling, image_size=RESIZE
+        name=family,
+        checkpoint=str(tiny_dirs[family]),
+        pooling=pooling,
+        image_size=RESIZE,
+        preprocess="exact",
     )
     ex = get_extractor(cfg)
     feats = ex.embed(images[:3])
@@ -168,11 +196,97 @@ def test_pooling_refused_where_it_does_not_apply(family, pooling, tiny_dirs):
         get_extractor(cfg)
 
 
-def test_prepare_then_embed_prepared_equals_embed(extractors, images):
-    ex = extractors["dinov2"]
+def test_prepare_then_embed_prepared_equals_embed(tiny_dirs, images):
+    ex = get_extractor(
+        ModelConfig(name="dinov2", checkpoint=str(tiny_dirs["dinov2"]), image_size=RESIZE)
+    )
     prepared = [ex.prepare(im) for im in images]
-    assert prepared[0].shape == (3, SIZE, SIZE) and prepared[0].dtype == np.float32
+    assert prepared[0].shape == (RESIZE, RESIZE, 3) and prepared[0].dtype == np.uint8
     np.testing.assert_array_equal(ex.embed_prepared(prepared), ex.embed(images))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_model_sees_the_input_size(family, extractors, images):
+    """What reaches the model's first 3-channel convolution (the patch embedding or stem) is
+    image_size x image_size (SAM: its native 64), and report.json says so."""
+    ex = extractors[family]
+    seen = []
+    hooks = [
+        mod.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape)))
+        for mod in ex.model.modules()
+        if isinstance(mod, torch.nn.Conv2d) and mod.in_channels == 3
+    ]
+    try:
+        ex.embed(images[:3])
+    finally:
+        for h in hooks:
+            h.remove()
+    side = INPUT.get(family, RESIZE)
+    conv = side + 1 if family == "efficientnet" else side  # its stem pads (0, 1, 0, 1) first
+    assert seen and set(seen) == {(2, 3, conv, conv), (1, 3, conv, conv)}  # batches 2 + 1
+    assert ex.info["input_size"] == ex.input_size == side
+    assert f"input={side}" in ex.cache_key and "prep=exact" in ex.cache_key
+
+
+def _hostile_images() -> list[Image.Image]:
+    """Odd sizes, an EXIF rotation, greyscale, RGBA and 16-bit, decoded by worker.images."""
+    import io
+
+    from worker.images import decode_image
+
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:61, 0:97]
+    smooth = np.stack([(xx * 2) % 256, (yy * 4) % 256, (xx + yy) % 256], -1).astype(np.uint8)
+    out = []
+
+    def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, format=fmt, **kw)
+        return buf.getvalue()
+
+    rotated = Image.fromarray(smooth)
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when shown
+    out.append(encode(rotated, "JPEG", quality=95, exif=exif))
+    out.append(encode(Image.fromarray(smooth[..., 0]), "PNG"))  # greyscale, odd size
+    rgba = np.dstack([smooth, rng.integers(0, 256, smooth.shape[:2], dtype=np.uint8)])
+    out.append(encode(Image.fromarray(rgba), "PNG"))  # RGBA
+    sixteen = (smooth[..., 1].astype(np.uint16) * 257 + rng.integers(0, 257, (61, 97))).astype(
+        np.uint16
+    )
+    out.append(encode(Image.fromarray(sixteen), "PNG"))  # 16-bit greyscale
+    out.append(encode(Image.fromarray(rng.integers(0, 256, (7, 333, 3), dtype=np.uint8)), "PNG"))
+    return [decode_image(b) for b in out]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fast_preparation_equals_the_processor(family, extractors, tiny_dirs):
+    """The fast path (torch's uint8 resize in threads, the processor's affine map as one
+    tensor op per batch) gives the checkpoint processor's pixel values within 1/255 of the
+    [0, 1] range (PIL's and torch's antialiased bilinear differ by at most 1), and features
+    with cosine >= 0.9999 against the exact path's."""
+    exact = extractors[family]
+    ex = get_extractor(
+        ModelConfig(name=family, checkpoint=str(tiny_dirs[family]), image_size=RESIZE)
+    )
+    assert ex.preprocess == "fast" and exact.preprocess == "exact"
+    assert ex.cache_key != exact.cache_key and "prep=fast" in ex.cache_key
+    imgs = _hostile_images()
+    assert imgs[0].size == (61, 97)  # the EXIF rotation was applied
+    fast = ex._forward_input(torch.from_numpy(np.stack([ex.prepare(im) for im in imgs])))
+    ref = processor_input(ex, family, imgs)
+    assert fast.shape == ref.shape
+    std = np.asarray(ex.image_processor.image_std, dtype=np.float64)
+    err = (fast - ref).abs().amax(dim=(0, 2, 3)).double().numpy() * std  # in [0, 1] units
+    if family == "efficientnet":  # include_top divides by the std a second time
+        err = err * std
+    assert err.max() <= 1 / 255 + 1e-5, err
+    a, b = ex.embed(imgs).astype(np.float64), exact.embed(imgs).astype(np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    live = norms > 0  # the tiny random EfficientNet's pooled features can be all zero
+    np.testing.assert_array_equal(a[~live], b[~live])
+    cos = (a * b).sum(1)[live] / norms[live]
+    assert cos.size == 0 or cos.min() >= 0.9999, cos
 
 
 def test_clipseg_prompt_changes_features_and_key(tiny_dirs, extractors, images):
@@ -184,6 +298,7 @@ def test_clipseg_prompt_changes_features_and_key(tiny_dirs, extractors, images):
             checkpoint=str(tiny_dirs["clipseg"]),
             image_size=RESIZE,
             prompt="cracks",
+            preprocess="exact",
         )
     )
     assert other.cache_key != base.cache_key
@@ -195,17 +310,21 @@ def test_clipseg_prompt_changes_features_and_key(tiny_dirs, extractors, images):
 def test_cache_key_covers_size_pooling_and_weights(tmp_path, tiny_dirs, extractors):
     base = extractors["dinov2"]
     other_size = get_extractor(
-        ModelConfig(name="dinov2", checkpoint=str(tiny_dirs["dinov2"]), image_size=96)
+        ModelConfig(name="dinov2", checkpoint=str(tiny_dirs["dinov2"]), image_size=112)
     )
     assert other_size.cache_key != base.cache_key
     # Same weights in another folder: same key. Different weights: different key.
     copy = save_tiny("dinov2", tmp_path / "copy")
-    same = get_extractor(ModelConfig(name="dinov2", checkpoint=str(copy), image_size=RESIZE))
+    same = get_extractor(
+        ModelConfig(name="dinov2", checkpoint=str(copy), image_size=RESIZE, preprocess="exact")
+    )
     assert same.cache_key == base.cache_key
     cfg = json.loads((copy / "config.json").read_text())
     cfg["layer_norm_eps"] = 1e-5
     (copy / "config.json").write_text(json.dumps(cfg))
-    changed = get_extractor(ModelConfig(name="dinov2", checkpoint=str(copy), image_size=RESIZE))
+    changed = get_extractor(
+        ModelConfig(name="dinov2", checkpoint=str(copy), image_size=RESIZE, preprocess="exact")
+    )
     assert changed.cache_key != base.cache_key
 
 
@@ -213,14 +332,19 @@ def test_default_image_size_and_feature_dim_property(tiny_dirs):
     ex = get_extractor(ModelConfig(name="convnextv2", checkpoint=str(tiny_dirs["convnextv2"])))
     assert ex.image_size == 448 and ex.info["image_size"] == 448
     assert ex.info["feature_dim"] is None
-    assert ex.feature_dim == FLAT_DIMS["convnextv2"]  # one forward pass on a blank image
-    assert ex.info["feature_dim"] == FLAT_DIMS["convnextv2"]
+    dim = 32 * (448 // 8) ** 2  # the model sees 448: last width x (448/4/2)^2
+    assert ex.feature_dim == dim  # one forward pass on a blank image
+    assert ex.info["feature_dim"] == dim and ex.info["input_size"] == 448
 
 
 def test_bfloat16_on_cpu_returns_float32(tiny_dirs, images, extractors):
     ex = get_extractor(
         ModelConfig(
-            name="dinov2", checkpoint=str(tiny_dirs["dinov2"]), image_size=RESIZE, dtype="bfloat16"
+            name="dinov2",
+            checkpoint=str(tiny_dirs["dinov2"]),
+            image_size=RESIZE,
+            dtype="bfloat16",
+            preprocess="exact",
         )
     )
     assert ex.info["dtype"] == "bfloat16" and "dtype=bfloat16" in ex.cache_key
@@ -304,3 +428,20 @@ def test_paper_checkpoints_are_the_defaults():
         "convnextv2": "facebook/convnextv2-tiny-1k-224",
         "swinv2": "microsoft/swinv2-tiny-patch4-window8-256",
     }
+
+
+@pytest.mark.parametrize("shape", [(61, 97), (480, 640), (7, 333), (96, 96), (1000, 30)])
+def test_uint8_resize_is_within_one_of_pil(shape):
+    """worker.extractors.hf.resize_uint8 (torch) against PIL's bilinear resize (the exact
+    path's): at most 1 apart on every pixel, down- and upsampling, odd sizes."""
+    from worker.extractors.hf import resize_uint8
+
+    h, w = shape
+    rng = np.random.default_rng(h * w)
+    yy, xx = np.mgrid[0:h, 0:w]
+    arr = np.stack([(xx * 3) % 256, (yy * 5) % 256, (xx + 2 * yy) % 256], -1)
+    arr = np.clip(arr + rng.integers(0, 30, (h, w, 3)), 0, 255).astype(np.uint8)
+    got = resize_uint8(arr, RESIZE).astype(int)
+    ref = np.asarray(resize_square(Image.fromarray(arr), RESIZE)).astype(int)
+    assert got.shape == ref.shape == (RESIZE, RESIZE, 3)
+    assert np.abs(got - ref).max() <= 1

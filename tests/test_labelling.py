@@ -128,7 +128,9 @@ def _check_exports(report: dict, files: dict[str, bytes], location) -> None:
     assert isinstance(tasks, list) and len(tasks) == len(distinct)
     assert all(set(t) == {"data"} and isinstance(t["data"]["image"], str) for t in tasks)
     assert {t["data"]["image"] for t in tasks} == {location(i) for i in distinct}
-    assert all("novelty" in t["data"] for t in tasks)
+    novelty = {im["id"]: im["novelty"] for im in report["secondaries"][0]["images"]}
+    assert all(t["data"]["novelty"] == novelty[t["data"]["id"]] for t in tasks)
+    assert all(0.0 <= float(r["novelty"]) <= 1.0 for r in rows)
     manifest = json.loads(files["fiftyone.json"])
     assert manifest["media_type"] == "image"
     assert {s["filepath"] for s in manifest["samples"]} == {location(i) for i in distinct}
@@ -221,3 +223,46 @@ def test_held_out_split_is_the_same_for_every_model_and_holds_far_images(tmp_pat
     # the images left after selection are scored too, the held-out ones among them
     left = next(r for r in ad["results"] if r["model"] == "M")
     assert set(held) <= {p["id"] for p in left["per_image"]}
+
+
+@pytest.mark.parametrize(
+    ("selection", "field"),
+    [
+        ({"export": ["cvat"]}, "selection.export"),
+        ({"labelled": [" "]}, "selection.labelled"),
+        ({"random_subsets": 0}, "selection.random_subsets"),
+        ({"strategy": ["novel", "nearest"]}, "selection.strategy"),
+    ],
+)
+def test_bad_selection_settings_name_the_field(tmp_path, selection, field):
+    from worker.errors import JobError
+    from worker.job import parse_job
+
+    job = _job("P", "S", "out", **selection)
+    with pytest.raises(JobError, match=field.replace(".", r"\.")):
+        parse_job(job, tmp_path)
+    assert not (tmp_path / "out").exists()
+
+
+def test_held_out_setting_is_checked(tmp_path):
+    from worker.errors import JobError
+    from worker.job import parse_job
+
+    job = _job("P", "S", "out")
+    job["adaptation"] = {"held_out": 1.0}
+    with pytest.raises(JobError, match=r"adaptation\.held_out"):
+        parse_job(job, tmp_path)
+
+
+def test_a_set_with_everything_labelled_proposes_nothing(embedding_job):
+    from worker.job import parse_job
+
+    folder, job, _ = embedding_job
+    job["selection"] = {"strategy": ["novel", "band"], "counts": [1, 3], "labelled": []}
+    job["selection"]["labelled"] = [f"s1_{i:02d}" for i in range(20)]  # all of S1
+    report = run(parse_job(job, folder)).report
+    s1 = report.secondary("S1")
+    assert s1.selection_pool.candidates == 0 and s1.selection_pool.labelled == 20
+    assert all(sel.ids == [] and sel.beats_random is None for sel in s1.selections)
+    assert all(sel.verdict.endswith("nothing to judge.") for sel in s1.selections)
+    assert all(sel.ids for sel in report.secondary("S2").selections)  # the other set is served

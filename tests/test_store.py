@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -143,16 +144,15 @@ def test_read_run_errors_name_the_store(tmp_path):
         store.load_run(str(out), "20200101T000000Z-abcdef")
 
 
-def test_old_one_folder_layout_is_replaced_by_links(tmp_path):
+def test_old_one_folder_layout_is_kept_as_a_run(tmp_path):
     out = tmp_path / "out"
     (out / "figures").mkdir(parents=True)
     (out / "figures" / "S9.png").write_bytes(b"old")
     (out / "report.json").write_text('{"tag": "old"}')
     (out / "report.pdf").write_bytes(b"old pdf")
     (out / "junit.xml").write_text("<testsuite/>")  # not ours: left alone
-    publish(tmp_path, out, "new")
+    new = publish(tmp_path, out, "new")
     assert_complete(out, "new")
-    assert not (out / "figures" / "S9.png").exists()
     assert (out / "junit.xml").read_text() == "<testsuite/>"
     assert sorted(p.name for p in out.iterdir()) == [
         "figures",
@@ -162,6 +162,47 @@ def test_old_one_folder_layout_is_replaced_by_links(tmp_path):
         "report.pdf",
         "runs",
     ]
+    old = [r for r in store.list_runs(str(out)) if r != new.run_id]
+    assert len(old) == 1  # the old outputs are a run of their own, not deleted
+    kept = out / "runs" / old[0]
+    assert read_raw(str(out), old[0]) == {"tag": "old"}
+    assert (kept / "figures" / "S9.png").read_bytes() == b"old"
+    assert (kept / "report.pdf").read_bytes() == b"old pdf"
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_plain_latest_is_refused_not_replaced(tmp_path, kind):
+    out = tmp_path / "out"
+    first = publish(tmp_path, out, "one")
+    (out / "latest").unlink()
+    if kind == "file":
+        (out / "latest").write_text("my notes")
+    else:
+        (out / "latest").mkdir()
+        (out / "latest" / "keep.txt").write_text("mine")
+    before = snapshot(out)
+    with pytest.raises(JobError, match=f"latest is a plain {kind}"):
+        store.publish_run(make_staging(tmp_path / "s2", "two"), str(out))
+    assert snapshot(out) == before and store.list_runs(str(out)) == [first.run_id]
+
+
+def test_staging_lives_in_the_store_and_a_dead_writers_is_removed(tmp_path):
+    out = tmp_path / "out"
+    publish(tmp_path, out, "one")
+    with store.staging_dir(str(out), "20300101T000000Z-aaaaaa") as staging:
+        assert staging == out / "runs" / ".20300101T000000Z-aaaaaa.partial"
+        (staging / "x").write_text("half")
+        # as if this process had died: its record names a pid that is gone
+        writer = out / "runs" / ".20300101T000000Z-aaaaaa.writer"
+        writer.write_text(f"{socket.gethostname()} {_dead_pid()}\n")
+        assert "20300101T000000Z-aaaaaa" not in store.list_runs(str(out))
+        removed = store.clean_stale(str(out))
+        assert ".20300101T000000Z-aaaaaa.partial" in removed and not staging.exists()
+    fresh = tmp_path / "fresh"
+    with pytest.raises(RuntimeError):
+        with store.staging_dir(str(fresh), "20300101T000000Z-bbbbbb"):
+            raise RuntimeError("a stage failed")
+    assert not fresh.exists()  # the store folders it made are gone again
 
 
 def test_enospc_while_copying_keeps_previous_run_visible(tmp_path, monkeypatch):
@@ -182,7 +223,7 @@ def test_enospc_while_copying_keeps_previous_run_visible(tmp_path, monkeypatch):
         publish(tmp_path, out, "two")
     assert snapshot(out) == before
     assert store.list_runs(str(out)) == [first.run_id]
-    assert sorted(p.name for p in (out / "runs").iterdir()) == [first.run_id]
+    assert sorted(p.name for p in (out / "runs").iterdir()) == [".lock", first.run_id]
 
 
 def test_enospc_on_a_first_run_leaves_no_output_folder(tmp_path, monkeypatch):
@@ -249,7 +290,7 @@ def test_keep_prunes_the_oldest_complete_runs_after_publishing(tmp_path):
     assert pub.pruned == ids[:3]
     assert store.list_runs(str(out)) == [ids[3], pub.run_id]
     assert_complete(out, "r4")
-    assert not [p for p in (out / "runs").iterdir() if p.name.startswith(".")]
+    assert not [p for p in (out / "runs").iterdir() if p.name.startswith(".") and p.name != ".lock"]
 
 
 def test_prune_never_removes_the_run_latest_names_nor_a_protected_one(tmp_path):
@@ -301,7 +342,7 @@ def test_stale_partials_of_dead_runs_are_removed_but_never_a_live_one(tmp_path):
 
     publish(tmp_path, out, "two")
     left = sorted(p.name for p in runs.iterdir() if p.name.startswith("."))
-    assert left == [f".{live}.partial", f".{live}.writer"]
+    assert left == [f".{live}.partial", f".{live}.writer", ".lock"]
     assert read_raw(str(out))["tag"] == "two"
 
 
@@ -338,7 +379,8 @@ PAUSES = textwrap.dedent(
             return out
         return wrapped
 
-    _store._copy_tree = _at(_store._copy_tree, None, "copied")  # .partial complete
+    _store._copy_tree = _at(_store._copy_tree, None, "copied")  # .partial complete (copied)
+    _store._fsync_tree = _at(_store._fsync_tree, None, "copied")  # .partial complete (in place)
     _store._switch_latest = _at(_store._switch_latest, "renamed")  # runs/<id>/ in place
     _store._link_flat = _at(_store._link_flat, "switched")  # latest names the new run
     _outputs.publish_outputs = _at(  # S3: runs/<id>/ uploaded, before latest.json
@@ -359,7 +401,11 @@ PUBLISH_SCRIPT = PAUSES + textwrap.dedent(
     print(publish_run(staging, dest, storage).run_id)
     """
 )
-CLI_SCRIPT = PAUSES + "from worker.__main__ import main\nsys.exit(main(sys.argv[1:]))\n"
+CLI_SCRIPT = (  # what `python -m worker` does, with the pause points injected
+    "from worker import interrupt\ninterrupt.install()\n"
+    + PAUSES
+    + "from worker.__main__ import main\nsys.exit(main(sys.argv[1:]))\n"
+)
 PAUSE_ENV, PAUSE_FILE_ENV, RELEASE_FILE_ENV = (
     "TEST_PAUSE_AT",
     "TEST_PAUSE_FILE",
@@ -420,7 +466,7 @@ def test_sigkill_at_each_point_of_publishing_leaves_a_complete_latest(tmp_path, 
     # The next run cleans up whatever the killed one left and publishes normally.
     publish(tmp_path, out, "three")
     assert_complete(out, "three")
-    assert not [p for p in (out / "runs").iterdir() if p.name.startswith(".")]
+    assert not [p for p in (out / "runs").iterdir() if p.name.startswith(".") and p.name != ".lock"]
 
 
 @pytest.fixture(scope="module")
@@ -500,7 +546,7 @@ def test_cli_interrupted_while_publishing(small_job, tmp_path, point, sig, publi
     else:
         assert "no report was published" in err
         assert runs == [first.run_id] and snapshot(out) == before
-    assert not [p for p in (out / "runs").iterdir() if p.name.startswith(".")]
+    assert not [p for p in (out / "runs").iterdir() if p.name.startswith(".") and p.name != ".lock"]
 
 
 def test_cli_run_publishes_a_run_and_prints_it(small_job, tmp_path):
@@ -585,7 +631,7 @@ def test_many_concurrent_publishers_corrupt_nothing(tmp_path):
         report = read_raw(str(out), run_id)
         run = out / "runs" / run_id
         assert (run / "report.pdf").read_bytes().endswith(report["tag"].encode())
-    assert not [p for p in (out / "runs").iterdir() if p.name.startswith(".")]
+    assert not [p for p in (out / "runs").iterdir() if p.name.startswith(".") and p.name != ".lock"]
 
 
 # ------------------------------------------------------------------ S3 store

@@ -7,12 +7,18 @@ Exit codes: 0 done and every gate passed; 1 done, report written, some gate fail
 
 from __future__ import annotations
 
-import argparse
-import signal
-import sys
-from pathlib import Path
+if __name__ == "__main__":  # python -m worker: a signal is a stop request from the first moment
+    from worker import interrupt
 
-from worker.errors import JobError
+    interrupt.install()
+
+import argparse  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from worker.errors import JobError  # noqa: E402
+from worker.interrupt import Interrupted, check, signal_name  # noqa: E402
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_INVALID, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -127,8 +133,27 @@ def _validate(job_path: Path) -> int:
     return EXIT_OK
 
 
-def _terminate(signum, frame) -> None:  # noqa: ARG001
-    raise KeyboardInterrupt(f"signal {signum}")
+def _interrupted(signame: str) -> int:
+    """The message for a stop asked for by a signal (or Ctrl-C), before or after publishing."""
+    from worker.logs import CURRENT
+    from worker.store import last_published
+
+    published = last_published()
+    if published is not None:  # the stop came after the run was made visible
+        print(
+            f"interrupted by {signame} after run {published.run_id} was published: "
+            f"{published.report_uri} is complete and {published.store} names it as latest",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    where = f" during the {CURRENT['stage']} stage" if CURRENT["stage"] else ""
+    print(
+        f"interrupted by {signame}{where}; no report was published (the previous latest run, "
+        "if any, is unchanged); embeddings finished so far are cached: run the same job again "
+        "to resume",
+        file=sys.stderr,
+    )
+    return EXIT_INTERRUPTED
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,62 +161,51 @@ def main(argv: list[str] | None = None) -> int:
     from worker.logs import setup_logging
 
     setup_logging(getattr(args, "log_format", "text"), getattr(args, "quiet", False))
-    signal.signal(signal.SIGTERM, _terminate)
     try:
-        if args.command == "schema":
-            from worker.report.model import schema_markdown, schema_text
-
-            print(schema_markdown() if args.markdown else schema_text(), end="")
-            return EXIT_OK
-        if args.command == "validate":
-            return _validate(Path(args.job))
-        if args.command == "run":
-            return _run_job(Path(args.job), args)
-        if args.command == "evaluate":
-            from worker.adapt.evaluate_cli import main as evaluate_main
-
-            ev_args = ["--pred", args.pred, "--masks", args.masks] + (
-                ["--json"] if args.json else []
-            )
-            return evaluate_main(ev_args)
-        if args.command == "compare":
-            from worker.runs_compare import run_compare
-
-            return run_compare(args)
-        if args.command == "demo":
-            from worker.demo import write_demo
-
-            job_path = write_demo(Path(args.dir))
-            return _run_job(job_path, args)
+        check()  # a signal during start-up stops here, before any work
+        code = _command(args)
+        check()  # a signal held through publishing lands here, after the run is visible
+        return code
     except JobError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_INVALID
-    except KeyboardInterrupt as err:
-        from worker.logs import CURRENT
-        from worker.store import last_published
-
-        published = last_published()
-        if published is not None:  # the interrupt came after the run was made visible
-            print(
-                f"interrupted ({err or 'Ctrl-C'}) after run {published.run_id} was published: "
-                f"{published.report_uri} is complete and {published.store} names it as latest",
-                file=sys.stderr,
-            )
-            return EXIT_INTERRUPTED
-        where = f" during the {CURRENT['stage']} stage" if CURRENT["stage"] else ""
-        print(
-            f"interrupted{where} ({err or 'Ctrl-C'}); no report was published (the previous "
-            "latest run, if any, is unchanged); embeddings finished so far are cached: run the "
-            "same job again to resume",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED
+    except Interrupted as stop:
+        return _interrupted(stop.name)
+    except KeyboardInterrupt:  # main() called in-process, without the recording handler
+        return _interrupted(signal_name(signal.SIGINT))
     except Exception as err:  # a bug, not a gate: never exit 1 for it
         import traceback
 
         traceback.print_exc(file=sys.stderr)
         print(f"internal error ({err.__class__.__name__}); no report was written", file=sys.stderr)
         return EXIT_INTERNAL
+
+
+def _command(args: argparse.Namespace) -> int:
+    """Run one subcommand; its exit code (JobError and Interrupted go to main())."""
+    if args.command == "schema":
+        from worker.report.model import schema_markdown, schema_text
+
+        print(schema_markdown() if args.markdown else schema_text(), end="")
+        return EXIT_OK
+    if args.command == "validate":
+        return _validate(Path(args.job))
+    if args.command == "run":
+        return _run_job(Path(args.job), args)
+    if args.command == "evaluate":
+        from worker.adapt.evaluate_cli import main as evaluate_main
+
+        ev_args = ["--pred", args.pred, "--masks", args.masks] + (["--json"] if args.json else [])
+        return evaluate_main(ev_args)
+    if args.command == "compare":
+        from worker.runs_compare import run_compare
+
+        return run_compare(args)
+    if args.command == "demo":
+        from worker.demo import write_demo
+
+        job_path = write_demo(Path(args.dir))
+        return _run_job(job_path, args)
     return EXIT_INVALID
 
 

@@ -107,12 +107,21 @@ class Target:
 
 
 @dataclass(frozen=True)
-class Evidence(Target):
-    """One labelled secondary: its distances plus per-image F (length M) and its ODS."""
+class Evidence:
+    """One labelled secondary: its distances and per-image F (length M), and its ODS."""
 
-    f: np.ndarray | None = None  # (M,) per-image F at the dataset's ODS threshold, [0, 1]
-    ods_f: float = math.nan
+    name: str
+    ids: list[str]
+    i_dist_scaled: np.ndarray  # (M,)
+    i_dist_mean: np.ndarray  # (M,)
+    f: np.ndarray  # (M,) per-image F at the dataset's ODS threshold, [0, 1]
+    o_dist_mean: float
+    ods_f: float
     ods_threshold: float | None = None
+    novelty: np.ndarray | None = None
+    novel: np.ndarray | None = None
+    novelty_base_rate: float | None = None
+    energy: float | None = None
 
 
 def labelled(
@@ -158,7 +167,7 @@ def fit_isotonic(x: np.ndarray | Sequence[float], y: np.ndarray | Sequence[float
     return Isotonic(xu, np.clip(fitted, 0.0, 1.0))
 
 
-def image_values(name: str, s: Target) -> np.ndarray | None:
+def image_values(name: str, s: Target | Evidence) -> np.ndarray | None:
     """Per-image values (M,) of an image-level predictor; None for set-level ones or when the
     set lacks them."""
     v = {"i_dist_mean": s.i_dist_mean, "novelty": s.novelty}.get(name)
@@ -168,7 +177,7 @@ def image_values(name: str, s: Target) -> np.ndarray | None:
     return v if len(v) == len(s.ids) and np.all(np.isfinite(v)) else None
 
 
-def set_value(name: str, s: Target) -> float | None:
+def set_value(name: str, s: Target | Evidence) -> float | None:
     """A set's value of predictor `name` (higher = farther): the mean over its images for
     image-level predictors, the energy distance for `energy`; None when unknown."""
     if name == "energy":
@@ -177,7 +186,7 @@ def set_value(name: str, s: Target) -> float | None:
     return float(v.mean()) if v is not None and len(v) else None
 
 
-def available(name: str, sets: Sequence[Target]) -> str | None:
+def available(name: str, sets: Sequence[Target | Evidence]) -> str | None:
     """None when every set in `sets` has predictor `name`'s values, else the reason."""
     if name == NO_SKILL:
         return None
@@ -187,7 +196,19 @@ def available(name: str, sets: Sequence[Target]) -> str | None:
     return None
 
 
-Predictor = Callable[[Target], float]
+Predictor = Callable[[Target | Evidence], float]
+
+
+def image_fit(name: str, train: Sequence[Evidence]) -> tuple[Isotonic, float]:
+    """(g, offset) of image-level predictor `name`: g the isotonic fit of per-image F on its
+    values over every image of `train`, offset = mean_d (ODS_d - mean_{j in d} g(x_dj))."""
+    x = np.concatenate([image_values(name, e) for e in train])
+    f = np.concatenate([e.f for e in train]).astype(np.float64)
+    g = fit_isotonic(x, f)
+    offset = float(
+        np.mean([e.ods_f - float(g.predict(image_values(name, e)).mean()) for e in train])
+    )
+    return g, offset
 
 
 def fit_candidate(name: str, train: Sequence[Evidence]) -> Predictor:
@@ -200,12 +221,7 @@ def fit_candidate(name: str, train: Sequence[Evidence]) -> Predictor:
     if LEVELS[name] == "set":
         h = fit_isotonic([set_value(name, e) for e in train], ods)
         return lambda s: float(h.predict([set_value(name, s)])[0])
-    x = np.concatenate([image_values(name, e) for e in train])
-    f = np.concatenate([e.f for e in train]).astype(np.float64)
-    g = fit_isotonic(x, f)
-    offset = float(
-        np.mean([e.ods_f - float(g.predict(image_values(name, e)).mean()) for e in train])
-    )
+    g, offset = image_fit(name, train)
     return lambda s: float(np.clip(g.predict(image_values(name, s)).mean() + offset, 0.0, 1.0))
 
 
@@ -272,6 +288,12 @@ def sampling_error(sets: Sequence[Evidence]) -> float:
     return float(np.mean(errs)) if errs else 0.0
 
 
+def interval_method(n: int, level: float = INTERVAL) -> str:
+    """'jackknife+' when n labelled sets allow a finite distribution-free `level` interval
+    (ceil(level (n + 1)) <= n), else 'student-t'."""
+    return "jackknife+" if math.ceil(level * (n + 1) - 1e-9) <= n else "student-t"
+
+
 def interval(
     estimate: float, fold_estimates: np.ndarray, residuals: np.ndarray, level: float = INTERVAL
 ) -> tuple[float, float, str]:
@@ -284,7 +306,7 @@ def interval(
     alpha = 1.0 - level
     r = np.abs(residuals)
     k_hi = math.ceil((1.0 - alpha) * (n + 1) - 1e-9)
-    if k_hi <= n:
+    if interval_method(n, level) == "jackknife+":
         k_lo = max(math.floor(alpha * (n + 1) + 1e-9), 1)
         lo = float(np.sort(fold_estimates - r)[k_lo - 1])
         hi = float(np.sort(fold_estimates + r)[k_hi - 1])
@@ -532,7 +554,7 @@ def estimate_performance(
     fewer than `min_datasets` labelled sets or `min_images` labelled images, or without
     skill, no estimate is made and every target carries the reason.
     """
-    evidence = [e for e in evidence if e.f is not None and len(e.f)]
+    evidence = [e for e in evidence if len(e.f)]
     points = [
         LabelledPoint(
             dataset=e.name, id=i, i_dist_scaled=float(s), i_dist_mean=float(x), f=float(f)
@@ -597,18 +619,22 @@ def estimate_performance(
         )
         for n in candidates
     ]
-    best = "no predictor" if chosen == NO_SKILL else f"{chosen} (LOO MAE {maes[chosen]:.3f})"
+    best = (
+        "no predictor beats"
+        if chosen == NO_SKILL
+        else f"{chosen} (LOO MAE {maes[chosen]:.3f}) does not beat"
+    )
     no_skill_reason = (
-        f"no skill: {best} does not beat the labelled sets' mean ODS (LOO MAE "
-        f"{no_skill_mae:.3f}) by more than the sampling error of a set's F ({noise:.3f}); "
-        "F is not explained by distance here"
+        f"no skill: {best} the labelled sets' mean ODS (LOO MAE {no_skill_mae:.3f}) by more "
+        f"than the sampling error of a set's F ({noise:.3f}); F is not explained by distance "
+        "here"
     )
     lo_x = min(float(e.i_dist_mean.min()) for e in evidence)
     hi_x = max(float(e.i_dist_mean.max()) for e in evidence)
     o_lab = [e.o_dist_mean for e in evidence]
     curves = _curves(evidence, targets, seed, n_bootstrap)
 
-    secondaries, methods = [], set()
+    secondaries = []
     for k, t in enumerate(targets):
         if not len(t.ids):
             secondaries.append(_no_estimate(t, f"secondary {t.name!r} has no image distances"))
@@ -617,7 +643,8 @@ def estimate_performance(
         outside = (x < lo_x) | (x > hi_x)
         share = float(outside.mean())
         rs = ranges(names, evidence, t)
-        judged = [r for r in rs if r.predictor in skilled]
+        # judged on the predictors with skill; with none, on every available one
+        judged = [r for r in rs if r.predictor in skilled] if skilled else rs
         above = any(r.side == "above" for r in judged)
         below = any(r.side == "below" for r in judged)
         if chosen != "i_dist_mean":
@@ -671,7 +698,22 @@ def estimate_performance(
             **_novel(t),
         )
         if not skill:
-            block.update(estimated_f=None, low=None, high=None, reason=no_skill_reason)
+            # no point estimate; the labelled sets' spread is all the data say about F
+            mean = float(ods.mean())
+            lo, hi, method = interval(mean, loo[NO_SKILL], ods - loo[NO_SKILL])
+            reason = no_skill_reason
+            if side is not None:
+                where = "farther" if side == "above" else "closer"
+                reason += f"; and extrapolation: {where} than every labelled set"
+            block.update(
+                estimated_f=None,
+                low=0.0 if above else lo,
+                high=1.0 if below else hi,
+                predictor=NO_SKILL,
+                predictor_value=mean,
+                interval_method=method,
+                reason=reason,
+            )
         elif side is not None:
             block.update(
                 estimated_f=None,
@@ -679,24 +721,15 @@ def estimate_performance(
                 high=1.0 if below else block["high"],
                 reason=_extrapolation_reason(judged, share if share_flag else 0.0, side),
             )
-        methods.add(method)
         secondaries.append(DatasetEstimate(**block))
 
-    final_idist = fit_candidate("i_dist_mean", evidence) if "i_dist_mean" in names else None
-    offset = None
-    if final_idist is not None:
-        g = fit_isotonic(np.concatenate([e.i_dist_mean for e in evidence]),
-                         np.concatenate([e.f for e in evidence]))  # fmt: skip
-        offset = float(
-            np.mean([e.ods_f - float(g.predict(e.i_dist_mean).mean()) for e in evidence])
-        )
+    offset = image_fit("i_dist_mean", evidence)[1] if "i_dist_mean" in names else None
     labelled_sets = [
         _labelled_set(e, float(v), float(abs(r)), c)
         for e, v, r, c in zip(
             evidence, nested.estimates, nested.residuals, nested.chosen, strict=True
         )
     ]
-    _, _, method = interval(0.0, nested.estimates, nested.residuals)
     return Estimate(
         **common,
         made=skill,
@@ -715,7 +748,7 @@ def estimate_performance(
         no_skill_loo_mae=no_skill_mae,
         sampling_error=noise,
         skill=skill,
-        interval_method=method,
+        interval_method=interval_method(len(evidence)),
     )
 
 

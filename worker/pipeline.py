@@ -12,7 +12,6 @@ import datetime as dt
 import functools
 import platform
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from worker.analysis import (
 from worker.embeddings import EmbeddedSet, embed_items, load_precomputed
 from worker.errors import JobError
 from worker.gates import evaluate_gates
+from worker.interrupt import check as check_interrupt
 from worker.job import DatasetConfig, Job, ModelConfig
 from worker.logs import LOGGER, stage
 from worker.preflight import check_locations
@@ -60,7 +60,7 @@ from worker.sources.samples import (
     list_dataset,
     samples_of,
 )
-from worker.store import new_run_id, publish_run
+from worker.store import new_run_id, publish_run, staging_dir
 
 
 def _check_location(job: Job, ds: DatasetConfig, key: str, location: str) -> str:
@@ -201,6 +201,7 @@ class _Progress:
             self._bar = tqdm(total=total, desc=desc, unit="img", leave=False, file=sys.stderr)
 
     def update_to(self, done: int) -> None:
+        check_interrupt()  # after each embedded batch: a safe point to stop at
         if self._bar is not None:
             self._bar.update(done - self._bar.n)
 
@@ -255,16 +256,23 @@ def embed_all(
         return _Progress(total, desc, show_progress)
 
     configs = datasets or job.all_datasets
+    # model.batch_size auto: the extractor's choice (from the device's memory)
+    batch = model.batch_size if model.batch_size != "auto" else None
+    batch = batch or getattr(extractor, "batch_size", None) or 32
     if job.compute.engine == "ray" and extractor is not None:
-        sets = load_datasets_ray(job, configs, extractor, cache, progress, model.batch_size)
+        sets = load_datasets_ray(job, configs, extractor, cache, progress, batch)
     else:
         sets = [
             emb
             for ds in configs
-            for emb in load_dataset(job, ds, extractor, cache, progress, model.batch_size)
+            for emb in load_dataset(job, ds, extractor, cache, progress, batch)
         ]
     _check_sets(job, sets)
     info = dict(extractor.info) if extractor is not None else {"name": "precomputed"}
+    if extractor is None and model.reduce is not None:  # precomputed: projected as loaded
+        from worker.reduce import reduce_sets
+
+        info["reduce"] = reduce_sets(sets, model.reduce.dims, model.reduce.seed)
     info["feature_dim"] = int(sets[0].vectors.shape[1])
     keys = ModelInfo.model_fields
     return Embedded(sets, extractor, ModelInfo(**{k: info.get(k) for k in keys}))
@@ -320,8 +328,7 @@ def _run(
     check_locations(job, out=out_dir, junit=junit_path)  # every local location, before work
     masked = check_adaptation_inputs(job)  # masks checked before any embedding
     scores = score_all_predictions(job)  # the user's own maps (predictions:), also checked early
-    with tempfile.TemporaryDirectory(prefix="worker-out-") as tmp:
-        staging = Path(tmp)
+    with staging_dir(out_uri, run_id) as staging:  # inside the store: a later run cleans it
         memory = selection_memory(job, out_uri)  # earlier runs' selections, not proposed again
         with compute_engine(job) as engine_info:
             measured: list[Measured] = []
@@ -345,7 +352,7 @@ def _run(
                     adapted = adapt(job, measured[0].analysis, masked, staging)
                 if adapted.trained_encoder is not None:
                     with stage("measure", model="trained"), numeric_input_errors():
-                        measured.append(measure_trained(job, adapted.trained_encoder))
+                        measured.append(measure_trained(job, adapted.trained_encoder, memory))
         with stage("report"):
             report = build_report(
                 job,
@@ -487,10 +494,11 @@ def adapt(job: Job, analysis: ModelAnalysis, sets: dict, artifacts: Path) -> Ada
     )
 
 
-def measure_trained(job: Job, encoder) -> Measured:
-    """Distances measured with the trained baseline M's own encoder (features_from_trained)."""
+def measure_trained(job: Job, encoder, memory: SelectionMemory | None = None) -> Measured:
+    """Distances measured with the trained baseline M's own encoder (features_from_trained);
+    `memory`: the earlier runs' selections, as for the other extractors."""
     embedded = embed_all(job, ModelConfig(name="trained"), False, extractor=encoder)
-    analysis = analyse_model(embedded.sets[0], embedded.sets[1:], job)
+    analysis = analyse_model(embedded.sets[0], embedded.sets[1:], job, memory)
     return Measured("trained (baseline M encoder)", embedded, analysis)
 
 

@@ -123,6 +123,9 @@ def _check_output(job, out: str | None, folders: list[tuple[str, str]]) -> None:
     existing = next(p for p in [Path(target), *Path(target).parents] if p.exists())
     if not os.access(existing, os.W_OK | os.X_OK):
         raise JobError(f"{where}: {existing} is not writable; choose another folder with --out")
+    from worker.store import check_latest
+
+    check_latest(Path(target))
 
 
 STORE_NAMES = ("runs", "latest", "latest.json", "report.json", "report.pdf", "figures")

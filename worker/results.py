@@ -522,6 +522,15 @@ class SweepRow(Result):
     ranking: list[str] = Field(description="Secondaries, farthest first.")
 
 
+class ReduceInfo(Result):
+    """model.reduce: the seeded random projection applied to every feature vector."""
+
+    method: str = Field(description="random: very sparse Johnson-Lindenstrauss projection.")
+    dims: int = Field(ge=1, description="Width of the projected features.")
+    seed: int = Field(ge=0, description="Seed of the projection matrix.")
+    input_dim: int | None = Field(default=None, description="Width before the projection.")
+
+
 class ModelInfo(Result):
     """The feature extractor."""
 
@@ -531,6 +540,20 @@ class ModelInfo(Result):
     feature_dim: int | None = Field(ge=1, description="Width of the feature vectors.")
     pooling: str | None = Field(description="flatten, mean or cls.")
     image_size: int | list[int] | None = Field(description="Input size in pixels.")
+    input_size: int | None = Field(
+        default=None,
+        description=(
+            "Side in pixels of the square the model sees: image_size, or the family's native "
+            "input where it cannot take image_size (SAM: 1024 for the paper's checkpoint)."
+        ),
+    )
+    preprocess: str | None = Field(
+        default=None,
+        description="fast (tensor rescale and normalisation) or exact (the processor's own).",
+    )
+    reduce: ReduceInfo | None = optional_block(
+        "The random projection of the features (model.reduce); left out when none."
+    )
 
 
 class ModelResult(Result):
@@ -696,7 +719,7 @@ class Groups(Result):
 
 
 class DatasetMatrix(Result):
-    """Every dataset as the primary in turn (datasets.matrix; method.md §9)."""
+    """Every dataset as the primary in turn (datasets.matrix; method.md §11)."""
 
     names: list[str] = Field(description="Datasets, in job order (primary first).")
     o_dist_mean: list[list[float | None]] = Field(
@@ -899,7 +922,8 @@ class DatasetEstimate(Result):
     )
     low: float | None = Field(
         description="lower end of the 90% interval from the leave-one-set-out errors (between-"
-        "set error included), 0..1; 0 when farther than every labelled set"
+        "set error included), 0..1; 0 when farther than every labelled set; with no skill, "
+        "that of the no-skill baseline (the labelled sets' spread)"
     )
     high: float | None = Field(
         description="upper end of the 90% interval, 0..1; 1 when closer than every labelled set"

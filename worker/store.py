@@ -46,6 +46,7 @@ import secrets
 import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -55,6 +56,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from worker.errors import JobError
+from worker.interrupt import check as check_interrupt
 from worker.sources import is_s3
 
 if TYPE_CHECKING:
@@ -152,6 +154,73 @@ def _signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+# ------------------------------------------------------------------------------ staging
+
+
+STAGING_PREFIX = "worker-out-"
+
+
+@contextmanager
+def staging_dir(store_uri: str, run_id: str) -> Iterator[Path]:
+    """Where a run writes its outputs before publish_run makes them visible.
+
+    Local store: `<store>/runs/.<run_id>.partial/` with a `.<run_id>.writer` record (host,
+    pid), so when this process dies a later run of the store removes it (clean_stale), and
+    publishing renames it into place instead of copying. S3 store: a folder
+    `worker-out-<run_id>.<pid>` under $TMPDIR; such folders of dead processes are removed
+    at the start of every run. Left by an exception or a stop, the folder is removed, and
+    the store folders this call created are removed again (nothing visible changes)."""
+    if is_s3(store_uri):
+        root = Path(tempfile.gettempdir())
+        _clean_stale_tmp(root)
+        path = root / f"{STAGING_PREFIX}{run_id}.{os.getpid()}"
+        path.mkdir(mode=0o700)
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+        return
+    store = Path(store_uri)
+    runs = store / RUNS
+    made = [p for p in (store, runs) if not p.exists()]
+    path = runs / f".{run_id}.partial"
+    writer = _writer_file(runs, run_id)
+    try:
+        try:
+            runs.mkdir(parents=True, exist_ok=True)
+            clean_stale(str(store))
+            writer.write_text(f"{socket.gethostname()} {os.getpid()}\n")
+            path.mkdir()
+        except OSError as err:
+            raise _store_error(store, err) from None
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)  # gone already when it was published
+        try:
+            writer.unlink(missing_ok=True)
+        except OSError:
+            pass
+        for folder in reversed(made):
+            try:
+                folder.rmdir()  # only if still empty: never another run's files
+            except OSError:
+                pass
+
+
+def _clean_stale_tmp(root: Path) -> None:
+    """Remove $TMPDIR/worker-out-<run_id>.<pid> folders whose process is gone."""
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(STAGING_PREFIX):
+            continue
+        pid = name.rpartition(".")[2]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(root / name, ignore_errors=True)
+
+
 # ------------------------------------------------------------------------------ publishing
 
 
@@ -245,6 +314,36 @@ def _copy_tree(src: Path, dst: Path) -> None:
             _copy_file(Path(dirpath) / name, dst / rel / name)
     for folder in reversed(folders):
         _fsync_dir(folder)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file of a folder written in place, then every folder, deepest first."""
+    folders = []
+    for dirpath, _dirnames, filenames in os.walk(root):
+        folders.append(Path(dirpath))
+        for name in filenames:
+            with open(Path(dirpath) / name, "rb") as f:
+                os.fsync(f.fileno())
+    for folder in reversed(folders):
+        _fsync_dir(folder)
+
+
+LOCK = ".lock"
+
+
+@contextmanager
+def _store_lock(runs: Path) -> Iterator[None]:
+    """An exclusive lock on the store (flock on runs/.lock): held while a run is renamed into
+    place and `latest` switched to it, and while old runs are pruned, so a concurrent run's
+    pruning can never remove the run `latest` is about to name."""
+    import fcntl
+
+    fd = os.open(runs / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _writer_file(runs: Path, run_id: str) -> Path:
@@ -378,6 +477,42 @@ def _flat_names(run_dir: Path) -> list[str]:
     return sorted(names, key=lambda n: (n == REPORT, n))
 
 
+def check_latest(store: Path) -> None:
+    """Refuse a store whose `latest` is not the link the store keeps (a user's plain file or
+    folder there is never replaced)."""
+    latest = store / LATEST
+    if latest.exists() and not latest.is_symlink():
+        what = "folder" if latest.is_dir() else "file"
+        raise JobError(
+            f"output.dir: {latest} is a plain {what}, not the link to the newest run that the "
+            "store keeps there; move it away (nothing was changed) or choose another folder"
+        )
+
+
+def _keep_flat_layout(store: Path, flat: list[str]) -> None:
+    """An older one-folder layout (report.json, report.pdf, figures/ ... as plain files at the
+    top of the store, no runs yet) becomes a run of its own, runs/<id>/ with the id taken
+    from its report.json's time, instead of being replaced by the links."""
+    report = store / REPORT
+    if not report.is_file() or report.is_symlink():
+        return
+    legacy = new_run_id(report.stat().st_mtime)
+    partial = store / RUNS / f".{legacy}.partial"
+    partial.mkdir()
+    names = [n for n in flat if (store / n).exists() and not (store / n).is_symlink()]
+    for name in sorted(names, key=lambda n: n == REPORT):  # report.json last: then complete
+        os.rename(store / name, partial / name)
+    os.rename(partial, store / RUNS / legacy)
+    from worker.logs import LOGGER
+
+    LOGGER.warning(
+        "output.dir: the one-folder layout's %s in %s kept as run %s",
+        ", ".join(names),
+        store,
+        legacy,
+    )
+
+
 def _link_flat(store: Path, run_dir: Path) -> None:
     """<store>/<name> -> latest/<name> for each flat name: made once, kept afterwards; an
     older plain file or folder there is replaced (report.json last)."""
@@ -403,15 +538,16 @@ def _publish_local(staging: Path, store: Path, run_id: str) -> Published:
     try:
         try:
             runs.mkdir(parents=True, exist_ok=True)
-            latest = store / LATEST
-            if latest.is_dir() and not latest.is_symlink():
-                raise IsADirectoryError(
-                    errno.EISDIR, "a plain folder sits where the latest link goes", str(latest)
-                )
-            clean_stale(str(store))
-            writer.write_text(f"{socket.gethostname()} {os.getpid()}\n")
-            _copy_tree(staging, partial)
-            with _signals_held():
+            check_latest(store)
+            if staging.resolve() == partial.resolve():  # staged in place (staging_dir)
+                _fsync_tree(partial)
+            else:
+                clean_stale(str(store))
+                writer.write_text(f"{socket.gethostname()} {os.getpid()}\n")
+                _copy_tree(staging, partial)
+            check_interrupt()  # the last safe point: a stop asked for now publishes nothing
+            with _signals_held(), _store_lock(runs):
+                _keep_flat_layout(store, _flat_names(partial))
                 previous = _latest_target(store)
                 os.rename(partial, final)
                 _fsync_dir(runs)
@@ -439,6 +575,8 @@ def _publish_local(staging: Path, store: Path, run_id: str) -> Published:
             shutil.rmtree(partial, ignore_errors=True)
             try:
                 writer.unlink(missing_ok=True)
+                if runs in made:  # this call made the store: its lock file goes with it
+                    (runs / LOCK).unlink(missing_ok=True)
             except OSError:
                 pass
             for folder in reversed(made):
@@ -494,6 +632,7 @@ def _publish_s3(staging: Path, store_uri: str, storage, run_id: str) -> Publishe
             clean_stale(store_uri, storage)
             uploaded = True
             publish_outputs(staging, run_uri, storage)  # report.json last: then it is complete
+            check_interrupt()  # the last safe point: a stop asked for now publishes nothing
             with _signals_held():
                 finished = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
                 pointer = {"run_id": run_id, "report": _join(run_uri, REPORT), "finished": finished}
@@ -811,6 +950,13 @@ def prune_runs(
     and the one `latest` names, which are never removed). Returns the ids removed."""
     if keep < 1:
         raise JobError(f"output.keep: {keep} must be at least 1")
+    if not is_s3(store_uri):
+        with _store_lock(Path(store_uri) / RUNS):
+            return _prune(store_uri, keep, storage, protect)
+    return _prune(store_uri, keep, storage, protect)
+
+
+def _prune(store_uri: str, keep: int, storage, protect: tuple[str, ...]) -> list[str]:
     runs = list_runs(store_uri, storage)
     candidates = runs[: max(0, len(runs) - keep)]
     removed = []

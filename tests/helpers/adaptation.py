@@ -108,3 +108,25 @@ def make_job(root: Path, adaptation: dict, secondary: list[dict], **extra):
         **extra,
     }
     return parse_job(data, root)
+
+
+def tiny_segformer(folder: Path, num_labels: int) -> Path:
+    """A tiny random SegFormer (two 8/16-channel stages) saved with save_pretrained."""
+    import torch
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    config = SegformerConfig(
+        num_encoder_blocks=2,
+        depths=[1, 1],
+        sr_ratios=[2, 1],
+        hidden_sizes=[8, 16],
+        num_attention_heads=[1, 1],
+        patch_sizes=[7, 3],
+        strides=[4, 2],
+        mlp_ratios=[2, 2],
+        decoder_hidden_size=16,
+        num_labels=num_labels,
+    )
+    torch.manual_seed(0)
+    SegformerForSemanticSegmentation(config).save_pretrained(folder)
+    return folder

@@ -11,10 +11,10 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 
-SIZE = 64  # model input size of every tiny model
+SIZE = 64  # the size every tiny model (and its processor) was configured for
 
 
-RESIZE = 72  # model.image_size in the tests: resize to 72, then the processor makes 64
+RESIZE = 96  # model.image_size in the tests: every family but SAM sees 96 x 96, SAM its 64
 
 
 def _text_config() -> dict:

@@ -35,6 +35,7 @@ from worker.adapt.block import (
     TrainedModel,
 )
 from worker.adapt.masks import MaskedSet, primary_masks_error
+from worker.adapt.names import BASELINE
 from worker.adapt.plan import PlannedModel, check_masks, fingerprint, plan_models, train_ids
 from worker.adapt.score import EvaluatedSet, Runs, evaluate_set, score
 from worker.adapt.segmenters import TrainedEncoderExtractor, build_segmenter, save_segmenter
@@ -327,8 +328,13 @@ def run_adaptation(
     held = held_out_sets(evaluated, held_out or {})
     blocks = []
     for arch in archs:
+        per_seed = []
+        for seed in seeds:
+            results, splits = score(arch.label, seed, runs[(arch.label, seed)], evaluated)
+            per_seed += summ.seed_scores(seed, results)
+            if seed == seeds[0]:
+                first_results, first_splits = results, splits
         models = runs[(arch.label, seeds[0])]
-        results, splits = score(arch.label, seeds[0], models, evaluated)
         held_results = score(arch.label, seeds[0], models, held)[0] if held else []
         blocks.append(
             ArchitectureBlock(
@@ -338,10 +344,28 @@ def run_adaptation(
                 encoder=arch.encoder,
                 parameters=models[0].segmenter.parameters_count,
                 models=[_trained(m) for m in models],
-                results=results,
-                splits=splits,
+                results=first_results,
+                splits=first_splits,
+                per_seed=per_seed,
+                over_seeds=summ.over_seeds(per_seed),
                 held_out_results=held_results,
             )
+        )
+    baselines = [
+        summ.trivial_baseline(es.ds.name, es.counts[(baseline, seeds[0], BASELINE)], es.pixels)
+        for es in evaluated
+    ]
+    draws = {}
+    if len(archs) > 1:
+        adapted = [m.name for m in plan if m.q > 0 and not m.negatives]
+        draws = summ.bootstrap_draws(
+            {(a, s, m, es.ds.name): c for es in evaluated for (a, s, m), c in es.counts.items()},
+            {es.ds.name: es.x for es in evaluated},
+            [a.label for a in archs],
+            seeds,
+            [b.dataset for b in baselines if b.positive_pixels > 0],
+            adapted[-1] if adapted else None,
+            seed=job.seed,
         )
 
     if job.output.save_checkpoints:
@@ -365,7 +389,9 @@ def run_adaptation(
         results=first.results,
         splits=first.splits,
         architectures=blocks,
-        summary=summ.summarise(blocks),
+        summary=summ.summarise(blocks, baselines, draws, cfg.choose_by),
+        seeds=seeds,
+        baselines=baselines,
         held_out=_held_out_block(job, held, blocks[0].held_out_results) if held else None,
     )
     first_runs = {a.label: runs[(a.label, seeds[0])] for a in archs}

@@ -313,11 +313,11 @@ def _adaptation_sentences(report: Report) -> list[str]:
         )
     else:
         tune = "Fine-tuning: no adapted model was scored on sets with masks."
-    recommended = getattr(ad.summary, "recommended", None) if ad.summary else None
-    if recommended is not None:
-        text = getattr(recommended, "statement", None) or getattr(recommended, "reason", None)
-        name = getattr(recommended, "architecture", None) or str(recommended)
-        arch = f"Architecture: keep {name}" + (f": {text}" if text else ".")
+    rec = ad.summary.recommended if ad.summary else None
+    if rec is not None:
+        arch = f"Architecture: {rec.reason}"
+        if rec.trade_off:
+            arch += f" Trade-off: {rec.trade_off}"
     elif len(rows) < 2:
         arch = (
             f"Architecture: only {ad.baseline_architecture} was trained "
