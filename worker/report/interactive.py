@@ -175,9 +175,10 @@ def histogram_plot(sec: SecondaryResult) -> dict | None:
     if not sels:
         return None
     n = len(sels)
-    gap = 0.08 / max(n, 1)
+    row_px = 200
+    gap = 30 / (row_px * n)  # about 30 px above each row's plots (titles), 30 below (ticks)
     layout = _layout(
-        f"{sec.name}: selections (solid) against random subsets (dashed)", 170 * n + 90
+        f"{sec.name}: selections (solid) against random subsets (dashed)", row_px * n + 90
     )
     traces, notes = [], []
     for r, s in enumerate(sels):
@@ -194,7 +195,7 @@ def histogram_plot(sec: SecondaryResult) -> dict | None:
             left = 0.0 if c == 0 else 0.54
             layout[f"xaxis{'' if k == 1 else k}"] = _axis("", domain=[left, left + 0.46], anchor=ya)
             layout[f"yaxis{'' if k == 1 else k}"] = _axis(
-                "images", domain=[bottom, top - gap], anchor=xa
+                "images", domain=[bottom, top - 2 * gap], anchor=xa
             )
             traces += _steps(mine.histogram if mine else None, "selection", (xa, ya), False)
             traces += _steps(rand.histogram if rand else None, "random", (xa, ya), True)
@@ -204,7 +205,7 @@ def histogram_plot(sec: SecondaryResult) -> dict | None:
                     "xref": "paper",
                     "yref": "paper",
                     "x": left,
-                    "y": top,
+                    "y": top - gap,
                     "xanchor": "left",
                     "yanchor": "bottom",
                     "showarrow": False,
