@@ -572,7 +572,7 @@ def build_report(
     )
     attach_estimate(report, scores, job.seed)
     if store is not None:
-        attach_history(report, job, store)
+        attach_history(report, job, store, measured[0].embedded)
     report.gates = evaluate_gates(report, job.gates)
     report.passed = all(g.passed for g in report.gates)
     return report
@@ -595,7 +595,7 @@ def attach_estimate(report: Report, scores: dict | None, seed: int) -> None:
     report.estimate = estimate
 
 
-def attach_history(report: Report, job: Job, store: str) -> None:
+def attach_history(report: Report, job: Job, store: str, embedded: Embedded | None = None) -> None:
     """Compare this run with the earlier runs of the same store (method.md §6): the `history`
     block, and `new` on every image of a secondary that the previous run also had. The first
     run of a store (no earlier run, no baseline) gets no block."""
@@ -614,6 +614,8 @@ def attach_history(report: Report, job: Job, store: str) -> None:
     if history.previous_run is None and not history.baseline:
         return  # a first run: nothing to compare, and report.json stays free of run ids
     report.history = history
+    if embedded is not None and history.previous_run is not None:
+        attach_change_tests(history, job, store, embedded)
     for sec in report.secondaries:
         new = history.new_ids.get(sec.name)
         if new is None:
@@ -621,6 +623,24 @@ def attach_history(report: Report, job: Job, store: str) -> None:
         new = set(new)
         for im in sec.images:
             im.new = im.id in new
+
+
+def attach_change_tests(history, job: Job, store: str, embedded: Embedded) -> None:
+    """The new images of every secondary tested against the previous run's images (method.md
+    §12.7): that run's embeddings are this run's vectors of the same content, else the
+    embedding cache's entries under the same extractor (content hash)."""
+    from worker.analysis import change_tests
+    from worker.store import read_run
+
+    lookup = None
+    if embedded.extractor is not None and job.cache.enabled and job.cache.dir:
+        from worker.cache import EmbeddingCache
+
+        cache = EmbeddingCache(job.resolve(job.cache.dir), storage=job.storage)
+        key = embedded.extractor.cache_key
+        lookup = functools.partial(cache.get, key=key)
+    previous = read_run(store, history.previous_run, job.storage)
+    change_tests(history, previous, embedded.sets, job, lookup)
 
 
 def selection_memory(job: Job, store: str) -> SelectionMemory | None:
