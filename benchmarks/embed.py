@@ -1,22 +1,43 @@
-"""Embedding throughput: the whole pipeline (read + decode + resize + processor + forward)
-against the model alone on pre-loaded tensors, same model and same run; and a cached re-run
-against a cold run.
+"""Embedding-stage benchmarks (issue 33): every ratio against a baseline measured in the
+same run, on the same files.
 
-No download: a small random DINOv2 (ViT-S-like, fewer layers) is built from its config class,
-saved with save_pretrained and loaded through worker.extractors (the real from_pretrained
-path). Images are synthetic JPEGs written to a temp folder.
+    python benchmarks/embed.py [--parts prep,stage,threads,cache,reduce,big] [--images 256]
+                               [--big-n 20000] [--big-dim 200000] [--out embed.json]
 
-    .venv/bin/python benchmarks/embed.py                     # defaults: 256 images, 2 workers
-    .venv/bin/python benchmarks/embed.py --images 512 --workers 4 --device cuda
+No download: a small random DINOv2 is built from its config class, saved with
+save_pretrained (with the published dinov2-base processor: shortest edge 256, centre crop
+224, ImageNet normalisation) and loaded through worker.extractors. Images are synthetic
+640 x 480 JPEGs (smooth gradients plus noise).
 
-Goals: pipeline / model-only >= 0.9 on a GPU; cached re-run >= 20x faster than cold.
-Every timing is the best of --repeats runs (other processes share the machine).
+- prep: CPU ms per image on one core (time.process_time) to turn a 640 x 480 JPEG into the
+  model's input at image_size 448. Baseline: session 6's path (full decode, resize to 448,
+  then the checkpoint's processor with its own resize and crop); also the exact path (the
+  processor with resize and crop off) and the fast path (DCT-scaled decode, uint8 resize,
+  the affine map per batch of 32 as one torch op, amortised). Target: fast <= 3 ms.
+- stage: embed_items with the tiny model on 2 decode threads (the job's setting) against
+  bare single-core PIL decoding (Image.open + load) of the same files. Target >= 0.5x. The
+  model alone on pre-made inputs is printed too: the stage cannot beat it.
+- threads: the stage without the model (a zero-cost embed_prepared) on 2 threads against 1.
+  Target >= 1.8x.
+- cache: a cached re-run against the cold run that filled the cache, tiny model at
+  image_size 392 with flatten pooling (785 tokens x 64 = 50,240 floats per image).
+  Target >= 20x.
+- reduce: the effect of model.reduce (random projection to 4096 and 1024 dims) on I_dist,
+  O_dist and the ranking: a precomputed job on planted 50,000-float features (P and four
+  secondaries at growing shift), with and without the projection, same seed.
+- big: a precomputed job at n = m = --big-n with --big-dim float32 features per image, as
+  memory-mapped .npy files, with model.reduce to 4096: wall time and the job process's peak
+  RSS (benchmarks/e2e.py's launcher). Target: <= 8 GB. Needs 2 x n x dim x 4 bytes of disk.
+
+Machine load (`os.getloadavg`) is printed beside every part: other processes share the
+cores, so compare ratios (measured interleaved, best of --repeats) rather than rates.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import sys
 import tempfile
@@ -27,21 +48,26 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from worker.cache import EmbeddingCache  # noqa: E402
 from worker.embeddings import embed_items  # noqa: E402
 from worker.extractors import get_extractor  # noqa: E402
-from worker.images import decode_image  # noqa: E402
+from worker.images import decode_image, resize_square  # noqa: E402
 from worker.job import ModelConfig  # noqa: E402
 from worker.sources import list_images  # noqa: E402
 
 MODELS = {
-    # name: (hidden, layers, heads); patch 14 at 224 -> 257 tokens, as DINOv2
+    # name: (hidden, layers, heads); patch 14, as DINOv2
     "tiny": (64, 2, 2),
     "small": (192, 4, 3),
     "base": (768, 12, 12),  # the shape of facebook/dinov2-base (random weights)
 }
+
+
+def load() -> str:
+    return f"load {os.getloadavg()[0]:.1f}"
 
 
 def build_model(kind: str, folder: Path) -> Path:
@@ -69,7 +95,7 @@ def build_model(kind: str, folder: Path) -> Path:
     return folder
 
 
-def write_images(folder: Path, count: int, width: int, height: int) -> None:
+def write_images(folder: Path, count: int, width: int = 640, height: int = 480) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:height, 0:width]
@@ -82,103 +108,321 @@ def write_images(folder: Path, count: int, width: int, height: int) -> None:
         (folder / f"img_{i:05d}.jpg").write_bytes(buf.getvalue())
 
 
-def best_of(repeats: int, fn) -> float:
+def best(repeats: int, fn, clock=time.perf_counter) -> float:
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return min(times)
+
+
+def extractor(folder: Path, image_size: int, **kw):
+    cfg = ModelConfig(
+        name="dinov2", checkpoint=str(folder), image_size=image_size, batch_size=32, **kw
+    )
+    return get_extractor(cfg)
+
+
+# --------------------------------------------------------------------------- parts
+
+
+def part_prep(model: Path, files: list[bytes], repeats: int) -> dict:
+    torch.set_num_threads(1)
+    ex = extractor(model, 448)
+    proc = ex.image_processor
+
+    def old() -> None:  # session 6: the processor's own resize (256) and crop (224) won
+        for data in files:
+            resized = resize_square(decode_image(data), 448)
+            proc(images=[resized], return_tensors="np")
+
+    def exact() -> None:
+        for data in files:
+            ex.exact_input(resize_square(decode_image(data), 448))
+
+    def fast() -> None:
+        batch = []
+        for data in files:
+            batch.append(ex.prepare(decode_image(data, draft=ex.decode_size)))
+            if len(batch) == 32:
+                ex._forward_input(torch.from_numpy(np.stack(batch)))
+                batch = []
+
+    def decode_only() -> None:
+        for data in files:
+            decode_image(data)
+
+    n = len(files)
+    out = {}
+    for _ in range(repeats):  # interleaved rounds
+        for name, fn in (("old", old), ("exact", exact), ("fast", fast), ("decode", decode_only)):
+            ms = best(1, fn, time.process_time) * 1000 / n
+            out[name] = min(out.get(name, np.inf), ms)
+    torch.set_num_threads(os.cpu_count() or 1)
+    out["fast_vs_old"] = out["old"] / out["fast"]
+    print(
+        f"prep (CPU ms per 640x480 JPEG at 448, one core; {load()}): session-6 path "
+        f"{out['old']:.2f}, exact {out['exact']:.2f}, fast {out['fast']:.2f} "
+        f"(decode alone {out['decode']:.2f}); fast is {out['fast_vs_old']:.2f}x faster "
+        "(target <= 3 ms)"
+    )
+    return out
+
+
+def part_stage(model: Path, images: Path, repeats: int, image_size: int) -> dict:
+    items = list_images(str(images))
+    paths = [Path(it.uri) for it in items]
+    ex = extractor(model, image_size, num_workers=2)
+    n = len(items)
+
+    def bare() -> None:
+        for p in paths:
+            with Image.open(p) as im:
+                im.load()
+
+    def stage() -> None:
+        embed_items("bench", items, ex, batch_size=32, num_workers=2)
+
+    prepared = [ex.prepare(decode_image(p.read_bytes(), draft=ex.decode_size)) for p in paths]
+    ex.embed_prepared(prepared[:32])  # warm-up
+    t_bare = t_stage = t_model = np.inf
+    for _ in range(repeats):  # interleaved rounds
+        t_bare = min(t_bare, best(1, bare))
+        t_stage = min(t_stage, best(1, stage))
+        t_model = min(t_model, best(1, lambda: ex.embed_prepared(prepared)))
+    out = {
+        "image_size": image_size,
+        "bare_decode_img_s": n / t_bare,
+        "stage_img_s": n / t_stage,
+        "model_only_img_s": n / t_model,
+        "ratio": t_bare / t_stage,
+    }
+    print(
+        f"stage (tiny DINOv2 at {image_size}, 2 threads; {load()}): {n / t_stage:.0f} img/s, "
+        f"bare single-core PIL decode {n / t_bare:.0f} img/s: {out['ratio']:.2f}x "
+        f"(target >= 0.5x); model alone {n / t_model:.0f} img/s"
+    )
+    return out
+
+
+class _NoModel:
+    """An extractor whose forward pass costs nothing: the stage's own work only."""
+
+    def __init__(self, ex) -> None:
+        self.prepare, self.cache_key, self.num_workers = ex.prepare, ex.cache_key, 2
+        self.info = dict(ex.info)
+
+    def embed_prepared(self, inputs) -> np.ndarray:
+        return np.zeros((len(inputs), 1), np.float32)
+
+
+def part_threads(model: Path, images: Path, repeats: int) -> dict:
+    items = list_images(str(images))
+    free = _NoModel(extractor(model, 448))
+    n = len(items)
+    t = {1: np.inf, 2: np.inf}
+    for _ in range(repeats):
+        for w in (1, 2):
+            t[w] = min(t[w], best(1, lambda w=w: embed_items("b", items, free, num_workers=w)))
+    out = {"one_img_s": n / t[1], "two_img_s": n / t[2], "ratio": t[1] / t[2]}
+    print(
+        f"threads (read + decode + prepare, no model; {load()}): 1 thread {n / t[1]:.0f} "
+        f"img/s, 2 threads {n / t[2]:.0f} img/s: {out['ratio']:.2f}x (target >= 1.8x)"
+    )
+    return out
+
+
+def part_cache(model: Path, images: Path, tmp: Path, repeats: int) -> dict:
+    items = list_images(str(images))
+    ex = extractor(model, 392, num_workers=2)  # 785 tokens x 64 = 50,240 floats
+    folder = tmp / "cache"
+    start = time.perf_counter()
+    cold = embed_items("b", items, ex, cache=EmbeddingCache(str(folder)), num_workers=2)
+    t_cold = time.perf_counter() - start
+    warm = EmbeddingCache(str(folder))
+    t_warm = best(repeats, lambda: embed_items("b", items, ex, cache=warm, num_workers=2))
+    again = embed_items("b", items, ex, cache=EmbeddingCache(str(folder)), num_workers=2)
+    np.testing.assert_array_equal(again.vectors, cold.vectors)
+    assert warm.stats["misses"] == 0, warm.stats
+    out = {
+        "floats_per_image": int(cold.vectors.shape[1]),
+        "cold_s": t_cold,
+        "cached_s": t_warm,
+        "ratio": t_cold / t_warm,
+    }
+    print(
+        f"cache ({out['floats_per_image']} floats per image, {len(items)} images; {load()}): "
+        f"cold {t_cold:.2f} s, cached re-run {t_warm:.2f} s: {out['ratio']:.1f}x "
+        "(target >= 20x)"
+    )
+    return out
+
+
+def _planted_sets(n: int, d: int, shifts: list[float], seed: int = 0) -> list[np.ndarray]:
+    """P and secondaries: a 20-dim signal embedded in d dims plus noise; secondary k shifted
+    by shifts[k] along a random signal direction, with its spread grown likewise."""
+    rng = np.random.default_rng(seed)
+    basis = rng.normal(size=(20, d)) / np.sqrt(20)
+    direction = rng.normal(size=20)
+    out = []
+    for shift in [0.0, *shifts]:
+        z = rng.normal(size=(n, 20)) * (1 + 0.2 * shift) + shift * direction
+        out.append((z @ basis + 0.5 * rng.normal(size=(n, d))).astype(np.float32))
+    return out
+
+
+def part_reduce(tmp: Path) -> dict:
+    import yaml
+    from scipy.stats import kendalltau
+
+    from worker.job import load_job
+    from worker.pipeline import run
+
+    sets = _planted_sets(400, 50_000, [0.3, 0.6, 0.9, 1.2, 1.5, 0.45])
+    names = ["P"] + [f"S{i}" for i in range(1, len(sets))]
+    for name, x in zip(names, sets, strict=True):
+        np.save(tmp / f"{name}.npy", x)
+
+    def job(reduce: dict | None) -> dict:
+        model = {"name": "precomputed", **({"reduce": reduce} if reduce else {})}
+        spec = {
+            "seed": 0,
+            "model": model,
+            "pca": {"dims": 25, "sweep": [25]},
+            "datasets": {
+                "primary": {"name": "P", "embeddings": "P.npy"},
+                "secondary": [{"name": n, "embeddings": f"{n}.npy"} for n in names[1:]],
+            },
+            "metrics": {"statistics": False, "robustness": False},
+        }
+        label = "none" if reduce is None else str(reduce["dims"])
+        path = tmp / f"job_{label}.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        start = time.perf_counter()
+        run(load_job(path), out_dir=str(tmp / f"out_{label}"))
+        wall = time.perf_counter() - start
+        report = json.loads((tmp / f"out_{label}" / "report.json").read_text())
+        return {"report": report, "wall_s": wall}
+
+    base = job(None)
+    out = {"n": 400, "d": 50_000, "secondaries": len(names) - 1, "runs": {}}
+    ref = {s["name"]: s for s in base["report"]["secondaries"]}
+    ranking = base["report"]["ranking"]
+    for dims in (4096, 1024):
+        got = job({"method": "random", "dims": dims, "seed": 0})
+        rows = {s["name"]: s for s in got["report"]["secondaries"]}
+        o_rel = [abs(rows[n]["o_dist"] / ref[n]["o_dist"] - 1) for n in ref]
+        i_rel = [
+            float(
+                np.max(
+                    np.abs(
+                        np.array([im["i_dist"] for im in rows[n]["images"]])
+                        / np.array([im["i_dist"] for im in ref[n]["images"]])
+                        - 1
+                    )
+                )
+            )
+            for n in ref
+        ]
+        tau = kendalltau(
+            [ranking.index(n) for n in ref], [got["report"]["ranking"].index(n) for n in ref]
+        )[0]
+        out["runs"][dims] = {
+            "o_dist_max_rel": max(o_rel),
+            "i_dist_max_rel": max(i_rel),
+            "ranking_same": got["report"]["ranking"] == ranking,
+            "kendall_tau": float(tau),
+            "wall_s": got["wall_s"],
+        }
+        same = out["runs"][dims]["ranking_same"]
+        print(
+            f"reduce to {dims} (planted 400 x 50,000 per set, {len(ref)} secondaries; "
+            f"{load()}): O_dist max relative change {max(o_rel):.4f}, I_dist max "
+            f"{max(i_rel):.4f}, ranking {'unchanged' if same else 'CHANGED'} "
+            f"(tau {tau:.3f}); job {got['wall_s']:.1f} s vs {base['wall_s']:.1f} s unreduced"
+        )
+    return out
+
+
+def part_big(tmp: Path, n: int, dim: int) -> dict:
+    import yaml
+    from e2e import child_peak_rss
+
+    rng = np.random.default_rng(0)
+    basis = rng.normal(size=(16, dim)).astype(np.float32)
+    noise = (0.3 * rng.normal(size=(257, dim))).astype(np.float32)
+    start = time.perf_counter()
+    for name, shift in (("P", 0.0), ("S", 0.4)):
+        arr = np.lib.format.open_memmap(
+            tmp / f"{name}.npy", mode="w+", dtype=np.float32, shape=(n, dim)
+        )
+        for s in range(0, n, 500):
+            e = min(n, s + 500)
+            z = rng.normal(size=(e - s, 16)).astype(np.float32) + shift
+            arr[s:e] = z @ basis + noise[(np.arange(s, e) % 257)]
+        arr.flush()
+        del arr
+    write_s = time.perf_counter() - start
+    spec = {
+        "seed": 0,
+        "model": {"name": "precomputed", "reduce": {"method": "random", "dims": 4096}},
+        "pca": {"dims": 25},
+        "datasets": {
+            "primary": {"name": "P", "embeddings": "P.npy"},
+            "secondary": [{"name": "S", "embeddings": "S.npy"}],
+        },
+    }
+    (tmp / "big.yaml").write_text(yaml.safe_dump(spec))
+    wall, rss = child_peak_rss(
+        [sys.executable, "-m", "worker", "run", str(tmp / "big.yaml"), "--quiet"], tmp
+    )
+    out = {"n": n, "dim": dim, "file_gb": 2 * n * dim * 4 / 1e9, "job_s": wall, "peak_rss_mb": rss}
+    print(
+        f"big ({n} + {n} x {dim} float32, {out['file_gb']:.1f} GB memory-mapped, reduce 4096; "
+        f"{load()}): job {wall:.0f} s, peak RSS {rss / 1024:.2f} GB (target <= 8 GB); "
+        f"writing the files took {write_s:.0f} s"
+    )
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--parts", default="prep,stage,threads,cache,reduce")
     ap.add_argument("--images", type=int, default=256)
-    ap.add_argument("--width", type=int, default=640)
-    ap.add_argument("--height", type=int, default=480)
-    ap.add_argument("--model", choices=sorted(MODELS), default="small")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--image-size", type=int, default=448, help="model.image_size (paper: 448)")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--model", choices=sorted(MODELS), default="tiny")
+    ap.add_argument("--image-size", type=int, default=448, help="for the stage part")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--big-n", type=int, default=20_000)
+    ap.add_argument("--big-dim", type=int, default=200_000)
+    ap.add_argument("--out", default=None, help="write the results as JSON")
     args = ap.parse_args(argv)
-
+    parts = args.parts.split(",")
+    results: dict = {"load_start": os.getloadavg(), "cpus": os.cpu_count()}
+    print(f"cpus {os.cpu_count()}, torch threads {torch.get_num_threads()}, {load()}")
     with tempfile.TemporaryDirectory(prefix="embed-bench-") as tmp:
         tmp = Path(tmp)
-        build_model(args.model, tmp / "model")
-        write_images(tmp / "images", args.images, args.width, args.height)
-        ex = get_extractor(
-            ModelConfig(
-                name="dinov2",
-                checkpoint=str(tmp / "model"),
-                image_size=args.image_size,
-                batch_size=args.batch_size,
-                num_workers=args.workers,
-                device=args.device,
-                dtype=args.dtype,
-            )
-        )
-        items = list_images(str(tmp / "images"))
-        n = len(items)
-        print(
-            f"model: random DINOv2 '{args.model}' {MODELS[args.model]} on {ex.info['device']} "
-            f"({ex.info['dtype']}), {n} JPEGs {args.width}x{args.height}, "
-            f"batch {args.batch_size}, workers {args.workers}, torch threads "
-            f"{torch.get_num_threads()}, cpus {os.cpu_count()}, load avg "
-            f"{os.getloadavg()[0]:.1f}"
-        )
-
-        # Model only: inputs decoded and processed beforehand, forward passes timed.
-        prepared = [ex.prepare(decode_image(Path(it.uri).read_bytes())) for it in items]
-        ex.embed_prepared(prepared[: args.batch_size])  # warm-up
-
-        def model_only():
-            ex.embed_prepared(prepared)
-            if ex.device.type == "cuda":
-                torch.cuda.synchronize()
-
-        t_model = best_of(args.repeats, model_only)
-
-        def pipeline(workers: int, cache=None):
-            return lambda: embed_items(
-                "bench", items, ex, cache=cache, batch_size=args.batch_size, num_workers=workers
-            )
-
-        t_seq = best_of(args.repeats, pipeline(0))
-        t_par = best_of(args.repeats, pipeline(args.workers))
-
-        # Cold run into a fresh cache (forward + writes), then cached re-runs.
-        cache_dir = tmp / "cache"
-        start = time.perf_counter()
-        cold = embed_items(
-            "bench",
-            items,
-            ex,
-            cache=EmbeddingCache(str(cache_dir)),
-            batch_size=args.batch_size,
-            num_workers=args.workers,
-        )
-        t_cold = time.perf_counter() - start
-        warm_cache = EmbeddingCache(str(cache_dir))
-        t_cached = best_of(args.repeats, pipeline(args.workers, warm_cache))
-        assert warm_cache.stats["misses"] == 0, warm_cache.stats
-        again = embed_items("bench", items, ex, cache=warm_cache, batch_size=args.batch_size)
-        np.testing.assert_array_equal(again.vectors, cold.vectors)
-
-        def rate(t: float) -> str:
-            return f"{n / t:8.1f} img/s  ({t:6.2f} s)"
-
-        print(f"model only (pre-loaded tensors)      {rate(t_model)}")
-        print(f"pipeline, sequential (0 workers)     {rate(t_seq)}")
-        print(f"pipeline, {args.workers} decode threads          {rate(t_par)}")
-        print(f"pipeline, cold run into a new cache  {rate(t_cold)}")
-        print(f"pipeline, cached re-run              {rate(t_cached)}")
-        print(f"ratio pipeline / model-only          {t_model / t_par:6.3f}  (goal >= 0.9 on GPU)")
-        print(f"ratio sequential / model-only        {t_model / t_seq:6.3f}")
-        print(f"ratio cold / cached re-run           {t_cold / t_cached:6.1f}x (goal >= 20x)")
-        print(f"feature dim {cold.vectors.shape[1]}, cache entries {warm_cache.stats['hits']}")
+        model = build_model(args.model, tmp / "model")
+        images = tmp / "images"
+        write_images(images, args.images)
+        files = [p.read_bytes() for p in sorted(images.iterdir())[:200]]
+        if "prep" in parts:
+            results["prep"] = part_prep(model, files, args.repeats)
+        if "stage" in parts:
+            results["stage"] = part_stage(model, images, args.repeats, args.image_size)
+        if "threads" in parts:
+            results["threads"] = part_threads(model, images, args.repeats)
+        if "cache" in parts:
+            results["cache"] = part_cache(model, images, tmp, args.repeats)
+        if "reduce" in parts:
+            (tmp / "reduce").mkdir()
+            results["reduce"] = part_reduce(tmp / "reduce")
+        if "big" in parts:
+            (tmp / "big").mkdir()
+            results["big"] = part_big(tmp / "big", args.big_n, args.big_dim)
+    results["load_end"] = os.getloadavg()
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2, default=float))
     return 0
 
 

@@ -15,7 +15,16 @@ import torch
 from PIL import Image
 from scipy.stats import linregress
 
-from tests import reference as R
+from tests.helpers import reference as R
+from tests.helpers.adaptation import (
+    TEMPLATES,
+    band_select,
+    farthest,
+    hog_i_dist,
+    make_job,
+    tiny_segformer,
+    write_set,
+)
 from worker.adapt import evaluate_cli, ods
 from worker.adapt.masks import MaskedSet, build_masked_sets
 from worker.adapt.run import run_adaptation
@@ -31,9 +40,6 @@ from worker.adapt.verdicts import MIN_IMAGES, SLOPE_TOL, trend, verdict
 from worker.errors import JobError
 from worker.job import parse_job
 
-SIZE = 64
-TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
-
 
 @pytest.fixture(autouse=True)
 def _one_thread():
@@ -46,99 +52,6 @@ def _one_thread():
 
 
 # ----------------------------------------------------------------------------- synthetic data
-
-
-def crack_image(
-    rng: np.random.Generator,
-    *,
-    orientation: str = "h",
-    background: float = 180.0,
-    crack: float = 50.0,
-    lines: int = 2,
-    texture: float = 18.0,
-    size: int = SIZE,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(RGB uint8 image, bool mask): `lines` thin wandering lines on a textured background."""
-    yy, xx = np.mgrid[0:size, 0:size]
-    bg = background + texture * rng.standard_normal((size, size))
-    bg += 10 * np.sin(xx / rng.uniform(3, 7) + rng.uniform(0, 6)) * np.cos(yy / rng.uniform(4, 9))
-    mask = np.zeros((size, size), dtype=bool)
-    for _ in range(lines):
-        pos = rng.uniform(8, size - 8)
-        slope = rng.uniform(-0.25, 0.25)
-        for t in range(size):
-            pos += slope + rng.normal(0, 0.4)
-            pos = float(np.clip(pos, 2, size - 3))
-            a, b = int(round(pos)), int(round(pos)) + int(rng.random() < 0.5)
-            if orientation == "h":
-                mask[a : b + 1, t] = True
-            else:
-                mask[t, a : b + 1] = True
-    grey = np.where(mask, crack + 8 * rng.standard_normal((size, size)), bg)
-    tint = rng.uniform(0.9, 1.1, size=3)
-    rgb = np.clip(grey[..., None] * tint, 0, 255).astype(np.uint8)
-    return rgb, mask
-
-
-def write_set(root: Path, name: str, specs: list[dict], seed: int, masks: bool = True) -> Path:
-    """Images (and masks, 0/255 PNG) for a list of crack_image keyword dicts."""
-    rng = np.random.default_rng(seed)
-    img_dir = root / name / "images"
-    img_dir.mkdir(parents=True)
-    if masks:
-        (root / name / "masks").mkdir()
-    for k, spec in enumerate(specs):
-        rgb, mask = crack_image(rng, **spec)
-        Image.fromarray(rgb).save(img_dir / f"{name.lower()}_{k:03d}.png")
-        if masks:
-            Image.fromarray(mask.astype(np.uint8) * 255).save(
-                root / name / "masks" / f"{name.lower()}_{k:03d}.png"
-            )
-    return root / name
-
-
-def hog_i_dist(primary: Path, secondary: Path) -> tuple[dict, dict]:
-    """Raw and min-max scaled I_dist (sum of Euclidean distances, HOG features, no PCA)."""
-    from worker.extractors.hog import HogExtractor
-
-    ext = HogExtractor(image_size=SIZE, pixels_per_cell=16)
-
-    def feats(folder: Path):
-        files = sorted((folder / "images").glob("*.png"))
-        return [f.name for f in files], ext.embed([Image.open(f).convert("RGB") for f in files])
-
-    _, p = feats(primary)
-    ids, s = feats(secondary)
-    d = R.i_dist(s, p)
-    scaled = (d - d.min()) / (d.max() - d.min())
-    return dict(zip(ids, d.tolist(), strict=True)), dict(zip(ids, scaled.tolist(), strict=True))
-
-
-def band_select(scaled: dict, q: int, seed: int, band=(0.6, 1.0)) -> list[str]:
-    ids = sorted(i for i, v in scaled.items() if band[0] <= v <= band[1])
-    rng = np.random.default_rng(seed)
-    return [ids[k] for k in sorted(rng.permutation(len(ids))[:q])]
-
-
-def farthest(scaled: dict, q: int) -> list[str]:
-    return sorted(scaled, key=lambda i: -scaled[i])[:q]
-
-
-def make_job(root: Path, adaptation: dict, secondary: list[dict], **extra):
-    data = {
-        "version": 1,
-        "seed": 0,
-        "output": {"dir": "out", "save_checkpoints": extra.pop("save_checkpoints", False)},
-        "model": {"name": "hog"},
-        "datasets": {
-            "primary": {"name": "P", "path": "P/images", "masks": "P/masks"},
-            "secondary": secondary,
-        },
-        "cache": {"dir": ".cache/embeddings"},
-        "adaptation": {"enabled": True, "model": "unet", "image_size": SIZE, **adaptation},
-        **extra,
-    }
-    return parse_job(data, root)
 
 
 # ----------------------------------------------------------------------------- training
@@ -305,7 +218,7 @@ def test_end_to_end_tiny_unet(tmp_path):
         i_dist=raw,
         unet_width=4,
     )
-    adaptation = adaptation.model_dump(mode="json")
+    typed, adaptation = adaptation, adaptation.model_dump(mode="json")
     json.dumps(adaptation, allow_nan=False)  # plain JSON, no NaN
 
     names = [m["name"] for m in adaptation["models"]]
@@ -390,8 +303,7 @@ def test_end_to_end_tiny_unet(tmp_path):
     # figures and the report partial
     from worker.report.adaptation_figures import make_adaptation_figures
 
-    report = {"adaptation": adaptation}
-    figures = make_adaptation_figures(report, extras, tmp_path / "figures")
+    figures = make_adaptation_figures(typed, extras, tmp_path / "figures")
     for key in (
         "adaptation_f_vs_idist_S1",
         "adaptation_f_vs_idist_S2",
@@ -409,7 +321,9 @@ def test_end_to_end_tiny_unet(tmp_path):
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined
     )
-    html = env.get_template("adaptation.html.j2").render(report=report, figures=figures)
+    html = env.get_template("adaptation.html.j2").render(
+        report={"adaptation": adaptation}, figures=figures
+    )
     for text in ("M_B2", "S1", "F(", "half 1", "third 3", "Verdict rule", "adaptation_grid"):
         assert text in html, text
     assert env.get_template("adaptation.html.j2").render(report={}, figures={}).strip() == ""
@@ -453,7 +367,7 @@ def test_demo_dataset_run(tmp_path):
     adaptation, extras = run_adaptation(
         job, build_masked_sets(job), selections, scaled, tmp_path / "o", unet_width=4
     )
-    adaptation = adaptation.model_dump(mode="json")
+    typed, adaptation = adaptation, adaptation.model_dump(mode="json")
     assert [m["name"] for m in adaptation["models"]] == ["M", "M1", "M3"]
     assert len(adaptation["models"][2]["train_ids"]) == 6 + 3 * 3
     by = {(r["model"], r["dataset"]): r for r in adaptation["results"]}
@@ -461,7 +375,7 @@ def test_demo_dataset_run(tmp_path):
     assert by[("M", "S1")]["mask_pixels"] > 0 and by[("M", "S3")]["mask_pixels"] == 0
     assert by[("M", "S3")]["verdict"].startswith("not applicable")
     assert extras["trained_extractor"] is None  # features_from_trained is off
-    figures = make_adaptation_figures({"adaptation": adaptation}, extras, tmp_path / "fig")
+    figures = make_adaptation_figures(typed, extras, tmp_path / "fig")
     assert len(figures) == 1 + 2 * len(names)
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
@@ -617,29 +531,9 @@ def test_evaluate_cli_errors(tmp_path, capsys):
 # ----------------------------------------------------------------------------- SegFormer
 
 
-def _tiny_segformer(folder: Path, num_labels: int) -> Path:
-    from transformers import SegformerConfig, SegformerForSemanticSegmentation
-
-    config = SegformerConfig(
-        num_encoder_blocks=2,
-        depths=[1, 1],
-        sr_ratios=[2, 1],
-        hidden_sizes=[8, 16],
-        num_attention_heads=[1, 1],
-        patch_sizes=[7, 3],
-        strides=[4, 2],
-        mlp_ratios=[2, 2],
-        decoder_hidden_size=16,
-        num_labels=num_labels,
-    )
-    torch.manual_seed(0)
-    SegformerForSemanticSegmentation(config).save_pretrained(folder)
-    return folder
-
-
 @pytest.mark.parametrize("num_labels", [1, 2, 10])
 def test_segformer_tiny_round_trip(tmp_path, num_labels):
-    ckpt = _tiny_segformer(tmp_path / "segformer", num_labels)
+    ckpt = tiny_segformer(tmp_path / "segformer", num_labels)
     model = build_segmenter("segformer", str(ckpt), seed=0).eval()
     assert model.net.config.num_labels == (num_labels if num_labels in (1, 2) else 1)
     x = torch.rand(2, 3, 64, 64)
@@ -668,7 +562,7 @@ def test_segformer_tiny_round_trip(tmp_path, num_labels):
 def test_segformer_adaptation_run(tmp_path):
     write_set(tmp_path, "P", [{}] * 3, seed=1)
     write_set(tmp_path, "S", [{}] * 4, seed=2)
-    ckpt = _tiny_segformer(tmp_path / "segformer", 10)
+    ckpt = tiny_segformer(tmp_path / "segformer", 10)
     job = make_job(
         tmp_path,
         {

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers.jobs import embeddings_job
 from worker.analysis import analyse_model
 from worker.embeddings import EmbeddedSet
 from worker.job import parse_job
@@ -15,19 +16,13 @@ from worker.results import SecondaryResult
 
 
 def _job(tmp_path: Path, **over) -> object:
-    data = {
-        "seed": 0,
-        "pca": {"dims": 2, "sweep": [1, 2]},
-        "datasets": {
-            "primary": {"name": "P", "embeddings": "p.npy"},
-            "secondary": [
-                {"name": "S", "embeddings": "s.npy"},
-                {"name": "T", "embeddings": "t.npy"},
-            ],
-        },
-        "selection": {"strategy": ["farthest"], "counts": [1]},
-        "metrics": {"statistics": False, "duplicates": False},
-    }
+    data = embeddings_job(
+        "S",
+        "T",
+        pca={"dims": 2, "sweep": [1, 2]},
+        selection={"strategy": ["farthest"], "counts": [1]},
+        metrics={"statistics": False, "duplicates": False},
+    )
     data.update(over)
     return parse_job(data, tmp_path)
 
@@ -116,7 +111,7 @@ def test_optional_blocks_only_when_asked(tmp_path):
 def test_energy_and_novelty_blocks_on_the_hand_vector(analysis):
     """z = 2 = rank, so the pair space is a rotation: energy terms and nearest distances are
     those of the raw hand vectors (method.md §12)."""
-    from tests import reference as R
+    from tests.helpers import reference as R
 
     s: SecondaryResult = analysis.secondaries[0]
     ref = R.energy_terms(np.array(S, float), np.array(P, float))

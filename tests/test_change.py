@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import write_job
+from tests.helpers.jobs import write_job
 from worker.__main__ import main
 from worker.analysis import change_test, previous_vectors
 from worker.embeddings import EmbeddedSet
@@ -72,14 +72,10 @@ def test_previous_embeddings_by_content_hash_then_the_cache():
     one comes from the cache by its hash; one in neither is counted missing; no hash: by id."""
     current = EmbeddedSet("S", ["a", "b"], np.array([[1.0, 0.0], [2.0, 0.0]]), hashes=["ha", "hb"])
     cache = {"hc": np.array([3.0, 0.0])}
-    previous = [
-        {"id": "old-name-of-b", "sha256": "hb"},
-        {"id": "c", "sha256": "hc"},
-        {"id": "d", "sha256": "hd"},
-    ]
+    previous = [("old-name-of-b", "hb"), ("c", "hc"), ("d", "hd")]
     vectors, missing = previous_vectors(previous, current, cache.get)
     assert vectors.tolist() == [[2.0, 0.0], [3.0, 0.0]] and missing == 1
-    vectors, missing = previous_vectors([{"id": "a"}, {"id": "z"}], current)
+    vectors, missing = previous_vectors([("a", None), ("z", None)], current)
     assert vectors.tolist() == [[1.0, 0.0]] and missing == 1
 
 

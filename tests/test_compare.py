@@ -1,6 +1,9 @@
-"""`python -m worker compare A B` (worker/compare.py): deltas on two reports with a known change
-(hand-computed), ranking changes, images added and removed, threshold gates and exit codes,
-the --json shape, JUnit, run ids in a store, and bad inputs (exit 2 naming the argument)."""
+"""`python -m worker compare A B` (worker/runs_compare.py): deltas on two reports with a known
+change (hand-computed), the same result in both argument orders (older -> newer, said plainly
+when A is the newer), ranking changes (closest first), images added and removed, threshold
+gates (count two-sided) and exit codes, reports that measured different things, the --json
+shape, JUnit, run ids in a store (`latest` follows the link), bad inputs (exit 2 naming the
+argument), and every shipped CI example passing on two identical nights."""
 
 from __future__ import annotations
 
@@ -12,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_history import R1, R2, R3, three_runs, write_store
+from tests.helpers.history import R1, R2, R3, report_json, three_runs, write_store
+from tests.helpers.reports import typed_report
 from worker.__main__ import main
-from worker.compare import compare_gates, compare_reports, ranking
+from worker.results import SecondaryResult
+from worker.runs_compare import compare_gates, compare_reports, ranking
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,8 +29,8 @@ def two_reports(tmp_path):
     """A = run 1, B = run 3 of the synthetic history (see tests/test_history.py)."""
     r1, _, r3 = three_runs()
     a, b = tmp_path / "a.json", tmp_path / "b.json"
-    a.write_text(json.dumps(r1))
-    b.write_text(json.dumps(r3))
+    a.write_text(report_json(r1))
+    b.write_text(report_json(r3))
     return a, b
 
 
@@ -53,23 +58,47 @@ def test_compare_reports_known_change():
     assert s2.o_dist_mean.rel == pytest.approx(0.5)
     assert s2.images_added == ["w"] and s2.images_removed == []
     assert s2.new_images_far_fraction == 1.0
-    # ranking by o_dist_mean, farthest first: A S1 2.0 > S2 1.0 > S3 0.2; B S1 > S2
-    assert c.ranking_a == ["S1", "S2", "S3"] and c.ranking_b == ["S1", "S2"]
-    assert (s1.rank_a, s1.rank_b, s2.rank_a, s2.rank_b) == (1, 1, 2, 2)
+    # ranking by o_dist_mean, closest first: A S3 0.2 < S2 1.0 < S1 2.0; B S2 1.5 < S1 2.72
+    assert c.ranking_a == ["S3", "S2", "S1"] and c.ranking_b == ["S2", "S1"]
+    assert (s1.rank_a, s1.rank_b, s2.rank_a, s2.rank_b) == (3, 2, 2, 1)
     assert c.ranking_changed is False
+    assert c.swapped is False and c.not_comparable == []
+
+
+def test_both_argument_orders_give_the_same_changes_older_to_newer(two_reports, capsys):
+    r1, _, r3 = three_runs()
+    forward, backward = compare_reports(r1, r3), compare_reports(r3, r1, label_a="x")
+    assert backward.swapped is True and forward.swapped is False
+    assert backward.model_dump(exclude={"swapped"}) == forward.model_dump(exclude={"swapped"})
+    a, b = map(str, two_reports)
+    outs = []
+    for argv in ([a, b], [b, a]):
+        assert main(["compare", *argv, "--json", "--max-count-change", "1"]) == 0
+        outs.append(json.loads(capsys.readouterr().out))
+    assert outs[1]["swapped"] is True and outs[0]["swapped"] is False
+    assert {k: v for k, v in outs[0].items() if k != "swapped"} == {
+        k: v for k, v in outs[1].items() if k != "swapped"
+    }
+    assert (outs[1]["a"], outs[1]["b"]) == (R1, R3)
+    assert main(["compare", b, a]) == 0
+    text = capsys.readouterr().out
+    assert f"A ({R3}) is newer than B ({R1})" in text and "older to the newer" in text
+    assert "- c" in text and "+ d" in text  # removed stays removed, whatever the order
 
 
 def test_ranking_change_and_added_secondary():
     r1, _, r3 = three_runs()
-    r3["secondaries"][1]["o_dist_mean"] = 3.0  # S2 now farther than S1
-    r3["secondaries"].append({"name": "S9", "count": 0, "o_dist_mean": None, "images": []})
+    r3.secondaries[1].o_dist_mean = 3.0  # S2 now farther than S1
+    s9 = typed_report({"secondaries": [{"name": "S9", "o_dist_mean": None}]}).secondaries[0]
+    assert isinstance(s9, SecondaryResult)
+    r3.secondaries.append(s9)
     c = compare_reports(r1, r3)
-    assert c.ranking_b == ["S2", "S1", "S9"]  # nulls last
-    assert c.ranking_changed is True
+    assert c.ranking_b == ["S1", "S2", "S9"]  # closest first, nulls last
+    assert c.ranking_changed is True  # A: S2 closer than S1
     s2 = next(s for s in c.secondaries if s.name == "S2")
-    assert (s2.rank_a, s2.rank_b) == (2, 1)
+    assert (s2.rank_a, s2.rank_b) == (2, 2)
     assert c.secondaries_added == ["S9"]
-    assert ranking({"secondaries": []}) == []
+    assert ranking(typed_report({"secondaries": []})) == []
 
 
 def test_compare_gates_values_and_bounds():
@@ -89,10 +118,56 @@ def test_compare_gates_values_and_bounds():
         "passed": False,
     }
     assert by[("mmd_p_value", "S2")]["passed"] is True
-    # a value that cannot be computed fails with a reason
-    r1["secondaries"][0]["o_dist_mean"] = None
+    # a value that cannot be computed fails with a reason that says why
+    r1.secondaries[0].o_dist_mean = None
     g = compare_gates(compare_reports(r1, r3), {"o_dist_mean_change": 1.0})[0]
-    assert g.value is None and g.passed is False and "not computed" in g.reason
+    assert g.value is None and g.passed is False
+    assert g.reason == "o_dist_mean_change: S1 has no o_dist_mean in the older report"
+
+
+def test_count_change_gate_is_two_sided():
+    r1, _, r3 = three_runs()
+    # S1 3 -> 5 images (+67%), S2 2 -> 3 (+50%); the other way -40% and -33%
+    up = {g.dataset: g for g in compare_gates(compare_reports(r1, r3), {"count_change": 0.2})}
+    assert up["S1"].value == pytest.approx(2 / 3) and not up["S1"].passed
+    r3.run.started, r1.run.started = r1.run.started, r3.run.started  # r3 is now the older
+    down = {g.dataset: g for g in compare_gates(compare_reports(r3, r1), {"count_change": 0.2})}
+    assert down["S1"].value == pytest.approx(2 / 5) and not down["S1"].passed  # lost 40%
+    assert down["S2"].value == pytest.approx(1 / 3) and not down["S2"].passed
+    ok = compare_gates(compare_reports(r3, r1), {"count_change": 0.45})
+    assert [g.passed for g in ok] == [True, True]
+
+
+@pytest.mark.parametrize(
+    "change, said",
+    [
+        ({"model": {"name": "dinov2"}}, "model name"),
+        ({"model": {"name": "hog", "image_size": 224}}, "model image_size"),
+        ({"pca": {"dims": 5}}, "PCA dims 25, this run 5"),
+        ({"primary": {"name": "Other", "count": 10}}, "primary"),
+    ],
+)
+def test_incomparable_reports_fail_distance_gates_with_why(change, said):
+    r1, _, r3 = three_runs()
+    for key, value in change.items():
+        setattr(r3, key, getattr(r3, key).model_copy(update=value))
+    c = compare_reports(r1, r3)
+    assert len(c.not_comparable) == 1 and said in c.not_comparable[0]
+    gates = compare_gates(c, {"o_dist_mean_change": 10.0, "count_change": 10.0})
+    dist = [g for g in gates if g.metric == "o_dist_mean_change"]
+    assert all(not g.passed and g.value is None and said in g.reason for g in dist)
+    assert all(g.passed for g in gates if g.metric == "count_change")  # counts still compare
+
+
+def test_threshold_with_no_common_secondary_fails(tmp_path, capsys):
+    r1, _, r3 = three_runs()
+    for sec in r3.secondaries:
+        sec.name = "other-" + sec.name
+    (tmp_path / "a.json").write_text(report_json(r1))
+    (tmp_path / "b.json").write_text(report_json(r3))
+    argv = ["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")]
+    assert main([*argv, "--max-o-dist-mean-change", "1"]) == 1
+    assert "no secondary is in both reports" in capsys.readouterr().out
 
 
 def test_cli_exit_codes_and_text(two_reports, capsys):
@@ -102,7 +177,7 @@ def test_cli_exit_codes_and_text(two_reports, capsys):
     assert "+36.0%" in out and "+50.0%" in out  # S1 and S2 o_dist_mean change
     assert "secondaries removed: S3" in out
     assert "+ d" in out and "- c" in out
-    assert "ranking by o_dist_mean (farthest first): unchanged" in out
+    assert "ranking by o_dist_mean (closest first): unchanged" in out
 
     assert main(["compare", a, b, "--max-o-dist-mean-change", "0.6"]) == 0
     assert "gates: all passed" in capsys.readouterr().out
@@ -118,9 +193,9 @@ def test_cli_exit_codes_and_text(two_reports, capsys):
     j = json.loads(capsys.readouterr().out)
     assert j["band"] == [0.9, 1.0]
     assert j["secondaries"][0]["new_images_far_fraction"] == pytest.approx(1 / 3)
-    # reversing A and B reverses the changes
-    assert main(["compare", b, a, "--max-o-dist-mean-change", "0"]) == 0
-    capsys.readouterr()
+    # reversing A and B changes nothing but the note: the older report is the reference
+    assert main(["compare", b, a, "--max-o-dist-mean-change", "0.4"]) == 1
+    assert "is newer than" in capsys.readouterr().out
 
 
 def test_cli_json_shape_and_junit(two_reports, tmp_path, capsys):
@@ -134,6 +209,8 @@ def test_cli_json_shape_and_junit(two_reports, tmp_path, capsys):
     assert set(j) == {
         "a",
         "b",
+        "swapped",
+        "not_comparable",
         "band",
         "secondaries",
         "secondaries_added",
@@ -179,17 +256,20 @@ def test_cli_run_ids_in_a_store(tmp_path, capsys):
     ("argv", "needle"),
     [
         (["missing.json", "B"], "A (missing.json)"),
-        (["A", "notjson.txt"], "B (notjson.txt): not valid JSON"),
+        (["A", "notjson.txt"], "B (notjson.txt): not valid JSON at line 1"),
         (["A", "other.json"], "B (other.json): not a report.json"),
         (["A", R2], "B (" + R2 + "): a run id needs the store"),
-        (["A", "latest", "--store", "emptystore"], "B (latest): the store"),
+        (["A", "latest", "--store", "emptystore"], "B (latest): emptystore: no published run"),
+        (["A", "latest", "--store", "afile"], "afile is a file, not a run store"),
+        (["A", "A", "--junit", "A"], "--junit: A is report A"),
         (["A", "A", "--band", "0.9", "0.1"], "--band"),
     ],
 )
 def test_cli_bad_inputs_exit_2(tmp_path, monkeypatch, capsys, argv, needle):
     r1, _, _ = three_runs()
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "A").write_text(json.dumps(r1))
+    (tmp_path / "A").write_text(report_json(r1))
+    (tmp_path / "afile").write_text("x")
     (tmp_path / "notjson.txt").write_text("not json")
     (tmp_path / "other.json").write_text(json.dumps({"secondaries": "no"}))
     assert main(["compare", *argv]) == 2
@@ -224,10 +304,8 @@ def test_python_m_worker_compare_subprocess(two_reports):
 # ----------------------------------------------------------------------------- docs examples
 
 
-def _latest_store(root: Path, reports: list[dict]) -> Path:
-    store = write_store(root, reports, extra_junk=False)
-    (store / "latest").symlink_to(Path("runs") / reports[-1]["run"]["run_id"])
-    return store
+def _latest_store(root: Path, reports: list) -> Path:
+    return write_store(root, reports, extra_junk=False)
 
 
 def test_k8s_compare_cronjob_runs_against_a_local_store(tmp_path, capsys):
@@ -264,7 +342,7 @@ def test_github_compare_workflow_command(tmp_path, monkeypatch, capsys):
     _, r2, r3 = three_runs()
     nightly = tmp_path / "nightly"
     nightly.mkdir()
-    (nightly / "report.json").write_text(json.dumps(r2))
+    (nightly / "report.json").write_text(report_json(r2))
     _latest_store(tmp_path / "out", [r3])
     monkeypatch.chdir(tmp_path)
     argv = [a.replace("$NIGHTLY", str(nightly)) for a in argv]

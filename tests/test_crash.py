@@ -55,7 +55,9 @@ def _start(job: Path, out: Path, env: dict | None = None) -> subprocess.Popen:
 
 
 def _cache_entries(root: Path) -> int:
-    return sum(1 for _ in (root / "cache").rglob("*.emb")) if (root / "cache").exists() else 0
+    from worker.cache import EmbeddingCache
+
+    return EmbeddingCache(str(root / "cache")).count()
 
 
 def _wait_for_entries(proc: subprocess.Popen, root: Path, at_least: int) -> None:
@@ -173,3 +175,91 @@ def test_planted_secret_never_appears_in_outputs(tmp_path):
     for f in (tmp_path / "ok").rglob("*"):
         if f.is_file():
             assert secret.encode() not in f.read_bytes(), f
+
+
+@pytest.fixture(scope="module")
+def small_image_job(tmp_path_factory) -> Path:
+    """A real job on images (decode, HOG, PCA, statistics, figures and PDF in forked report
+    helpers) that takes a few seconds: long enough to be interrupted anywhere in it."""
+    root = tmp_path_factory.mktemp("interrupts")
+    rng = np.random.default_rng(3)
+    for name, count, shift in (("P", 24, 0), ("S", 24, 40)):
+        (root / name).mkdir()
+        for i in range(count):
+            arr = np.clip(rng.normal(100 + shift, 40, (64, 64, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / name / f"{i:02d}.png")
+    job = {
+        "seed": 0,
+        "model": {"name": "hog", "image_size": 64, "batch_size": 4},
+        "pca": {"dims": 4, "sweep": [2, 4]},
+        "datasets": {
+            "primary": {"name": "P", "path": "P"},
+            "secondary": [{"name": "S", "path": "S"}],
+        },
+        "metrics": {"null_repeats": 2, "mmd_permutations": 10},
+        "selection": {"counts": [2]},
+        "cache": {"enabled": False},
+        "output": {"dir": "out", "keep": 2},
+    }
+    (root / "job.yaml").write_text(yaml.safe_dump(job))
+    return root
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _interrupt_at_random_moments(job_root: Path, count: int, seed: int) -> None:
+    """`count` runs of a real job, each sent SIGINT or SIGTERM at a random moment (start-up
+    and imports included) to its whole process group, as a terminal's Ctrl-C is, so forked
+    helpers get it too: exit 0/1 (it had finished) or 130 with a message that names the
+    signal, never a traceback from any process; no process of the group outlives the run;
+    the store always shows one complete latest run, or none."""
+    rng = np.random.default_rng(seed)
+    out = job_root / "out"
+    stopped = 0
+    for k in range(count):
+        sig = signal.SIGINT if k % 2 == 0 else signal.SIGTERM
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "worker", "run", str(job_root / "job.yaml"), "--quiet"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=job_root,
+            start_new_session=True,
+            env=dict(os.environ, OMP_NUM_THREADS="1"),
+        )
+        time.sleep(float(rng.uniform(0.0, 6.0)))
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass  # it had finished
+        _, err = proc.communicate(timeout=180)
+        assert "Traceback" not in err and "Exception ignored" not in err, err[-3000:]
+        assert proc.returncode in (0, 1, 130), (proc.returncode, err[-3000:])
+        if proc.returncode == 130:
+            stopped += 1
+            name = "SIGINT (Ctrl-C)" if sig == signal.SIGINT else "SIGTERM"
+            assert f"interrupted by {name}" in err and "()" not in err, err[-2000:]
+        deadline = time.time() + 30
+        while _group_alive(proc.pid):  # forked helpers die with their parent
+            assert time.time() < deadline, "a process of the run outlived it"
+            time.sleep(0.1)
+        latest = out / "latest"
+        if latest.is_symlink():
+            assert json.loads((latest / "report.json").read_text())["schema_version"]
+            assert (out / "report.json").is_file()
+    assert stopped >= 1  # at least one run was stopped mid-way, not only finished ones
+
+
+def test_three_interrupts_at_random_moments_leave_no_traceback(small_image_job):
+    _interrupt_at_random_moments(small_image_job, 3, seed=1)
+
+
+@pytest.mark.slow
+def test_twenty_interrupts_at_random_moments_leave_no_traceback(small_image_job):
+    _interrupt_at_random_moments(small_image_job, 20, seed=2)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats as sstats
 
-from tests import reference as R
+from tests.helpers import reference as R
 from worker import metrics, stats
 
 

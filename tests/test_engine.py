@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests import reference as R
+from tests.helpers import reference as R
 from worker import engine
 from worker.engine import kcenter_greedy, nearest_distances, planning, row_distance_sums, tiles
 from worker.engine.pair import fused_pass
@@ -135,7 +135,7 @@ def test_pca_invariant_distances_equal_raw():
 
     p, s = RNG.standard_normal((15, 4)) * 3 + 1, RNG.standard_normal((9, 4))
     (p_l, s_l), info = joint_pca([p, s], 4, route="exact")
-    assert info["dims"] == 4
+    assert info.dims == 4
     np.testing.assert_allclose(row_distance_sums(s_l, p_l), R.i_dist(s, p), rtol=1e-12)
 
 

@@ -3,13 +3,13 @@
 Each tiny model is built from its config class, written with save_pretrained (model and
 processor) and loaded back through worker.extractors.hf.build -> from_pretrained, the same
 path a real checkpoint takes. Features are checked against a direct model call on the same
-processed input.
+processed input: the checkpoint's own processor with its resize and crop turned off (the
+model sees model.image_size), SAM's native resize kept.
 """
 
 from __future__ import annotations
 
 import json
-import string
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.helpers.extractors import RESIZE, SIZE, save_tiny
 from worker.errors import JobError
 from worker.extractors import get_extractor
 from worker.images import resize_square
@@ -24,145 +25,20 @@ from worker.job import ModelConfig
 
 transformers = pytest.importorskip("transformers")
 
-SIZE = 64  # model input size of every tiny model
-RESIZE = 72  # model.image_size in the tests: resize to 72, then the processor makes 64
-
-
-def _text_config() -> dict:
-    return dict(
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        vocab_size=64,
-        max_position_embeddings=32,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-    )
-
-
-def _vit_config() -> dict:
-    return dict(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        image_size=SIZE,
-        patch_size=16,
-    )
-
-
-def _tokenizer():
-    """A character-level CLIP tokenizer (no download): enough for any lowercase prompt."""
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for ch in string.ascii_lowercase:
-        vocab[ch] = len(vocab)
-        vocab[ch + "</w>"] = len(vocab)
-    return transformers.CLIPTokenizer(vocab=vocab, merges=[])
-
-
-def save_tiny(family: str, folder: Path) -> Path:
-    """Build a tiny random `family` model + processor and save_pretrained both to folder."""
-    t = transformers
-    torch.manual_seed(0)
-    square = {"height": SIZE, "width": SIZE}
-    if family == "sam":
-        config = t.SamConfig(
-            vision_config=dict(
-                hidden_size=32,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                mlp_dim=64,
-                image_size=SIZE,
-                patch_size=16,
-                output_channels=16,
-                global_attn_indexes=[1],
-                window_size=2,
-            ),
-            prompt_encoder_config=dict(hidden_size=16, image_size=SIZE, patch_size=16),
-            mask_decoder_config=dict(
-                hidden_size=16,
-                num_hidden_layers=1,
-                num_attention_heads=2,
-                mlp_dim=32,
-                iou_head_hidden_dim=16,
-            ),
-        )
-        model = t.SamModel(config)
-        processor = t.SamImageProcessorPil(size={"longest_edge": SIZE}, pad_size=square)
-    elif family == "clipseg":
-        config = t.CLIPSegConfig(
-            text_config=_text_config(),
-            vision_config=_vit_config(),
-            projection_dim=24,
-            extract_layers=[0, 1],  # within the tiny depth of 2
-            reduce_dim=16,
-            decoder_num_attention_heads=2,
-            decoder_intermediate_size=32,
-            conditional_layer=0,
-        )
-        model = t.CLIPSegForImageSegmentation(config)
-        processor = t.CLIPSegProcessor(
-            image_processor=t.ViTImageProcessorPil(size=square), tokenizer=_tokenizer()
-        )
-    elif family == "efficientnet":
-        # hidden_dim must match the scaled top width: round_filters(1280 * 0.1) = 128
-        config = t.EfficientNetConfig(
-            image_size=SIZE,
-            width_coefficient=0.1,
-            depth_coefficient=0.1,
-            hidden_dim=128,
-            num_hidden_layers=4,
-        )
-        model = t.EfficientNetModel(config)
-        processor = t.EfficientNetImageProcessorPil(size=square)
-    elif family == "clip":
-        config = t.CLIPConfig(
-            text_config=_text_config(), vision_config=_vit_config(), projection_dim=24
-        )
-        model = t.CLIPModel(config)
-        processor = t.CLIPImageProcessorPil(size={"shortest_edge": SIZE}, crop_size=square)
-    elif family == "dinov2":
-        config = t.Dinov2Config(**_vit_config())
-        model = t.Dinov2Model(config)
-        processor = t.BitImageProcessorPil(size={"shortest_edge": SIZE}, crop_size=square)
-    elif family == "convnextv2":
-        config = t.ConvNextV2Config(
-            hidden_sizes=[16, 32], depths=[1, 1], num_stages=2, image_size=SIZE
-        )
-        model = t.ConvNextV2Model(config)
-        processor = t.ConvNextImageProcessorPil(size={"shortest_edge": SIZE})
-    elif family == "swinv2":
-        config = t.Swinv2Config(
-            image_size=SIZE,
-            patch_size=4,
-            embed_dim=16,
-            depths=[1, 1],
-            num_heads=[2, 2],
-            window_size=4,
-        )
-        model = t.Swinv2Model(config)
-        processor = t.ViTImageProcessorPil(size=square)
-    else:
-        raise ValueError(family)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.eval().save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+INPUT = {"sam": SIZE}  # model input side per family where it is not RESIZE
 
 
 FAMILIES = ["sam", "clipseg", "efficientnet", "clip", "dinov2", "convnextv2", "swinv2"]
 
 # Feature width with pooling "flatten" for the tiny models above.
 FLAT_DIMS = {
-    "sam": 16 * 4 * 4,  # output_channels x (64/16)^2
-    "clipseg": 3 * 17 * 16,  # decoder hidden states (3) x (1 + 16 tokens) x reduce_dim
+    "sam": 16 * 4 * 4,  # output_channels x (64/16)^2 (native input 64)
+    "clipseg": 3 * 37 * 16,  # decoder hidden states (3) x (1 + (96/16)^2 tokens) x reduce_dim
     "efficientnet": 128,  # pooler_output width
     "clip": 24,  # projection_dim
-    "dinov2": 17 * 32,  # (1 + 16 tokens) x hidden
-    "convnextv2": 32 * 8 * 8,  # last width x (64/4/2)^2
-    "swinv2": 64 * 32,  # (64/4/2)^2 tokens x 2*embed_dim
+    "dinov2": 37 * 32,  # (1 + (96/16)^2 tokens) x hidden
+    "convnextv2": 32 * 12 * 12,  # last width x (96/4/2)^2
+    "swinv2": 144 * 32,  # (96/4/2)^2 tokens x 2*embed_dim
 }
 
 
@@ -192,10 +68,17 @@ def images() -> list[Image.Image]:
     ]
 
 
+def processor_input(ex, family: str, imgs: list[Image.Image]) -> torch.Tensor:
+    """The checkpoint processor's batch for images resized to RESIZE: its own resize and crop
+    off (SAM: its native resize to 64 and padding on)."""
+    resized = [resize_square(im.convert("RGB"), RESIZE) for im in imgs]
+    off = {} if family == "sam" else dict(do_resize=False, do_center_crop=False, do_pad=False)
+    return ex.image_processor(images=resized, return_tensors="pt", **off)["pixel_values"]
+
+
 def reference_features(ex, family: str, pooling: str, imgs: list[Image.Image]) -> np.ndarray:
     """The feature from a direct call on the loaded model, on the processor's batch output."""
-    resized = [resize_square(im, RESIZE) for im in imgs]
-    pixel_values = ex.image_processor(images=resized, return_tensors="pt")["pixel_values"]
+    pixel_values = processor_input(ex, family, imgs)
     m = ex.model
     with torch.inference_mode():
         if family == "sam":
@@ -204,7 +87,12 @@ def reference_features(ex, family: str, pooling: str, imgs: list[Image.Image]) -
         elif family == "clipseg":
             proc = transformers.AutoProcessor.from_pretrained(ex.info["checkpoint"], backend="pil")
             tok = proc.tokenizer([ex.prompt] * len(imgs), return_tensors="pt")
-            res = m(**tok, pixel_values=pixel_values, output_hidden_states=True)
+            res = m(
+                **tok,
+                pixel_values=pixel_values,
+                output_hidden_states=True,
+                interpolate_pos_encoding=True,
+            )
             states = res.decoder_output.hidden_states
             pick = {
                 "flatten": lambda h: h.flatten(1),
@@ -215,10 +103,11 @@ def reference_features(ex, family: str, pooling: str, imgs: list[Image.Image]) -
         elif family == "efficientnet":
             out = m(pixel_values=pixel_values).pooler_output
         elif family == "clip":
-            feats = m.get_image_features(pixel_values=pixel_values)
+            feats = m.get_image_features(pixel_values=pixel_values, interpolate_pos_encoding=True)
             out = feats if isinstance(feats, torch.Tensor) else feats.pooler_output
         else:
-            h = m(pixel_values=pixel_values).last_hidden_state
+            kw = {"interpolate_pos_encoding": True} if family == "swinv2" else {}
+            h = m(pixel_values=pixel_values, **kw).last_hidden_state
             if pooling == "flatten":
                 out = h.flatten(1)
             elif pooling == "cls":
@@ -298,8 +187,90 @@ def test_pooling_refused_where_it_does_not_apply(family, pooling, tiny_dirs):
 def test_prepare_then_embed_prepared_equals_embed(extractors, images):
     ex = extractors["dinov2"]
     prepared = [ex.prepare(im) for im in images]
-    assert prepared[0].shape == (3, SIZE, SIZE) and prepared[0].dtype == np.float32
+    assert prepared[0].shape == (RESIZE, RESIZE, 3) and prepared[0].dtype == np.uint8
     np.testing.assert_array_equal(ex.embed_prepared(prepared), ex.embed(images))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_model_sees_the_input_size(family, extractors, images):
+    """What reaches the model's first 3-channel convolution (the patch embedding or stem) is
+    image_size x image_size (SAM: its native 64), and report.json says so."""
+    ex = extractors[family]
+    seen = []
+    hooks = [
+        mod.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape)))
+        for mod in ex.model.modules()
+        if isinstance(mod, torch.nn.Conv2d) and mod.in_channels == 3
+    ]
+    try:
+        ex.embed(images[:3])
+    finally:
+        for h in hooks:
+            h.remove()
+    side = INPUT.get(family, RESIZE)
+    conv = side + 1 if family == "efficientnet" else side  # its stem pads (0, 1, 0, 1) first
+    assert seen and set(seen) == {(2, 3, conv, conv), (1, 3, conv, conv)}  # batches 2 + 1
+    assert ex.info["input_size"] == ex.input_size == side
+    assert f"input={side}" in ex.cache_key and "prep=fast" in ex.cache_key
+
+
+def _hostile_images() -> list[Image.Image]:
+    """Odd sizes, an EXIF rotation, greyscale, RGBA and 16-bit, decoded by worker.images."""
+    import io
+
+    from worker.images import decode_image
+
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:61, 0:97]
+    smooth = np.stack([(xx * 2) % 256, (yy * 4) % 256, (xx + yy) % 256], -1).astype(np.uint8)
+    out = []
+
+    def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, format=fmt, **kw)
+        return buf.getvalue()
+
+    rotated = Image.fromarray(smooth)
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when shown
+    out.append(encode(rotated, "JPEG", quality=95, exif=exif))
+    out.append(encode(Image.fromarray(smooth[..., 0]), "PNG"))  # greyscale, odd size
+    rgba = np.dstack([smooth, rng.integers(0, 256, smooth.shape[:2], dtype=np.uint8)])
+    out.append(encode(Image.fromarray(rgba), "PNG"))  # RGBA
+    sixteen = (smooth[..., 1].astype(np.uint16) * 257 + rng.integers(0, 257, (61, 97))).astype(
+        np.uint16
+    )
+    out.append(encode(Image.fromarray(sixteen), "PNG"))  # 16-bit greyscale
+    out.append(encode(Image.fromarray(rng.integers(0, 256, (7, 333, 3), dtype=np.uint8)), "PNG"))
+    return [decode_image(b) for b in out]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fast_preparation_equals_the_processor(family, extractors, tiny_dirs):
+    """The fast path (uint8 resize in threads, the processor's affine map as one tensor op)
+    gives the checkpoint processor's pixel values to float32 rounding, far inside 1/255 of
+    the [0, 1] range, and features with cosine >= 0.9999 against the exact path's."""
+    ex = extractors[family]
+    imgs = _hostile_images()
+    assert imgs[0].size == (61, 97)  # the EXIF rotation was applied
+    fast = ex._forward_input(torch.from_numpy(np.stack([ex.prepare(im) for im in imgs])))
+    ref = processor_input(ex, family, imgs)
+    assert fast.shape == ref.shape
+    std = np.asarray(ex.image_processor.image_std, dtype=np.float64)
+    err = (fast - ref).abs().amax(dim=(0, 2, 3)).double().numpy() * std  # in [0, 1] units
+    assert err.max() < 1e-5, err
+    exact = get_extractor(
+        ModelConfig(
+            name=family, checkpoint=str(tiny_dirs[family]), image_size=RESIZE, preprocess="exact"
+        )
+    )
+    assert exact.preprocess == "exact" and exact.cache_key != ex.cache_key
+    a, b = ex.embed(imgs).astype(np.float64), exact.embed(imgs).astype(np.float64)
+    assert_close(a, b)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    live = norms > 0  # the tiny random EfficientNet's pooled features can be all zero
+    cos = (a * b).sum(1)[live] / norms[live]
+    assert cos.size == 0 or cos.min() >= 0.9999, cos
 
 
 def test_clipseg_prompt_changes_features_and_key(tiny_dirs, extractors, images):
@@ -322,7 +293,7 @@ def test_clipseg_prompt_changes_features_and_key(tiny_dirs, extractors, images):
 def test_cache_key_covers_size_pooling_and_weights(tmp_path, tiny_dirs, extractors):
     base = extractors["dinov2"]
     other_size = get_extractor(
-        ModelConfig(name="dinov2", checkpoint=str(tiny_dirs["dinov2"]), image_size=96)
+        ModelConfig(name="dinov2", checkpoint=str(tiny_dirs["dinov2"]), image_size=112)
     )
     assert other_size.cache_key != base.cache_key
     # Same weights in another folder: same key. Different weights: different key.
@@ -340,8 +311,9 @@ def test_default_image_size_and_feature_dim_property(tiny_dirs):
     ex = get_extractor(ModelConfig(name="convnextv2", checkpoint=str(tiny_dirs["convnextv2"])))
     assert ex.image_size == 448 and ex.info["image_size"] == 448
     assert ex.info["feature_dim"] is None
-    assert ex.feature_dim == FLAT_DIMS["convnextv2"]  # one forward pass on a blank image
-    assert ex.info["feature_dim"] == FLAT_DIMS["convnextv2"]
+    dim = 32 * (448 // 8) ** 2  # the model sees 448: last width x (448/4/2)^2
+    assert ex.feature_dim == dim  # one forward pass on a blank image
+    assert ex.info["feature_dim"] == dim and ex.info["input_size"] == 448
 
 
 def test_bfloat16_on_cpu_returns_float32(tiny_dirs, images, extractors):

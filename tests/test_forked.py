@@ -12,8 +12,8 @@ from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 
-from tests.conftest import write_job
-from tests.test_report import make_extras
+from tests.helpers.jobs import write_job
+from tests.helpers.sample_report import make_extras
 from worker.job import load_job
 from worker.pipeline import run
 from worker.report import figures as figmod
@@ -40,7 +40,7 @@ def _die() -> None:
 
 @needs_fork
 def test_parallel_figures_are_the_serial_figures(tmp_path):
-    from tests.test_report import make_report
+    from tests.helpers.sample_report import make_report
 
     raw = make_report()
     report = Report.model_validate(raw)

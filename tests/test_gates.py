@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_report import make_report
-from worker.gates import (
+from tests.helpers.sample_report import make_report
+from worker.gate_metrics import (
     ADAPTATION_METRICS,
     GATE_METRICS,
     GROUP_METRICS,
-    evaluate_gates,
-    gate_value,
+    SECONDARY_METRICS,
 )
+from worker.gates import SECONDARY_VALUES, evaluate_gates, gate_value
 from worker.job import GateConfig, parse_job
 from worker.results import Report
 
@@ -146,3 +146,10 @@ def test_gate_names_come_from_the_one_registry(tmp_path: Path):
         job["gates"] = [{"metric": metric, "max": 1}]
         with pytest.raises(JobError, match="adaptation.enabled"):
             parse_job(job, tmp_path)
+
+
+def test_every_secondary_gate_metric_has_one_reader():
+    """worker.gate_metrics names the metrics (the job model validates against it without
+    importing the report schema); worker.gates holds exactly one reader per secondary metric."""
+    assert list(SECONDARY_VALUES) == list(SECONDARY_METRICS)
+    assert len(set(GATE_METRICS)) == len(GATE_METRICS)

@@ -1,6 +1,8 @@
-"""History across runs (worker/history.py): three synthetic runs with added, removed and
-renamed images, hand-computed deltas, baselines by run id and by path, the store reader over
-a local folder and over S3 (moto server), the Jinja fragment and the figures."""
+"""History across runs (worker/history.py, pure over typed Reports): three synthetic runs
+with added, removed and renamed images, hand-computed deltas, baselines by run id and by path;
+the history stage (worker.pipeline.attach_history) reading earlier runs through the one store
+reader (worker.store) over a local folder and over S3 (moto server); the Jinja fragment and
+the figures."""
 
 from __future__ import annotations
 
@@ -8,128 +10,24 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+from tests.helpers.history import N_P, R1, R2, R3, report_json, three_runs, write_store
+from tests.helpers.reports import report_dict
 from worker.errors import JobError
 from worker.history import (
     History,
-    apply_new_flags,
     build_history,
-    collect_history,
     gate_reason,
     gate_value,
     image_diff,
-    list_runs,
-    load_report,
-    read_run,
 )
 from worker.job import GATE_METRICS, parse_job
+from worker.pipeline import attach_history
+from worker.results import Report, SecondaryResult
+from worker.store import list_runs, load_report, load_run
 
 ROOT = Path(__file__).resolve().parents[1]
-R1, R2, R3 = "20260101T020000Z-aaaaaa", "20260102T020000Z-bbbbbb", "20260103T020000Z-cccccc"
-N_P = 10  # |P|: o_dist_mean = o_dist / N_P
-
-
-def _img(id_, sha, i_dist, scaled):
-    return {"id": id_, "sha256": sha, "i_dist": i_dist, "i_dist_scaled": scaled}
-
-
-def _sec(name, images, mmd_p=None):
-    """A secondaries[] entry whose numbers follow from its images (as the pipeline makes them)."""
-    d = np.array([im["i_dist"] for im in images], dtype=np.float64)
-    lo, hi = d.min(), d.max()
-    for im in images:
-        if im["i_dist_scaled"] is None:
-            im["i_dist_scaled"] = float((im["i_dist"] - lo) / (hi - lo))
-    o = float(d.mean())
-    return {
-        "name": name,
-        "count": len(images),
-        "o_dist": o,
-        "o_dist_mean": o / N_P,
-        "i_dist": {"p90": float(np.percentile(d, 90))},
-        "i_dist_scaled_p90": None,
-        "images": images,
-        "statistics": {"mmd": {"p_value": mmd_p}, "o_dist_ratio": None},
-    }
-
-
-def _report(run_id, secondaries, finished):
-    return {
-        "schema_version": "1.4.0",
-        "run": {"run_id": run_id, "started": finished, "finished": finished},
-        "model": {"name": "hog", "checkpoint": None, "pooling": None, "image_size": 64},
-        "primary": {"name": "P", "count": N_P},
-        "pca": {"dims": 25},
-        "secondaries": secondaries,
-    }
-
-
-def three_runs():
-    """Run 1: S1 {a,b,c}, S2 {x,y}, S3 {z}. Run 2: S1 {a,b,d,e} (c removed), S3 {z}.
-    Run 3: S1 {a, b renamed (same hash), d, f, g} (e removed), S2 {x,y,w} (S2 back)."""
-    r1 = _report(
-        R1,
-        [
-            _sec(
-                "S1",
-                [
-                    _img("a", "ha", 10.0, None),
-                    _img("b", "hb", 20.0, None),
-                    _img("c", "hc", 30.0, None),
-                ],
-                0.5,
-            ),
-            _sec("S2", [_img("x", "hx", 5.0, None), _img("y", "hy", 15.0, None)], 0.2),
-            _sec("S3", [_img("z1", "hz1", 1.0, None), _img("z2", "hz2", 3.0, None)]),
-        ],
-        "2026-01-01T02:10:00Z",
-    )
-    r2 = _report(
-        R2,
-        [
-            _sec(
-                "S1",
-                [
-                    _img("a", "ha", 10.0, None),
-                    _img("b", "hb", 20.0, None),
-                    _img("d", "hd", 40.0, None),
-                    _img("e", "he", 25.0, None),
-                ],
-                0.25,
-            ),
-            _sec("S3", [_img("z1", "hz1", 1.0, None), _img("z2", "hz2", 3.0, None)]),
-        ],
-        "2026-01-02T02:10:00Z",
-    )
-    r3 = _report(
-        R3,
-        [
-            _sec(
-                "S1",
-                [
-                    _img("a", "ha", 10.0, None),
-                    _img("b_renamed", "hb", 20.0, None),
-                    _img("d", "hd", 40.0, None),
-                    _img("f", "hf", 50.0, None),
-                    _img("g", "hg", 16.0, None),
-                ],
-                0.01,
-            ),
-            _sec(
-                "S2",
-                [
-                    _img("x", "hx", 5.0, None),
-                    _img("y", "hy", 15.0, None),
-                    _img("w", "hw", 25.0, None),
-                ],
-                0.3,
-            ),
-        ],
-        "2026-01-03T02:10:00Z",
-    )
-    return r1, r2, r3
 
 
 def _sec_of(h: History, name: str):
@@ -204,11 +102,6 @@ def test_history_three_runs_hand_computed():
     assert gate_value(h, "o_dist_mean_change", "nope") is None
     assert gate_reason(h, "o_dist_mean_change", "S1") is None
 
-    flagged = apply_new_flags(r3, h)
-    s1_flags = {im["id"]: im["new"] for im in flagged["secondaries"][0]["images"]}
-    assert s1_flags == {"a": False, "b_renamed": False, "d": False, "f": True, "g": True}
-    assert "new" not in r3["secondaries"][0]["images"][0]  # the input is not modified
-
 
 def test_history_baseline_changes_and_gate():
     r1, r2, r3 = three_runs()
@@ -247,22 +140,49 @@ def test_no_new_images_gives_zero_far_fraction():
     assert all(s.o_dist_mean_change == 0.0 for s in h.secondaries)
 
 
+def _imgs(*pairs):
+    sec = {"name": "S", "images": [{"id": i, "sha256": h} for i, h in pairs]}
+    return SecondaryResult.model_validate(report_dict({"secondaries": [sec]})["secondaries"][0])
+
+
 def test_image_diff_falls_back_to_ids_without_hashes():
-    cur = {"images": [{"id": "a", "sha256": None}, {"id": "b2", "sha256": None}]}
-    prev = {"images": [{"id": "a", "sha256": "h1"}, {"id": "b", "sha256": "h2"}]}
+    cur = _imgs(("a", None), ("b2", None))
+    prev = _imgs(("a", "h1"), ("b", "h2"))
     assert image_diff(cur, prev) == (["b2"], ["b"], "id")
-    cur = {"images": [{"id": "a", "sha256": "h1"}, {"id": "b2", "sha256": "h2"}]}
+    cur = _imgs(("a", "h1"), ("b2", "h2"))
     assert image_diff(cur, prev) == ([], [], "sha256")
     # same id, new content: new by hash (and the old content is removed)
-    cur = {"images": [{"id": "a", "sha256": "h9"}, {"id": "b", "sha256": "h2"}]}
+    cur = _imgs(("a", "h9"), ("b", "h2"))
     assert image_diff(cur, prev) == (["a"], ["a"], "sha256")
 
 
-def test_comparability_warnings():
+@pytest.mark.parametrize(
+    "change, said",
+    [
+        ({"model": {"name": "dinov2"}}, "model name 'dinov2'"),
+        ({"model": {"name": "hog", "image_size": 128}}, "model image_size 128"),
+        ({"pca": {"dims": 10}}, "PCA dims 10, this run 25"),
+        ({"primary": {"name": "P2", "count": N_P}}, "primary 'P2'"),
+    ],
+)
+def test_incomparable_previous_run_fails_the_change_gate_with_why(change, said):
     r1, r2, r3 = three_runs()
-    r2["model"]["name"] = "dinov2"
+    r2 = r2.model_copy(
+        update={
+            k: type(getattr(r2, k)).model_validate({**getattr(r2, k).model_dump(), **v})
+            for k, v in change.items()
+        }
+    )
     h = build_history(r3, [r1, r2], None)
-    assert any("not comparable" in w and R2 in w for w in h.warnings)
+    assert any("not comparable" in w and R2 in w and said in w for w in h.warnings)
+    assert said in h.not_comparable
+    assert gate_value(h, "o_dist_mean_change", "S1") is None
+    assert said in gate_reason(h, "o_dist_mean_change", "S1")
+    # the new-image fraction is this run's own measure: still computed
+    assert gate_value(h, "new_images_far_fraction", "S1") == 0.5
+    # a comparable baseline decides instead
+    hb = build_history(r3, [r1, r2], r1)
+    assert hb.not_comparable is None and gate_value(hb, "o_dist_mean_change", "S1") is not None
 
 
 def test_history_json_round_trip():
@@ -312,61 +232,63 @@ def test_job_history_config_and_gate_metrics():
 # ----------------------------------------------------------------------------- store reader
 
 
-def write_store(root: Path, reports: list[dict], extra_junk: bool = True) -> Path:
-    for r in reports:
-        d = root / "runs" / r["run"]["run_id"]
-        d.mkdir(parents=True)
-        body = json.loads(json.dumps(r))
-        del body["run"]["run_id"]  # the reader fills it in from the folder name
-        (d / "report.json").write_text(json.dumps(body))
-    if extra_junk:
-        (root / "runs" / "20260104T020000Z-dddddd").mkdir()  # incomplete: no report.json
-        (root / "runs" / "not-a-run").mkdir()
-        (root / "runs" / "not-a-run" / "report.json").write_text("{}")
-    return root
+def _job(tmp_path: Path, **history) -> object:
+    base = {
+        "datasets": {
+            "primary": {"name": "P", "path": "p"},
+            "secondary": [{"name": "S", "path": "s"}],
+        },
+        "history": history,
+    }
+    return parse_job(base, tmp_path)
 
 
-def test_local_store_reader_and_collect(tmp_path):
+def collect(store: str, current: Report, tmp_path: Path, **history) -> History | None:
+    """The history stage of run() on `current` (a copy): its history block."""
+    report = current.model_copy(deep=True)
+    attach_history(report, _job(tmp_path, **history), store)
+    return report.history
+
+
+def test_local_store_reader_and_history_stage(tmp_path):
     r1, r2, r3 = three_runs()
     store = write_store(tmp_path / "out", [r1, r2])
     assert list_runs(str(store)) == [R1, R2]
     assert list_runs(str(tmp_path / "nothing")) == []
-    assert read_run(str(store), R1)["run"]["run_id"] == R1
+    assert load_run(str(store), R1).run.run_id == R1
     with pytest.raises(JobError, match="not a run id"):
-        read_run(str(store), "../etc")
+        load_run(str(store), "../etc")
 
-    h = collect_history(str(store), r3, max_runs=30)
+    h = collect(str(store), r3, tmp_path)
     assert h.runs == [R1, R2, R3]
     assert gate_value(h, "o_dist_mean_change", "S1") == pytest.approx(0.345 / 2.375)
     # max_runs bounds the earlier runs read (the newest are kept)
-    h1 = collect_history(str(store), r3, max_runs=1)
+    h1 = collect(str(store), r3, tmp_path, max_runs=1)
     assert h1.runs == [R2, R3] and [p.run_id for p in _sec_of(h1, "S1").series] == [R2, R3]
-    assert collect_history(str(store), r3, max_runs=0).runs == [R3]
+    assert collect(str(store), r3, tmp_path, max_runs=0) is None  # nothing to compare
     # runs newer than this one (a concurrent run) are not its history
-    assert collect_history(str(store), r1).runs == [R1]
+    assert collect(str(store), r1, tmp_path) is None
 
     # baseline by run id
-    hb = collect_history(str(store), r3, baseline=R1)
+    hb = collect(str(store), r3, tmp_path, baseline=R1)
     assert hb.baseline == R1 and gate_value(hb, "o_dist_mean_change", "S1") == pytest.approx(0.36)
     # baseline by path, relative to the job folder
-    (tmp_path / "golden.json").write_text(json.dumps(r1))
-    hp = collect_history(str(store), r3, baseline="golden.json", base_dir=tmp_path)
+    (tmp_path / "golden.json").write_text(report_json(r1))
+    hp = collect(str(store), r3, tmp_path, baseline="golden.json")
     assert hp.baseline == R1  # labelled by the run id the report carries
     assert gate_value(hp, "o_dist_mean_change", "S1") == pytest.approx(0.36)
-    r1_noid = json.loads(json.dumps(r1))
-    del r1_noid["run"]["run_id"]
-    (tmp_path / "golden2.json").write_text(json.dumps(r1_noid))
-    hp2 = collect_history(str(store), r3, baseline="golden2.json", base_dir=tmp_path)
+    (tmp_path / "golden2.json").write_text(report_json(r1, run_id=False))
+    hp2 = collect(str(store), r3, tmp_path, baseline="golden2.json")
     assert hp2.baseline == "golden2.json"
     assert _sec_of(hp2, "S1").vs_baseline.o_dist_mean_rel == pytest.approx(0.36)
 
     with pytest.raises(JobError, match="history.baseline"):
-        collect_history(str(store), r3, baseline="20250101T000000Z-zzzzzz")
+        collect(str(store), r3, tmp_path, baseline="20250101T000000Z-aaaaaa")
     with pytest.raises(JobError, match="history.baseline"):
-        collect_history(str(store), r3, baseline="missing.json", base_dir=tmp_path)
+        collect(str(store), r3, tmp_path, baseline="missing.json")
 
 
-def test_collect_history_keeps_one_full_report(tmp_path, monkeypatch):
+def test_history_stage_keeps_one_full_report(tmp_path, monkeypatch):
     """Earlier runs but the newest are read for their trend points only: their per-image
     lists are dropped as they are read, and the history equals the one built from the full
     reports (a store of 30 large nightly runs must not hold 30 reports' images at once)."""
@@ -378,37 +300,72 @@ def test_collect_history_keeps_one_full_report(tmp_path, monkeypatch):
     real = history.build_history
 
     def spy(current, previous, *args, **kwargs):
-        seen.append([[len(s.get("images", [])) for s in r["secondaries"]] for r in previous])
+        seen.append([[len(s.images) for s in r.secondaries] for r in previous])
         return real(current, previous, *args, **kwargs)
 
     monkeypatch.setattr(history, "build_history", spy)
-    h = collect_history(str(store), r3, max_runs=30)
-    full = real(r3, [read_run(str(store), R1), read_run(str(store), R2)], run_id=R3)
+    h = collect(str(store), r3, tmp_path)
+    full = real(r3, [load_run(str(store), R1), load_run(str(store), R2)], run_id=R3)
     assert h.model_dump() == full.model_dump()
     older, newest = seen[0]
     assert older == [0] * len(older)
-    assert newest == [len(s["images"]) for s in r2["secondaries"]] and sum(newest) > 0
+    assert newest == [len(s.images) for s in r2.secondaries] and sum(newest) > 0
 
 
-def test_corrupt_earlier_run_is_skipped_with_a_warning(tmp_path):
+@pytest.mark.parametrize(
+    "damage, said",
+    [
+        ('{"truncated": ', "not valid JSON"),
+        ("", "empty file"),
+        ("text", "count"),
+        ("no id", "images[0].id"),
+        ("wrong block", "statistics"),
+    ],
+)
+def test_damaged_earlier_run_is_skipped_with_a_warning_and_gate_reason(tmp_path, damage, said):
     r1, r2, r3 = three_runs()
     store = write_store(tmp_path / "out", [r1, r2], extra_junk=False)
-    (store / "runs" / R1 / "report.json").write_text('{"truncated": ')
-    h = collect_history(str(store), r3)
-    assert h.runs == [R2, R3]
-    assert any(R1 in w and "not valid JSON" in w for w in h.warnings)
+    body = json.loads(report_json(r2))
+    if damage == "text":
+        body["secondaries"][0]["count"] = "twelve"
+    elif damage == "no id":
+        del body["secondaries"][0]["images"][0]["id"]
+    elif damage == "wrong block":
+        body["secondaries"][0]["statistics"] = [1, 2]
+    text = json.dumps(body) if damage in ("text", "no id", "wrong block") else damage
+    (store / "runs" / R2 / "report.json").write_text(text)
+    before = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
+    report = r3.model_copy(deep=True)
+    attach_history(report, _job(tmp_path), str(store))
+    h = report.history
+    assert h.runs == [R1, R3] and h.previous_run == R1  # compared with the older run
+    assert len(h.skipped_runs) == 1 and R2 in h.skipped_runs[0] and said in h.skipped_runs[0]
+    assert any(R2 in w and said in w for w in report.warnings)
+    reason = gate_reason(h, "o_dist_mean_change", "S1")
+    assert R2 in reason and "skipped" in reason and R1 in reason
+    assert {p: p.read_bytes() for p in store.rglob("*") if p.is_file()} == before
+
+
+def test_only_run_damaged_first_run_gate_says_so(tmp_path):
+    r1, _, r3 = three_runs()
+    store = write_store(tmp_path / "out", [r1], extra_junk=False)
+    (store / "runs" / R1 / "report.json").write_text("")
+    report = r3.model_copy(deep=True)
+    attach_history(report, _job(tmp_path), str(store))
+    reason = gate_reason(report.history, "o_dist_mean_change", "S1")
+    assert "first run" in reason and R1 in reason and "empty file" in reason
 
 
 def test_load_report_references(tmp_path):
     r1, r2, _ = three_runs()
     store = write_store(tmp_path / "out", [r1, r2])
-    assert load_report("latest", store=str(store))["run"]["run_id"] == R2
-    assert load_report("previous", store=str(store))["run"]["run_id"] == R1
-    assert load_report(R1, store=str(store))["run"]["run_id"] == R1
-    assert load_report(str(store / "runs" / R1))["run"]["run_id"] == R1  # a folder
+    assert load_report("latest", store=str(store)).run.run_id == R2
+    assert load_report("previous", store=str(store)).run.run_id == R1
+    assert load_report(R1, store=str(store)).run.run_id == R1
+    assert load_report(str(store / "runs" / R1)).run.run_id == R1  # a folder
     with pytest.raises(JobError, match="--store"):
         load_report(R1, source="A")
-    with pytest.raises(JobError, match="no complete run"):
+    with pytest.raises(JobError, match="no such complete run"):
         load_report("20260104T020000Z-dddddd", store=str(store), source="B")
     (tmp_path / "x.json").write_text('{"a": 1}')
     with pytest.raises(JobError, match=r"A \(.*x\.json\): not a report\.json"):
@@ -442,12 +399,12 @@ def s3_store(monkeypatch_module):
     r1, r2, _ = three_runs()
     for r in (r1, r2):
         client.put_object(
-            Bucket="hist", Key=f"nightly/runs/{r['run']['run_id']}/report.json", Body=json.dumps(r)
+            Bucket="hist", Key=f"nightly/runs/{r.run.run_id}/report.json", Body=report_json(r)
         )
     client.put_object(
         Bucket="hist", Key="nightly/runs/20260104T020000Z-dddddd/report.pdf", Body=b"x"
     )
-    client.put_object(Bucket="hist", Key="nightly/latest.json", Body=b"{}")
+    client.put_object(Bucket="hist", Key="nightly/latest.json", Body=json.dumps({"run_id": R2}))
     yield "s3://hist/nightly"
     s3.clear_clients()
     server.stop()
@@ -460,16 +417,16 @@ def monkeypatch_module():
     mp.undo()
 
 
-def test_s3_store_reader(s3_store):
+def test_s3_store_reader(s3_store, tmp_path):
     _, _, r3 = three_runs()
     assert list_runs(s3_store) == [R1, R2]
-    assert read_run(s3_store, R2)["run"]["run_id"] == R2
-    h = collect_history(s3_store, r3, baseline=R1)
+    assert load_run(s3_store, R2).run.run_id == R2
+    h = collect(s3_store, r3, tmp_path, baseline=R1)
     assert h.runs == [R1, R2, R3]
     assert gate_value(h, "o_dist_mean_change", "S1") == pytest.approx(0.36)
-    assert load_report(f"{s3_store}/runs/{R1}/report.json")["run"]["run_id"] == R1
-    assert load_report("latest", store=s3_store)["run"]["run_id"] == R2
-    with pytest.raises(JobError, match="no complete run"):
+    assert load_report(f"{s3_store}/runs/{R1}/report.json").run.run_id == R1
+    assert load_report("latest", store=s3_store).run.run_id == R2
+    with pytest.raises(JobError, match="no such complete run"):
         load_report("20260104T020000Z-dddddd", store=s3_store)
 
 

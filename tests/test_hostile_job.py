@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from tests.hostile_kit import image_job, refused, run_cli, seed_output
+from tests.helpers.hostile import image_job, refused, run_cli, seed_output
 
 
 def _set(dotted: str, value):

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from scipy.stats import kendalltau
 
-from tests import reference as R
-from tests.pdftext import pdf_text
+from tests.helpers import reference as R
+from tests.helpers.pdf import pdf_text
 from worker.demo import make_demo_data, write_demo
 from worker.extractors.hog import HogExtractor
 from worker.images import decode_image

@@ -82,3 +82,60 @@ def test_truncated_png_is_skipped_even_after_weasyprint_import():
     import weasyprint  # noqa: F401  (sets PIL's LOAD_TRUNCATED_IMAGES globally)
 
     test_truncated_png_is_skipped()
+
+
+def _photo_jpeg(w: int, h: int, seed: int = 0, exif_orientation: int | None = None) -> bytes:
+    """A smooth, slightly noisy picture (like a photo, not like white noise) as a JPEG."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / max(w, h)
+    arr = np.stack(
+        [
+            128 + 100 * np.sin(6 * xx + 3 * yy),
+            128 + 100 * np.cos(9 * yy),
+            128 + 60 * np.sin(20 * xx * yy),
+        ],
+        -1,
+    )
+    arr = np.clip(arr + rng.normal(0, 6, arr.shape), 0, 255).astype(np.uint8)
+    img = Image.fromarray(arr)
+    buf = io.BytesIO()
+    kw = {}
+    if exif_orientation is not None:
+        exif = img.getexif()
+        exif[0x0112] = exif_orientation
+        kw["exif"] = exif
+    img.save(buf, format="JPEG", quality=90, **kw)
+    return buf.getvalue()
+
+
+def test_draft_is_exact_when_no_dct_scale_fits():
+    """640 x 480 for 448: half scale (320 x 240) would be too small, so nothing changes."""
+    data = _photo_jpeg(640, 480)
+    np.testing.assert_array_equal(
+        np.asarray(decode_image(data, draft=448)), np.asarray(decode_image(data))
+    )
+
+
+@pytest.mark.parametrize("size", [(1000, 900), (2000, 1500), (4000, 3000)])
+def test_draft_decode_stays_within_the_documented_tolerance(size):
+    """DCT-scaled decoding, then the same resize to 448: mean |difference| <= 1/255 and the
+    99th percentile <= 3/255 of the full decode's pixels (docs/method.md §9)."""
+    from worker.images import resize_square
+
+    data = _photo_jpeg(*size)
+    scaled = decode_image(data, draft=448)
+    assert min(scaled.size) >= 448 and scaled.size[0] < size[0]  # it did decode smaller
+    full = np.asarray(resize_square(decode_image(data), 448), dtype=np.float64)
+    fast = np.asarray(resize_square(scaled, 448), dtype=np.float64)
+    diff = np.abs(full - fast)
+    assert diff.mean() <= 1.0 and np.percentile(diff, 99) <= 3.0, (diff.mean(), diff.max())
+
+
+def test_draft_keeps_the_exif_rotation_and_greyscale():
+    rotated = decode_image(_photo_jpeg(2000, 1000, exif_orientation=6), draft=448)
+    assert rotated.size == (500, 1000) and rotated.mode == "RGB"  # half scale, turned upright
+    grey = Image.open(io.BytesIO(_photo_jpeg(2000, 1000))).convert("L")
+    out = decode_image(_encode(grey, "JPEG"), draft=448)
+    assert out.size == (1000, 500) and out.mode == "RGB"
+    r, g, b = np.asarray(out).transpose(2, 0, 1)
+    assert (r == g).all() and (g == b).all()

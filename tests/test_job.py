@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import write_job
+from tests.helpers.jobs import write_job
 from worker.errors import JobError
 from worker.job import load_job
 

@@ -12,11 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import write_job
-from tests.test_s3 import REGION, admin, aws_env, bucket, moto_endpoint  # noqa: F401 (fixtures)
+from tests.helpers.jobs import write_job
+from tests.helpers.s3 import REGION
 from worker import exports
 from worker.job import load_job
 from worker.pipeline import run
+
+#: every test here runs with planted AWS credentials and no AWS config (tests/helpers/s3.py)
+pytestmark = pytest.mark.usefixtures("aws_env")
 
 
 def _png(rng: np.random.Generator, bright: float, rough: float) -> bytes:
@@ -125,7 +128,9 @@ def _check_exports(report: dict, files: dict[str, bytes], location) -> None:
     assert isinstance(tasks, list) and len(tasks) == len(distinct)
     assert all(set(t) == {"data"} and isinstance(t["data"]["image"], str) for t in tasks)
     assert {t["data"]["image"] for t in tasks} == {location(i) for i in distinct}
-    assert all("novelty" in t["data"] for t in tasks)
+    novelty = {im["id"]: im["novelty"] for im in report["secondaries"][0]["images"]}
+    assert all(t["data"]["novelty"] == novelty[t["data"]["id"]] for t in tasks)
+    assert all(0.0 <= float(r["novelty"]) <= 1.0 for r in rows)
     manifest = json.loads(files["fiftyone.json"])
     assert manifest["media_type"] == "image"
     assert {s["filepath"] for s in manifest["samples"]} == {location(i) for i in distinct}
@@ -164,3 +169,100 @@ def test_exports_into_an_s3_store_with_s3_images(admin, bucket, moto_endpoint, t
     for result, report in zip((first, second), reports, strict=True):
         files = {n: fetch(result.run_dir, n) for n in exports.FILES.values()}
         _check_exports(report, files, lambda i: f"s3://{bucket}/data/S/{i}")
+
+
+@pytest.mark.slow  # trains four small models
+def test_held_out_split_is_the_same_for_every_model_and_holds_far_images(tmp_path):
+    from worker.demo import make_demo_data
+    from worker.job import parse_job
+
+    make_demo_data(tmp_path / "data", per_set=15)
+    job = parse_job(
+        {
+            "model": {"name": "hog", "image_size": 64},
+            "pca": {"dims": 5, "sweep": [2, 5]},
+            "datasets": {
+                "primary": {"name": "P", "path": "data/P/images", "masks": "data/P/masks"},
+                "secondary": [{"name": "S3", "path": "data/S3/images", "masks": "data/S3/masks"}],
+            },
+            "metrics": {"statistics": False, "duplicates": False, "null_repeats": 2},
+            "selection": {"strategy": "farthest", "counts": [1, 3, 7]},
+            "cache": {"enabled": False},
+            "output": {"dir": "out"},
+            "adaptation": {
+                "enabled": True,
+                "model": "unet",
+                "selection": "farthest",
+                "counts": [1, 3, 7],
+                "epochs": 1,
+                "image_size": 32,
+                "batch_size": 8,
+                "held_out": 0.2,
+            },
+        },
+        tmp_path,
+    )
+    report = run(job).report.model_dump(mode="json")
+    ad, sec = report["adaptation"], report["secondaries"][0]
+    scaled = {im["id"]: im["i_dist_scaled"] for im in sec["images"]}
+    split = ad["held_out"]["splits"][0]
+    held = split["ids"]
+    assert len(held) == 3 == sec["selection_pool"]["held_out"]  # round(0.2 * 15)
+    # chosen before selection: never selected, never trained on, even by farthest-first
+    trained = {i for m in ad["models"] for i in m["train_ids"]}
+    assert not {f"S3/{i}" for i in held} & trained and not set(held) & _all_ids(report)
+    # one image from each I_dist stratum: the top stratum's is among the 5 farthest
+    order = sorted(scaled, key=scaled.get)
+    assert max(order.index(i) for i in held) >= 10
+    assert split["i_dist_scaled_max"] == max(scaled[i] for i in held)
+    assert split["far_count"] >= 1
+    rows = [r for r in ad["held_out"]["results"] if r["dataset"] == "S3"]
+    assert [r["model"] for r in rows] == ["M", "M1", "M3", "M7"]
+    for r in rows:  # the same images for every model
+        assert [p["id"] for p in r["per_image"]] == held and r["count"] == 3
+    # the images left after selection are scored too, the held-out ones among them
+    left = next(r for r in ad["results"] if r["model"] == "M")
+    assert set(held) <= {p["id"] for p in left["per_image"]}
+
+
+@pytest.mark.parametrize(
+    ("selection", "field"),
+    [
+        ({"export": ["cvat"]}, "selection.export"),
+        ({"labelled": [" "]}, "selection.labelled"),
+        ({"random_subsets": 0}, "selection.random_subsets"),
+        ({"strategy": ["novel", "nearest"]}, "selection.strategy"),
+    ],
+)
+def test_bad_selection_settings_name_the_field(tmp_path, selection, field):
+    from worker.errors import JobError
+    from worker.job import parse_job
+
+    job = _job("P", "S", "out", **selection)
+    with pytest.raises(JobError, match=field.replace(".", r"\.")):
+        parse_job(job, tmp_path)
+    assert not (tmp_path / "out").exists()
+
+
+def test_held_out_setting_is_checked(tmp_path):
+    from worker.errors import JobError
+    from worker.job import parse_job
+
+    job = _job("P", "S", "out")
+    job["adaptation"] = {"held_out": 1.0}
+    with pytest.raises(JobError, match=r"adaptation\.held_out"):
+        parse_job(job, tmp_path)
+
+
+def test_a_set_with_everything_labelled_proposes_nothing(embedding_job):
+    from worker.job import parse_job
+
+    folder, job, _ = embedding_job
+    job["selection"] = {"strategy": ["novel", "band"], "counts": [1, 3], "labelled": []}
+    job["selection"]["labelled"] = [f"s1_{i:02d}" for i in range(20)]  # all of S1
+    report = run(parse_job(job, folder)).report
+    s1 = report.secondary("S1")
+    assert s1.selection_pool.candidates == 0 and s1.selection_pool.labelled == 20
+    assert all(sel.ids == [] and sel.beats_random is None for sel in s1.selections)
+    assert all(sel.verdict.endswith("nothing to judge.") for sel in s1.selections)
+    assert all(sel.ids for sel in report.secondary("S2").selections)  # the other set is served

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from tests.conftest import write_job
-from tests.pdftext import pdf_text
+from tests.helpers.jobs import write_job
+from tests.helpers.pdf import pdf_text
 from worker.job import load_job
 from worker.pipeline import run
 

@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics.pairwise import euclidean_distances
 from sklearn.neighbors import NearestNeighbors
 
-from tests import reference as R
+from tests.helpers import reference as R
 from worker import metrics
 
 P_HAND, S_HAND, X_HAND = R.P_HAND, R.S_HAND, R.X_HAND

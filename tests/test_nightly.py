@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import write_job
+from tests.helpers.jobs import write_job
 from worker.__main__ import main
+from worker.store import list_runs as store_runs
 
 
 def _night(folder: Path, job: dict, s1: np.ndarray, ids: list[str], store: Path) -> dict:
@@ -70,7 +71,7 @@ def test_three_nights_history_gates_and_compare(embedding_job, capsys):
         third["run"]["run_id"],
     ]
     assert series[2]["o_dist_mean"] == pytest.approx(series[1]["o_dist_mean"], rel=1e-12)
-    assert len(list((store / "runs").iterdir())) == 3
+    assert len(store_runs(str(store))) == 3
 
     # compare the first and second nights by run id, with a threshold as a gate
     capsys.readouterr()
@@ -90,3 +91,77 @@ def test_three_nights_history_gates_and_compare(embedding_job, capsys):
     row = next(r for r in out["secondaries"] if r["name"] == "S1")
     assert code == 1 and out["passed"] is False
     assert row["o_dist_mean"]["abs"] == pytest.approx(o2 - o1, rel=1e-12)
+
+
+def _shell_words(text: str) -> list[str]:
+    import shlex
+
+    return shlex.split(text.replace("\\\n", " "))
+
+
+@pytest.mark.slow
+def test_every_shipped_ci_example_passes_on_two_identical_nights(embedding_job, capsys):
+    """The docs' CI examples (scheduling.md's history gates and compare lines, the Kubernetes
+    compare CronJob, the GitHub compare workflow) on two nights where nothing changed: every
+    one exits 0. The first night's change gates are JUnit skipped, with the reason."""
+    import re
+    import xml.etree.ElementTree as ET
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    folder, job, data = embedding_job
+    store = folder / "out"
+    sched = (root / "docs" / "scheduling.md").read_text()
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", sched, re.S) if "history:" in b)
+    shipped = yaml.safe_load(block)
+    job["gates"] = shipped["gates"]
+    junit1, junit2 = folder / "n1.xml", folder / "n2.xml"
+    path = write_job(folder, job)
+    assert main(["run", str(path), "--out", str(store), "--quiet", "--junit", str(junit1)]) == 0
+    night1 = json.loads((store / "latest" / "report.json").read_text())
+    cases = ET.parse(junit1).getroot().findall(".//testcase")
+    assert cases and all(c.find("skipped") is not None for c in cases)
+    assert all("first run" in c.find("skipped").get("message") for c in cases)
+    assert ET.parse(junit1).getroot().find("testsuite").get("skipped") == str(len(cases))
+
+    job["history"] = {**shipped["history"], "baseline": night1["run"]["run_id"]}
+    path = write_job(folder, job)
+    assert main(["run", str(path), "--out", str(store), "--quiet", "--junit", str(junit2)]) == 0
+    night2 = json.loads((store / "latest" / "report.json").read_text())
+    assert night2["passed"] and all(g["value"] is not None for g in night2["gates"])
+    assert ET.parse(junit2).getroot().find("testsuite").get("skipped") == "0"
+    nightly = store / "runs" / night1["run"]["run_id"]
+
+    def local(word: str) -> str:
+        for shipped_path, here in (
+            ("s3://my-reports/dataset-distance/nightly", str(nightly)),
+            ("$NIGHTLY", str(nightly)),
+            ("out/compare.xml", str(folder / "compare.xml")),
+            ("out/", f"{store}/"),
+            ("/out/", f"{store}/"),
+            ("/out", str(store)),
+        ):
+            if word.startswith(shipped_path):
+                return here + word[len(shipped_path) :]
+        return word
+
+    commands = []
+    for line in re.findall(r"^python -m worker (compare .*?)(?<!\\)$", sched, re.M | re.S):
+        commands.append(_shell_words(line))
+    docs = list(yaml.safe_load_all((root / "docs" / "k8s-compare-cronjob.yaml").read_text()))
+    pod = docs[1]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    commands.append(pod["containers"][0]["args"])
+    wf = yaml.safe_load((root / "docs" / "github-actions-compare.yml").read_text())
+    step = next(
+        s for s in wf["jobs"]["compare"]["steps"] if s.get("name") == "Compare with last night"
+    )
+    words = _shell_words(step["run"])
+    commands.append(words[words.index("$IMAGE") + 1 :])
+    assert len(commands) == 4 and all(c[0] == "compare" for c in commands)
+    for argv in commands:
+        capsys.readouterr()
+        code = main([local(w) for w in argv])
+        out = capsys.readouterr()
+        assert code == 0, (argv, out.out[-2000:], out.err[-2000:])
+        assert any(w.startswith("--m") for w in argv)  # each example gates on something

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests import reference as R
+from tests.helpers import reference as R
 from worker.adapt import ods
 
 HAND_PROBS, HAND_MASKS = R.ODS_PROBS_HAND, R.ODS_MASKS_HAND

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import write_job
+from tests.helpers.jobs import embeddings_job, write_job
 from worker import analysis, metrics, stats
 from worker.embeddings import EmbeddedSet
 from worker.job import parse_job
@@ -30,19 +30,14 @@ def _sets(rng, n=60, m=45, d=12):
 
 
 def _job(tmp_path: Path, **over) -> object:
-    data = {
-        "version": 1,
-        "seed": 3,
-        "model": {"name": "precomputed"},
-        "pca": {"dims": 6, "sweep": [2, 4, 6, 9]},
-        "compute": {"precision": "float64"},
-        "selection": {"strategy": ["band", "farthest"], "counts": [1, 3]},
-        "datasets": {
-            "primary": {"name": "P", "embeddings": "P.npy"},
-            "secondary": [{"name": "S", "embeddings": "S.npy"}],
-        },
+    data = embeddings_job(
+        "S",
+        seed=3,
+        pca={"dims": 6, "sweep": [2, 4, 6, 9]},
+        compute={"precision": "float64"},
+        selection={"strategy": ["band", "farthest"], "counts": [1, 3]},
         **over,
-    }
+    )
     return parse_job(data, tmp_path)
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests import reference as R
-from tests.conftest import write_job
-from tests.pdftext import pdf_text
+from tests.helpers import reference as R
+from tests.helpers.jobs import write_job
+from tests.helpers.pdf import pdf_text
 from worker.job import load_job
 from worker.pipeline import run
 
@@ -20,8 +20,6 @@ from worker.pipeline import run
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory):
     """The embedding job run with dims 5 and with dims null."""
-    from tests.conftest import embedding_job as _fixture  # noqa: F401
-
     out = {}
     rng = np.random.default_rng(7)
     base = tmp_path_factory.mktemp("pipe")

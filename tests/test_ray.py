@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import ray
 
-from tests.test_extractors import save_tiny
+from tests.helpers.extractors import save_tiny
 from worker import engine, metrics, pipeline
 from worker.demo import make_demo_data
 from worker.distributed import RayDistanceBackend
@@ -129,7 +129,14 @@ def _image_job(model: dict, cache: str) -> dict:
 
 
 def _entries(folder: Path) -> dict[str, float]:
-    return {p: os.stat(p).st_mtime_ns for p in glob.glob(f"{folder}/**/*.emb", recursive=True)}
+    """The cache's shard files and their modification times."""
+    return {p: os.stat(p).st_mtime_ns for p in glob.glob(f"{folder}/**/*.f32", recursive=True)}
+
+
+def _cached(folder: Path) -> int:
+    from worker.cache import EmbeddingCache
+
+    return EmbeddingCache(str(folder)).count()
 
 
 def test_image_job_equals_local_and_fills_the_shared_cache(cluster, image_root):
@@ -144,7 +151,7 @@ def test_image_job_equals_local_and_fills_the_shared_cache(cluster, image_root):
 
     # the actors wrote every vector: 30 clean images + 3 perturbations x 20 secondary ones
     entries = _entries(image_root / "cache_ray")
-    assert len(entries) == len(_entries(image_root / "cache_local")) == 30 + 3 * 20
+    assert _cached(image_root / "cache_ray") == _cached(image_root / "cache_local") == 30 + 3 * 20
     again = _run(image_root, job, "out_ray_again")
     assert _entries(image_root / "cache_ray") == entries  # all cached: nothing rewritten
     compare_reports(local, again)
@@ -218,8 +225,11 @@ def test_s3_images_and_s3_cache(cluster, image_root):
         job["compute"] = _ray_compute(4)
         remote = _run(image_root, job, "out_s3_ray")
         compare_reports(local, remote)
-        listed = client.list_objects_v2(Bucket="data", Prefix="cache-ray/")["Contents"]
-        assert sum(o["Key"].endswith(".emb") for o in listed) == 20
+        from worker.cache import EmbeddingCache
+        from worker.job import StorageConfig
+
+        storage = StorageConfig.model_validate(job["storage"])
+        assert EmbeddingCache("s3://data/cache-ray", storage=storage).count() == 20
     finally:
         server.stop()
 

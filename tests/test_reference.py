@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics.pairwise import euclidean_distances
 from sklearn.neighbors import NearestNeighbors
 
-from tests import reference as R
+from tests.helpers import reference as R
 
 
 def test_hand_vectors_are_their_closed_forms():

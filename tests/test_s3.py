@@ -15,40 +15,31 @@ import textwrap
 import threading
 import time
 import traceback
-import uuid
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import boto3
 import numpy as np
 import pytest
 
+from tests.helpers.s3 import (
+    FAKE_KEY_ID,
+    FAKE_SECRET,
+    FAKE_TOKEN,
+    REGION,
+    cli_env,
+    storage_config,
+)
 from worker.errors import JobError
-from worker.job import S3Config, StorageConfig
 from worker.outputs import publish_outputs
 from worker.sources import s3
 
-# Planted credentials: moto accepts any; none of them may ever appear in a message or log.
-FAKE_KEY_ID = "AKIAPLANTEDKEYID7777"
-FAKE_SECRET = "PlantedSecretKey/NeverPrintThis+42xyzABC"
-FAKE_TOKEN = "PlantedSessionTokenNeverPrintThisEither0123456789"
-REGION = "us-east-1"
+#: every test here runs with planted AWS credentials and no AWS config (tests/helpers/s3.py)
+pytestmark = pytest.mark.usefixtures("aws_env")
 
 
 # ------------------------------------------------------------------ servers
-
-
-@pytest.fixture(scope="session")
-def moto_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 def _error_xml(code: str, message: str) -> bytes:
@@ -190,46 +181,6 @@ def proxy(moto_endpoint):
 # ------------------------------------------------------------------ environment and buckets
 
 
-@pytest.fixture(autouse=True)
-def aws_env(monkeypatch, tmp_path):
-    for name in list(os.environ):
-        if name.startswith("AWS_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", FAKE_KEY_ID)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_SECRET)
-    monkeypatch.setenv("AWS_SESSION_TOKEN", FAKE_TOKEN)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    s3.clear_clients()
-    yield
-    s3.clear_clients()
-
-
-def _storage(endpoint: str) -> StorageConfig:
-    return StorageConfig(s3=S3Config(endpoint_url=endpoint, region=REGION))
-
-
-@pytest.fixture
-def admin(moto_endpoint):
-    """A plain boto3 client straight to moto, for setting up and checking buckets."""
-    return boto3.client(
-        "s3",
-        endpoint_url=moto_endpoint,
-        region_name=REGION,
-        aws_access_key_id=FAKE_KEY_ID,
-        aws_secret_access_key=FAKE_SECRET,
-    )
-
-
-@pytest.fixture
-def bucket(admin):
-    name = f"test-{uuid.uuid4().hex[:12]}"
-    admin.create_bucket(Bucket=name)
-    return name
-
-
 def _seed(admin, bucket: str, keys: list[str]) -> None:
     """Put many small objects. Straight into the running server's in-process store when
     moto's internals allow it (1,000 HTTP PUTs take ~15 s on 2 cores); else over HTTP."""
@@ -271,7 +222,7 @@ def test_listing_pages_past_1000_objects_sorted_by_relative_key(
 
     _seed(admin, bucket, keys + noise)
 
-    items = s3.list_items(f"s3://{bucket}/many", (".png", ".jpg"), _storage(proxy.endpoint))
+    items = s3.list_items(f"s3://{bucket}/many", (".png", ".jpg"), storage_config(proxy.endpoint))
     expected = sorted(k.removeprefix("many/") for k in keys)
     assert [it.id for it in items] == expected
     assert len(items) == 1153
@@ -283,12 +234,12 @@ def test_listing_pages_past_1000_objects_sorted_by_relative_key(
     # The same through the dispatcher, with a trailing slash on the root.
     from worker.sources import list_images
 
-    again = list_images(f"s3://{bucket}/many/", _storage(moto_endpoint))
+    again = list_images(f"s3://{bucket}/many/", storage_config(moto_endpoint))
     assert [it.id for it in again] == expected
 
 
 def test_empty_prefix_and_missing_bucket_are_job_errors(bucket, moto_endpoint):
-    storage = _storage(moto_endpoint)
+    storage = storage_config(moto_endpoint)
     with pytest.raises(JobError, match=rf"s3://{bucket}/nothing-here: no objects"):
         s3.list_items(f"s3://{bucket}/nothing-here", (".png",), storage)
     root = "s3://no-such-bucket-4242/data"
@@ -300,8 +251,8 @@ def test_empty_prefix_and_missing_bucket_are_job_errors(bucket, moto_endpoint):
 # ------------------------------------------------------------------ reads and writes
 
 
-def test_round_trip_exists_upload_and_read_many(bucket, moto_endpoint, tmp_path):
-    storage = _storage(moto_endpoint)
+def test_round_trip_exists_upload_and_read(bucket, moto_endpoint, tmp_path):
+    storage = storage_config(moto_endpoint)
     uri = f"s3://{bucket}/a/b/data.bin"
     payload = os.urandom(3 * s3.CHUNK_SIZE + 17)  # several streamed chunks
     assert not s3.exists(uri, storage)
@@ -320,24 +271,9 @@ def test_round_trip_exists_upload_and_read_many(bucket, moto_endpoint, tmp_path)
     sources.write_bytes(f"s3://{bucket}/c.txt", b"hello", storage)
     assert sources.read_bytes(f"s3://{bucket}/c.txt", storage) == b"hello"
 
-    uris = [f"s3://{bucket}/many/{i}.bin" for i in range(40)]
-    for i, u in enumerate(uris):
-        s3.write_bytes(u, str(i).encode(), storage)
-    got = list(s3.read_many(uris, storage, max_workers=4))
-    assert [u for u, _ in got] == uris
-    assert [d for _, d in got] == [str(i).encode() for i in range(40)]
-
-    missing = f"s3://{bucket}/many/missing.bin"
-    got = list(s3.read_many([uris[0], missing, uris[1]], storage, return_exceptions=True))
-    assert got[0][1] == b"0" and got[2][1] == b"1"
-    assert isinstance(got[1][1], s3.S3NotFoundError)
-    assert isinstance(got[1][1], FileNotFoundError)  # callers skip it like a missing file
-    with pytest.raises(s3.S3NotFoundError, match=missing):
-        list(s3.read_many([uris[0], missing], storage))
-
 
 def test_missing_object_and_missing_bucket_name_the_uri(bucket, moto_endpoint):
-    storage = _storage(moto_endpoint)
+    storage = storage_config(moto_endpoint)
     uri = f"s3://{bucket}/embeddings/primary.npy"
     with pytest.raises(s3.S3NotFoundError) as info:
         s3.read_bytes(uri, storage)
@@ -362,13 +298,13 @@ def test_missing_precomputed_embeddings_is_a_job_error_naming_the_uri(bucket, mo
 
     uri = f"s3://{bucket}/nope/S.npy"
     with pytest.raises(JobError) as info:
-        load_precomputed("S", uri, _storage(moto_endpoint))
+        load_precomputed("S", uri, storage_config(moto_endpoint))
     assert uri in str(info.value)
 
     buf = io.BytesIO()
     np.save(buf, np.arange(12, dtype=np.float32).reshape(4, 3))
-    s3.write_bytes(f"s3://{bucket}/emb/P.npy", buf.getvalue(), _storage(moto_endpoint))
-    got = load_precomputed("P", f"s3://{bucket}/emb/P.npy", _storage(moto_endpoint))
+    s3.write_bytes(f"s3://{bucket}/emb/P.npy", buf.getvalue(), storage_config(moto_endpoint))
+    got = load_precomputed("P", f"s3://{bucket}/emb/P.npy", storage_config(moto_endpoint))
     assert got.vectors.shape == (4, 3) and got.ids == ["0", "1", "2", "3"]
 
 
@@ -376,9 +312,9 @@ def test_missing_precomputed_embeddings_is_a_job_error_naming_the_uri(bucket, mo
 
 
 def test_access_denied_is_a_clean_error_without_retries(bucket, moto_endpoint, proxy):
-    storage = _storage(proxy.endpoint)
+    storage = storage_config(proxy.endpoint)
     uri = f"s3://{bucket}/private/x.npy"
-    s3.write_bytes(uri, b"secret data", _storage(moto_endpoint))
+    s3.write_bytes(uri, b"secret data", storage_config(moto_endpoint))
     proxy.rules.append(
         {"method": "GET", "path": "/private/", "status": 403, "code": "AccessDenied", "times": 9}
     )
@@ -397,9 +333,9 @@ def test_access_denied_is_a_clean_error_without_retries(bucket, moto_endpoint, p
 
 def test_transient_errors_are_retried_then_succeed(bucket, moto_endpoint, proxy, monkeypatch):
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "3")
-    storage = _storage(proxy.endpoint)
+    storage = storage_config(proxy.endpoint)
     uri = f"s3://{bucket}/flaky/x.bin"
-    s3.write_bytes(uri, b"payload", _storage(moto_endpoint))
+    s3.write_bytes(uri, b"payload", storage_config(moto_endpoint))
     proxy.rules.append(
         {"method": "GET", "path": "/flaky/", "status": 503, "code": "SlowDown", "times": 2}
     )
@@ -409,10 +345,10 @@ def test_transient_errors_are_retried_then_succeed(bucket, moto_endpoint, proxy,
 
 
 def test_cut_off_body_is_retried(bucket, moto_endpoint, proxy):
-    storage = _storage(proxy.endpoint)
+    storage = storage_config(proxy.endpoint)
     uri = f"s3://{bucket}/cut/x.bin"
     payload = os.urandom(200_000)
-    s3.write_bytes(uri, payload, _storage(moto_endpoint))
+    s3.write_bytes(uri, payload, storage_config(moto_endpoint))
     proxy.rules.append({"method": "GET", "path": "/cut/", "mode": "truncate", "times": 1})
     assert s3.read_bytes(uri, storage) == payload
     gets = proxy.requests("GET", "/cut/")
@@ -421,7 +357,7 @@ def test_cut_off_body_is_retried(bucket, moto_endpoint, proxy):
 
 def test_transient_errors_exhausted_are_reported(bucket, moto_endpoint, proxy, monkeypatch):
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
-    storage = _storage(proxy.endpoint)
+    storage = storage_config(proxy.endpoint)
     uri = f"s3://{bucket}/down/x.bin"
     proxy.rules.append(
         {"method": "GET", "path": "/down/", "status": 500, "code": "InternalError", "times": 99}
@@ -437,13 +373,13 @@ def test_transient_errors_exhausted_are_reported(bucket, moto_endpoint, proxy, m
 def test_unreachable_endpoint_is_reported(monkeypatch):
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     with pytest.raises(s3.S3TransientError, match=r"s3://b-1/x: cannot reach S3"):
-        s3.read_bytes("s3://b-1/x", _storage("http://127.0.0.1:9"))
+        s3.read_bytes("s3://b-1/x", storage_config("http://127.0.0.1:9"))
 
 
 def test_secrets_never_appear_in_errors_or_logs(bucket, moto_endpoint, proxy, caplog, monkeypatch):
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     caplog.set_level(logging.DEBUG)
-    storage = _storage(proxy.endpoint)
+    storage = storage_config(proxy.endpoint)
     # A server that echoes credentials in its error message (as SignatureDoesNotMatch does).
     echo = f"key {FAKE_KEY_ID} token {FAKE_TOKEN} X-Amz-Signature=abc"
     proxy.rules += [
@@ -457,7 +393,7 @@ def test_secrets_never_appear_in_errors_or_logs(bucket, moto_endpoint, proxy, ca
         lambda: s3.read_bytes(f"s3://{bucket}/absent/x", storage),
         lambda: s3.read_bytes("s3://no-such-bucket-4242/x", storage),
         lambda: s3.list_items("s3://no-such-bucket-4242/p", (".png",), storage),
-        lambda: s3.read_bytes("s3://b-1/x", _storage("http://127.0.0.1:9")),
+        lambda: s3.read_bytes("s3://b-1/x", storage_config("http://127.0.0.1:9")),
     ):
         with pytest.raises(JobError) as info:
             call()
@@ -488,7 +424,7 @@ def test_publish_outputs_uploads_report_json_last(bucket, admin, proxy, tmp_path
     local = tmp_path / "out"
     files = _output_folder(local)
     dest = f"s3://{bucket}/runs/2026-01-01/"
-    done = publish_outputs(local, dest, _storage(proxy.endpoint))
+    done = publish_outputs(local, dest, storage_config(proxy.endpoint))
     assert done[-1] == f"s3://{bucket}/runs/2026-01-01/report.json"
     assert sorted(done) == sorted(f"s3://{bucket}/runs/2026-01-01/{k}" for k in files)
 
@@ -516,7 +452,7 @@ def test_failed_upload_withholds_report_json(bucket, admin, proxy, tmp_path, mon
         {"method": "PUT", "path": "/report.pdf", "status": 403, "code": "AccessDenied"}
     )
     with pytest.raises(JobError, match=r"runs/x/report.pdf: access denied"):
-        publish_outputs(local, f"s3://{bucket}/runs/x", _storage(proxy.endpoint))
+        publish_outputs(local, f"s3://{bucket}/runs/x", storage_config(proxy.endpoint))
     listed = admin.list_objects_v2(Bucket=bucket, Prefix="runs/x/").get("Contents", [])
     assert "runs/x/report.json" not in {o["Key"] for o in listed}
 
@@ -538,22 +474,6 @@ def _pipeline_or_skip():
         import worker.pipeline  # noqa: F401
     except ImportError as err:
         pytest.skip(f"worker.pipeline does not import yet ({err})")
-
-
-def _cli_env(endpoint: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(
-        AWS_ACCESS_KEY_ID=FAKE_KEY_ID,
-        AWS_SECRET_ACCESS_KEY=FAKE_SECRET,
-        AWS_SESSION_TOKEN=FAKE_TOKEN,
-        AWS_REGION=REGION,
-        AWS_ENDPOINT_URL=endpoint,
-        AWS_MAX_ATTEMPTS="3",
-        AWS_EC2_METADATA_DISABLED="true",
-        AWS_CONFIG_FILE=os.devnull,
-        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-    )
-    return env
 
 
 def test_cli_runs_a_job_from_s3_to_s3(bucket, admin, moto_endpoint, tmp_path):
@@ -591,7 +511,7 @@ def test_cli_runs_a_job_from_s3_to_s3(bucket, admin, moto_endpoint, tmp_path):
     junit = tmp_path / "junit.xml"
     proc = subprocess.run(
         [sys.executable, "-m", "worker", "run", str(job), "--junit", str(junit), "--quiet"],
-        env=_cli_env(moto_endpoint),
+        env=cli_env(moto_endpoint),
         capture_output=True,
         text=True,
         timeout=300,

@@ -17,7 +17,6 @@ import yaml
 from PIL import Image
 from skimage import data as skdata
 
-from tests.test_s3 import admin, aws_env, bucket, moto_endpoint  # noqa: F401 (fixtures)
 from worker.embeddings import embed_items
 from worker.errors import JobError
 from worker.extractors import get_extractor
@@ -25,6 +24,9 @@ from worker.images import decode_image
 from worker.job import CropConfig, DatasetConfig, FramesConfig, ModelConfig, parse_job
 from worker.sources import Item
 from worker.sources import samples as smp
+
+#: every test here runs with planted AWS credentials and no AWS config (tests/helpers/s3.py)
+pytestmark = pytest.mark.usefixtures("aws_env")
 
 # --------------------------------------------------------------------------- fixtures
 
@@ -373,7 +375,7 @@ def test_both_gives_two_listings(tmp_path):
 @pytest.fixture(scope="module")
 def counted(tmp_path_factory):
     """A tiny DINOv2 whose forward passes are counted (as in tests/test_cache.py)."""
-    from tests.test_extractors import save_tiny
+    from tests.helpers.extractors import save_tiny
 
     folder = save_tiny("dinov2", tmp_path_factory.mktemp("samples_model") / "dinov2")
     ex = get_extractor(ModelConfig(name="dinov2", checkpoint=str(folder), image_size=72))
@@ -506,8 +508,8 @@ def test_validate_refuses_adaptation_on_a_video_folder(tmp_path, capsys):
 
 def test_job_with_frames_and_crops_end_to_end(tmp_path):
     """P images; S1 a folder of videos (one truncated); S2 images with COCO boxes, both."""
-    from tests.conftest import write_job
-    from tests.pdftext import pdf_text
+    from tests.helpers.jobs import write_job
+    from tests.helpers.pdf import pdf_text
     from worker.job import load_job
     from worker.metrics import class_distances
     from worker.pipeline import run
@@ -650,7 +652,7 @@ def test_video_dataset_on_s3_equals_local(tmp_path, s3_storage):
 @pytest.fixture
 def s3_storage(request):
     """(admin client, bucket, StorageConfig) on moto's server (tests/test_s3.py fixtures)."""
-    from tests.test_s3 import _storage
+    from tests.helpers.s3 import storage_config
 
     value = request.getfixturevalue
-    return value("admin"), value("bucket"), _storage(value("moto_endpoint"))
+    return value("admin"), value("bucket"), storage_config(value("moto_endpoint"))

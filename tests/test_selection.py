@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests import reference as R
+from tests.helpers import reference as R
+from tests.helpers.reports import typed_report
 from worker import metrics, selection
 
 I_DIST = np.array([0.0, 10.0, 6.0, 9.0, 2.0, 8.0])  # scaled = I_DIST / 10
@@ -163,6 +164,47 @@ def test_novel_spreads_the_novel_images_then_fills():
     assert selection.select_novel(S, P, novel, 2, exclude) == [2, 0]
 
 
+def test_novel_does_not_count_other_s_images_as_centres():
+    P = np.array([[0.0, 0.0], [1.0, 0.0]])
+    # 0 is the novel image farthest from P; 2 (not novel) lies next to it but is no centre
+    S = np.array([[0.0, 12.0], [10.0, 0.0], [0.0, 11.8]])
+    assert selection.select_novel(S, P, np.array([True, True, False]), 1) == [0]
+
+
+def test_hold_is_neither_proposed_nor_a_centre():
+    rng = np.random.default_rng(6)
+    P, S = rng.normal(size=(20, 3)), rng.normal(size=(30, 3)) * 2
+    i_dist = metrics.image_dataset_distances(S, P)
+    hold = np.zeros(30, dtype=bool)
+    hold[selection.held_out_split(i_dist, 0.3, seed=1)] = True
+    cand = np.flatnonzero(~hold)
+    assert selection.select_kcenter(S, P, 5, hold=hold) == cand[R.kcenter(S[cand], 5, P)].tolist()
+    novel = np.ones(30, dtype=bool)
+    for strategy in selection.STRATEGIES:
+        got = selection.select(
+            strategy, S_L=S, P_L=P, i_dist=i_dist, count=99, novel=novel, hold=hold
+        )
+        assert sorted(got) == cand.tolist()
+
+
+def test_held_out_split_strata_by_i_dist():
+    i_dist = np.array([5.0, 1.0, 9.0, 3.0, 7.0, 2.0, 8.0, 4.0, 6.0, 0.0])
+    # k = round(0.3 * 10) = 3 strata of the ascending order, sizes 4, 3, 3 (array_split):
+    # I_dist 0-3, 4-6 and 7-9; one image drawn from each
+    got = selection.held_out_split(i_dist, 0.3, seed=0)
+    order = np.argsort(i_dist)
+    strata = [set(order[:4].tolist()), set(order[4:7].tolist()), set(order[7:].tolist())]
+    assert len(got) == 3 and all(len(set(got) & st) == 1 for st in strata)
+    assert got == selection.held_out_split(i_dist, 0.3, seed=0)  # deterministic
+    assert max(i_dist[got]) >= 7.0  # one of the farthest three
+    draws = {tuple(selection.held_out_split(i_dist, 0.3, seed=s)) for s in range(20)}
+    assert len(draws) > 1
+    assert selection.held_out_split(i_dist, 0.0, seed=0) == []
+    assert len(selection.held_out_split(i_dist[:2], 0.9, seed=0)) == 1  # one left to select
+    with pytest.raises(ValueError, match="adaptation.held_out"):
+        selection.held_out_split(i_dist, 1.0, seed=0)
+
+
 def test_exclude_is_never_proposed_and_joins_the_pool():
     rng = np.random.default_rng(5)
     P, S = rng.normal(size=(30, 3)), rng.normal(size=(40, 3)) * 2
@@ -189,7 +231,7 @@ def test_exclude_is_never_proposed_and_joins_the_pool():
 
 
 def test_earlier_selections_and_masks():
-    earlier = [
+    earlier = typed_report(
         {
             "secondaries": [
                 {
@@ -199,8 +241,8 @@ def test_earlier_selections_and_masks():
                 }
             ]
         }
-    ]
-    memory = selection.earlier_selections(earlier)
+    )
+    memory = selection.earlier_selections([earlier])
     assert memory.hashes == {"h1"} and memory.ids == {("S", "b")} and memory.runs == 1
     # by hash in any secondary (a renamed file keeps its hash), by id within the same name
     got = selection.earlier_mask("T", ["x", "b", "y"], ["h1", "h2", "h3"], memory)
@@ -339,12 +381,12 @@ def _shifted_world(seed: int, clustered: bool):
 
 
 @pytest.mark.parametrize(
-    ("clustered", "count", "least"), [(True, 3, 9), (True, 7, 10), (False, 7, 9)]
+    ("clustered", "count", "least"), [(True, 3, 10), (True, 7, 10), (False, 3, 6), (False, 7, 10)]
 )
 def test_novel_beats_random_on_planted_worlds(clustered, count, least):
     """The default beats random on both of its aims in at least `least` of 10 planted worlds
-    (measured over 20: new domains 18/20 at 3 and 20/20 at 7; a diffuse blob 19/20 at 7 but
-    5/20 at 3, where a few picks cannot shrink the blob's covering radius)."""
+    (measured over 20: new domains 20/20 at 3 and at 7; a diffuse blob 20/20 at 7 but 15/20
+    at 3, where three picks barely shrink the blob's covering radius)."""
     wins = 0
     for seed in range(10):
         P, S = _shifted_world(seed, clustered)
@@ -369,3 +411,30 @@ def test_every_candidate_is_not_judged():
     assert len(idx) == 40 and by_aim["coverage"]["beats_random"] is None
     assert selection.beats_random(judged) is None
     assert "not judged" in selection.verdict("kcenter", 40, judged, 200)
+
+
+def test_nothing_left_to_propose_is_not_judged():
+    P, S = _two_cluster_world(2)
+    exclude = np.ones(len(S), dtype=bool)  # every image selected earlier or labelled
+    novel = np.ones(len(S), dtype=bool)
+    i_dist = metrics.image_dataset_distances(S, P)
+    for strategy in selection.STRATEGIES:
+        idx = selection.select(
+            strategy, S_L=S, P_L=P, i_dist=i_dist, count=7, novel=novel, exclude=exclude
+        )
+        assert idx == []
+        subsets = selection.random_subsets(selection.candidates(len(S), exclude), 7, 50, 0)
+        assert subsets.shape == (50, 0)
+        judged = selection.judge(
+            strategy,
+            idx,
+            S_L=S,
+            novelty=np.zeros(len(S)),
+            novel=novel,
+            pool_nearest=np.zeros(len(S)),
+            subsets=subsets,
+        )
+        assert all(j["value"] is None and j["beats_random"] is None for j in judged)
+        assert all(np.isfinite(j["random"]).all() for j in judged)
+        assert selection.beats_random(judged) is None
+        assert selection.verdict(strategy, 0, judged, 50).endswith("nothing to judge.")

@@ -11,7 +11,7 @@ from scipy.spatial.distance import pdist
 from sklearn.metrics.pairwise import rbf_kernel
 from sklearn.neighbors import NearestNeighbors
 
-from tests import reference as R
+from tests.helpers import reference as R
 from worker import metrics, stats
 
 # --------------------------------------------------------------------------- references

@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -18,18 +19,15 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.test_s3 import (  # noqa: F401 - pytest fixtures, shared with the S3 tests
-    _cli_env,
-    _storage,
-    admin,
-    aws_env,
-    bucket,
-    moto_endpoint,
-)
+from tests.helpers.s3 import cli_env, storage_config
 from worker import store
 from worker.errors import JobError
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+#: every test here runs with planted AWS credentials and no AWS config (tests/helpers/s3.py)
+pytestmark = pytest.mark.usefixtures("aws_env")
 
 
 # ------------------------------------------------------------------ helpers
@@ -44,6 +42,13 @@ def make_staging(folder: Path, tag: str, figures: tuple[str, ...] = ("S1.png",))
     for name in figures:
         (folder / "figures" / name).write_bytes(f"{tag}:{name}".encode())
     return folder
+
+
+def read_raw(uri: str, ref: str = "latest", storage=None) -> dict:
+    """The raw report.json of a run (these tests publish small stand-in reports, not ones a
+    typed Report would accept): "latest" or a run id, read through the store's interface."""
+    run_id = store.latest_run(uri, storage) if ref == "latest" else ref
+    return json.loads(store.open_store(uri, storage).read(run_id))
 
 
 def assert_complete(out: Path, tag: str, partials: bool = False) -> None:
@@ -112,8 +117,8 @@ def test_layout_latest_flat_links_and_reading(tmp_path):
     assert_complete(out, "two")
     assert store.list_runs(str(out)) == [first.run_id, second.run_id]
     assert store.latest_run(str(out)) == second.run_id
-    assert store.read_run(str(out), "latest")["tag"] == "two"
-    assert store.read_run(str(out), first.run_id)["tag"] == "one"
+    assert read_raw(str(out), "latest")["tag"] == "two"
+    assert read_raw(str(out), first.run_id)["tag"] == "one"
     # The first run is untouched and complete in its own folder.
     assert (out / "runs" / first.run_id / "figures" / "S1.png").read_bytes() == b"one:S1.png"
     assert second.report_uri == str(out / "runs" / second.run_id / "report.json")
@@ -130,25 +135,24 @@ def test_removed_secondary_figures_do_not_linger(tmp_path):
 def test_read_run_errors_name_the_store(tmp_path):
     out = tmp_path / "out"
     with pytest.raises(JobError, match="no published run"):
-        store.read_run(str(out), "latest")
+        store.load_run(str(out), "latest")
     assert store.list_runs(str(out)) == []
     publish(tmp_path, out, "one")
     with pytest.raises(JobError, match="not a run id"):
-        store.read_run(str(out), "../etc")
+        store.load_run(str(out), "../etc")
     with pytest.raises(JobError, match="no such complete run"):
-        store.read_run(str(out), "20200101T000000Z-abcdef")
+        store.load_run(str(out), "20200101T000000Z-abcdef")
 
 
-def test_old_one_folder_layout_is_replaced_by_links(tmp_path):
+def test_old_one_folder_layout_is_kept_as_a_run(tmp_path):
     out = tmp_path / "out"
     (out / "figures").mkdir(parents=True)
     (out / "figures" / "S9.png").write_bytes(b"old")
     (out / "report.json").write_text('{"tag": "old"}')
     (out / "report.pdf").write_bytes(b"old pdf")
     (out / "junit.xml").write_text("<testsuite/>")  # not ours: left alone
-    publish(tmp_path, out, "new")
+    new = publish(tmp_path, out, "new")
     assert_complete(out, "new")
-    assert not (out / "figures" / "S9.png").exists()
     assert (out / "junit.xml").read_text() == "<testsuite/>"
     assert sorted(p.name for p in out.iterdir()) == [
         "figures",
@@ -158,6 +162,47 @@ def test_old_one_folder_layout_is_replaced_by_links(tmp_path):
         "report.pdf",
         "runs",
     ]
+    old = [r for r in store.list_runs(str(out)) if r != new.run_id]
+    assert len(old) == 1  # the old outputs are a run of their own, not deleted
+    kept = out / "runs" / old[0]
+    assert read_raw(str(out), old[0]) == {"tag": "old"}
+    assert (kept / "figures" / "S9.png").read_bytes() == b"old"
+    assert (kept / "report.pdf").read_bytes() == b"old pdf"
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_plain_latest_is_refused_not_replaced(tmp_path, kind):
+    out = tmp_path / "out"
+    first = publish(tmp_path, out, "one")
+    (out / "latest").unlink()
+    if kind == "file":
+        (out / "latest").write_text("my notes")
+    else:
+        (out / "latest").mkdir()
+        (out / "latest" / "keep.txt").write_text("mine")
+    before = snapshot(out)
+    with pytest.raises(JobError, match=f"latest is a plain {kind}"):
+        store.publish_run(make_staging(tmp_path / "s2", "two"), str(out))
+    assert snapshot(out) == before and store.list_runs(str(out)) == [first.run_id]
+
+
+def test_staging_lives_in_the_store_and_a_dead_writers_is_removed(tmp_path):
+    out = tmp_path / "out"
+    publish(tmp_path, out, "one")
+    with store.staging_dir(str(out), "20300101T000000Z-aaaaaa") as staging:
+        assert staging == out / "runs" / ".20300101T000000Z-aaaaaa.partial"
+        (staging / "x").write_text("half")
+        # as if this process had died: its record names a pid that is gone
+        writer = out / "runs" / ".20300101T000000Z-aaaaaa.writer"
+        writer.write_text(f"{socket.gethostname()} {_dead_pid()}\n")
+        assert "20300101T000000Z-aaaaaa" not in store.list_runs(str(out))
+        removed = store.clean_stale(str(out))
+        assert ".20300101T000000Z-aaaaaa.partial" in removed and not staging.exists()
+    fresh = tmp_path / "fresh"
+    with pytest.raises(RuntimeError):
+        with store.staging_dir(str(fresh), "20300101T000000Z-bbbbbb"):
+            raise RuntimeError("a stage failed")
+    assert not fresh.exists()  # the store folders it made are gone again
 
 
 def test_enospc_while_copying_keeps_previous_run_visible(tmp_path, monkeypatch):
@@ -178,7 +223,7 @@ def test_enospc_while_copying_keeps_previous_run_visible(tmp_path, monkeypatch):
         publish(tmp_path, out, "two")
     assert snapshot(out) == before
     assert store.list_runs(str(out)) == [first.run_id]
-    assert sorted(p.name for p in (out / "runs").iterdir()) == [first.run_id]
+    assert sorted(p.name for p in (out / "runs").iterdir()) == [".lock", first.run_id]
 
 
 def test_enospc_on_a_first_run_leaves_no_output_folder(tmp_path, monkeypatch):
@@ -245,7 +290,7 @@ def test_keep_prunes_the_oldest_complete_runs_after_publishing(tmp_path):
     assert pub.pruned == ids[:3]
     assert store.list_runs(str(out)) == [ids[3], pub.run_id]
     assert_complete(out, "r4")
-    assert not [p for p in (out / "runs").iterdir() if p.name.startswith(".")]
+    assert not [p for p in (out / "runs").iterdir() if p.name.startswith(".") and p.name != ".lock"]
 
 
 def test_prune_never_removes_the_run_latest_names_nor_a_protected_one(tmp_path):
@@ -297,16 +342,57 @@ def test_stale_partials_of_dead_runs_are_removed_but_never_a_live_one(tmp_path):
 
     publish(tmp_path, out, "two")
     left = sorted(p.name for p in runs.iterdir() if p.name.startswith("."))
-    assert left == [f".{live}.partial", f".{live}.writer"]
-    assert store.read_run(str(out))["tag"] == "two"
+    assert left == [f".{live}.partial", f".{live}.writer", ".lock"]
+    assert read_raw(str(out))["tag"] == "two"
 
 
 # ------------------------------------------------------------------ real processes
 
 
-PUBLISH_SCRIPT = textwrap.dedent(
+#: Pause points of publishing, injected into the child by wrapping store internals (the
+#: shipped code has no test hook): the child writes TEST_PAUSE_FILE at the point named by
+#: TEST_PAUSE_AT and waits until TEST_RELEASE_FILE exists.
+PAUSES = textwrap.dedent(
     """\
-    import sys
+    import os, sys, time
+    from pathlib import Path
+    import worker.outputs as _outputs
+    import worker.store as _store
+    from worker.sources import s3 as _s3
+
+    def _pause(name):
+        if os.environ.get("TEST_PAUSE_AT") != name:
+            return
+        Path(os.environ["TEST_PAUSE_FILE"]).write_text(f"{os.getpid()} {name}\\n")
+        release, deadline = Path(os.environ["TEST_RELEASE_FILE"]), time.monotonic() + 120
+        while time.monotonic() < deadline and not release.exists():
+            time.sleep(0.02)
+
+    def _at(fn, before, after=None, when=lambda *a: True):
+        def wrapped(*args, **kwargs):
+            hit = when(*args)
+            if hit and before:
+                _pause(before)
+            out = fn(*args, **kwargs)
+            if hit and after:
+                _pause(after)
+            return out
+        return wrapped
+
+    _store._copy_tree = _at(_store._copy_tree, None, "copied")  # .partial complete (copied)
+    _store._fsync_tree = _at(_store._fsync_tree, None, "copied")  # .partial complete (in place)
+    _store._switch_latest = _at(_store._switch_latest, "renamed")  # runs/<id>/ in place
+    _store._link_flat = _at(_store._link_flat, "switched")  # latest names the new run
+    _outputs.publish_outputs = _at(  # S3: runs/<id>/ uploaded, before latest.json
+        _outputs.publish_outputs, None, "uploaded", lambda src, dest, *a: "/runs/" in dest
+    )
+    _s3.write_bytes = _at(  # S3: latest.json written, before the flat copy (signals held)
+        _s3.write_bytes, None, "pointed", lambda uri, *a: uri.endswith("/latest.json")
+    )
+    """
+)
+PUBLISH_SCRIPT = PAUSES + textwrap.dedent(
+    """\
     from worker.store import publish_run
     from worker.job import S3Config, StorageConfig
     staging, dest, endpoint = sys.argv[1:4]
@@ -315,18 +401,28 @@ PUBLISH_SCRIPT = textwrap.dedent(
     print(publish_run(staging, dest, storage).run_id)
     """
 )
+CLI_SCRIPT = (  # what `python -m worker` does, with the pause points injected
+    "from worker import interrupt\ninterrupt.install()\n"
+    + PAUSES
+    + "from worker.__main__ import main\nsys.exit(main(sys.argv[1:]))\n"
+)
+PAUSE_ENV, PAUSE_FILE_ENV, RELEASE_FILE_ENV = (
+    "TEST_PAUSE_AT",
+    "TEST_PAUSE_FILE",
+    "TEST_RELEASE_FILE",
+)
 
 
 def _env(tmp: Path, point: str | None, base: dict | None = None) -> dict:
     env = dict(base or os.environ)
     env["PYTHONPATH"] = str(ROOT)
     env["OMP_NUM_THREADS"] = "1"
-    for key in (store.PAUSE_ENV, store.PAUSE_FILE_ENV, store.RELEASE_FILE_ENV):
+    for key in (PAUSE_ENV, PAUSE_FILE_ENV, RELEASE_FILE_ENV):
         env.pop(key, None)
     if point:
-        env[store.PAUSE_ENV] = point
-        env[store.PAUSE_FILE_ENV] = str(tmp / f"paused-{point}")
-        env[store.RELEASE_FILE_ENV] = str(tmp / f"release-{point}")
+        env[PAUSE_ENV] = point
+        env[PAUSE_FILE_ENV] = str(tmp / f"paused-{point}")
+        env[RELEASE_FILE_ENV] = str(tmp / f"release-{point}")
     return env
 
 
@@ -341,7 +437,7 @@ def _publisher(staging: Path, dest: str, env: dict, endpoint: str = "") -> subpr
 
 
 def _wait_paused(proc: subprocess.Popen, env: dict, timeout: float = 120) -> None:
-    marker = Path(env[store.PAUSE_FILE_ENV])
+    marker = Path(env[PAUSE_FILE_ENV])
     deadline = time.monotonic() + timeout
     while not marker.exists():
         if proc.poll() is not None:
@@ -370,7 +466,7 @@ def test_sigkill_at_each_point_of_publishing_leaves_a_complete_latest(tmp_path, 
     # The next run cleans up whatever the killed one left and publishes normally.
     publish(tmp_path, out, "three")
     assert_complete(out, "three")
-    assert not [p for p in (out / "runs").iterdir() if p.name.startswith(".")]
+    assert not [p for p in (out / "runs").iterdir() if p.name.startswith(".") and p.name != ".lock"]
 
 
 @pytest.fixture(scope="module")
@@ -407,7 +503,7 @@ def _default_sigint() -> None:
 
 def _cli(job: Path, out: str, env: dict) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "worker", "run", str(job), "--out", out, "--quiet"],
+        [sys.executable, "-c", CLI_SCRIPT, "run", str(job), "--out", out, "--quiet"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -435,7 +531,7 @@ def test_cli_interrupted_while_publishing(small_job, tmp_path, point, sig, publi
     proc = _cli(small_job, str(out), env)
     _wait_paused(proc, env)
     proc.send_signal(sig)
-    Path(env[store.RELEASE_FILE_ENV]).write_text("go")
+    Path(env[RELEASE_FILE_ENV]).write_text("go")
     assert proc.wait(timeout=120) == 130
     err = proc.stderr.read()
     assert "Traceback" not in err and "interrupted" in err
@@ -450,7 +546,7 @@ def test_cli_interrupted_while_publishing(small_job, tmp_path, point, sig, publi
     else:
         assert "no report was published" in err
         assert runs == [first.run_id] and snapshot(out) == before
-    assert not [p for p in (out / "runs").iterdir() if p.name.startswith(".")]
+    assert not [p for p in (out / "runs").iterdir() if p.name.startswith(".") and p.name != ".lock"]
 
 
 def test_cli_run_publishes_a_run_and_prints_it(small_job, tmp_path):
@@ -477,7 +573,7 @@ def test_cli_run_publishes_a_run_and_prints_it(small_job, tmp_path):
     assert store.list_runs(str(out)) == [run_id]  # keep: 1
     assert store.latest_run(str(out)) == run_id
     report = json.loads((out / "report.json").read_text())
-    assert report == store.read_run(str(out), run_id) and "schema_version" in report
+    assert report == read_raw(str(out), run_id) and "schema_version" in report
     assert (out / "report.pdf").read_bytes()[:4] == b"%PDF"
     assert any((out / "figures").iterdir())
 
@@ -492,7 +588,7 @@ def test_two_concurrent_runs_both_complete_latest_is_the_last_to_finish(tmp_path
     fast = _publisher(make_staging(tmp_path / "fast", "fast"), str(out), _env(tmp_path, None))
     assert fast.wait(timeout=120) == 0, fast.stderr.read()
     assert_complete(out, "fast", partials=True)  # the slow run's folder is not removed
-    Path(env[store.RELEASE_FILE_ENV]).write_text("go")
+    Path(env[RELEASE_FILE_ENV]).write_text("go")
     assert slow.wait(timeout=120) == 0, slow.stderr.read()
     slow_id, fast_id = slow.stdout.read().strip(), fast.stdout.read().strip()
     assert slow_id < fast_id  # ids sort by start time...
@@ -529,13 +625,13 @@ def test_many_concurrent_publishers_corrupt_nothing(tmp_path):
         assert p.wait(timeout=120) == 0, p.stderr.read()
         ids += p.stdout.read().split()
     assert sorted(ids) == store.list_runs(str(out)) and len(set(ids)) == 12
-    tag = store.read_run(str(out))["tag"]
+    tag = read_raw(str(out))["tag"]
     assert_complete(out, tag)
     for run_id in ids:
-        report = store.read_run(str(out), run_id)
+        report = read_raw(str(out), run_id)
         run = out / "runs" / run_id
         assert (run / "report.pdf").read_bytes().endswith(report["tag"].encode())
-    assert not [p for p in (out / "runs").iterdir() if p.name.startswith(".")]
+    assert not [p for p in (out / "runs").iterdir() if p.name.startswith(".") and p.name != ".lock"]
 
 
 # ------------------------------------------------------------------ S3 store
@@ -555,7 +651,7 @@ def _visible_s3(admin, bucket: str) -> dict[str, bytes]:  # noqa: F811
 
 
 def test_s3_store_pointer_flat_keys_listing_and_retention(bucket, admin, moto_endpoint, tmp_path):  # noqa: F811
-    storage = _storage(moto_endpoint)
+    storage = storage_config(moto_endpoint)
     uri = f"s3://{bucket}/store"
     t0 = 1_767_225_600.0  # ids sort by start second; runs within one second sort at random
     one = store.publish_run(
@@ -574,10 +670,10 @@ def test_s3_store_pointer_flat_keys_listing_and_retention(bucket, admin, moto_en
     assert f"store/runs/{one.run_id}/figures/S2.png" in keys
     assert store.list_runs(uri, storage) == [one.run_id, two.run_id]
     assert store.latest_run(uri, storage) == two.run_id
-    assert store.read_run(uri, "latest", storage)["tag"] == "two"
-    assert store.read_run(uri, one.run_id, storage)["tag"] == "one"
+    assert read_raw(uri, "latest", storage)["tag"] == "two"
+    assert read_raw(uri, one.run_id, storage)["tag"] == "one"
     with pytest.raises(JobError, match="no such complete run"):
-        store.read_run(uri, "20200101T000000Z-abcdef", storage)
+        store.load_run(uri, "20200101T000000Z-abcdef", storage)
 
     three = store.publish_run(
         make_staging(tmp_path / "c", "three"), uri, storage, started=t0 + 2, keep=1
@@ -587,7 +683,7 @@ def test_s3_store_pointer_flat_keys_listing_and_retention(bucket, admin, moto_en
     assert not [k for k in _keys(admin, bucket, "store/runs/") if three.run_id not in k]
     assert store.list_runs(f"s3://{bucket}/empty", storage) == []
     with pytest.raises(JobError, match="no published run"):
-        store.read_run(f"s3://{bucket}/empty", "latest", storage)
+        store.load_run(f"s3://{bucket}/empty", "latest", storage)
 
 
 def test_s3_failed_upload_leaves_previous_latest_and_no_objects(
@@ -599,7 +695,7 @@ def test_s3_failed_upload_leaves_previous_latest_and_no_objects(
 ):
     from worker.sources import s3
 
-    storage = _storage(moto_endpoint)
+    storage = storage_config(moto_endpoint)
     uri = f"s3://{bucket}/store"
     one = store.publish_run(make_staging(tmp_path / "a", "one"), uri, storage)
     before = _visible_s3(admin, bucket)
@@ -620,11 +716,11 @@ def test_s3_failed_upload_leaves_previous_latest_and_no_objects(
 
 @pytest.mark.parametrize("point", ["uploaded", "pointed"])
 def test_s3_sigkill_while_publishing(bucket, admin, moto_endpoint, tmp_path, point):  # noqa: F811
-    storage = _storage(moto_endpoint)
+    storage = storage_config(moto_endpoint)
     uri = f"s3://{bucket}/store"
     one = store.publish_run(make_staging(tmp_path / "a", "one"), uri, storage)
     before = _visible_s3(admin, bucket)
-    env = _env(tmp_path, point, _cli_env(moto_endpoint))
+    env = _env(tmp_path, point, cli_env(moto_endpoint))
     proc = _publisher(make_staging(tmp_path / "b", "two"), uri, env, moto_endpoint)
     _wait_paused(proc, env)
     proc.kill()
@@ -636,7 +732,7 @@ def test_s3_sigkill_while_publishing(bucket, admin, moto_endpoint, tmp_path, poi
         assert store.latest_run(uri, storage) == one.run_id
     else:
         assert store.latest_run(uri, storage) == next(r for r in runs if r != one.run_id)
-        assert store.read_run(uri, "latest", storage)["tag"] == "two"
+        assert read_raw(uri, "latest", storage)["tag"] == "two"
 
 
 def test_s3_cli_sigint_before_the_pointer_publishes_nothing(
@@ -646,15 +742,15 @@ def test_s3_cli_sigint_before_the_pointer_publishes_nothing(
     small_job,
     tmp_path,
 ):
-    storage = _storage(moto_endpoint)
+    storage = storage_config(moto_endpoint)
     uri = f"s3://{bucket}/store"
     one = store.publish_run(make_staging(tmp_path / "a", "one"), uri, storage)
     before = _visible_s3(admin, bucket)
-    env = _env(tmp_path, "uploaded", _cli_env(moto_endpoint))
+    env = _env(tmp_path, "uploaded", cli_env(moto_endpoint))
     proc = _cli(small_job, uri, env)
     _wait_paused(proc, env)
     proc.send_signal(signal.SIGINT)
-    Path(env[store.RELEASE_FILE_ENV]).write_text("go")
+    Path(env[RELEASE_FILE_ENV]).write_text("go")
     assert proc.wait(timeout=120) == 130
     err = proc.stderr.read()
     assert "no report was published" in err and "Traceback" not in err

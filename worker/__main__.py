@@ -7,12 +7,18 @@ Exit codes: 0 done and every gate passed; 1 done, report written, some gate fail
 
 from __future__ import annotations
 
-import argparse
-import signal
-import sys
-from pathlib import Path
+if __name__ == "__main__":  # python -m worker: a signal is a stop request from the first moment
+    from worker import interrupt
 
-from worker.errors import JobError
+    interrupt.install()
+
+import argparse  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from worker.errors import JobError  # noqa: E402
+from worker.interrupt import Interrupted, check, signal_name  # noqa: E402
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_INVALID, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -46,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print one JSON object")
 
     cmp = sub.add_parser("compare", help="what changed between two reports or runs")
-    from worker.compare import add_arguments
+    from worker.runs_compare import add_arguments
 
     add_arguments(cmp)
 
@@ -60,30 +66,22 @@ def _show_progress(args: argparse.Namespace) -> bool:
     return not args.quiet and sys.stderr.isatty()
 
 
-def _run_job(job_path: Path, args: argparse.Namespace, out: str | None = None) -> int:
+def _run_job(job_path: Path, args: argparse.Namespace) -> int:
     from worker.job import load_job
     from worker.pipeline import run
-    from worker.preflight import check_locations
-    from worker.sources import listing_policy, policy_for
     from worker.store import forget_published
 
     job = load_job(job_path)
     forget_published()
-    out = out or getattr(args, "out", None)
-    junit = getattr(args, "junit", None)
-    check_locations(job, out=out, junit=junit)  # before any computation
-    with listing_policy(policy_for(job)):
-        result = run(
-            job,
-            out_dir=out,
-            # the file's name, not the path as typed: report.json outside `run` must not
-            # depend on how the job path was spelled (relative, absolute, ./, symlinked)
-            job_source=job_path.name,
-            show_progress=_show_progress(args),
-            junit_path=None,  # written below, only once the reports are published
-        )
-    if junit:
-        _write_junit(result.report, junit)
+    result = run(
+        job,
+        out_dir=getattr(args, "out", None),
+        # the file's name, not the path as typed: report.json outside `run` must not
+        # depend on how the job path was spelled (relative, absolute, ./, symlinked)
+        job_source=job_path.name,
+        show_progress=_show_progress(args),
+        junit_path=getattr(args, "junit", None),
+    )
     from worker.report.junit import gate_bound, gate_target
 
     print(f"report: {result.out_dir}/report.json and {result.out_dir}/report.pdf")
@@ -93,20 +91,6 @@ def _run_job(job_path: Path, args: argparse.Namespace, out: str | None = None) -
         if not g.passed:
             print(f"gate failed: {gate_target(g)} = {g.value} (want {gate_bound(g)})")
     return result.exit_code
-
-
-def _write_junit(report, junit: str) -> None:
-    """Gate results as JUnit XML, atomically, after the reports are in place (a run that
-    wrote nothing writes no JUnit file)."""
-    from worker.report.junit import write_junit
-
-    try:
-        write_junit(report, Path(junit))
-    except OSError as err:
-        raise JobError(
-            f"--junit: cannot write {junit} ({err.strerror or err}); the reports were "
-            "written; choose another --junit path"
-        ) from None
 
 
 def _validate(job_path: Path) -> int:
@@ -149,8 +133,27 @@ def _validate(job_path: Path) -> int:
     return EXIT_OK
 
 
-def _terminate(signum, frame) -> None:  # noqa: ARG001
-    raise KeyboardInterrupt(f"signal {signum}")
+def _interrupted(signame: str) -> int:
+    """The message for a stop asked for by a signal (or Ctrl-C), before or after publishing."""
+    from worker.logs import CURRENT
+    from worker.store import last_published
+
+    published = last_published()
+    if published is not None:  # the stop came after the run was made visible
+        print(
+            f"interrupted by {signame} after run {published.run_id} was published: "
+            f"{published.report_uri} is complete and {published.store} names it as latest",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    where = f" during the {CURRENT['stage']} stage" if CURRENT["stage"] else ""
+    print(
+        f"interrupted by {signame}{where}; no report was published (the previous latest run, "
+        "if any, is unchanged); embeddings finished so far are cached: run the same job again "
+        "to resume",
+        file=sys.stderr,
+    )
+    return EXIT_INTERRUPTED
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,62 +161,51 @@ def main(argv: list[str] | None = None) -> int:
     from worker.logs import setup_logging
 
     setup_logging(getattr(args, "log_format", "text"), getattr(args, "quiet", False))
-    signal.signal(signal.SIGTERM, _terminate)
     try:
-        if args.command == "schema":
-            from worker.report.model import schema_markdown, schema_text
-
-            print(schema_markdown() if args.markdown else schema_text(), end="")
-            return EXIT_OK
-        if args.command == "validate":
-            return _validate(Path(args.job))
-        if args.command == "run":
-            return _run_job(Path(args.job), args)
-        if args.command == "evaluate":
-            from worker.adapt.evaluate_cli import main as evaluate_main
-
-            ev_args = ["--pred", args.pred, "--masks", args.masks] + (
-                ["--json"] if args.json else []
-            )
-            return evaluate_main(ev_args)
-        if args.command == "compare":
-            from worker.compare import run_compare
-
-            return run_compare(args)
-        if args.command == "demo":
-            from worker.demo import write_demo
-
-            job_path = write_demo(Path(args.dir))
-            return _run_job(job_path, args)
+        check()  # a signal during start-up stops here, before any work
+        code = _command(args)
+        check()  # a signal held through publishing lands here, after the run is visible
+        return code
     except JobError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_INVALID
-    except KeyboardInterrupt as err:
-        from worker.logs import CURRENT
-        from worker.store import last_published
-
-        published = last_published()
-        if published is not None:  # the interrupt came after the run was made visible
-            print(
-                f"interrupted ({err or 'Ctrl-C'}) after run {published.run_id} was published: "
-                f"{published.report_uri} is complete and {published.store} names it as latest",
-                file=sys.stderr,
-            )
-            return EXIT_INTERRUPTED
-        where = f" during the {CURRENT['stage']} stage" if CURRENT["stage"] else ""
-        print(
-            f"interrupted{where} ({err or 'Ctrl-C'}); no report was published (the previous "
-            "latest run, if any, is unchanged); embeddings finished so far are cached: run the "
-            "same job again to resume",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED
+    except Interrupted as stop:
+        return _interrupted(stop.name)
+    except KeyboardInterrupt:  # main() called in-process, without the recording handler
+        return _interrupted(signal_name(signal.SIGINT))
     except Exception as err:  # a bug, not a gate: never exit 1 for it
         import traceback
 
         traceback.print_exc(file=sys.stderr)
         print(f"internal error ({err.__class__.__name__}); no report was written", file=sys.stderr)
         return EXIT_INTERNAL
+
+
+def _command(args: argparse.Namespace) -> int:
+    """Run one subcommand; its exit code (JobError and Interrupted go to main())."""
+    if args.command == "schema":
+        from worker.report.model import schema_markdown, schema_text
+
+        print(schema_markdown() if args.markdown else schema_text(), end="")
+        return EXIT_OK
+    if args.command == "validate":
+        return _validate(Path(args.job))
+    if args.command == "run":
+        return _run_job(Path(args.job), args)
+    if args.command == "evaluate":
+        from worker.adapt.evaluate_cli import main as evaluate_main
+
+        ev_args = ["--pred", args.pred, "--masks", args.masks] + (["--json"] if args.json else [])
+        return evaluate_main(ev_args)
+    if args.command == "compare":
+        from worker.runs_compare import run_compare
+
+        return run_compare(args)
+    if args.command == "demo":
+        from worker.demo import write_demo
+
+        job_path = write_demo(Path(args.dir))
+        return _run_job(job_path, args)
     return EXIT_INVALID
 
 

@@ -36,6 +36,7 @@ from worker.results import (
     RandomComparison,
     RankDisagreement,
     Ranking,
+    Report,
     SecondaryResult,
     SelectionPool,
     SelectionResult,
@@ -54,7 +55,7 @@ class PairSpace:
 
     primary: np.ndarray  # (n, z)
     secondary: np.ndarray  # (m, z)
-    info: dict
+    info: PairPca
     sweep_primary: np.ndarray | None = None  # (n, max sweep) for the PCA sweep
     sweep_secondary: np.ndarray | None = None
     nested: bool = False  # primary / secondary are the first columns of the sweep arrays
@@ -85,6 +86,8 @@ class ModelAnalysis:
     warnings: list[str] = field(default_factory=list)
     #: S name -> (strategy, count) -> chosen row indices into S
     selections: dict[str, dict[tuple[str, int], list[int]]] = field(default_factory=dict)
+    #: S name -> rows of the adaptation's held-out split (adaptation.held_out)
+    held_out: dict[str, list[int]] = field(default_factory=dict)
     scatter: ScatterPoints | None = None
 
 
@@ -116,10 +119,13 @@ def project_pair(p: np.ndarray, s: np.ndarray, job: Job) -> PairSpace:
         return PairSpace(pl, sl, info, *(wide or (None, None)))
     (pw, sw), info = joint_pca([p, s], sweep_max, route=job.pca.route, seed=seed)
     z = min(dims, pw.shape[1])
-    info = dict(info)
-    info["dims"] = z
-    info["requested_dims"] = dims
-    info["explained_variance_ratio"] = list(info.get("explained_variance_ratio", []))[:z]
+    info = info.model_copy(
+        update={
+            "dims": z,
+            "requested_dims": dims,
+            "explained_variance_ratio": info.explained_variance_ratio[:z],
+        }
+    )
     return PairSpace(pw[:, :z], sw[:, :z], info, pw, sw, nested=True)
 
 
@@ -151,9 +157,12 @@ def _selections(
     nearest_primary: np.ndarray,
     novelty: dict | None = None,
     memory: selection.SelectionMemory | None = None,
-) -> tuple[list[SelectionResult], dict[tuple[str, int], list[int]], SelectionPool | None]:
+) -> tuple[
+    list[SelectionResult], dict[tuple[str, int], list[int]], SelectionPool | None, list[int]
+]:
     """Every (strategy, count) selection with its diversity, coverage and comparison with
-    random subsets (method.md §2-3), and the secondary's pool.
+    random subsets (method.md §2-3), the secondary's pool, and the adaptation's held-out rows
+    (chosen before selection, never selected; adaptation.held_out of a set with masks).
 
     `nearest_primary` (m,): each S image's nearest-P distance; `p_nearest_other` (n,): P's
     leave-one-out nearest distances; `novelty`: the per-image novelty and novel flags
@@ -169,16 +178,19 @@ def _selections(
     out, chosen = [], {}
     config = next((d for d in job.datasets.secondary if sec.name in d.sample_names()), None)
     if config is not None and not config.select:
-        return out, chosen, None  # a blind set (select: false) is evaluated only, never selected
+        return out, chosen, None, []  # a blind set (select: false): evaluated, never selected
     cfg = job.selection
     earlier = selection.earlier_mask(sec.name, sec.ids, sec.hashes, memory)
     labelled = selection.labelled_mask(sec.ids, sec.uris, cfg.labelled, job.base_dir)
     exclude = earlier | labelled
+    hold = np.zeros(len(s_l), dtype=bool)  # the adaptation's held-out split (method.md §5.7)
+    if job.adaptation.enabled and config is not None and config.masks is not None:
+        hold[selection.held_out_split(i_dist, job.adaptation.held_out, job.seed)] = True
     if novelty is None:
         novelty = {"novelty": np.zeros(len(s_l)), "novel": np.zeros(len(s_l), dtype=bool)}
     novel = np.asarray(novelty["novel"], dtype=bool)
     pool_nearest = selection.pool_nearest(s_l, nearest_primary, exclude, **kw)
-    candidates = np.flatnonzero(~exclude)
+    candidates = selection.candidates(len(s_l), exclude, hold)
 
     def pick(strategy: str, count: int) -> list[int]:
         return selection.select(
@@ -191,6 +203,7 @@ def _selections(
             seed=job.seed,
             novel=novel,
             exclude=exclude,
+            hold=hold,
             **kw,
         )
 
@@ -257,8 +270,9 @@ def _selections(
         earlier_selected=int(earlier.sum()),
         labelled=int(labelled.sum()),
         novel=int(novel.sum()),
+        held_out=int(hold.sum()),
     )
-    return out, chosen, pool_block
+    return out, chosen, pool_block, np.flatnonzero(hold).tolist()
 
 
 def _statistics(p_l: np.ndarray, s_l: np.ndarray, o_dist_mean: float, job: Job) -> Statistics:
@@ -312,11 +326,11 @@ def _duplicates(
 def _pair_passes(space: PairSpace, job: Job, kw: dict) -> dict:
     """Every distance pass of one pair, planned once (method.md §8): one fused S x P pass for
     I_dist, the sweep's I_dist (nested prefixes of the wide fit) and the nearest P of each S
-    image; one S x S pass (diversity, near duplicates within S); one P x P pass (duplicate
-    threshold, pool diversity). Returns {pair, i_dist, sweep, s_self, p_self}."""
+    image; one S x S and one P x P self pass (nearest other row: diversity, duplicates,
+    novelty's leave-one-out distances; row sums: the energy distance's within-set terms).
+    Returns {pair, i_dist, sweep, s_self, p_self, s_within, p_within}."""
     p_l, s_l = space.primary, space.secondary
     z = p_l.shape[1]
-    m = job.metrics
     need_nearest = True  # each S image's nearest P image: novelty (k = 1), coverage, duplicates
     sweep: dict[int, np.ndarray] = {}
     if space.sweep_primary is not None and space.nested:
@@ -338,16 +352,19 @@ def _pair_passes(space: PairSpace, job: Job, kw: dict) -> dict:
                 **kw,
             )
             sweep = {d: wide.i_dist[min(d, width)] for d in job.pca.sweep}
-    s_self = engine.self_pass(s_l, **kw) if (m.diversity or m.duplicates) else None
-    p_self = engine.self_pass(p_l, **kw)  # P's leave-one-out nearest distances (novelty)
+    # nearest other row and summed distance to the other rows, from the same tiles:
+    # diversity and duplicates within S, P's leave-one-out distances (novelty), and the
+    # energy distance's within-set sums E|s - s'|, E|p - p'|
+    s_self = engine.self_pass(s_l, **kw)
+    p_self = engine.self_pass(p_l, **kw)
     return {
         "pair": pair,
         "i_dist": pair.i_dist[z],
         "sweep": sweep,
         "s_self": s_self,
         "p_self": p_self,
-        "s_within": engine.row_distance_sums(s_l, s_l, **kw),
-        "p_within": engine.row_distance_sums(p_l, p_l, **kw),
+        "s_within": s_self.row_sums,
+        "p_within": p_self.row_sums,
     }
 
 
@@ -403,6 +420,7 @@ class SecondaryAnalysis:
     result: SecondaryResult
     space: PairSpace
     chosen: dict[tuple[str, int], list[int]]
+    held_out: list[int] = field(default_factory=list)  # rows held out for evaluation
 
 
 def analyse_secondary(
@@ -426,7 +444,7 @@ def analyse_secondary(
     o_dist_mean = metrics.o_dist_mean(i_dist, len(p_l))
     novelty = _novelty(space, passes, job, kw)
     per_image = novelty[0] if novelty is not None else None
-    selections, chosen, pool = _selections(
+    selections, chosen, pool, held_out = _selections(
         sec,
         space,
         i_dist,
@@ -472,7 +490,7 @@ def analyse_secondary(
         splits=Splits(
             halves=metrics.sorted_splits(i_dist, 2), thirds=metrics.sorted_splits(i_dist, 3)
         ),
-        pca=PairPca(**space.info),
+        pca=space.info,
         diversity=(
             _spread(metrics.diversity_from_nearest(passes["s_self"].distance), bins)
             if job.metrics.diversity
@@ -493,7 +511,7 @@ def analyse_secondary(
         energy=_energy(space, passes, job),
         novelty=NoveltySummary(**novelty[1]) if novelty is not None else None,
     )
-    return SecondaryAnalysis(result, space, chosen)
+    return SecondaryAnalysis(result, space, chosen, held_out)
 
 
 #: verdict thresholds (method.md §12.5): a significance level for the adjusted p-values and
@@ -636,7 +654,7 @@ def scatter_points(
     reuse = (
         space is not None
         and len(secondaries) == 1
-        and space.info.get("route") in ("exact", "covariance", "gram")  # not randomized
+        and space.info.route in ("exact", "covariance", "gram")  # not randomized
         and space.primary.shape[1] >= 2
     )
     if reuse:
@@ -694,6 +712,7 @@ def analyse_model(
         pca_sweep_stable=stable,
         warnings=warnings,
         selections=chosen_all,
+        held_out={d.result.name: d.held_out for d in done if d.held_out},
         scatter=scatter,
     )
 
@@ -902,23 +921,23 @@ def analyse_matrix(sets: list[EmbeddedSet], job: Job) -> DatasetMatrix:
 
 
 def previous_vectors(
-    previous_images: list[dict], current: EmbeddedSet, lookup=None
+    previous_images: list[tuple[str, str | None]], current: EmbeddedSet, lookup=None
 ) -> tuple[np.ndarray, int]:
     """Embeddings of a previous run's images of one secondary (method.md §12.7): an image with
     a content hash takes this run's vector of the same content when this run has it, else
     `lookup(hash)` (the embedding cache: vector or None); an image without a hash (precomputed
-    embeddings) takes this run's vector of the same id. Returns (vectors (k, d), missing)."""
+    embeddings) takes this run's vector of the same id. previous_images: (id, sha256 or None)
+    per image. Returns (vectors (k, d), missing)."""
     by_hash = {h: r for r, h in enumerate(current.hashes or []) if h}
     by_id = {i: r for r, i in enumerate(current.ids)}
     rows, missing = [], 0
-    for im in previous_images:
-        h = im.get("sha256")
+    for image_id, h in previous_images:
         if h and h in by_hash:
             rows.append(current.vectors[by_hash[h]])
         elif h and lookup is not None and (v := lookup(h)) is not None:
             rows.append(np.asarray(v, dtype=np.float64))
-        elif not h and im.get("id") in by_id:
-            rows.append(current.vectors[by_id[im["id"]]])
+        elif not h and image_id in by_id:
+            rows.append(current.vectors[by_id[image_id]])
         else:
             missing += 1
     width = current.vectors.shape[1]
@@ -985,11 +1004,11 @@ def change_test(
 
 
 def change_tests(
-    history, previous_report: dict, sets: list[EmbeddedSet], job: Job, lookup=None
+    history, previous_report: Report, sets: list[EmbeddedSet], job: Job, lookup=None
 ) -> None:
     """Fill `history.secondaries[].change` for every secondary the previous run also had
     (method.md §12.7), then adjust the change p-values over the secondaries."""
-    previous = {s["name"]: s for s in previous_report.get("secondaries") or []}
+    previous = {s.name: s for s in previous_report.secondaries}
     embedded = {s.name: s for s in sets}
     run_id = history.previous_run
     done = []
@@ -997,7 +1016,8 @@ def change_tests(
         sec = embedded.get(entry.name)
         if sec is None or entry.name not in previous:
             continue
-        prev, missing = previous_vectors(previous[entry.name].get("images") or [], sec, lookup)
+        images = [(im.id, im.sha256) for im in previous[entry.name].images]
+        prev, missing = previous_vectors(images, sec, lookup)
         new_ids = set(history.new_ids.get(entry.name, []))
         rows = [r for r, i in enumerate(sec.ids) if i in new_ids]
         entry.change = change_test(

@@ -356,7 +356,12 @@ def _object_column(values: list) -> np.ndarray:
 
 
 def _read_decode_batch(
-    batch: dict, *, key: str, cache_dir: str | None, storage_json: str | None
+    batch: dict,
+    *,
+    key: str,
+    cache_dir: str | None,
+    storage_json: str | None,
+    draft: int | None = None,
 ) -> dict:
     """Ray Data CPU stage: uri -> digest, cached vector bytes, or RGB pixels, or a skip reason."""
     cache, storage = _worker_cache(cache_dir, storage_json), _storage(storage_json)
@@ -364,7 +369,7 @@ def _read_decode_batch(
         k: [] for k in ("digest", "skip", "vector", "pixels", "height", "width")
     }
     for uri in batch["uri"]:
-        loaded = read_decoded(Item(id=str(uri), uri=str(uri)), storage, cache, key)
+        loaded = read_decoded(Item(id=str(uri), uri=str(uri)), storage, cache, key, draft)
         img = loaded.prepared
         out["digest"].append(loaded.digest or "")
         out["skip"].append(loaded.skip or "")
@@ -472,7 +477,12 @@ def embed_items_ray(
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
     ds = ds.map_batches(
         _read_decode_batch,
-        fn_kwargs={"key": key, "cache_dir": cache_dir, "storage_json": storage_json},
+        fn_kwargs={
+            "key": key,
+            "cache_dir": cache_dir,
+            "storage_json": storage_json,
+            "draft": extractor.info.get("decode_size"),  # JPEG DCT scaling, as embed_items
+        },
         batch_size=batch_size,
         batch_format="numpy",
         num_cpus=1,

@@ -6,6 +6,7 @@ import hashlib
 import io
 import itertools
 import logging
+import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -60,13 +61,14 @@ class _Loaded:
     skip: str | None = None
 
 
-def read_decoded(item: Item, storage, cache, key: str) -> _Loaded:
+def read_decoded(item: Item, storage, cache, key: str, draft: int | None = None) -> _Loaded:
     """Read one image, hash it, look it up in the cache; on a miss decode it to RGB.
 
     Returns a cached `vector`, the decoded PIL image as `prepared`, or a `skip` reason.
     Shared by the local loader threads and the Ray Data read stage. A sample (a video frame
     or an object crop, worker.sources.samples.Sample) is looked up under its own `digest`
-    (its source file's hash plus its position and settings) and makes its own pixels."""
+    (its source file's hash plus its position and settings) and makes its own pixels.
+    `draft` (the extractor's `decode_size`): see worker.images.decode_image."""
     if hasattr(item, "pixels"):
         return _read_sample(item, storage, cache, key)
     try:
@@ -79,7 +81,7 @@ def read_decoded(item: Item, storage, cache, key: str) -> _Loaded:
         if vector is not None:
             return _Loaded(item, digest, vector=vector)
     try:
-        img = decode_image(data)
+        img = decode_image(data, draft=draft)
     except ImageError as err:
         return _Loaded(item, skip=str(err))
     return _Loaded(item, digest, prepared=img)
@@ -106,6 +108,12 @@ def prepare_or_skip(prepare, image) -> tuple[object, str | None]:
     except Exception as err:  # noqa: BLE001 - an image the processor rejects is skipped
         return None, f"cannot preprocess ({err.__class__.__name__}: {err})"
 
+
+#: a cache shard is written every SHARD_ROWS images, SHARD_BYTES of features or SHARD_SECONDS,
+#: whichever comes first (worker.cache)
+SHARD_ROWS = 1024
+SHARD_BYTES = 64 << 20
+SHARD_SECONDS = 2.0
 
 #: model.num_workers "auto": at most this many decode threads (8 fed an H100 3.8x faster than
 #: one thread did, benchmarks/GPU.md; the GIL limits what more threads add)
@@ -175,8 +183,9 @@ def embed_items(
     whatever `num_workers` is, so the vectors are the same as a sequential run.
 
     `cache` (optional) has get(hash, key) -> vector | None and put_many(hashes, key, vectors);
-    each finished batch is written (in a background thread) before the next one is started
-    on the writer, so a killed run keeps the batches it finished.
+    finished batches are gathered into shards of up to SHARD_ROWS images (SHARD_BYTES,
+    SHARD_SECONDS) written by a background thread, the last one also on an error or Ctrl-C,
+    so a killed run keeps what it finished but the last shard's images.
     `progress` (optional) is called with the number of items done (embedded, cached or
     skipped) whenever that number grows.
     """
@@ -188,8 +197,10 @@ def embed_items(
     workers = default_num_workers(extractor) if num_workers is None else max(0, int(num_workers))
     window = max(batch_size * max(prefetch_batches, 1), 2 * workers, 1)
 
+    draft = extractor.info.get("decode_size")
+
     def load(item: Item) -> _Loaded:
-        loaded = read_decoded(item, storage, cache, key)
+        loaded = read_decoded(item, storage, cache, key, draft)
         if loaded.prepared is None or prepare is None:
             return loaded
         prepared, skip = prepare_or_skip(prepare, loaded.prepared)
@@ -203,6 +214,8 @@ def embed_items(
     # entries the listing could not use (FIFOs, links leaving the job folder, ...) come first
     skipped: list[dict] = [{"dataset": name, **s} for s in getattr(items, "skipped", [])]
     pending: list[tuple[int, object]] = []  # (row index, prepared input)
+    shard: list[tuple[str, np.ndarray]] = []  # (hash, vector) not yet written to the cache
+    shard_started = time.monotonic()
     writes: deque = deque()
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed-cache") if cache else None
     consumed = reported = 0
@@ -223,12 +236,27 @@ def embed_items(
             )
         for (row, _), vec in zip(pending, vectors, strict=True):
             rows[row] = vec
-        if writer is not None:
-            while len(writes) >= 2:  # bound memory: wait for the oldest batch's write
-                writes.popleft().result()
-            batch_hashes = [hashes[r] for r, _ in pending]
-            writes.append(writer.submit(cache.put_many, batch_hashes, key, vectors))
+            if writer is not None:
+                shard.append((hashes[row], vec))
         pending.clear()
+        if shard and (
+            len(shard) >= SHARD_ROWS
+            or len(shard) * shard[0][1].nbytes >= SHARD_BYTES
+            or time.monotonic() - shard_started >= SHARD_SECONDS
+        ):
+            write_shard()
+
+    def write_shard() -> None:
+        nonlocal shard_started
+        shard_started = time.monotonic()
+        if not shard:
+            return
+        while len(writes) >= 2:  # bound memory: wait for the oldest shard's write
+            writes.popleft().result()
+        batch = list(shard)
+        shard.clear()
+        vectors = np.stack([v for _, v in batch])
+        writes.append(writer.submit(cache.put_many, [h for h, _ in batch], key, vectors))
 
     loader = _ordered_parallel_map(load, items, workers, window)
     try:
@@ -255,6 +283,7 @@ def embed_items(
     finally:
         loader.close()  # stop the loading threads now, also on an error or Ctrl-C
         if writer is not None:
+            write_shard()  # the finished batches of the last shard, also on an error
             writer.shutdown(wait=True)  # finished batches reach the cache even on Ctrl-C
         for fut in writes:
             if fut.done() and fut.exception() is not None:
@@ -363,11 +392,76 @@ def check_embeddings(vectors: np.ndarray) -> np.ndarray:
     return out
 
 
+#: a local .npy at least this large is memory-mapped instead of read (and kept in its dtype)
+MMAP_MIN_BYTES = 64 << 20
+
+
+def check_mapped(vectors: np.ndarray, chunk_bytes: int = 32 << 20) -> np.ndarray:
+    """check_embeddings for a memory-mapped array, in row chunks of about `chunk_bytes` as
+    float64: the same checks and messages, the array itself returned (no float64 copy;
+    worker.pca and worker.reduce stream it)."""
+    from worker.pca import release_rows
+
+    if vectors.dtype.kind not in "fiu" or vectors.ndim != 2 or 0 in vectors.shape:
+        return check_embeddings(vectors[:0] if vectors.ndim == 2 else vectors)
+    rows = max(1, chunk_bytes // (8 * vectors.shape[1]))
+    top = 0.0
+    for s in range(0, len(vectors), rows):
+        chunk = vectors[s : s + rows]
+        try:
+            check_embeddings(chunk)
+        except ValueError as err:
+            if "NaN or inf" in str(err):  # name the rows of the whole array
+                bad = np.flatnonzero(~np.isfinite(chunk).all(axis=1))[:5] + s
+                raise ValueError(
+                    "embeddings contain NaN or inf (rows "
+                    f"{', '.join(str(i) for i in bad)}); clean or drop those rows"
+                ) from None
+            if "largest magnitude" not in str(err):
+                raise
+        top = max(top, float(np.abs(chunk).max()))
+        release_rows(vectors, s, s + len(chunk))
+    if top > MAX_ABS or 0.0 < top < MIN_ABS:
+        raise ValueError(
+            f"embeddings' largest magnitude is {top:.3g}, outside [{MIN_ABS:g}, {MAX_ABS:g}] "
+            "where squared distances stay exact; divide (or multiply) them by one constant "
+            "(scaled O_dist and every ranking do not change)"
+        )
+    return vectors
+
+
+def _load_mapped(name: str, uri: str) -> EmbeddedSet | None:
+    """A large local .npy, memory-mapped; None for anything else (read the usual way)."""
+    import os
+
+    from worker.sources import is_s3
+
+    if is_s3(uri) or not uri.lower().endswith(".npy"):
+        return None
+    try:
+        if os.path.getsize(uri) < MMAP_MIN_BYTES:
+            return None
+        vectors = np.load(uri, mmap_mode="r", allow_pickle=False)
+    except Exception:  # noqa: BLE001 - the usual path reports what is wrong
+        return None
+    try:
+        vectors = check_mapped(vectors)
+    except ValueError as err:
+        raise JobError(f"{uri} (dataset {name!r}): {err}") from None
+    return EmbeddedSet(name=name, ids=[str(i) for i in range(len(vectors))], vectors=vectors)
+
+
 def load_precomputed(name: str, uri: str, storage=None) -> EmbeddedSet:
     """A .npy (n x d) array, or a .npz with `embeddings` and optional `ids` (1-D, str or int).
 
+    A local .npy of MMAP_MIN_BYTES or more is memory-mapped and kept in its own dtype
+    (float32 features of a 20k + 20k job at 200k values each are 32 GB: PCA and
+    model.reduce stream them); anything smaller is read and converted to float64.
     Anything else (complex, object or bool arrays, 0-d or 2-D ids, damaged archives,
     magnitudes outside [MIN_ABS, MAX_ABS]) is a JobError naming the file."""
+    mapped = _load_mapped(name, uri)
+    if mapped is not None:
+        return mapped
     try:
         data = read_bytes(uri, storage)
     except FileNotFoundError:

@@ -1,59 +1,89 @@
 """Performance estimate without labels (docs/method.md §7; the estimator: docs/method-estimate.md).
 
-Labelled secondaries give pairs (distance, F): per image, F at the dataset's ODS threshold
-against the size-free distance `i_dist_mean` (= I_dist / n) and against the min-max scaled
-I_dist; per dataset, ODS against `o_dist_mean`. A monotone non-increasing fit (isotonic
-regression, `out_of_bounds="clip"`) turns tonight's distances into expected F.
+Labelled secondaries (masks with the user's `predictions:`, or the adaptation's baseline model
+M) give, per set d, its ODS_d and per image its F at the set's ODS threshold. Candidate
+predictors turn a set's distances into an estimate of its ODS:
 
-The estimator (the one number reported, gated and checked by leave-one-out):
+    no_skill     est(S) = mean_d ODS_d                                  (the baseline)
+    i_dist_mean  g = isotonic non-increasing fit of per-image F on I_dist / n, all labelled
+    novelty      images pooled (for `novelty`: on the calibrated per-image novelty);
+                 offset = mean_d (ODS_d - mean_{j in d} g(x_dj));
+                 est(S) = clip(mean_{j in S} g(x_j) + offset, 0, 1)
+    energy       h = isotonic non-increasing fit of ODS_d on the set's energy distance E_d;
+                 est(S) = h(E_S)
 
-    g        = isotonic fit of per-image F on i_dist_mean, all labelled images pooled
-    offset   = mean over labelled sets d of (ODS_d - mean_{j in d} g(x_dj))
-    est(S)   = clip(mean_{j in S} g(x_j) + offset, 0, 1)
+The procedure: score every available candidate by leave-one-labelled-set-out (LOO) mean
+absolute error, choose the smallest (no_skill on ties), fit it on every labelled set. Its own
+error is measured by nested LOO: for each labelled set i the whole procedure, choice included,
+runs on the other sets and estimates ODS_i; R_i = |ODS_i - est_{-i}(i)|, loo_mae = mean_i R_i.
 
-i.e. the mean expected per-image F over the secondary's images, calibrated by the average gap
-between each labelled set's pooled ODS and its mean fitted per-image F (ODS pools pixel counts
-over images, so it is not the mean of per-image F). The leave-one-labelled-dataset-out error
-refits g and offset without set d and compares est(d) with ODS_d: LOO MAE = mean_d |.|.
+Skill: the procedure must beat no_skill (a predictor other than no_skill chosen, and nested
+loo_mae < no_skill's LOO MAE); otherwise no estimate ("no skill").
 
-Interval (90%, percentile): a seeded bootstrap over images (resampled within each labelled
-set), each replicate refitting g and offset (its ODS_d shifted by the change of the set's mean
-F), plus the sampling error of the secondary's own mean (the mean of m residuals of that
-replicate, drawn with replacement, inflated by sqrt(N / (N - blocks of the fit))), so the
-interval is for the ODS the secondary would show were it labelled. The dataset-level fit
-(ODS on o_dist_mean) is a second opinion with a bootstrap over labelled datasets.
+Interval (nominal 90%, between-set error included): with n labelled sets and alpha = 0.1,
+jackknife+ (Barber et al. 2021) when ceil((1 - alpha)(n + 1)) <= n (n >= 9):
+    [ floor(alpha (n+1))-th smallest of est_{-i}(S) - R_i,
+      ceil((1-alpha)(n+1))-th smallest of est_{-i}(S) + R_i ];
+with fewer sets no distribution-free 90% interval is finite, so a Student-t prediction
+interval from the signed nested residuals e_i: est(S) +- t_{n, 0.95} sqrt(mean_i e_i^2).
 
-Everything here is pure (numpy / scikit-learn on arrays and report dicts, no I/O). Result
-blocks are pydantic v2 models; `gate_value` reads the `estimated_f` gate metric.
+Extrapolation: a set whose value of any available predictor (mean over its images for
+image-level ones, E_S for energy) lies outside the labelled sets' [min, max], or with more
+than EXTRAPOLATION_SHARE of its images outside the labelled images' i_dist_mean range, is
+flagged and gets no point estimate: farther than every labelled set, F is bounded above only
+(low = 0); closer, below only (high = 1).
+
+Everything here is pure (numpy / scikit-learn on arrays and typed reports, no I/O).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.isotonic import IsotonicRegression
+from scipy import stats as sps
+from scipy.optimize import isotonic_regression
 
 from worker.adapt.masks import image_stem
 from worker.results import (
+    CandidateScore,
     Curve,
     DatasetEstimate,
     Estimate,
+    EstimateRange,
+    EstimateTrack,
     ImageEstimate,
     LabelledPoint,
     LabelledSet,
+    RealisedEstimate,
+    Report,
+    SecondaryResult,
 )
 
-MIN_LABELLED_DATASETS = 2
+MIN_LABELLED_DATASETS = 3  # the nested LOO needs an inner LOO over at least two sets
 MIN_LABELLED_IMAGES = 30
 N_BOOTSTRAP = 200
 INTERVAL = 0.90
 EXTRAPOLATION_SHARE = 0.10  # a secondary is flagged when more than this share lies outside
 CURVE_POINTS = 101
+NO_SKILL = "no_skill"
+#: candidate predictors, in tie-break order (the simplest first)
+CANDIDATES: tuple[str, ...] = (NO_SKILL, "i_dist_mean", "novelty", "energy")
+DESCRIPTIONS = {
+    NO_SKILL: "the mean ODS of the labelled sets, whatever the distance",
+    "i_dist_mean": "isotonic (non-increasing) fit of per-image F on the size-free I_dist / n, "
+    "averaged over the set's images, plus the mean gap between labelled ODS and fitted F",
+    "novelty": "isotonic (non-increasing) fit of per-image F on the calibrated novelty, "
+    "averaged over the set's images, plus the mean gap between labelled ODS and fitted F",
+    "energy": "isotonic (non-increasing) fit of labelled ODS on the set's energy distance",
+}
+LEVELS = {NO_SKILL: "set", "i_dist_mean": "image", "novelty": "image", "energy": "set"}
 METHOD = (
-    "mean over the secondary's images of the isotonic (non-increasing) fit of per-image F on "
-    "i_dist_mean, plus the mean gap between labelled ODS and mean fitted per-image F"
+    "the candidate predictor with the smallest leave-one-labelled-set-out error (no_skill, "
+    "i_dist_mean, novelty, energy), its error measured by nested leave-one-out, its 90% "
+    "interval from those between-set errors"
 )
 
 
@@ -62,81 +92,250 @@ METHOD = (
 
 
 @dataclass(frozen=True)
-class Evidence:
-    """One labelled secondary: per-image F at its ODS threshold with its distances (length N)."""
+class Target:
+    """One secondary's distances (length M): what every predictor reads."""
 
     name: str
     ids: list[str]
-    i_dist_scaled: np.ndarray  # (N,) min-max scaled I_dist within the set, [0, 1]
-    i_dist_mean: np.ndarray  # (N,) I_dist / n, feature-space units
-    f: np.ndarray  # (N,) per-image F at the dataset's ODS threshold, [0, 1]
+    i_dist_scaled: np.ndarray  # (M,) min-max scaled I_dist within the set, [0, 1]
+    i_dist_mean: np.ndarray  # (M,) I_dist / n, feature-space units
     o_dist_mean: float
-    ods_f: float
-    ods_threshold: float | None = None
+    novelty: np.ndarray | None = None  # (M,) calibrated novelty in [0, 1], higher = more novel
+    novel: np.ndarray | None = None  # (M,) bool, novelty beyond P's q-quantile
+    novelty_base_rate: float | None = None  # 1 - q: the novel share of an unshifted set
+    energy: float | None = None  # the set's energy distance to P (joint PCA space)
 
 
 @dataclass(frozen=True)
-class Target:
-    """One secondary to estimate: its images' distances (length M)."""
+class Evidence:
+    """One labelled secondary: its distances and per-image F (length M), and its ODS."""
 
     name: str
     ids: list[str]
-    i_dist_scaled: np.ndarray
-    i_dist_mean: np.ndarray
+    i_dist_scaled: np.ndarray  # (M,)
+    i_dist_mean: np.ndarray  # (M,)
+    f: np.ndarray  # (M,) per-image F at the dataset's ODS threshold, [0, 1]
     o_dist_mean: float
+    ods_f: float
+    ods_threshold: float | None = None
+    novelty: np.ndarray | None = None
+    novel: np.ndarray | None = None
+    novelty_base_rate: float | None = None
+    energy: float | None = None
+
+
+def labelled(
+    target: Target, f: np.ndarray, ods_f: float, ods_threshold: float | None = None
+) -> Evidence:
+    """`target` with its per-image F (M,) and its ODS: a labelled set."""
+    fields = {k: getattr(target, k) for k in Target.__dataclass_fields__}
+    return Evidence(
+        **fields,
+        f=np.asarray(f, dtype=np.float64),
+        ods_f=float(ods_f),
+        ods_threshold=ods_threshold,
+    )
 
 
 # ------------------------------------------------------------------------------------------
-# result models
+# candidates
 
 
-# ------------------------------------------------------------------------------------------
-# fitting
+@dataclass(frozen=True)
+class Isotonic:
+    """A fitted non-increasing step-linear curve: y at the distinct fitted x (ascending);
+    `predict` interpolates linearly between them and holds the end values beyond them
+    (scikit-learn's IsotonicRegression(increasing=False, out_of_bounds="clip") predicts the
+    same)."""
+
+    x: np.ndarray  # (K,) distinct x, ascending
+    y: np.ndarray  # (K,) fitted values, non-increasing, in [0, 1]
+
+    def predict(self, x: np.ndarray | Sequence[float]) -> np.ndarray:
+        return np.interp(np.asarray(x, dtype=np.float64), self.x, self.y)
 
 
-def fit_isotonic(x: np.ndarray, y: np.ndarray) -> IsotonicRegression:
-    """Non-increasing least-squares fit y ~ g(x), clipped to [0, 1] and to the fitted x range."""
-    iso = IsotonicRegression(increasing=False, out_of_bounds="clip", y_min=0.0, y_max=1.0)
-    iso.fit(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64))
-    return iso
+def fit_isotonic(x: np.ndarray | Sequence[float], y: np.ndarray | Sequence[float]) -> Isotonic:
+    """Non-increasing least-squares fit y ~ g(x) with values in [0, 1]: tied x are pooled
+    (mean y, weight = count), then pool-adjacent-violators (scipy's `isotonic_regression`,
+    which scikit-learn's calls), clipped to [0, 1]. Shapes: x, y (N,) with N >= 1."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    xu, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    mean_y = np.bincount(inverse, weights=y, minlength=len(xu)) / counts
+    fitted = isotonic_regression(mean_y, weights=counts.astype(np.float64), increasing=False).x
+    return Isotonic(xu, np.clip(fitted, 0.0, 1.0))
 
 
-def _pooled(evidence: Sequence[Evidence]) -> tuple[np.ndarray, np.ndarray]:
-    x = np.concatenate([e.i_dist_mean for e in evidence]).astype(np.float64)
-    f = np.concatenate([e.f for e in evidence]).astype(np.float64)
-    return x, f
+def image_values(name: str, s: Target | Evidence) -> np.ndarray | None:
+    """Per-image values (M,) of an image-level predictor; None for set-level ones or when the
+    set lacks them."""
+    v = {"i_dist_mean": s.i_dist_mean, "novelty": s.novelty}.get(name)
+    if v is None:
+        return None
+    v = np.asarray(v, dtype=np.float64)
+    return v if len(v) == len(s.ids) and np.all(np.isfinite(v)) else None
 
 
-def fit_estimator(evidence: Sequence[Evidence]) -> tuple[IsotonicRegression, float]:
-    """(g, offset): g the pooled per-image fit on i_dist_mean, offset the mean over sets of
-    ODS_d - mean_j g(x_dj)."""
-    x, f = _pooled(evidence)
+def set_value(name: str, s: Target | Evidence) -> float | None:
+    """A set's value of predictor `name` (higher = farther): the mean over its images for
+    image-level predictors, the energy distance for `energy`; None when unknown."""
+    if name == "energy":
+        return float(s.energy) if s.energy is not None and np.isfinite(s.energy) else None
+    v = image_values(name, s)
+    return float(v.mean()) if v is not None and len(v) else None
+
+
+def available(name: str, sets: Sequence[Target | Evidence]) -> str | None:
+    """None when every set in `sets` has predictor `name`'s values, else the reason."""
+    if name == NO_SKILL:
+        return None
+    missing = [s.name for s in sets if set_value(name, s) is None]
+    if missing:
+        return f"no {name} value for {', '.join(missing)}"
+    return None
+
+
+Predictor = Callable[[Target | Evidence], float]
+
+
+def image_fit(name: str, train: Sequence[Evidence]) -> tuple[Isotonic, float]:
+    """(g, offset) of image-level predictor `name`: g the isotonic fit of per-image F on its
+    values over every image of `train`, offset = mean_d (ODS_d - mean_{j in d} g(x_dj))."""
+    x = np.concatenate([image_values(name, e) for e in train])
+    f = np.concatenate([e.f for e in train]).astype(np.float64)
     g = fit_isotonic(x, f)
-    offset = float(np.mean([e.ods_f - float(np.mean(g.predict(e.i_dist_mean))) for e in evidence]))
+    offset = float(
+        np.mean([e.ods_f - float(g.predict(image_values(name, e)).mean()) for e in train])
+    )
     return g, offset
 
 
-def estimate_ods(evidence: Sequence[Evidence], x_target: np.ndarray) -> float:
-    """The estimator: clip(mean_j g(x_j) + offset, 0, 1) for target distances x (M,)."""
-    g, offset = fit_estimator(evidence)
-    return float(np.clip(np.mean(g.predict(np.asarray(x_target, dtype=np.float64))) + offset, 0, 1))
+def fit_candidate(name: str, train: Sequence[Evidence]) -> Predictor:
+    """Fit predictor `name` on the labelled sets `train` (module docstring); returns
+    est: set -> estimated ODS in [0, 1]."""
+    ods = np.array([e.ods_f for e in train], dtype=np.float64)
+    if name == NO_SKILL:
+        mean = float(ods.mean())
+        return lambda s: mean
+    if LEVELS[name] == "set":
+        h = fit_isotonic([set_value(name, e) for e in train], ods)
+        return lambda s: float(h.predict([set_value(name, s)])[0])
+    g, offset = image_fit(name, train)
+    return lambda s: float(np.clip(g.predict(image_values(name, s)).mean() + offset, 0.0, 1.0))
 
 
-def leave_one_out(evidence: Sequence[Evidence]) -> list[float]:
-    """est(d) from every labelled set but d, for each d in order (needs >= 2 sets)."""
-    return [
-        estimate_ods([o for k, o in enumerate(evidence) if k != d], e.i_dist_mean)
-        for d, e in enumerate(evidence)
-    ]
+def loo_estimates(name: str, sets: Sequence[Evidence]) -> np.ndarray:
+    """est_{-d}(d) for each labelled set d: predictor `name` fitted on the others (n,)."""
+    return np.array(
+        [
+            fit_candidate(name, [o for k, o in enumerate(sets) if k != d])(e)
+            for d, e in enumerate(sets)
+        ]
+    )
 
 
-def _dataset_fit_loo(evidence: Sequence[Evidence]) -> float | None:
-    errs = []
-    for d, e in enumerate(evidence):
-        rest = [o for k, o in enumerate(evidence) if k != d]
-        g = fit_isotonic([o.o_dist_mean for o in rest], [o.ods_f for o in rest])
-        errs.append(abs(float(g.predict([e.o_dist_mean])[0]) - e.ods_f))
-    return float(np.mean(errs)) if errs else None
+def choose(names: Sequence[str], sets: Sequence[Evidence]) -> tuple[str, dict[str, float]]:
+    """(chosen predictor, {name: LOO MAE}): the smallest LOO MAE among `names`, ties to the
+    earlier name (no_skill first). With one set nothing can be scored: no_skill."""
+    if len(sets) < 2:
+        return NO_SKILL, {}
+    ods = np.array([e.ods_f for e in sets])
+    maes = {n: float(np.mean(np.abs(loo_estimates(n, sets) - ods))) for n in names}
+    best = min(maes.values())
+    chosen = next(n for n in names if maes[n] <= best + 1e-12)
+    return chosen, maes
+
+
+def fit_procedure(names: Sequence[str], train: Sequence[Evidence]) -> tuple[str, Predictor]:
+    """The whole procedure on `train`: choose by LOO, fit the chosen predictor on all of it."""
+    chosen, _ = choose(names, train)
+    return chosen, fit_candidate(chosen, train)
+
+
+@dataclass(frozen=True)
+class NestedLoo:
+    """The procedure run without each labelled set i (n folds)."""
+
+    chosen: list[str]  # the predictor fold i chose
+    folds: list[Predictor]  # est_{-i}
+    estimates: np.ndarray  # (n,) est_{-i}(i)
+    residuals: np.ndarray  # (n,) signed ODS_i - est_{-i}(i)
+
+    @property
+    def mae(self) -> float:
+        return float(np.mean(np.abs(self.residuals)))
+
+
+def nested_loo(names: Sequence[str], sets: Sequence[Evidence]) -> NestedLoo:
+    """Leave each labelled set out, run the whole procedure (choice included) on the rest."""
+    chosen, folds, est = [], [], []
+    for i, e in enumerate(sets):
+        c, fold = fit_procedure(names, [o for k, o in enumerate(sets) if k != i])
+        chosen.append(c)
+        folds.append(fold)
+        est.append(fold(e))
+    est_a = np.array(est, dtype=np.float64)
+    ods = np.array([e.ods_f for e in sets], dtype=np.float64)
+    return NestedLoo(chosen, folds, est_a, ods - est_a)
+
+
+def sampling_error(sets: Sequence[Evidence]) -> float:
+    """The typical sampling error of a labelled set's F: mean over sets d of
+    std(f_d, ddof=1) / sqrt(m_d) (0 for a set of one image). A predictor has skill only when
+    its LOO error beats the no-skill baseline's by more than this."""
+    errs = [float(np.std(e.f, ddof=1)) / math.sqrt(len(e.f)) if len(e.f) > 1 else 0.0 for e in sets]
+    return float(np.mean(errs)) if errs else 0.0
+
+
+def interval_method(n: int, level: float = INTERVAL) -> str:
+    """'jackknife+' when n labelled sets allow a finite distribution-free `level` interval
+    (ceil(level (n + 1)) <= n), else 'student-t'."""
+    return "jackknife+" if math.ceil(level * (n + 1) - 1e-9) <= n else "student-t"
+
+
+def interval(
+    estimate: float, fold_estimates: np.ndarray, residuals: np.ndarray, level: float = INTERVAL
+) -> tuple[float, float, str]:
+    """(low, high, method) of the `level` interval for one target, clipped to [0, 1].
+
+    fold_estimates (n,): est_{-i}(target); residuals (n,): signed ODS_i - est_{-i}(i).
+    Jackknife+ when ceil(level (n + 1)) <= n, else the Student-t prediction interval
+    estimate +- t_{n, (1 + level) / 2} sqrt(mean e_i^2) (module docstring)."""
+    n = len(residuals)
+    alpha = 1.0 - level
+    r = np.abs(residuals)
+    k_hi = math.ceil((1.0 - alpha) * (n + 1) - 1e-9)
+    if interval_method(n, level) == "jackknife+":
+        k_lo = max(math.floor(alpha * (n + 1) + 1e-9), 1)
+        lo = float(np.sort(fold_estimates - r)[k_lo - 1])
+        hi = float(np.sort(fold_estimates + r)[k_hi - 1])
+        method = "jackknife+"
+    else:
+        half = float(sps.t.ppf(0.5 + level / 2, df=n) * np.sqrt(np.mean(residuals**2)))
+        lo, hi = estimate - half, estimate + half
+        method = "student-t"
+    return float(np.clip(lo, 0, 1)), float(np.clip(hi, 0, 1)), method
+
+
+def ranges(names: Sequence[str], sets: Sequence[Evidence], target: Target) -> list[EstimateRange]:
+    """Where `target` lies against the labelled sets on each predictor in `names`."""
+    out = []
+    for name in names:
+        if name == NO_SKILL:
+            continue
+        v = set_value(name, target)
+        vals = [set_value(name, e) for e in sets]
+        if v is None or any(x is None for x in vals):
+            continue
+        lo, hi = min(vals), max(vals)
+        side = "above" if v > hi else "below" if v < lo else "inside"
+        out.append(EstimateRange(predictor=name, value=v, low=lo, high=hi, side=side))
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# descriptive curves (the figure): per-image F on distance, ODS on o_dist_mean
 
 
 def _grid(lo: float, hi: float) -> np.ndarray:
@@ -147,17 +346,122 @@ def _grid(lo: float, hi: float) -> np.ndarray:
     return np.linspace(lo, hi, CURVE_POINTS)
 
 
-def _curve(x_grid: np.ndarray, fit: np.ndarray, boot: np.ndarray) -> Curve:
+def _band(boot: np.ndarray, fit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if not len(boot):
+        return fit, fit
     q = (1 - INTERVAL) / 2 * 100
-    if len(boot):
-        low, high = np.percentile(boot, [q, 100 - q], axis=0)
-    else:
-        low, high = fit, fit
+    low, high = np.percentile(boot, [q, 100 - q], axis=0)
+    return np.minimum(low, fit), np.maximum(high, fit)
+
+
+def _curve(x_grid: np.ndarray, fit: np.ndarray, boot: np.ndarray) -> Curve:
+    low, high = _band(boot, fit)
     return Curve(x=x_grid.tolist(), f=fit.tolist(), low=low.tolist(), high=high.tolist())
 
 
-def _no_estimate(t: Target, reason: str) -> DatasetEstimate:
-    return DatasetEstimate(
+@dataclass(frozen=True)
+class _Curves:
+    curve: Curve
+    curve_scaled: Curve
+    dataset_curve: Curve
+    image_fit: list[np.ndarray]  # per target (M,): g(x_j) of the i_dist_mean fit
+    image_band: list[tuple[np.ndarray, np.ndarray]]
+    set_fit: list[tuple[float, float, float] | None]  # per target: dataset-level fit and band
+    dataset_fit_loo_mae: float
+
+
+def _curves(
+    evidence: Sequence[Evidence], targets: Sequence[Target], seed: int, n_boot: int
+) -> _Curves:
+    """The fits drawn in the figure with seeded bootstrap bands (images resampled within each
+    labelled set; labelled sets resampled for the dataset-level fit). Descriptive only."""
+    x_all = np.concatenate([e.i_dist_mean for e in evidence]).astype(np.float64)
+    s_all = np.concatenate([e.i_dist_scaled for e in evidence]).astype(np.float64)
+    f_all = np.concatenate([e.f for e in evidence]).astype(np.float64)
+    o_lab = np.array([e.o_dist_mean for e in evidence], dtype=np.float64)
+    ods = np.array([e.ods_f for e in evidence], dtype=np.float64)
+    t_x = [np.asarray(t.i_dist_mean, dtype=np.float64) for t in targets]
+    t_o = np.array([t.o_dist_mean for t in targets], dtype=np.float64)
+    grid = _grid(
+        min([float(x_all.min())] + [float(x.min()) for x in t_x if len(x)]),
+        max([float(x_all.max())] + [float(x.max()) for x in t_x if len(x)]),
+    )
+    grid_s = np.linspace(0.0, 1.0, CURVE_POINTS)
+    fo = t_o[np.isfinite(t_o)]
+    grid_o = _grid(float(np.min(np.r_[o_lab, fo])), float(np.max(np.r_[o_lab, fo])))
+    g, g_s, g_o = fit_isotonic(x_all, f_all), fit_isotonic(s_all, f_all), fit_isotonic(o_lab, ods)
+
+    rng = np.random.default_rng(seed)
+    b_c, b_s, b_o = (np.zeros((n_boot, len(gr))) for gr in (grid, grid_s, grid_o))
+    b_img = [np.zeros((n_boot, len(x))) for x in t_x]
+    b_set = np.full((n_boot, len(targets)), np.nan)
+    ok = np.isfinite(t_o)
+    for b in range(n_boot):
+        idx = [rng.integers(0, len(e.f), size=len(e.f)) for e in evidence]
+        xb = np.concatenate([e.i_dist_mean[i] for e, i in zip(evidence, idx, strict=True)])
+        sb = np.concatenate([e.i_dist_scaled[i] for e, i in zip(evidence, idx, strict=True)])
+        fb = np.concatenate([e.f[i] for e, i in zip(evidence, idx, strict=True)])
+        gb = fit_isotonic(xb, fb)
+        b_c[b] = gb.predict(grid)
+        b_s[b] = fit_isotonic(sb, fb).predict(grid_s)
+        for k, x in enumerate(t_x):
+            if len(x):
+                b_img[k][b] = gb.predict(x)
+        sets = rng.integers(0, len(evidence), size=len(evidence))
+        gob = fit_isotonic(o_lab[sets], ods[sets])
+        b_o[b] = gob.predict(grid_o)
+        if ok.any():
+            b_set[b, ok] = gob.predict(t_o[ok])
+
+    image_fit = [g.predict(x) if len(x) else np.zeros(0) for x in t_x]
+    image_band = [_band(b_img[k], image_fit[k]) for k in range(len(t_x))]
+    set_fit: list[tuple[float, float, float] | None] = []
+    for k in range(len(targets)):
+        if not ok[k]:
+            set_fit.append(None)
+            continue
+        v = float(g_o.predict([t_o[k]])[0])
+        lo, hi = _band(b_set[:, k], np.array(v))
+        set_fit.append((v, float(lo), float(hi)))
+    errs = [
+        abs(
+            float(fit_isotonic(np.delete(o_lab, d), np.delete(ods, d)).predict([o_lab[d]])[0])
+            - ods[d]
+        )
+        for d in range(len(evidence))
+    ]
+    return _Curves(
+        curve=_curve(grid, g.predict(grid), b_c),
+        curve_scaled=_curve(grid_s, g_s.predict(grid_s), b_s),
+        dataset_curve=_curve(grid_o, g_o.predict(grid_o), b_o),
+        image_fit=image_fit,
+        image_band=image_band,
+        set_fit=set_fit,
+        dataset_fit_loo_mae=float(np.mean(errs)),
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# the estimate
+
+
+def _finite(v: float | None) -> float | None:
+    return float(v) if v is not None and np.isfinite(v) else None
+
+
+def _novel(t: Target) -> dict:
+    if t.novel is None or len(t.novel) != len(t.ids) or not len(t.ids):
+        return {}
+    count = int(np.count_nonzero(t.novel))
+    return {
+        "novel_count": count,
+        "novel_fraction": count / len(t.ids),
+        "novelty_base_rate": t.novelty_base_rate,
+    }
+
+
+def _no_estimate(t: Target, reason: str, **extra) -> DatasetEstimate:
+    fields = dict(
         dataset=t.name,
         count=len(t.ids),
         o_dist_mean=_finite(t.o_dist_mean),
@@ -174,10 +478,9 @@ def _no_estimate(t: Target, reason: str) -> DatasetEstimate:
         images=[],
         reason=reason,
     )
-
-
-def _finite(v: float | None) -> float | None:
-    return float(v) if v is not None and np.isfinite(v) else None
+    fields.update(_novel(t))
+    fields.update(extra)
+    return DatasetEstimate(**fields)
 
 
 def _refusal(evidence: Sequence[Evidence], min_datasets: int, min_images: int) -> str | None:
@@ -187,7 +490,7 @@ def _refusal(evidence: Sequence[Evidence], min_datasets: int, min_images: int) -
         return (
             f"{n_sets} labelled dataset(s) ({names}); an estimate needs at least {min_datasets} "
             "secondaries with masks and scores (adaptation results or 'predictions:') so that "
-            "its leave-one-dataset-out error can be measured"
+            "the error of choosing a predictor can be measured by nested leave-one-out"
         )
     if n_images < min_images:
         return (
@@ -198,9 +501,11 @@ def _refusal(evidence: Sequence[Evidence], min_datasets: int, min_images: int) -
 
 
 def _labelled_set(
-    e: Evidence, loo_estimate: float | None = None, loo_error: float | None = None
+    e: Evidence,
+    loo_estimate: float | None = None,
+    loo_error: float | None = None,
+    loo_predictor: str | None = None,
 ) -> LabelledSet:
-    """One labelled secondary's evidence as report.json lists it."""
     return LabelledSet(
         dataset=e.name,
         count=len(e.f),
@@ -210,6 +515,24 @@ def _labelled_set(
         mean_f=float(np.mean(e.f)),
         loo_estimate=loo_estimate,
         loo_error=loo_error,
+        loo_predictor=loo_predictor,
+    )
+
+
+def _extrapolation_reason(rs: list[EstimateRange], share: float, side: str) -> str:
+    parts = [
+        f"{r.predictor} {r.value:.4g} {'>' if r.side == 'above' else '<'} "
+        f"{r.high if r.side == 'above' else r.low:.4g}"
+        for r in rs
+        if r.side != "inside"
+    ]
+    if share > EXTRAPOLATION_SHARE:
+        parts.append(f"{share:.0%} of its images outside the labelled i_dist_mean range")
+    where = "farther than" if side == "above" else "closer than"
+    bound = "above only (low = 0)" if side == "above" else "below only (high = 1)"
+    return (
+        f"extrapolation: {where} every labelled set ({'; '.join(parts)}); the labelled sets "
+        f"bound its F {bound}, so no point estimate"
     )
 
 
@@ -222,11 +545,14 @@ def estimate_performance(
     n_bootstrap: int = N_BOOTSTRAP,
     min_datasets: int = MIN_LABELLED_DATASETS,
     min_images: int = MIN_LABELLED_IMAGES,
+    candidates: Sequence[str] = CANDIDATES,
 ) -> Estimate:
-    """Fit the distance -> F relation on `evidence` and estimate every target (module docstring).
+    """Choose a predictor by leave-one-labelled-set-out error, estimate every target with an
+    interval that includes between-set error, flag extrapolation (module docstring).
 
-    Deterministic for a given seed. With fewer than `min_datasets` labelled sets or fewer than
-    `min_images` labelled images, no estimate is made and every target carries the reason.
+    Deterministic for a given seed (the seed only drives the figure's bootstrap bands). With
+    fewer than `min_datasets` labelled sets or `min_images` labelled images, or without
+    skill, no estimate is made and every target carries the reason.
     """
     evidence = [e for e in evidence if len(e.f)]
     points = [
@@ -249,7 +575,6 @@ def estimate_performance(
     )
     reason = _refusal(evidence, min_datasets, min_images)
     if reason is not None:
-        labelled = [_labelled_set(e) for e in evidence]
         return Estimate(
             **common,
             made=False,
@@ -258,266 +583,339 @@ def estimate_performance(
             loo_mae=None,
             dataset_fit_loo_mae=None,
             labelled_range=None,
-            labelled=labelled,
+            labelled=[_labelled_set(e) for e in evidence],
             curve=None,
             curve_scaled=None,
             dataset_curve=None,
             secondaries=[_no_estimate(t, reason) for t in targets],
         )
 
-    x_all, f_all = _pooled(evidence)
-    s_all = np.concatenate([e.i_dist_scaled for e in evidence]).astype(np.float64)
-    lo, hi = float(x_all.min()), float(x_all.max())
-    o_lab = np.array([e.o_dist_mean for e in evidence], dtype=np.float64)
-    ods_lab = np.array([e.ods_f for e in evidence], dtype=np.float64)
-
-    g, offset = fit_estimator(evidence)
-    g_scaled = fit_isotonic(s_all, f_all)
-    g_set = fit_isotonic(o_lab, ods_lab)
-    loo = leave_one_out(evidence)
-    loo_err = [abs(v - e.ods_f) for v, e in zip(loo, evidence, strict=True)]
-    loo_mae = float(np.mean(loo_err))
-
-    t_x = [np.asarray(t.i_dist_mean, dtype=np.float64) for t in targets]
-    t_o = np.array([t.o_dist_mean for t in targets], dtype=np.float64)
-    x_lo = min([lo] + [float(x.min()) for x in t_x if len(x)])
-    x_hi = max([hi] + [float(x.max()) for x in t_x if len(x)])
-    grid = _grid(x_lo, x_hi)
-    grid_s = np.linspace(0.0, 1.0, CURVE_POINTS)
-    finite_o = t_o[np.isfinite(t_o)]
-    grid_o = _grid(
-        float(min(o_lab.min(), finite_o.min() if len(finite_o) else o_lab.min())),
-        float(max(o_lab.max(), finite_o.max() if len(finite_o) else o_lab.max())),
+    nonempty = [t for t in targets if len(t.ids)]
+    why_not = {n: available(n, [*evidence, *nonempty]) for n in candidates}
+    names = [n for n in candidates if why_not[n] is None]
+    if NO_SKILL not in names:
+        names.insert(0, NO_SKILL)
+    ods = np.array([e.ods_f for e in evidence], dtype=np.float64)
+    chosen, maes = choose(names, evidence)
+    loo = {n: loo_estimates(n, evidence) for n in names}
+    nested = nested_loo(names, evidence)
+    no_skill_mae = maes[NO_SKILL]
+    noise = sampling_error(evidence)
+    skilled = [n for n in names if n != NO_SKILL and maes[n] < no_skill_mae - noise]
+    skill = chosen in skilled
+    final = fit_candidate(chosen, evidence)
+    scores = [
+        CandidateScore(
+            name=n,
+            description=DESCRIPTIONS[n],
+            level=LEVELS[n],
+            available=why_not.get(n) is None,
+            reason=why_not.get(n),
+            loo_mae=maes.get(n),
+            loo_estimates=[float(v) for v in loo[n]] if n in loo else [None] * len(evidence),
+            set_values=[float(ods.mean()) if n == NO_SKILL else set_value(n, e) for e in evidence],
+            chosen=n == chosen,
+            skill=n in skilled,
+        )
+        for n in candidates
+    ]
+    best = (
+        "no predictor beats"
+        if chosen == NO_SKILL
+        else f"{chosen} (LOO MAE {maes[chosen]:.3f}) does not beat"
     )
+    no_skill_reason = (
+        f"no skill: {best} the labelled sets' mean ODS (LOO MAE {no_skill_mae:.3f}) by more "
+        f"than the sampling error of a set's F ({noise:.3f}); F is not explained by distance "
+        "here"
+    )
+    lo_x = min(float(e.i_dist_mean.min()) for e in evidence)
+    hi_x = max(float(e.i_dist_mean.max()) for e in evidence)
+    o_lab = [e.o_dist_mean for e in evidence]
+    curves = _curves(evidence, targets, seed, n_bootstrap)
 
-    # bootstrap: images within each labelled set (per-image fits), datasets (dataset-level fit)
-    rng = np.random.default_rng(seed)
-    b_est = np.zeros((n_bootstrap, len(targets)))
-    b_img = [np.zeros((n_bootstrap, len(x))) for x in t_x]
-    b_curve = np.zeros((n_bootstrap, len(grid)))
-    b_curve_s = np.zeros((n_bootstrap, len(grid_s)))
-    b_set = np.zeros((n_bootstrap, len(targets)))
-    b_curve_o = np.zeros((n_bootstrap, len(grid_o)))
-    for b in range(n_bootstrap):
-        resampled = []
-        for e in evidence:
-            idx = rng.integers(0, len(e.f), size=len(e.f))
-            # the replicate's ODS moves with its images: ODS cannot be recomputed from
-            # per-image F, so shift it by the change of mean per-image F (first order); a fixed
-            # ODS would add spurious variance to the offset
-            ods_b = e.ods_f + float(e.f[idx].mean() - e.f.mean())
-            resampled.append(
-                Evidence(
-                    e.name,
-                    [e.ids[i] for i in idx],
-                    e.i_dist_scaled[idx],
-                    e.i_dist_mean[idx],
-                    e.f[idx],
-                    e.o_dist_mean,
-                    ods_b,
-                )
-            )
-        gb, off_b = fit_estimator(resampled)
-        xb, fb = _pooled(resampled)
-        fitted = gb.predict(xb)
-        resid = fb - fitted
-        # isotonic regression spends one degree of freedom per constant block (Meyer and
-        # Woodroofe 2000): inflate residuals by sqrt(N / (N - blocks)) as for any least squares
-        blocks = len(np.unique(fitted))
-        resid = resid * np.sqrt(len(resid) / max(len(resid) - blocks, 1))
-        for k, x in enumerate(t_x):
-            if not len(x):
-                continue
-            pred = gb.predict(x)
-            b_img[k][b] = pred
-            noise = float(np.mean(resid[rng.integers(0, len(resid), size=len(x))]))
-            b_est[b, k] = np.clip(np.mean(pred) + off_b + noise, 0.0, 1.0)
-        b_curve[b] = gb.predict(grid)
-        sb = np.concatenate([r.i_dist_scaled for r in resampled])
-        b_curve_s[b] = fit_isotonic(sb, fb).predict(grid_s)
-        sets = rng.integers(0, len(evidence), size=len(evidence))
-        gsb = fit_isotonic(o_lab[sets], ods_lab[sets])
-        b_curve_o[b] = gsb.predict(grid_o)
-        ok = np.isfinite(t_o)
-        if ok.any():
-            b_set[b, ok] = gsb.predict(t_o[ok])
-
-    q = (1 - INTERVAL) / 2 * 100
     secondaries = []
     for k, t in enumerate(targets):
-        x = t_x[k]
-        if not len(x):
+        if not len(t.ids):
             secondaries.append(_no_estimate(t, f"secondary {t.name!r} has no image distances"))
             continue
-        pred = g.predict(x)
-        est = float(np.clip(np.mean(pred) + offset, 0.0, 1.0))
-        outside = (x < lo) | (x > hi)
+        x = np.asarray(t.i_dist_mean, dtype=np.float64)
+        outside = (x < lo_x) | (x > hi_x)
         share = float(outside.mean())
-        if n_bootstrap:
-            e_lo, e_hi = np.percentile(b_est[:, k], [q, 100 - q])
-            i_lo, i_hi = np.percentile(b_img[k], [q, 100 - q], axis=0)
+        rs = ranges(names, evidence, t)
+        # judged on the predictors with skill; with none, on every available one
+        judged = [r for r in rs if r.predictor in skilled] if skilled else rs
+        above = any(r.side == "above" for r in judged)
+        below = any(r.side == "below" for r in judged)
+        if chosen != "i_dist_mean":
+            share_flag = False
         else:
-            e_lo = e_hi = est
-            i_lo = i_hi = pred
-        o = _finite(t.o_dist_mean)
-        if o is not None:
-            set_f = float(g_set.predict([o])[0])
-            s_lo, s_hi = np.percentile(b_set[:, k], [q, 100 - q]) if n_bootstrap else (set_f, set_f)
-            s_lo, s_hi = float(s_lo), float(s_hi)
-        else:
-            set_f = s_lo = s_hi = None
-        secondaries.append(
-            DatasetEstimate(
-                dataset=t.name,
-                count=len(x),
-                o_dist_mean=o,
-                estimated_f=est,
-                low=float(min(e_lo, est)),
-                high=float(max(e_hi, est)),
-                loo_mae=loo_mae,
-                extrapolation=share > EXTRAPOLATION_SHARE,
-                share_outside=share,
-                o_dist_mean_outside=o is not None and not (o_lab.min() <= o <= o_lab.max()),
-                dataset_fit_f=set_f,
-                dataset_fit_low=s_lo,
-                dataset_fit_high=s_hi,
-                images=[
-                    ImageEstimate(
-                        id=i,
-                        i_dist_mean=float(xi),
-                        expected_f=float(p),
-                        low=float(a),
-                        high=float(c),
-                        extrapolated=bool(out),
-                    )
-                    for i, xi, p, a, c, out in zip(t.ids, x, pred, i_lo, i_hi, outside, strict=True)
-                ],
-                reason=None,
-            )
+            share_flag = share > EXTRAPOLATION_SHARE
+        if share_flag and not (above or below):
+            above = np.count_nonzero(x > hi_x) >= np.count_nonzero(x < lo_x)
+            below = not above
+        side = "above" if above else "below" if below else None
+        est = final(t)
+        lo, hi, method = interval(
+            est, np.array([fold(t) for fold in nested.folds]), nested.residuals
         )
+        o = _finite(t.o_dist_mean)
+        sf = curves.set_fit[k]
+        band = curves.image_band[k]
+        block = dict(
+            dataset=t.name,
+            count=len(t.ids),
+            o_dist_mean=o,
+            estimated_f=est,
+            low=min(lo, est),
+            high=max(hi, est),
+            loo_mae=nested.mae,
+            extrapolation=side is not None,
+            share_outside=share,
+            o_dist_mean_outside=o is not None and not (min(o_lab) <= o <= max(o_lab)),
+            dataset_fit_f=sf[0] if sf else None,
+            dataset_fit_low=sf[1] if sf else None,
+            dataset_fit_high=sf[2] if sf else None,
+            images=[
+                ImageEstimate(
+                    id=i,
+                    i_dist_mean=float(xi),
+                    expected_f=float(p),
+                    low=float(a),
+                    high=float(c),
+                    extrapolated=bool(out),
+                )
+                for i, xi, p, a, c, out in zip(
+                    t.ids, x, curves.image_fit[k], band[0], band[1], outside, strict=True
+                )
+            ],
+            reason=None,
+            predictor=chosen,
+            predictor_value=float(ods.mean()) if chosen == NO_SKILL else set_value(chosen, t),
+            interval_method=method,
+            ranges=rs,
+            extrapolation_side=side,
+            **_novel(t),
+        )
+        if not skill:
+            # no point estimate; the labelled sets' spread is all the data say about F
+            mean = float(ods.mean())
+            lo, hi, method = interval(mean, loo[NO_SKILL], ods - loo[NO_SKILL])
+            reason = no_skill_reason
+            if side is not None:
+                where = "farther" if side == "above" else "closer"
+                reason += f"; and extrapolation: {where} than every labelled set"
+            block.update(
+                estimated_f=None,
+                low=0.0 if above else lo,
+                high=1.0 if below else hi,
+                predictor=NO_SKILL,
+                predictor_value=mean,
+                interval_method=method,
+                reason=reason,
+            )
+        elif side is not None:
+            block.update(
+                estimated_f=None,
+                low=0.0 if above else block["low"],
+                high=1.0 if below else block["high"],
+                reason=_extrapolation_reason(judged, share if share_flag else 0.0, side),
+            )
+        secondaries.append(DatasetEstimate(**block))
 
-    labelled = [_labelled_set(e, v, err) for e, v, err in zip(evidence, loo, loo_err, strict=True)]
+    offset = image_fit("i_dist_mean", evidence)[1] if "i_dist_mean" in names else None
+    labelled_sets = [
+        _labelled_set(e, float(v), float(abs(r)), c)
+        for e, v, r, c in zip(
+            evidence, nested.estimates, nested.residuals, nested.chosen, strict=True
+        )
+    ]
     return Estimate(
         **common,
-        made=True,
-        reason=None,
+        made=skill,
+        reason=None if skill else no_skill_reason,
         offset=offset,
-        loo_mae=loo_mae,
-        dataset_fit_loo_mae=_dataset_fit_loo(evidence),
-        labelled_range=[lo, hi],
-        labelled=labelled,
-        curve=_curve(grid, g.predict(grid), b_curve),
-        curve_scaled=_curve(grid_s, g_scaled.predict(grid_s), b_curve_s),
-        dataset_curve=_curve(grid_o, g_set.predict(grid_o), b_curve_o),
+        loo_mae=nested.mae,
+        dataset_fit_loo_mae=curves.dataset_fit_loo_mae,
+        labelled_range=[lo_x, hi_x],
+        labelled=labelled_sets,
+        curve=curves.curve,
+        curve_scaled=curves.curve_scaled,
+        dataset_curve=curves.dataset_curve,
         secondaries=secondaries,
+        candidates=scores,
+        chosen=chosen,
+        no_skill_loo_mae=no_skill_mae,
+        sampling_error=noise,
+        skill=skill,
+        interval_method=interval_method(len(evidence)),
     )
 
 
 # ------------------------------------------------------------------------------------------
-# evidence from report.json
+# evidence from the typed report
 
 
-def _evidence(sec: dict, per_image: list[dict], ods_f, ods_threshold, by_stem: bool) -> Evidence:
-    f_by = {r["id"]: r["f"] for r in per_image if r.get("f") is not None}
-    rows = []
-    for im in sec.get("images", []):
-        key = image_stem(im["id"]) if by_stem else im["id"]
-        if key in f_by and im.get("i_dist_mean") is not None:
-            rows.append((im["id"], im["i_dist_scaled"], im["i_dist_mean"], f_by[key]))
-    return Evidence(
-        name=sec["name"],
-        ids=[r[0] for r in rows],
-        i_dist_scaled=np.array([r[1] for r in rows], dtype=np.float64),
-        i_dist_mean=np.array([r[2] for r in rows], dtype=np.float64),
-        f=np.array([r[3] for r in rows], dtype=np.float64),
-        o_dist_mean=float(sec["o_dist_mean"]),
-        ods_f=float(ods_f),
-        ods_threshold=None if ods_threshold is None else float(ods_threshold),
+def target_of(sec: SecondaryResult) -> Target:
+    """A secondary's distances as a Target: images with an i_dist_mean, in report order, with
+    their novelty and the set's energy distance when the report has them."""
+    ims = [im for im in sec.images if im.i_dist_mean is not None]
+    novelty = [im.novelty for im in ims]
+    novel = [im.novel for im in ims]
+    return Target(
+        name=sec.name,
+        ids=[im.id for im in ims],
+        i_dist_scaled=np.array([im.i_dist_scaled or 0.0 for im in ims], dtype=np.float64),
+        i_dist_mean=np.array([im.i_dist_mean for im in ims], dtype=np.float64),
+        o_dist_mean=math.nan if sec.o_dist_mean is None else float(sec.o_dist_mean),
+        novelty=None if None in novelty else np.array(novelty, dtype=np.float64),
+        novel=None if None in novel else np.array(novel, dtype=bool),
+        novelty_base_rate=sec.novelty.base_rate if sec.novelty is not None else None,
+        energy=sec.energy.distance if sec.energy is not None else None,
     )
 
 
-def evidence_from_adaptation(report: dict, model: str = "M") -> list[Evidence]:
-    """Labelled evidence from report["adaptation"]["results"] of `model` (baseline M): per-image
-    F joined by image id with report["secondaries"][*]["images"] distances. Results without an
-    ODS (no images) or whose masks have no positive pixel are left out."""
-    results = (report.get("adaptation") or {}).get("results") or []
-    secs = {s["name"]: s for s in report.get("secondaries", [])}
+def _evidence(
+    sec: SecondaryResult,
+    f_by: Mapping[str, float],
+    ods_f: float,
+    ods_threshold: float | None,
+    by_stem: bool,
+) -> Evidence:
+    """`sec` restricted to its images with an F (joined by id, or by stem for predictions)."""
+    t = target_of(sec)
+    keep = [k for k, i in enumerate(t.ids) if (image_stem(i) if by_stem else i) in f_by]
+    f = [f_by[image_stem(t.ids[k]) if by_stem else t.ids[k]] for k in keep]
+
+    def pick(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else a[keep]
+
+    sub = Target(
+        name=t.name,
+        ids=[t.ids[k] for k in keep],
+        i_dist_scaled=t.i_dist_scaled[keep],
+        i_dist_mean=t.i_dist_mean[keep],
+        o_dist_mean=t.o_dist_mean,
+        novelty=pick(t.novelty),
+        novel=pick(t.novel),
+        novelty_base_rate=t.novelty_base_rate,
+        energy=t.energy,
+    )
+    return labelled(sub, np.array(f, dtype=np.float64), ods_f, ods_threshold)
+
+
+def evidence_from_adaptation(report: Report, model: str = "M") -> list[Evidence]:
+    """Labelled evidence from the adaptation's `model` (baseline M) of its first architecture:
+    per-image F joined by image id with the secondaries' distances. Results without an ODS or
+    whose masks have no positive pixel are left out (F means nothing there)."""
+    if report.adaptation is None or not report.adaptation.results:
+        return []
+    arch = next((r.architecture for r in report.adaptation.results if r.model == model), None)
     out = []
-    for r in results:
-        if r.get("model") != model or r.get("ods_f") is None or r.get("dataset") not in secs:
+    for r in report.adaptation.results:
+        sec = report.secondary(r.dataset)
+        if r.model != model or r.architecture != arch or sec is None:
             continue
-        if r.get("mask_pixels") == 0:
+        if r.ods_f is None or r.mask_pixels == 0:
             continue
-        e = _evidence(
-            secs[r["dataset"]], r.get("per_image", []), r["ods_f"], r.get("ods_threshold"), False
-        )
-        out.append(e)
+        f_by = {p.id: p.f for p in r.per_image if p.f is not None}
+        out.append(_evidence(sec, f_by, r.ods_f, r.ods_threshold, by_stem=False))
     return out
 
 
-def evidence_from_scores(report: dict, scores: dict[str, dict]) -> list[Evidence]:
-    """Labelled evidence from `predictions:` scores ({dataset: worker.adapt.evaluate_cli.evaluate
-    output}, whose per-image ids are mask stems), joined by stem with the report's distances."""
-    secs = {s["name"]: s for s in report.get("secondaries", [])}
+def evidence_from_scores(report: Report, scores: Mapping[str, Mapping]) -> list[Evidence]:
+    """Labelled evidence from `predictions:` scores ({dataset: worker.adapt.evaluate_cli
+    .evaluate output}, per-image ids are mask stems), joined by stem, in report order."""
     out = []
-    for name in [s["name"] for s in report.get("secondaries", [])]:
-        sc = scores.get(name)
+    for sec in report.secondaries:
+        sc = scores.get(sec.name)
         if sc is None or sc.get("ods_f") is None:
             continue
-        out.append(
-            _evidence(
-                secs[name], sc.get("per_image", []), sc["ods_f"], sc.get("ods_threshold"), True
-            )
-        )
-    return out
-
-
-def targets_from_report(report: dict, labelled: set[str]) -> list[Target]:
-    """Every secondary of the report not in `labelled`, in report order."""
-    out = []
-    for s in report.get("secondaries", []):
-        if s["name"] in labelled:
-            continue
-        ims = [im for im in s.get("images", []) if im.get("i_dist_mean") is not None]
-        o = s.get("o_dist_mean")
-        out.append(
-            Target(
-                name=s["name"],
-                ids=[im["id"] for im in ims],
-                i_dist_scaled=np.array([im["i_dist_scaled"] for im in ims], dtype=np.float64),
-                i_dist_mean=np.array([im["i_dist_mean"] for im in ims], dtype=np.float64),
-                o_dist_mean=float("nan") if o is None else float(o),
-            )
-        )
+        f_by = {p["id"]: float(p["f"]) for p in sc.get("per_image", []) if p.get("f") is not None}
+        out.append(_evidence(sec, f_by, float(sc["ods_f"]), sc.get("ods_threshold"), by_stem=True))
     return out
 
 
 def estimate_from_report(
-    report: dict,
-    scores: dict[str, dict] | None = None,
+    report: Report,
+    scores: Mapping[str, Mapping] | None = None,
     *,
     seed: int = 0,
     model: str = "M",
     n_bootstrap: int = N_BOOTSTRAP,
 ) -> Estimate | None:
-    """The whole estimate from a report dict: evidence from `scores` (the user's model through
+    """The whole estimate from a typed report: evidence from `scores` (the user's model through
     `predictions:`) when any, else from the adaptation's `model`; None when neither exists."""
     if scores:
         evidence, source = evidence_from_scores(report, scores), "predictions"
-    elif (report.get("adaptation") or {}).get("results"):
+    elif report.adaptation is not None and report.adaptation.results:
         evidence, source = evidence_from_adaptation(report, model), f"adaptation:{model}"
     else:
         return None
-    targets = targets_from_report(report, {e.name for e in evidence})
+    names = {e.name for e in evidence}
+    targets = [target_of(s) for s in report.secondaries if s.name not in names]
     return estimate_performance(
         evidence, targets, seed=seed, source=source, n_bootstrap=n_bootstrap
     )
 
 
-def gate_value(estimates: Estimate | None, dataset: str) -> float | None:
-    """The `estimated_f` gate metric of one secondary: its estimated ODS, or None (no estimate,
-    or the dataset is labelled evidence: gate those on `ods_f`)."""
-    if estimates is None:
+# ------------------------------------------------------------------------------------------
+# estimated against realised, over the runs of a store
+
+
+def estimated_vs_realised(runs: Sequence[Report]) -> EstimateTrack | None:
+    """Every (run k, secondary S) with an estimate block in run k and masks for S in a later
+    run j (S in run j's estimate.labelled, same evidence source): the estimate next to the
+    realised ODS of the first such j, oldest first, with the running MAE of the point
+    estimates. `runs` oldest first (this run last). None when there is no such pair."""
+    points: list[RealisedEstimate] = []
+    source = None
+    for k, run in enumerate(runs):
+        if run.estimate is None:
+            continue
+        for block in run.estimate.secondaries:
+            if block.count == 0:
+                continue
+            for later in runs[k + 1 :]:
+                if later.estimate is None or later.estimate.source != run.estimate.source:
+                    continue
+                lab = next((s for s in later.estimate.labelled if s.dataset == block.dataset), None)
+                if lab is None:
+                    continue
+                source = run.estimate.source
+                err = None if block.estimated_f is None else block.estimated_f - lab.ods_f
+                covered = None
+                if block.low is not None and block.high is not None:
+                    covered = block.low <= lab.ods_f <= block.high
+                points.append(
+                    RealisedEstimate(
+                        dataset=block.dataset,
+                        run_id=run.run.run_id,
+                        finished=run.run.finished,
+                        estimated_f=block.estimated_f,
+                        low=block.low,
+                        high=block.high,
+                        predictor=block.predictor,
+                        reason=block.reason,
+                        realised_run_id=later.run.run_id,
+                        realised_f=lab.ods_f,
+                        error=err,
+                        covered=covered,
+                        running_mae=None,
+                    )
+                )
+                break
+    if not points:
         return None
-    block = estimates.for_dataset(dataset)
-    return None if block is None else block.estimated_f
+    errs: list[float] = []
+    for p in points:
+        if p.error is not None:
+            errs.append(abs(p.error))
+        p.running_mae = float(np.mean(errs)) if errs else None
+    cov = [p.covered for p in points if p.covered is not None]
+    return EstimateTrack(
+        source=source,
+        points=points,
+        mae=float(np.mean(errs)) if errs else None,
+        coverage=float(np.mean(cov)) if cov else None,
+    )

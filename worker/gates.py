@@ -1,7 +1,7 @@
 """Gates: bounds on report numbers that turn into the exit code (0 pass, 1 some gate failed).
 
-`GATE_METRICS` is the one registry of gate metric names: the job model validates names
-against it and `evaluate_gates` reads each value off the typed report through it.
+`worker.gate_metrics.GATE_METRICS` is the one registry of gate metric names: the job model
+validates names against it and `evaluate_gates` reads each value off the typed report here.
 """
 
 from __future__ import annotations
@@ -9,6 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from worker.gate_metrics import (
+    ADAPTATION_METRICS,
+    ESTIMATE_METRICS,
+    GROUP_METRICS,
+    HISTORY_METRICS,
+    PRIMARY_TOO,
+)
 from worker.results import GateResult, Report, SecondaryResult
 
 if TYPE_CHECKING:
@@ -19,8 +26,9 @@ def _with_primary(sec: SecondaryResult) -> float | None:
     return len(sec.duplicates.with_primary) if sec.duplicates is not None else None
 
 
-#: metric -> value read off one secondary's typed result (None when not computed)
-SECONDARY_METRICS: dict[str, Callable[[SecondaryResult], float | None]] = {
+#: metric of gate_metrics.SECONDARY_METRICS -> its value read off one secondary's typed
+#: result (None when not computed)
+SECONDARY_VALUES: dict[str, Callable[[SecondaryResult], float | None]] = {
     "o_dist": lambda s: s.o_dist,
     "o_dist_scaled": lambda s: s.o_dist_scaled,
     "o_dist_mean": lambda s: s.o_dist_mean,
@@ -43,42 +51,6 @@ SECONDARY_METRICS: dict[str, Callable[[SecondaryResult], float | None]] = {
     "novel_fraction": lambda s: s.novelty.novel_fraction if s.novelty else None,
     "novelty_p_value": lambda s: s.novelty.p_value_adjusted if s.novelty else None,
 }
-#: metric -> the metrics.* switches it needs (a gate on a switched-off metric is refused)
-METRIC_SWITCHES: dict[str, tuple[str, ...]] = {
-    "diversity_mean": ("diversity",),
-    "coverage_by_primary_mean": ("coverage",),
-    "coverage_by_primary_max": ("coverage",),
-    "o_dist_ratio": ("statistics",),
-    "o_dist_percentile": ("statistics",),
-    "fid": ("statistics",),
-    "mmd_p_value": ("statistics",),
-    "duplicates_with_primary": ("duplicates",),
-}
-#: metrics of the adaptation block (per secondary, trained model (default M) and architecture)
-ADAPTATION_METRICS = ("f_slope", "ods_f")
-#: metrics of the history block: change against earlier runs of the same store
-HISTORY_METRICS = (
-    "o_dist_mean_change",
-    "new_images_far_fraction",
-    "change_energy_distance",
-    "change_p_value",
-    "change_novel_fraction",
-)
-#: the performance estimated without labels (secondaries without masks)
-ESTIMATE_METRICS = ("estimated_f",)
-#: metrics of the groups block: one value per pair of groups, dataset "A vs B"
-GROUP_METRICS = ("group_separation",)
-#: metrics that also apply to the primary when a gate names every dataset ("*")
-PRIMARY_TOO = ("skipped_fraction", "diversity_mean")
-
-GATE_METRICS: tuple[str, ...] = (
-    *SECONDARY_METRICS,
-    *ADAPTATION_METRICS,
-    *HISTORY_METRICS,
-    *ESTIMATE_METRICS,
-    *GROUP_METRICS,
-    "skipped_fraction",
-)
 
 
 def _skipped_fraction(report: Report, dataset: str) -> float | None:
@@ -114,8 +86,11 @@ def gate_value(report: Report, gate: GateConfig, dataset: str) -> float | None:
             report.adaptation, dataset, gate.metric, gate.model, gate.architecture
         )
     if gate.metric in ESTIMATE_METRICS:
+        # the interval's lower end against a min (upper against a max); None when no
+        # estimate (no skill, extrapolation): the gate fails with the estimate's reason
         sec = report.secondary(dataset)
-        return sec.estimate.estimated_f if sec is not None and sec.estimate else None
+        est = sec.estimate if sec is not None else None
+        return est.gate_value(gate.min, gate.max) if est is not None else None
     if gate.metric in GROUP_METRICS:
         return _group_separation(report, dataset)
     if gate.metric in HISTORY_METRICS:
@@ -127,7 +102,7 @@ def gate_value(report: Report, gate: GateConfig, dataset: str) -> float | None:
     secondaries = _secondaries_of(report, gate.model)
     for sec in secondaries or []:
         if sec.name == dataset:
-            return SECONDARY_METRICS[gate.metric](sec)
+            return SECONDARY_VALUES[gate.metric](sec)
     return None
 
 
@@ -145,10 +120,14 @@ def _group_separation(report: Report, pair: str) -> float | None:
     return None
 
 
-def _first_run(report: Report) -> bool:
-    """True when the store held no earlier run of this job: a change gate then passes (with
-    its reason) instead of failing the first night."""
-    return report.history is None or report.history.previous_run is None
+def _estimate_reason(report: Report, dataset: str) -> str | None:
+    """Why secondary `dataset` has no estimate to gate on (no skill, extrapolation, labelled)."""
+    sec = report.secondary(dataset)
+    if sec is not None and sec.estimate is not None and sec.estimate.reason:
+        return f"estimated_f: {sec.estimate.reason}"
+    if report.estimate is not None and any(s.dataset == dataset for s in report.estimate.labelled):
+        return f"estimated_f: {dataset} is labelled evidence; gate it on ods_f"
+    return None
 
 
 def evaluate_gates(report: Report, gates: list[GateConfig]) -> list[GateResult]:
@@ -158,7 +137,7 @@ def evaluate_gates(report: Report, gates: list[GateConfig]) -> list[GateResult]:
     diversity_mean, to the primary too). A gate whose value was not computed fails with a
     reason, so a CI build never passes on a number that does not exist; the one exception is
     a change gate on the first run of a store (no earlier run exists), which passes with
-    that reason.
+    that reason and no value (JUnit: skipped).
     """
     results = []
     secondary_names = [s.name for s in report.secondaries]
@@ -175,11 +154,17 @@ def evaluate_gates(report: Report, gates: list[GateConfig]) -> list[GateResult]:
         for dataset in targets:
             value = gate_value(report, gate, dataset)
             reason = f"{gate.metric} was not computed for {dataset}" if value is None else None
+            if value is None and gate.metric in ESTIMATE_METRICS:
+                reason = _estimate_reason(report, dataset) or reason
             passed = value is not None and (
                 (gate.max is None or value <= gate.max) and (gate.min is None or value >= gate.min)
             )
-            if value is None and gate.metric in HISTORY_METRICS and _first_run(report):
-                passed, reason = True, f"{gate.metric}: first run in the store, nothing to compare"
+            if gate.metric in HISTORY_METRICS:
+                from worker import history
+
+                reason = history.gate_reason(report.history, gate.metric, dataset)
+                if value is None and history.first_run(report.history):
+                    passed = True  # nothing to compare yet: JUnit lists it as skipped
             results.append(
                 GateResult(
                     metric=gate.metric,

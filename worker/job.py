@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import unicodedata
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args, get_origin
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from worker.adapt.names import model_names
+from worker.base import Model
 from worker.errors import JobError
-from worker.gates import (
+from worker.gate_metrics import (
     ADAPTATION_METRICS,
     GATE_METRICS,
     GROUP_METRICS,
@@ -77,9 +77,46 @@ MIN_IMAGE_SIZE = {"hog": 32}
 DEFAULT_MIN_IMAGE_SIZE = 32
 
 
-class Strict(BaseModel):
-    # inf and NaN are refused in every float field: no bound, band or rate can be infinite
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+def _wants_number(annotation: object) -> bool:
+    """Whether a field's type takes a number but not a boolean (int, float, in unions)."""
+    args = get_args(annotation)
+    if get_origin(annotation) is Annotated:
+        return _wants_number(args[0])
+    if args and get_origin(annotation) not in (list, tuple, dict):
+        return bool not in args and any(_wants_number(a) for a in args)
+    return annotation in (int, float)
+
+
+def _bool_for_number(annotation: object, value: object) -> bool:
+    """True when `value` (or an item of it) is a YAML boolean where a number is expected."""
+    if isinstance(value, bool):
+        return _wants_number(annotation)
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _bool_for_number(args[0], value)
+    if isinstance(value, list) and origin in (list, tuple) and args:
+        return any(_bool_for_number(args[0], v) for v in value)
+    if args and origin not in (list, tuple, dict):  # a union: any list member decides
+        return any(_bool_for_number(a, value) for a in args if get_origin(a) in (list, tuple))
+    return False
+
+
+class Strict(Model):
+    """Base of the job's models: inf and NaN are refused in every float field (no bound, band
+    or rate can be infinite), unknown keys too, and yes/no where a number is expected."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, v: object, info) -> object:
+        """YAML reads yes/no/on/off/true/false as booleans, and pydantic would take them as
+        1 and 0: `keep: yes` became 1 and pruned runs. A number field refuses them."""
+        if isinstance(v, (bool, list)) and info.field_name in cls.model_fields:
+            if _bool_for_number(cls.model_fields[info.field_name].annotation, v):
+                raise ValueError(
+                    "expected a number, got a yes/no value (YAML reads yes, no, on, off, true "
+                    "and false as booleans); write the number"
+                )
+        return v
 
 
 class OutputConfig(Strict):
@@ -94,6 +131,15 @@ class OutputConfig(Strict):
     _dir = field_validator("dir")(classmethod(lambda cls, v: check_location(v)))
 
 
+class ReduceConfig(Strict):
+    """A seeded sparse random projection (Johnson-Lindenstrauss) of the features to `dims`
+    values, applied as they are embedded (or loaded, for precomputed) and cached so."""
+
+    method: Literal["random"] = "random"
+    dims: int = Field(default=4096, ge=1, le=1_000_000)
+    seed: int = Field(default=0, ge=0)
+
+
 class ModelConfig(Strict):
     """A feature extractor. `name` is a registry name (see EXTRACTOR_NAMES)."""
 
@@ -103,7 +149,13 @@ class ModelConfig(Strict):
     pooling: Literal["flatten", "mean", "cls"] | None = None
     prompt: str | None = None
     image_size: int | None = Field(default=None, ge=8, le=4096)
-    batch_size: int = Field(default=32, ge=1, le=4096)
+    #: images per forward pass; auto: 32 on the CPU, from the GPU's free memory on CUDA
+    batch_size: Annotated[int, Field(ge=1, le=4096)] | Literal["auto"] = 32
+    #: fast: resize in threads, the processor's rescale and normalisation as one tensor op
+    #: per batch on the device; exact: the checkpoint's own processor per image (reference)
+    preprocess: Literal["fast", "exact"] = "fast"
+    #: optional seeded sparse random projection of every feature vector (worker/reduce.py)
+    reduce: ReduceConfig | None = None
     #: decode threads; auto: one per usable core, at most 8 (embeddings.default_num_workers)
     num_workers: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = "auto"
     device: str = "auto"
@@ -622,6 +674,13 @@ class AdaptationConfig(Strict):
     negatives: NegativesConfig | None = None
     #: every architecture trains every model once per seed: job.seed, job.seed + 1, ...
     seeds: int = Field(default=1, ge=1, le=100)
+    #: the recommendation's criteria in priority order (worker/adapt/summary.py)
+    choose_by: list[Literal["ods_unseen", "gain", "stability", "cost"]] = Field(
+        default_factory=lambda: ["ods_unseen", "gain", "stability", "cost"], min_length=1
+    )
+    #: share of each selectable secondary held out of selection and training, chosen by
+    #: I_dist strata before selection; every model is also scored on it (0: none)
+    held_out: float = Field(default=0.2, ge=0.0, lt=1.0)
 
     _counts = field_validator("counts")(classmethod(lambda cls, v: check_counts(v)))
     _checkpoint = field_validator("checkpoint")(classmethod(lambda cls, v: check_text(v)))
@@ -633,6 +692,13 @@ class AdaptationConfig(Strict):
             v = [v]
         if isinstance(v, list):
             return [{"name": x} if isinstance(x, str) else x for x in v]
+        return v
+
+    @field_validator("choose_by")
+    @classmethod
+    def _unique_criteria(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"each criterion at most once, got {v}")
         return v
 
     @model_validator(mode="after")
@@ -688,6 +754,7 @@ class Job(Strict):
 
     # Set by load_job: the folder that relative paths are resolved against.
     base_dir: Path = Field(default=Path("."), exclude=True)
+    job_file: Path | None = Field(default=None, exclude=True)  # set by load_job
 
     @model_validator(mode="after")
     def _models(self) -> Job:
@@ -881,18 +948,12 @@ def parse_job(data: object, base_dir: Path, source: str = "job") -> Job:
 
 
 def load_job(path: str | Path) -> Job:
-    """Read and validate a YAML job (yaml.safe_load only). Raises JobError naming the field."""
+    """Read and validate a YAML job (worker.yamlfile: a bounded regular file, UTF-8, strict
+    safe YAML). Raises JobError naming the file or the field."""
+    from worker import yamlfile
+
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise JobError(f"{path}: job file not found; check the path") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise JobError(f"{path}: cannot read the job file ({err.__class__.__name__})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise JobError(f"{path}: malformed YAML{where}; fix the syntax and run again") from None
-    return parse_job(data, path.resolve().parent, str(path))
+    data = yamlfile.parse(yamlfile.read_text(path), str(path))
+    job = parse_job(data, path.resolve().parent, str(path))
+    job.job_file = path.resolve()
+    return job

@@ -37,12 +37,17 @@ def setup_logging(fmt: str = "text", quiet: bool = False) -> None:
 
 @contextmanager
 def stage(name: str, **fields) -> Iterator[dict]:
-    """Log one line when a stage ends, with its duration in seconds."""
+    """Log one line when a stage ends, with its duration in seconds. Its start and its end
+    are safe points: a stop asked for by a signal (worker.interrupt) is raised there."""
+    from worker.interrupt import check
+
     start = time.perf_counter()
     extra: dict = dict(fields)
     previous, CURRENT["stage"] = CURRENT["stage"], name
     try:
+        check()
         yield extra
+        check()
     finally:
         CURRENT["stage"] = previous
         duration = round(time.perf_counter() - start, 3)

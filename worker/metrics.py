@@ -241,7 +241,7 @@ def class_distances(i_dist: np.ndarray, labels: list[str | None], n_primary: int
     for name in sorted({lab for lab in labels if lab is not None}):
         sel = values[[k for k, lab in enumerate(labels) if lab == name]]
         o = float(sel.mean()) if len(sel) else None
-        mean = o / n_primary if o is not None and n_primary else None
+        mean = o_dist_mean(sel, n_primary) if o is not None and n_primary else None
         out.append({"name": name, "count": int(len(sel)), "o_dist": o, "o_dist_mean": mean})
     return out
 

@@ -3,9 +3,11 @@
 X = vstack(blocks) is centred on its column mean and projected on its first z principal
 axes. The blocks are never stacked or centred as a whole: every route reads them in row or
 column chunks converted to float64, so memory stays bounded by `memory_budget_mb` plus the
-route's own matrices.
+route's own matrices. Blocks may be memory-mapped (a large precomputed .npy): the row passes
+release each chunk's pages after reading it (`release_rows`), so the features of a job
+larger than memory are streamed from the file, once per pass, at a bounded RSS.
 
-Routes (recorded in ``info["route"]``):
+Routes (recorded in ``info.route``, the fit's typed PairPca block):
 
 - ``exact``: float64 SVD of the centred X (LAPACK gesdd through numpy); for N*q up to a few
   ten million values. The reference.
@@ -26,10 +28,13 @@ absolute entry of each principal axis is positive), so their outputs agree with
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from worker.results import PairPca
 
 ROUTES = ("auto", "exact", "gram", "covariance", "randomized")
 DEFAULT_MEMORY_BUDGET_MB = 256
@@ -65,17 +70,46 @@ class PCAModel:
     def dims(self) -> int:
         return int(self.components.shape[0]) if self.route != "none" else int(self.mean.shape[0])
 
-    def info(self) -> dict:
-        return {
-            "route": self.route,
-            "dims": self.dims,
-            "requested_dims": self.requested_dims,
-            "explained_variance_ratio": [float(v) for v in self.explained_variance_ratio],
-            "warnings": list(self.warnings),
-        }
+    def info(self) -> PairPca:
+        """The fit as the report's typed PCA block (route, dims, requested_dims, explained
+        variance ratio per kept component, warnings)."""
+        return PairPca(
+            route=self.route,
+            dims=self.dims,
+            requested_dims=self.requested_dims,
+            explained_variance_ratio=[float(v) for v in self.explained_variance_ratio],
+            warnings=list(self.warnings),
+        )
 
 
 # --------------------------------------------------------------------------- chunked reads
+
+
+def release_rows(a: np.ndarray, start: int, stop: int) -> None:
+    """Drop rows start:stop of a memory-mapped array from this process's resident memory
+    (madvise DONTNEED; the pages stay in the page cache), so one pass over a file larger
+    than memory keeps the process's RSS at its chunk size. No-op for in-memory arrays."""
+    mm = getattr(a, "_mmap", None)
+    # read-only maps only: DONTNEED would discard a copy-on-write map's changes
+    if mm is None or stop <= start or a.flags.writeable or not a.flags.c_contiguous:
+        return
+    base = np.frombuffer(mm, dtype=np.uint8)
+    begin = a[start:stop].ctypes.data - base.ctypes.data
+    end = begin + (stop - start) * a.strides[0]
+    page = mmap.PAGESIZE
+    lo, hi = -(-begin // page) * page, end // page * page  # whole pages inside the rows
+    if hi > lo:
+        mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+
+def all_finite(a: np.ndarray, rows: int = 4096) -> bool:
+    """np.isfinite(a).all() in row chunks (no n x q temporary; mapped pages released)."""
+    for s in range(0, len(a), rows):
+        chunk = a[s : s + rows]
+        if chunk.dtype.kind == "f" and not np.isfinite(chunk).all():
+            return False
+        release_rows(a, s, s + len(chunk))
+    return True
 
 
 class _Blocks:
@@ -86,7 +120,7 @@ class _Blocks:
             blocks = [blocks]
         arrs = []
         for i, b in enumerate(blocks):
-            a = np.asarray(b)
+            a = b if isinstance(b, np.ndarray) else np.asarray(b)  # keeps a np.memmap
             if a.ndim != 2:
                 raise ValueError(f"pca: block {i} must be 2-D (n, q), got shape {a.shape}")
             arrs.append(a)
@@ -99,7 +133,7 @@ class _Blocks:
                     f"pca: block {i} has {a.shape[1]} features, block 0 has {q}; "
                     "all sets must come from the same extractor and pooling"
                 )
-            if not np.isfinite(a).all():
+            if not all_finite(a):
                 raise ValueError(f"pca: block {i} contains NaN or inf features")
         self.arrays = arrs
         self.q = q
@@ -122,6 +156,7 @@ class _Blocks:
         for a in self.arrays:
             for s in range(0, len(a), step):
                 c = np.array(a[s : s + step], dtype=np.float64)
+                release_rows(a, s, s + len(c))  # memory-mapped features: RSS stays bounded
                 if mean is not None:
                     c -= mean
                 yield c
@@ -338,7 +373,7 @@ def project(
     model: PCAModel, X: np.ndarray, *, memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB
 ) -> np.ndarray:
     """(X - model.mean) @ model.components.T as float64 (n, z); centred X for route 'none'."""
-    arr = np.asarray(X)
+    arr = X if isinstance(X, np.ndarray) else np.asarray(X)  # keeps a np.memmap
     if arr.ndim != 2 or arr.shape[1] != model.mean.shape[0]:
         raise ValueError(
             f"pca: cannot project an array of shape {arr.shape}: the model was fitted on "
@@ -351,6 +386,7 @@ def project(
     vt = model.components.T
     for s in range(0, len(arr), step):
         out[s : s + step] = (np.asarray(arr[s : s + step], dtype=np.float64) - model.mean) @ vt
+        release_rows(arr, s, s + step)
     return out
 
 
@@ -361,11 +397,11 @@ def joint_pca(
     route: str = "auto",
     seed: int = 0,
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
-) -> tuple[list[np.ndarray], dict]:
+) -> tuple[list[np.ndarray], PairPca]:
     """One PCA fitted on vstack(blocks), each block projected. See the module docstring.
 
-    Returns (projected, info): projected[i] is (len(blocks[i]), z) float64; info has route,
-    dims, requested_dims, explained_variance_ratio (list), warnings (list[str]).
+    Returns (projected, info): projected[i] is (len(blocks[i]), z) float64; info is the
+    fit's PairPca (route, dims, requested_dims, explained_variance_ratio, warnings).
     """
     if not isinstance(blocks, (list, tuple)):
         raise ValueError("pca: blocks must be a list of (n_i, q) arrays")

@@ -1,7 +1,9 @@
 """run(job) -> RunResult: the one place that wires the stages, top to bottom.
 
-embed -> measure -> [robustness] -> [adapt -> measure with the trained encoder]
-    -> build report (typed, gates last) -> render (figures, PDF, report.json) -> publish
+check -> embed -> measure -> [robustness] -> [matrix] -> [adapt -> measure with the trained
+    encoder] -> report (typed) -> estimate -> history (earlier runs of the store, read as typed
+    Reports through worker.store) -> gates -> render (figures, PDF, report.json) -> publish
+    -> JUnit
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ import datetime as dt
 import functools
 import platform
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from worker.analysis import (
 from worker.embeddings import EmbeddedSet, embed_items, load_precomputed
 from worker.errors import JobError
 from worker.gates import evaluate_gates
+from worker.interrupt import check as check_interrupt
 from worker.job import DatasetConfig, Job, ModelConfig
 from worker.logs import LOGGER, stage
 from worker.preflight import check_locations
@@ -49,7 +51,7 @@ from worker.results import (
     SelectionInfo,
 )
 from worker.selection import ALPHA, PAPER_STRATEGY, SelectionMemory, earlier_selections
-from worker.sources import IMAGE_EXTENSIONS, is_s3, policy_for
+from worker.sources import IMAGE_EXTENSIONS, is_s3, listing_policy, policy_for
 from worker.sources.samples import (
     VIDEO_EXTENSIONS,
     check_no_videos_for_adaptation,
@@ -57,7 +59,7 @@ from worker.sources.samples import (
     list_dataset,
     samples_of,
 )
-from worker.store import new_run_id, publish_run
+from worker.store import new_run_id, publish_run, staging_dir
 
 
 def _check_location(job: Job, ds: DatasetConfig, key: str, location: str) -> str:
@@ -198,6 +200,7 @@ class _Progress:
             self._bar = tqdm(total=total, desc=desc, unit="img", leave=False, file=sys.stderr)
 
     def update_to(self, done: int) -> None:
+        check_interrupt()  # after each embedded batch: a safe point to stop at
         if self._bar is not None:
             self._bar.update(done - self._bar.n)
 
@@ -252,16 +255,23 @@ def embed_all(
         return _Progress(total, desc, show_progress)
 
     configs = datasets or job.all_datasets
+    # model.batch_size auto: the extractor's choice (from the device's memory)
+    batch = model.batch_size if model.batch_size != "auto" else None
+    batch = batch or getattr(extractor, "batch_size", None) or 32
     if job.compute.engine == "ray" and extractor is not None:
-        sets = load_datasets_ray(job, configs, extractor, cache, progress, model.batch_size)
+        sets = load_datasets_ray(job, configs, extractor, cache, progress, batch)
     else:
         sets = [
             emb
             for ds in configs
-            for emb in load_dataset(job, ds, extractor, cache, progress, model.batch_size)
+            for emb in load_dataset(job, ds, extractor, cache, progress, batch)
         ]
     _check_sets(job, sets)
     info = dict(extractor.info) if extractor is not None else {"name": "precomputed"}
+    if extractor is None and model.reduce is not None:  # precomputed: projected as loaded
+        from worker.reduce import reduce_sets
+
+        info["reduce"] = reduce_sets(sets, model.reduce.dims, model.reduce.seed)
     info["feature_dim"] = int(sets[0].vectors.shape[1])
     keys = ModelInfo.model_fields
     return Embedded(sets, extractor, ModelInfo(**{k: info.get(k) for k in keys}))
@@ -298,16 +308,26 @@ def run(
     junit_path: str | None = None,
 ) -> RunResult:
     """Run every stage of a job, in order, and publish report.json, report.pdf and figures/:
-    embed, measure, robustness, adapt, measure with the trained encoder, build the report,
-    render, publish."""
+    check, embed, measure, robustness, adapt, measure with the trained encoder, report,
+    estimate, history, gates, render, publish, then the JUnit file (`junit_path`)."""
+    with listing_policy(policy_for(job)):
+        return _run(job, out_dir, job_source, show_progress, junit_path)
+
+
+def _run(
+    job: Job,
+    out_dir: str | None,
+    job_source: str | None,
+    show_progress: bool,
+    junit_path: str | None,
+) -> RunResult:
     started = time.time()
     run_id = new_run_id(started)
     out_uri = out_dir or job.resolve(job.output.dir)
     check_locations(job, out=out_dir, junit=junit_path)  # every local location, before work
     masked = check_adaptation_inputs(job)  # masks checked before any embedding
     scores = score_all_predictions(job)  # the user's own maps (predictions:), also checked early
-    with tempfile.TemporaryDirectory(prefix="worker-out-") as tmp:
-        staging = Path(tmp)
+    with staging_dir(out_uri, run_id) as staging:  # inside the store: a later run cleans it
         memory = selection_memory(job, out_uri)  # earlier runs' selections, not proposed again
         with compute_engine(job) as engine_info:
             measured: list[Measured] = []
@@ -331,7 +351,7 @@ def run(
                     adapted = adapt(job, measured[0].analysis, masked, staging)
                 if adapted.trained_encoder is not None:
                     with stage("measure", model="trained"), numeric_input_errors():
-                        measured.append(measure_trained(job, adapted.trained_encoder))
+                        measured.append(measure_trained(job, adapted.trained_encoder, memory))
         with stage("report"):
             report = build_report(
                 job,
@@ -339,11 +359,17 @@ def run(
                 measured,
                 adapted,
                 RunInfo(**_run_info(started, engine_info), run_id=run_id),
-                scores=scores,
-                store=out_uri,
                 matrix=matrix,
             )
             report.selection = selection_summary(job, memory)
+        with stage("estimate"):
+            attach_estimate(report, scores, job.seed)
+        with stage("history"):
+            attach_history(report, job, out_uri, measured[0].embedded)
+        with stage("gates"):
+            report.gates = evaluate_gates(report, job.gates)
+            report.passed = all(g.passed for g in report.gates)
+        with stage("render"):
             try:
                 write_exports(job, report, measured[0], staging)
                 render_outputs(report, _render_inputs(measured[0], adapted, job), staging)
@@ -357,9 +383,7 @@ def run(
                 staging, out_uri, job.storage, started=started, run_id=run_id, keep=job.output.keep
             )
     if junit_path:
-        from worker.report.junit import write_junit
-
-        write_junit(report, Path(junit_path))
+        write_junit_file(report, junit_path)
     LOGGER.info("reports written to %s", published.run_uri, extra={"fields": {"out": out_uri}})
     return RunResult(report, out_uri, published.run_id, published.run_uri)
 
@@ -448,8 +472,19 @@ def adapt(job: Job, analysis: ModelAnalysis, sets: dict, artifacts: Path) -> Ada
     def per_image(key: str) -> dict[str, dict[str, float]]:
         return {e.name: {im.id: getattr(im, key) for im in e.images} for e in analysis.secondaries}
 
+    held_out = {
+        e.name: [e.images[i].id for i in analysis.held_out[e.name]]
+        for e in analysis.secondaries
+        if e.name in sets and e.name in analysis.held_out
+    }
     block, extras = run_adaptation(
-        job, sets, selections, per_image("i_dist_scaled"), artifacts, i_dist=per_image("i_dist")
+        job,
+        sets,
+        selections,
+        per_image("i_dist_scaled"),
+        artifacts,
+        i_dist=per_image("i_dist"),
+        held_out=held_out,
     )
     return Adapted(
         block=block,
@@ -458,10 +493,11 @@ def adapt(job: Job, analysis: ModelAnalysis, sets: dict, artifacts: Path) -> Ada
     )
 
 
-def measure_trained(job: Job, encoder) -> Measured:
-    """Distances measured with the trained baseline M's own encoder (features_from_trained)."""
+def measure_trained(job: Job, encoder, memory: SelectionMemory | None = None) -> Measured:
+    """Distances measured with the trained baseline M's own encoder (features_from_trained);
+    `memory`: the earlier runs' selections, as for the other extractors."""
     embedded = embed_all(job, ModelConfig(name="trained"), False, extractor=encoder)
-    analysis = analyse_model(embedded.sets[0], embedded.sets[1:], job)
+    analysis = analyse_model(embedded.sets[0], embedded.sets[1:], job, memory)
     return Measured("trained (baseline M encoder)", embedded, analysis)
 
 
@@ -508,13 +544,10 @@ def build_report(
     measured: list[Measured],
     adapted: Adapted | None,
     run_info: RunInfo,
-    scores: dict | None = None,
-    store: str | None = None,
     matrix: DatasetMatrix | None = None,
 ) -> Report:
     """report.json as one typed Report: the first extractor's blocks at the top level, every
-    extractor in `models`, the performance estimate, the history against earlier runs of
-    `store`, the gates evaluated last."""
+    extractor in `models`. The estimate, history and gates stages complete it (run())."""
     from worker import stats
 
     first = measured[0].analysis
@@ -570,12 +603,21 @@ def build_report(
         groups=compare_groups(first.secondaries, job, matrix),
         matrix=matrix,
     )
-    attach_estimate(report, scores, job.seed)
-    if store is not None:
-        attach_history(report, job, store, measured[0].embedded)
-    report.gates = evaluate_gates(report, job.gates)
-    report.passed = all(g.passed for g in report.gates)
     return report
+
+
+def write_junit_file(report: Report, junit: str) -> None:
+    """Gate results as JUnit XML, atomically, once the reports are published (a run that
+    published nothing writes no JUnit file)."""
+    from worker.report.junit import write_junit
+
+    try:
+        write_junit(report, Path(junit))
+    except OSError as err:
+        raise JobError(
+            f"--junit: cannot write {junit} ({err.strerror or err}); the reports were "
+            "published; choose another --junit path"
+        ) from None
 
 
 def attach_estimate(report: Report, scores: dict | None, seed: int) -> None:
@@ -585,7 +627,7 @@ def attach_estimate(report: Report, scores: dict | None, seed: int) -> None:
         return  # no labelled evidence (and no scikit-learn import for it)
     from worker.estimate import estimate_from_report
 
-    estimate = estimate_from_report(report.model_dump(mode="json"), scores, seed=seed)
+    estimate = estimate_from_report(report, scores, seed=seed)
     if estimate is None:
         return
     for sec in report.secondaries:
@@ -597,25 +639,52 @@ def attach_estimate(report: Report, scores: dict | None, seed: int) -> None:
 
 def attach_history(report: Report, job: Job, store: str, embedded: Embedded | None = None) -> None:
     """Compare this run with the earlier runs of the same store (method.md §6): the `history`
-    block, and `new` on every image of a secondary that the previous run also had. The first
-    run of a store (no earlier run, no baseline) gets no block."""
-    from worker.history import collect_history
+    block, and `new` on every image of a secondary that the previous run also had. Earlier
+    runs are read as typed Reports by worker.store (one reader); one that cannot be read is
+    skipped, and the skip is in report.warnings, on stderr and in the gate reasons it
+    changes. The first run of a store (no earlier run, no baseline, nothing skipped) gets
+    no block."""
+    from worker.estimate import estimated_vs_realised
+    from worker.history import build_history
+    from worker.store import earlier_runs, is_run_id, load_report, load_run
 
-    history = collect_history(
-        store,
-        report.model_dump(mode="json"),
-        max_runs=job.history.max_runs,
-        baseline=job.history.baseline,
-        band=tuple(job.selection.band),
-        storage=job.storage,
-        base_dir=job.base_dir,
-        run_id=report.run.run_id,
+    previous, skipped = earlier_runs(
+        store, before=report.run.run_id, max_runs=job.history.max_runs, storage=job.storage
     )
-    if history.previous_run is None and not history.baseline:
+    baseline = label = None
+    ref = job.history.baseline
+    if ref:
+        try:
+            if is_run_id(ref):
+                baseline = load_run(store, ref, job.storage)
+            else:
+                loc = ref if is_s3(ref) or Path(ref).is_absolute() else str(job.base_dir / ref)
+                baseline = load_report(loc, storage=job.storage)
+                label = ref
+        except JobError as err:
+            raise JobError(
+                f"history.baseline: {err}; give an existing run id of {store} or a readable "
+                "report.json path"
+            ) from None
+    for warning in skipped:
+        LOGGER.warning("%s", warning)
+    history = build_history(
+        report,
+        previous,
+        baseline,
+        tuple(job.selection.band),
+        baseline_label=label,
+        run_id=report.run.run_id,
+        skipped=skipped,
+    )
+    report.warnings = sorted(set(report.warnings) | set(history.warnings))
+    if history.previous_run is None and not history.baseline and not skipped:
         return  # a first run: nothing to compare, and report.json stays free of run ids
     report.history = history
+    # estimates of earlier runs against the F realised once masks arrived (method-estimate.md)
+    history.estimates = estimated_vs_realised([*previous, report])
     if embedded is not None and history.previous_run is not None:
-        attach_change_tests(history, job, store, embedded)
+        attach_change_tests(history, previous[-1], job, embedded)
     for sec in report.secondaries:
         new = history.new_ids.get(sec.name)
         if new is None:
@@ -625,21 +694,18 @@ def attach_history(report: Report, job: Job, store: str, embedded: Embedded | No
             im.new = im.id in new
 
 
-def attach_change_tests(history, job: Job, store: str, embedded: Embedded) -> None:
+def attach_change_tests(history, previous: Report, job: Job, embedded: Embedded) -> None:
     """The new images of every secondary tested against the previous run's images (method.md
     §12.7): that run's embeddings are this run's vectors of the same content, else the
     embedding cache's entries under the same extractor (content hash)."""
     from worker.analysis import change_tests
-    from worker.store import read_run
 
     lookup = None
     if embedded.extractor is not None and job.cache.enabled and job.cache.dir:
         from worker.cache import EmbeddingCache
 
         cache = EmbeddingCache(job.resolve(job.cache.dir), storage=job.storage)
-        key = embedded.extractor.cache_key
-        lookup = functools.partial(cache.get, key=key)
-    previous = read_run(store, history.previous_run, job.storage)
+        lookup = functools.partial(cache.get, key=embedded.extractor.cache_key)
     change_tests(history, previous, embedded.sets, job, lookup)
 
 
@@ -648,10 +714,13 @@ def selection_memory(job: Job, store: str) -> SelectionMemory | None:
     §3.6), read one report at a time; None when exclusion is off."""
     if not job.selection.exclude_previous:
         return None
-    from worker.store import list_runs, read_run
+    from worker.store import each_run
 
-    runs = list_runs(store, job.storage)
-    return earlier_selections(read_run(store, r, job.storage) for r in runs)
+    skipped: list[str] = []
+    memory = earlier_selections(each_run(store, storage=job.storage, skipped=skipped))
+    for warning in skipped:
+        LOGGER.warning("selection.exclude_previous: %s", warning)
+    return memory
 
 
 def selection_summary(job: Job, memory: SelectionMemory | None) -> SelectionInfo:

@@ -5,7 +5,9 @@ line option) for a location that cannot work: a missing dataset folder, an embed
 that is a folder, a path leaving the job folder when `allow_outside_paths: false`, dataset
 folders nested in one another (the outer listing would read the inner one's images), an
 output folder inside a dataset folder (its figures would be listed as images on the next run),
-an output or `--junit` location that cannot be written. `validate` and `run` both call it, so
+an output or `--junit` location that cannot be written, and any output (`--junit`, the store)
+that would overwrite the job file, a dataset or the store's own files. `validate` and `run`
+both call it, so
 `validate` refuses exactly what `run` would refuse before computing. s3:// locations are
 checked when they are read (they need the network).
 """
@@ -40,7 +42,13 @@ def _locations(job) -> list[tuple[str, str, str]]:
     """(field, kind, resolved) for every local location of datasets and adaptation."""
     found = []
     for ds in job.all_datasets:
-        for key, kind in (("path", "folder"), ("embeddings", "file"), ("masks", "folder")):
+        for key, kind in (
+            ("path", "folder"),
+            ("embeddings", "file"),
+            ("masks", "folder"),
+            ("predictions", "folder"),
+            ("boxes", "any"),
+        ):
             loc = getattr(ds, key)
             if loc is not None and not is_s3(loc):
                 found.append((f"datasets.{ds.name}.{key}", kind, job.resolve(loc)))
@@ -63,7 +71,7 @@ def check_locations(job, *, out: str | None = None, junit: str | None = None) ->
             )
         p = Path(resolved)
         if not p.exists():
-            what = "folder not found" if kind == "folder" else "file not found"
+            what = {"folder": "folder not found", "file": "file not found"}.get(kind, "not found")
             raise JobError(f"{field}: {given}: {what}; check the path (relative to the job file)")
         if kind == "folder" and not p.is_dir():
             raise JobError(f"{field}: {given} is not a folder; give a folder of images")
@@ -80,8 +88,17 @@ def check_locations(job, *, out: str | None = None, junit: str | None = None) ->
                     f"listed as images of {field_b.split('.')[1]}; use folders side by side"
                 )
     _check_output(job, out, folders)
+    store = out or job.resolve(job.output.dir)
+    for field, _kind, resolved in locations:
+        if not is_s3(store) and _inside(_real(resolved), _real(store)):
+            raise JobError(
+                f"{field}: {resolved} is inside the run store {store}, whose files the worker "
+                "replaces and prunes; move the data out of the output folder"
+            )
     if junit is not None:
-        _check_junit(junit)
+        protected = [("the job file", str(job.job_file))] if job.job_file else []
+        protected += [(field, r) for field, _kind, r in locations]
+        check_junit_path(junit, protected, store)
 
 
 def _check_output(job, out: str | None, folders: list[tuple[str, str]]) -> None:
@@ -106,12 +123,46 @@ def _check_output(job, out: str | None, folders: list[tuple[str, str]]) -> None:
     existing = next(p for p in [Path(target), *Path(target).parents] if p.exists())
     if not os.access(existing, os.W_OK | os.X_OK):
         raise JobError(f"{where}: {existing} is not writable; choose another folder with --out")
+    from worker.store import check_latest
+
+    check_latest(Path(target))
+
+
+STORE_NAMES = ("runs", "latest", "latest.json", "report.json", "report.pdf", "figures")
+
+
+def check_junit_path(junit: str, protected: list[tuple[str, str]], store: str | None) -> None:
+    """Refuse a --junit path that cannot be written, or that would overwrite (or land inside)
+    one of `protected` (label, path: the job file, datasets, reports read), the run store
+    itself or the store's own files (runs/, latest, the flat report paths). Before any work."""
+    if not junit.strip():
+        raise JobError("--junit: the path is empty; give a file path such as gates.xml")
+    real = _real(junit)
+    for label, location in protected:
+        if (
+            location
+            and not is_s3(location)
+            and os.path.lexists(location)
+            and _inside(real, _real(location))
+        ):
+            raise JobError(
+                f"--junit: {junit} is {label} ({location}) or inside it; the JUnit file would "
+                "overwrite it; give another path such as gates.xml"
+            )
+    if store and not is_s3(store):
+        root = _real(store)
+        own = [root] + [os.path.join(root, n) for n in STORE_NAMES]
+        if real == root or any(_inside(real, o) for o in own[1:]):
+            raise JobError(
+                f"--junit: {junit} is the run store {store} or one of its own files (runs/, "
+                "latest, report.json, report.pdf, figures/); give a path beside them such as "
+                f"{os.path.join(store, 'junit.xml')}"
+            )
+    _check_junit(junit)
 
 
 def _check_junit(junit: str) -> None:
     path = Path(junit)
-    if not junit.strip():
-        raise JobError("--junit: the path is empty; give a file path such as gates.xml")
     if path.is_dir():
         raise JobError(
             f"--junit: {junit} is a folder; give a file path such as {path / 'gates.xml'}"

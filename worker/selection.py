@@ -1,7 +1,7 @@
 """Which S images to label next (docs/method.md §3), and whether a choice beats random (§3.5).
 
 Strategies (each returns indices into S, deterministic for a given seed):
-- `novel` (the default): the novel images (beyond P's calibrated quantile, method.md §9)
+- `novel` (the default): the novel images (beyond P's calibrated quantile, method.md §12.3)
   spread by greedy k-center with P and the pool as centres; its aims are the novelty of what
   it picks and the coverage of the novel images.
 - `band` (the paper's, section 4.3) and `farthest`: aim at novelty.
@@ -9,7 +9,9 @@ Strategies (each returns indices into S, deterministic for a given seed):
 
 The pool: P plus every S image that must not be proposed again (selected in an earlier run,
 or already labelled: `exclude`, a boolean mask over S); pool images count as already-chosen
-centres and are never returned. A count above the candidates selects them all; 0 selects none.
+centres and are never returned. `hold` (a boolean mask over S: the adaptation's held-out
+split) is neither proposed nor a centre. A count above the candidates selects them all; 0
+selects none.
 
 Judging (method.md §3.5): a selection is compared on each aim with B seeded random subsets of
 the same size drawn from the same candidates; `judge_value` gives its percentile among them,
@@ -29,6 +31,7 @@ import numpy as np
 
 from worker import engine
 from worker.metrics import min_max_scale
+from worker.results import Report
 
 STRATEGIES = ("novel", "band", "farthest", "kcenter")
 #: the strategy the paper used (section 4.3: random within the band [0.6, 1] of scaled I_dist)
@@ -60,14 +63,22 @@ def _count(count: int, m: int) -> int:
     return min(count, m)
 
 
-def _candidates(m: int, exclude: np.ndarray | None) -> np.ndarray:
-    """Indices of S that may be proposed (not in `exclude`), ascending."""
-    if exclude is None:
-        return np.arange(m)
-    exclude = np.asarray(exclude, dtype=bool)
-    if exclude.shape != (m,):
-        raise ValueError(f"exclude has shape {exclude.shape}, expected ({m},)")
-    return np.flatnonzero(~exclude)
+def _mask(m: int, mask: np.ndarray | None, name: str) -> np.ndarray:
+    """A boolean (m,) mask; None -> all False."""
+    if mask is None:
+        return np.zeros(m, dtype=bool)
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != (m,):
+        raise ValueError(f"{name} has shape {mask.shape}, expected ({m},)")
+    return mask
+
+
+def candidates(
+    m: int, exclude: np.ndarray | None = None, hold: np.ndarray | None = None
+) -> np.ndarray:
+    """Indices of S that may be proposed: neither in the pool (`exclude`) nor held out
+    (`hold`), ascending."""
+    return np.flatnonzero(~(_mask(m, exclude, "exclude") | _mask(m, hold, "hold")))
 
 
 def select_band(
@@ -76,11 +87,12 @@ def select_band(
     band: tuple[float, float] = (0.6, 1.0),
     seed: int = 0,
     exclude: np.ndarray | None = None,
+    hold: np.ndarray | None = None,
 ) -> list[int]:
     """Paper section 4.3: `count` images drawn at random (seeded, without replacement) among
     those whose min-max scaled I_dist x' (method.md §1.7) lies in [lo, hi], both ends inclusive.
 
-    x' is scaled over all of S; only candidates (not `exclude`d) are drawn. When the band holds
+    x' is scaled over all of S; only candidates (`candidates`) are drawn. When the band holds
     fewer than `count` candidates, all of them are taken and the rest is filled with the
     candidates outside the band closest to it (smallest gap in x' to [lo, hi]; ties to the
     larger I_dist, then the lower index). For a band that ends at 1, as the paper's [0.6, 1],
@@ -91,7 +103,7 @@ def select_band(
     lo, hi = (float(b) for b in band)
     if not lo <= hi:
         raise ValueError(f"selection.band: expected [lo, hi] with lo <= hi, got {list(band)}")
-    cand = _candidates(len(i_dist), exclude)
+    cand = candidates(len(i_dist), exclude, hold)
     count = _count(count, len(cand))
     scaled = min_max_scale(i_dist)
     inside = cand[(scaled[cand] >= lo) & (scaled[cand] <= hi)]
@@ -106,19 +118,24 @@ def select_band(
     return [int(j) for j in sorted(picked.tolist(), key=lambda j: (-i_dist[j], j))]
 
 
-def select_farthest(i_dist: np.ndarray, count: int, exclude: np.ndarray | None = None) -> list[int]:
+def select_farthest(
+    i_dist: np.ndarray,
+    count: int,
+    exclude: np.ndarray | None = None,
+    hold: np.ndarray | None = None,
+) -> list[int]:
     """The `count` candidates of largest I_dist, farthest first; ties go to the lower index."""
     i_dist = np.asarray(i_dist, dtype=np.float64)
-    cand = _candidates(len(i_dist), exclude)
+    cand = candidates(len(i_dist), exclude, hold)
     order = cand[np.argsort(-i_dist[cand], kind="stable")]
     return [int(j) for j in order[: _count(count, len(cand))]]
 
 
-def _pool(S_L: np.ndarray, P_L: np.ndarray | None, exclude: np.ndarray | None) -> np.ndarray | None:
+def _pool(S_L: np.ndarray, P_L: np.ndarray | None, exclude: np.ndarray) -> np.ndarray | None:
     """P's rows and the excluded S rows: the centres already chosen."""
     parts = [] if P_L is None or len(P_L) == 0 else [np.asarray(P_L)]
-    if exclude is not None and np.any(exclude):
-        parts.append(S_L[np.asarray(exclude, dtype=bool)])
+    if exclude.any():
+        parts.append(S_L[exclude])
     return np.vstack(parts) if parts else None
 
 
@@ -127,14 +144,17 @@ def select_kcenter(
     P_L: np.ndarray,
     count: int,
     exclude: np.ndarray | None = None,
+    hold: np.ndarray | None = None,
     **engine_kw: Any,
 ) -> list[int]:
     """Greedy k-center (Sener & Savarese 2017) on the candidates of S with every image of the
     pool (P and the `exclude`d S images) counted as an already-chosen centre: each pick is the
     candidate farthest from all centres so far, which greedily minimises the covering radius of
-    S u P. In pick order (engine.kcenter_greedy)."""
+    S u P. `hold`: S images neither proposed nor centres. In pick order
+    (engine.kcenter_greedy)."""
     S_L = np.asarray(S_L)
-    cand = _candidates(len(S_L), exclude)
+    exclude = _mask(len(S_L), exclude, "exclude")
+    cand = candidates(len(S_L), exclude, hold)
     centers = _pool(S_L, P_L, exclude)
     picks = engine.kcenter_greedy(S_L[cand], _count(count, len(cand)), centers, **engine_kw)
     return [int(cand[j]) for j in picks]
@@ -146,6 +166,7 @@ def select_novel(
     novel: np.ndarray,
     count: int,
     exclude: np.ndarray | None = None,
+    hold: np.ndarray | None = None,
     **engine_kw: Any,
 ) -> list[int]:
     """The labelling default: greedy k-center among the novel candidates (`novel`: beyond P's
@@ -154,21 +175,16 @@ def select_novel(
     `count` exist, all of them are taken (in k-center order) and k-center continues over the
     other candidates, with the novel picks as centres too. In pick order."""
     S_L = np.asarray(S_L)
-    novel = np.asarray(novel, dtype=bool)
-    if novel.shape != (len(S_L),):
-        raise ValueError(f"novel has shape {novel.shape}, expected ({len(S_L)},)")
-    cand = _candidates(len(S_L), exclude)
-    count = _count(count, len(cand))
-    blocked = np.zeros(len(S_L), dtype=bool) if exclude is None else np.asarray(exclude, bool)
-    first = select_kcenter(S_L, P_L, count, exclude=blocked | ~novel, **engine_kw)
-    first = [j for j in first if novel[j]]  # with ~novel blocked, the picks are novel
+    m = len(S_L)
+    novel = _mask(m, novel, "novel")
+    exclude, hold = _mask(m, exclude, "exclude"), _mask(m, hold, "hold")
+    count = _count(count, len(candidates(m, exclude, hold)))
+    first = select_kcenter(S_L, P_L, count, exclude, hold | ~novel, **engine_kw)
     if len(first) >= count:
         return first
-    taken = blocked.copy()
-    taken[first] = True
-    # the non-novel candidates, with P, the pool and the novel picks as centres
-    rest = select_kcenter(S_L, P_L, count - len(first), exclude=taken, **engine_kw)
-    return first + rest
+    pool = exclude.copy()
+    pool[first] = True  # the novel picks are centres for the rest
+    return first + select_kcenter(S_L, P_L, count - len(first), pool, hold, **engine_kw)
 
 
 def select(
@@ -182,25 +198,47 @@ def select(
     seed: int = 0,
     novel: np.ndarray | None = None,
     exclude: np.ndarray | None = None,
+    hold: np.ndarray | None = None,
     **engine_kw: Any,
 ) -> list[int]:
     """Dispatch by strategy name: 'novel', 'band', 'farthest' or 'kcenter' (see above).
-    Returns min(count, candidates) indices into S; `novel` is required by 'novel'."""
+    `exclude`: the pool's S images (never proposed, centres); `hold`: S images held out of
+    every selection (the adaptation's held-out split; not centres). Returns
+    min(count, candidates) indices into S; `novel` is required by 'novel'."""
     if len(i_dist) != len(S_L):
         raise ValueError(f"i_dist has {len(i_dist)} entries but S_L has {len(S_L)} rows")
     if strategy == "novel":
         if novel is None:
             raise ValueError("selection.strategy 'novel' needs the per-image novel flags")
-        return select_novel(S_L, P_L, novel, count, exclude, **engine_kw)
+        return select_novel(S_L, P_L, novel, count, exclude, hold, **engine_kw)
     if strategy == "band":
-        return select_band(i_dist, count, band, seed, exclude)
+        return select_band(i_dist, count, band, seed, exclude, hold)
     if strategy == "farthest":
-        return select_farthest(i_dist, count, exclude)
+        return select_farthest(i_dist, count, exclude, hold)
     if strategy == "kcenter":
-        return select_kcenter(S_L, P_L, count, exclude, **engine_kw)
+        return select_kcenter(S_L, P_L, count, exclude, hold, **engine_kw)
     raise ValueError(
         f"selection.strategy: unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}"
     )
+
+
+def held_out_split(i_dist: np.ndarray, fraction: float, seed: int) -> list[int]:
+    """The adaptation's held-out split (method.md §5.7), chosen before selection: S sorted by
+    I_dist (ascending, ties by index) is cut into k = round(fraction * m) equal strata
+    (numpy.array_split) and one image is drawn from each (numpy.random.default_rng([seed,
+    m])), so the split follows S's I_dist distribution and always holds one of the farthest
+    ceil(m / k) images. k is 0 for fraction 0 and at most m - 1 (something is left to select).
+    Returned ascending."""
+    i_dist = np.asarray(i_dist, dtype=np.float64)
+    m = len(i_dist)
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"adaptation.held_out: a fraction in [0, 1), got {fraction}")
+    k = min(int(round(fraction * m)), max(m - 1, 0))
+    if k == 0:
+        return []
+    order = np.lexsort((np.arange(m), i_dist))
+    rng = np.random.default_rng([int(seed), m])
+    return sorted(int(rng.choice(stratum)) for stratum in np.array_split(order, k))
 
 
 def random_subset(m: int, count: int, seed: int) -> list[int]:
@@ -250,30 +288,31 @@ def covering_radii(
     min(pool_nearest[r], min_j ||S_L[r] - S_L[subsets[b, j]]||) (Sener & Savarese; method.md
     §2.2). `pool_nearest` (m,): each S image's distance to its nearest pool image (P, earlier
     selections, labelled images; +inf for an empty pool). NaN when `rows` is empty.
-    Exact float64, in chunks of rows of about `chunk_values` values (B * k per row)."""
+    float64 from squared distances of centred rows (sqrt taken at the end), in chunks of rows
+    of about `chunk_values` values."""
     S_L = np.asarray(S_L, dtype=np.float64)
     pool_nearest = np.asarray(pool_nearest, dtype=np.float64)
     subsets = np.asarray(subsets, dtype=np.int64).reshape(len(subsets), -1)
     rows = np.arange(len(S_L)) if rows is None else np.asarray(rows, dtype=np.int64)
-    radii = np.full(len(subsets), -np.inf)
     if len(rows) == 0:
         return np.full(len(subsets), np.nan)
     used, pos = np.unique(subsets, return_inverse=True)
     pos = pos.reshape(subsets.shape)
-    centres = S_L[used]
+    centre = S_L[rows].mean(axis=0)  # centred: the expanded squares lose less to rounding
+    centres = S_L[used] - centre
     c2 = (centres**2).sum(axis=1)
-    step = max(1, chunk_values // max(1, subsets.size))
+    pool2 = pool_nearest**2
+    step = max(1, chunk_values // max(1, len(used) + len(subsets)))
+    radii2 = np.full(len(subsets), -np.inf)
     for start in range(0, len(rows), step):
         r = rows[start : start + step]
-        x = S_L[r]
-        d2 = (x**2).sum(axis=1)[:, None] + c2[None, :] - 2.0 * (x @ centres.T)
-        d = np.sqrt(np.maximum(d2, 0.0))  # (chunk, |used|)
-        nearest = (
-            d[:, pos].min(axis=2) if subsets.shape[1] else np.full((len(r), len(subsets)), np.inf)
-        )
-        nearest = np.minimum(nearest, pool_nearest[r][:, None])
-        radii = np.maximum(radii, nearest.max(axis=0))
-    return radii
+        x = S_L[r] - centre
+        d2 = np.maximum((x**2).sum(axis=1)[:, None] + c2[None, :] - 2.0 * (x @ centres.T), 0.0)
+        nearest2 = np.broadcast_to(pool2[r][:, None], (len(r), len(subsets))).copy()
+        for j in range(subsets.shape[1]):  # (chunk, B): min over each subset's j-th member
+            np.minimum(nearest2, d2[:, pos[:, j]], out=nearest2)
+        np.maximum(radii2, nearest2.max(axis=0), out=radii2)
+    return np.sqrt(radii2)
 
 
 def judge_value(
@@ -318,9 +357,10 @@ def judge(
     - novel_coverage: the same for the novel images of S only (when S has any).
 
     Returns one dict per aim: {aim, decides (an aim of `strategy`), higher_is_better, value,
-    random (B,), percentile, p_value, beats_random}. `baselines` (aim -> (B,)) caches the
-    random values across strategies sharing `subsets`. A selection of no image or of every
-    candidate (subsets of its size are all alike) is not judged (None fields)."""
+    random (the finite values of the B subsets), percentile, p_value, beats_random}.
+    `baselines` (aim -> (B,)) caches the random values across strategies sharing `subsets`.
+    A selection of no image or of every candidate (subsets of its size are all alike) is not
+    judged (None fields)."""
     novelty = np.asarray(novelty, dtype=np.float64)
     novel = np.asarray(novel, dtype=bool)
     baselines = {} if baselines is None else baselines
@@ -350,7 +390,7 @@ def judge(
                 "decides": aim in STRATEGY_AIMS[strategy],
                 "higher_is_better": higher,
                 "value": value if value is not None and np.isfinite(value) else None,
-                "random": baselines[aim],
+                "random": baselines[aim][np.isfinite(baselines[aim])],
                 **verdict,
             }
         )
@@ -430,23 +470,22 @@ class SelectionMemory:
     runs: int = 0
 
 
-def earlier_selections(reports: Iterable[Any]) -> SelectionMemory:
-    """The images any selection of `reports` (earlier runs' report.json, as dicts or Report
-    objects) chose: by content hash (images[].sha256), else by (secondary, id)."""
+def earlier_selections(reports: Iterable[Report]) -> SelectionMemory:
+    """The images any selection of `reports` (earlier runs, typed) chose: by content hash
+    (images[].sha256), else by (secondary, id)."""
     hashes: set[str] = set()
     ids: set[tuple[str, str]] = set()
     runs = 0
     for report in reports:
-        data = report if isinstance(report, dict) else report.model_dump(mode="json")
         runs += 1
-        for sec in data.get("secondaries") or []:
-            sha = {im["id"]: im.get("sha256") for im in sec.get("images") or []}
-            for sel in sec.get("selections") or []:
-                for i in sel.get("ids") or []:
+        for sec in report.secondaries:
+            sha = {im.id: im.sha256 for im in sec.images}
+            for sel in sec.selections:
+                for i in sel.ids:
                     if sha.get(i):
                         hashes.add(sha[i])
                     else:
-                        ids.add((sec["name"], i))
+                        ids.add((sec.name, i))
     return SelectionMemory(frozenset(hashes), frozenset(ids), runs)
 
 
@@ -478,7 +517,8 @@ def labelled_mask(
         e = str(e).rstrip("/")
         entries.add(e)
         if base_dir is not None and "://" not in e and not Path(e).is_absolute():
-            entries.add(str((Path(base_dir) / e).resolve()))
+            entries.add(str(Path(base_dir) / e))
+            entries.add(str((Path(base_dir) / e).resolve()))  # as listed through links
     if not entries:
         return np.zeros(len(ids), dtype=bool)
     uris = list(uris) or [None] * len(ids)

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from worker import engine
+from worker import engine, metrics
 
 NULL_MIN_SIZE = 4  # a null calibration needs at least 2 images in each half
 NULL_MAX_SAMPLES = 2000  # P rows drawn per null repeat (halves of 1000): cost O(repeats * 1e6)
@@ -93,7 +93,7 @@ def null_o_dist_means(
     for r in range(int(repeats)):
         order = rng.permutation(n)[:k]
         a, b = P[order[: k // 2]], P[order[k // 2 :]]
-        out[r] = engine.row_distance_sums(a, b, **engine_kw).mean() / len(b)
+        out[r] = metrics.o_dist_mean(engine.row_distance_sums(a, b, **engine_kw), len(b))
     return out
 
 

@@ -28,7 +28,11 @@ always names one complete run; the flat keys are a compatibility copy and may br
 runs while they are copied (read latest.json, or the run it names, for a consistent view).
 
 `output.keep: N` prunes the oldest complete runs after a successful publish, never the new run
-nor the one `latest` names. list_runs / read_run give the history feature the complete runs.
+nor the one `latest` names.
+
+Reading (the one door to earlier runs): open_store, list_runs, latest_run, load_run, each_run,
+earlier_runs, load_report, read_report; every report comes back as a typed Report, and one
+that cannot be read raises DamagedReport (readers of earlier runs skip it with a warning).
 """
 
 from __future__ import annotations
@@ -42,15 +46,21 @@ import secrets
 import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from worker.errors import JobError
+from worker.interrupt import check as check_interrupt
 from worker.sources import is_s3
+
+if TYPE_CHECKING:
+    from worker.results import Report
 
 RUNS = "runs"
 LATEST = "latest"
@@ -59,16 +69,6 @@ REPORT = "report.json"
 STANDARD_FLAT = ("figures", "report.pdf", "report.json")
 STALE_AFTER_S = 3600.0
 RUN_ID_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
-PAUSE_ENV = "WORKER_TEST_PAUSE_AT"  # test hook: pause at a named point of publishing
-PAUSE_FILE_ENV = "WORKER_TEST_PAUSE_FILE"  # written when paused (the test waits for it)
-RELEASE_FILE_ENV = "WORKER_TEST_RELEASE_FILE"  # the pause ends when this file exists
-PAUSE_POINTS = (
-    "copied",  # local: .partial folder complete, before the rename
-    "renamed",  # local: runs/<id>/ in place, before latest switches (signals held)
-    "switched",  # local: latest names the new run, before the flat links (signals held)
-    "uploaded",  # S3: runs/<id>/ complete with report.json, before latest.json
-    "pointed",  # S3: latest.json names the new run, before the flat copy (signals held)
-)
 
 
 @dataclass(frozen=True)
@@ -135,21 +135,7 @@ def _join(base: str, *parts: str) -> str:
     return str(Path(base).joinpath(*parts))
 
 
-# ------------------------------------------------------------------------------ test hook
-
-
-def _pause(point: str) -> None:
-    """When WORKER_TEST_PAUSE_AT names `point`: write WORKER_TEST_PAUSE_FILE and wait until
-    WORKER_TEST_RELEASE_FILE exists (at most 120 s). Lets tests kill a run at a known point."""
-    if os.environ.get(PAUSE_ENV) != point:
-        return
-    marker = os.environ.get(PAUSE_FILE_ENV)
-    if marker:
-        Path(marker).write_text(f"{os.getpid()} {point}\n")
-    release = os.environ.get(RELEASE_FILE_ENV)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (release and Path(release).exists()):
-        time.sleep(0.02)
+# ------------------------------------------------------------------------------ signals
 
 
 @contextmanager
@@ -166,6 +152,73 @@ def _signals_held() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+# ------------------------------------------------------------------------------ staging
+
+
+STAGING_PREFIX = "worker-out-"
+
+
+@contextmanager
+def staging_dir(store_uri: str, run_id: str) -> Iterator[Path]:
+    """Where a run writes its outputs before publish_run makes them visible.
+
+    Local store: `<store>/runs/.<run_id>.partial/` with a `.<run_id>.writer` record (host,
+    pid), so when this process dies a later run of the store removes it (clean_stale), and
+    publishing renames it into place instead of copying. S3 store: a folder
+    `worker-out-<run_id>.<pid>` under $TMPDIR; such folders of dead processes are removed
+    at the start of every run. Left by an exception or a stop, the folder is removed, and
+    the store folders this call created are removed again (nothing visible changes)."""
+    if is_s3(store_uri):
+        root = Path(tempfile.gettempdir())
+        _clean_stale_tmp(root)
+        path = root / f"{STAGING_PREFIX}{run_id}.{os.getpid()}"
+        path.mkdir(mode=0o700)
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+        return
+    store = Path(store_uri)
+    runs = store / RUNS
+    made = [p for p in (store, runs) if not p.exists()]
+    path = runs / f".{run_id}.partial"
+    writer = _writer_file(runs, run_id)
+    try:
+        try:
+            runs.mkdir(parents=True, exist_ok=True)
+            clean_stale(str(store))
+            writer.write_text(f"{socket.gethostname()} {os.getpid()}\n")
+            path.mkdir()
+        except OSError as err:
+            raise _store_error(store, err) from None
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)  # gone already when it was published
+        try:
+            writer.unlink(missing_ok=True)
+        except OSError:
+            pass
+        for folder in reversed(made):
+            try:
+                folder.rmdir()  # only if still empty: never another run's files
+            except OSError:
+                pass
+
+
+def _clean_stale_tmp(root: Path) -> None:
+    """Remove $TMPDIR/worker-out-<run_id>.<pid> folders whose process is gone."""
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(STAGING_PREFIX):
+            continue
+        pid = name.rpartition(".")[2]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(root / name, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------ publishing
@@ -261,6 +314,36 @@ def _copy_tree(src: Path, dst: Path) -> None:
             _copy_file(Path(dirpath) / name, dst / rel / name)
     for folder in reversed(folders):
         _fsync_dir(folder)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file of a folder written in place, then every folder, deepest first."""
+    folders = []
+    for dirpath, _dirnames, filenames in os.walk(root):
+        folders.append(Path(dirpath))
+        for name in filenames:
+            with open(Path(dirpath) / name, "rb") as f:
+                os.fsync(f.fileno())
+    for folder in reversed(folders):
+        _fsync_dir(folder)
+
+
+LOCK = ".lock"
+
+
+@contextmanager
+def _store_lock(runs: Path) -> Iterator[None]:
+    """An exclusive lock on the store (flock on runs/.lock): held while a run is renamed into
+    place and `latest` switched to it, and while old runs are pruned, so a concurrent run's
+    pruning can never remove the run `latest` is about to name."""
+    import fcntl
+
+    fd = os.open(runs / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _writer_file(runs: Path, run_id: str) -> Path:
@@ -394,6 +477,42 @@ def _flat_names(run_dir: Path) -> list[str]:
     return sorted(names, key=lambda n: (n == REPORT, n))
 
 
+def check_latest(store: Path) -> None:
+    """Refuse a store whose `latest` is not the link the store keeps (a user's plain file or
+    folder there is never replaced)."""
+    latest = store / LATEST
+    if latest.exists() and not latest.is_symlink():
+        what = "folder" if latest.is_dir() else "file"
+        raise JobError(
+            f"output.dir: {latest} is a plain {what}, not the link to the newest run that the "
+            "store keeps there; move it away (nothing was changed) or choose another folder"
+        )
+
+
+def _keep_flat_layout(store: Path, flat: list[str]) -> None:
+    """An older one-folder layout (report.json, report.pdf, figures/ ... as plain files at the
+    top of the store, no runs yet) becomes a run of its own, runs/<id>/ with the id taken
+    from its report.json's time, instead of being replaced by the links."""
+    report = store / REPORT
+    if not report.is_file() or report.is_symlink():
+        return
+    legacy = new_run_id(report.stat().st_mtime)
+    partial = store / RUNS / f".{legacy}.partial"
+    partial.mkdir()
+    names = [n for n in flat if (store / n).exists() and not (store / n).is_symlink()]
+    for name in sorted(names, key=lambda n: n == REPORT):  # report.json last: then complete
+        os.rename(store / name, partial / name)
+    os.rename(partial, store / RUNS / legacy)
+    from worker.logs import LOGGER
+
+    LOGGER.warning(
+        "output.dir: the one-folder layout's %s in %s kept as run %s",
+        ", ".join(names),
+        store,
+        legacy,
+    )
+
+
 def _link_flat(store: Path, run_dir: Path) -> None:
     """<store>/<name> -> latest/<name> for each flat name: made once, kept afterwards; an
     older plain file or folder there is replaced (report.json last)."""
@@ -419,24 +538,22 @@ def _publish_local(staging: Path, store: Path, run_id: str) -> Published:
     try:
         try:
             runs.mkdir(parents=True, exist_ok=True)
-            latest = store / LATEST
-            if latest.is_dir() and not latest.is_symlink():
-                raise IsADirectoryError(
-                    errno.EISDIR, "a plain folder sits where the latest link goes", str(latest)
-                )
-            clean_stale(str(store))
-            writer.write_text(f"{socket.gethostname()} {os.getpid()}\n")
-            _copy_tree(staging, partial)
-            _pause("copied")
-            with _signals_held():
+            check_latest(store)
+            if staging.resolve() == partial.resolve():  # staged in place (staging_dir)
+                _fsync_tree(partial)
+            else:
+                clean_stale(str(store))
+                writer.write_text(f"{socket.gethostname()} {os.getpid()}\n")
+                _copy_tree(staging, partial)
+            check_interrupt()  # the last safe point: a stop asked for now publishes nothing
+            with _signals_held(), _store_lock(runs):
+                _keep_flat_layout(store, _flat_names(partial))
                 previous = _latest_target(store)
                 os.rename(partial, final)
                 _fsync_dir(runs)
                 writer.unlink(missing_ok=True)
-                _pause("renamed")
                 try:
                     _switch_latest(store, run_id)
-                    _pause("switched")
                     try:
                         _link_flat(store, final)
                     except OSError:
@@ -458,6 +575,8 @@ def _publish_local(staging: Path, store: Path, run_id: str) -> Published:
             shutil.rmtree(partial, ignore_errors=True)
             try:
                 writer.unlink(missing_ok=True)
+                if runs in made:  # this call made the store: its lock file goes with it
+                    (runs / LOCK).unlink(missing_ok=True)
             except OSError:
                 pass
             for folder in reversed(made):
@@ -513,7 +632,7 @@ def _publish_s3(staging: Path, store_uri: str, storage, run_id: str) -> Publishe
             clean_stale(store_uri, storage)
             uploaded = True
             publish_outputs(staging, run_uri, storage)  # report.json last: then it is complete
-            _pause("uploaded")
+            check_interrupt()  # the last safe point: a stop asked for now publishes nothing
             with _signals_held():
                 finished = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
                 pointer = {"run_id": run_id, "report": _join(run_uri, REPORT), "finished": finished}
@@ -521,7 +640,6 @@ def _publish_s3(staging: Path, store_uri: str, storage, run_id: str) -> Publishe
                 pub = Published(run_id, store_uri, run_uri)
                 _record(pub)
                 committed = True
-                _pause("pointed")
                 # The flat keys consumers read today, report.json last; stale figures go.
                 publish_outputs(staging, store_uri, storage)
                 fresh = {p.relative_to(staging).as_posix() for p in staging.rglob("*")}
@@ -549,64 +667,277 @@ def _publish_s3(staging: Path, store_uri: str, storage, run_id: str) -> Publishe
 
 
 # ------------------------------------------------------------------------------ reading
+#
+# The one door to earlier runs: a store (local folder or s3:// prefix) behind one small
+# interface (run ids, latest, the bytes of a run's report.json), and one parser that turns
+# those bytes into a typed Report or says exactly why it cannot (DamagedReport).
+
+
+class DamagedReport(JobError):
+    """A report.json that cannot be read as a Report: empty, truncated, not JSON, or a field
+    of the wrong type. Readers of earlier runs skip it with this message as the warning."""
+
+
+class _LocalStore:
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.root = Path(uri)
+
+    def check(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise JobError(
+                f"{self.uri} is a file, not a run store; give the folder that holds runs/ "
+                "(output.dir of the job)"
+            )
+
+    def run_ids(self) -> list[str]:
+        runs_dir = self.root / RUNS
+        try:
+            names = os.listdir(runs_dir)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(n for n in names if is_run_id(n) and (runs_dir / n / REPORT).is_file())
+
+    def latest(self) -> str | None:
+        return _latest_target(self.root)
+
+    def read(self, run_id: str) -> bytes:
+        return _read_limited(self.root / RUNS / run_id / REPORT)
+
+
+class _S3Store:
+    def __init__(self, uri: str, storage) -> None:
+        self.uri = uri
+        self.storage = storage
+
+    def check(self) -> None:
+        pass
+
+    def run_ids(self) -> list[str]:
+        runs = _s3_run_keys(self.uri, self.storage)
+        return sorted(r for r, keys in runs.items() if REPORT in keys)
+
+    def latest(self) -> str | None:
+        pointer = _s3_pointer(self.uri, self.storage)
+        return None if pointer is None else str(pointer["run_id"])
+
+    def read(self, run_id: str) -> bytes:
+        from worker.sources import s3
+
+        return s3.read_bytes(_join(self.uri, RUNS, run_id, REPORT), self.storage)
+
+
+def open_store(store_uri: str, storage=None) -> _LocalStore | _S3Store:
+    """The run store at `store_uri` (a folder or an s3:// prefix), for reading."""
+    return _S3Store(store_uri, storage) if is_s3(store_uri) else _LocalStore(store_uri)
+
+
+MAX_REPORT_BYTES = 1 << 30  # a report.json larger than this is not one the worker wrote
+
+
+def _read_limited(path: Path) -> bytes:
+    """A regular file's bytes (FileNotFoundError / OSError as raised; a device, FIFO or
+    folder is refused, so a link to /dev/zero cannot eat memory)."""
+    import stat
+
+    with open(path, "rb", buffering=0) as f:
+        mode = os.fstat(f.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        data = f.read(MAX_REPORT_BYTES + 1)
+    if len(data) > MAX_REPORT_BYTES:
+        raise OSError(errno.EFBIG, "larger than 1 GiB, not a worker report.json", str(path))
+    return data
 
 
 def list_runs(store_uri: str, storage=None) -> list[str]:
     """Ids of the complete runs in the store (runs/<id>/report.json exists), oldest first.
     An empty or missing store gives []."""
-    if is_s3(store_uri):
-        runs = _s3_run_keys(store_uri, storage)
-        return sorted(r for r, keys in runs.items() if REPORT in keys)
-    runs_dir = Path(store_uri) / RUNS
-    try:
-        names = os.listdir(runs_dir)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    return sorted(n for n in names if is_run_id(n) and (runs_dir / n / REPORT).is_file())
+    return open_store(store_uri, storage).run_ids()
 
 
 def latest_run(store_uri: str, storage=None) -> str | None:
     """The run id that `latest` (local link) or latest.json (S3) names, or None."""
-    if is_s3(store_uri):
-        pointer = _s3_pointer(store_uri, storage)
-        return None if pointer is None else str(pointer["run_id"])
-    return _latest_target(Path(store_uri))
+    return open_store(store_uri, storage).latest()
 
 
-def read_run(store_uri: str, run_id_or_latest: str = "latest", storage=None) -> dict:
-    """The report.json of one run of the store: a run id, or "latest". JobError (naming the
-    store and the run) when there is no such complete run."""
+def _loc_text(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "the top level"
+
+
+def parse_report(data: bytes, source: str, run_id: str | None = None) -> Report:
+    """report.json bytes as a typed Report; DamagedReport naming `source` and the first bad
+    field when they are not one. `run_id` (the run folder's name) fills run.run_id when the
+    report lacks it."""
+    from pydantic import ValidationError
+
+    from worker.results import Report
+
+    if not data.strip():
+        raise DamagedReport(f"{source}: empty file, not a report.json")
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise DamagedReport(f"{source}: not UTF-8 text, not a report.json") from None
+    except RecursionError:
+        raise DamagedReport(f"{source}: nested too deeply, not a report.json") from None
+    except json.JSONDecodeError as err:
+        raise DamagedReport(
+            f"{source}: not valid JSON at line {err.lineno} column {err.colno} ({err.msg}; "
+            "truncated?)"
+        ) from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("secondaries"), list):
+        raise DamagedReport(
+            f"{source}: not a report.json (no 'secondaries' list); give a report.json "
+            "written by `python -m worker run`"
+        )
+    if run_id is not None and isinstance(raw.get("run"), dict):
+        raw["run"].setdefault("run_id", run_id)
+    try:
+        return Report.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+        raise DamagedReport(
+            f"{source}: {_loc_text(first['loc'])}: {first['msg']}{more}; not a report.json "
+            f"this worker (schema {raw.get('schema_version', '?')}) can read"
+        ) from None
+    except RecursionError:
+        raise DamagedReport(f"{source}: nested too deeply, not a report.json") from None
+
+
+def load_run(store_uri: str, run_id_or_latest: str = "latest", storage=None) -> Report:
+    """One run of the store as a Report: a run id, "latest" (the run `latest` names) or
+    "previous" (the complete run before it). JobError naming the store and the run when there
+    is no such complete run; DamagedReport when its report.json cannot be read."""
+    st = open_store(store_uri, storage)
+    st.check()
     run_id = run_id_or_latest
-    if run_id == "latest":
-        run_id = latest_run(store_uri, storage)
-        if run_id is None:
+    if run_id in ("latest", "previous"):
+        latest = st.latest()
+        if latest is None:
             raise JobError(
                 f"{store_uri}: no published run (no {LATEST}); run a job with this output.dir"
             )
+        if run_id == "previous":
+            older = [r for r in st.run_ids() if r < latest]
+            if not older:
+                raise JobError(
+                    f"{store_uri}: no complete run before the latest ({latest}); 'previous' "
+                    "needs two runs"
+                )
+            latest = older[-1]
+        run_id = latest
     elif not is_run_id(run_id):
         raise JobError(
-            f"{run_id!r}: not a run id (YYYYMMDDTHHMMSSZ-xxxxxx) nor 'latest'; "
+            f"{run_id!r}: not a run id (YYYYMMDDTHHMMSSZ-xxxxxx) nor 'latest'/'previous'; "
             f"see the folders under {_join(store_uri, RUNS)}"
         )
     uri = _join(store_uri, RUNS, run_id, REPORT)
-    missing = f"{uri}: no such complete run in the store; list_runs gives the complete runs"
     try:
-        if is_s3(store_uri):
-            from worker.sources import s3
-
-            data = s3.read_bytes(uri, storage)
-        else:
-            data = Path(uri).read_bytes()
-    except FileNotFoundError:  # also S3NotFoundError
-        raise JobError(missing) from None
-    except NotADirectoryError:
-        raise JobError(missing) from None
+        data = st.read(run_id)
+    except (FileNotFoundError, NotADirectoryError):  # also S3NotFoundError
+        raise JobError(
+            f"{uri}: no such complete run in the store; list the runs under "
+            f"{_join(store_uri, RUNS)}"
+        ) from None
     except OSError as err:
-        raise JobError(f"{uri}: cannot read the run's report ({err.strerror})") from None
+        reason = err.strerror or err
+        raise DamagedReport(f"{uri}: cannot read the run's report ({reason})") from None
+    return parse_report(data, f"run {run_id} ({uri})", run_id)
+
+
+def read_report(location: str, storage=None, source: str | None = None) -> Report:
+    """A report.json outside a store: a local file, a folder holding report.json, or an
+    s3:// object or prefix. A report in a run folder gets run.run_id from the folder name."""
+    source = source or location
+    if is_s3(location):
+        from worker.sources import s3
+
+        uri = location if location.endswith(".json") else s3.join_uri(location, REPORT)
+        folder = uri.split("/")[-2] if uri.count("/") > 3 else ""
+        data = s3.read_bytes(uri, storage)
+        return parse_report(data, source, folder if is_run_id(folder) else None)
+    path = Path(location)
+    if path.is_dir():
+        path = path / REPORT
     try:
-        return json.loads(data)
-    except ValueError as err:
-        raise JobError(f"{uri}: not valid JSON ({err})") from None
+        data = _read_limited(path)
+    except FileNotFoundError:
+        raise JobError(f"{source}: {path} not found; give a report.json path") from None
+    except IsADirectoryError:
+        raise JobError(f"{source}: {path} is a folder without report.json") from None
+    except OSError as err:
+        raise JobError(f"{source}: cannot read {path} ({err.strerror or err})") from None
+    folder = path.resolve().parent.name
+    return parse_report(data, source, folder if is_run_id(folder) else None)
+
+
+def load_report(ref: str, *, store: str | None = None, storage=None, source: str = "") -> Report:
+    """A report from a reference: a report.json path or folder, an s3:// URI, or a run id
+    (or 'latest' / 'previous') in `store`. JobError naming `source` when it cannot be read."""
+    label = f"{source} ({ref})" if source else ref
+    if not is_s3(ref) and (is_run_id(ref) or ref in ("latest", "previous")):
+        if store is None:
+            if Path(ref).exists():
+                return read_report(ref, storage, source=label)
+            raise JobError(f"{label}: a run id needs the store; give --store DIR or s3://PREFIX")
+        try:
+            return load_run(store, ref, storage)
+        except JobError as err:
+            raise type(err)(f"{label}: {err}") from None
+    return read_report(ref, storage, source=label)
+
+
+def _without_images(report: Report) -> Report:
+    return report.model_copy(
+        update={"secondaries": [s.model_copy(update={"images": []}) for s in report.secondaries]}
+    )
+
+
+def each_run(
+    store_uri: str, *, before: str | None = None, storage=None, skipped: list[str]
+) -> Iterator[Report]:
+    """Every complete run of the store older than run `before` (all when None), oldest first,
+    one typed Report at a time; a run whose report.json cannot be read is skipped, its
+    reason appended to `skipped`."""
+    for run_id in open_store(store_uri, storage).run_ids():
+        if before is not None and run_id >= before:
+            continue
+        try:
+            yield load_run(store_uri, run_id, storage)
+        except JobError as err:
+            skipped.append(f"earlier run {run_id} skipped: {err}")
+
+
+def earlier_runs(
+    store_uri: str, *, before: str | None, max_runs: int, storage=None
+) -> tuple[list[Report], list[str]]:
+    """Up to `max_runs` complete runs of the store older than run `before` (all when None),
+    oldest first, as Reports; only the newest keeps its per-image lists (what new-image
+    detection needs), so a long history holds one full report at a time. A run whose
+    report.json cannot be read is skipped: its reason is in the returned warnings (the
+    caller puts them in report.warnings, on stderr and in any gate reason they change)."""
+    if max_runs <= 0:
+        return [], []
+    st = open_store(store_uri, storage)
+    ids = [r for r in st.run_ids() if before is None or r < before]
+    reports: list[Report] = []
+    skipped: list[str] = []
+    for run_id in reversed(ids):  # newest first: read until max_runs readable runs
+        if len(reports) >= max_runs:
+            break
+        try:
+            reports.append(load_run(store_uri, run_id, storage))
+        except JobError as err:
+            skipped.append(f"earlier run {run_id} skipped: {err}")
+            continue
+        if len(reports) > 1:
+            reports[-1] = _without_images(reports[-1])
+    return list(reversed(reports)), list(reversed(skipped))
 
 
 # ------------------------------------------------------------------------------ retention
@@ -619,6 +950,13 @@ def prune_runs(
     and the one `latest` names, which are never removed). Returns the ids removed."""
     if keep < 1:
         raise JobError(f"output.keep: {keep} must be at least 1")
+    if not is_s3(store_uri):
+        with _store_lock(Path(store_uri) / RUNS):
+            return _prune(store_uri, keep, storage, protect)
+    return _prune(store_uri, keep, storage, protect)
+
+
+def _prune(store_uri: str, keep: int, storage, protect: tuple[str, ...]) -> list[str]:
     runs = list_runs(store_uri, storage)
     candidates = runs[: max(0, len(runs) - keep)]
     removed = []

@@ -15,15 +15,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from worker.base import Model
 
 TENDENCY_TOL = 0.05  # precision - recall beyond which a model leans one way
 
 
-class AdaptBlock(BaseModel):
+class AdaptBlock(Model):
     """Base of the adaptation block's models: unknown keys and NaN/infinity refused."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class PerImageF(AdaptBlock):
@@ -123,6 +123,74 @@ class DatasetRole(AdaptBlock):
     )
 
 
+class SeedScore(AdaptBlock):
+    """One model of one architecture and seed scored on one secondary (the numbers of
+    AdaptationScore without the per-image lists)."""
+
+    seed: int = Field(description="training seed of this run")
+    model: str = Field(description="M, M{q} or M_B{q}")
+    dataset: str = Field(description="secondary dataset name")
+    ods_f: float | None = Field(description="ODS F-score, 0..1; null when no positive pixel")
+    ois_f: float | None = Field(description="OIS F-score, 0..1; null when no positive pixel")
+    precision: float | None = Field(description="pixel precision at the ODS threshold, 0..1")
+    recall: float | None = Field(description="pixel recall at the ODS threshold, 0..1")
+    f_slope: float | None = Field(
+        description="least-squares slope of per-image F against min-max scaled I_dist, -1..1"
+    )
+    gain_over_baseline: float | None = Field(
+        description="ods_f minus the same seed's M ods_f, -1..1 (null for M)"
+    )
+    fp_rate: float | None = Field(
+        description="false-positive pixel rate at fp_threshold, 0..1 (sets without positives)"
+    )
+    training_seconds: float = Field(description="wall time to train this model, seconds")
+
+
+class MeanStd(AdaptBlock):
+    mean: float | None = Field(description="mean over seeds; null when a seed has no value")
+    std: float | None = Field(
+        description="sample standard deviation over seeds (ddof = 1); null with one seed"
+    )
+
+
+class SeedSpread(AdaptBlock):
+    """Mean and standard deviation over the seeds of one model on one secondary."""
+
+    model: str = Field(description="M, M{q} or M_B{q}")
+    dataset: str = Field(description="secondary dataset name")
+    seeds: int = Field(description="number of seeds, >= 1")
+    ods_f: MeanStd = Field(description="ODS F-score over seeds, 0..1")
+    ois_f: MeanStd = Field(description="OIS F-score over seeds, 0..1")
+    precision: MeanStd = Field(description="precision at ODS over seeds, 0..1")
+    recall: MeanStd = Field(description="recall at ODS over seeds, 0..1")
+    f_slope: MeanStd = Field(description="slope of per-image F against scaled I_dist, -1..1")
+    gain_over_baseline: MeanStd = Field(description="ods_f minus M's ods_f (paired by seed)")
+    fp_rate: MeanStd = Field(description="false-positive pixel rate (sets without positives)")
+    training_seconds: MeanStd = Field(description="training wall time, seconds")
+
+
+class TrivialBaseline(AdaptBlock):
+    """What a map that marks every pixel, or none, scores on one evaluated set (ODS
+    conventions, method.md §5.8): the floor a model must clear to be learning anything."""
+
+    dataset: str = Field(description="secondary dataset name")
+    count: int = Field(description="images evaluated (the images every model is scored on)")
+    pixels: int = Field(description="pixels of their masks, count")
+    positive_pixels: int = Field(description="positive mask pixels, count")
+    prevalence: float | None = Field(description="positive_pixels / pixels, 0..1")
+    f_all_positive: float | None = Field(
+        description="F of the all-positive map: 2 prevalence / (1 + prevalence), 0..1; null "
+        "without positive pixels"
+    )
+    f_all_negative: float | None = Field(
+        description="F of the all-negative map (R = 0, so 0 with positive pixels), 0..1; null "
+        "without positive pixels"
+    )
+    f_trivial: float | None = Field(
+        description="the larger of f_all_positive and f_all_negative, 0..1"
+    )
+
+
 class ArchitectureBlock(AdaptBlock):
     """Everything one architecture produced: its trained models and their scores."""
 
@@ -137,6 +205,43 @@ class ArchitectureBlock(AdaptBlock):
     results: list[AdaptationScore] = Field(description="every model on every scored secondary")
     splits: dict[str, dict[str, FSplitTable]] = Field(
         description="dataset -> model -> F by I_dist halves and thirds (sets with positives)"
+    )
+    per_seed: list[SeedScore] = Field(
+        default_factory=list,
+        description="every model on every scored secondary for every seed (results[] and "
+        "splits hold the first seed, adaptation.seeds[0], with the per-image scores)",
+    )
+    over_seeds: list[SeedSpread] = Field(
+        default_factory=list, description="mean and standard deviation over seeds of per_seed"
+    )
+    held_out_results: list[AdaptationScore] = Field(
+        default_factory=list,
+        description="every model on the held-out split of every scored secondary that has one",
+    )
+
+
+class HeldOutSplit(AdaptBlock):
+    """One secondary's held-out split: chosen by I_dist strata before selection, never
+    selected nor trained on, scored by every model (method.md §5.7)."""
+
+    dataset: str = Field(description="secondary name")
+    ids: list[str] = Field(description="the held-out image ids scored, ascending I_dist")
+    far_count: int = Field(
+        description="held-out images whose scaled I_dist lies in selection.band (far images)"
+    )
+    i_dist_scaled_max: float | None = Field(
+        description="largest scaled I_dist in the split, 0..1 (1: the farthest image of S)"
+    )
+
+
+class HeldOut(AdaptBlock):
+    """The fixed held-out evaluation (adaptation.held_out): the same images for M, M{q},
+    M_B{q}, so the farthest images are scored even when the selections take far ones."""
+
+    fraction: float = Field(description="adaptation.held_out: share of each selectable set")
+    splits: list[HeldOutSplit] = Field(description="one per scored secondary with a split")
+    results: list[AdaptationScore] = Field(
+        description="the baseline architecture's models on each split (as `results`)"
     )
 
 
@@ -162,8 +267,98 @@ class ArchitectureSummary(AdaptBlock):
     noise_fp_rate_adapted: float | None = Field(
         description="the same for the last trained model (largest M_B{q}, else adapted_model)"
     )
-    training_seconds: float = Field(description="wall time to train all its models, seconds")
+    training_seconds: float = Field(
+        description="wall time to train all its models, seconds (mean over seeds)"
+    )
     parameters: int = Field(description="parameters of one model, count")
+    baseline_ods_unseen_std: float | None = Field(
+        default=None, description="std over seeds of baseline_ods_unseen (ddof = 1)"
+    )
+    trivial_f_unseen: float | None = Field(
+        default=None,
+        description="mean over the same sets of the trivial baselines' F (f_trivial), 0..1",
+    )
+    not_learning: bool = Field(
+        default=False,
+        description="baseline_ods_unseen does not exceed trivial_f_unseen by more than the "
+        "margin in summary.rule: the architecture is flagged 'not learning'",
+    )
+    gain_std: float | None = Field(default=None, description="std over seeds of gain")
+    labelled_images: int | None = Field(
+        default=None, description="images adapted_model trained on beyond M's, count"
+    )
+    gain_per_image: float | None = Field(
+        default=None, description="gain / labelled_images, ODS F points per labelled image"
+    )
+    instability: float | None = Field(
+        default=None,
+        description="stability criterion: mean |f_slope| of M over the sets with positive "
+        "pixels and the seeds, F points from the nearest to the farthest image, 0..1; "
+        "smaller is flatter",
+    )
+    instability_std: float | None = Field(default=None, description="std over seeds of instability")
+    flat: bool | None = Field(
+        default=None, description="instability below the flat threshold of summary.rule"
+    )
+    training_seconds_std: float | None = Field(
+        default=None, description="std over seeds of training_seconds"
+    )
+
+
+class Comparison(AdaptBlock):
+    """One criterion, two architectures: is the difference beyond the noise?"""
+
+    criterion: Literal["ods_unseen", "gain", "stability", "cost"] = Field(
+        description="ods_unseen, gain, stability (instability) or cost (training_seconds)"
+    )
+    a: str = Field(description="architecture label")
+    b: str = Field(description="architecture label")
+    difference: float | None = Field(
+        description="a's value minus b's (for stability: instability; cost: seconds)"
+    )
+    low: float | None = Field(
+        description="2.5% quantile of the paired bootstrap difference (null for cost)"
+    )
+    high: float | None = Field(
+        description="97.5% quantile of the paired bootstrap difference (null for cost)"
+    )
+    distinguishable: bool = Field(
+        description="the interval excludes 0 (cost: the slower takes more than 1 + the cost "
+        "tolerance times the faster's seconds)"
+    )
+
+
+class Reason(AdaptBlock):
+    """One criterion behind the recommendation, in numbers."""
+
+    criterion: Literal["ods_unseen", "gain", "gain_per_image", "stability", "cost"] = Field(
+        description="the quantity compared"
+    )
+    value: float | None = Field(description="the recommended architecture's value")
+    runner_up_value: float | None = Field(description="the runner-up's value")
+    distinguishable: bool | None = Field(
+        description="whether the two differ beyond the noise (null: not tested)"
+    )
+
+
+class Recommendation(AdaptBlock):
+    """The one architecture to use, or why none is named."""
+
+    architecture: str | None = Field(
+        description="the recommended architecture's label; null when no architecture is "
+        "distinguishable from another or none beats the trivial baselines"
+    )
+    decided_by: str | None = Field(
+        description="the criterion of adaptation.choose_by that separated it (or "
+        "'only architecture', 'only learning architecture')"
+    )
+    runner_up: str | None = Field(description="the next best architecture, if any")
+    reason: str = Field(description="one plain-words sentence with the numbers it rests on")
+    reasons: list[Reason] = Field(description="every criterion: recommended vs runner-up")
+    trade_off: str | None = Field(
+        description="what the runner-up does better beyond the noise, in words; null without "
+        "a runner-up"
+    )
 
 
 class Statement(AdaptBlock):
@@ -177,6 +372,16 @@ class SelectionSummary(AdaptBlock):
     architectures: list[ArchitectureSummary] = Field(description="one row per architecture")
     statements: list[Statement] = Field(description="one statement per criterion")
     rule: str = Field(description="how each criterion is decided")
+    choose_by: list[str] = Field(
+        default_factory=list, description="criteria in priority order (adaptation.choose_by)"
+    )
+    comparisons: list[Comparison] = Field(
+        default_factory=list,
+        description="every pair of architectures on every criterion, with the noise",
+    )
+    recommended: Recommendation | None = Field(
+        default=None, description="the one architecture recommended, with its reasons"
+    )
 
 
 class Adaptation(AdaptBlock):
@@ -195,6 +400,18 @@ class Adaptation(AdaptBlock):
     splits: dict[str, dict[str, FSplitTable]] = Field(description="the baseline's splits")
     architectures: list[ArchitectureBlock] = Field(description="every architecture, baseline 1st")
     summary: SelectionSummary = Field(description="model-selection summary across architectures")
+    seeds: list[int] = Field(
+        default_factory=list,
+        description="training seeds of every architecture and model (adaptation.seeds)",
+    )
+    baselines: list[TrivialBaseline] = Field(
+        default_factory=list, description="trivial baselines of every scored secondary"
+    )
+    held_out: HeldOut | None = Field(
+        default=None,
+        description="every model scored on a fixed held-out split of each selectable set "
+        "(adaptation.held_out > 0); `results` score the images left after selection",
+    )
 
 
 def adaptation_metric(

@@ -5,7 +5,9 @@ first is the baseline) trains the same models (`worker.adapt.plan`: M, M{q}, M_B
 same images with the same settings, once per seed of adaptation.seeds (job.seed,
 job.seed + 1, ...), and every model of every architecture and seed is scored on the same
 images (`worker.adapt.score`). Images selected for training by any q are excluded from a
-secondary's evaluation, and so are images without an I_dist (skipped by the distance stage).
+secondary's evaluation, and so are images without an I_dist (skipped by the distance stage);
+every model is also scored on the held-out split alone (`held_out`: chosen before selection,
+never selected; method.md §5.7).
 Every secondary with masks is scored (`select: false` sets included: the paper's blind sets).
 
 The block is returned as `worker.adapt.block.Adaptation`, with `summary` from
@@ -27,10 +29,13 @@ from worker.adapt.block import (
     Adaptation,
     ArchitectureBlock,
     DatasetRole,
+    HeldOut,
+    HeldOutSplit,
     SelectionIds,
     TrainedModel,
 )
 from worker.adapt.masks import MaskedSet, primary_masks_error
+from worker.adapt.names import BASELINE
 from worker.adapt.plan import PlannedModel, check_masks, fingerprint, plan_models, train_ids
 from worker.adapt.score import EvaluatedSet, Runs, evaluate_set, score
 from worker.adapt.segmenters import TrainedEncoderExtractor, build_segmenter, save_segmenter
@@ -163,6 +168,49 @@ def _scoring_plan(job, datasets, plan: list[PlannedModel], i_dist_scaled) -> lis
     return out
 
 
+def held_out_sets(
+    evaluated: list[EvaluatedSet], held_out: dict[str, list[str]]
+) -> list[EvaluatedSet]:
+    """Each scored secondary's held-out split (method.md §5.7), cut from its evaluation: the
+    split is never selected, so every model is scored on it already; ids sorted by I_dist."""
+    out = []
+    for es in evaluated:
+        wanted = set(held_out.get(es.ds.name, ()))
+        rows = np.array([k for k, i in enumerate(es.kept) if i in wanted], dtype=np.int64)
+        if not len(rows):
+            continue
+        if es.d is not None:
+            rows = rows[np.argsort(es.d[rows], kind="stable")]
+        out.append(
+            EvaluatedSet(
+                es.ds,
+                {key: c[rows] for key, c in es.counts.items()},
+                es.pixels[rows],
+                [es.kept[k] for k in rows],
+                None if es.x is None else es.x[rows],
+                None if es.d is None else es.d[rows],
+            )
+        )
+    return out
+
+
+def _held_out_block(job, held: list[EvaluatedSet], results) -> HeldOut:
+    lo, hi = job.selection.band
+    return HeldOut(
+        fraction=job.adaptation.held_out,
+        splits=[
+            HeldOutSplit(
+                dataset=es.ds.name,
+                ids=es.kept,
+                far_count=0 if es.x is None else int(((es.x >= lo) & (es.x <= hi)).sum()),
+                i_dist_scaled_max=None if es.x is None else float(es.x.max()),
+            )
+            for es in held
+        ],
+        results=results,
+    )
+
+
 def _roles(job, datasets, selections_by_dataset, plan: list[PlannedModel]) -> list[DatasetRole]:
     roles = []
     for ds_cfg in job.datasets.secondary:
@@ -210,6 +258,7 @@ def run_adaptation(
     i_dist: dict[str, dict[str, float]] | None = None,
     train_dir: str | Path | None = None,
     unet_width: int = UNET_WIDTH,
+    held_out: dict[str, list[str]] | None = None,
 ) -> tuple[Adaptation, dict]:
     """Train M, M{q} and M_B{q} for every architecture and seed; score them on every
     secondary with masks.
@@ -223,7 +272,9 @@ def run_adaptation(
     seeds) when output.save_checkpoints. `train_dir`: where per-epoch resume checkpoints live
     (default: <cache.dir>/adaptation for a local cache; none otherwise). `unet_width`: channels
     of the UNet's first scale (architecture 'unet' only). `progress(stage, done, total)` is
-    called per epoch and per evaluation chunk.
+    called per epoch and per evaluation chunk. `held_out[name]`: the ids of the secondary's
+    held-out split (chosen before selection, never selected): every model is also scored on it
+    alone (`held_out` block).
 
     Returns (report.json's `adaptation` block, extras for the figures: {"adaptation":
     {model_order, curves, examples, histories, seconds, architectures: {label: {model_order,
@@ -274,10 +325,17 @@ def run_adaptation(
         curves[ds.name] = {"ids": kept, "i_dist_scaled": None if x is None else x.tolist()}
         evaluated.append(EvaluatedSet(ds, counts, pixels, kept, x, d))
 
+    held = held_out_sets(evaluated, held_out or {})
     blocks = []
     for arch in archs:
+        per_seed = []
+        for seed in seeds:
+            results, splits = score(arch.label, seed, runs[(arch.label, seed)], evaluated)
+            per_seed += summ.seed_scores(seed, results)
+            if seed == seeds[0]:
+                first_results, first_splits = results, splits
         models = runs[(arch.label, seeds[0])]
-        results, splits = score(arch.label, seeds[0], models, evaluated)
+        held_results = score(arch.label, seeds[0], models, held)[0] if held else []
         blocks.append(
             ArchitectureBlock(
                 label=arch.label,
@@ -286,9 +344,28 @@ def run_adaptation(
                 encoder=arch.encoder,
                 parameters=models[0].segmenter.parameters_count,
                 models=[_trained(m) for m in models],
-                results=results,
-                splits=splits,
+                results=first_results,
+                splits=first_splits,
+                per_seed=per_seed,
+                over_seeds=summ.over_seeds(per_seed),
+                held_out_results=held_results,
             )
+        )
+    baselines = [
+        summ.trivial_baseline(es.ds.name, es.counts[(baseline, seeds[0], BASELINE)], es.pixels)
+        for es in evaluated
+    ]
+    draws = {}
+    if len(archs) > 1:
+        adapted = [m.name for m in plan if m.q > 0 and not m.negatives]
+        draws = summ.bootstrap_draws(
+            {(a, s, m, es.ds.name): c for es in evaluated for (a, s, m), c in es.counts.items()},
+            {es.ds.name: es.x for es in evaluated},
+            [a.label for a in archs],
+            seeds,
+            [b.dataset for b in baselines if b.positive_pixels > 0],
+            adapted[-1] if adapted else None,
+            seed=job.seed,
         )
 
     if job.output.save_checkpoints:
@@ -312,7 +389,10 @@ def run_adaptation(
         results=first.results,
         splits=first.splits,
         architectures=blocks,
-        summary=summ.summarise(blocks),
+        summary=summ.summarise(blocks, baselines, draws, cfg.choose_by),
+        seeds=seeds,
+        baselines=baselines,
+        held_out=_held_out_block(job, held, blocks[0].held_out_results) if held else None,
     )
     first_runs = {a.label: runs[(a.label, seeds[0])] for a in archs}
     extractor = None

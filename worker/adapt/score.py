@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from worker import metrics
 from worker.adapt import ods
 from worker.adapt.block import AdaptationScore, FSplitPart, FSplitTable, PerImageF
 from worker.adapt.masks import MaskedSet
@@ -53,25 +54,22 @@ class EvaluatedSet:
 
 
 def splits(f: np.ndarray, d: np.ndarray) -> FSplitTable:
-    """Halves and thirds of the images sorted by I_dist (ascending): F and I_dist mean / std
-    (population)."""
-    order = np.argsort(d, kind="stable")
+    """Halves and thirds of the images sorted by I_dist d (ascending): F and I_dist mean / std
+    (population), by metrics.sorted_splits (the one definition of the parts)."""
 
-    def part(idx: np.ndarray) -> FSplitPart:
-        if len(idx) == 0:
-            return FSplitPart(mean=None, std=None, i_dist_mean=None, i_dist_std=None, count=0)
-        return FSplitPart(
-            mean=float(f[idx].mean()),
-            std=float(f[idx].std()),
-            i_dist_mean=float(d[idx].mean()),
-            i_dist_std=float(d[idx].std()),
-            count=int(len(idx)),
-        )
+    def parts(k: int) -> list[FSplitPart]:
+        return [
+            FSplitPart(
+                mean=p["score_mean"],
+                std=p["score_std"],
+                i_dist_mean=p["mean"],
+                i_dist_std=p["std"],
+                count=p["count"],
+            )
+            for p in metrics.sorted_splits(d, k, scores=f)
+        ]
 
-    return FSplitTable(
-        halves=[part(i) for i in np.array_split(order, 2)],
-        thirds=[part(i) for i in np.array_split(order, 3)],
-    )
+    return FSplitTable(halves=parts(2), thirds=parts(3))
 
 
 def evaluate_set(

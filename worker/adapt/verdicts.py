@@ -7,13 +7,14 @@
     significant but small trend");
   - slope <= -SLOPE_TOL with p < ALPHA and rho < 0: "fine-tuning recommended"; without
     significance: "inconclusive";
-  - slope >= SLOPE_TOL: "no fine-tuning needed: F does not fall with distance";
+  - slope >= SLOPE_TOL: "no fine-tuning needed: F rises with distance (not flat)";
   - a set whose masks have no positive pixel: "not applicable" (NO_POSITIVES).
 - `baseline_verdict`: M answers "does M need fine-tuning": fine-tuning is recommended when some
   M{q} raised the ODS F-score by GAIN_TOL or more over M on the set, or when F falls with
   I_dist; "no fine-tuning needed" only when F is flat (or rising) AND no M{q} gained GAIN_TOL.
 - `adapted_verdict`: M{q} and M_B{q} answer "did adaptation flatten the curve": M's slope on
-  the set against theirs.
+  the set against theirs; flat means |slope| < SLOPE_TOL on either side (a rising curve,
+  slope >= SLOPE_TOL, is not flat).
 
 The slope is per unit of scaled I_dist, i.e. the change of F from the nearest to the farthest
 image of the set.
@@ -40,11 +41,12 @@ VERDICT_RULE = (
     f"Spearman correlation. Fewer than {MIN_IMAGES} images: not enough to judge. "
     f"|slope| < {SLOPE_TOL}: no fine-tuning needed. slope <= -{SLOPE_TOL} with Spearman "
     f"p < {ALPHA}: fine-tuning recommended; without significance: inconclusive. "
-    f"slope >= {SLOPE_TOL}: no fine-tuning needed (F does not fall with distance). "
+    f"slope >= {SLOPE_TOL}: no fine-tuning needed, but F rises with distance (not flat). "
     "A set whose masks have no positive pixel: not applicable (its fp_rate is the noise). "
     f"M's verdict also weighs the M{{q}}: one that raised ODS F by {GAIN_TOL} or more "
     "means fine-tuning is recommended, even on a flat curve. M{q} and M_B{q} say whether "
-    "adaptation flattened the curve (M's slope before, theirs after)."
+    "adaptation flattened the curve (M's slope before, theirs after): flat means "
+    f"|slope| < {SLOPE_TOL}, whatever the sign."
 )
 
 
@@ -85,7 +87,7 @@ def verdict(slope: float | None, rho: float | None, p: float | None, n: int) -> 
         if significant and rho is not None and rho < 0:
             return "fine-tuning recommended: F falls with distance from the training set"
         return "inconclusive: F tends to fall with distance, but the correlation is not significant"
-    return "no fine-tuning needed: F does not fall with distance"
+    return "no fine-tuning needed: F rises with distance (not flat)"
 
 
 def _fmt(x: float | None, spec: str = ".3f") -> str:
@@ -139,18 +141,34 @@ def adapted_verdict(
     ods_after: float | None,
     n: int,
 ) -> str:
-    """An adapted model's verdict: did adaptation flatten M's F-vs-I_dist curve?"""
+    """An adapted model's verdict: did adaptation flatten M's F-vs-I_dist curve? A curve is
+    flat only when |slope| < SLOPE_TOL (the stability definition of method.md §5.4), so a
+    rising curve is never called flat."""
     if n < MIN_IMAGES or slope_before is None or slope_after is None:
         return f"not enough images to judge (fewer than {MIN_IMAGES} with I_dist)"
     change = f"slope {slope_before:+.3f} -> {slope_after:+.3f}"
     if ods_before is not None and ods_after is not None:
         change += f", ODS F {ods_before:.3f} -> {ods_after:.3f}"
+    flat_after = abs(slope_after) < SLOPE_TOL
+    after = (
+        "flat"
+        if flat_after
+        else "falls with distance"
+        if slope_after < 0
+        else "rises with distance"
+    )
     if slope_before <= -SLOPE_TOL:
-        if slope_after > -SLOPE_TOL:
+        if flat_after:
             return f"adaptation flattened the curve ({change})"
         if slope_after > slope_before:
+            if slope_after >= SLOPE_TOL:
+                return f"adaptation reversed the fall: F now rises with distance ({change})"
             return f"adaptation reduced the fall but did not flatten the curve ({change})"
         return f"adaptation did not flatten the curve ({change})"
-    if slope_after <= -SLOPE_TOL:
-        return f"the curve was flat before adaptation and now falls with distance ({change})"
-    return f"the curve was already flat before adaptation ({change})"
+    if abs(slope_before) < SLOPE_TOL:
+        if flat_after:
+            return f"the curve was already flat before adaptation and stays flat ({change})"
+        return f"the curve was flat before adaptation and now {after} ({change})"
+    if flat_after:
+        return f"F rose with distance before adaptation; adaptation flattened it ({change})"
+    return f"F rose with distance before adaptation and now {after}: not flat ({change})"

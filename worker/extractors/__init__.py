@@ -26,15 +26,21 @@ class Extractor(Protocol):
 
 def get_extractor(cfg: ModelConfig) -> Extractor:
     """Build the extractor a job's `model:` names."""
+    if cfg.name == "precomputed":
+        raise ValueError("'precomputed' has no extractor: every dataset must give 'embeddings'")
     if cfg.name == "hog":
         from worker.extractors.hog import HogExtractor
 
-        return HogExtractor(image_size=cfg.image_size or 128)
-    if cfg.name == "precomputed":
-        raise ValueError("'precomputed' has no extractor: every dataset must give 'embeddings'")
-    from worker.extractors import hf
+        extractor = HogExtractor(image_size=cfg.image_size or 128)
+    else:
+        from worker.extractors import hf
 
-    return hf.build(cfg)
+        extractor = hf.build(cfg)
+    if cfg.reduce is not None:  # model.reduce: projected as embedded, cached projected
+        from worker.reduce import ReducedExtractor
+
+        extractor = ReducedExtractor(extractor, cfg.reduce.dims, cfg.reduce.seed)
+    return extractor
 
 
 class PerturbedExtractor:

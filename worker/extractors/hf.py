@@ -16,13 +16,31 @@ Families whose feature has no CLS token refuse `cls`; EfficientNet and CLIP, who
 are already one vector, accept only `flatten`. For CLIPSeg, `mean` and `cls` apply to each
 decoder hidden state and the results are concatenated.
 
-Each image is resized to `image_size` x `image_size` (bilinear, default 448 as in the paper),
-then goes through the checkpoint's own image processor, always with the PIL backend, so the
-features do not depend on whether torchvision happens to be installed.
+The model sees `image_size` (docs/method.md §9, "Model input"): each image is resized to
+`image_size` x `image_size` (PIL bilinear, default 448 as in the paper) and only the
+checkpoint processor's rescale and normalisation are applied; its own resize and crop are
+not (a DINOv2 processor would otherwise crop every image to 224). DINOv2 interpolates its
+position embeddings itself; CLIP, CLIPSeg and SwinV2 are called with
+`interpolate_pos_encoding=True`; EfficientNet and ConvNeXtV2 are convolutional. SAM's ViT has
+fixed position embeddings and no interpolation: its native handling stays (the `image_size`
+square is resized to the checkpoint's input size, 1024 for the paper's, with the
+processor's resample). `input_size` (report.json `model.input_size`) is the side of the
+square the model sees.
 
-`prepare(image)` (resize + processor, thread-safe, no model) and `embed_prepared(list)` (the
-forward pass) are separate so that worker.embeddings can run preparation in parallel threads
-while the model works; `embed(images)` does both.
+Preparation (`model.preprocess`):
+
+- `fast` (default): `prepare(image)` returns the resized uint8 (H, W, 3) pixels, and
+  `embed_prepared` stacks a batch, moves it to the device (pinned memory on CUDA) and applies
+  the processor's per-channel affine map (rescale, normalise, EfficientNet's offset and
+  `include_top`) as one tensor operation there. The affine map is read off the checkpoint's
+  processor itself (its output for constant black, white and grey images) and checked to be
+  affine; a processor that is not falls back to `exact`. Pixels equal the exact path's to
+  float32 rounding (tests/test_extractors.py measures < 1e-5).
+- `exact`: `prepare(image)` returns the checkpoint processor's float32 (3, H, W) output
+  (its resize and crop turned off as above), the reference the tests compare against.
+
+`prepare` is thread-safe and needs no model, so worker.embeddings runs it in parallel threads
+(PIL resizing releases the GIL) while the model works; `embed(images)` does both.
 
 Loading goes through `from_pretrained` only, `trust_remote_code` is never passed, and a
 Hugging Face id's revision is resolved once to a commit hash that config, processor and
@@ -52,9 +70,11 @@ from worker.job import EXTRACTOR_NAMES, ModelConfig
 LOGGER = logging.getLogger("worker")
 
 # Bump when the way a feature is computed changes: old cache entries then stop matching.
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2  # 2: the model sees image_size (the processor no longer resizes)
 DEFAULT_IMAGE_SIZE = 448  # the paper resizes every image to 448 x 448 first
 DEFAULT_PROMPT = "line structures"  # the paper's CLIPSeg prompt (crack / line segmentation)
+AUTO_CPU_BATCH = 32  # model.batch_size auto on the CPU
+AUTO_MAX_BATCH = 512  # model.batch_size auto on a GPU: at most this many images per batch
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -241,7 +261,6 @@ class HFExtractor:
             )
         self.prompt = (cfg.prompt or DEFAULT_PROMPT) if fam.name == "clipseg" else None
         self.image_size = cfg.image_size or DEFAULT_IMAGE_SIZE
-        self.batch_size = cfg.batch_size
         self.num_workers = cfg.num_workers
         self.device = resolve_device(cfg.device, "model.device")
         self.dtype = resolve_dtype(cfg.dtype, self.device)
@@ -300,6 +319,32 @@ class HFExtractor:
             raise _load_error(checkpoint, "model weights", err) from None
         self.model = model.to(self.device).eval()
 
+        # What the model sees: image_size, or SAM's native input (fixed position embeddings).
+        native = config.vision_config.image_size if fam.name == "sam" else None
+        self.input_size = int(native or self.image_size)
+        self.preprocess = cfg.preprocess
+        self._affine = None
+        if self.preprocess == "fast":
+            self._affine = processor_affine(self.image_processor)
+            if self._affine is None:
+                LOGGER.warning(
+                    "model.preprocess: the %s processor is not a per-channel affine map; "
+                    "using the exact (processor) path",
+                    fam.name,
+                )
+                self.preprocess = "exact"
+        self._scale, self._shift = (
+            (torch.from_numpy(a).to(self.device) for a in self._affine)
+            if self._affine is not None
+            else (None, None)
+        )
+        # decode JPEGs at a DCT scale that keeps image_size (worker.images.decode_image)
+        self.decode_size = self.image_size if self.preprocess == "fast" else None
+        # SAM's second resize (image_size square -> native input) uses its processor's filter
+        self._native_resample = getattr(self.image_processor, "resample", None)
+        if self._native_resample is None:
+            self._native_resample = Image.Resampling.BILINEAR
+
         self._cond = None
         if fam.name == "clipseg":
             # The prompt is the same for every image: embed it once, reuse it per batch.
@@ -319,6 +364,8 @@ class HFExtractor:
                 model_id,
                 f"pool={self.pooling}",
                 f"size={self.image_size}",
+                f"input={self.input_size}",
+                f"prep={self.preprocess}",
                 f"prompt={self.prompt}" if self.prompt is not None else "prompt=",
                 f"dtype={str(self.dtype).removeprefix('torch.')}",
                 f"decode={DECODE_VERSION}",
@@ -331,6 +378,9 @@ class HFExtractor:
             "feature_dim": None,  # known after the first forward pass (see feature_dim)
             "pooling": self.pooling,
             "image_size": self.image_size,
+            "input_size": self.input_size,
+            "preprocess": self.preprocess,
+            "decode_size": self.decode_size,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "feature": fam.feature,
@@ -340,16 +390,51 @@ class HFExtractor:
         if model_id.startswith("local:"):
             self.info["checkpoint_sha256"] = model_id.removeprefix("local:")
         self._lock = threading.Lock()
+        self.batch_size = cfg.batch_size if cfg.batch_size != "auto" else self._auto_batch_size()
 
     # -- preparation (runs in worker threads) ------------------------------------------
 
     def prepare(self, image: Image.Image) -> np.ndarray:
-        """One RGB image -> the model's input tensor (C, H, W) float32, as numpy."""
+        """One RGB image -> the model's input: uint8 (H, W, 3) pixels on the fast path
+        (normalised per batch in embed_prepared), float32 (C, H, W) on the exact path."""
         if image.mode != "RGB":
             image = image.convert("RGB")
         resized = resize_square(image, self.image_size)
-        out = self.image_processor(images=[resized], return_tensors="np")
+        if self.preprocess == "exact":
+            return self.exact_input(resized)
+        if self.input_size != self.image_size:  # SAM: native input size
+            resized = resized.resize((self.input_size, self.input_size), self._native_resample)
+        return np.asarray(resized, dtype=np.uint8)
+
+    def exact_input(self, resized: Image.Image) -> np.ndarray:
+        """The checkpoint processor's output for an image already resized to image_size:
+        its resize and crop turned off (SAM: its native resize and padding kept)."""
+        if self.family.name == "sam":
+            out = self.image_processor(images=[resized], return_tensors="np")
+        else:
+            out = self.image_processor(
+                images=[resized],
+                do_resize=False,
+                do_center_crop=False,
+                do_pad=False,
+                return_tensors="np",
+            )
         return np.ascontiguousarray(out["pixel_values"][0], dtype=np.float32)
+
+    def _auto_batch_size(self) -> int:
+        """model.batch_size auto: 32 on the CPU; on CUDA the largest power of two whose
+        activations (measured on a probe batch of 2) fill at most half the free memory."""
+        if self.device.type != "cuda":
+            return AUTO_CPU_BATCH
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        probe = np.zeros((2, self.input_size, self.input_size, 3), dtype=np.uint8)
+        self._forward(torch.from_numpy(probe).to(self.device))
+        per_image = max((torch.cuda.max_memory_allocated(self.device) - before) / 2, 1)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        fit = int(0.5 * free / per_image)
+        return int(min(AUTO_MAX_BATCH, 2 ** max(0, fit.bit_length() - 1)))
 
     # -- forward (main thread) ----------------------------------------------------------
 
@@ -362,7 +447,10 @@ class HFExtractor:
         if fam == "clipseg":
             cond = self._cond.expand(pixel_values.shape[0], -1)
             out = model(
-                pixel_values=pixel_values, conditional_embeddings=cond, output_hidden_states=True
+                pixel_values=pixel_values,
+                conditional_embeddings=cond,
+                output_hidden_states=True,
+                interpolate_pos_encoding=True,
             )
             states = out.decoder_output.hidden_states  # each (B, 1 + tokens, reduce_dim)
             if pool == "flatten":
@@ -375,11 +463,17 @@ class HFExtractor:
         if fam == "efficientnet":
             return model(pixel_values=pixel_values).pooler_output.flatten(1)
         if fam == "clip":
-            feats = model.get_image_features(pixel_values=pixel_values)
+            feats = model.get_image_features(
+                pixel_values=pixel_values, interpolate_pos_encoding=True
+            )
             if not isinstance(feats, torch.Tensor):  # transformers 5 returns an output object
                 feats = feats.pooler_output
             return feats.flatten(1)
-        hidden = model(pixel_values=pixel_values).last_hidden_state
+        if fam == "swinv2":
+            hidden = model(pixel_values=pixel_values, interpolate_pos_encoding=True)
+        else:  # dinov2 interpolates its position embeddings itself; convnextv2 is convolutional
+            hidden = model(pixel_values=pixel_values)
+        hidden = hidden.last_hidden_state
         if pool == "flatten":
             return hidden.flatten(1)
         if fam == "dinov2":
@@ -388,19 +482,32 @@ class HFExtractor:
             return hidden.mean(dim=(2, 3))
         return hidden.mean(dim=1)  # swinv2: (B, tokens, C)
 
+    def _forward_input(self, batch: torch.Tensor) -> torch.Tensor:
+        """A stacked batch on the device -> the model's float32 (B, C, H, W) input: uint8
+        (B, H, W, 3) pixels get the processor's affine map as one tensor op; the exact
+        path's float32 input passes as it is."""
+        if batch.dtype != torch.uint8:
+            return batch
+        x = batch.to(torch.float32)  # (B, H, W, 3): the channel is the fastest axis
+        x.mul_(self._scale).add_(self._shift)  # two in-place passes, no temporaries
+        return x.permute(0, 3, 1, 2)  # NCHW view in channels-last memory (convolutions take it)
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """A stacked batch on the device -> (B, d) float32 features on the CPU."""
+        with self._lock, torch.inference_mode():
+            feats = self._features(self._forward_input(batch).to(dtype=self.dtype))
+        return feats.float().cpu()
+
     def embed_prepared(self, inputs: list[np.ndarray]) -> np.ndarray:
         """Prepared inputs (from `prepare`) -> (B, d) float32 features, in batches."""
-        if not inputs:
+        if not len(inputs):
             return np.zeros((0, self.info["feature_dim"] or 0), dtype=np.float32)
         chunks = []
         for start in range(0, len(inputs), self.batch_size):
             batch = torch.from_numpy(np.stack(inputs[start : start + self.batch_size]))
             if self.device.type == "cuda":
                 batch = batch.pin_memory().to(self.device, non_blocking=True)
-            batch = batch.to(dtype=self.dtype)
-            with self._lock, torch.inference_mode():
-                feats = self._features(batch)
-            chunks.append(feats.float().cpu().numpy())
+            chunks.append(self._forward(batch).numpy())
         out = np.concatenate(chunks, axis=0)
         self.info["feature_dim"] = int(out.shape[1])
         return out
@@ -415,6 +522,30 @@ class HFExtractor:
         if self.info["feature_dim"] is None:
             self.embed([Image.new("RGB", (self.image_size, self.image_size))])
         return int(self.info["feature_dim"])
+
+
+def processor_affine(processor) -> tuple[np.ndarray, np.ndarray] | None:
+    """(scale, shift), float32 (3,) each, with processor(x) == scale * x + shift per channel
+    for uint8 pixels x (rescale, normalise, offsets), read off the processor's own output for
+    black, white and grey images with its resize, crop and padding off; None when the
+    processor is not such a map (the grey image does not fit within 1e-5)."""
+    probes = [Image.new("RGB", (4, 4), (v, v, v)) for v in (0, 255, 97)]
+    try:
+        out = processor(
+            images=probes, do_resize=False, do_center_crop=False, do_pad=False, return_tensors="np"
+        )["pixel_values"]
+    except Exception:  # noqa: BLE001 - a processor that refuses these options
+        return None
+    out = np.asarray(out, dtype=np.float64)
+    if out.shape != (3, 3, 4, 4) or not np.isfinite(out).all():
+        return None
+    black, white, grey = out[:, :, 0, 0]
+    scale = (white - black) / 255.0
+    if not np.allclose(out, out[:, :, :1, :1], atol=1e-6):  # not per-pixel
+        return None
+    if not np.allclose(black + 97.0 * scale, grey, atol=1e-5):
+        return None
+    return scale.astype(np.float32), black.astype(np.float32)
 
 
 def build(cfg: ModelConfig) -> HFExtractor:

@@ -11,6 +11,9 @@ BrokenProcessPool.
 import) and `finish(x)` once `result(x)` hands it x (the figures): the two overlap with
 whatever this process does in between (drawing the figures).
 
+Every child dies with this process (`die_with_parent`: prctl PR_SET_PDEATHSIG), so a
+parent killed with SIGKILL leaves no helper behind.
+
 Fork copies one thread only, so the children must not use what other threads of this
 process may hold (torch, CUDA, OpenMP, Ray): they use matplotlib, numpy, PIL and WeasyPrint.
 """
@@ -18,6 +21,8 @@ process may hold (torch, CUDA, OpenMP, Ray): they use matplotlib, numpy, PIL and
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -51,8 +56,23 @@ def default_processes(n_tasks: int) -> int:
     return min(n_tasks, usable_cores(), MAX_PROCESSES)
 
 
-def _adopt(tasks: Sequence[Callable[[], Any]]) -> None:
+def die_with_parent(parent: int) -> None:
+    """In a forked child: be killed (SIGKILL) when the parent process `parent` dies (Linux
+    prctl PR_SET_PDEATHSIG); exit at once if it is already gone."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def _adopt(tasks: Sequence[Callable[[], Any]], parent: int) -> None:
     global _TASKS
+    die_with_parent(parent)
     _TASKS = tasks
 
 
@@ -70,7 +90,10 @@ def run_tasks(tasks: Sequence[Callable[[], Any]], processes: int | None = None) 
     from concurrent.futures import ProcessPoolExecutor
 
     pool = ProcessPoolExecutor(
-        n, mp_context=multiprocessing.get_context("fork"), initializer=_adopt, initargs=(tasks,)
+        n,
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=_adopt,
+        initargs=(tasks, os.getpid()),
     )
     try:
         futures = [pool.submit(_run, i) for i in range(len(tasks))]
@@ -86,7 +109,10 @@ class RemoteTraceback(Exception):
         return f'\n"""\n{self.args[0]}"""'
 
 
-def _child_main(prepare, finish, inbox, outbox) -> None:
+def _child_main(prepare, finish, inbox, outbox, parent: int, parent_ends) -> None:
+    die_with_parent(parent)
+    for end in parent_ends:  # the parent's ends: holding them would hide its death (no EOF)
+        end.close()
     try:
         prepare()
         reply = (True, finish(inbox.recv()), None)
@@ -114,7 +140,9 @@ class Child:
         child_in, self._inbox = ctx.Pipe(duplex=False)
         self._outbox, child_out = ctx.Pipe(duplex=False)
         self._proc = ctx.Process(
-            target=_child_main, args=(prepare, finish, child_in, child_out), daemon=True
+            target=_child_main,
+            args=(prepare, finish, child_in, child_out, os.getpid(), (self._inbox, self._outbox)),
+            daemon=True,
         )
         self._proc.start()
         child_in.close()  # the child's ends: EOF here once it is gone

@@ -73,6 +73,12 @@ def _failure_message(gate: GateResult) -> str:
     return gate.reason or f"{gate_target(gate)} = {_number(value)} failed {gate_bound(gate)}"
 
 
+def gate_skipped(gate: GateResult) -> bool:
+    """A gate that passed without a value (a change gate with nothing to compare yet, e.g.
+    the first run of a store): JUnit lists it as skipped, with its reason."""
+    return gate.passed and gate.value is None
+
+
 def build_junit(report: Report) -> ET.Element:
     """The <testsuites> element for report.gates."""
     properties = {
@@ -92,6 +98,7 @@ def build_gate_suite(
 ) -> ET.Element:
     """<testsuites> with one <testcase> per gate result (a report's, or compare's)."""
     failures = sum(1 for g in gates if not g.passed)
+    skipped = sum(1 for g in gates if gate_skipped(g))
     root = ET.Element(
         "testsuites",
         {"name": SUITE_NAME, "tests": str(len(gates)), "failures": str(failures), "errors": "0"},
@@ -104,7 +111,7 @@ def build_gate_suite(
             "tests": str(len(gates)),
             "failures": str(failures),
             "errors": "0",
-            "skipped": "0",
+            "skipped": str(skipped),
             "time": f"{float(duration_s):.3f}",
         },
     )
@@ -142,6 +149,8 @@ def build_gate_suite(
         if gate.reason:
             lines.append(f"reason: {gate.reason}")
         out.text = _text("\n".join(lines))
+        if gate_skipped(gate):
+            ET.SubElement(case, "skipped", {"message": _text(gate.reason or "no value")})
         if not gate.passed:
             failure = ET.SubElement(
                 case, "failure", {"message": _text(_failure_message(gate)), "type": "GateFailed"}

@@ -4,45 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from dataclasses import dataclass
+
+from worker.sources.items import Item, Listing, ListingPolicy
+
+__all__ = ["Item", "Listing", "ListingPolicy"]  # defined in worker.sources.items
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-@dataclass(frozen=True)
-class Item:
-    """One file of a dataset. `id` is the path relative to the dataset root, with '/'."""
-
-    id: str
-    uri: str
-
-    @property
-    def stem(self) -> str:
-        """The id without its extension: images and masks pair on it."""
-        dot = self.id.rfind(".")
-        return self.id[:dot] if dot > self.id.rfind("/") else self.id
-
-
-class Listing(list):
-    """The items of a dataset (a list of Item), plus what the listing did not use.
-
-    `skipped`: [{id, reason}] for image-named entries that were not used (non-regular files,
-    symlinks leaving the job folder, broken links, names that are not UTF-8); they belong in
-    report.json's `skipped`. `warnings`: one line per folder not read (hidden, unreadable,
-    a symlink loop or a link leaving the job folder) and per group of hidden files."""
-
-    def __init__(self, items=(), skipped=None, warnings=None) -> None:
-        super().__init__(items)
-        self.skipped: list[dict] = list(skipped or [])
-        self.warnings: list[str] = list(warnings or [])
-
-
-@dataclass(frozen=True)
-class ListingPolicy:
-    """How local listing treats symlinks: `confine_to` (a folder) skips every file or folder
-    whose real path is outside it (allow_outside_paths: false); None follows them."""
-
-    confine_to: str | None = None
 
 
 _POLICY: contextvars.ContextVar[ListingPolicy | None] = contextvars.ContextVar(

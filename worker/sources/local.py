@@ -15,7 +15,7 @@ import stat
 from pathlib import Path
 
 from worker.errors import JobError
-from worker.sources import Item, Listing, ListingPolicy
+from worker.sources.items import Item, Listing, ListingPolicy
 
 
 def _inside(real: str, folder: str) -> bool:
