@@ -218,7 +218,7 @@ def test_end_to_end_tiny_unet(tmp_path):
         i_dist=raw,
         unet_width=4,
     )
-    adaptation = adaptation.model_dump(mode="json")
+    typed, adaptation = adaptation, adaptation.model_dump(mode="json")
     json.dumps(adaptation, allow_nan=False)  # plain JSON, no NaN
 
     names = [m["name"] for m in adaptation["models"]]
@@ -303,8 +303,7 @@ def test_end_to_end_tiny_unet(tmp_path):
     # figures and the report partial
     from worker.report.adaptation_figures import make_adaptation_figures
 
-    report = {"adaptation": adaptation}
-    figures = make_adaptation_figures(report, extras, tmp_path / "figures")
+    figures = make_adaptation_figures(typed, extras, tmp_path / "figures")
     for key in (
         "adaptation_f_vs_idist_S1",
         "adaptation_f_vs_idist_S2",
@@ -322,7 +321,9 @@ def test_end_to_end_tiny_unet(tmp_path):
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined
     )
-    html = env.get_template("adaptation.html.j2").render(report=report, figures=figures)
+    html = env.get_template("adaptation.html.j2").render(
+        report={"adaptation": adaptation}, figures=figures
+    )
     for text in ("M_B2", "S1", "F(", "half 1", "third 3", "Verdict rule", "adaptation_grid"):
         assert text in html, text
     assert env.get_template("adaptation.html.j2").render(report={}, figures={}).strip() == ""
@@ -366,7 +367,7 @@ def test_demo_dataset_run(tmp_path):
     adaptation, extras = run_adaptation(
         job, build_masked_sets(job), selections, scaled, tmp_path / "o", unet_width=4
     )
-    adaptation = adaptation.model_dump(mode="json")
+    typed, adaptation = adaptation, adaptation.model_dump(mode="json")
     assert [m["name"] for m in adaptation["models"]] == ["M", "M1", "M3"]
     assert len(adaptation["models"][2]["train_ids"]) == 6 + 3 * 3
     by = {(r["model"], r["dataset"]): r for r in adaptation["results"]}
@@ -374,7 +375,7 @@ def test_demo_dataset_run(tmp_path):
     assert by[("M", "S1")]["mask_pixels"] > 0 and by[("M", "S3")]["mask_pixels"] == 0
     assert by[("M", "S3")]["verdict"].startswith("not applicable")
     assert extras["trained_extractor"] is None  # features_from_trained is off
-    figures = make_adaptation_figures({"adaptation": adaptation}, extras, tmp_path / "fig")
+    figures = make_adaptation_figures(typed, extras, tmp_path / "fig")
     assert len(figures) == 1 + 2 * len(names)
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),

@@ -459,9 +459,10 @@ def test_two_architectures_give_two_complete_blocks(tmp_path):
 
     from worker.report.adaptation_figures import make_adaptation_figures
 
-    figures = make_adaptation_figures({"adaptation": ad}, extras, tmp_path / "fig")
+    figures = make_adaptation_figures(ad, extras, tmp_path / "fig")
     for key in (
         "adaptation_arch_f_bars",
+        "adaptation_choice",
         "adaptation_arch_f_vs_idist_S1",
         "adaptation_arch_f_vs_idist_S3",
         "adaptation_f_vs_idist_S3",
@@ -480,7 +481,7 @@ def test_two_architectures_give_two_complete_blocks(tmp_path):
     for text in (
         "Model selection: 2 architectures",
         "most stable across unseen data",
-        "Recommended",
+        summary["recommended"]["reason"][:30],
         "Blind sets",
         "upp",
         "FP rate",

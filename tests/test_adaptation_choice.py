@@ -152,6 +152,7 @@ def test_recommendation_follows_the_priority_and_names_the_trade_off():
     rec = s.recommended
     assert rec.architecture == "sharp" and rec.decided_by == "ods_unseen"
     assert rec.runner_up == "cheap"
+    assert rec.reason.startswith("Recommended sharp: higher baseline ODS F on unseen sets")
     assert "0.700" in rec.reason and "0.550" in rec.reason
     # the trade-off names what the runner-up does better beyond the noise: gain and cost
     assert "gain" in rec.trade_off and "training seconds" in rec.trade_off
@@ -204,7 +205,7 @@ def test_no_distinguishable_choice():
     )
     rec = summ.summarise(blocks, baselines(0.2), draws).recommended
     assert rec.architecture is None and rec.runner_up is None
-    assert rec.reason.startswith("no distinguishable choice: a and b")
+    assert rec.reason.startswith("No distinguishable choice: a and b")
     # cost within COST_TOL is no difference either
     assert not any(
         c.distinguishable
@@ -553,7 +554,7 @@ def test_pdf_section_flags_recommends_and_fits_its_tables(tmp_path):
     weasyprint.HTML(string=html).write_pdf(pdf)
     text = pdf_text(pdf)
     flat = " ".join(text.split())
-    assert "Recommended: unet." in flat
+    assert "Recommended unet: higher baseline ODS F on unseen sets (0.700" in flat
     assert "unetplusplus is not learning" in flat
     assert "Trade-off: segformer is better on ODS F gain from labels" in flat
     # every word of the model-selection tables sits whole on one line (the fixed-layout

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.helpers.hostile import SIZE, image_job
+from tests.helpers.hostile import SIZE, image_job, precomputed_job
 from tests.helpers.hostile import images as _images
 from tests.helpers.hostile import png as _png
 
@@ -267,54 +267,43 @@ def test_too_many_skipped_images_fails(base):
 # --- precomputed embeddings ---------------------------------------------------------------
 
 
-def _emb_job(folder: Path, job: dict, s: np.ndarray | bytes, name: str = "S.npy") -> dict:
-    np.save(folder / "P.npy", np.random.default_rng(0).normal(size=(10, 6)))
-    target = folder / name
-    if isinstance(s, bytes):
-        target.write_bytes(s)
-    elif name.endswith(".npz"):
-        np.savez(target, **{"vectors": s})
-    else:
-        np.save(target, s)
-    job["model"] = {"name": "precomputed"}
-    job["datasets"]["primary"] = {"name": "P", "embeddings": "P.npy"}
-    job["datasets"]["secondary"] = [{"name": "S", "embeddings": name}]
-    return job
-
-
 def test_nan_embeddings(base):
     folder, job = base
     s = np.ones((4, 6))
     s[2, 1] = np.nan
-    _refused(_run(folder, _emb_job(folder, job, s)), folder, "S.npy", "NaN or inf")
+    _refused(_run(folder, precomputed_job(folder, job, s)), folder, "S.npy", "NaN or inf")
 
 
 def test_inf_embeddings(base):
     folder, job = base
     s = np.ones((4, 6))
     s[0, 0] = np.inf
-    _refused(_run(folder, _emb_job(folder, job, s)), folder, "NaN or inf", "rows 0")
+    _refused(_run(folder, precomputed_job(folder, job, s)), folder, "NaN or inf", "rows 0")
 
 
 def test_wrong_width_embeddings(base):
     folder, job = base
-    _refused(_run(folder, _emb_job(folder, job, np.ones((4, 7)))), folder, "feature widths differ")
+    _refused(
+        _run(folder, precomputed_job(folder, job, np.ones((4, 7)))), folder, "feature widths differ"
+    )
 
 
 def test_npz_without_embeddings_array(base):
     folder, job = base
-    res = _run(folder, _emb_job(folder, job, np.ones((4, 6)), "S.npz"))
+    res = _run(folder, precomputed_job(folder, job, np.ones((4, 6)), "S.npz"))
     _refused(res, folder, "S.npz", "no array named 'embeddings'")
 
 
 def test_garbage_embeddings_file(base):
     folder, job = base
-    _refused(_run(folder, _emb_job(folder, job, b"hello")), folder, "S.npy", "not a readable .npy")
+    _refused(
+        _run(folder, precomputed_job(folder, job, b"hello")), folder, "S.npy", "not a readable .npy"
+    )
 
 
 def test_one_dimensional_embeddings(base):
     folder, job = base
-    _refused(_run(folder, _emb_job(folder, job, np.ones(6))), folder, "2-D array")
+    _refused(_run(folder, precomputed_job(folder, job, np.ones(6))), folder, "2-D array")
 
 
 # --- output ------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from tests.helpers.hostile import (
     image_job,
     images,
     png,
+    precomputed_job,
     refused,
     report,
     run_cli,
@@ -451,25 +452,13 @@ EMBEDDING_CASES = [
 ]
 
 
-def _emb_job(tmp: Path, name: str, data: bytes) -> dict:
-    np.save(tmp / "P.npy", np.random.default_rng(0).normal(size=(10, 6)))
-    (tmp / name).write_bytes(data)
-    job = image_job(tmp)
-    job["model"] = {"name": "precomputed"}
-    job["datasets"] = {
-        "primary": {"name": "P", "embeddings": "P.npy"},
-        "secondary": [{"name": "S", "embeddings": name}],
-    }
-    return job
-
-
 @pytest.mark.parametrize(
     ("name", "data", "subjects"),
     [c[1:] for c in EMBEDDING_CASES],
     ids=[c[0] for c in EMBEDDING_CASES],
 )
 def test_precomputed_refused(tmp_path, name, data, subjects):
-    job = _emb_job(tmp_path, name, data)
+    job = precomputed_job(tmp_path, image_job(tmp_path), data, name)
     out = tmp_path / "out"
     before = seed_output(out)
     refused(run_cli(tmp_path, job), out, before, name, *subjects)
@@ -478,7 +467,9 @@ def test_precomputed_refused(tmp_path, name, data, subjects):
 @pytest.mark.parametrize("dtype", ["float16", "float32", "int32", "uint8", "int64"])
 def test_precomputed_real_dtypes_are_used(tmp_path, dtype):
     s = np.random.default_rng(3).integers(0, 50, size=(5, 6)).astype(dtype)
-    job = _emb_job(tmp_path, "S.npz", _npz(embeddings=s, ids=np.array(list("abcde"))))
+    job = precomputed_job(
+        tmp_path, image_job(tmp_path), _npz(embeddings=s, ids=np.array(list("abcde"))), "S.npz"
+    )
     res = run_cli(tmp_path, job)
     assert res.returncode == 0, res.stderr[-2000:]
     ids = [im["id"] for im in report(tmp_path / "out")["secondaries"][0]["images"]]

@@ -324,11 +324,11 @@ def _duplicates(
 def _pair_passes(space: PairSpace, job: Job, kw: dict) -> dict:
     """Every distance pass of one pair, planned once (method.md §8): one fused S x P pass for
     I_dist, the sweep's I_dist (nested prefixes of the wide fit) and the nearest P of each S
-    image; one S x S pass (diversity, near duplicates within S); one P x P pass (duplicate
-    threshold, pool diversity). Returns {pair, i_dist, sweep, s_self, p_self}."""
+    image; one S x S and one P x P self pass (nearest other row: diversity, duplicates,
+    novelty's leave-one-out distances; row sums: the energy distance's within-set terms).
+    Returns {pair, i_dist, sweep, s_self, p_self, s_within, p_within}."""
     p_l, s_l = space.primary, space.secondary
     z = p_l.shape[1]
-    m = job.metrics
     need_nearest = True  # each S image's nearest P image: novelty (k = 1), coverage, duplicates
     sweep: dict[int, np.ndarray] = {}
     if space.sweep_primary is not None and space.nested:
@@ -350,16 +350,19 @@ def _pair_passes(space: PairSpace, job: Job, kw: dict) -> dict:
                 **kw,
             )
             sweep = {d: wide.i_dist[min(d, width)] for d in job.pca.sweep}
-    s_self = engine.self_pass(s_l, **kw) if (m.diversity or m.duplicates) else None
-    p_self = engine.self_pass(p_l, **kw)  # P's leave-one-out nearest distances (novelty)
+    # nearest other row and summed distance to the other rows, from the same tiles:
+    # diversity and duplicates within S, P's leave-one-out distances (novelty), and the
+    # energy distance's within-set sums E|s - s'|, E|p - p'|
+    s_self = engine.self_pass(s_l, **kw)
+    p_self = engine.self_pass(p_l, **kw)
     return {
         "pair": pair,
         "i_dist": pair.i_dist[z],
         "sweep": sweep,
         "s_self": s_self,
         "p_self": p_self,
-        "s_within": engine.row_distance_sums(s_l, s_l, **kw),
-        "p_within": engine.row_distance_sums(p_l, p_l, **kw),
+        "s_within": s_self.row_sums,
+        "p_within": p_self.row_sums,
     }
 
 

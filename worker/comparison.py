@@ -1,4 +1,4 @@
-"""Comparisons across many datasets (docs/method.md §11-12, DESIGN 9): pure functions on arrays.
+"""Comparisons across many datasets (docs/method.md §11-12): pure functions on arrays.
 
 - Ranking: secondaries ordered by the job's ranking metric (default the energy distance,
   method.md §12.1), ascending: closest first.
@@ -210,12 +210,6 @@ def matrix_separations(
 
 
 # --------------------------------------------------------------------------- matrix
-
-
-def pair_o_dist_mean(a: np.ndarray, b: np.ndarray, **engine_kw: Any) -> float:
-    """o_dist_mean(a, b) = (1 / (p q)) sum_j sum_k ||a_j - b_k||; a (p, z), b (q, z)."""
-    i_dist = metrics.image_dataset_distances(a, b, **engine_kw)
-    return float(np.sum(i_dist, dtype=np.float64) / (len(a) * len(b)))
 
 
 def dataset_matrices(

@@ -710,7 +710,7 @@ class Groups(Result):
 
 
 class DatasetMatrix(Result):
-    """Every dataset as the primary in turn (datasets.matrix; method.md §9)."""
+    """Every dataset as the primary in turn (datasets.matrix; method.md §11)."""
 
     names: list[str] = Field(description="Datasets, in job order (primary first).")
     o_dist_mean: list[list[float | None]] = Field(
@@ -913,7 +913,8 @@ class DatasetEstimate(Result):
     )
     low: float | None = Field(
         description="lower end of the 90% interval from the leave-one-set-out errors (between-"
-        "set error included), 0..1; 0 when farther than every labelled set"
+        "set error included), 0..1; 0 when farther than every labelled set; with no skill, "
+        "that of the no-skill baseline (the labelled sets' spread)"
     )
     high: float | None = Field(
         description="upper end of the 90% interval, 0..1; 1 when closer than every labelled set"

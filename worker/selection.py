@@ -1,7 +1,7 @@
 """Which S images to label next (docs/method.md §3), and whether a choice beats random (§3.5).
 
 Strategies (each returns indices into S, deterministic for a given seed):
-- `novel` (the default): the novel images (beyond P's calibrated quantile, method.md §9)
+- `novel` (the default): the novel images (beyond P's calibrated quantile, method.md §12.3)
   spread by greedy k-center with P and the pool as centres; its aims are the novelty of what
   it picks and the coverage of the novel images.
 - `band` (the paper's, section 4.3) and `farthest`: aim at novelty.
@@ -517,7 +517,8 @@ def labelled_mask(
         e = str(e).rstrip("/")
         entries.add(e)
         if base_dir is not None and "://" not in e and not Path(e).is_absolute():
-            entries.add(str((Path(base_dir) / e).resolve()))
+            entries.add(str(Path(base_dir) / e))
+            entries.add(str((Path(base_dir) / e).resolve()))  # as listed through links
     if not entries:
         return np.zeros(len(ids), dtype=bool)
     uris = list(uris) or [None] * len(ids)

@@ -108,3 +108,20 @@ def refused(res: subprocess.CompletedProcess, out: Path, before: dict, *subjects
 
 def report(out: Path) -> dict:
     return json.loads((out / "report.json").read_text())
+
+
+def precomputed_job(folder: Path, job: dict, s: np.ndarray | bytes, name: str = "S.npy") -> dict:
+    """`job` switched to precomputed embeddings: P.npy (10 x 6, seed 0) and the secondary
+    `name` written from `s` (an array, .npz as {"vectors": s}, or raw bytes as they are)."""
+    np.save(folder / "P.npy", np.random.default_rng(0).normal(size=(10, 6)))
+    target = folder / name
+    if isinstance(s, bytes):
+        target.write_bytes(s)
+    elif name.endswith(".npz"):
+        np.savez(target, **{"vectors": s})
+    else:
+        np.save(target, s)
+    job["model"] = {"name": "precomputed"}
+    job["datasets"]["primary"] = {"name": "P", "embeddings": "P.npy"}
+    job["datasets"]["secondary"] = [{"name": "S", "embeddings": name}]
+    return job

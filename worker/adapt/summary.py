@@ -76,6 +76,7 @@ _CRITERION = {
     "stability": ("instability", False, "|slope| of F against scaled I_dist", ".3f"),
     "cost": ("training_seconds", False, "training seconds", ".1f"),
 }
+_ADJ = {"ods_unseen": "higher", "gain": "larger", "stability": "smaller", "cost": "fewer"}
 _TITLE = {
     "ods_unseen": "best on unseen data",
     "gain": "largest gain from labels",
@@ -548,10 +549,10 @@ def decide(
     dead = [r.architecture for r in rows if r.not_learning]
     if not learning:
         why = (
-            f"no architecture beats the trivial baselines ({', '.join(dead)} at or below the F "
-            "of marking every pixel or none)"
+            f"No recommendation: no architecture beats the trivial baselines ({', '.join(dead)} "
+            "at or below the F of marking every pixel or none)"
             if dead
-            else "no architecture was scored on a set with positive pixels"
+            else "No recommendation: no architecture was scored on a set with positive pixels"
         )
         return Recommendation(
             architecture=None,
@@ -565,10 +566,11 @@ def decide(
         rec = learning[0]
         decided = "only architecture" if len(rows) == 1 else "only learning architecture"
         why = (
-            f"the only architecture tried: {_numbers(rec)}"
+            f"Recommended {rec.architecture}, the only architecture tried: {_numbers(rec)}"
             if len(rows) == 1
-            else f"the only architecture that beats the trivial baselines ({', '.join(dead)} "
-            f"{'does' if len(dead) == 1 else 'do'} not): {_numbers(rec)}"
+            else f"Recommended {rec.architecture}, the only architecture that beats the trivial "
+            f"baselines ({', '.join(dead)} {'does' if len(dead) == 1 else 'do'} not): "
+            f"{_numbers(rec)}"
         )
         return Recommendation(
             architecture=rec.architecture,
@@ -597,8 +599,9 @@ def decide(
             runner = _best(dropped, crit) or dropped[0]
             words = _CRITERION[crit][2]
             reason = (
-                f"{words} {_fmt(best, crit)} against {_fmt(runner, crit)} for "
-                f"{runner.architecture}, beyond the noise; also {_numbers(best, crit)}"
+                f"Recommended {best.architecture}: {_ADJ[crit]} {words} ({_fmt(best, crit)} "
+                f"against {_fmt(runner, crit)} for {runner.architecture}, beyond the noise); "
+                f"also {_numbers(best, crit)}"
             )
             return Recommendation(
                 architecture=best.architecture,
@@ -615,7 +618,7 @@ def decide(
         decided_by=None,
         runner_up=None,
         reason=(
-            f"no distinguishable choice: {names} are within the noise of each other on "
+            f"No distinguishable choice: {names} are within the noise of each other on "
             f"{', '.join(choose_by)}; more seeds (adaptation.seeds) or more evaluated "
             "images narrow the noise"
         ),

@@ -11,7 +11,9 @@ the adapt stage's figure data.
 - with two or more architectures (report.adaptation.architectures):
   `adaptation_arch_f_vs_idist_<dataset>`: the F-vs-I_dist panel of every architecture side by
   side (shared y axis); `adaptation_arch_f_bars`: ODS F per model and secondary, one panel per
-  architecture (fig. 7 per architecture).
+  architecture (fig. 7 per architecture); `adaptation_choice`: baseline ODS F on unseen sets
+  and the gain from labels per architecture, mean over seeds with the std as error bars, the
+  trivial baselines' F dashed, 'not learning' hatched, the recommended one outlined.
 
 On a set whose masks have no positive pixel F is null; its curve shows the per-image
 false-positive pixel rate (noise, appendix C) instead.
@@ -218,6 +220,49 @@ def plot_f_bars(adaptation: Adaptation, extras: dict, path: Path) -> Path | None
     return save_png(fig, path, DPI)
 
 
+def plot_choice(adaptation: Adaptation, path: Path) -> Path | None:
+    """The model choice at a glance (two or more architectures): per architecture, baseline
+    ODS F on unseen sets and the gain from labels, bars at the mean over seeds with the std
+    as error bars; the trivial baselines' F as a dashed line; 'not learning' bars hatched and
+    the recommended one outlined."""
+    rows = adaptation.summary.architectures
+    if len(rows) < 2:
+        return None
+    rec = adaptation.summary.recommended
+    chosen = rec.architecture if rec is not None else None
+    names = [r.architecture for r in rows]
+    pos = np.arange(len(rows))
+    fig, axes = plt.subplots(1, 2, figsize=(max(6.4, 1.4 * len(rows) + 2.5), 3.2))
+    panels = (
+        ("baseline ODS F on unseen sets", "baseline_ods_unseen", "baseline_ods_unseen_std"),
+        ("ODS F gain from labels (M to largest M{q})", "gain", "gain_std"),
+    )
+    for ax, (title, key, std_key) in zip(axes, panels, strict=True):
+        h = [np.nan if getattr(r, key) is None else getattr(r, key) for r in rows]
+        err = [0.0 if getattr(r, std_key) is None else getattr(r, std_key) for r in rows]
+        bars = ax.bar(pos, h, 0.6, yerr=err, capsize=3, color="#4C78A8")
+        for bar, r in zip(bars, rows, strict=True):
+            if r.not_learning:
+                bar.set_hatch("//")
+                bar.set_facecolor("#BBBBBB")
+            if r.architecture == chosen:
+                bar.set_edgecolor("#D55E00")
+                bar.set_linewidth(2)
+        if key == "baseline_ods_unseen":
+            trivial = [r.trivial_f_unseen for r in rows if r.trivial_f_unseen is not None]
+            if trivial:
+                ax.axhline(trivial[0], color="#333", ls="--", lw=1, label="trivial baseline F")
+                ax.legend(fontsize=7, frameon=False, loc="upper right")
+        else:
+            ax.axhline(0, color="#333", lw=0.8)
+        ax.set_xticks(pos)
+        ax.set_xticklabels(names, fontsize=8, rotation=20 if len(rows) > 3 else 0)
+        ax.set_title(title, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return save_png(fig, path, DPI)
+
+
 def plot_grid(adaptation: Adaptation, extras: dict, dataset: str, path: Path) -> Path | None:
     examples = (extras or {}).get("examples", {}).get(dataset) or []
     if not examples:
@@ -251,17 +296,16 @@ def plot_grid(adaptation: Adaptation, extras: dict, dataset: str, path: Path) ->
     return save_png(fig, path, DPI)
 
 
-def make_adaptation_figures(report, extras: dict, out_dir: str | Path) -> dict[str, Path]:
-    """Every adaptation figure for `report` (no-op without an adaptation block).
+def make_adaptation_figures(
+    adaptation: Adaptation | None, extras: dict, out_dir: str | Path
+) -> dict[str, Path]:
+    """Every adaptation figure of report.adaptation (no-op without one).
 
-    `report`: the typed Report (or a {"adaptation": block} mapping, block typed or a dict).
     `extras` is the adapt stage's figure data (its "adaptation" entry from run_adaptation is
     used) or that entry itself. Returns {figure key: path}; keys start with "adaptation_".
     """
-    block = report.adaptation if hasattr(report, "adaptation") else report.get("adaptation")
-    if not block:
+    if adaptation is None:
         return {}
-    adaptation = Adaptation.model_validate(block)
     extras = extras or {}
     data = extras.get("adaptation", extras)
     out = Path(out_dir)
@@ -286,6 +330,9 @@ def make_adaptation_figures(report, extras: dict, out_dir: str | Path) -> dict[s
     p = plot_architecture_bars(adaptation, out / "adaptation_arch_f_bars.png")
     if p is not None:
         figures["adaptation_arch_f_bars"] = p
+    p = plot_choice(adaptation, out / "adaptation_choice.png")
+    if p is not None:
+        figures["adaptation_choice"] = p
     for k, name in enumerate(datasets):
         p = plot_grid(adaptation, data, name, out / f"adaptation_grid_{k}_{_safe(name)}.png")
         if p is not None:

@@ -805,7 +805,9 @@ def figure_tasks(report: Report, data: FigureData, out: Path) -> list[Task]:
     if report.adaptation is not None:
         from worker.report.adaptation_figures import make_adaptation_figures
 
-        tasks.append(_figures(make_adaptation_figures, report, data.adaptation or {}, out))
+        tasks.append(
+            _figures(make_adaptation_figures, report.adaptation, data.adaptation or {}, out)
+        )
     return tasks
 
 
