@@ -288,17 +288,37 @@ def test_validate_and_run_refuse_the_same_locations(tmp_path, capsys, command, k
     refused(capsys, argv, tmp_path, needle)
 
 
+def _remove_chain(top: Path) -> None:
+    """Remove a chain of nested folders without recursion (shutil.rmtree, and so pytest's own
+    clean-up of old temporary folders, recurses once per level and fails at 1,000)."""
+    os.chdir(top)
+    depth = 0
+    while os.path.isdir("d"):
+        os.chdir("d")
+        depth += 1
+    for _ in range(depth):
+        for name in os.listdir("."):
+            os.unlink(name)
+        os.chdir("..")
+        os.rmdir("d")
+
+
 def test_image_a_thousand_folders_deep_is_listed(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     job = _image_job(tmp_path, {"name": "S", "path": "S"})
     os.chdir(tmp_path / "S")
-    for _ in range(1000):  # relative steps: the absolute path grows past what one call takes
-        os.mkdir("d")
-        os.chdir("d")
-    (tmp_path / "S" / "0.png").rename("0.png")
-    os.chdir(tmp_path)
-    assert main(["validate", str(job)]) == 0
-    assert "S: 4 images" in capsys.readouterr().out
+    try:
+        for _ in range(1000):  # relative steps: the absolute path outgrows one call
+            os.mkdir("d")
+            os.chdir("d")
+        (tmp_path / "S" / "0.png").rename("0.png")
+        os.chdir(tmp_path)
+        assert main(["validate", str(job)]) == 0
+        assert "S: 4 images" in capsys.readouterr().out
+    finally:
+        _remove_chain(tmp_path / "S")
+        os.chdir(tmp_path)
+    assert not (tmp_path / "S" / "d").exists()
 
 
 # ----------------------------------------------------------------------------- store and history
