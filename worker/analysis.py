@@ -817,17 +817,18 @@ def rank_secondaries(secondaries: list[SecondaryResult], job: Job) -> Ranking:
     values = ranking_values(secondaries, metric)
     ranked = comparison.ranking(values, top_k)
     detail = job.report.detail_for(len(secondaries))
-    sections = ranked["order"] if detail == "full" else comparison.ends(ranked["order"], top_k)
-    return Ranking(
+    ranking = Ranking(
         by=metric,
         metric=metric,
         values=values,
         disagreements=rank_disagreements(secondaries, ranked["order"], metric),
         top_k=top_k,
         detail=detail,
-        sections=sections,
+        sections=[],
         **ranked,
     )
+    ranking.sections = ranking.order if detail == "full" else ranking.highlighted
+    return ranking
 
 
 def compare_groups(

@@ -643,6 +643,17 @@ class ArchitectureConfig(Strict):
     encoder: str | None = None
     label: str | None = Field(default=None, min_length=1, max_length=60)
 
+    @field_validator("label")
+    @classmethod
+    def _safe_label(cls, v: str | None) -> str | None:
+        """A label names files (checkpoints/<label>.pt): never a path."""
+        if v is not None and (any(c in v for c in "/\\\0") or v.strip(".") == "" or v != v.strip()):
+            raise ValueError(
+                f"label {v!r} may not contain '/', '\\' or NUL, be only dots, or start or "
+                "end with white space (it names the checkpoint file); choose a plain name"
+            )
+        return v
+
     @model_validator(mode="after")
     def _one_source(self) -> ArchitectureConfig:
         if self.checkpoint is not None and self.encoder is not None:

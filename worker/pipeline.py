@@ -37,7 +37,8 @@ from worker.interrupt import check as check_interrupt
 from worker.job import DatasetConfig, Job, ModelConfig
 from worker.logs import LOGGER, stage
 from worker.preflight import check_locations
-from worker.report.render import RenderInputs, render_outputs
+from worker.report.inputs import AdaptationFigureData, RenderInputs
+from worker.report.render import render_outputs
 from worker.results import (
     SCHEMA_VERSION,
     Adaptation,
@@ -446,7 +447,7 @@ class Adapted:
     baseline's encoder when `features_from_trained` asks for it."""
 
     block: Adaptation
-    figure_data: dict
+    figure_data: AdaptationFigureData
     trained_encoder: Any = None
 
 
@@ -488,7 +489,7 @@ def adapt(job: Job, analysis: ModelAnalysis, sets: dict, artifacts: Path) -> Ada
     )
     return Adapted(
         block=block,
-        figure_data=extras.get("adaptation", {}),
+        figure_data=AdaptationFigureData.from_extras(extras),
         trained_encoder=extras.get("trained_extractor"),
     )
 

@@ -661,6 +661,15 @@ class Ranking(Result):
         description="Secondaries with a full PDF section, in rank order (summary: both ends)."
     )
 
+    @property
+    def highlighted(self) -> list[str]:
+        """Both ends, in rank order: the top_k closest and the top_k farthest secondaries, each
+        once (every secondary when there are at most 2 top_k). The one owner of the rule the
+        summary sections, the figures and report.html follow."""
+        if len(self.order) <= 2 * self.top_k:
+            return list(self.order)
+        return list(self.order[: self.top_k]) + list(self.order[-self.top_k :])
+
 
 class GroupSummary(Result):
     """One group of secondaries (`group:` in the job)."""

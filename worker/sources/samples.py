@@ -524,17 +524,19 @@ def _image_size(data: bytes) -> tuple[int, int]:
 
 def crop_samples(
     item: Item, boxes: list[Box], crop, storage=None
-) -> tuple[list[Sample], list[dict], int]:
-    """The crop samples of one image: (samples, skipped [{id, reason}], boxes clipped)."""
+) -> tuple[list[Sample], list[dict], int, list[str]]:
+    """The crop samples of one image: (samples, skipped [{id, reason}], boxes clipped, ids of
+    the boxes smaller than crop.min_size: left out by the job's setting, not failures, so
+    they are a warning and do not count toward max_skipped_fraction)."""
     padding = float(getattr(crop, "padding", 0.0))
     min_size = int(getattr(crop, "min_size", 1))
     try:
         data = _source_bytes(item.uri, storage)
         width, height = _image_size(data)
     except ImageError as err:
-        return [], [{"id": item.id, "reason": f"{err}; its {len(boxes)} box(es) not used"}], 0
+        return [], [{"id": item.id, "reason": f"{err}; its {len(boxes)} box(es) not used"}], 0, []
     digest = hashlib.sha256(data).hexdigest()
-    out, skipped, clipped = [], [], 0
+    out, skipped, clipped, small = [], [], 0, []
     for b in boxes:
         sid = f"{item.id}#box={b.key}"
         if b.problem:
@@ -547,7 +549,10 @@ def crop_samples(
             xyxy, width, height, padding=padding, min_size=min_size
         )
         if final is None:
-            skipped.append({"id": sid, "reason": reason})
+            if "crop.min_size" in reason:  # dropped by the job's own setting: not a failure
+                small.append(sid)
+            else:
+                skipped.append({"id": sid, "reason": reason})
             continue
         clipped += was_clipped
         out.append(
@@ -562,7 +567,7 @@ def crop_samples(
                 label=b.label,
             )
         )
-    return out, skipped, clipped
+    return out, skipped, clipped, small
 
 
 # --------------------------------------------------------------------------- datasets
@@ -649,11 +654,17 @@ def expand_dataset(
         todo = [(by_key[k], boxes[k]) for k in boxes if k in by_key]
         todo.sort(key=lambda pair: pair[0].id)
         results = _ordered_map(lambda p: crop_samples(p[0], p[1], ds.crop_settings, storage), todo)
-        items, clipped = [], 0
-        for found, skip, n_clipped in results:
+        items, clipped, small = [], 0, []
+        for found, skip, n_clipped, n_small in results:
             items.extend(found)
             skipped.extend(skip)
             clipped += n_clipped
+            small += n_small
+        if small:
+            warnings.append(
+                f"datasets.{name}: {len(small)} box(es) smaller than crop.min_size "
+                f"{ds.crop_settings.min_size} left out (e.g. {small[0]}); not counted as skipped"
+            )
         if clipped:
             warnings.append(
                 f"datasets.{name}: {clipped} box(es) reach outside their image; clipped"
