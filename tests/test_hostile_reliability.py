@@ -663,3 +663,10 @@ def test_malformed_yolo_data_yaml_is_refused(tmp_path, capsys, text, needle):
     (tmp_path / "labels" / "data.yaml").write_text(text)
     argv = ["run", str(job), "--out", str(tmp_path / "out"), "--quiet"]
     refused(capsys, argv, tmp_path, "data.yaml", needle)
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_a_gate_that_can_never_be_computed_is_refused_by_both(folder, capsys, command):
+    job = _job(folder, "gates: [{metric: estimated_f, dataset: S, min: 0.5}]\n")
+    argv = [command, str(job)] + (["--out", str(folder / "out")] if command == "run" else [])
+    refused(capsys, argv, folder, "gates[0]", "estimated_f can never be computed")
