@@ -567,3 +567,106 @@ def test_history_gate_reason_names_an_added_secondary(tmp_path):
         report.history, "o_dist_mean_change", "S2"
     )
     assert R3 == report.run.run_id
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def _png(path: Path, arr: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def test_class_index_masks_0_2_are_read_as_the_class(tmp_path, capsys):
+    mask = np.zeros((8, 8), np.uint8)
+    mask[:4] = 2  # class index 2 on background 0
+    pred = np.where(mask > 0, 255, 0).astype(np.uint8)
+    _png(tmp_path / "masks" / "a.png", mask)
+    _png(tmp_path / "pred" / "a.png", pred)
+    before = tree(tmp_path)
+    argv = ["evaluate", "--pred", str(tmp_path / "pred"), "--masks", str(tmp_path / "masks")]
+    assert main([*argv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ods_f"] == pytest.approx(1.0)
+    assert tree(tmp_path) == before
+
+
+def test_multi_class_masks_are_refused_naming_the_file(tmp_path, capsys):
+    mask = np.zeros((8, 8), np.uint8)
+    mask[:2], mask[2:4] = 1, 2
+    _png(tmp_path / "masks" / "a.png", mask)
+    _png(tmp_path / "pred" / "a.png", np.zeros((8, 8), np.uint8))
+    argv = ["evaluate", "--pred", str(tmp_path / "pred"), "--masks", str(tmp_path / "masks")]
+    refused(capsys, argv, tmp_path, "a.png", "class indices 0, 1, 2", "binary mask")
+
+
+def test_float_tiff_with_inf_is_skipped_with_the_reason():
+    import io
+
+    from PIL import Image
+
+    from worker.images import ImageError, decode_image
+
+    arr = np.ones((8, 8), np.float32)
+    arr[0, 0] = np.inf
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode="F").save(buf, format="TIFF")
+    with pytest.raises(ImageError, match="1 pixel.*inf or NaN"):
+        decode_image(buf.getvalue())
+
+
+def test_animated_gif_is_listed_and_read_as_its_first_frame(tmp_path):
+    from PIL import Image
+
+    from worker.images import decode_image
+    from worker.sources import list_images
+
+    frames = [Image.new("RGB", (8, 8), (k * 80, 0, 0)) for k in range(3)]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
+    listing = list_images(str(tmp_path))
+    assert [it.id for it in listing] == ["a.gif"] and not listing.skipped
+    assert decode_image((tmp_path / "a.gif").read_bytes()).getpixel((0, 0)) == (0, 0, 0)
+
+
+def test_coco_duplicate_and_string_annotation_ids_are_skipped_with_why():
+    from worker.sources.samples import parse_coco
+
+    doc = {
+        "images": [{"id": 1, "file_name": "a.png"}],
+        "categories": [{"id": 1, "name": "car"}],
+        "annotations": [
+            {"id": 7, "image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4]},
+            {"id": 7, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4]},
+            {"id": "x9", "image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4]},
+        ],
+    }
+    boxes, skipped = parse_coco(json.dumps(doc).encode(), "boxes.json")
+    assert [b.key for b in boxes["a.png"]] == [7]
+    reasons = {s["id"]: s["reason"] for s in skipped}
+    assert reasons["annotation 7"] == "duplicate annotation id 7"
+    assert "'x9' is not a non-negative integer" in reasons["annotations[2]"]
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("names: [car, person\n", "not valid YAML at line"),
+        ("names: car person\n", "'names' is one string"),
+        ("names: {first: car}\n", "'names' must map class ids"),
+    ],
+)
+def test_malformed_yolo_data_yaml_is_refused(tmp_path, capsys, text, needle):
+    job = _image_job(tmp_path, {"name": "S", "path": "S", "boxes": "labels"})
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "0.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    (tmp_path / "labels" / "data.yaml").write_text(text)
+    argv = ["run", str(job), "--out", str(tmp_path / "out"), "--quiet"]
+    refused(capsys, argv, tmp_path, "data.yaml", needle)
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_a_gate_that_can_never_be_computed_is_refused_by_both(folder, capsys, command):
+    job = _job(folder, "gates: [{metric: estimated_f, dataset: S, min: 0.5}]\n")
+    argv = [command, str(job)] + (["--out", str(folder / "out")] if command == "run" else [])
+    refused(capsys, argv, folder, "gates[0]", "estimated_f can never be computed")

@@ -792,6 +792,16 @@ class Job(Strict):
                         f"{'crop' if key == 'boxes' else 'video'} dataset; set "
                         "adaptation.enabled: false or remove the key"
                     )
+        labelled = self.adaptation.enabled or any(
+            ds.predictions is not None for ds in self.all_datasets
+        )
+        for i, gate in enumerate(self.gates):
+            if gate.metric == "estimated_f" and not labelled:
+                raise ValueError(
+                    f"gates[{i}]: estimated_f can never be computed in this job: it needs "
+                    "labelled evidence (adaptation.enabled, or a secondary with predictions: "
+                    "and masks:); add it or remove the gate"
+                )
         if self.pca.shared and not self.datasets.matrix:
             raise ValueError(
                 "pca.shared: one PCA over every dataset applies to datasets.matrix only; "

@@ -384,11 +384,24 @@ def parse_coco(data: bytes, where: str) -> tuple[dict[str, list[Box]], list[dict
     }
     boxes: dict[str, list[Box]] = {}
     skipped: list[dict] = []
+    seen_ids: set[int] = set()
     for k, ann in enumerate(doc["annotations"]):
         if not isinstance(ann, dict):
             skipped.append({"id": f"annotations[{k}]", "reason": "not an object"})
             continue
         key = ann.get("id", k)
+        if isinstance(key, bool) or not isinstance(key, int) or key < 0:
+            skipped.append(
+                {
+                    "id": f"annotations[{k}]",
+                    "reason": f"annotation id {key!r} is not a non-negative integer",
+                }
+            )
+            continue
+        if key in seen_ids:  # two samples must never share one id
+            skipped.append({"id": f"annotation {key}", "reason": f"duplicate annotation id {key}"})
+            continue
+        seen_ids.add(key)
         file = images.get(ann.get("image_id"))
         if file is None:
             skipped.append(
@@ -453,13 +466,32 @@ def _yolo_names(files: dict[str, Item], storage) -> list[str] | None:
             return [ln.strip() for ln in text.splitlines() if ln.strip()]
     for name in ("data.yaml", "dataset.yaml", "data.yml"):
         if name in files:
-            doc = yaml.safe_load(read_bytes(files[name].uri, storage)) or {}
+            uri = files[name].uri
+            try:
+                doc = yaml.safe_load(read_bytes(uri, storage)) or {}
+            except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as err:
+                mark = getattr(err, "problem_mark", None)
+                where = f" at line {mark.line + 1}" if mark else ""
+                raise JobError(
+                    f"{uri}: not valid YAML{where}; fix the YOLO {name} (its 'names') or remove it"
+                ) from None
             names = doc.get("names") if isinstance(doc, dict) else None
             if isinstance(names, dict):
-                top = max(int(k) for k in names) + 1 if names else 0
+                ids = [k for k in names if str(k).isdigit()]
+                if len(ids) != len(names):
+                    raise JobError(
+                        f"{uri}: 'names' must map class ids (0, 1, ...) to names; found keys "
+                        f"{', '.join(repr(k) for k in list(names)[:5])}"
+                    )
+                top = max(int(k) for k in ids) + 1 if ids else 0
                 return [str(names.get(i, names.get(str(i), i))) for i in range(top)]
             if isinstance(names, list):
                 return [str(n) for n in names]
+            if isinstance(names, str):
+                raise JobError(
+                    f"{uri}: 'names' is one string ({names[:40]!r}); give a list of class "
+                    "names, e.g. names: [car, person]"
+                )
     return None
 
 
