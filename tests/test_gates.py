@@ -9,7 +9,6 @@ import pytest
 from tests.helpers.sample_report import make_report
 from worker.gate_metrics import (
     ADAPTATION_METRICS,
-    ESTIMATE_METRICS,
     GATE_METRICS,
     GROUP_METRICS,
     SECONDARY_METRICS,
@@ -136,18 +135,16 @@ def test_gate_names_come_from_the_one_registry(tmp_path: Path):
     with pytest.raises(JobError, match="no_such_metric"):
         parse_job(job, tmp_path)
     job["metrics"] = {"statistics": True, "duplicates": True}
-    plain = [
-        m for m in GATE_METRICS if m not in ADAPTATION_METRICS + GROUP_METRICS + ESTIMATE_METRICS
-    ]
+    plain = [m for m in GATE_METRICS if m not in ADAPTATION_METRICS + GROUP_METRICS]
+    plain.remove("estimated_f")  # known, but only with labelled evidence
     job["gates"] = [{"metric": m, "max": 1} for m in plain]
     assert [g.metric for g in parse_job(job, tmp_path).gates] == plain
+    job["gates"] = [{"metric": "estimated_f", "min": 0.5}]
+    with pytest.raises(JobError, match="estimated_f can never be computed"):
+        parse_job(job, tmp_path)
     for metric in GROUP_METRICS:  # known, but only with two groups of secondaries
         job["gates"] = [{"metric": metric, "min": 0.5}]
         with pytest.raises(JobError, match="group"):
-            parse_job(job, tmp_path)
-    for metric in ESTIMATE_METRICS:  # known, but only with labelled evidence
-        job["gates"] = [{"metric": metric, "min": 0.5}]
-        with pytest.raises(JobError, match="labelled evidence"):
             parse_job(job, tmp_path)
     for metric in ADAPTATION_METRICS:  # known, but only with an adaptation run
         job["gates"] = [{"metric": metric, "max": 1}]
