@@ -164,3 +164,18 @@ def test_ranking_by_a_statistic_needs_statistics(tmp_path):
 
     with pytest.raises(JobError, match="ranking.metric.*metrics.statistics"):
         _job(tmp_path, ranking={"metric": "fid"})  # _job switches statistics off
+
+
+def test_verdict_says_when_the_energy_test_cannot_reach_alpha(tmp_path):
+    """Two secondaries, 20 permutations: Holm's smallest adjusted p is 2 / 21 > 0.05, and the
+    verdict's reason says how many permutations would do."""
+    job = _job(tmp_path, metrics={"statistics": False, "duplicates": False,
+                                  "energy_permutations": 20})  # fmt: skip
+    analysis = analyse_model(_set("P", P), [_set("S", S), _set("T", T)], job)
+    reason = analysis.secondaries[0].verdict.reason
+    assert "cannot reach 0.05 over 2 secondaries with 20 permutations" in reason
+    assert "at least 40" in reason
+    job = _job(tmp_path, metrics={"statistics": False, "duplicates": False,
+                                  "energy_permutations": 100})  # fmt: skip
+    analysis = analyse_model(_set("P", P), [_set("S", S), _set("T", T)], job)
+    assert "cannot reach" not in analysis.secondaries[0].verdict.reason

@@ -538,14 +538,17 @@ def adjust_secondaries(entries: list[SecondaryResult], method: str) -> None:
         mmd, stats.adjust_p_values([b.p_value for b in mmd], method), strict=True
     ):
         block.p_value_adjusted = adj
+    tested = sum(1 for b in energy if b.p_value is not None)
     for e in entries:
-        e.verdict = verdict(e, method)
+        e.verdict = verdict(e, method, tested)
 
 
-def verdict(sec: SecondaryResult, method: str = "holm") -> Verdict | None:
+def verdict(sec: SecondaryResult, method: str = "holm", family: int = 1) -> Verdict | None:
     """same / shifted / far (method.md §12.5): shifted when the adjusted energy or novelty
     p-value is below VERDICT_ALPHA; far when, in addition, at least VERDICT_FAR_FRACTION of
-    S is novel; same otherwise. None without an energy or novelty block."""
+    S is novel; same otherwise. None without an energy or novelty block. `family`: how many
+    secondaries the energy p-values were adjusted over; with Holm, a reason says so when
+    family / (1 + permutations) keeps the energy test from ever reaching VERDICT_ALPHA."""
     e, nv = sec.energy, sec.novelty
     if e is None and nv is None:
         return None
@@ -562,6 +565,17 @@ def verdict(sec: SecondaryResult, method: str = "holm") -> Verdict | None:
         facts.append(
             f"{nv.novel_fraction:.0%} of images novel against {nv.base_rate:.0%} expected "
             f"(p = {nv.p_value_adjusted:.3g} {name}-adjusted)"
+        )
+    if (
+        e is not None
+        and e.min_p_value is not None
+        and method == "holm"
+        and family * e.min_p_value >= VERDICT_ALPHA
+    ):
+        facts.append(
+            f"the energy test cannot reach {VERDICT_ALPHA} over {family} secondaries with "
+            f"{e.permutations} permutations: raise metrics.energy_permutations to at least "
+            f"{int(np.ceil(family / VERDICT_ALPHA))}"
         )
     significant = any(p < VERDICT_ALPHA for p in tests)
     far = nv is not None and (nv.novel_fraction or 0.0) >= VERDICT_FAR_FRACTION
