@@ -294,8 +294,15 @@ def test_no_skill_world_makes_no_estimate():
     assert not est.made and est.skill is False
     assert est.reason.startswith("no skill")
     u = est.for_dataset("U")
-    assert u.estimated_f is None and u.low is None and u.reason.startswith("no skill")
-    assert u.gate_value(0.0, None) is None
+    assert u.estimated_f is None and u.reason.startswith("no skill")
+    assert u.gate_value(0.0, None) is None and u.predictor == "no_skill"
+    # what the data say: the labelled sets' spread, mean ODS -+ t_4 sqrt(mean e^2) over the
+    # no-skill LOO residuals (4 sets: no distribution-free 90% interval)
+    ods = np.array([e.ods_f for e in ev])
+    e = ods - np.array([(ods.sum() - o) / 3 for o in ods])
+    half = sps.t.ppf(0.95, 4) * np.sqrt(np.mean(e**2))
+    assert u.low == pytest.approx(max(0.0, ods.mean() - half))
+    assert u.high == pytest.approx(min(1.0, ods.mean() + half))
 
 
 def test_extrapolation_far_and_near():
@@ -371,8 +378,7 @@ def _check_worlds(outcomes: list[W.Outcome]) -> float:
     """The issue's three promises; returns the coverage of the sets with an interval."""
     for o in outcomes:
         if o.far:
-            assert o.extrapolation or not o.skill, o  # every far set flagged (or no estimate)
-            assert o.estimated_f is None, o
+            assert o.extrapolation and o.estimated_f is None, o  # every far set flagged
         if o.estimated_f is not None:  # a gate min <= low passes: the truth is above min - LOO
             assert o.truth >= o.low - o.loo_mae, o
     covered = [o.covered for o in outcomes if o.covered is not None]
@@ -412,6 +418,8 @@ def test_planted_tint_world_has_no_skill():
     est = E.estimate_performance(w.evidence, w.targets, n_bootstrap=0)
     assert not est.made and est.reason.startswith("no skill")
     assert all(s.estimated_f is None for s in est.secondaries)
+    far = est.for_dataset("U_far")
+    assert far.extrapolation and "farther than every labelled set" in far.reason
 
 
 # ------------------------------------------------------------------------------ gates

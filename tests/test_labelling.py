@@ -128,7 +128,9 @@ def _check_exports(report: dict, files: dict[str, bytes], location) -> None:
     assert isinstance(tasks, list) and len(tasks) == len(distinct)
     assert all(set(t) == {"data"} and isinstance(t["data"]["image"], str) for t in tasks)
     assert {t["data"]["image"] for t in tasks} == {location(i) for i in distinct}
-    assert all("novelty" in t["data"] for t in tasks)
+    novelty = {im["id"]: im["novelty"] for im in report["secondaries"][0]["images"]}
+    assert all(t["data"]["novelty"] == novelty[t["data"]["id"]] for t in tasks)
+    assert all(0.0 <= float(r["novelty"]) <= 1.0 for r in rows)
     manifest = json.loads(files["fiftyone.json"])
     assert manifest["media_type"] == "image"
     assert {s["filepath"] for s in manifest["samples"]} == {location(i) for i in distinct}

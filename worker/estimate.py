@@ -643,7 +643,8 @@ def estimate_performance(
         outside = (x < lo_x) | (x > hi_x)
         share = float(outside.mean())
         rs = ranges(names, evidence, t)
-        judged = [r for r in rs if r.predictor in skilled]
+        # judged on the predictors with skill; with none, on every available one
+        judged = [r for r in rs if r.predictor in skilled] if skilled else rs
         above = any(r.side == "above" for r in judged)
         below = any(r.side == "below" for r in judged)
         if chosen != "i_dist_mean":
@@ -697,7 +698,22 @@ def estimate_performance(
             **_novel(t),
         )
         if not skill:
-            block.update(estimated_f=None, low=None, high=None, reason=no_skill_reason)
+            # no point estimate; the labelled sets' spread is all the data say about F
+            mean = float(ods.mean())
+            lo, hi, method = interval(mean, loo[NO_SKILL], ods - loo[NO_SKILL])
+            reason = no_skill_reason
+            if side is not None:
+                where = "farther" if side == "above" else "closer"
+                reason += f"; and extrapolation: {where} than every labelled set"
+            block.update(
+                estimated_f=None,
+                low=0.0 if above else lo,
+                high=1.0 if below else hi,
+                predictor=NO_SKILL,
+                predictor_value=mean,
+                interval_method=method,
+                reason=reason,
+            )
         elif side is not None:
             block.update(
                 estimated_f=None,

@@ -59,7 +59,7 @@ def export_rows(report: Report, locations: dict[str, dict[str, str]]) -> list[Ex
                         secondary=sec.name,
                         id=image_id,
                         file=where.get(image_id) or image_id,
-                        novelty=getattr(im, "novelty", None),
+                        novelty=None if im is None else im.novelty,
                         i_dist=None if im is None else im.i_dist,
                         strategy=strategy,
                         rank=rank,

@@ -517,7 +517,8 @@ def labelled_mask(
         e = str(e).rstrip("/")
         entries.add(e)
         if base_dir is not None and "://" not in e and not Path(e).is_absolute():
-            entries.add(str((Path(base_dir) / e).resolve()))
+            entries.add(str(Path(base_dir) / e))
+            entries.add(str((Path(base_dir) / e).resolve()))  # as listed through links
     if not entries:
         return np.zeros(len(ids), dtype=bool)
     uris = list(uris) or [None] * len(ids)

@@ -36,7 +36,7 @@ from worker.engine.tiles import cpu_single_threaded, tile_ops
 
 @dataclass(frozen=True)
 class PairPassResult:
-    """Every S x P quantity of one fused pass (issue 18).
+    """Every S x P quantity of one fused pass.
 
     i_dist[z]: I_dist over the first z columns, (m,) float64, for each requested prefix z.
     nearest_distance / nearest_index: each row's nearest column row over the first
