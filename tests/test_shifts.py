@@ -221,3 +221,32 @@ def test_a_diluted_set_fails_the_change_test():
         assert (novelty["p_value"] < 0.01) is changed
         if changed:
             assert novelty["novel_fraction"] > 0.25
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_denser_grid_with_larger_sets(family, tmp_path):
+    """The heavier variant: 17 strengths over the same range, P of 200 and sets of 120 crops;
+    Spearman >= 0.95 over all, >= 0.6 over the 8 nearest, the unshifted set first or second."""
+    from skimage import data
+
+    brick = data.brick().astype(np.float64) / 255.0
+    gravel = data.gravel().astype(np.float64) / 255.0
+    rng = np.random.default_rng(1)
+    p = _embed(_crops(brick, 200, rng))
+    base, other = _crops(brick, 120, rng), _crops(gravel, 120, rng)
+    noise = [rng.normal(size=a.shape) for a in base]
+    lo, hi = FAMILIES[family][0], FAMILIES[family][-1]
+    strengths = np.linspace(lo, hi, 17)
+    names = [f"{family}{k}" for k in range(len(strengths))]
+    sets = [
+        _set(n, _embed(_shift(family, t, base, other, noise)))
+        for n, t in zip(names, strengths, strict=True)
+    ]
+    job = _job(tmp_path, names)
+    analysis = analyse_model(_set("P", p), sets, job)
+    ranking = rank_secondaries(analysis.secondaries, job)
+    rank = np.array([ranking.order.index(n) for n in names])
+    assert spearmanr(strengths, rank).statistic >= 0.95
+    assert spearmanr(strengths[:8], rank[:8]).statistic >= 0.6
+    assert rank[0] <= 1
