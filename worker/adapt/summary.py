@@ -436,7 +436,7 @@ def decide(
             architecture=None,
             decided_by=None,
             runner_up=None,
-            reason=why,
+            reason=why + ".",
             reasons=[],
             trade_off=None,
         )
@@ -454,7 +454,7 @@ def decide(
             architecture=rec.architecture,
             decided_by=decided,
             runner_up=None,
-            reason=why,
+            reason=why + ".",
             reasons=_reasons(rec, None, comparisons),
             trade_off=None,
         )
@@ -485,9 +485,9 @@ def decide(
                 architecture=best.architecture,
                 decided_by=crit,
                 runner_up=runner.architecture,
-                reason=reason,
+                reason=reason + ".",
                 reasons=_reasons(best, runner, comparisons),
-                trade_off=_trade_off(best, runner, comparisons),
+                trade_off=_trade_off(best, runner, comparisons) + ".",
             )
         candidates = keep
     names = " and ".join(r.architecture for r in candidates)
@@ -498,7 +498,7 @@ def decide(
         reason=(
             f"No distinguishable choice: {names} are within the noise of each other on "
             f"{', '.join(choose_by)}; more seeds (adaptation.seeds) or more evaluated "
-            "images narrow the noise"
+            "images narrow the noise."
         ),
         reasons=[],
         trade_off=None,
