@@ -366,7 +366,7 @@ def _run(
         with stage("estimate"):
             attach_estimate(report, scores, job.seed)
         with stage("history"):
-            attach_history(report, job, out_uri)
+            attach_history(report, job, out_uri, measured[0].embedded)
         with stage("gates"):
             report.gates = evaluate_gates(report, job.gates)
             report.passed = all(g.passed for g in report.gates)
@@ -638,7 +638,7 @@ def attach_estimate(report: Report, scores: dict | None, seed: int) -> None:
     report.estimate = estimate
 
 
-def attach_history(report: Report, job: Job, store: str) -> None:
+def attach_history(report: Report, job: Job, store: str, embedded: Embedded | None = None) -> None:
     """Compare this run with the earlier runs of the same store (method.md §6): the `history`
     block, and `new` on every image of a secondary that the previous run also had. Earlier
     runs are read as typed Reports by worker.store (one reader); one that cannot be read is
@@ -684,6 +684,8 @@ def attach_history(report: Report, job: Job, store: str) -> None:
     report.history = history
     # estimates of earlier runs against the F realised once masks arrived (method-estimate.md)
     history.estimates = estimated_vs_realised([*previous, report])
+    if embedded is not None and history.previous_run is not None:
+        attach_change_tests(history, previous[-1], job, embedded)
     for sec in report.secondaries:
         new = history.new_ids.get(sec.name)
         if new is None:
@@ -691,6 +693,21 @@ def attach_history(report: Report, job: Job, store: str) -> None:
         new = set(new)
         for im in sec.images:
             im.new = im.id in new
+
+
+def attach_change_tests(history, previous: Report, job: Job, embedded: Embedded) -> None:
+    """The new images of every secondary tested against the previous run's images (method.md
+    §12.7): that run's embeddings are this run's vectors of the same content, else the
+    embedding cache's entries under the same extractor (content hash)."""
+    from worker.analysis import change_tests
+
+    lookup = None
+    if embedded.extractor is not None and job.cache.enabled and job.cache.dir:
+        from worker.cache import EmbeddingCache
+
+        cache = EmbeddingCache(job.resolve(job.cache.dir), storage=job.storage)
+        lookup = functools.partial(cache.get, key=embedded.extractor.cache_key)
+    change_tests(history, previous, embedded.sets, job, lookup)
 
 
 def selection_memory(job: Job, store: str) -> SelectionMemory | None:
