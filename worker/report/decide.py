@@ -303,7 +303,10 @@ def _adaptation_sentences(report: Report) -> list[str]:
     verdicts = {r.dataset: r.verdict for r in ad.results if r.model == "M" and r.verdict}
     wanted = [d for d, v in verdicts.items() if v.startswith("fine-tuning recommended")]
     if wanted:
-        tune = f"Fine-tuning: recommended for {_names(wanted)}: {verdicts[wanted[0]]}."
+        tune = (
+            f"Fine-tuning: recommended for {_names(wanted)}. M's verdict on {wanted[0]}: "
+            f"{verdicts[wanted[0]]}."
+        )
     elif base is not None and base.gain is not None and base.adapted_model is not None:
         tune = (
             f"Fine-tuning: not needed: {base.adapted_model} (trained with labelled images of "
