@@ -302,8 +302,10 @@ def test_end_to_end_tiny_unet(tmp_path):
 
     # figures and the report partial
     from worker.report.adaptation_figures import make_adaptation_figures
+    from worker.report.inputs import AdaptationFigureData
 
-    figures = make_adaptation_figures(typed, extras, tmp_path / "figures")
+    data = AdaptationFigureData.from_extras(extras)
+    figures = make_adaptation_figures(typed, data, tmp_path / "figures")
     for key in (
         "adaptation_f_vs_idist_S1",
         "adaptation_f_vs_idist_S2",
@@ -375,7 +377,10 @@ def test_demo_dataset_run(tmp_path):
     assert by[("M", "S1")]["mask_pixels"] > 0 and by[("M", "S3")]["mask_pixels"] == 0
     assert by[("M", "S3")]["verdict"].startswith("not applicable")
     assert extras["trained_extractor"] is None  # features_from_trained is off
-    figures = make_adaptation_figures(typed, extras, tmp_path / "fig")
+    from worker.report.inputs import AdaptationFigureData
+
+    data = AdaptationFigureData.from_extras(extras)
+    figures = make_adaptation_figures(typed, data, tmp_path / "fig")
     assert len(figures) == 1 + 2 * len(names)
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),

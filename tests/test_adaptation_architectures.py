@@ -458,8 +458,10 @@ def test_two_architectures_give_two_complete_blocks(tmp_path):
     import jinja2
 
     from worker.report.adaptation_figures import make_adaptation_figures
+    from worker.report.inputs import AdaptationFigureData
 
-    figures = make_adaptation_figures(ad, extras, tmp_path / "fig")
+    data_fig = AdaptationFigureData.from_extras(extras)
+    figures = make_adaptation_figures(ad, data_fig, tmp_path / "fig")
     for key in (
         "adaptation_arch_f_bars",
         "adaptation_choice",

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests.helpers.adaptation import TEMPLATES, make_job, tiny_segformer, write_set
-from worker.adapt import ods, verdicts
+from worker.adapt import noise, ods, score, verdicts
 from worker.adapt import summary as summ
 from worker.adapt.block import (
     AdaptationScore,
@@ -224,7 +224,7 @@ def test_trivial_baseline_hand_computation():
     counts = np.zeros((2, ods.N_THRESHOLDS, 3), dtype=np.int64)
     counts[0, :, :] = [4, 1, 6]  # TP + FN = 10 at every threshold
     counts[1, :, :] = [30, 5, 0]
-    b = summ.trivial_baseline("S", counts, np.array([100, 100]))
+    b = score.trivial_baseline("S", counts, np.array([100, 100]))
     assert (b.count, b.pixels, b.positive_pixels) == (2, 200, 40)
     assert b.prevalence == pytest.approx(0.2)
     assert b.f_all_positive == pytest.approx(1 / 3)
@@ -235,10 +235,10 @@ def test_trivial_baseline_hand_computation():
     ones = ods.evaluate([np.full((10, 20), 255, np.uint8)], [mask])["ods_f"]
     zeros = ods.evaluate([np.zeros((10, 20), np.uint8)], [mask])["ods_f"]
     c = ods.threshold_counts(np.zeros((10, 20), np.uint8), mask)[None]
-    b = summ.trivial_baseline("S", c, np.array([200]))
+    b = score.trivial_baseline("S", c, np.array([200]))
     assert b.f_all_positive == pytest.approx(ones) and b.f_all_negative == pytest.approx(zeros)
     # no positive pixel: nothing to beat, F null
-    empty = summ.trivial_baseline("N", np.zeros((1, ods.N_THRESHOLDS, 3), np.int64), [50])
+    empty = score.trivial_baseline("N", np.zeros((1, ods.N_THRESHOLDS, 3), np.int64), [50])
     assert empty.f_trivial is None and empty.prevalence == 0.0
 
 
@@ -363,7 +363,7 @@ def test_bootstrap_draws_equal_a_loop_and_are_paired():
         for d in sets
     }
     x = {d: rng.random(n[d]) for d in sets}
-    got = summ.bootstrap_draws(counts, x, archs, seeds, sets, "M1", n_boot=7, seed=11)
+    got = noise.bootstrap_draws(counts, x, archs, seeds, sets, "M1", n_boot=7, seed=11)
 
     # the same draws by hand: per set the multiplicities, then the seed indices
     r = np.random.default_rng(11)
@@ -404,7 +404,7 @@ def test_bootstrap_draws_equal_a_loop_and_are_paired():
             ("c", s, m, d): counts[("a", s, m, d)] for s in seeds for m in ("M", "M1") for d in sets
         },
     }
-    twin = summ.bootstrap_draws(same, x, ["a", "c"], seeds, sets, "M1", n_boot=50, seed=1)
+    twin = noise.bootstrap_draws(same, x, ["a", "c"], seeds, sets, "M1", n_boot=50, seed=1)
     for key in ("ods_unseen", "gain", "stability"):
         assert np.array_equal(twin["a"][key], twin["c"][key])
 

@@ -132,3 +132,50 @@ def test_energy_and_novelty_blocks_on_the_hand_vector(analysis):
     adj = [x.energy.p_value_adjusted for x in analysis.secondaries]
     assert min(adj) == pytest.approx(min(1.0, 2 * min(raw)))
     assert s.verdict is not None and s.verdict.label in ("same", "shifted", "far")
+
+
+@pytest.mark.parametrize("metric", ["energy_distance", "o_dist_mean", "mmd", "fid", "kid"])
+def test_ranking_metric_is_selectable(tmp_path, metric):
+    """ranking.metric orders the secondaries by that metric, closest first, and names it."""
+    from worker.analysis import rank_secondaries
+
+    job = _job(
+        tmp_path,
+        metrics={"statistics": True, "duplicates": False, "mmd_permutations": 10},
+        ranking={"metric": metric},
+    )
+    analysis = analyse_model(_set("P", P), [_set("S", S), _set("T", T)], job)
+    read = {
+        "energy_distance": lambda s: s.energy.distance,
+        "o_dist_mean": lambda s: s.o_dist_mean,
+        "mmd": lambda s: s.statistics.mmd.statistic,
+        "fid": lambda s: s.statistics.fid,
+        "kid": lambda s: s.statistics.kid.mean,
+    }[metric]
+    values = {s.name: read(s) for s in analysis.secondaries}
+    ranking = rank_secondaries(analysis.secondaries, job)
+    assert ranking.metric == ranking.by == metric and ranking.values == values
+    assert ranking.order == sorted(values, key=values.get)
+    assert ranking.closest == ranking.order[:1] and ranking.farthest == ranking.order[::-1][:1]
+
+
+def test_ranking_by_a_statistic_needs_statistics(tmp_path):
+    from worker.errors import JobError
+
+    with pytest.raises(JobError, match="ranking.metric.*metrics.statistics"):
+        _job(tmp_path, ranking={"metric": "fid"})  # _job switches statistics off
+
+
+def test_verdict_says_when_the_energy_test_cannot_reach_alpha(tmp_path):
+    """Two secondaries, 20 permutations: Holm's smallest adjusted p is 2 / 21 > 0.05, and the
+    verdict's reason says how many permutations would do."""
+    job = _job(tmp_path, metrics={"statistics": False, "duplicates": False,
+                                  "energy_permutations": 20})  # fmt: skip
+    analysis = analyse_model(_set("P", P), [_set("S", S), _set("T", T)], job)
+    reason = analysis.secondaries[0].verdict.reason
+    assert "cannot reach 0.05 over 2 secondaries with 20 permutations" in reason
+    assert "at least 40" in reason
+    job = _job(tmp_path, metrics={"statistics": False, "duplicates": False,
+                                  "energy_permutations": 100})  # fmt: skip
+    analysis = analyse_model(_set("P", P), [_set("S", S), _set("T", T)], job)
+    assert "cannot reach" not in analysis.secondaries[0].verdict.reason

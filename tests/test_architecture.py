@@ -85,25 +85,12 @@ def test_cycle_finder_on_a_hand_graph():
     assert cycles({"a": {"b"}, "b": set()}) == []
 
 
-#: the one cycle left while worker/report/ is split (its figure modules import save_png from
-#: figures.py, which imports them back); delete this entry when the split lands
-PENDING = [
-    [
-        "worker.report.adaptation_figures",
-        "worker.report.estimate_figures",
-        "worker.report.figures",
-        "worker.report.history_figures",
-        "worker.report.render",
-    ]
-]
-
-
 def test_no_import_cycles_among_worker_modules():
     """Every import counts, lazy ones inside functions and `if TYPE_CHECKING:` ones included:
     a cycle hidden behind a lazy import is still a cycle in the design."""
     graph = import_graph("worker")
     assert "worker.job" in graph and "worker.engine.pair" in graph
-    assert [c for c in cycles(graph) if c not in PENDING] == []
+    assert cycles(graph) == []
 
 
 def test_loading_a_job_does_not_import_the_report_schema():

@@ -12,6 +12,7 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import roc_auc_score
 
 from worker import comparison
+from worker.results import Ranking
 
 
 def test_ranking_matches_numpy_argsort_and_ends():
@@ -23,15 +24,21 @@ def test_ranking_matches_numpy_argsort_and_ends():
     assert got["order"] == order
     assert got["closest"] == order[:5]
     assert got["farthest"] == order[::-1][:5]
-    assert comparison.ends(order, 5) == order[:5] + order[-5:]
-    assert comparison.ends(order[:8], 5) == order[:8]  # <= 2k: every name
+    ranking = Ranking(by="o_dist_mean", top_k=5, detail="summary", sections=[], **got)
+    assert ranking.highlighted == order[:5] + order[-5:]
+    few = comparison.ranking(dict(zip(names[:8], values[:8], strict=True)), top_k=5)
+    assert not set(few["closest"]) & set(few["farthest"])  # 8 < 2k: the ends split the names
+    assert (
+        Ranking(by="o_dist_mean", top_k=5, detail="full", sections=[], **few).highlighted
+        == (few["order"])
+    )  # <= 2k: every name
 
 
 def test_ranking_ties_keep_job_order_and_missing_values_last():
     got = comparison.ranking({"a": 2.0, "b": None, "c": 1.0, "d": 2.0}, top_k=2)
     assert got["order"] == ["c", "a", "d", "b"]
     assert got["closest"] == ["c", "a"]
-    assert got["farthest"] == ["d", "a"]
+    assert got["farthest"] == ["d"]  # 3 names: the ends split them, "a" is not at both
     with pytest.raises(ValueError, match="top_k"):
         comparison.ranking({"a": 1.0}, top_k=0)
 

@@ -187,3 +187,17 @@ def test_adjust_p_values_against_scipy_bh():
     rng = np.random.default_rng(0)
     p = rng.uniform(size=30) ** 2
     assert np.allclose(stats.adjust_p_values(list(p), "bh"), sstats.false_discovery_control(p))
+
+
+def test_binomial_upper_tail_equals_scipy_binom_sf():
+    """The novelty summary's binomial p-value (scipy.special, no scipy.stats import) equals
+    scipy.stats.binom.sf(k - 1, n, p) for every k, including the ends."""
+    from scipy.stats import binom
+
+    from worker.metrics import binomial_upper_tail
+
+    for n in (1, 7, 40, 500):
+        for p in (0.0, 0.05, 0.5, 1.0):
+            for k in range(-1, n + 2):
+                want = float(binom.sf(k - 1, n, p))
+                assert binomial_upper_tail(k, n, p) == pytest.approx(want, rel=1e-12, abs=1e-300)

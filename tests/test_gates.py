@@ -136,8 +136,12 @@ def test_gate_names_come_from_the_one_registry(tmp_path: Path):
         parse_job(job, tmp_path)
     job["metrics"] = {"statistics": True, "duplicates": True}
     plain = [m for m in GATE_METRICS if m not in ADAPTATION_METRICS + GROUP_METRICS]
+    plain.remove("estimated_f")  # known, but only with labelled evidence
     job["gates"] = [{"metric": m, "max": 1} for m in plain]
     assert [g.metric for g in parse_job(job, tmp_path).gates] == plain
+    job["gates"] = [{"metric": "estimated_f", "min": 0.5}]
+    with pytest.raises(JobError, match="estimated_f can never be computed"):
+        parse_job(job, tmp_path)
     for metric in GROUP_METRICS:  # known, but only with two groups of secondaries
         job["gates"] = [{"metric": metric, "min": 0.5}]
         with pytest.raises(JobError, match="group"):

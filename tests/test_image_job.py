@@ -148,6 +148,5 @@ def test_planted_leak_is_listed_drawn_and_gated(tmp_path):
     assert (found["id"], found["primary_id"], found["exact"]) == ("leak.png", "002.png", True)
     assert found["distance"] == pytest.approx(0.0, abs=1e-9)
     assert result.exit_code == 1 and result.report.gates[0].value == 1
-    assert list((tmp_path / "out/figures").glob("dupes_*.png"))
     text = pdf_text(tmp_path / "out/report.pdf")
-    assert "Duplicate pairs of S2" in text
+    assert "Duplicate pairs of S2" in text and "leak.png vs P:002.png" in text

@@ -106,7 +106,7 @@ def test_summary_pdf_is_short_and_names_every_secondary(many):
     from pypdf import PdfReader
 
     pdf = folder / "out" / "report.pdf"
-    assert len(PdfReader(str(pdf)).pages) < 30
+    assert len(PdfReader(str(pdf)).pages) <= 16  # the page budget of 49 secondaries
     text = pdf_text(pdf)
     for s in report["secondaries"]:
         assert s["name"] in text
@@ -197,7 +197,7 @@ def test_matrix_symmetric_with_diagonal_against_itself(tmp_path):
     # the matrix row of P against each secondary is the secondary's o_dist_mean
     for s in report["secondaries"]:
         assert m[0, names.index(s["name"])] == pytest.approx(s["o_dist_mean"], rel=1e-12)
-    assert "Every dataset as the primary in turn" in pdf_text(tmp_path / "out" / "report.pdf")
+    assert "Every dataset against every other" in pdf_text(tmp_path / "out" / "report.pdf")
 
 
 def test_matrix_as_a_list_without_a_primary(tmp_path):
@@ -239,7 +239,8 @@ def _table_rows(html: str, marker: str) -> list[str]:
     start = html.index(marker)
     table = html[start : html.index("</table>", start)]
     body = table[table.index("<tbody>") :]
-    return re.findall(r"<tr>\s*<td(?: class=\"n\")?>([^<]*)</td>(?:<td>([^<]*)</td>)?", body)
+    cell = r"<td(?: class=\"(?:n|name)\")?>([^<]*)</td>"
+    return re.findall(rf"<tr>\s*{cell}(?:{cell})?", body)
 
 
 def test_100_secondaries_render_every_name_on_its_own_row(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -13,8 +14,10 @@ import pytest
 from PIL import Image
 
 from tests.helpers.pdf import pdf_text
-from tests.helpers.sample_report import HOSTILE_ID, make_extras, make_report
+from tests.helpers.sample_report import HOSTILE_ID, make_extras, make_pictures, make_report
 from worker.report import figures as figmod
+from worker.report.fmt import fmt_num
+from worker.report.inputs import FigureData
 from worker.report.junit import gate_case_name, write_junit
 from worker.report.model import (
     SCHEMA_VERSION,
@@ -24,9 +27,8 @@ from worker.report.model import (
     validate_report,
     write_report_json,
 )
-from worker.report.pdf import fmt_num, render_html, render_pdf
-from worker.report.render import FigureData
-from worker.results import Report
+from worker.report.pdf import render_html, render_pdf
+from worker.results import Ranking, Report
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +45,10 @@ def typed(report) -> Report:
 def rendered(tmp_path_factory, report, typed):
     out = tmp_path_factory.mktemp("report")
     figs = figmod.make_figures(typed, make_extras(report), out / "figures")
-    pdf = render_pdf(typed, figs, out / "report.pdf")
-    return {"out": out, "figures": figs, "pdf": pdf, "html": render_html(typed, figs)}
+    pictures = make_pictures(report, typed)
+    pdf = render_pdf(typed, figs, out / "report.pdf", pictures)
+    html = render_html(typed, figs, pictures)
+    return {"out": out, "figures": figs, "pdf": pdf, "html": html, "pictures": pictures}
 
 
 # --- report.json -----------------------------------------------------------------------------
@@ -161,11 +165,7 @@ def test_write_report_json_roundtrip_is_atomic(report, tmp_path):
 
 def test_figures_cover_every_dataset(rendered, report):
     figs = rendered["figures"]
-    expected = {"i_dist_violin", "i_dist_sorted", "diversity_overview", "scatter"}
-    for s in report["secondaries"]:
-        expected |= {f"i_dist:{s['name']}", f"diversity:{s['name']}"}
-    expected |= {"thumbnails:S1 near", "thumbnails:S2 far & wide"}
-    assert set(figs) == expected  # no thumbnails for the embeddings-only S3-emb
+    assert set(figs) == {"i_dist_violin", "i_dist_sorted", "scatter"}  # pictures are no figures
     for path in figs.values():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert path.parent == rendered["out"] / "figures"
@@ -180,10 +180,7 @@ def test_figures_deterministic_and_without_extras(report, tmp_path):
     small = Report.model_validate(small)
     a = figmod.make_figures(small, FigureData(), tmp_path / "a")
     b = figmod.make_figures(small, None, tmp_path / "b")
-    assert set(a) == {"i_dist_violin", "i_dist_sorted", "diversity_overview"} | {
-        "i_dist:S1 near",
-        "diversity:S1 near",
-    }  # no scatter or thumbnails without extras
+    assert set(a) == {"i_dist_violin", "i_dist_sorted"}  # no scatter without extras
     for key in a:
         assert a[key].read_bytes() == b[key].read_bytes(), key
 
@@ -194,13 +191,16 @@ def test_html_is_autoescaped(rendered, report):
     assert "&lt;b&gt;&amp;x.png" in html
     assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;.png" in html
     assert "S2 far &amp; wide" in html and "S2 far & wide" not in html
-    # Truncated long id lists say how many were left out.
-    assert "and 20 more" in html
-    # Both models of the cross-model table and every secondary section.
-    assert html.count('class="secondary"') == 3
+    # Both models of the cross-model table and every secondary's block.
+    assert html.count('<div class="secondary"') == 3
     assert ">clip</th>" in html and ">hog</th>" in html
-    # Embeddings-only secondary gets a note instead of thumbnails.
-    assert "No thumbnails: S3-emb" in html
+    # Pictures are embedded JPEGs, closest and farthest of the two secondaries with images;
+    # the embeddings-only secondary gets a note instead.
+    ends = rendered["pictures"].ends
+    assert set(ends) == {"S1 near", "S2 far & wide"}
+    assert [label for label, _ in ends["S1 near"]] == ["closest", "farthest"]
+    assert html.count('src="data:image/jpeg;base64,') == 16
+    assert "No pictures: S3-emb" in html
     # Figures are referenced as file URIs of the generated PNGs.
     for path in rendered["figures"].values():
         assert path.resolve().as_uri() in html
@@ -222,7 +222,8 @@ def test_pdf_opens_and_names_every_dataset(rendered, report):
     pages = text.count("\f")
     assert f"Page {pages} of {pages}" in text
     assert HOSTILE_ID in text  # shown as text, not swallowed as markup
-    assert "FAILED" in text and "ranking of the secondaries changes" in text
+    assert "FAILED" in text and "ranking changes with" in text
+    assert not re.search(r"\de-1[4-9]", text)  # no float noise such as -4.441e-16
 
 
 def test_fmt_num():
@@ -233,6 +234,7 @@ def test_fmt_num():
     assert fmt_num(1.5e-5) == "1.500e-05"
     assert fmt_num(float("nan")) == "n/a"
     assert fmt_num(math.pi, 3) == "3.14"
+    assert fmt_num(-4.440892098500626e-16) == "0"  # float noise of a sum that is zero
 
 
 # --- JUnit -----------------------------------------------------------------------------------
@@ -372,3 +374,108 @@ def test_contract_page_equals_the_generated_tables():
         "docs/report-json.md is stale: regenerate its Fields section with "
         "`python -m worker schema --markdown`"
     )
+
+
+# --- page 1 and the page budget (issue 30) ---------------------------------------------------
+
+
+def _decided(typed: Report) -> Report:
+    """The sample report with energy, novelty and a verdict on every secondary."""
+    from worker.results import EnergyResult, NoveltySummary, Verdict
+
+    out = typed.model_copy(deep=True)
+    for k, sec in enumerate(out.secondaries):
+        label = ["same", "shifted", "far"][k % 3]
+        sec.energy = EnergyResult(
+            distance=0.1 * (k + 1), cross=1.0, within_secondary=0.9, within_primary=0.9,
+            coefficient=0.05, p_value=0.001, p_value_adjusted=0.003, min_p_value=0.001,
+            permutations=999, n_x=10, n_y=10, explanation=f"{sec.name} is shifted.",
+        )  # fmt: skip
+        sec.novelty = NoveltySummary(
+            k=1, quantile=0.95, threshold=1.0, novel_count=3, novel_fraction=0.375,
+            base_rate=0.05, p_value=0.01, p_value_adjusted=0.02,
+        )  # fmt: skip
+        sec.verdict = Verdict(label=label, reason=f"planted {label}")
+    return out
+
+
+def test_page_one_names_every_secondary_its_verdict_and_what_to_do(report, typed, tmp_path):
+    from tests.helpers.pdf import pdf_text as text_of
+    from worker.report.decide import decision
+
+    decided = _decided(typed)
+    d = decision(decided)
+    assert [r.name for r in d.rows] == [s.name for s in decided.secondaries]  # no ranking block
+    assert [r.verdict.text for r in d.rows] == [
+        next(s for s in decided.secondaries if s.name == r.name).verdict.label for r in d.rows
+    ]
+    assert all(r.novel.text == "38%" and r.novel.sub == "base 5%" for r in d.rows)
+    pdf = render_pdf(decided, {}, tmp_path / "report.pdf", make_pictures(report, decided))
+    page1 = " ".join(text_of(pdf).split("\f")[0].split())
+    for s in decided.secondaries:
+        assert s.name in page1 and s.verdict.label in page1
+    for words in ("What to do", "Label ", "Fine-tuning:", "Architecture:"):
+        assert words in page1, words
+    assert "38%" in page1 and "base 5%" in page1
+    assert not re.search(r"\de-1\d", page1)
+
+
+def test_page_one_shows_both_ends_of_a_long_ranking(typed):
+    from worker.report.decide import decision
+
+    many = typed.model_copy(deep=True)
+    base = many.secondaries[0]
+    many.secondaries = [
+        base.model_copy(update={"name": f"S{k:02d}", "o_dist_mean": float(k)}) for k in range(12)
+    ]
+    order = [f"S{k:02d}" for k in range(12)]
+    many.ranking = Ranking(
+        by="o_dist_mean", metric="o_dist_mean", top_k=3, order=order, closest=order[:3],
+        farthest=order[::-1][:3], detail="summary", sections=order[:3] + order[-3:],
+    )  # fmt: skip
+    d = decision(many)
+    assert [r.name if r else None for r in d.shown] == order[:3] + [None] + order[-3:]
+    assert d.hidden == 6
+    assert many.ranking.highlighted == order[:3] + order[-3:]
+
+
+def _pages(pdf: Path) -> int:
+    from pypdf import PdfReader
+
+    return len(PdfReader(str(pdf)).pages)
+
+
+@pytest.mark.slow
+def test_matrix_job_fits_12_pages_and_decides_on_page_1(tmp_path):
+    from tests.helpers.pdf import pdf_text as text_of
+    from tests.helpers.report_jobs import matrix_job
+    from worker.job import load_job
+    from worker.pipeline import run
+
+    result = run(load_job(matrix_job(tmp_path)), out_dir=str(tmp_path / "out"))
+    run_dir = Path(result.run_dir)
+    pdf = run_dir / "report.pdf"
+    pages = _pages(pdf)
+    print(f"10-set matrix job: {pages} pages")
+    assert pages <= 12
+    text = text_of(pdf)
+    page1 = " ".join(text.split("\f")[0].split())
+    rep = result.report
+    assert not set(rep.ranking.closest) & set(rep.ranking.farthest)  # no set at both ends
+    for s in rep.secondaries:
+        assert s.name in page1 and s.verdict.label in page1, s.name
+    assert "What to do" in page1 and "Fine-tuning:" in page1
+    assert not re.search(r"\de-1[4-9]", text)  # no float noise (tiny p-values may print as 1e-13)
+    assert (run_dir / "report.html").stat().st_size > 100_000
+
+
+@pytest.mark.slow
+def test_demo_fits_14_pages(tmp_path):
+    from worker.demo import write_demo
+    from worker.job import load_job
+    from worker.pipeline import run
+
+    result = run(load_job(write_demo(tmp_path / "demo")), out_dir=str(tmp_path / "out"))
+    pages = _pages(Path(result.run_dir) / "report.pdf")
+    print(f"demo: {pages} pages")
+    assert pages <= 14

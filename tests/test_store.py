@@ -758,3 +758,36 @@ def test_s3_cli_sigint_before_the_pointer_publishes_nothing(
     # The interrupted run's objects were removed on the way out.
     assert store.list_runs(uri, storage) == [one.run_id]
     assert not [k for k in _keys(admin, bucket, "store/runs/") if one.run_id not in k]
+
+
+def test_concurrent_publishers_with_keep_1_never_leave_latest_dangling(tmp_path):
+    """keep: 1 in three processes publishing at once: pruning and the switch of `latest` take
+    one lock, so `latest` always names a run that exists (it used to name a pruned one)."""
+    out = tmp_path / "out"
+    script = PUBLISH_SCRIPT.replace(
+        "print(publish_run(staging, dest, storage).run_id)",
+        "for _ in range(4): print(publish_run(staging, dest, storage, keep=1).run_id)",
+    )
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                script,
+                str(make_staging(tmp_path / f"s{i}", f"p{i}")),
+                str(out),
+                "",
+            ],
+            env=_env(tmp_path, None),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(3)
+    ]
+    for p in procs:
+        assert p.wait(timeout=120) == 0, p.stderr.read()
+    latest = store.latest_run(str(out))
+    assert latest in store.list_runs(str(out))
+    assert (out / "latest" / "report.json").is_file() and (out / "report.json").is_file()
+    assert_complete(out, read_raw(str(out))["tag"])

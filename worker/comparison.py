@@ -44,23 +44,15 @@ def rank_order(values: Mapping[str, float | None]) -> list[str]:
 def ranking(values: Mapping[str, float | None], top_k: int) -> dict[str, list[str]]:
     """{order, closest, farthest}: `order` every name closest first (rank_order), `closest` its
     first top_k, `farthest` the top_k largest values, farthest first (names without a value are
-    in neither end). top_k >= 1; with fewer names the two ends overlap."""
+    in neither end). top_k >= 1; with fewer than 2 top_k names the ends split them (the closer
+    half closest, the farther half farthest), so no name is at both ends."""
     if top_k < 1:
         raise ValueError(f"report.top_k: must be at least 1, got {top_k}")
     order = rank_order(values)
     known = [n for n in order if values[n] is not None]
-    return {"order": order, "closest": known[:top_k], "farthest": known[::-1][:top_k]}
-
-
-def ends(order: Sequence[str], top_k: int) -> list[str]:
-    """The names shown in full in a summary report: the top_k closest and the top_k farthest
-    of `order` (closest first), each once, in rank order."""
-    if len(order) <= 2 * top_k:
-        return list(order)
-    return list(order[:top_k]) + list(order[-top_k:])
-
-
-# --------------------------------------------------------------------------- groups
+    near = min(top_k, (len(known) + 1) // 2)
+    far = min(top_k, len(known) // 2)
+    return {"order": order, "closest": known[:near], "farthest": known[::-1][:far]}
 
 
 def separation_auc(a: np.ndarray, b: np.ndarray) -> float | None:

@@ -43,8 +43,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats as sps
-from scipy.optimize import isotonic_regression
 
 from worker.adapt.masks import image_stem
 from worker.results import (
@@ -163,6 +161,8 @@ def fit_isotonic(x: np.ndarray | Sequence[float], y: np.ndarray | Sequence[float
     y = np.asarray(y, dtype=np.float64)
     xu, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
     mean_y = np.bincount(inverse, weights=y, minlength=len(xu)) / counts
+    from scipy.optimize import isotonic_regression  # scipy.stats etc.: only when fitting
+
     fitted = isotonic_regression(mean_y, weights=counts.astype(np.float64), increasing=False).x
     return Isotonic(xu, np.clip(fitted, 0.0, 1.0))
 
@@ -312,6 +312,8 @@ def interval(
         hi = float(np.sort(fold_estimates + r)[k_hi - 1])
         method = "jackknife+"
     else:
+        from scipy import stats as sps
+
         half = float(sps.t.ppf(0.5 + level / 2, df=n) * np.sqrt(np.mean(residuals**2)))
         lo, hi = estimate - half, estimate + half
         method = "student-t"

@@ -42,7 +42,13 @@ METRIC_SWITCHES: dict[str, tuple[str, ...]] = {
 #: metrics of the adaptation block (per secondary, trained model (default M) and architecture)
 ADAPTATION_METRICS = ("f_slope", "ods_f")
 #: metrics of the history block: change against earlier runs of the same store
-HISTORY_METRICS = ("o_dist_mean_change", "new_images_far_fraction")
+HISTORY_METRICS = (
+    "o_dist_mean_change",
+    "new_images_far_fraction",
+    "change_energy_distance",
+    "change_p_value",
+    "change_novel_fraction",
+)
 #: the performance estimated without labels (secondaries without masks)
 ESTIMATE_METRICS = ("estimated_f",)
 #: metrics of the groups block: one value per pair of groups, dataset "A vs B"

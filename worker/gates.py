@@ -120,6 +120,29 @@ def _group_separation(report: Report, pair: str) -> float | None:
     return None
 
 
+#: metrics that need at least two samples in each set (a covariance or a spread)
+TWO_SAMPLE_METRICS = ("fid", "diversity_mean", "mmd_p_value", "energy_p_value")
+
+
+def _secondary_reason(report: Report, gate: GateConfig, dataset: str) -> str | None:
+    """Why a per-secondary value is missing, where the report can tell."""
+    secondaries = _secondaries_of(report, gate.model)
+    sec = next((s for s in secondaries or [] if s.name == dataset), None)
+    if sec is None:
+        which = f" measured by {gate.model}" if gate.model else ""
+        return f"{gate.metric}: {dataset} is not a secondary{which} in this run"
+    if gate.metric in TWO_SAMPLE_METRICS:
+        small = [
+            (n, c)
+            for n, c in ((report.primary.name, report.primary.count), (dataset, sec.count))
+            if c < 2
+        ]
+        if small:
+            name, count = small[0]
+            return f"{gate.metric}: needs at least 2 images in each set; {name} has {count}"
+    return None
+
+
 def _estimate_reason(report: Report, dataset: str) -> str | None:
     """Why secondary `dataset` has no estimate to gate on (no skill, extrapolation, labelled)."""
     sec = report.secondary(dataset)
@@ -156,6 +179,8 @@ def evaluate_gates(report: Report, gates: list[GateConfig]) -> list[GateResult]:
             reason = f"{gate.metric} was not computed for {dataset}" if value is None else None
             if value is None and gate.metric in ESTIMATE_METRICS:
                 reason = _estimate_reason(report, dataset) or reason
+            elif value is None and gate.metric in SECONDARY_VALUES:
+                reason = _secondary_reason(report, gate, dataset) or reason
             passed = value is not None and (
                 (gate.max is None or value <= gate.max) and (gate.min is None or value >= gate.min)
             )

@@ -36,7 +36,19 @@ from worker.results import (
 )
 from worker.results import ValueSummary as Summary
 
-HISTORY_GATE_METRICS = ("o_dist_mean_change", "new_images_far_fraction")
+HISTORY_GATE_METRICS = (
+    "o_dist_mean_change",
+    "new_images_far_fraction",
+    "change_energy_distance",
+    "change_p_value",
+    "change_novel_fraction",
+)
+#: change-test gate metric -> field of SecondaryHistory.change (method.md §12.7)
+CHANGE_FIELDS = {
+    "change_energy_distance": "energy_distance",
+    "change_p_value": "p_value_adjusted",
+    "change_novel_fraction": "novel_fraction",
+}
 DEFAULT_BAND = (0.6, 1.0)
 FAR_LIST_MAX = 20
 
@@ -296,6 +308,8 @@ def gate_value(history: History, metric: str, dataset: str) -> float | None:
         if sec.name == dataset:
             if metric == "o_dist_mean_change":
                 return sec.o_dist_mean_change
+            if metric in CHANGE_FIELDS:
+                return getattr(sec.change, CHANGE_FIELDS[metric]) if sec.change else None
             return sec.new_images.far_fraction if sec.new_images is not None else None
     return None
 

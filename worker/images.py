@@ -51,7 +51,14 @@ def decode_image(data: bytes, draft: int | None = None) -> Image.Image:
             if draft is not None and img.format == "JPEG":
                 img.draft(img.mode, (draft, draft))
             img.load()
-            img = upright(img)
+            if img.mode == "F":
+                bad = int(np.count_nonzero(~np.isfinite(np.asarray(img))))
+                if bad:
+                    raise ImageError(
+                        f"float image with {bad} pixel(s) that are inf or NaN; not used "
+                        "(save it without them, or as 8/16-bit)"
+                    )
+            img = upright(img)  # an animated GIF (or multi-page TIFF): its first frame
     except ImageError:
         raise
     except Image.DecompressionBombError as err:

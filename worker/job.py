@@ -643,6 +643,17 @@ class ArchitectureConfig(Strict):
     encoder: str | None = None
     label: str | None = Field(default=None, min_length=1, max_length=60)
 
+    @field_validator("label")
+    @classmethod
+    def _safe_label(cls, v: str | None) -> str | None:
+        """A label names files (checkpoints/<label>.pt): never a path."""
+        if v is not None and (any(c in v for c in "/\\\0") or v.strip(".") == "" or v != v.strip()):
+            raise ValueError(
+                f"label {v!r} may not contain '/', '\\' or NUL, be only dots, or start or "
+                "end with white space (it names the checkpoint file); choose a plain name"
+            )
+        return v
+
     @model_validator(mode="after")
     def _one_source(self) -> ArchitectureConfig:
         if self.checkpoint is not None and self.encoder is not None:
@@ -781,6 +792,16 @@ class Job(Strict):
                         f"{'crop' if key == 'boxes' else 'video'} dataset; set "
                         "adaptation.enabled: false or remove the key"
                     )
+        labelled = self.adaptation.enabled or any(
+            ds.predictions is not None for ds in self.all_datasets
+        )
+        for i, gate in enumerate(self.gates):
+            if gate.metric == "estimated_f" and not labelled:
+                raise ValueError(
+                    f"gates[{i}]: estimated_f can never be computed in this job: it needs "
+                    "labelled evidence (adaptation.enabled, or a secondary with predictions: "
+                    "and masks:); add it or remove the gate"
+                )
         if self.pca.shared and not self.datasets.matrix:
             raise ValueError(
                 "pca.shared: one PCA over every dataset applies to datasets.matrix only; "

@@ -397,12 +397,23 @@ def novelty_scores(d: np.ndarray, loo: np.ndarray) -> dict[str, np.ndarray]:
     return {"novelty": below / n, "p_value": (1.0 + (n - below)) / (n + 1.0)}
 
 
+def binomial_upper_tail(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p): 1 for k <= 0, else I_p(k, n - k + 1)."""
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    from scipy.special import betainc
+
+    return float(betainc(k, n - k + 1, p))
+
+
 def novelty_summary(d: np.ndarray, loo: np.ndarray, quantile: float) -> dict[str, Any]:
     """Novelty of a set (method.md §12.3): an image is novel when d_j > threshold (P's
     q-quantile); novel_fraction against the base rate 1 - q, with the one-sided binomial
-    p-value P(X >= novel_count), X ~ Binomial(m, 1 - q) (scipy). Returns {threshold,
-    novel (m,) bool, novel_count, novel_fraction, base_rate, p_value}."""
-    from scipy.stats import binom
+    p-value P(X >= novel_count), X ~ Binomial(m, 1 - q) = I_{1-q}(k, m - k + 1), the
+    regularised incomplete beta (scipy.special, so scipy.stats is not imported). Returns
+    {threshold, novel (m,) bool, novel_count, novel_fraction, base_rate, p_value}."""
 
     d = _vector(d, "d")
     threshold = novelty_threshold(loo, quantile)
@@ -416,5 +427,5 @@ def novelty_summary(d: np.ndarray, loo: np.ndarray, quantile: float) -> dict[str
         "novel_count": count,
         "novel_fraction": count / m if m else None,
         "base_rate": base,
-        "p_value": float(binom.sf(count - 1, m, base)) if m else None,
+        "p_value": binomial_upper_tail(count, m, base) if m else None,
     }

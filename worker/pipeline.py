@@ -37,7 +37,8 @@ from worker.interrupt import check as check_interrupt
 from worker.job import DatasetConfig, Job, ModelConfig
 from worker.logs import LOGGER, stage
 from worker.preflight import check_locations
-from worker.report.render import RenderInputs, render_outputs
+from worker.report.inputs import AdaptationFigureData, RenderInputs
+from worker.report.render import render_outputs
 from worker.results import (
     SCHEMA_VERSION,
     Adaptation,
@@ -365,7 +366,7 @@ def _run(
         with stage("estimate"):
             attach_estimate(report, scores, job.seed)
         with stage("history"):
-            attach_history(report, job, out_uri)
+            attach_history(report, job, out_uri, measured[0].embedded)
         with stage("gates"):
             report.gates = evaluate_gates(report, job.gates)
             report.passed = all(g.passed for g in report.gates)
@@ -446,7 +447,7 @@ class Adapted:
     baseline's encoder when `features_from_trained` asks for it."""
 
     block: Adaptation
-    figure_data: dict
+    figure_data: AdaptationFigureData
     trained_encoder: Any = None
 
 
@@ -488,7 +489,7 @@ def adapt(job: Job, analysis: ModelAnalysis, sets: dict, artifacts: Path) -> Ada
     )
     return Adapted(
         block=block,
-        figure_data=extras.get("adaptation", {}),
+        figure_data=AdaptationFigureData.from_extras(extras),
         trained_encoder=extras.get("trained_extractor"),
     )
 
@@ -637,7 +638,7 @@ def attach_estimate(report: Report, scores: dict | None, seed: int) -> None:
     report.estimate = estimate
 
 
-def attach_history(report: Report, job: Job, store: str) -> None:
+def attach_history(report: Report, job: Job, store: str, embedded: Embedded | None = None) -> None:
     """Compare this run with the earlier runs of the same store (method.md §6): the `history`
     block, and `new` on every image of a secondary that the previous run also had. Earlier
     runs are read as typed Reports by worker.store (one reader); one that cannot be read is
@@ -683,6 +684,8 @@ def attach_history(report: Report, job: Job, store: str) -> None:
     report.history = history
     # estimates of earlier runs against the F realised once masks arrived (method-estimate.md)
     history.estimates = estimated_vs_realised([*previous, report])
+    if embedded is not None and history.previous_run is not None:
+        attach_change_tests(history, previous[-1], job, embedded)
     for sec in report.secondaries:
         new = history.new_ids.get(sec.name)
         if new is None:
@@ -690,6 +693,21 @@ def attach_history(report: Report, job: Job, store: str) -> None:
         new = set(new)
         for im in sec.images:
             im.new = im.id in new
+
+
+def attach_change_tests(history, previous: Report, job: Job, embedded: Embedded) -> None:
+    """The new images of every secondary tested against the previous run's images (method.md
+    §12.7): that run's embeddings are this run's vectors of the same content, else the
+    embedding cache's entries under the same extractor (content hash)."""
+    from worker.analysis import change_tests
+
+    lookup = None
+    if embedded.extractor is not None and job.cache.enabled and job.cache.dir:
+        from worker.cache import EmbeddingCache
+
+        cache = EmbeddingCache(job.resolve(job.cache.dir), storage=job.storage)
+        lookup = functools.partial(cache.get, key=embedded.extractor.cache_key)
+    change_tests(history, previous, embedded.sets, job, lookup)
 
 
 def selection_memory(job: Job, store: str) -> SelectionMemory | None:

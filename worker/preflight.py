@@ -87,6 +87,12 @@ def check_locations(job, *, out: str | None = None, junit: str | None = None) ->
                     f"{field_a}: {a} is inside {field_b} ({b}), so its files would also be "
                     f"listed as images of {field_b.split('.')[1]}; use folders side by side"
                 )
+    for field, _kind, resolved in locations:  # annotation files parse at the door too
+        if field.endswith(".boxes"):
+            from worker.sources import policy_for
+            from worker.sources.samples import read_boxes
+
+            read_boxes(resolved, None, policy_for(job), field)
     _check_output(job, out, folders)
     store = out or job.resolve(job.output.dir)
     for field, _kind, resolved in locations:

@@ -661,6 +661,15 @@ class Ranking(Result):
         description="Secondaries with a full PDF section, in rank order (summary: both ends)."
     )
 
+    @property
+    def highlighted(self) -> list[str]:
+        """Both ends, in rank order: the top_k closest and the top_k farthest secondaries, each
+        once (every secondary when there are at most 2 top_k). The one owner of the rule the
+        summary sections, the figures and report.html follow."""
+        if len(self.order) <= 2 * self.top_k:
+            return list(self.order)
+        return list(self.order[: self.top_k]) + list(self.order[-self.top_k :])
+
 
 class GroupSummary(Result):
     """One group of secondaries (`group:` in the job)."""
@@ -1174,6 +1183,41 @@ class NewImages(Result):
     far: list[FarImage] = Field(description="the farthest new images in the band (at most 20)")
 
 
+class ChangeTest(Result):
+    """The images new since the previous run tested against that run's images (method.md
+    §12.7): energy two-sample test and novelty against the previous run's own spread."""
+
+    previous_run: str | None = Field(description="Run id of the previous run tested against.")
+    previous_images: Count = Field(
+        description="Previous-run images whose embedding was found (this run's vectors of the "
+        "same content, else the embedding cache by content hash)."
+    )
+    previous_missing: Count = Field(
+        description="Previous-run images whose embedding was not found (left out)."
+    )
+    new_images: Count = Field(description="Images new since the previous run.")
+    energy_distance: float | None = Field(
+        description="Energy distance of the new images from the previous run's (§12.1), in "
+        "their joint PCA; null when either side has fewer than 2 images."
+    )
+    p_value: float | None = Field(
+        description="Energy permutation p-value (metrics.energy_permutations), in (0, 1]."
+    )
+    p_value_adjusted: float | None = Field(
+        description="p_value adjusted over the secondaries (metrics.p_adjustment)."
+    )
+    min_p_value: float | None = Field(description="Smallest attainable p: 1 / (1 + permutations).")
+    novel_fraction: float | None = Field(
+        description="Share of the new images beyond the previous run's novelty threshold "
+        "(its leave-one-out k-NN q-quantile), in [0, 1]."
+    )
+    base_rate: float = Field(description="1 - q: novel_fraction expected with no change.")
+    novelty_p_value: float | None = Field(
+        description="One-sided binomial p of novel_fraction against base_rate."
+    )
+    reason: str | None = Field(description="Why a value is null; null when all were computed.")
+
+
 class SecondaryHistory(Result):
     """One secondary of this run against the earlier runs."""
 
@@ -1185,6 +1229,9 @@ class SecondaryHistory(Result):
     new_images: NewImages | None = Field(description="new images; null on the first run")
     o_dist_mean_change: float | None = Field(
         description="gate value: o_dist_mean_rel vs the baseline if given, else the previous run"
+    )
+    change: ChangeTest | None = optional_block(
+        "The new images tested against the previous run's images (method.md §12.7)."
     )
 
 

@@ -7,8 +7,9 @@ import numpy as np
 from PIL import Image
 
 from worker.analysis import ScatterPoints
+from worker.report.inputs import FigureData
 from worker.report.model import SCHEMA_VERSION
-from worker.report.render import FigureData
+from worker.report.pictures import PictureSets, picture_sets
 
 HOSTILE_ID = "<b>&x.png"
 
@@ -219,24 +220,30 @@ def make_extras(report: dict) -> FigureData:
         )
     }
     selected = {s["name"]: [0, 1, 2] for s in report["secondaries"]}
-    thumbs = {}
-    for s in report["secondaries"][:2]:  # S3-emb is embeddings-only: no thumbnails
-        modes = ["RGB", "L", "RGBA", "I;16"]
-        ends = {}
-        by_dist = [im["id"] for im in sorted(s["images"], key=lambda im: im["i_dist"])]
-        for label, chosen in (("closest", by_dist[:4]), ("farthest", by_dist[::-1][:4])):
-            items = []
-            for k, image_id in enumerate(chosen):
-                arr = rng.integers(0, 255, size=(48, 64, 3), dtype=np.uint8)
-                img = Image.fromarray(arr, "RGB")
-                mode = modes[k % len(modes)]
-                img = img.convert(mode) if mode != "I;16" else img.convert("L").convert("I;16")
-                items.append((image_id, img))
-            ends[label] = items
-        thumbs[s["name"]] = ends
-    return FigureData(
-        scatter=ScatterPoints(names=names, points=points, selected=selected), thumbnails=thumbs
-    )
+    return FigureData(scatter=ScatterPoints(names=names, points=points, selected=selected))
+
+
+class FakePictures:
+    """worker.report.pictures.Pictures for the sample report: pictures in four modes for the
+    first two secondaries (S3-emb is embeddings-only)."""
+
+    def __init__(self, report: dict):
+        self.names = {s["name"] for s in report["secondaries"][:2]}
+        self.rng = np.random.default_rng(5)
+
+    def has_images(self, dataset: str) -> bool:
+        return dataset in self.names
+
+    def get(self, dataset: str, image_id: str):
+        arr = self.rng.integers(0, 255, size=(48, 64, 3), dtype=np.uint8)
+        mode = ["RGB", "L", "RGBA", "I;16"][len(image_id) % 4]
+        img = Image.fromarray(arr, "RGB")
+        return img.convert(mode) if mode != "I;16" else img.convert("L").convert("I;16")
+
+
+def make_pictures(report: dict, typed) -> PictureSets:
+    """The PDF's pictures of the sample report (its typed form `typed`)."""
+    return picture_sets(typed, FakePictures(report))
 
 
 def _summary(x: np.ndarray) -> dict:

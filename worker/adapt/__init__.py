@@ -6,7 +6,8 @@
 - `masks`: images paired with masks, the pre-flight mask check (no torch);
 - `train`: image / mask loading, seeded and resumable training;
 - `plan`: which models train on which images; `score`: counts, ODS, verdicts per result;
-- `verdicts`: the slope rule and the verdicts; `summary`: the choice across architectures;
+- `verdicts`: the slope rule and the verdicts; `summary`: the choice across architectures,
+  `noise`: its paired bootstrap;
 - `block`: report.json's `adaptation` block (pydantic);
 - `run`: the stage (`run_adaptation`);
 - `evaluate_cli`: `python -m worker evaluate` (no torch import).

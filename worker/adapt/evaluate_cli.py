@@ -35,7 +35,9 @@ def _open_image(data: bytes, where: str, what: str, hint: str = "") -> Image.Ima
 
 
 def decode_mask(data: bytes, where: str) -> np.ndarray:
-    """Mask bytes -> bool (H, W). Palette masks use their indices, colour masks any channel."""
+    """Mask bytes -> bool (H, W). Palette masks use their indices, colour masks any channel.
+    Integer values: 0/1 and 0/k (one class index k < 128) are positive where > 0, 0/255 (with
+    compression noise) where >= 128; several class indices are refused (JobError)."""
     img = _open_image(
         data,
         where,
@@ -53,6 +55,16 @@ def decode_mask(data: bytes, where: str) -> np.ndarray:
     if arr.dtype.kind == "f":
         arr = np.nan_to_num(arr)
         return arr >= 0.5 if arr.max(initial=0) <= 1 else arr >= 128
+    top = int(arr.max(initial=0))
+    if 1 < top < 128:  # class indices (0/2, 0/1/2, ...), not 0/255 with compression noise
+        values = np.unique(arr)
+        if len(values) > 2:
+            shown = ", ".join(str(int(v)) for v in values[:6])
+            raise JobError(
+                f"{where}: mask holds class indices {shown}{', ...' if len(values) > 6 else ''}"
+                "; the worker measures one class: give a binary mask (0/255 or 0/1) of it"
+            )
+        return arr > 0  # one class index k > 0 on a 0 background: k is the foreground
     return ods.binarize_mask(arr)
 
 

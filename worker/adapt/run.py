@@ -36,8 +36,9 @@ from worker.adapt.block import (
 )
 from worker.adapt.masks import MaskedSet, primary_masks_error
 from worker.adapt.names import BASELINE
+from worker.adapt.noise import bootstrap_draws
 from worker.adapt.plan import PlannedModel, check_masks, fingerprint, plan_models, train_ids
-from worker.adapt.score import EvaluatedSet, Runs, evaluate_set, score
+from worker.adapt.score import EvaluatedSet, Runs, evaluate_set, score, trivial_baseline
 from worker.adapt.segmenters import TrainedEncoderExtractor, build_segmenter, save_segmenter
 from worker.adapt.train import load_pair, resolve_device, train_segmenter
 from worker.adapt.verdicts import VERDICT_RULE
@@ -352,13 +353,13 @@ def run_adaptation(
             )
         )
     baselines = [
-        summ.trivial_baseline(es.ds.name, es.counts[(baseline, seeds[0], BASELINE)], es.pixels)
+        trivial_baseline(es.ds.name, es.counts[(baseline, seeds[0], BASELINE)], es.pixels)
         for es in evaluated
     ]
     draws = {}
     if len(archs) > 1:
         adapted = [m.name for m in plan if m.q > 0 and not m.negatives]
-        draws = summ.bootstrap_draws(
+        draws = bootstrap_draws(
             {(a, s, m, es.ds.name): c for es in evaluated for (a, s, m), c in es.counts.items()},
             {es.ds.name: es.x for es in evaluated},
             [a.label for a in archs],

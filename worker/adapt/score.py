@@ -18,7 +18,13 @@ import torch
 
 from worker import metrics
 from worker.adapt import ods
-from worker.adapt.block import AdaptationScore, FSplitPart, FSplitTable, PerImageF
+from worker.adapt.block import (
+    AdaptationScore,
+    FSplitPart,
+    FSplitTable,
+    PerImageF,
+    TrivialBaseline,
+)
 from worker.adapt.masks import MaskedSet
 from worker.adapt.names import BASELINE
 from worker.adapt.plan import PlannedModel
@@ -135,6 +141,37 @@ def operating_threshold(counts_with_positives: list[np.ndarray]) -> float:
 def positive_pixels(counts: np.ndarray) -> int:
     """Positive mask pixels of (N, T, 3) counts: TP + FN at any threshold."""
     return int(counts[:, 0, 0].sum() + counts[:, 0, 2].sum()) if len(counts) else 0
+
+
+def trivial_baseline(dataset: str, counts: np.ndarray, pixels: np.ndarray) -> TrivialBaseline:
+    """F of the all-positive and all-negative maps on one set, from any model's (N, T, 3)
+    counts (for TP + FN, the positive pixels) and the pixels per image, scored with the ODS
+    conventions of `worker.adapt.ods.prf`."""
+    pos = int(counts[:, 0, 0].sum() + counts[:, 0, 2].sum()) if len(counts) else 0
+    total = int(np.sum(pixels))
+    if pos == 0 or total == 0:
+        return TrivialBaseline(
+            dataset=dataset,
+            count=int(len(counts)),
+            pixels=total,
+            positive_pixels=pos,
+            prevalence=0.0 if total else None,
+            f_all_positive=None,
+            f_all_negative=None,
+            f_trivial=None,
+        )
+    _, _, f_pos = ods.prf(np.array([pos, total - pos, 0]))  # everything marked
+    _, _, f_neg = ods.prf(np.array([0, 0, pos]))  # nothing marked
+    return TrivialBaseline(
+        dataset=dataset,
+        count=int(len(counts)),
+        pixels=total,
+        positive_pixels=pos,
+        prevalence=pos / total,
+        f_all_positive=float(f_pos),
+        f_all_negative=float(f_neg),
+        f_trivial=float(max(f_pos, f_neg)),
+    )
 
 
 def _row(

@@ -15,18 +15,17 @@ farthest image, F's whole range being 0..1; the set's curve is flat when it is b
 SLOPE_TOL, the threshold of the verdicts. gain_per_image = gain / the images M{qmax} trained on
 beyond M's.
 
-Trivial baselines (`trivial_baseline`): per set, F of the all-positive map (P = prevalence,
-R = 1: 2p / (1 + p)) and of the all-negative map (R = 0: F = 0) under the ODS conventions;
-f_trivial = the larger. An architecture is "not learning" when ods_unseen <= mean_d
-f_trivial + LEARN_MARGIN; it is never recommended.
+Trivial baselines (`worker.adapt.score.trivial_baseline`): per set, F of the all-positive
+map (P = prevalence, R = 1: 2p / (1 + p)) and of the all-negative map (R = 0: F = 0) under the
+ODS conventions; f_trivial = the larger. An architecture is "not learning" when ods_unseen <=
+mean_d f_trivial + LEARN_MARGIN; it is never recommended.
 
-Noise (`bootstrap_draws`): a paired two-level bootstrap. Each of N_BOOT replicates draws the
-images of every set with replacement and the seeds with replacement, the same draws for every
-architecture; each criterion is recomputed on the drawn images and seeds (per-image F kept at
-the full sample's ODS threshold for the slope). A difference between two architectures is
-called only when the 95% interval of its replicates excludes 0 (`compare`). With one seed the
-interval holds the noise of the evaluated images only. Cost has no replicates: two costs
-differ when the larger exceeds the smaller by more than COST_TOL (relative).
+Noise (`worker.adapt.noise.bootstrap_draws`): a paired two-level bootstrap. Each of N_BOOT
+replicates draws the images of every set and the seeds, with replacement, the same draws for
+every architecture; each criterion is recomputed on them. A difference between two
+architectures is called only when the 95% interval of its replicates excludes 0 (`compare`).
+With one seed the interval holds the noise of the evaluated images only. Cost has no
+replicates: two costs differ when the larger exceeds the smaller by more than COST_TOL.
 
 Recommendation (`decide`): among the learning architectures, for each criterion of
 adaptation.choose_by in turn, keep the best and every architecture not distinguishable from
@@ -41,7 +40,6 @@ from itertools import combinations
 
 import numpy as np
 
-from worker.adapt import ods
 from worker.adapt.block import (
     TENDENCY_TOL,
     AdaptationScore,
@@ -59,6 +57,7 @@ from worker.adapt.block import (
     TrivialBaseline,
 )
 from worker.adapt.names import BASELINE
+from worker.adapt.noise import N_BOOT
 from worker.adapt.verdicts import SLOPE_TOL
 
 CRITERIA = ("ods_unseen", "gain", "stability", "cost")
@@ -66,7 +65,6 @@ LEARN_MARGIN = (
     0.02  # ODS F points above the trivial F below which an architecture is "not learning"
 )
 COST_TOL = 0.25  # training costs within 25% of each other are not told apart
-N_BOOT = 1000
 INTERVAL = (0.025, 0.975)
 
 #: criterion -> (ArchitectureSummary field, higher is better, words, number format)
@@ -157,37 +155,6 @@ def over_seeds(per_seed: Sequence[SeedScore]) -> list[SeedSpread]:
             )
         )
     return out
-
-
-def trivial_baseline(dataset: str, counts: np.ndarray, pixels: np.ndarray) -> TrivialBaseline:
-    """F of the all-positive and all-negative maps on one set, from any model's (N, T, 3)
-    counts (for TP + FN, the positive pixels) and the pixels per image, scored with the ODS
-    conventions of `worker.adapt.ods.prf`."""
-    pos = int(counts[:, 0, 0].sum() + counts[:, 0, 2].sum()) if len(counts) else 0
-    total = int(np.sum(pixels))
-    if pos == 0 or total == 0:
-        return TrivialBaseline(
-            dataset=dataset,
-            count=int(len(counts)),
-            pixels=total,
-            positive_pixels=pos,
-            prevalence=0.0 if total else None,
-            f_all_positive=None,
-            f_all_negative=None,
-            f_trivial=None,
-        )
-    _, _, f_pos = ods.prf(np.array([pos, total - pos, 0]))  # everything marked
-    _, _, f_neg = ods.prf(np.array([0, 0, pos]))  # nothing marked
-    return TrivialBaseline(
-        dataset=dataset,
-        count=int(len(counts)),
-        pixels=total,
-        positive_pixels=pos,
-        prevalence=pos / total,
-        f_all_positive=float(f_pos),
-        f_all_negative=float(f_neg),
-        f_trivial=float(max(f_pos, f_neg)),
-    )
 
 
 # ----------------------------------------------------------------------------- one architecture
@@ -310,95 +277,6 @@ def summarise_architecture(
 
 
 # ----------------------------------------------------------------------------- noise
-
-
-def _ods_draws(counts: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """ODS F of (N, T, 3) counts under (B, N) image weights: (B,)."""
-    n, t, _ = counts.shape
-    pooled = (weights @ counts.reshape(n, t * 3).astype(np.float64)).reshape(-1, t, 3)
-    _, _, f = ods.prf(pooled)
-    return f.max(axis=1)
-
-
-def _slope_draws(counts: np.ndarray, x: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Least-squares slope of per-image F (at the full sample's ODS threshold) against x,
-    weighted by (B, N) image weights: (B,), NaN where the drawn images have one x value."""
-    _, _, f_all = ods.prf(counts.sum(axis=0))
-    k = ods.nan_safe_argmax(f_all)
-    _, _, f = ods.prf(counts[:, k])
-    w = weights.astype(np.float64)
-    sw = w.sum(axis=1)
-    mx, mf = (w @ x) / sw, (w @ f) / sw
-    cov = (w @ (x * f)) / sw - mx * mf
-    var = (w @ (x * x)) / sw - mx * mx
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(var > 1e-12, cov / np.where(var > 1e-12, var, 1.0), np.nan)
-
-
-def bootstrap_draws(
-    counts: Mapping[tuple[str, int, str, str], np.ndarray],
-    x: Mapping[str, np.ndarray | None],
-    archs: Sequence[str],
-    seeds: Sequence[int],
-    datasets: Sequence[str],
-    adapted: str | None,
-    *,
-    n_boot: int = N_BOOT,
-    seed: int = 0,
-) -> dict[str, dict[str, np.ndarray]]:
-    """Replicates of ods_unseen, gain and stability per architecture (module docstring).
-
-    `counts[(arch, seed, model, dataset)]`: (N, T, 3) per-image counts; `x[dataset]`: scaled
-    I_dist of the same images (None: no stability draws from that set); `datasets`: the sets
-    with positive pixels. One replicate b draws, with numpy's Generator(seed), per set the
-    image multiplicities W_d[b] ~ Multinomial(N_d, 1/N_d) and the seed indices S[b] (n of n,
-    with replacement); for architecture a
-
-        ods_unseen[b] = mean_{j} mean_d ODS(counts[a, S[b, j], M, d] weighted by W_d[b])
-
-    and likewise gain (ODS of `adapted` minus M's) and stability (mean_d |weighted slope|, over
-    the sets whose drawn images have two x values or more; NaN when none has).
-    Returns {arch: {criterion: (n_boot,) array}}; a criterion without data is left out.
-    """
-    rng = np.random.default_rng(seed)
-    n_seeds = len(seeds)
-    weights = {}
-    for d in datasets:
-        n = len(counts[(archs[0], seeds[0], BASELINE, d)])
-        weights[d] = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot) if n else None
-    pick = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
-    cols = np.arange(n_boot)
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for a in archs:
-        per_seed: dict[str, list[np.ndarray]] = {"ods_unseen": [], "gain": [], "stability": []}
-        for s in seeds:
-            ods_m, gains, slopes = [], [], []
-            for d in datasets:
-                w = weights[d]
-                if w is None:
-                    continue
-                base = _ods_draws(counts[(a, s, BASELINE, d)], w)
-                ods_m.append(base)
-                if adapted is not None and (a, s, adapted, d) in counts:
-                    gains.append(_ods_draws(counts[(a, s, adapted, d)], w) - base)
-                xd = x.get(d)
-                if xd is not None:
-                    slopes.append(np.abs(_slope_draws(counts[(a, s, BASELINE, d)], xd, w)))
-            for key, parts in (("ods_unseen", ods_m), ("gain", gains)):
-                if parts:
-                    per_seed[key].append(np.mean(parts, axis=0))
-            if slopes:  # a set whose drawn images share one x value has no slope: left out
-                stacked = np.stack(slopes)
-                finite = np.isfinite(stacked)
-                total = np.where(finite, stacked, 0.0).sum(axis=0)
-                with np.errstate(invalid="ignore"):
-                    per_seed["stability"].append(total / finite.sum(axis=0))
-        out[a] = {
-            key: np.stack(v)[pick.T, cols].mean(axis=0)
-            for key, v in per_seed.items()
-            if len(v) == n_seeds
-        }
-    return out
 
 
 def compare(
@@ -558,7 +436,7 @@ def decide(
             architecture=None,
             decided_by=None,
             runner_up=None,
-            reason=why,
+            reason=why + ".",
             reasons=[],
             trade_off=None,
         )
@@ -576,7 +454,7 @@ def decide(
             architecture=rec.architecture,
             decided_by=decided,
             runner_up=None,
-            reason=why,
+            reason=why + ".",
             reasons=_reasons(rec, None, comparisons),
             trade_off=None,
         )
@@ -607,9 +485,9 @@ def decide(
                 architecture=best.architecture,
                 decided_by=crit,
                 runner_up=runner.architecture,
-                reason=reason,
+                reason=reason + ".",
                 reasons=_reasons(best, runner, comparisons),
-                trade_off=_trade_off(best, runner, comparisons),
+                trade_off=_trade_off(best, runner, comparisons) + ".",
             )
         candidates = keep
     names = " and ".join(r.architecture for r in candidates)
@@ -620,7 +498,7 @@ def decide(
         reason=(
             f"No distinguishable choice: {names} are within the noise of each other on "
             f"{', '.join(choose_by)}; more seeds (adaptation.seeds) or more evaluated "
-            "images narrow the noise"
+            "images narrow the noise."
         ),
         reasons=[],
         trade_off=None,
@@ -669,7 +547,8 @@ def summarise(
 ) -> SelectionSummary:
     """The model choice: one row per architecture, every pairwise comparison with its noise,
     a statement per criterion and the recommendation (pure; rule in SUMMARY_RULE). `draws`:
-    `bootstrap_draws` of the same blocks (none: no difference is beyond the noise but cost)."""
+    `worker.adapt.noise.bootstrap_draws` of the same blocks (none: no difference is beyond the
+    noise but cost)."""
     rows = [summarise_architecture(b, baselines) for b in blocks]
     comparisons = compare(rows, draws or {})
     statements = [_statement(rows, crit, comparisons) for crit in CRITERIA]

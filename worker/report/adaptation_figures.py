@@ -1,13 +1,13 @@
 """Figures of the adaptation section (paper figures 4-8). Plotting only: every number comes from
 report.adaptation (the typed block) or, for per-image scaled I_dist and example predictions,
-the adapt stage's figure data.
+the adapt stage's figure data (worker.report.inputs.AdaptationFigureData).
 
 - `adaptation_f_vs_idist_<dataset>`: per-image F (at the model's ODS threshold) against min-max
   scaled I_dist, images sorted by I_dist, moving average of window max(1, |S| // 10), one line
   per model (figs. 4-6);
 - `adaptation_f_bars`: ODS F per model per secondary (fig. 7);
-- `adaptation_grid_<dataset>`: image / mask / one prediction per model for the farthest images
-  (fig. 8).
+- `adaptation_grid_<dataset>`: image / mask / one prediction per model for the GRID_EXAMPLES
+  farthest images (fig. 8).
 - with two or more architectures (report.adaptation.architectures):
   `adaptation_arch_f_vs_idist_<dataset>`: the F-vs-I_dist panel of every architecture side by
   side (shared y axis); `adaptation_arch_f_bars`: ODS F per model and secondary, one panel per
@@ -21,7 +21,6 @@ false-positive pixel rate (noise, appendix C) instead.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import matplotlib
@@ -31,13 +30,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from worker.adapt.block import Adaptation, AdaptationScore  # noqa: E402
-from worker.report.figures import save_png  # noqa: E402
+from worker.report.inputs import AdaptationFigureData  # noqa: E402
+from worker.report.style import safe_name, save_png  # noqa: E402
 
 DPI = 120
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:80] or "dataset"
+GRID_EXAMPLES = 2  # farthest images per secondary in the prediction grid (paper fig. 8)
 
 
 def moving_average(values: np.ndarray, window: int) -> np.ndarray:
@@ -68,9 +65,8 @@ def f_vs_idist_series(
     return moving_average(x, w), moving_average(f, w)
 
 
-def _model_order(adaptation: Adaptation, extras: dict) -> list[str]:
-    order = (extras or {}).get("model_order")
-    return list(order) if order else [m.name for m in adaptation.models]
+def _model_order(adaptation: Adaptation, data: AdaptationFigureData) -> list[str]:
+    return list(data.model_order) or [m.name for m in adaptation.models]
 
 
 def _colours(models: list[str]) -> dict[str, tuple]:
@@ -106,18 +102,20 @@ def _label_axes(ax, key: str) -> None:
     ax.grid(alpha=0.3)
 
 
-def plot_f_vs_idist(adaptation: Adaptation, extras: dict, dataset: str, path: Path) -> Path | None:
-    curves = (extras or {}).get("curves", {}).get(dataset)
-    if not curves or curves.get("i_dist_scaled") is None:
+def plot_f_vs_idist(
+    adaptation: Adaptation, data: AdaptationFigureData, dataset: str, path: Path
+) -> Path | None:
+    curves = data.curves.get(dataset)
+    scaled = curves.scaled() if curves is not None else {}
+    if not scaled:
         return None
-    scaled = dict(zip(curves["ids"], curves["i_dist_scaled"], strict=True))
-    colours = _colours(_model_order(adaptation, extras))
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    colours = _colours(_model_order(adaptation, data))
+    fig, ax = plt.subplots(figsize=(6.7, 2.5))
     key = _draw_curves(ax, adaptation.results, dataset, scaled, colours)
     if not key:
         plt.close(fig)
         return None
-    n = len(curves["ids"])
+    n = len(curves.ids)
     what = "false positives" if key == "fp_rate" else "F-score"
     _label_axes(ax, key)
     ax.set_title(f"{dataset}: {what} vs I_dist (moving average, window {max(1, n // 10)})")
@@ -127,14 +125,14 @@ def plot_f_vs_idist(adaptation: Adaptation, extras: dict, dataset: str, path: Pa
 
 
 def plot_f_vs_idist_architectures(
-    adaptation: Adaptation, extras: dict, dataset: str, path: Path
+    adaptation: Adaptation, data: AdaptationFigureData, dataset: str, path: Path
 ) -> Path | None:
     """One F-vs-I_dist panel per architecture, side by side (paper figs. 4-6)."""
     blocks = adaptation.architectures or []
-    curves = (extras or {}).get("curves", {}).get(dataset)
-    if len(blocks) < 2 or not curves or curves.get("i_dist_scaled") is None:
+    curves = data.curves.get(dataset)
+    scaled = curves.scaled() if curves is not None else {}
+    if len(blocks) < 2 or not scaled:
         return None
-    scaled = dict(zip(curves["ids"], curves["i_dist_scaled"], strict=True))
     colours = _colours([m.name for m in blocks[0].models])
     fig, axes = plt.subplots(
         1, len(blocks), figsize=(3.2 * len(blocks) + 1.2, 3.4), sharey=True, squeeze=False
@@ -193,16 +191,16 @@ def plot_architecture_bars(adaptation: Adaptation, path: Path) -> Path | None:
     return save_png(fig, path, DPI)
 
 
-def plot_f_bars(adaptation: Adaptation, extras: dict, path: Path) -> Path | None:
+def plot_f_bars(adaptation: Adaptation, data: AdaptationFigureData, path: Path) -> Path | None:
     results = adaptation.results
     if not results:
         return None
-    models = _model_order(adaptation, extras)
+    models = _model_order(adaptation, data)
     datasets = list(dict.fromkeys(r.dataset for r in results))
     value = {(r.model, r.dataset): r.ods_f for r in results}
     colours = _colours(models)
     width = 0.8 / max(1, len(models))
-    fig, ax = plt.subplots(figsize=(max(5.5, 0.35 * len(datasets) * max(1, len(models)) + 2), 3.8))
+    fig, ax = plt.subplots(figsize=(max(6.7, 0.35 * len(datasets) * max(1, len(models)) + 2), 2.6))
     pos = np.arange(len(datasets))
     for k, m in enumerate(models):
         heights = [value.get((m, d)) for d in datasets]
@@ -263,23 +261,22 @@ def plot_choice(adaptation: Adaptation, path: Path) -> Path | None:
     return save_png(fig, path, DPI)
 
 
-def plot_grid(adaptation: Adaptation, extras: dict, dataset: str, path: Path) -> Path | None:
-    examples = (extras or {}).get("examples", {}).get(dataset) or []
+def plot_grid(
+    adaptation: Adaptation, data: AdaptationFigureData, dataset: str, path: Path
+) -> Path | None:
+    examples = (data.examples.get(dataset) or [])[:GRID_EXAMPLES]
     if not examples:
         return None
-    models = [m for m in _model_order(adaptation, extras) if m in examples[0]["predictions"]]
+    models = [m for m in _model_order(adaptation, data) if m in examples[0].predictions]
     cols = ["image", "mask", *models]
     rows = len(examples)
-    fig, axes = plt.subplots(rows, len(cols), figsize=(1.5 * len(cols), 1.55 * rows), squeeze=False)
-    scaled = dict(
-        zip(
-            (extras.get("curves", {}).get(dataset) or {}).get("ids", []),
-            (extras.get("curves", {}).get(dataset) or {}).get("i_dist_scaled") or [],
-            strict=False,
-        )
+    fig, axes = plt.subplots(
+        rows, len(cols), figsize=(1.1 * len(cols), 1.15 * rows + 0.3), squeeze=False
     )
+    curves = data.curves.get(dataset)
+    scaled = curves.scaled() if curves is not None else {}
     for i, ex in enumerate(examples):
-        panels = [ex["image"], ex["mask"], *[ex["predictions"][m] for m in models]]
+        panels = [ex.image, ex.mask, *[ex.predictions[m] for m in models]]
         for j, (title, arr) in enumerate(zip(cols, panels, strict=True)):
             ax = axes[i, j]
             ax.imshow(arr, cmap=None if arr.ndim == 3 else "gray", vmin=0, vmax=255)
@@ -287,34 +284,30 @@ def plot_grid(adaptation: Adaptation, extras: dict, dataset: str, path: Path) ->
             ax.set_yticks([])
             if i == 0:
                 ax.set_title(title, fontsize=8)
-        label = ex["id"] if len(ex["id"]) <= 18 else "..." + ex["id"][-15:]
-        if ex["id"] in scaled:
-            label += f"\nI_dist {scaled[ex['id']]:.2f}"
+        label = ex.id if len(ex.id) <= 18 else "..." + ex.id[-15:]
+        if ex.id in scaled:
+            label += f"\nI_dist {scaled[ex.id]:.2f}"
         axes[i, 0].set_ylabel(label, fontsize=6)
-    fig.suptitle(f"{dataset}: farthest images", fontsize=9)
+    fig.suptitle(f"{dataset}: the {len(examples)} farthest evaluated images", fontsize=9)
     fig.tight_layout()
     return save_png(fig, path, DPI)
 
 
 def make_adaptation_figures(
-    adaptation: Adaptation | None, extras: dict, out_dir: str | Path
+    adaptation: Adaptation | None, data: AdaptationFigureData | None, out_dir: str | Path
 ) -> dict[str, Path]:
-    """Every adaptation figure of report.adaptation (no-op without one).
-
-    `extras` is the adapt stage's figure data (its "adaptation" entry from run_adaptation is
-    used) or that entry itself. Returns {figure key: path}; keys start with "adaptation_".
-    """
+    """Every adaptation figure of the typed block report.adaptation (none without it), with
+    the adapt stage's figure data. Returns {figure key: path}; keys start with "adaptation_"."""
     if adaptation is None:
         return {}
-    extras = extras or {}
-    data = extras.get("adaptation", extras)
+    data = data or AdaptationFigureData()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures: dict[str, Path] = {}
     datasets = list(dict.fromkeys(r.dataset for r in adaptation.results))
     for k, name in enumerate(datasets):
         p = plot_f_vs_idist(
-            adaptation, data, name, out / f"adaptation_f_vs_idist_{k}_{_safe(name)}.png"
+            adaptation, data, name, out / f"adaptation_f_vs_idist_{k}_{safe_name(name)}.png"
         )
         if p is not None:
             figures[f"adaptation_f_vs_idist_{name}"] = p
@@ -323,7 +316,7 @@ def make_adaptation_figures(
         figures["adaptation_f_bars"] = p
     for k, name in enumerate(datasets):
         p = plot_f_vs_idist_architectures(
-            adaptation, data, name, out / f"adaptation_arch_f_vs_idist_{k}_{_safe(name)}.png"
+            adaptation, data, name, out / f"adaptation_arch_f_vs_idist_{k}_{safe_name(name)}.png"
         )
         if p is not None:
             figures[f"adaptation_arch_f_vs_idist_{name}"] = p
@@ -334,7 +327,7 @@ def make_adaptation_figures(
     if p is not None:
         figures["adaptation_choice"] = p
     for k, name in enumerate(datasets):
-        p = plot_grid(adaptation, data, name, out / f"adaptation_grid_{k}_{_safe(name)}.png")
+        p = plot_grid(adaptation, data, name, out / f"adaptation_grid_{k}_{safe_name(name)}.png")
         if p is not None:
             figures[f"adaptation_grid_{name}"] = p
     return figures

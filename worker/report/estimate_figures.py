@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from worker.estimate import DatasetEstimate, Estimate  # noqa: E402
-from worker.report.figures import save_png  # noqa: E402
+from worker.report.style import save_png  # noqa: E402
 
 DPI = 120
 EXTRAPOLATED_COLOUR = "#D55E00"

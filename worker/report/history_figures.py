@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from worker.history import History, Summary  # noqa: E402
-from worker.report.figures import save_png  # noqa: E402
+from worker.report.style import save_png  # noqa: E402
 
 DPI = 120
 

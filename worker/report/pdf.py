@@ -1,27 +1,28 @@
 """report.pdf: Jinja2 (autoescaped) HTML from templates/report.html.j2, printed by WeasyPrint.
 
-`render_html(report, figures)` returns the HTML string; `render_pdf(report, figures, out_path)`
-writes the PDF atomically. `figures` is make_figures' {key: path}; the template and its
-partials (adaptation.html.j2, statistics.html.j2) receive it as {key: file URI}.
-WeasyPrint may only read the stylesheet, the templates folder and the figure files.
+`render_html(report, figures, pictures)` returns the HTML string; `render_pdf(report, figures,
+out_path, pictures)` writes the PDF atomically. `figures` is make_figures' {key: path}; the
+template and its partials receive it as {key: file URI}; `pictures` (worker.report.pictures)
+holds the thumbnails as data URIs. WeasyPrint may only read the stylesheet, the templates
+folder, the figure files and data: URIs.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from jinja2 import Environment, FileSystemLoader
+from markupsafe import Markup, escape
 
+from worker.report.fmt import fmt_num, fmt_p, fmt_pct, fmt_ratio, fmt_signed_pct
 from worker.report.model import atomic_write_bytes
+from worker.report.pictures import PictureSets
 from worker.results import GateResult, Report
 
-ID_LIST_LIMIT = 40  # ids shown per selection before "... and N more"
 SKIPPED_LIMIT = 150  # rows of the skipped-images table
-FARTHEST_ROWS = 10  # rows of the farthest-images table per secondary
 
 
 def templates_dir() -> Path:
@@ -32,25 +33,9 @@ def templates_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "templates"
 
 
-def fmt_num(x, digits: int = 4) -> str:
-    """A number for a table cell: None -> 'n/a', ints with thousands separators, floats %.4g."""
-    if x is None:
-        return "n/a"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, int):
-        return f"{x:,}"
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return str(x)
-    if not math.isfinite(x):
-        return "n/a"
-    if x != 0 and (abs(x) >= 10 ** (digits + 2) or abs(x) < 1e-3):
-        return f"{x:.{max(digits - 1, 1)}e}"
-    if abs(x) >= 10**digits:
-        return f"{x:,.0f}"
-    return f"{x:.{digits}g}"
+def header_breaks(text: str) -> Markup:
+    """A column title that may wrap after an underscore or a slash, never inside a word."""
+    return Markup(str(escape(text)).replace("_", "_<wbr>").replace("/", "/<wbr>"))
 
 
 def fmt_bound(gate: GateResult) -> str:
@@ -70,55 +55,60 @@ def _environment(folder: str) -> Environment:
         keep_trailing_newline=True,
     )
     env.filters["num"] = fmt_num
+    env.filters["p"] = fmt_p
+    env.filters["pct"] = fmt_pct
+    env.filters["ratio"] = fmt_ratio
+    env.filters["signed_pct"] = fmt_signed_pct
     env.filters["bound"] = fmt_bound
+    env.filters["hdr"] = header_breaks
     return env
+
+
+def environment() -> Environment:
+    """The Jinja2 environment of templates/ (autoescaped, with the number filters)."""
+    return _environment(str(templates_dir()))
 
 
 def _figure_uris(figures: dict | None) -> dict[str, str]:
     return {str(k): Path(v).resolve().as_uri() for k, v in (figures or {}).items() if v}
 
 
-def _context(report: Report, figures: dict | None) -> dict:
-    names = [s.name for s in report.secondaries]
+def _context(report: Report, figures: dict | None, pictures=None) -> dict:
+    from worker.report.decide import COLUMNS, decision
+
     skipped_by: dict[str, int] = {}
     for s in report.skipped:
         skipped_by[s.dataset] = skipped_by.get(s.dataset, 0) + 1
-    farthest = {
-        s.name: sorted((im for im in s.images if im.i_dist is not None), key=lambda im: -im.i_dist)[
-            :FARTHEST_ROWS
-        ]
-        for s in report.secondaries
-    }
     by_name = {s.name: s for s in report.secondaries}
-    order = report.ranking.order if report.ranking else names
+    order = report.ranking.order if report.ranking else [s.name for s in report.secondaries]
     ranked = [by_name[n] for n in order if n in by_name]
-    shown = report.ranking.sections if report.ranking else names
+    shown = report.ranking.sections if report.ranking else order
+    evidence = report.ranking.highlighted if report.ranking else order
     return {
         "report": report,
+        "d": decision(report),
+        "columns": COLUMNS,
         "figures": _figure_uris(figures),
-        "names": names,
+        "pictures": pictures or PictureSets(),
         "ranked": ranked,  # secondaries, closest first (report.ranking.order)
         "ranked_names": [s.name for s in ranked],
         "rank_of": {s.name: i + 1 for i, s in enumerate(ranked)},
-        "sections": [by_name[n] for n in shown if n in by_name],  # secondaries with pages
+        "sections": [by_name[n] for n in shown if n in by_name],  # secondaries with a block
+        # the evidence's per-secondary rows: every secondary, or both ends of a long ranking
+        "evidence": [by_name[n] for n in evidence if n in by_name],
         "section_names": list(shown),
         "summary": bool(report.ranking and report.ranking.detail == "summary"),
         "gates_failed": [g for g in report.gates if not g.passed],
         "skipped_by": skipped_by,
-        "farthest": farthest,
         "table_models": report.models,
-        "id_limit": ID_LIST_LIMIT,
         "skipped_limit": SKIPPED_LIMIT,
-        "has_statistics": any(s.statistics or s.duplicates for s in report.secondaries)
-        or bool(report.model_agreement)
-        or bool(report.robustness),
     }
 
 
-def render_html(report: Report, figures: dict | None) -> str:
+def render_html(report: Report, figures: dict | None, pictures: PictureSets | None = None) -> str:
     """The report as one HTML document (stylesheet linked as report.css next to the template)."""
     env = _environment(str(templates_dir()))
-    return env.get_template("report.html.j2").render(**_context(report, figures))
+    return env.get_template("report.html.j2").render(**_context(report, figures, pictures))
 
 
 def prepare() -> None:
@@ -167,12 +157,17 @@ def _url_fetcher(allowed: list[Path]):
     return fetch
 
 
-def render_pdf(report: Report, figures: dict | None, out_path: str | Path) -> Path:
+def render_pdf(
+    report: Report,
+    figures: dict | None,
+    out_path: str | Path,
+    pictures: PictureSets | None = None,
+) -> Path:
     """Render report.pdf (A4, page numbers) and write it atomically to `out_path`."""
     from weasyprint import HTML
 
     folder = templates_dir()
-    html = render_html(report, figures)
+    html = render_html(report, figures, pictures)
     allowed = [folder] + [Path(p).resolve() for p in (figures or {}).values() if p]
     document = HTML(
         string=html,

@@ -9,7 +9,8 @@ from worker.sources.items import Item, Listing, ListingPolicy
 
 __all__ = ["Item", "Listing", "ListingPolicy"]  # defined in worker.sources.items
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+#: .gif: its first frame is the image (an animated GIF is one image, not a video)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 
 _POLICY: contextvars.ContextVar[ListingPolicy | None] = contextvars.ContextVar(

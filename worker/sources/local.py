@@ -56,8 +56,10 @@ def list_items(
     def warn(rel: str, reason: str) -> None:
         warnings.append(f"{root}: folder {_printable(rel)[0]}/ not read: {reason}")
 
-    def walk(folder: str, prefix: str, ancestors: frozenset[str]) -> None:
-        nonlocal hidden_files
+    # an explicit stack, not recursion: a tree 10,000 folders deep lists like a flat one
+    stack: list[tuple[str, str, frozenset[str]]] = [(str(base), "", frozenset({root_real}))]
+    while stack:
+        folder, prefix, ancestors = stack.pop()
         try:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
@@ -68,7 +70,8 @@ def list_items(
                     "check its permissions"
                 ) from None
             warn(prefix.rstrip("/"), f"cannot read it ({err.strerror or err})")
-            return
+            continue
+        subfolders = []
         for entry in entries:
             rel = prefix + entry.name
             try:
@@ -92,7 +95,7 @@ def list_items(
                     warn(rel, f"already listed through another path ({real})")
                     continue
                 visited.add(real)
-                walk(entry.path, rel + "/", ancestors | {real})
+                subfolders.append((entry.path, rel + "/", ancestors | {real}))
                 continue
             if not entry.name.lower().endswith(exts):
                 continue
@@ -118,8 +121,8 @@ def list_items(
                 skip(rel, "file name is not valid UTF-8; rename the file")
                 continue
             items.append(Item(id=ident, uri=entry.path))
+        stack.extend(reversed(subfolders))  # depth first, in name order
 
-    walk(str(base), "", frozenset({root_real}))
     if hidden_files:
         warnings.append(
             f"{root}: {hidden_files} hidden image file(s) (name starts with '.') not read"

@@ -384,11 +384,24 @@ def parse_coco(data: bytes, where: str) -> tuple[dict[str, list[Box]], list[dict
     }
     boxes: dict[str, list[Box]] = {}
     skipped: list[dict] = []
+    seen_ids: set[int] = set()
     for k, ann in enumerate(doc["annotations"]):
         if not isinstance(ann, dict):
             skipped.append({"id": f"annotations[{k}]", "reason": "not an object"})
             continue
         key = ann.get("id", k)
+        if isinstance(key, bool) or not isinstance(key, int) or key < 0:
+            skipped.append(
+                {
+                    "id": f"annotations[{k}]",
+                    "reason": f"annotation id {key!r} is not a non-negative integer",
+                }
+            )
+            continue
+        if key in seen_ids:  # two samples must never share one id
+            skipped.append({"id": f"annotation {key}", "reason": f"duplicate annotation id {key}"})
+            continue
+        seen_ids.add(key)
         file = images.get(ann.get("image_id"))
         if file is None:
             skipped.append(
@@ -453,13 +466,32 @@ def _yolo_names(files: dict[str, Item], storage) -> list[str] | None:
             return [ln.strip() for ln in text.splitlines() if ln.strip()]
     for name in ("data.yaml", "dataset.yaml", "data.yml"):
         if name in files:
-            doc = yaml.safe_load(read_bytes(files[name].uri, storage)) or {}
+            uri = files[name].uri
+            try:
+                doc = yaml.safe_load(read_bytes(uri, storage)) or {}
+            except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as err:
+                mark = getattr(err, "problem_mark", None)
+                where = f" at line {mark.line + 1}" if mark else ""
+                raise JobError(
+                    f"{uri}: not valid YAML{where}; fix the YOLO {name} (its 'names') or remove it"
+                ) from None
             names = doc.get("names") if isinstance(doc, dict) else None
             if isinstance(names, dict):
-                top = max(int(k) for k in names) + 1 if names else 0
+                ids = [k for k in names if str(k).isdigit()]
+                if len(ids) != len(names):
+                    raise JobError(
+                        f"{uri}: 'names' must map class ids (0, 1, ...) to names; found keys "
+                        f"{', '.join(repr(k) for k in list(names)[:5])}"
+                    )
+                top = max(int(k) for k in ids) + 1 if ids else 0
                 return [str(names.get(i, names.get(str(i), i))) for i in range(top)]
             if isinstance(names, list):
                 return [str(n) for n in names]
+            if isinstance(names, str):
+                raise JobError(
+                    f"{uri}: 'names' is one string ({names[:40]!r}); give a list of class "
+                    "names, e.g. names: [car, person]"
+                )
     return None
 
 
@@ -524,17 +556,19 @@ def _image_size(data: bytes) -> tuple[int, int]:
 
 def crop_samples(
     item: Item, boxes: list[Box], crop, storage=None
-) -> tuple[list[Sample], list[dict], int]:
-    """The crop samples of one image: (samples, skipped [{id, reason}], boxes clipped)."""
+) -> tuple[list[Sample], list[dict], int, list[str]]:
+    """The crop samples of one image: (samples, skipped [{id, reason}], boxes clipped, ids of
+    the boxes smaller than crop.min_size: left out by the job's setting, not failures, so
+    they are a warning and do not count toward max_skipped_fraction)."""
     padding = float(getattr(crop, "padding", 0.0))
     min_size = int(getattr(crop, "min_size", 1))
     try:
         data = _source_bytes(item.uri, storage)
         width, height = _image_size(data)
     except ImageError as err:
-        return [], [{"id": item.id, "reason": f"{err}; its {len(boxes)} box(es) not used"}], 0
+        return [], [{"id": item.id, "reason": f"{err}; its {len(boxes)} box(es) not used"}], 0, []
     digest = hashlib.sha256(data).hexdigest()
-    out, skipped, clipped = [], [], 0
+    out, skipped, clipped, small = [], [], 0, []
     for b in boxes:
         sid = f"{item.id}#box={b.key}"
         if b.problem:
@@ -547,7 +581,10 @@ def crop_samples(
             xyxy, width, height, padding=padding, min_size=min_size
         )
         if final is None:
-            skipped.append({"id": sid, "reason": reason})
+            if "crop.min_size" in reason:  # dropped by the job's own setting: not a failure
+                small.append(sid)
+            else:
+                skipped.append({"id": sid, "reason": reason})
             continue
         clipped += was_clipped
         out.append(
@@ -562,7 +599,7 @@ def crop_samples(
                 label=b.label,
             )
         )
-    return out, skipped, clipped
+    return out, skipped, clipped, small
 
 
 # --------------------------------------------------------------------------- datasets
@@ -649,11 +686,17 @@ def expand_dataset(
         todo = [(by_key[k], boxes[k]) for k in boxes if k in by_key]
         todo.sort(key=lambda pair: pair[0].id)
         results = _ordered_map(lambda p: crop_samples(p[0], p[1], ds.crop_settings, storage), todo)
-        items, clipped = [], 0
-        for found, skip, n_clipped in results:
+        items, clipped, small = [], 0, []
+        for found, skip, n_clipped, n_small in results:
             items.extend(found)
             skipped.extend(skip)
             clipped += n_clipped
+            small += n_small
+        if small:
+            warnings.append(
+                f"datasets.{name}: {len(small)} box(es) smaller than crop.min_size "
+                f"{ds.crop_settings.min_size} left out (e.g. {small[0]}); not counted as skipped"
+            )
         if clipped:
             warnings.append(
                 f"datasets.{name}: {clipped} box(es) reach outside their image; clipped"
