@@ -173,7 +173,7 @@ def analyse_matrix(sets: list[EmbeddedSet], job: Job) -> DatasetMatrix:
     )
     ordered_by = "o_dist_mean" if job.ranking.metric == "o_dist_mean" else "energy"
     grid = both[ordered_by]
-    order = comparison.cluster_order(grid)
+    order, tree = comparison.cluster_tree(grid)
     return DatasetMatrix(
         names=names,
         o_dist_mean=both["o_dist_mean"].tolist(),
@@ -182,5 +182,6 @@ def analyse_matrix(sets: list[EmbeddedSet], job: Job) -> DatasetMatrix:
         pca="shared" if job.pca.shared else "pair",
         dims=job.pca.dims,
         order=[names[i] for i in order],
+        linkage=tree,
         nearest=comparison.nearest_other(grid, names),
     )
