@@ -156,6 +156,52 @@ def test_cluster_order_and_nearest_other():
     assert comparison.nearest_other(m, names) == {"a": "c", "b": "e", "c": "a", "d": "b", "e": "b"}
     assert comparison.nearest_other(np.array([[1.0]]), ["a"]) == {"a": None}
     assert comparison.cluster_order(np.array([[1.0]])) == [0]
+    order2, tree = comparison.cluster_tree(m)
+    assert order2 == order and len(tree) == 4 and all(len(row) == 4 for row in tree)
+    assert {int(tree[0][0]), int(tree[0][1])} == {1, 4}  # the closest pair merges first
+    assert tree[0][2] == pytest.approx(1.5) and tree[-1][3] == 5  # height; the root holds all
+    assert comparison.cluster_tree(np.ones((2, 2))) == ([0, 1], None)
+
+
+def test_matrix_figure_draws_the_dendrogram_of_the_report(tmp_path):
+    """plot_matrix draws matrix.linkage above the heatmap when its leaves are the heatmap's
+    order, and leaves it out (heatmap only) when they are not."""
+    from matplotlib.figure import Figure
+
+    from tests.helpers.sample_report import make_report
+    from worker.report import distance_figures
+    from worker.results import DatasetMatrix, Report
+
+    m = np.array([[0, 4, 1, 4], [4, 0, 4, 1], [1, 4, 0, 4], [4, 1, 4, 0]], dtype=float)
+    order, tree = comparison.cluster_tree(m)
+    names = ["a", "b", "c", "d"]
+    block = DatasetMatrix(
+        names=names, o_dist_mean=m.tolist(), pca="pair", dims=None,
+        order=[names[i] for i in order], nearest=comparison.nearest_other(m, names),
+        energy=m.tolist(), ordered_by="energy", linkage=tree,
+    )  # fmt: skip
+    report = Report.model_validate(make_report()).model_copy(update={"matrix": block})
+    axes_made = []
+    real = Figure.add_axes
+
+    def spy(self, *a, **k):
+        axes_made.append(a[0] if a else k)
+        return real(self, *a, **k)
+
+    Figure.add_axes = spy
+    try:
+        assert distance_figures.plot_matrix(report, tmp_path / "m.png").exists()
+        with_tree = len(axes_made)
+        axes_made.clear()
+        shuffled = block.model_copy(update={"order": ["a", "b", "c", "d"]})
+        if [names[i] for i in order] == shuffled.order:
+            shuffled = block.model_copy(update={"order": ["b", "a", "c", "d"]})
+        other = report.model_copy(update={"matrix": shuffled})
+        assert distance_figures.plot_matrix(other, tmp_path / "n.png").exists()
+        without_tree = len(axes_made)
+    finally:
+        Figure.add_axes = real
+    assert with_tree == without_tree + 1  # the dendrogram's axes
 
 
 def test_group_separation_does_not_depend_on_listing_order():

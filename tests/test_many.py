@@ -194,6 +194,13 @@ def test_matrix_symmetric_with_diagonal_against_itself(tmp_path):
     off = energy + np.diag(np.full(5, np.inf))
     assert mx["nearest"] == {n: names[int(np.argmin(off[i]))] for i, n in enumerate(names)}
     assert sorted(mx["order"]) == sorted(names)
+    # the clustering behind order: scipy's average linkage of the energy matrix, leaves = order
+    from scipy.cluster.hierarchy import leaves_list, linkage
+    from scipy.spatial.distance import squareform
+
+    tree = linkage(squareform(energy, checks=False), method="average", optimal_ordering=True)
+    np.testing.assert_allclose(np.array(mx["linkage"]), tree, rtol=1e-9, atol=1e-12)
+    assert [names[i] for i in leaves_list(tree)] == mx["order"]
     # the matrix row of P against each secondary is the secondary's o_dist_mean
     for s in report["secondaries"]:
         assert m[0, names.index(s["name"])] == pytest.approx(s["o_dist_mean"], rel=1e-12)

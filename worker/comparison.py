@@ -272,20 +272,26 @@ def dataset_matrix(
     ]
 
 
-def cluster_order(matrix: np.ndarray) -> list[int]:
-    """Leaf order of an average-linkage hierarchical clustering (scipy) of the off-diagonal
-    entries of a symmetric (K, K) matrix, optimal leaf ordering; [0] for K = 1."""
+def cluster_tree(matrix: np.ndarray) -> tuple[list[int], list[list[float]] | None]:
+    """Average-linkage hierarchical clustering (scipy, optimal leaf ordering) of the
+    off-diagonal entries of a symmetric (K, K) matrix: (leaf order, linkage rows [i, j,
+    height, size], (K - 1, 4); None for K < 3, whose order is the job order)."""
     m = np.asarray(matrix, dtype=np.float64)
     k = len(m)
     if k < 3:
-        return list(range(k))
+        return list(range(k)), None
     from scipy.cluster.hierarchy import leaves_list, linkage
     from scipy.spatial.distance import squareform
 
     off = np.maximum(m, 0.0)
     np.fill_diagonal(off, 0.0)
     tree = linkage(squareform(off, checks=False), method="average", optimal_ordering=True)
-    return [int(i) for i in leaves_list(tree)]
+    return [int(i) for i in leaves_list(tree)], tree.tolist()
+
+
+def cluster_order(matrix: np.ndarray) -> list[int]:
+    """Leaf order of cluster_tree(matrix); [0] for K = 1."""
+    return cluster_tree(matrix)[0]
 
 
 def nearest_other(matrix: np.ndarray, names: Sequence[str]) -> dict[str, str | None]:

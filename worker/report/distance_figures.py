@@ -255,8 +255,9 @@ def group_of(report: Report) -> dict[str, str]:
 
 
 def plot_matrix(report: Report, path: Path) -> Path | None:
-    """Heatmap of report.matrix in clustering order; a bar of group colours along both axes;
-    numbers in black or white by the cell's lightness."""
+    """Heatmap of report.matrix in clustering order, with the clustering's dendrogram above it
+    (matrix.linkage) and a bar of group colours; numbers in black or white by the cell's
+    lightness."""
     got = matrix_values(report)
     if got is None:
         return None
@@ -267,7 +268,9 @@ def plot_matrix(report: Report, path: Path) -> Path | None:
     side = min(WIDTH_IN - 1.0, max(2.6, 0.38 * k + 1.4))
     fig = plt.figure(figsize=(WIDTH_IN, side))
     bar = 0.12 / side if groups else 0.0
-    ax = fig.add_axes((0.3, 0.2, 0.55 * side / WIDTH_IN, 0.72 - bar))
+    tree = dendrogram_leaves(report, order)
+    dend = 0.5 / side if tree is not None else 0.0
+    ax = fig.add_axes((0.3, 0.2, 0.55 * side / WIDTH_IN, 0.72 - bar - dend))
     cmap = plt.get_cmap("cividis")
     finite = values[np.isfinite(values)]
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
@@ -309,7 +312,32 @@ def plot_matrix(report: Report, path: Path) -> Path | None:
             fontsize=6.5,
             title_fontsize=7,
         )
+    if tree is not None:
+        from scipy.cluster.hierarchy import dendrogram
+
+        box = ax.get_position()
+        above = box.y1 + (bar + 0.02 if groups else 0.01)
+        dax = fig.add_axes((box.x0, above, box.width, dend - 0.01))
+        dendrogram(tree, ax=dax, no_labels=True, link_color_func=lambda _: "#555555")
+        dax.set_xlim(0, 10 * k)
+        dax.set_axis_off()
     box = ax.get_position()
     cax = fig.add_axes((box.x1 + 0.02, box.y0, 0.02, box.height))
     fig.colorbar(image, cax=cax, label=label)
     return save_png(fig, path)
+
+
+def dendrogram_leaves(report: Report, order: list[int]) -> np.ndarray | None:
+    """matrix.linkage as an array when its leaves are the heatmap's order (they are when the
+    report's clustering produced both), else None: the heatmap is drawn without a tree."""
+    rows = report.matrix.linkage if report.matrix is not None else None
+    if not rows:
+        return None
+    from scipy.cluster.hierarchy import leaves_list
+
+    tree = np.asarray(rows, dtype=np.float64)
+    try:
+        same = [int(i) for i in leaves_list(tree)] == list(order)
+    except (ValueError, TypeError):
+        return None
+    return tree if same else None

@@ -183,3 +183,8 @@ class DatasetMatrix(Result):
         "The matrix behind order and nearest: o_dist_mean when ranking.metric is o_dist_mean, "
         "else energy."
     )
+    linkage: list[list[float]] | None = optional_block(
+        "The clustering behind order (scipy linkage rows [i, j, height, size]: i, j index names, "
+        "or K + r for the cluster made by row r; average linkage of the ordered_by matrix); "
+        "null below 3 datasets."
+    )
