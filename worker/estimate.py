@@ -39,15 +39,53 @@ Everything here is pure (numpy / scikit-learn on arrays and typed reports, no I/
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from worker.adapt.masks import image_stem
+from worker.estimate_curves import (  # noqa: F401
+    _band,
+    _curve,
+    _Curves,
+    _curves,
+    _grid,
+)
+from worker.estimate_fit import (  # noqa: F401
+    CANDIDATES,
+    CURVE_POINTS,
+    DESCRIPTIONS,
+    EXTRAPOLATION_SHARE,
+    INTERVAL,
+    LEVELS,
+    METHOD,
+    MIN_LABELLED_DATASETS,
+    MIN_LABELLED_IMAGES,
+    N_BOOTSTRAP,
+    NO_SKILL,
+    Evidence,
+    Isotonic,
+    NestedLoo,
+    Predictor,
+    Target,
+    available,
+    choose,
+    fit_candidate,
+    fit_isotonic,
+    fit_procedure,
+    image_fit,
+    image_values,
+    interval,
+    interval_method,
+    labelled,
+    loo_estimates,
+    nested_loo,
+    ranges,
+    sampling_error,
+    set_value,
+)
 from worker.results import (
     CandidateScore,
-    Curve,
     DatasetEstimate,
     Estimate,
     EstimateRange,
@@ -59,389 +97,6 @@ from worker.results import (
     Report,
     SecondaryResult,
 )
-
-MIN_LABELLED_DATASETS = 3  # the nested LOO needs an inner LOO over at least two sets
-MIN_LABELLED_IMAGES = 30
-N_BOOTSTRAP = 200
-INTERVAL = 0.90
-EXTRAPOLATION_SHARE = 0.10  # a secondary is flagged when more than this share lies outside
-CURVE_POINTS = 101
-NO_SKILL = "no_skill"
-#: candidate predictors, in tie-break order (the simplest first)
-CANDIDATES: tuple[str, ...] = (NO_SKILL, "i_dist_mean", "novelty", "energy")
-DESCRIPTIONS = {
-    NO_SKILL: "the mean ODS of the labelled sets, whatever the distance",
-    "i_dist_mean": "isotonic (non-increasing) fit of per-image F on the size-free I_dist / n, "
-    "averaged over the set's images, plus the mean gap between labelled ODS and fitted F",
-    "novelty": "isotonic (non-increasing) fit of per-image F on the calibrated novelty, "
-    "averaged over the set's images, plus the mean gap between labelled ODS and fitted F",
-    "energy": "isotonic (non-increasing) fit of labelled ODS on the set's energy distance",
-}
-LEVELS = {NO_SKILL: "set", "i_dist_mean": "image", "novelty": "image", "energy": "set"}
-METHOD = (
-    "the candidate predictor with the smallest leave-one-labelled-set-out error (no_skill, "
-    "i_dist_mean, novelty, energy), its error measured by nested leave-one-out, its 90% "
-    "interval from those between-set errors"
-)
-
-
-# ------------------------------------------------------------------------------------------
-# inputs (plain arrays)
-
-
-@dataclass(frozen=True)
-class Target:
-    """One secondary's distances (length M): what every predictor reads."""
-
-    name: str
-    ids: list[str]
-    i_dist_scaled: np.ndarray  # (M,) min-max scaled I_dist within the set, [0, 1]
-    i_dist_mean: np.ndarray  # (M,) I_dist / n, feature-space units
-    o_dist_mean: float
-    novelty: np.ndarray | None = None  # (M,) calibrated novelty in [0, 1], higher = more novel
-    novel: np.ndarray | None = None  # (M,) bool, novelty beyond P's q-quantile
-    novelty_base_rate: float | None = None  # 1 - q: the novel share of an unshifted set
-    energy: float | None = None  # the set's energy distance to P (joint PCA space)
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """One labelled secondary: its distances and per-image F (length M), and its ODS."""
-
-    name: str
-    ids: list[str]
-    i_dist_scaled: np.ndarray  # (M,)
-    i_dist_mean: np.ndarray  # (M,)
-    f: np.ndarray  # (M,) per-image F at the dataset's ODS threshold, [0, 1]
-    o_dist_mean: float
-    ods_f: float
-    ods_threshold: float | None = None
-    novelty: np.ndarray | None = None
-    novel: np.ndarray | None = None
-    novelty_base_rate: float | None = None
-    energy: float | None = None
-
-
-def labelled(
-    target: Target, f: np.ndarray, ods_f: float, ods_threshold: float | None = None
-) -> Evidence:
-    """`target` with its per-image F (M,) and its ODS: a labelled set."""
-    fields = {k: getattr(target, k) for k in Target.__dataclass_fields__}
-    return Evidence(
-        **fields,
-        f=np.asarray(f, dtype=np.float64),
-        ods_f=float(ods_f),
-        ods_threshold=ods_threshold,
-    )
-
-
-# ------------------------------------------------------------------------------------------
-# candidates
-
-
-@dataclass(frozen=True)
-class Isotonic:
-    """A fitted non-increasing step-linear curve: y at the distinct fitted x (ascending);
-    `predict` interpolates linearly between them and holds the end values beyond them
-    (scikit-learn's IsotonicRegression(increasing=False, out_of_bounds="clip") predicts the
-    same)."""
-
-    x: np.ndarray  # (K,) distinct x, ascending
-    y: np.ndarray  # (K,) fitted values, non-increasing, in [0, 1]
-
-    def predict(self, x: np.ndarray | Sequence[float]) -> np.ndarray:
-        return np.interp(np.asarray(x, dtype=np.float64), self.x, self.y)
-
-
-def fit_isotonic(x: np.ndarray | Sequence[float], y: np.ndarray | Sequence[float]) -> Isotonic:
-    """Non-increasing least-squares fit y ~ g(x) with values in [0, 1]: tied x are pooled
-    (mean y, weight = count), then pool-adjacent-violators (scipy's `isotonic_regression`,
-    which scikit-learn's calls), clipped to [0, 1]. Shapes: x, y (N,) with N >= 1."""
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    xu, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-    mean_y = np.bincount(inverse, weights=y, minlength=len(xu)) / counts
-    from scipy.optimize import isotonic_regression  # scipy.stats etc.: only when fitting
-
-    fitted = isotonic_regression(mean_y, weights=counts.astype(np.float64), increasing=False).x
-    return Isotonic(xu, np.clip(fitted, 0.0, 1.0))
-
-
-def image_values(name: str, s: Target | Evidence) -> np.ndarray | None:
-    """Per-image values (M,) of an image-level predictor; None for set-level ones or when the
-    set lacks them."""
-    v = {"i_dist_mean": s.i_dist_mean, "novelty": s.novelty}.get(name)
-    if v is None:
-        return None
-    v = np.asarray(v, dtype=np.float64)
-    return v if len(v) == len(s.ids) and np.all(np.isfinite(v)) else None
-
-
-def set_value(name: str, s: Target | Evidence) -> float | None:
-    """A set's value of predictor `name` (higher = farther): the mean over its images for
-    image-level predictors, the energy distance for `energy`; None when unknown."""
-    if name == "energy":
-        return float(s.energy) if s.energy is not None and np.isfinite(s.energy) else None
-    v = image_values(name, s)
-    return float(v.mean()) if v is not None and len(v) else None
-
-
-def available(name: str, sets: Sequence[Target | Evidence]) -> str | None:
-    """None when every set in `sets` has predictor `name`'s values, else the reason."""
-    if name == NO_SKILL:
-        return None
-    missing = [s.name for s in sets if set_value(name, s) is None]
-    if missing:
-        return f"no {name} value for {', '.join(missing)}"
-    return None
-
-
-Predictor = Callable[[Target | Evidence], float]
-
-
-def image_fit(name: str, train: Sequence[Evidence]) -> tuple[Isotonic, float]:
-    """(g, offset) of image-level predictor `name`: g the isotonic fit of per-image F on its
-    values over every image of `train`, offset = mean_d (ODS_d - mean_{j in d} g(x_dj))."""
-    x = np.concatenate([image_values(name, e) for e in train])
-    f = np.concatenate([e.f for e in train]).astype(np.float64)
-    g = fit_isotonic(x, f)
-    offset = float(
-        np.mean([e.ods_f - float(g.predict(image_values(name, e)).mean()) for e in train])
-    )
-    return g, offset
-
-
-def fit_candidate(name: str, train: Sequence[Evidence]) -> Predictor:
-    """Fit predictor `name` on the labelled sets `train` (module docstring); returns
-    est: set -> estimated ODS in [0, 1]."""
-    ods = np.array([e.ods_f for e in train], dtype=np.float64)
-    if name == NO_SKILL:
-        mean = float(ods.mean())
-        return lambda s: mean
-    if LEVELS[name] == "set":
-        h = fit_isotonic([set_value(name, e) for e in train], ods)
-        return lambda s: float(h.predict([set_value(name, s)])[0])
-    g, offset = image_fit(name, train)
-    return lambda s: float(np.clip(g.predict(image_values(name, s)).mean() + offset, 0.0, 1.0))
-
-
-def loo_estimates(name: str, sets: Sequence[Evidence]) -> np.ndarray:
-    """est_{-d}(d) for each labelled set d: predictor `name` fitted on the others (n,)."""
-    return np.array(
-        [
-            fit_candidate(name, [o for k, o in enumerate(sets) if k != d])(e)
-            for d, e in enumerate(sets)
-        ]
-    )
-
-
-def choose(names: Sequence[str], sets: Sequence[Evidence]) -> tuple[str, dict[str, float]]:
-    """(chosen predictor, {name: LOO MAE}): the smallest LOO MAE among `names`, ties to the
-    earlier name (no_skill first). With one set nothing can be scored: no_skill."""
-    if len(sets) < 2:
-        return NO_SKILL, {}
-    ods = np.array([e.ods_f for e in sets])
-    maes = {n: float(np.mean(np.abs(loo_estimates(n, sets) - ods))) for n in names}
-    best = min(maes.values())
-    chosen = next(n for n in names if maes[n] <= best + 1e-12)
-    return chosen, maes
-
-
-def fit_procedure(names: Sequence[str], train: Sequence[Evidence]) -> tuple[str, Predictor]:
-    """The whole procedure on `train`: choose by LOO, fit the chosen predictor on all of it."""
-    chosen, _ = choose(names, train)
-    return chosen, fit_candidate(chosen, train)
-
-
-@dataclass(frozen=True)
-class NestedLoo:
-    """The procedure run without each labelled set i (n folds)."""
-
-    chosen: list[str]  # the predictor fold i chose
-    folds: list[Predictor]  # est_{-i}
-    estimates: np.ndarray  # (n,) est_{-i}(i)
-    residuals: np.ndarray  # (n,) signed ODS_i - est_{-i}(i)
-
-    @property
-    def mae(self) -> float:
-        return float(np.mean(np.abs(self.residuals)))
-
-
-def nested_loo(names: Sequence[str], sets: Sequence[Evidence]) -> NestedLoo:
-    """Leave each labelled set out, run the whole procedure (choice included) on the rest."""
-    chosen, folds, est = [], [], []
-    for i, e in enumerate(sets):
-        c, fold = fit_procedure(names, [o for k, o in enumerate(sets) if k != i])
-        chosen.append(c)
-        folds.append(fold)
-        est.append(fold(e))
-    est_a = np.array(est, dtype=np.float64)
-    ods = np.array([e.ods_f for e in sets], dtype=np.float64)
-    return NestedLoo(chosen, folds, est_a, ods - est_a)
-
-
-def sampling_error(sets: Sequence[Evidence]) -> float:
-    """The typical sampling error of a labelled set's F: mean over sets d of
-    std(f_d, ddof=1) / sqrt(m_d) (0 for a set of one image). A predictor has skill only when
-    its LOO error beats the no-skill baseline's by more than this."""
-    errs = [float(np.std(e.f, ddof=1)) / math.sqrt(len(e.f)) if len(e.f) > 1 else 0.0 for e in sets]
-    return float(np.mean(errs)) if errs else 0.0
-
-
-def interval_method(n: int, level: float = INTERVAL) -> str:
-    """'jackknife+' when n labelled sets allow a finite distribution-free `level` interval
-    (ceil(level (n + 1)) <= n), else 'student-t'."""
-    return "jackknife+" if math.ceil(level * (n + 1) - 1e-9) <= n else "student-t"
-
-
-def interval(
-    estimate: float, fold_estimates: np.ndarray, residuals: np.ndarray, level: float = INTERVAL
-) -> tuple[float, float, str]:
-    """(low, high, method) of the `level` interval for one target, clipped to [0, 1].
-
-    fold_estimates (n,): est_{-i}(target); residuals (n,): signed ODS_i - est_{-i}(i).
-    Jackknife+ when ceil(level (n + 1)) <= n, else the Student-t prediction interval
-    estimate +- t_{n, (1 + level) / 2} sqrt(mean e_i^2) (module docstring)."""
-    n = len(residuals)
-    alpha = 1.0 - level
-    r = np.abs(residuals)
-    k_hi = math.ceil((1.0 - alpha) * (n + 1) - 1e-9)
-    if interval_method(n, level) == "jackknife+":
-        k_lo = max(math.floor(alpha * (n + 1) + 1e-9), 1)
-        lo = float(np.sort(fold_estimates - r)[k_lo - 1])
-        hi = float(np.sort(fold_estimates + r)[k_hi - 1])
-        method = "jackknife+"
-    else:
-        from scipy import stats as sps
-
-        half = float(sps.t.ppf(0.5 + level / 2, df=n) * np.sqrt(np.mean(residuals**2)))
-        lo, hi = estimate - half, estimate + half
-        method = "student-t"
-    return float(np.clip(lo, 0, 1)), float(np.clip(hi, 0, 1)), method
-
-
-def ranges(names: Sequence[str], sets: Sequence[Evidence], target: Target) -> list[EstimateRange]:
-    """Where `target` lies against the labelled sets on each predictor in `names`."""
-    out = []
-    for name in names:
-        if name == NO_SKILL:
-            continue
-        v = set_value(name, target)
-        vals = [set_value(name, e) for e in sets]
-        if v is None or any(x is None for x in vals):
-            continue
-        lo, hi = min(vals), max(vals)
-        side = "above" if v > hi else "below" if v < lo else "inside"
-        out.append(EstimateRange(predictor=name, value=v, low=lo, high=hi, side=side))
-    return out
-
-
-# ------------------------------------------------------------------------------------------
-# descriptive curves (the figure): per-image F on distance, ODS on o_dist_mean
-
-
-def _grid(lo: float, hi: float) -> np.ndarray:
-    if not np.isfinite(lo) or not np.isfinite(hi):
-        return np.zeros(0)
-    if hi <= lo:
-        return np.array([lo])
-    return np.linspace(lo, hi, CURVE_POINTS)
-
-
-def _band(boot: np.ndarray, fit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if not len(boot):
-        return fit, fit
-    q = (1 - INTERVAL) / 2 * 100
-    low, high = np.percentile(boot, [q, 100 - q], axis=0)
-    return np.minimum(low, fit), np.maximum(high, fit)
-
-
-def _curve(x_grid: np.ndarray, fit: np.ndarray, boot: np.ndarray) -> Curve:
-    low, high = _band(boot, fit)
-    return Curve(x=x_grid.tolist(), f=fit.tolist(), low=low.tolist(), high=high.tolist())
-
-
-@dataclass(frozen=True)
-class _Curves:
-    curve: Curve
-    curve_scaled: Curve
-    dataset_curve: Curve
-    image_fit: list[np.ndarray]  # per target (M,): g(x_j) of the i_dist_mean fit
-    image_band: list[tuple[np.ndarray, np.ndarray]]
-    set_fit: list[tuple[float, float, float] | None]  # per target: dataset-level fit and band
-    dataset_fit_loo_mae: float
-
-
-def _curves(
-    evidence: Sequence[Evidence], targets: Sequence[Target], seed: int, n_boot: int
-) -> _Curves:
-    """The fits drawn in the figure with seeded bootstrap bands (images resampled within each
-    labelled set; labelled sets resampled for the dataset-level fit). Descriptive only."""
-    x_all = np.concatenate([e.i_dist_mean for e in evidence]).astype(np.float64)
-    s_all = np.concatenate([e.i_dist_scaled for e in evidence]).astype(np.float64)
-    f_all = np.concatenate([e.f for e in evidence]).astype(np.float64)
-    o_lab = np.array([e.o_dist_mean for e in evidence], dtype=np.float64)
-    ods = np.array([e.ods_f for e in evidence], dtype=np.float64)
-    t_x = [np.asarray(t.i_dist_mean, dtype=np.float64) for t in targets]
-    t_o = np.array([t.o_dist_mean for t in targets], dtype=np.float64)
-    grid = _grid(
-        min([float(x_all.min())] + [float(x.min()) for x in t_x if len(x)]),
-        max([float(x_all.max())] + [float(x.max()) for x in t_x if len(x)]),
-    )
-    grid_s = np.linspace(0.0, 1.0, CURVE_POINTS)
-    fo = t_o[np.isfinite(t_o)]
-    grid_o = _grid(float(np.min(np.r_[o_lab, fo])), float(np.max(np.r_[o_lab, fo])))
-    g, g_s, g_o = fit_isotonic(x_all, f_all), fit_isotonic(s_all, f_all), fit_isotonic(o_lab, ods)
-
-    rng = np.random.default_rng(seed)
-    b_c, b_s, b_o = (np.zeros((n_boot, len(gr))) for gr in (grid, grid_s, grid_o))
-    b_img = [np.zeros((n_boot, len(x))) for x in t_x]
-    b_set = np.full((n_boot, len(targets)), np.nan)
-    ok = np.isfinite(t_o)
-    for b in range(n_boot):
-        idx = [rng.integers(0, len(e.f), size=len(e.f)) for e in evidence]
-        xb = np.concatenate([e.i_dist_mean[i] for e, i in zip(evidence, idx, strict=True)])
-        sb = np.concatenate([e.i_dist_scaled[i] for e, i in zip(evidence, idx, strict=True)])
-        fb = np.concatenate([e.f[i] for e, i in zip(evidence, idx, strict=True)])
-        gb = fit_isotonic(xb, fb)
-        b_c[b] = gb.predict(grid)
-        b_s[b] = fit_isotonic(sb, fb).predict(grid_s)
-        for k, x in enumerate(t_x):
-            if len(x):
-                b_img[k][b] = gb.predict(x)
-        sets = rng.integers(0, len(evidence), size=len(evidence))
-        gob = fit_isotonic(o_lab[sets], ods[sets])
-        b_o[b] = gob.predict(grid_o)
-        if ok.any():
-            b_set[b, ok] = gob.predict(t_o[ok])
-
-    image_fit = [g.predict(x) if len(x) else np.zeros(0) for x in t_x]
-    image_band = [_band(b_img[k], image_fit[k]) for k in range(len(t_x))]
-    set_fit: list[tuple[float, float, float] | None] = []
-    for k in range(len(targets)):
-        if not ok[k]:
-            set_fit.append(None)
-            continue
-        v = float(g_o.predict([t_o[k]])[0])
-        lo, hi = _band(b_set[:, k], np.array(v))
-        set_fit.append((v, float(lo), float(hi)))
-    errs = [
-        abs(
-            float(fit_isotonic(np.delete(o_lab, d), np.delete(ods, d)).predict([o_lab[d]])[0])
-            - ods[d]
-        )
-        for d in range(len(evidence))
-    ]
-    return _Curves(
-        curve=_curve(grid, g.predict(grid), b_c),
-        curve_scaled=_curve(grid_s, g_s.predict(grid_s), b_s),
-        dataset_curve=_curve(grid_o, g_o.predict(grid_o), b_o),
-        image_fit=image_fit,
-        image_band=image_band,
-        set_fit=set_fit,
-        dataset_fit_loo_mae=float(np.mean(errs)),
-    )
-
 
 # ------------------------------------------------------------------------------------------
 # the estimate
