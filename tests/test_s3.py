@@ -251,7 +251,7 @@ def test_empty_prefix_and_missing_bucket_are_job_errors(bucket, moto_endpoint):
 # ------------------------------------------------------------------ reads and writes
 
 
-def test_round_trip_exists_upload_and_read(bucket, moto_endpoint, tmp_path):
+def test_round_trip_exists_upload_and_read_many(bucket, moto_endpoint, tmp_path):
     storage = storage_config(moto_endpoint)
     uri = f"s3://{bucket}/a/b/data.bin"
     payload = os.urandom(3 * s3.CHUNK_SIZE + 17)  # several streamed chunks
@@ -270,6 +270,21 @@ def test_round_trip_exists_upload_and_read(bucket, moto_endpoint, tmp_path):
 
     sources.write_bytes(f"s3://{bucket}/c.txt", b"hello", storage)
     assert sources.read_bytes(f"s3://{bucket}/c.txt", storage) == b"hello"
+
+    uris = [f"s3://{bucket}/many/{i}.bin" for i in range(40)]
+    for i, u in enumerate(uris):
+        s3.write_bytes(u, str(i).encode(), storage)
+    got = list(s3.read_many(uris, storage, max_workers=4))
+    assert [u for u, _ in got] == uris
+    assert [d for _, d in got] == [str(i).encode() for i in range(40)]
+
+    missing = f"s3://{bucket}/many/missing.bin"
+    got = list(s3.read_many([uris[0], missing, uris[1]], storage, return_exceptions=True))
+    assert got[0][1] == b"0" and got[2][1] == b"1"
+    assert isinstance(got[1][1], s3.S3NotFoundError)
+    assert isinstance(got[1][1], FileNotFoundError)  # callers skip it like a missing file
+    with pytest.raises(s3.S3NotFoundError, match=missing):
+        list(s3.read_many([uris[0], missing], storage))
 
 
 def test_missing_object_and_missing_bucket_name_the_uri(bucket, moto_endpoint):

@@ -21,13 +21,16 @@ import mimetypes
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from worker.errors import JobError
 from worker.sources.items import Item
 
 DEFAULT_MAX_ATTEMPTS = 5
+DEFAULT_READ_WORKERS = 8
 CHUNK_SIZE = 1 << 20
 MULTIPART_THRESHOLD = 64 << 20
 
@@ -404,6 +407,47 @@ def read_bytes(uri: str, storage=None) -> bytes:
             _raise(err, uri, "reading")
     _raise(last, uri, "reading")  # type: ignore[arg-type]
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def read_many(
+    uris: Iterable[str],
+    storage=None,
+    *,
+    max_workers: int = DEFAULT_READ_WORKERS,
+    return_exceptions: bool = False,
+) -> Iterator[tuple[str, bytes | BaseException]]:
+    """Read many objects in parallel; yield (uri, bytes) in the order given.
+
+    At most 2 * max_workers objects are in flight or buffered, so memory stays bounded
+    however long `uris` is. With return_exceptions=True a failed read yields (uri, error)
+    instead of raising (an S3NotFoundError for a missing object, a JobError otherwise), so a
+    caller can skip one unreadable item; otherwise the first error is raised when reached.
+    """
+    workers = max(1, int(max_workers))
+    get_client(storage)  # create the client once, before the threads race for it
+    pending: deque[tuple[str, Future]] = deque()
+    it = iter(uris)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="s3-read") as pool:
+        try:
+            for uri in it:
+                pending.append((uri, pool.submit(read_bytes, uri, storage)))
+                if len(pending) >= 2 * workers:
+                    yield _take(pending.popleft(), return_exceptions)
+            while pending:
+                yield _take(pending.popleft(), return_exceptions)
+        finally:
+            for _, fut in pending:
+                fut.cancel()
+
+
+def _take(entry: tuple[str, Future], return_exceptions: bool) -> tuple[str, bytes | BaseException]:
+    uri, fut = entry
+    try:
+        return uri, fut.result()
+    except Exception as err:
+        if return_exceptions:
+            return uri, err
+        raise
 
 
 def exists(uri: str, storage=None) -> bool:
