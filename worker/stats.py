@@ -66,6 +66,18 @@ def _matrix(x: np.ndarray, name: str) -> np.ndarray:
     return arr
 
 
+def subsample_pair(
+    X: np.ndarray, Y: np.ndarray, max_samples: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """X and Y each cut to at most max_samples rows by a seeded draw without replacement,
+    kept in their order (X drawn first): the bound the permutation tests share."""
+    if len(X) > max_samples:
+        X = X[np.sort(rng.choice(len(X), max_samples, replace=False))]
+    if len(Y) > max_samples:
+        Y = Y[np.sort(rng.choice(len(Y), max_samples, replace=False))]
+    return X, Y
+
+
 def _pair(X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     X, Y = _matrix(X, "X"), _matrix(Y, "Y")
     if X.shape[1] != Y.shape[1]:
@@ -282,10 +294,7 @@ def mmd_test(
     X, Y = _pair(X, Y)
     permutations = int(permutations)
     rng = np.random.default_rng(seed)
-    if len(X) > max_samples:
-        X = X[np.sort(rng.choice(len(X), max_samples, replace=False))]
-    if len(Y) > max_samples:
-        Y = Y[np.sort(rng.choice(len(Y), max_samples, replace=False))]
+    X, Y = subsample_pair(X, Y, max_samples, rng)
     n, m = len(X), len(Y)
     out: dict[str, Any] = {
         "statistic": None,
@@ -367,10 +376,7 @@ def energy_test(
     X, Y = _pair(X, Y)
     permutations = int(permutations)
     rng = np.random.default_rng(seed)
-    if len(X) > max_samples:
-        X = X[np.sort(rng.choice(len(X), max_samples, replace=False))]
-    if len(Y) > max_samples:
-        Y = Y[np.sort(rng.choice(len(Y), max_samples, replace=False))]
+    X, Y = subsample_pair(X, Y, max_samples, rng)
     n, m = len(X), len(Y)
     out: dict[str, Any] = {
         "statistic": None,
