@@ -47,12 +47,16 @@ gates:
 """
 
 
-def _texture(rng: np.random.Generator, mean: float, rough: float, smooth: int) -> np.ndarray:
-    noise = rng.normal(0.0, 1.0, (SIZE + smooth, SIZE + smooth))
+def texture(
+    rng: np.random.Generator, mean: float, rough: float, smooth: int, size: int = SIZE
+) -> np.ndarray:
+    """A size x size grey texture: Gaussian noise box-smoothed over `smooth` pixels, scaled to
+    standard deviation `rough` around `mean`, clipped to 0..255 (float)."""
+    noise = rng.normal(0.0, 1.0, (size + smooth, size + smooth))
     kernel = np.ones(smooth) / smooth
     noise = np.apply_along_axis(lambda r: np.convolve(r, kernel, "valid"), 1, noise)
     noise = np.apply_along_axis(lambda c: np.convolve(c, kernel, "valid"), 0, noise)
-    noise = noise[:SIZE, :SIZE]
+    noise = noise[:size, :size]
     noise = (noise - noise.mean()) / (noise.std() + 1e-9)
     return np.clip(mean + rough * noise, 0, 255)
 
@@ -74,16 +78,20 @@ def _crack_mask(rng: np.random.Generator, width: int = 2) -> np.ndarray:
     return mask
 
 
-def _crops(image: np.ndarray, rng: np.random.Generator, count: int) -> list[np.ndarray]:
+def crops(
+    image: np.ndarray, rng: np.random.Generator, count: int, size: int = SIZE
+) -> list[np.ndarray]:
+    """`count` random square crops of a photograph (grey or RGB), each resized to size x size
+    RGB uint8."""
     if image.ndim == 2:
         image = np.stack([image] * 3, axis=-1)
     h, w = image.shape[:2]
     out = []
     for _ in range(count):
-        size = int(rng.integers(SIZE, min(h, w) // 2))
-        y, x = int(rng.integers(0, h - size)), int(rng.integers(0, w - size))
-        crop = Image.fromarray(image[y : y + size, x : x + size].astype(np.uint8))
-        out.append(np.asarray(crop.resize((SIZE, SIZE), Image.Resampling.BILINEAR)))
+        side = int(rng.integers(size, min(h, w) // 2))
+        y, x = int(rng.integers(0, h - side)), int(rng.integers(0, w - side))
+        crop = Image.fromarray(image[y : y + side, x : x + side].astype(np.uint8))
+        out.append(np.asarray(crop.resize((size, size), Image.Resampling.BILINEAR)))
     return out
 
 
@@ -109,16 +117,14 @@ def make_demo_data(root: Path, seed: int = 0, per_set: int = 24) -> None:
 
     rng = np.random.default_rng(seed)
     for i in range(per_set):
-        bg = _texture(rng, mean=150, rough=12, smooth=5)
+        bg = texture(rng, mean=150, rough=12, smooth=5)
         _save(root / "P", i, *_cracked(bg, rng, darkness=0.35))
     for i in range(per_set):
-        bg = _texture(rng, mean=135, rough=18, smooth=3)
+        bg = texture(rng, mean=135, rough=18, smooth=3)
         _save(root / "S1", i, *_cracked(bg, rng, darkness=0.45))
-    for i, crop in enumerate(_crops(skdata.brick(), rng, per_set)):
+    for i, crop in enumerate(crops(skdata.brick(), rng, per_set)):
         _save(root / "S2", i, *_cracked(crop, rng, darkness=0.4))
-    textures = _crops(skdata.grass(), rng, per_set // 2) + _crops(
-        skdata.gravel(), rng, per_set // 2
-    )
+    textures = crops(skdata.grass(), rng, per_set // 2) + crops(skdata.gravel(), rng, per_set // 2)
     for i, crop in enumerate(textures):
         rgb = crop if crop.ndim == 3 else np.stack([crop] * 3, axis=-1)
         _save(root / "S3", i, rgb, np.zeros((SIZE, SIZE), dtype=bool))

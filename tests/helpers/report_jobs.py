@@ -9,31 +9,17 @@ import numpy as np
 from PIL import Image
 
 from tests.helpers.jobs import write_job
+from worker.demo import crops, texture
 
 SIZE = 64
 
 
 def _texture(rng: np.random.Generator, mean: float, rough: float) -> np.ndarray:
-    noise = rng.normal(0.0, 1.0, (SIZE + 4, SIZE + 4))
-    kernel = np.ones(4) / 4
-    noise = np.apply_along_axis(lambda r: np.convolve(r, kernel, "valid"), 1, noise)
-    noise = np.apply_along_axis(lambda c: np.convolve(c, kernel, "valid"), 0, noise)
-    noise = noise[:SIZE, :SIZE]
-    grey = np.clip(mean + rough * (noise - noise.mean()) / (noise.std() + 1e-9), 0, 255)
-    return np.stack([grey] * 3, axis=-1)
+    return np.stack([texture(rng, mean, rough, smooth=4, size=SIZE)] * 3, axis=-1)
 
 
 def _crops(image: np.ndarray, rng: np.random.Generator, count: int) -> list[np.ndarray]:
-    if image.ndim == 2:
-        image = np.stack([image] * 3, axis=-1)
-    h, w = image.shape[:2]
-    out = []
-    for _ in range(count):
-        size = int(rng.integers(SIZE, min(h, w) // 2))
-        y, x = int(rng.integers(0, h - size)), int(rng.integers(0, w - size))
-        crop = Image.fromarray(image[y : y + size, x : x + size].astype(np.uint8))
-        out.append(np.asarray(crop.resize((SIZE, SIZE), Image.Resampling.BILINEAR)))
-    return out
+    return crops(image, rng, count, size=SIZE)
 
 
 def matrix_job(folder: Path, per_set: int = 10) -> Path:
