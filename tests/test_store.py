@@ -597,11 +597,12 @@ def test_two_concurrent_runs_both_complete_latest_is_the_last_to_finish(tmp_path
     assert store.list_runs(str(out))[-2:] == [slow_id, fast_id]
 
 
-def test_many_concurrent_publishers_corrupt_nothing(tmp_path):
-    out = tmp_path / "out"
+def _concurrent_publishers(tmp_path: Path, out: Path, keep_arg: str) -> list[str]:
+    """Three processes each publishing 4 runs into `out` at once (publish_run(..., keep_arg));
+    every process exits 0. Returns the run ids they printed."""
     script = PUBLISH_SCRIPT.replace(
         "print(publish_run(staging, dest, storage).run_id)",
-        "for _ in range(4): print(publish_run(staging, dest, storage).run_id)",
+        f"for _ in range(4): print(publish_run(staging, dest, storage{keep_arg}).run_id)",
     )
     procs = [
         subprocess.Popen(
@@ -617,13 +618,19 @@ def test_many_concurrent_publishers_corrupt_nothing(tmp_path):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-        )
+        )  # fmt: skip
         for i in range(3)
     ]
     ids = []
     for p in procs:
         assert p.wait(timeout=120) == 0, p.stderr.read()
         ids += p.stdout.read().split()
+    return ids
+
+
+def test_many_concurrent_publishers_corrupt_nothing(tmp_path):
+    out = tmp_path / "out"
+    ids = _concurrent_publishers(tmp_path, out, "")
     assert sorted(ids) == store.list_runs(str(out)) and len(set(ids)) == 12
     tag = read_raw(str(out))["tag"]
     assert_complete(out, tag)
@@ -764,29 +771,7 @@ def test_concurrent_publishers_with_keep_1_never_leave_latest_dangling(tmp_path)
     """keep: 1 in three processes publishing at once: pruning and the switch of `latest` take
     one lock, so `latest` always names a run that exists (it used to name a pruned one)."""
     out = tmp_path / "out"
-    script = PUBLISH_SCRIPT.replace(
-        "print(publish_run(staging, dest, storage).run_id)",
-        "for _ in range(4): print(publish_run(staging, dest, storage, keep=1).run_id)",
-    )
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                script,
-                str(make_staging(tmp_path / f"s{i}", f"p{i}")),
-                str(out),
-                "",
-            ],
-            env=_env(tmp_path, None),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(3)
-    ]
-    for p in procs:
-        assert p.wait(timeout=120) == 0, p.stderr.read()
+    _concurrent_publishers(tmp_path, out, ", keep=1")
     latest = store.latest_run(str(out))
     assert latest in store.list_runs(str(out))
     assert (out / "latest" / "report.json").is_file() and (out / "report.json").is_file()
