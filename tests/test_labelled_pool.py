@@ -15,7 +15,7 @@ from PIL import Image
 from scipy.spatial.distance import cdist
 from sklearn.decomposition import PCA
 
-from tests.helpers.jobs import write_job
+from tests.helpers.jobs import labelling_job, write_job
 from tests.helpers.s3 import REGION
 from worker import selection
 from worker.__main__ import main
@@ -76,25 +76,13 @@ def world(tmp_path: Path) -> Path:
 
 
 def _job(primary: str = "P", secondary: str = "S", out: str = "out", **selection_cfg) -> dict:
-    return {
-        "version": 1,
-        "seed": 0,
-        "model": {"name": "hog", "image_size": 32},
-        "pca": {"dims": 4, "sweep": [2, 4]},
-        "datasets": {
-            "primary": {"name": "P", "path": primary},
-            "secondary": [{"name": "S", "path": secondary}],
-        },
-        "metrics": {"statistics": True, "duplicates": False, "null_repeats": 2},
-        "selection": {
-            "strategy": ["novel", "kcenter"],
-            "counts": [3],
-            "exclude_previous": False,
-            **selection_cfg,
-        },
-        "output": {"dir": out},
-        "cache": {"enabled": False},
-    }
+    """The labelling job (tests/helpers/jobs.py) selecting 3 images, each run on its own
+    (no memory), with the statistics on (they must not change)."""
+    job = labelling_job(
+        primary, secondary, out, counts=[3], exclude_previous=False, **selection_cfg
+    )
+    job["metrics"]["statistics"] = True
+    return job
 
 
 def _picked(report) -> dict[str, list[str]]:
@@ -288,3 +276,27 @@ def test_labelled_outside_matches_by_content_hash_and_id():
     assert in_s.tolist() == [False, True, False] and outside.tolist() == [False, True]
     in_s, outside = selection.labelled_outside(["s1", "s2"], [], ["s2", "lab#0"], [])
     assert in_s.tolist() == [False, True] and outside.tolist() == [False, True]
+
+
+def test_readme_and_example_config_document_the_labelling_loop():
+    import yaml
+
+    from worker.job_sections import SelectionConfig
+
+    root = Path(__file__).resolve().parents[1]
+    example = yaml.safe_load((root / "config.example.yaml").read_text())
+    assert set(example["selection"]) == set(SelectionConfig.model_fields)  # every setting
+    assert set(example["selection"]["export"]) == {"csv", "label-studio", "fiftyone"}
+    assert "held_out" in example["adaptation"]
+    readme = " ".join((root / "README.md").read_text().split())
+    for words in (
+        "selection.exclude_previous",
+        "selection.labelled",
+        "selection.export",
+        "selection.csv",
+        "label-studio.json",
+        "fiftyone.json",
+        "adaptation.held_out",
+        "`band` (the paper's",  # the paper's strategy, kept as an option
+    ):
+        assert words in readme, words
