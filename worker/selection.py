@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from worker import engine
+from worker.interrupt import stoppable
 from worker.metrics import min_max_scale
 from worker.results import Report
 
@@ -264,7 +265,7 @@ def random_subsets(candidates: np.ndarray, count: int, subsets: int, seed: int) 
     count = _count(count, len(candidates))
     rng = np.random.default_rng([int(seed), count])
     out = np.empty((int(subsets), count), dtype=np.int64)
-    for b in range(int(subsets)):
+    for b in stoppable(range(int(subsets))):
         out[b] = rng.choice(candidates, size=count, replace=False)
     return out
 
@@ -306,7 +307,7 @@ def covering_radii(
     pool2 = pool_nearest**2
     step = max(1, chunk_values // max(1, len(used) + len(subsets)))
     radii2 = np.full(len(subsets), -np.inf)
-    for start in range(0, len(rows), step):
+    for start in stoppable(range(0, len(rows), step)):
         r = rows[start : start + step]
         x = S_L[r] - centre
         d2 = np.maximum((x**2).sum(axis=1)[:, None] + c2[None, :] - 2.0 * (x @ centres.T), 0.0)
