@@ -123,12 +123,13 @@ def test_a_labelled_folder_outside_s_covers_the_s_images_beside_it(world):
     assert _paper_quantities(report) == _paper_quantities(without)
 
 
-def test_labelled_images_in_s_are_matched_by_location_and_content(world, tmp_path):
+@pytest.mark.parametrize("folder", ["S/h", "h/", "h"])  # from the job folder, or ids of S
+def test_labelled_images_in_s_are_matched_by_location_and_content(world, folder):
     # S/h is a folder of S: its images are S's own (never proposed, not extra pool rows); a
     # copy of S/v/v00.png outside S marks that S image labelled by its content
     (world / "copy").mkdir()
     (world / "copy" / "same.png").write_bytes((world / "S/v/v00.png").read_bytes())
-    report = run(load_job(write_job(world, _job(labelled=["S/h", "copy"])))).report
+    report = run(load_job(write_job(world, _job(labelled=[folder, "copy"])))).report
     pool = report.secondaries[0].selection_pool
     assert pool.labelled == 7 and pool.labelled_outside == 0
     assert report.selection.labelled_pool == 1 and report.selection.labelled_unmatched == []
@@ -169,6 +170,21 @@ def test_an_empty_labelled_folder_is_a_warning(world):
     assert report.selection.labelled_unmatched == ["empty"]
     assert any("selection.labelled: empty matches no image" in w for w in report.warnings)
     assert report.selection.labelled_pool == 0
+
+
+def test_ids_of_an_s3_secondary_are_matched_once_listed(world):
+    # S on s3: "later" may be a prefix of its ids, known only once listed: no error before
+    # the run, and a warning when S holds no such image
+    from worker.embeddings import EmbeddedSet
+    from worker.errors import JobError
+    from worker.labelled import entries, unmatched_ids
+
+    job = load_job(write_job(world, _job(secondary="s3://bucket/S", labelled=["later", "h"])))
+    assert [(e.given, e.kind) for e in entries(job)] == [("later", "id"), ("h", "id")]
+    listed = EmbeddedSet("S", ["h/h00.png", "v/v00.png"], np.zeros((2, 3)))
+    assert unmatched_ids(job, [listed], None) == ["later"]
+    with pytest.raises(JobError, match=r"selection\.labelled: later: folder not found"):
+        entries(load_job(write_job(world, _job(labelled=["later"]))))
 
 
 # --------------------------------------------------------------------------- precomputed

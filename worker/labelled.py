@@ -9,13 +9,14 @@ Each entry of `selection.labelled` is one of (`entries`):
 - `image`: an existing local image file;
 - `embeddings`: a .npy/.npz file (local or s3://) of the labelled images' features, for
   jobs whose datasets are precomputed embeddings (nothing to embed images with);
-- `id`: anything else, an image id of a secondary (as report.json's images[].id).
+- `id`: anything else, an image id of a secondary (as report.json's images[].id) or a
+  prefix of ids (a subfolder of a secondary).
 
 In a job of images an id always ends in an image or video extension (before a '#' of a
-frame or crop), so a local entry that does not exist and does not look like an id, or that is
-written as a path (absolute, './', '../', '~', a trailing '/'), is a folder that is missing:
-a JobError naming `selection.labelled` and the path (`entries`, before any work, for
-`validate` and `run` alike).
+frame or crop) and a prefix of ids is a subfolder of a secondary's folder, so a local entry
+that does not exist and is neither, or that is written as a path (absolute, './', '../',
+'~'), is a folder that is missing: a JobError naming `selection.labelled` and the path
+(`entries`, before any work, for `validate` and `run` alike).
 
 Images of a folder, prefix or file that lie in a dataset of the job are matched against it by
 location (worker.selection.labelled_mask); the others (`embed_labelled`) are embedded with
@@ -61,18 +62,27 @@ def _precomputed(job) -> bool:
 
 
 def _looks_like_path(entry: str) -> bool:
-    """Written as a location: absolute, from the job folder ('./', '../'), from home ('~'),
-    a folder ('/' at the end) or an embeddings file."""
+    """Written as a location: absolute, from the job folder ('./', '../'), from home ('~')
+    or an embeddings file."""
     return (
         Path(entry).is_absolute()
         or entry.startswith(("./", "../", "~"))
-        or entry.endswith("/")
         or entry.lower().endswith(EMBEDDINGS_EXTENSIONS)
     )
 
 
-def _looks_like_id(entry: str) -> bool:
-    return entry.split("#", 1)[0].lower().endswith(_ID_EXTENSIONS)
+def _looks_like_id(job, entry: str) -> bool:
+    """An image id (an image or video extension before any '#'), or a prefix of ids: a folder
+    inside a secondary's local folder, or anything when a secondary is not a local folder of
+    images (s3://, embeddings: its ids are only known once read)."""
+    if entry.split("#", 1)[0].lower().endswith(_ID_EXTENSIONS):
+        return True
+    for ds in job.datasets.secondary:
+        if ds.path is None or is_s3(ds.path):
+            return True
+        if (Path(job.resolve(ds.path)) / entry.rstrip("/")).is_dir():
+            return True
+    return False
 
 
 def entries(job) -> list[Entry]:
@@ -109,7 +119,7 @@ def _classify(job, given: str, precomputed: bool) -> Entry:
     resolved = job.resolve(given)
     path = Path(resolved)
     if not path.exists():
-        if not _looks_like_path(given) and (precomputed or _looks_like_id(given)):
+        if not _looks_like_path(given) and (precomputed or _looks_like_id(job, given)):
             return Entry(given, "id", given)
         what = "file" if given.lower().endswith(EMBEDDINGS_EXTENSIONS) else "folder"
         raise JobError(
@@ -240,11 +250,13 @@ def unmatched_ids(job, secondaries: list[EmbeddedSet], labelled: Labelled | None
     """Entries of selection.labelled that named nothing: folder and prefix entries without
     images (`labelled.unmatched`), and id entries that are no image id of any secondary (nor
     of a labelled embeddings file)."""
+    from worker.selection import labelled_mask
+
     out = list(labelled.unmatched) if labelled is not None else []
-    known = {i for s in secondaries for i in s.ids}
-    if labelled is not None:
-        known |= set(labelled.images.ids)
+    known = set(labelled.images.ids) if labelled is not None else set()
     for entry in entries(job):
-        if entry.kind == "id" and entry.given not in known:
+        if entry.kind != "id" or entry.given in known:
+            continue
+        if not any(labelled_mask(s.ids, s.uris, [entry.given]).any() for s in secondaries):
             out.append(entry.given)
     return out
