@@ -137,7 +137,7 @@ def test_labelled_images_in_s_are_matched_by_location_and_content(world, folder)
         assert not any(i.startswith("h/") or i == "v/v00.png" for i in ids)
 
 
-def test_a_labelled_s3_prefix_joins_the_pool(world, admin, bucket, moto_endpoint):
+def test_a_labelled_s3_prefix_joins_the_pool(world, admin, bucket, moto_endpoint, capsys):
     for rel, data in _world().items():
         if rel.startswith("L/"):
             admin.put_object(Bucket=bucket, Key=f"done/{rel}", Body=data)
@@ -152,6 +152,14 @@ def test_a_labelled_s3_prefix_joins_the_pool(world, admin, bucket, moto_endpoint
     # the unreadable image is skipped and listed, as for a dataset
     skipped = [s for s in report.skipped if s.dataset == "selection.labelled"]
     assert [s.id for s in skipped] == [f"s3://{bucket}/done/L/broken.png"]
+    # a prefix without objects is the S3 form of a missing folder: exit 2, nothing written
+    job["selection"]["labelled"] = [f"s3://{bucket}/nothing/here"]
+    job["output"]["dir"] = "out_missing"
+    assert main(["run", str(write_job(world, job, "missing.yaml"))]) == 2
+    err = capsys.readouterr().err
+    assert f"selection.labelled: s3://{bucket}/nothing/here: no objects" in err
+    assert "check the entry" in err
+    assert not (world / "out_missing").exists()
 
 
 @pytest.mark.parametrize("entry", ["missing", "missing/", "./gone.png"])

@@ -156,7 +156,9 @@ def _listing(job, entry: Entry, storage) -> Listing:
     try:
         found = list_images(entry.location, storage, policy=policy_for(job))
     except JobError as err:  # an s3:// prefix without objects, an unreachable bucket
-        raise JobError(f"{FIELD}: {entry.given}: {err}") from None
+        why = str(err).removeprefix(f"{entry.location}: ")
+        why = why.replace("the dataset 'path' in the job", "the entry")
+        raise JobError(f"{FIELD}: {entry.given}: {why}") from None
     items = [Item(id=it.uri, uri=it.uri) for it in found]
     return Listing(items, skipped=found.skipped, warnings=found.warnings)
 
@@ -185,7 +187,7 @@ def embed_labelled(job, extractor, embed, datasets: list[EmbeddedSet], storage) 
     if not found:
         return None
     if extractor is None:
-        return _load_embeddings(job, found, storage)
+        return _load_embeddings(found, storage)
     known = {_real(u) for ds in datasets for u in ds.uris}
     items: dict[str, Item] = {}
     skipped, warnings, unmatched = [], [], []
@@ -216,14 +218,15 @@ def check_labelled_width(images: EmbeddedSet, datasets: list[EmbeddedSet]) -> No
         )
 
 
-def _load_embeddings(job, found: list[Entry], storage) -> Labelled:
+def _load_embeddings(found: list[Entry], storage) -> Labelled:
     from worker.embeddings import load_precomputed
 
     ids: list[str] = []
     blocks = []
     for entry in found:
         loaded = load_precomputed(SET_NAME, entry.location, storage)
-        ids += [f"{entry.given}#{i}" if not _has_ids(entry, storage) else i for i in loaded.ids]
+        named = _has_ids(entry, storage)  # else rows are 0..n-1: named after the file
+        ids += [i if named else f"{entry.given}#{i}" for i in loaded.ids]
         blocks.append(np.asarray(loaded.vectors, dtype=np.float64))
     widths = {b.shape[1] for b in blocks}
     if len(widths) > 1:
