@@ -15,7 +15,7 @@ from PIL import Image
 from scipy.spatial.distance import cdist
 from sklearn.decomposition import PCA
 
-from tests.helpers.jobs import write_job
+from tests.helpers.jobs import labelling_job, write_job
 from tests.helpers.s3 import REGION
 from worker import selection
 from worker.__main__ import main
@@ -76,25 +76,13 @@ def world(tmp_path: Path) -> Path:
 
 
 def _job(primary: str = "P", secondary: str = "S", out: str = "out", **selection_cfg) -> dict:
-    return {
-        "version": 1,
-        "seed": 0,
-        "model": {"name": "hog", "image_size": 32},
-        "pca": {"dims": 4, "sweep": [2, 4]},
-        "datasets": {
-            "primary": {"name": "P", "path": primary},
-            "secondary": [{"name": "S", "path": secondary}],
-        },
-        "metrics": {"statistics": True, "duplicates": False, "null_repeats": 2},
-        "selection": {
-            "strategy": ["novel", "kcenter"],
-            "counts": [3],
-            "exclude_previous": False,
-            **selection_cfg,
-        },
-        "output": {"dir": out},
-        "cache": {"enabled": False},
-    }
+    """The labelling job (tests/helpers/jobs.py) selecting 3 images, each run on its own
+    (no memory), with the statistics on (they must not change)."""
+    job = labelling_job(
+        primary, secondary, out, counts=[3], exclude_previous=False, **selection_cfg
+    )
+    job["metrics"]["statistics"] = True
+    return job
 
 
 def _picked(report) -> dict[str, list[str]]:
@@ -135,12 +123,13 @@ def test_a_labelled_folder_outside_s_covers_the_s_images_beside_it(world):
     assert _paper_quantities(report) == _paper_quantities(without)
 
 
-def test_labelled_images_in_s_are_matched_by_location_and_content(world, tmp_path):
+@pytest.mark.parametrize("folder", ["S/h", "h/", "h"])  # from the job folder, or ids of S
+def test_labelled_images_in_s_are_matched_by_location_and_content(world, folder):
     # S/h is a folder of S: its images are S's own (never proposed, not extra pool rows); a
     # copy of S/v/v00.png outside S marks that S image labelled by its content
     (world / "copy").mkdir()
     (world / "copy" / "same.png").write_bytes((world / "S/v/v00.png").read_bytes())
-    report = run(load_job(write_job(world, _job(labelled=["S/h", "copy"])))).report
+    report = run(load_job(write_job(world, _job(labelled=[folder, "copy"])))).report
     pool = report.secondaries[0].selection_pool
     assert pool.labelled == 7 and pool.labelled_outside == 0
     assert report.selection.labelled_pool == 1 and report.selection.labelled_unmatched == []
@@ -148,7 +137,7 @@ def test_labelled_images_in_s_are_matched_by_location_and_content(world, tmp_pat
         assert not any(i.startswith("h/") or i == "v/v00.png" for i in ids)
 
 
-def test_a_labelled_s3_prefix_joins_the_pool(world, admin, bucket, moto_endpoint):
+def test_a_labelled_s3_prefix_joins_the_pool(world, admin, bucket, moto_endpoint, capsys):
     for rel, data in _world().items():
         if rel.startswith("L/"):
             admin.put_object(Bucket=bucket, Key=f"done/{rel}", Body=data)
@@ -163,6 +152,14 @@ def test_a_labelled_s3_prefix_joins_the_pool(world, admin, bucket, moto_endpoint
     # the unreadable image is skipped and listed, as for a dataset
     skipped = [s for s in report.skipped if s.dataset == "selection.labelled"]
     assert [s.id for s in skipped] == [f"s3://{bucket}/done/L/broken.png"]
+    # a prefix without objects is the S3 form of a missing folder: exit 2, nothing written
+    job["selection"]["labelled"] = [f"s3://{bucket}/nothing/here"]
+    job["output"]["dir"] = "out_missing"
+    assert main(["run", str(write_job(world, job, "missing.yaml"))]) == 2
+    err = capsys.readouterr().err
+    assert f"selection.labelled: s3://{bucket}/nothing/here: no objects" in err
+    assert "check the entry" in err
+    assert not (world / "out_missing").exists()
 
 
 @pytest.mark.parametrize("entry", ["missing", "missing/", "./gone.png"])
@@ -181,6 +178,21 @@ def test_an_empty_labelled_folder_is_a_warning(world):
     assert report.selection.labelled_unmatched == ["empty"]
     assert any("selection.labelled: empty matches no image" in w for w in report.warnings)
     assert report.selection.labelled_pool == 0
+
+
+def test_ids_of_an_s3_secondary_are_matched_once_listed(world):
+    # S on s3: "later" may be a prefix of its ids, known only once listed: no error before
+    # the run, and a warning when S holds no such image
+    from worker.embeddings import EmbeddedSet
+    from worker.errors import JobError
+    from worker.labelled import entries, unmatched_ids
+
+    job = load_job(write_job(world, _job(secondary="s3://bucket/S", labelled=["later", "h"])))
+    assert [(e.given, e.kind) for e in entries(job)] == [("later", "id"), ("h", "id")]
+    listed = EmbeddedSet("S", ["h/h00.png", "v/v00.png"], np.zeros((2, 3)))
+    assert unmatched_ids(job, [listed], None) == ["later"]
+    with pytest.raises(JobError, match=r"selection\.labelled: later: folder not found"):
+        entries(load_job(write_job(world, _job(labelled=["later"]))))
 
 
 # --------------------------------------------------------------------------- precomputed
@@ -288,3 +300,27 @@ def test_labelled_outside_matches_by_content_hash_and_id():
     assert in_s.tolist() == [False, True, False] and outside.tolist() == [False, True]
     in_s, outside = selection.labelled_outside(["s1", "s2"], [], ["s2", "lab#0"], [])
     assert in_s.tolist() == [False, True] and outside.tolist() == [False, True]
+
+
+def test_readme_and_example_config_document_the_labelling_loop():
+    import yaml
+
+    from worker.job_sections import SelectionConfig
+
+    root = Path(__file__).resolve().parents[1]
+    example = yaml.safe_load((root / "config.example.yaml").read_text())
+    assert set(example["selection"]) == set(SelectionConfig.model_fields)  # every setting
+    assert set(example["selection"]["export"]) == {"csv", "label-studio", "fiftyone"}
+    assert "held_out" in example["adaptation"]
+    readme = " ".join((root / "README.md").read_text().split())
+    for words in (
+        "selection.exclude_previous",
+        "selection.labelled",
+        "selection.export",
+        "selection.csv",
+        "label-studio.json",
+        "fiftyone.json",
+        "adaptation.held_out",
+        "`band` (the paper's",  # the paper's strategy, kept as an option
+    ):
+        assert words in readme, words
