@@ -6,17 +6,30 @@ same run, on the same files.
 
 No download: a small random DINOv2 is built from its config class, saved with
 save_pretrained (with the published dinov2-base processor: shortest edge 256, centre crop
-224, ImageNet normalisation) and loaded through worker.extractors. Images are synthetic
-640 x 480 JPEGs (smooth gradients plus noise).
+224, ImageNet normalisation) and loaded through worker.extractors. Images are 640 x 480
+JPEGs (quality 90) in two sets: real photographs shipped with scikit-image (skimage.data:
+astronaut, coffee, chelsea, rocket, ...; 4:3 crops at varying position and scale, resized
+with Lanczos), the representative case; and synthetic gradients plus uniform noise, whose
+entropy makes libjpeg's decoding about 1.5x slower, the worst case.
 
-- prep: CPU ms per image on one core (time.process_time) to turn a 640 x 480 JPEG into the
-  model's input at image_size 448. Baseline: session 6's path (full decode, resize to 448,
-  then the checkpoint's processor with its own resize and crop); also the exact path (the
-  processor with resize and crop off) and the fast path (DCT-scaled decode, uint8 resize,
-  the affine map per batch of 32 as one torch op, amortised). Target: fast <= 3 ms.
-- stage: embed_items with the tiny model on 2 decode threads (the job's setting) against
-  bare single-core PIL decoding (Image.open + load) of the same files. Target >= 0.5x. The
-  model alone on pre-made inputs is printed too: the stage cannot beat it.
+- prep: CPU ms per image on one core (time.process_time, torch at 1 thread) to turn a
+  640 x 480 JPEG into the model's float32 input at image_size 448, per image set.
+  Baselines: session 6's path (full decode, resize to 448, then the checkpoint's processor
+  with its own resize and crop), the exact path (the processor with resize and crop off),
+  session 7's fast path (PIL decode, copy out of PIL, torch uint8 resize to (H, W, 3), the
+  affine map per batch of 32 as one op on a fresh NCHW tensor). The fast path: decode_pixels
+  (libjpeg-turbo straight into an array), torch's uint8 resize to channel planes, the affine
+  map per image into the extractor's reused batch buffer; its parts are timed alone too.
+  Target: fast <= 3 ms on the photographs. Also printed: the CPU part when the model runs on
+  a GPU (the affine map then runs there).
+- stage: embed_items on the photographs on 2 decode threads (the job's setting) against bare
+  single-core PIL decoding (Image.open + load) of the same files: target >= 0.5x. Printed
+  beside it: the model alone on pre-made inputs (torch at 2 threads), stage / model-only,
+  and the ideal rate 1 / (t_model + t_prep / 2) of two cores sharing the model and the
+  preparation. Run for the "tiny" model (hidden 64, 2 layers, 2 heads; at 448 its forward
+  pass bounds the stage) and a "nano" one (hidden 32, 1 layer, 1 head: forward pass about
+  a tenth of the preparation, so the ratio measures the stage's own overhead), each with
+  torch at 2 and at 1 intra-op thread beside the 2 decode threads.
 - threads: the stage without the model (a zero-cost embed_prepared) on 2 threads against 1.
   Target >= 1.8x.
 - cache: a cached re-run against the cold run that filled the cache, tiny model at
@@ -54,12 +67,14 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 from worker.cache import EmbeddingCache  # noqa: E402
 from worker.embeddings import embed_items  # noqa: E402
 from worker.extractors import get_extractor  # noqa: E402
-from worker.images import decode_image, resize_square  # noqa: E402
+from worker.extractors.hf import resize_uint8  # noqa: E402
+from worker.images import decode_image, decode_pixels, resize_square  # noqa: E402
 from worker.job import ModelConfig  # noqa: E402
 from worker.sources import list_images  # noqa: E402
 
 MODELS = {
     # name: (hidden, layers, heads); patch 14, as DINOv2
+    "nano": (32, 1, 1),  # a forward pass far cheaper than the preparation
     "tiny": (64, 2, 2),
     "small": (192, 4, 3),
     "base": (768, 12, 12),  # the shape of facebook/dinov2-base (random weights)
@@ -95,17 +110,65 @@ def build_model(kind: str, folder: Path) -> Path:
     return folder
 
 
-def write_images(folder: Path, count: int, width: int = 640, height: int = 480) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
+#: colour photographs that ship with scikit-image (no download)
+PHOTOS = (
+    "astronaut.png",
+    "coffee.png",
+    "chelsea.png",
+    "rocket.jpg",
+    "hubble_deep_field.jpg",
+    "retina.jpg",
+    "ihc.png",
+    "motorcycle_left.png",
+    "color.png",
+)
+
+
+def _jpeg(arr: np.ndarray | Image.Image) -> bytes:
+    img = arr if isinstance(arr, Image.Image) else Image.fromarray(arr)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def photo_jpegs(count: int, width: int = 640, height: int = 480) -> list[bytes]:
+    """Real photographs (skimage.data), 4:3 crops of varying position and scale (every
+    second round mirrored), resized to width x height, JPEG quality 90."""
+    import skimage
+
+    folder = Path(skimage.__file__).parent / "data"
+    sources = [Image.open(folder / name).convert("RGB") for name in PHOTOS]
+    out = []
+    for i in range(count):
+        src, rnd = sources[i % len(sources)], i // len(sources)
+        w, h = src.size
+        cw = min(w, h * 4 / 3) * (0.75 + 0.25 * (rnd % 4) / 3)
+        ch = cw * 3 / 4
+        x0, y0 = (w - cw) * (i * 37 % 11) / 10, (h - ch) * (i * 53 % 7) / 6
+        crop = src.crop((x0, y0, x0 + cw, y0 + ch)).resize((width, height), Image.LANCZOS)
+        if rnd % 2:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        out.append(_jpeg(crop))
+    return out
+
+
+def noise_jpegs(count: int, width: int = 640, height: int = 480) -> list[bytes]:
+    """Smooth gradients plus uniform noise in [0, 40): the worst case for decoding."""
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:height, 0:width]
+    out = []
     for i in range(count):
         base = (xx * (i % 7 + 1) + yy * (i % 5 + 1)) % 256
         noise = rng.integers(0, 40, size=(height, width, 3))
-        arr = np.clip(base[..., None] + noise, 0, 255).astype(np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="JPEG", quality=90)
-        (folder / f"img_{i:05d}.jpg").write_bytes(buf.getvalue())
+        out.append(_jpeg(np.clip(base[..., None] + noise, 0, 255).astype(np.uint8)))
+    return out
+
+
+def write_images(folder: Path, files: list[bytes]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, data in enumerate(files):
+        (folder / f"img_{i:05d}.jpg").write_bytes(data)
+    return folder
 
 
 def best(repeats: int, fn, clock=time.perf_counter) -> float:
@@ -127,82 +190,147 @@ def extractor(folder: Path, image_size: int, **kw):
 # --------------------------------------------------------------------------- parts
 
 
-def part_prep(model: Path, files: list[bytes], repeats: int) -> dict:
+def part_prep(model: Path, sets: dict[str, list[bytes]], repeats: int) -> dict:
     torch.set_num_threads(1)
     ex = extractor(model, 448)
-    proc = ex.image_processor
+    proc, size, draft = ex.image_processor, ex.image_size, ex.decode_size
+    scale, shift = ex._scale, ex._shift
 
-    def old() -> None:  # session 6: the processor's own resize (256) and crop (224) won
-        for data in files:
-            resized = resize_square(decode_image(data), 448)
-            proc(images=[resized], return_tensors="np")
+    def model_input(batch: list[np.ndarray]) -> None:
+        with ex._lock:  # the CPU path of embed_prepared, without the model
+            ex._cpu_input(batch)
 
-    def exact() -> None:
-        for data in files:
-            ex.exact_input(resize_square(decode_image(data), 448))
+    def timed(files: list[bytes]) -> dict:
+        def old() -> None:  # session 6: the processor's own resize (256) and crop (224) won
+            for data in files:
+                proc(images=[resize_square(decode_image(data), size)], return_tensors="np")
 
-    def fast() -> None:
-        batch = []
-        for data in files:
-            batch.append(ex.prepare(decode_image(data, draft=ex.decode_size)))
-            if len(batch) == 32:
-                ex._forward_input(torch.from_numpy(np.stack(batch)))
-                batch = []
+        def exact() -> None:
+            for data in files:
+                ex.exact_input(resize_square(decode_image(data), size))
 
-    def decode_only() -> None:
-        for data in files:
-            decode_image(data)
+        def session7() -> None:  # PIL decode, copy out, (H, W, 3) resize, one batched op
+            batch = []
+            for data in files:
+                pixels = np.array(decode_image(data, draft=draft), dtype=np.uint8)
+                batch.append(resize_uint8(pixels, size).transpose(1, 2, 0))
+                if len(batch) == 32:
+                    x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)
+                    x = x.to(torch.float32, memory_format=torch.contiguous_format)
+                    x.mul_(scale).add_(shift)
+                    batch = []
 
-    n = len(files)
-    out = {}
-    for _ in range(repeats):  # interleaved rounds
-        for name, fn in (("old", old), ("exact", exact), ("fast", fast), ("decode", decode_only)):
-            ms = best(1, fn, time.process_time) * 1000 / n
-            out[name] = min(out.get(name, np.inf), ms)
+        def fast() -> None:  # what embed_items does per image, then per batch
+            batch = []
+            for data in files:
+                batch.append(ex.prepare(decode_pixels(data, draft)))
+                if len(batch) == 32:
+                    model_input(batch)
+                    batch = []
+
+        n = len(files) // 32 * 32 or len(files)  # whole batches
+        files = files[:n]
+        decoded = [decode_pixels(data, draft) for data in files]
+        resized = [ex.prepare(px) for px in decoded]
+        steps = {
+            "old": old,
+            "exact": exact,
+            "session7": session7,
+            "fast": fast,
+            "decode_pil": lambda: [decode_image(d) for d in files],
+            "decode_turbo": lambda: [decode_pixels(d, draft) for d in files],
+            "resize": lambda: [ex.prepare(px) for px in decoded],
+            "normalise": lambda: [model_input(resized[i : i + 32]) for i in range(0, n, 32)],
+        }
+        out: dict = {}
+        for _ in range(repeats):  # interleaved rounds
+            for name, fn in steps.items():
+                ms = best(1, fn, time.process_time) * 1000 / n
+                out[name] = min(out.get(name, np.inf), ms)
+        out["fast_on_gpu"] = out["fast"] - out["normalise"]  # the affine map on the device
+        out["fast_vs_old"] = out["old"] / out["fast"]
+        out["fast_vs_session7"] = out["session7"] / out["fast"]
+        return out
+
+    results = {}
+    for label, files in sets.items():
+        r = results[label] = timed(files)
+        print(
+            f"prep, {label} (CPU ms per 640x480 JPEG at 448, one core; {load()}): "
+            f"fast {r['fast']:.2f} (target <= 3 ms) = decode {r['decode_turbo']:.2f} + resize "
+            f"{r['resize']:.2f} + normalise {r['normalise']:.2f}; on a GPU (normalised there) "
+            f"{r['fast_on_gpu']:.2f}. Baselines: session 7's fast {r['session7']:.2f} "
+            f"({r['fast_vs_session7']:.2f}x), session 6's path {r['old']:.2f} "
+            f"({r['fast_vs_old']:.2f}x), exact {r['exact']:.2f}; PIL decode alone "
+            f"{r['decode_pil']:.2f}"
+        )
     torch.set_num_threads(os.cpu_count() or 1)
-    out["fast_vs_old"] = out["old"] / out["fast"]
-    print(
-        f"prep (CPU ms per 640x480 JPEG at 448, one core; {load()}): session-6 path "
-        f"{out['old']:.2f}, exact {out['exact']:.2f}, fast {out['fast']:.2f} "
-        f"(decode alone {out['decode']:.2f}); fast is {out['fast_vs_old']:.2f}x faster "
-        "(target <= 3 ms)"
-    )
-    return out
+    return results
 
 
-def part_stage(model: Path, images: Path, repeats: int, image_size: int) -> dict:
+def part_stage(models: dict[str, Path], images: Path, repeats: int, image_size: int) -> dict:
     items = list_images(str(images))
     paths = [Path(it.uri) for it in items]
-    ex = extractor(model, image_size, num_workers=2)
-    n = len(items)
+    files = [p.read_bytes() for p in paths]
+    n, cores = len(items), os.cpu_count() or 1
 
     def bare() -> None:
         for p in paths:
             with Image.open(p) as im:
                 im.load()
 
-    def stage() -> None:
-        embed_items("bench", items, ex, batch_size=32, num_workers=2)
+    out: dict = {"image_size": image_size, "images": n}
+    for kind, folder in models.items():
+        ex = extractor(folder, image_size, num_workers=2)
+        torch.set_num_threads(1)  # the preparation's CPU per image (decode threads' work)
+        start = time.process_time()
+        prepared = [ex.prepare(decode_pixels(d, ex.decode_size)) for d in files]
+        for i in range(0, n, 32):
+            with ex._lock:
+                ex._cpu_input(prepared[i : i + 32])
+        t_prep = (time.process_time() - start) / n
+        torch.set_num_threads(cores)
+        ex.embed_prepared(prepared[:32])  # warm-up
 
-    prepared = [ex.prepare(decode_image(p.read_bytes(), draft=ex.decode_size)) for p in paths]
-    ex.embed_prepared(prepared[:32])  # warm-up
-    t_bare = t_stage = t_model = np.inf
-    for _ in range(repeats):  # interleaved rounds
-        t_bare = min(t_bare, best(1, bare))
-        t_stage = min(t_stage, best(1, stage))
-        t_model = min(t_model, best(1, lambda: ex.embed_prepared(prepared)))
-    out = {
-        "image_size": image_size,
-        "bare_decode_img_s": n / t_bare,
-        "stage_img_s": n / t_stage,
-        "model_only_img_s": n / t_model,
-        "ratio": t_bare / t_stage,
-    }
-    print(
-        f"stage (tiny DINOv2 at {image_size}, 2 threads; {load()}): {n / t_stage:.0f} img/s, "
-        f"bare single-core PIL decode {n / t_bare:.0f} img/s: {out['ratio']:.2f}x "
-        f"(target >= 0.5x); model alone {n / t_model:.0f} img/s"
-    )
+        def stage(ex=ex) -> None:
+            embed_items("bench", items, ex, batch_size=32, num_workers=2)
+
+        def model_only(ex=ex, prepared=prepared) -> None:
+            ex.embed_prepared(prepared)
+
+        t = {"bare": np.inf, "model": np.inf, "stage_t2": np.inf, "stage_t1": np.inf}
+        for _ in range(repeats):  # interleaved rounds
+            t["bare"] = min(t["bare"], best(1, bare))
+            t["model"] = min(t["model"], best(1, model_only))
+            for threads in (2, 1):
+                torch.set_num_threads(threads)
+                t[f"stage_t{threads}"] = min(t[f"stage_t{threads}"], best(1, stage))
+            torch.set_num_threads(cores)
+        stage = min(t["stage_t2"], t["stage_t1"])
+        ideal = 1 / (t["model"] / n + t_prep / 2)
+        r = out[kind] = {
+            "model": MODELS[kind],
+            "attention": ex.model.config._attn_implementation,
+            "bare_decode_img_s": n / t["bare"],
+            "stage_img_s_torch2": n / t["stage_t2"],
+            "stage_img_s_torch1": n / t["stage_t1"],
+            "model_only_img_s": n / t["model"],
+            "prep_cpu_ms": t_prep * 1000,
+            "ideal_img_s": ideal,
+            "ratio": t["bare"] / stage,
+            "stage_vs_model": t["model"] / stage,
+            "stage_vs_ideal": (n / stage) / ideal,
+        }
+        print(
+            f"stage, {kind} DINOv2 {MODELS[kind]} at {image_size} ({r['attention']} attention), "
+            f"2 decode threads ({load()}): {n / stage:.0f} img/s (torch threads 2: "
+            f"{r['stage_img_s_torch2']:.0f}, 1: {r['stage_img_s_torch1']:.0f}); bare single-core "
+            f"PIL decode {r['bare_decode_img_s']:.0f} img/s: {r['ratio']:.2f}x (target >= 0.5x). "
+            f"Model alone {r['model_only_img_s']:.0f} img/s: stage / model "
+            f"{r['stage_vs_model']:.2f}; "
+            f"prep {r['prep_cpu_ms']:.2f} ms CPU per image, ideal 1 / (t_model + t_prep / 2) = "
+            f"{ideal:.0f} img/s: stage / ideal {r['stage_vs_ideal']:.2f}"
+        )
     return out
 
 
@@ -222,9 +350,11 @@ def part_threads(model: Path, images: Path, repeats: int) -> dict:
     free = _NoModel(extractor(model, 448))
     n = len(items)
     t = {1: np.inf, 2: np.inf}
+    torch.set_num_threads(1)  # the decode threads' own work, no intra-op threads beside them
     for _ in range(repeats):
         for w in (1, 2):
             t[w] = min(t[w], best(1, lambda w=w: embed_items("b", items, free, num_workers=w)))
+    torch.set_num_threads(os.cpu_count() or 1)
     out = {"one_img_s": n / t[1], "two_img_s": n / t[2], "ratio": t[1] / t[2]}
     print(
         f"threads (read + decode + prepare, no model; {load()}): 1 thread {n / t[1]:.0f} "
@@ -391,7 +521,7 @@ def part_big(tmp: Path, n: int, dim: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", default="prep,stage,threads,cache,reduce")
-    ap.add_argument("--images", type=int, default=256)
+    ap.add_argument("--images", type=int, default=128)
     ap.add_argument("--model", choices=sorted(MODELS), default="tiny")
     ap.add_argument("--image-size", type=int, default=448, help="for the stage part")
     ap.add_argument("--repeats", type=int, default=2)
@@ -405,13 +535,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="embed-bench-") as tmp:
         tmp = Path(tmp)
         model = build_model(args.model, tmp / "model")
-        images = tmp / "images"
-        write_images(images, args.images)
-        files = [p.read_bytes() for p in sorted(images.iterdir())[:200]]
+        photos = photo_jpegs(args.images)
+        images = write_images(tmp / "images", photos)
         if "prep" in parts:
-            results["prep"] = part_prep(model, files, args.repeats)
+            sets = {"photographs": photos, "noise (worst case)": noise_jpegs(min(args.images, 64))}
+            results["prep"] = part_prep(model, sets, args.repeats)
         if "stage" in parts:
-            results["stage"] = part_stage(model, images, args.repeats, args.image_size)
+            models = {args.model: model}
+            if args.model != "nano":
+                models["nano"] = build_model("nano", tmp / "nano")
+            results["stage"] = part_stage(models, images, args.repeats, args.image_size)
         if "threads" in parts:
             results["threads"] = part_threads(model, images, args.repeats)
         if "cache" in parts:

@@ -213,27 +213,34 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def _interrupt_at_random_moments(job_root: Path, count: int, seed: int) -> None:
-    """`count` runs of a real job, each sent SIGINT or SIGTERM at a random moment (start-up
-    and imports included) to its whole process group, as a terminal's Ctrl-C is, so forked
-    helpers get it too: exit 0/1 (it had finished) or 130 with a message that names the
-    signal, never a traceback from any process; no process of the group outlives the run;
-    the store always shows one complete latest run, or none."""
+def _interrupt_at_random_moments(job_root: Path, count: int, seed: int) -> list[str]:
+    """`count` runs of a real job, each sent SIGINT or SIGTERM at a random moment of it
+    (uniform over the time one uninterrupted run takes: start-up and imports included, and
+    the report stage's forked helpers) to its whole process group, as a terminal's Ctrl-C is,
+    so forked helpers get it too: exit 0/1 (it had finished) or 130 with a message that names
+    the signal, never a traceback from any process; no process of the group outlives the run;
+    the store always shows one complete latest run, or none. Returns the stopped runs'
+    messages."""
     rng = np.random.default_rng(seed)
     out = job_root / "out"
-    stopped = 0
+    argv = [sys.executable, "-m", "worker", "run", str(job_root / "job.yaml"), "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    start = time.monotonic()
+    subprocess.run(argv, cwd=job_root, env=env, check=True, capture_output=True)
+    whole = time.monotonic() - start
+    stopped = []
     for k in range(count):
         sig = signal.SIGINT if k % 2 == 0 else signal.SIGTERM
         proc = subprocess.Popen(
-            [sys.executable, "-m", "worker", "run", str(job_root / "job.yaml"), "--quiet"],
+            argv,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             cwd=job_root,
             start_new_session=True,
-            env=dict(os.environ, OMP_NUM_THREADS="1"),
+            env=env,
         )
-        time.sleep(float(rng.uniform(0.0, 6.0)))
+        time.sleep(float(rng.uniform(0.0, whole)))
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
@@ -242,7 +249,7 @@ def _interrupt_at_random_moments(job_root: Path, count: int, seed: int) -> None:
         assert "Traceback" not in err and "Exception ignored" not in err, err[-3000:]
         assert proc.returncode in (0, 1, 130), (proc.returncode, err[-3000:])
         if proc.returncode == 130:
-            stopped += 1
+            stopped.append(err)
             name = "SIGINT (Ctrl-C)" if sig == signal.SIGINT else "SIGTERM"
             assert f"interrupted by {name}" in err and "()" not in err, err[-2000:]
         deadline = time.time() + 30
@@ -253,7 +260,8 @@ def _interrupt_at_random_moments(job_root: Path, count: int, seed: int) -> None:
         if latest.is_symlink():
             assert json.loads((latest / "report.json").read_text())["schema_version"]
             assert (out / "report.json").is_file()
-    assert stopped >= 1  # at least one run was stopped mid-way, not only finished ones
+    assert stopped  # at least one run was stopped mid-way, not only finished ones
+    return stopped
 
 
 def test_three_interrupts_at_random_moments_leave_no_traceback(small_image_job):
@@ -262,4 +270,144 @@ def test_three_interrupts_at_random_moments_leave_no_traceback(small_image_job):
 
 @pytest.mark.slow
 def test_twenty_interrupts_at_random_moments_leave_no_traceback(small_image_job):
-    _interrupt_at_random_moments(small_image_job, 20, seed=2)
+    """The report stage (about half of the run, its figures and PDF in forked helpers) is
+    among the moments hit."""
+    stopped = _interrupt_at_random_moments(small_image_job, 20, seed=2)
+    assert any("during the render stage" in err for err in stopped), stopped
+
+
+# --------------------------------------------------------------------- a stop inside long work
+
+
+def _stop_during(
+    root: Path, after: str, sig: int, delay: float = 1.5, args: tuple[str, ...] = ()
+) -> tuple[int, str, float]:
+    """Start `python -m worker run job.yaml` in `root` (its own process group), wait until a
+    stderr line contains `after`, then `delay` seconds more, and send `sig` to the whole group
+    (as a terminal's Ctrl-C does, forked helpers included). Returns (exit code, stderr, seconds
+    from the signal to the exit); asserts that no process of the group outlives the run."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker", "run", "job.yaml", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=root,
+        start_new_session=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if after in line:
+            break
+    assert proc.poll() is None, "".join(seen)[-3000:]
+    time.sleep(delay)
+    assert proc.poll() is None, "the run finished before it could be stopped"
+    sent = time.monotonic()
+    os.killpg(proc.pid, sig)
+    _, rest = proc.communicate(timeout=300)
+    latency = time.monotonic() - sent
+    deadline = time.time() + 30
+    while _group_alive(proc.pid):  # forked helpers die with their parent
+        assert time.time() < deadline, "a process of the run outlived it"
+        time.sleep(0.1)
+    return proc.returncode, "".join(seen) + rest, latency
+
+
+def _assert_clean_stop(code: int, err: str, sig: int, stage: str) -> None:
+    name = "SIGINT (Ctrl-C)" if sig == signal.SIGINT else "SIGTERM"
+    assert code == 130, (code, err[-3000:])
+    assert f"interrupted by {name} during the {stage} stage; no report was published" in err, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err[-3000:]
+    assert f"{stage} stopped after" in err and f"{stage} done in" not in err, err[-3000:]
+
+
+def test_a_stop_during_the_permutation_tests_takes_effect_within_a_batch(tmp_path):
+    """Three secondaries of 1,000 rows with 10,000 MMD and 10,000 energy permutations each:
+    minutes of permutations in the measure stage. SIGINT a second into it stops the run
+    within a batch (seconds), not after the tests: exit 130, the stage named, no traceback,
+    nothing left in the store."""
+    from worker import stats
+
+    rng = np.random.default_rng(5)
+    names = ["S1", "S2", "S3"]
+    for k, name in enumerate(["P", *names]):
+        np.save(tmp_path / f"{name}.npy", rng.normal(size=(1000, 8)) + 0.05 * k)
+    job = {
+        "seed": 0,
+        "model": {"name": "precomputed"},
+        "pca": {"dims": 4, "sweep": [4]},
+        "datasets": {
+            "primary": {"name": "P", "embeddings": "P.npy"},
+            "secondary": [{"name": n, "embeddings": f"{n}.npy"} for n in names],
+        },
+        "metrics": {"null_repeats": 2, "mmd_permutations": 10000, "energy_permutations": 10000},
+        "output": {"dir": "out"},
+    }
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    code, err, latency = _stop_during(tmp_path, "embed done", signal.SIGINT)
+    _assert_clean_stop(code, err, signal.SIGINT, "measure")
+    assert not (tmp_path / "out").exists()  # nothing staged or published is left
+    # what the stop saved: the energy tests alone take 3 x 20 times 500 permutations
+    x, y = np.load(tmp_path / "P.npy")[:, :4], np.load(tmp_path / "S1.npy")[:, :4]
+    start = time.perf_counter()
+    stats.energy_test(x, y, 500, 0)
+    remaining = 3 * 20 * (time.perf_counter() - start) - 1.5
+    assert latency < remaining / 4, (latency, remaining)
+
+
+def test_a_stop_during_adaptation_training_takes_effect_within_a_step(tmp_path):
+    """Adaptation with 10,000 epochs (minutes of training): SIGTERM two seconds into the adapt
+    stage stops within a training step: exit 130, the stage named, no traceback from the
+    process or its threads, nothing in the store, no checkpoint published into it."""
+    from tests.helpers.adaptation import write_set
+
+    write_set(tmp_path, "P", [{"orientation": "h"}] * 6, seed=1)
+    write_set(tmp_path, "S1", [{"orientation": "v"}] * 6, seed=2)
+    job = {
+        "seed": 0,
+        "model": {"name": "hog"},
+        "pca": {"dims": 4, "sweep": [4]},
+        "datasets": {
+            "primary": {"name": "P", "path": "P/images", "masks": "P/masks"},
+            "secondary": [{"name": "S1", "path": "S1/images", "masks": "S1/masks"}],
+        },
+        "metrics": {"null_repeats": 2, "mmd_permutations": 10, "energy_permutations": 10},
+        "selection": {"counts": [1]},
+        "cache": {"enabled": False},
+        "output": {"dir": "out", "save_checkpoints": True},
+        "adaptation": {
+            "enabled": True,
+            "model": "unet",
+            "image_size": 32,
+            "epochs": 10000,
+            "batch_size": 2,
+            "counts": [1],
+        },
+    }
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    code, err, latency = _stop_during(tmp_path, "measure done", signal.SIGTERM, delay=2.0)
+    _assert_clean_stop(code, err, signal.SIGTERM, "adapt")
+    assert not (tmp_path / "out").exists()
+    assert latency < 20, latency  # 10,000 epochs of 6 images take minutes
+
+
+def test_a_stop_in_the_report_stage_stops_its_forked_helpers(small_image_job, tmp_path):
+    """Ctrl-C to the process group while the report stage's forked helpers draw the figures
+    and print the PDF: the parent stops at its next wait (0.1 s), kills them, exits 130
+    naming the render stage; no helper prints a traceback or outlives it; no run is
+    published and the previous latest run is unchanged."""
+    out = tmp_path / "out"
+    for name in ("P", "S"):
+        os.symlink(small_image_job / name, tmp_path / name)
+    (tmp_path / "job.yaml").write_text((small_image_job / "job.yaml").read_text())
+    subprocess.run(
+        [sys.executable, "-m", "worker", "run", "job.yaml", "--quiet"], cwd=tmp_path, check=True
+    )
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    # after the figure modules are imported (a second or two): the helpers are at work
+    code, err, _ = _stop_during(tmp_path, "gates done", signal.SIGINT, delay=3.0)
+    _assert_clean_stop(code, err, signal.SIGINT, "render")
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    assert len([p for p in (out / "runs").iterdir() if not p.name.startswith(".")]) == 1

@@ -20,7 +20,7 @@ from PIL import Image
 from tests.helpers.extractors import RESIZE, SIZE, save_tiny
 from worker.errors import JobError
 from worker.extractors import get_extractor
-from worker.images import resize_square
+from worker.images import decode_image, decode_pixels, resize_square
 from worker.job import ModelConfig
 
 transformers = pytest.importorskip("transformers")
@@ -201,7 +201,7 @@ def test_prepare_then_embed_prepared_equals_embed(tiny_dirs, images):
         ModelConfig(name="dinov2", checkpoint=str(tiny_dirs["dinov2"]), image_size=RESIZE)
     )
     prepared = [ex.prepare(im) for im in images]
-    assert prepared[0].shape == (RESIZE, RESIZE, 3) and prepared[0].dtype == np.uint8
+    assert prepared[0].shape == (3, RESIZE, RESIZE) and prepared[0].dtype == np.uint8
     np.testing.assert_array_equal(ex.embed_prepared(prepared), ex.embed(images))
 
 
@@ -228,11 +228,9 @@ def test_model_sees_the_input_size(family, extractors, images):
     assert f"input={side}" in ex.cache_key and "prep=exact" in ex.cache_key
 
 
-def _hostile_images() -> list[Image.Image]:
-    """Odd sizes, an EXIF rotation, greyscale, RGBA and 16-bit, decoded by worker.images."""
+def _hostile_files() -> list[bytes]:
+    """Odd sizes, an EXIF rotation, greyscale, RGBA, 16-bit and CMYK image files."""
     import io
-
-    from worker.images import decode_image
 
     rng = np.random.default_rng(1)
     yy, xx = np.mgrid[0:61, 0:97]
@@ -256,7 +254,9 @@ def _hostile_images() -> list[Image.Image]:
     )
     out.append(encode(Image.fromarray(sixteen), "PNG"))  # 16-bit greyscale
     out.append(encode(Image.fromarray(rng.integers(0, 256, (7, 333, 3), dtype=np.uint8)), "PNG"))
-    return [decode_image(b) for b in out]
+    out.append(encode(Image.fromarray(smooth[:, :, ::-1]).convert("CMYK"), "JPEG", quality=95))
+    out.append(encode(Image.fromarray(smooth[:33, :51]), "JPEG", quality=90, subsampling=2))
+    return out
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -271,9 +271,17 @@ def test_fast_preparation_equals_the_processor(family, extractors, tiny_dirs):
     )
     assert ex.preprocess == "fast" and exact.preprocess == "exact"
     assert ex.cache_key != exact.cache_key and "prep=fast" in ex.cache_key
-    imgs = _hostile_images()
+    files = _hostile_files()
+    imgs = [decode_image(b) for b in files]
     assert imgs[0].size == (61, 97)  # the EXIF rotation was applied
-    fast = ex._forward_input(torch.from_numpy(np.stack([ex.prepare(im) for im in imgs])))
+    prepared = [ex.prepare(im) for im in imgs]
+    # the job's path: decode_pixels' arrays (libjpeg-turbo for JPEGs), the same input
+    for data, want in zip(files, prepared, strict=True):
+        np.testing.assert_array_equal(ex.prepare(decode_pixels(data, ex.decode_size)), want)
+    with ex._lock:  # the CPU's per-image affine map and the device's batched one agree
+        cpu = ex._cpu_input(prepared).clone()
+    fast = ex._forward_input(torch.from_numpy(np.stack(prepared)))
+    torch.testing.assert_close(cpu, fast, rtol=0, atol=1e-6)
     ref = processor_input(ex, family, imgs)
     assert fast.shape == ref.shape
     std = np.asarray(ex.image_processor.image_std, dtype=np.float64)
@@ -281,7 +289,8 @@ def test_fast_preparation_equals_the_processor(family, extractors, tiny_dirs):
     if family == "efficientnet":  # include_top divides by the std a second time
         err = err * std
     assert err.max() <= 1 / 255 + 1e-5, err
-    a, b = ex.embed(imgs).astype(np.float64), exact.embed(imgs).astype(np.float64)
+    a = ex.embed_prepared(prepared).astype(np.float64)
+    b = exact.embed(imgs).astype(np.float64)
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     live = norms > 0  # the tiny random EfficientNet's pooled features can be all zero
     np.testing.assert_array_equal(a[~live], b[~live])
@@ -442,6 +451,6 @@ def test_uint8_resize_is_within_one_of_pil(shape):
     arr = np.stack([(xx * 3) % 256, (yy * 5) % 256, (xx + 2 * yy) % 256], -1)
     arr = np.clip(arr + rng.integers(0, 30, (h, w, 3)), 0, 255).astype(np.uint8)
     got = resize_uint8(arr, RESIZE).astype(int)
-    ref = np.asarray(resize_square(Image.fromarray(arr), RESIZE)).astype(int)
-    assert got.shape == ref.shape == (RESIZE, RESIZE, 3)
+    ref = np.asarray(resize_square(Image.fromarray(arr), RESIZE)).astype(int).transpose(2, 0, 1)
+    assert got.shape == ref.shape == (3, RESIZE, RESIZE)
     assert np.abs(got - ref).max() <= 1

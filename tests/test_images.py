@@ -139,3 +139,93 @@ def test_draft_keeps_the_exif_rotation_and_greyscale():
     assert out.size == (1000, 500) and out.mode == "RGB"
     r, g, b = np.asarray(out).transpose(2, 0, 1)
     assert (r == g).all() and (g == b).all()
+
+
+def _jpeg(img: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", **kw)
+    return buf.getvalue()
+
+
+def _decode_pixels_cases() -> dict[str, bytes]:
+    """JPEGs the libjpeg-turbo path decodes and files it leaves to PIL (decode_pixels)."""
+    photo = Image.open(io.BytesIO(_photo_jpeg(97, 61)))
+    rng = np.random.default_rng(3)
+    cases = {f"subsampling {s}": _jpeg(photo, quality=90, subsampling=s) for s in (0, 1, 2)}
+    cases["progressive"] = _jpeg(photo, quality=90, progressive=True)
+    cases["greyscale"] = _jpeg(photo.convert("L"), quality=90)
+    cases["7 x 333 noise"] = _jpeg(
+        Image.fromarray(rng.integers(0, 256, (333, 7, 3), dtype=np.uint8)), quality=75
+    )
+    for orientation in range(1, 9):
+        cases[f"EXIF orientation {orientation}"] = _photo_jpeg(97, 61, exif_orientation=orientation)
+    exif = photo.getexif()
+    exif[0x0112] = 42  # not an orientation: the pixels as stored
+    cases["EXIF orientation 42"] = _jpeg(photo, exif=exif)
+    cases["CMYK JPEG"] = _jpeg(Image.new("CMYK", (9, 5), (0, 255, 255, 0)))
+    cases["RGBA PNG"] = _encode(
+        Image.fromarray(rng.integers(0, 256, (5, 7, 4), dtype=np.uint8), mode="RGBA")
+    )
+    cases["16-bit PNG"] = _encode(Image.fromarray(np.full((3, 4), 51400, np.uint16)))
+    return cases
+
+
+@pytest.mark.parametrize(("name", "data"), list(_decode_pixels_cases().items()))
+@pytest.mark.parametrize("draft", [None, 48])
+def test_decode_pixels_equals_decode_image(name, data, draft):
+    """Bit-identical to PIL's decode, DCT scale and EXIF orientation included (greyscale,
+    odd sizes, every chroma subsampling, progressive; CMYK, PNGs go through PIL)."""
+    from worker.images import decode_pixels
+
+    ref = np.asarray(decode_image(data, draft=draft))
+    got = decode_pixels(data, draft=draft)
+    assert got.dtype == np.uint8 and got.shape == ref.shape and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("size", [(1000, 900), (2000, 1500)])
+def test_decode_pixels_uses_the_same_dct_scale_as_draft(size):
+    from worker.images import decode_pixels
+
+    data = _photo_jpeg(*size, exif_orientation=6)
+    got = decode_pixels(data, draft=448)
+    assert got.shape[0] == size[0] // 2 and got.shape[1] < size[1]  # half scale, upright
+    np.testing.assert_array_equal(got, np.asarray(decode_image(data, draft=448)))
+
+
+def test_decode_pixels_decodes_jpegs_without_pil(monkeypatch):
+    """RGB and greyscale JPEGs take the libjpeg-turbo path (PIL reads only the header)."""
+    import worker.images as images
+
+    def refuse(*_a, **_k):
+        raise AssertionError("decode_image was called")
+
+    data = _photo_jpeg(97, 61, exif_orientation=6)
+    grey = _jpeg(Image.open(io.BytesIO(data)).convert("L"))
+    expected = [np.asarray(decode_image(d)) for d in (data, grey)]
+    monkeypatch.setattr(images, "decode_image", refuse)
+    for d, ref in zip((data, grey), expected, strict=True):
+        np.testing.assert_array_equal(images.decode_pixels(d), ref)
+
+
+@pytest.mark.parametrize(
+    ("cut", "reason"), [(0.5, "cannot decode"), (0.0, "empty file"), (0.001, "cannot decode")]
+)
+def test_decode_pixels_bad_jpeg_gives_decode_images_error(cut, reason):
+    """A truncated or damaged JPEG: the same ImageError as decode_image (no grey half)."""
+    from worker.images import decode_pixels
+
+    data = _photo_jpeg(97, 61)
+    data = data[: int(len(data) * cut)]
+    with pytest.raises(ImageError, match=reason):
+        decode_image(data)
+    with pytest.raises(ImageError, match=reason):
+        decode_pixels(data)
+
+
+def test_decode_pixels_bomb_guard(monkeypatch):
+    import worker.images as images
+
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(ImageError, match="too large"):
+        images.decode_pixels(_photo_jpeg(20, 20))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.helpers.jobs import labelling_job as _job
 from tests.helpers.jobs import write_job
 from tests.helpers.s3 import REGION
 from worker import exports
@@ -37,23 +38,6 @@ def _image_sets(seed: int = 0) -> dict[str, bytes]:
     files |= {f"S/a/s{i:02d}.png": _png(rng, 120, 6) for i in range(8)}
     files |= {f"S/b/n{i:02d}.png": _png(rng, 40 + 15 * i, 40) for i in range(12)}
     return files
-
-
-def _job(primary: str, secondary: str, out: str, **selection) -> dict:
-    return {
-        "version": 1,
-        "seed": 0,
-        "model": {"name": "hog", "image_size": 32},
-        "pca": {"dims": 4, "sweep": [2, 4]},
-        "datasets": {
-            "primary": {"name": "P", "path": primary},
-            "secondary": [{"name": "S", "path": secondary}],
-        },
-        "metrics": {"statistics": False, "duplicates": False, "null_repeats": 2},
-        "selection": {"strategy": ["novel", "kcenter"], "counts": [2, 4], **selection},
-        "output": {"dir": out},
-        "cache": {"enabled": False},
-    }
 
 
 def _selected(report: dict) -> dict[tuple[str, int], list[str]]:

@@ -157,6 +157,21 @@ def test_image_job_equals_local_and_fills_the_shared_cache(cluster, image_root):
     compare_reports(local, again)
 
 
+@pytest.mark.slow  # two runs of an image job, one on Ray
+def test_labelled_folder_is_embedded_by_the_actors(cluster, image_root):
+    # selection.labelled images outside the datasets go through the same Ray pipeline
+    job = _image_job({"name": "hog", "image_size": 64}, "cache_labelled_local")
+    job["metrics"]["robustness"] = False
+    job["selection"]["labelled"] = ["data/S3/images"]
+    local = _run(image_root, job, "out_labelled_local")
+    job["cache"]["dir"] = "cache_labelled_ray"
+    job["compute"] = _ray_compute(4, batch_size=4)
+    remote = _run(image_root, job, "out_labelled_ray")
+    compare_reports(local, remote)
+    assert remote["selection"]["labelled_pool"] == 10
+    assert _cached(image_root / "cache_labelled_ray") == 30 + 10
+
+
 def test_transformers_model_loads_in_the_actors(cluster, image_root, tmp_path):
     ckpt = save_tiny("dinov2", tmp_path / "dinov2")
     model = {"name": "dinov2", "checkpoint": str(ckpt), "pooling": "cls", "batch_size": 3}

@@ -420,6 +420,21 @@ def test_page_one_names_every_secondary_its_verdict_and_what_to_do(report, typed
     assert not re.search(r"\de-1\d", page1)
 
 
+def test_page_one_says_whether_each_selection_beat_random(report, typed, tmp_path):
+    from tests.helpers.pdf import pdf_text as text_of
+
+    decided = _decided(typed)  # S2 shifted and S3-emb far: each has images to label
+    beats = {"S2 far & wide": True, "S3-emb": False}
+    for sec in decided.secondaries:
+        for sel in sec.selections:
+            sel.beats_random = beats.get(sec.name)
+    pdf = render_pdf(decided, {}, tmp_path / "report.pdf", make_pictures(report, decided))
+    page1 = " ".join(text_of(pdf).split("\f")[0].split())
+    # the largest selection of the first strategy, judged in words
+    assert "7 of S2 far & wide (band, beats random)" in page1
+    assert "7 of S3-emb (band, does not beat random)" in page1
+
+
 def test_page_one_shows_both_ends_of_a_long_ranking(typed):
     from worker.report.decide import decision
 

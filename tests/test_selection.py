@@ -438,3 +438,66 @@ def test_nothing_left_to_propose_is_not_judged():
         assert all(np.isfinite(j["random"]).all() for j in judged)
         assert selection.beats_random(judged) is None
         assert selection.verdict(strategy, 0, judged, 50).endswith("nothing to judge.")
+
+
+def test_report_percentile_equals_a_hand_computation(tmp_path):
+    """A run's kcenter coverage judgement, recomputed by hand with scipy from its ids: the
+    pool is P plus the labelled embeddings (selection.labelled), the B random subsets are
+    numpy.random.default_rng([seed, count]) draws, percentile and p as method.md §3.5."""
+    from scipy.spatial.distance import cdist
+
+    from worker.job import parse_job
+    from worker.pipeline import run
+
+    rng = np.random.default_rng(5)
+    P = rng.normal(size=(30, 3))
+    S = np.vstack([rng.normal(size=(15, 3)), rng.normal(size=(10, 3)) + 4])
+    L = rng.normal(size=(4, 3)) + 4
+    for name, x in (("P", P), ("S", S), ("L", L)):
+        np.save(tmp_path / f"{name}.npy", x)
+    B, count = 60, 3
+    job = {
+        "model": {"name": "precomputed"},
+        "pca": {"dims": None, "sweep": []},  # centred raw features: distances as given
+        "compute": {"precision": "float64"},
+        "datasets": {
+            "primary": {"name": "P", "embeddings": "P.npy"},
+            "secondary": [{"name": "S", "embeddings": "S.npy"}],
+        },
+        "metrics": {"statistics": False, "duplicates": False, "null_repeats": 2},
+        "selection": {"strategy": "kcenter", "counts": [count], "random_subsets": B,
+                      "labelled": ["L.npy"]},
+    }  # fmt: skip
+    sel = run(parse_job(job, tmp_path)).report.secondaries[0].selections[0]
+    got = next(j for j in sel.against_random if j.aim == "coverage")
+    pool = np.vstack([P, L])
+
+    def radius(rows) -> float:
+        return float(cdist(S, np.vstack([pool, S[list(rows)]])).min(axis=1).max())
+
+    value = radius(int(i) for i in sel.ids)
+    draws = np.random.default_rng([0, count])
+    randoms = np.array([radius(draws.choice(len(S), size=count, replace=False)) for _ in range(B)])
+    tol = 1e-9
+    worse = int(np.sum(randoms > value + tol))  # random covers worse: larger radius
+    equal = int(np.sum(np.abs(randoms - value) <= tol))
+    assert got.value == pytest.approx(value, abs=tol) and got.subsets == B
+    assert got.percentile == pytest.approx(100 * (worse + equal / 2) / B)
+    assert got.p_value == pytest.approx((1 + B - worse) / (B + 1))
+    assert got.random.mean == pytest.approx(randoms.mean(), abs=tol)
+    # the novelty aim (not kcenter's): mean share of P's leave-one-out NN distances below
+    # each chosen image's NN distance to P, where random subsets land on both sides
+    pp = cdist(P, P)
+    np.fill_diagonal(pp, np.inf)
+    loo, near = pp.min(axis=1), cdist(S, P).min(axis=1)
+    novelty = (loo[None, :] < near[:, None]).mean(axis=1)
+    value = novelty[[int(i) for i in sel.ids]].mean()
+    draws = np.random.default_rng([0, count])
+    randoms = np.array([novelty[draws.choice(len(S), size=count, replace=False)].mean()
+                        for _ in range(B)])  # fmt: skip
+    worse, equal = int(np.sum(randoms < value)), int(np.sum(randoms == value))
+    assert 0 < worse < B
+    got = next(j for j in sel.against_random if j.aim == "novelty")
+    assert not got.decides and got.value == pytest.approx(value)
+    assert got.percentile == pytest.approx(100 * (worse + equal / 2) / B)
+    assert got.p_value == pytest.approx((1 + B - worse) / (B + 1))

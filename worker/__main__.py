@@ -133,9 +133,9 @@ def _validate(job_path: Path) -> int:
     return EXIT_OK
 
 
-def _interrupted(signame: str) -> int:
-    """The message for a stop asked for by a signal (or Ctrl-C), before or after publishing."""
-    from worker.logs import CURRENT
+def _interrupted(signame: str, stage: str | None = None) -> int:
+    """The message for a stop asked for by a signal (or Ctrl-C), before or after publishing;
+    `stage`: the stage it stopped."""
     from worker.store import last_published
 
     published = last_published()
@@ -146,7 +146,7 @@ def _interrupted(signame: str) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
-    where = f" during the {CURRENT['stage']} stage" if CURRENT["stage"] else ""
+    where = f" during the {stage} stage" if stage else ""
     print(
         f"interrupted by {signame}{where}; no report was published (the previous latest run, "
         "if any, is unchanged); embeddings finished so far are cached: run the same job again "
@@ -170,9 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_INVALID
     except Interrupted as stop:
-        return _interrupted(stop.name)
-    except KeyboardInterrupt:  # main() called in-process, without the recording handler
-        return _interrupted(signal_name(signal.SIGINT))
+        return _interrupted(stop.name, stop.stage)
+    except KeyboardInterrupt as stop:  # main() called in-process, without the recording handler
+        return _interrupted(signal_name(signal.SIGINT), getattr(stop, "stage", None))
     except Exception as err:  # a bug, not a gate: never exit 1 for it
         import traceback
 

@@ -98,12 +98,16 @@ def analyse_secondary(
     sec: EmbeddedSet,
     job: Job,
     memory: selection.SelectionMemory | None = None,
+    labelled: EmbeddedSet | None = None,
 ) -> SecondaryAnalysis:
     """All per-pair numbers of one secondary (method.md §1-4). o_dist_scaled is left None:
-    it needs every secondary (analyse_model fills it). `memory`: earlier runs' selections."""
+    it needs every secondary (analyse_model fills it). `memory`: earlier runs' selections;
+    `labelled`: the labelled images outside the job's datasets (selection.labelled), projected
+    into the pair's PCA without entering it and added to the selections' pool."""
     kw = _engine_kw(job)
     bins = job.metrics.histogram_bins
-    space = project_pair(primary.vectors, sec.vectors, job)
+    extra = labelled.vectors if labelled is not None and labelled.count else None
+    space = project_pair(primary.vectors, sec.vectors, job, extra)
     p_l, s_l = space.primary, space.secondary
     passes = _pair_passes(space, job, kw)  # every distance pass of the pair, planned once
     space.sweep_i_dist = passes["sweep"]
@@ -123,6 +127,7 @@ def analyse_secondary(
         passes["pair"].nearest_distance,
         per_image,
         memory,
+        labelled,
     )
 
     def image_novelty(j: int) -> dict:
@@ -360,10 +365,12 @@ def analyse_model(
     secondaries: list[EmbeddedSet],
     job: Job,
     memory: selection.SelectionMemory | None = None,
+    labelled: EmbeddedSet | None = None,
 ) -> ModelAnalysis:
     """Every number of the report for one extractor's features; `memory`: the selections of
-    earlier runs of the store, not proposed again (selection.exclude_previous)."""
-    done = [analyse_secondary(primary, sec, job, memory) for sec in secondaries]
+    earlier runs of the store, not proposed again (selection.exclude_previous); `labelled`:
+    the labelled images outside the job's datasets, in every pair's pool (selection.labelled)."""
+    done = [analyse_secondary(primary, sec, job, memory, labelled) for sec in secondaries]
     entries = [d.result for d in done]
     warnings = [f"{e.name}: {w}" for e in entries for w in e.pca.warnings]
     o_dist = {e.name: e.o_dist for e in entries}

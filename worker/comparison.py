@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from worker import engine, metrics
+from worker.interrupt import stoppable
 from worker.pca import joint_pca
 
 # --------------------------------------------------------------------------- ranking
@@ -96,7 +97,7 @@ def separation_test(
     rng = np.random.default_rng(seed) if rng is None else rng
     observed = abs(auc - 0.5)
     hits = 0
-    for _ in range(permutations):
+    for _ in stoppable(range(permutations)):
         perm = rng.permutation(pooled)
         value = separation_auc(perm[: a.size], perm[a.size :])
         hits += abs(value - 0.5) >= observed - 1e-12
@@ -191,7 +192,7 @@ def matrix_separations(
                 rng = pair_rng(seed, ga, gb)
                 idx = np.flatnonzero(np.isin(labels, [ga, gb]))
                 hits = 0
-                for _ in range(permutations):
+                for _ in stoppable(range(permutations)):
                     shuffled = labels.copy()
                     shuffled[idx] = rng.permutation(labels[idx])
                     w, b = _within_between(m, shuffled, ga, gb)

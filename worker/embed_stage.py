@@ -16,6 +16,7 @@ from worker.embeddings import EmbeddedSet, embed_items, load_precomputed
 from worker.errors import JobError
 from worker.interrupt import check as check_interrupt
 from worker.job import DatasetConfig, Job, ModelConfig
+from worker.labelled import Labelled, check_labelled_width, embed_labelled
 from worker.results import (
     ModelInfo,
 )
@@ -79,33 +80,46 @@ def load_dataset(
         if isinstance(items, EmbeddedSet):
             out.append(items)
             continue
-        bar = progress(len(items), f"embed {name}")
-        try:
-            out.append(
-                embed_items(
-                    name,
-                    items,
-                    extractor,
-                    cache=cache,
-                    batch_size=batch_size,
-                    storage=job.storage,
-                    progress=bar.update_to,
-                )
-            )
-        finally:
-            bar.close()
+        out.append(embed_listing(job, name, items, extractor, cache, progress, batch_size))
     return out
 
 
+def embed_listing(
+    job: Job, name: str, items: list, extractor, cache, progress, batch_size: int = 32
+) -> EmbeddedSet:
+    """One listing of images embedded in this process (cached), with its progress bar."""
+    bar = progress(len(items), f"embed {name}")
+    try:
+        return embed_items(
+            name,
+            items,
+            extractor,
+            cache=cache,
+            batch_size=batch_size,
+            storage=job.storage,
+            progress=bar.update_to,
+        )
+    finally:
+        bar.close()
+
+
 def load_datasets_ray(
-    job: Job, configs: list[DatasetConfig], extractor, cache, progress, batch_size: int
+    job: Job,
+    configs: list[DatasetConfig],
+    extractor,
+    cache,
+    progress,
+    batch_size: int,
+    listings: dict[str, list] | None = None,
 ) -> list[EmbeddedSet]:
     """Every dataset's features, the images of all of them embedded by one Ray Data
-    pipeline (one actor pool, one model load per actor). Datasets of frames or crops are
-    embedded in this process (the Ray read stage reads whole files)."""
+    pipeline (one actor pool, one model load per actor), then those of `listings` (name ->
+    images). Datasets of frames or crops are embedded in this process (the Ray read stage
+    reads whole files)."""
     from worker.distributed import embed_items_ray
 
     found = {name: v for ds in configs for name, v in dataset_items(job, ds, extractor)}
+    found.update(listings or {})
     local = {n: v for n, v in found.items() if not isinstance(v, EmbeddedSet) and samples_of(v)}
     for name, items in local.items():
         found[name] = embed_items(
@@ -192,6 +206,8 @@ class Embedded:
     sets: list[EmbeddedSet]
     extractor: Any  # the extractor that made the vectors (None for precomputed)
     model: ModelInfo
+    #: selection.labelled's images outside every dataset, embedded by the same model
+    labelled: Labelled | None = None
 
 
 def embed_all(
@@ -234,11 +250,24 @@ def embed_all(
             for emb in load_dataset(job, ds, extractor, cache, progress, batch)
         ]
     _check_sets(job, sets)
+    labelled = None
+    if datasets is None:  # the whole job: its labelled images too, by the same model
+
+        def embed(name: str, items: list) -> EmbeddedSet:
+            if job.compute.engine == "ray" and extractor is not None:
+                found = load_datasets_ray(job, [], extractor, cache, progress, batch, {name: items})
+                return found[0]
+            return embed_listing(job, name, items, extractor, cache, progress, batch)
+
+        labelled = embed_labelled(job, extractor, embed, sets, job.storage)
+        if labelled is not None:
+            check_labelled_width(labelled.images, sets)
     info = dict(extractor.info) if extractor is not None else {"name": "precomputed"}
     if extractor is None and model.reduce is not None:  # precomputed: projected as loaded
         from worker.reduce import reduce_sets
 
-        info["reduce"] = reduce_sets(sets, model.reduce.dims, model.reduce.seed)
+        with_labelled = sets + ([labelled.images] if labelled is not None else [])
+        info["reduce"] = reduce_sets(with_labelled, model.reduce.dims, model.reduce.seed)
     info["feature_dim"] = int(sets[0].vectors.shape[1])
     keys = ModelInfo.model_fields
-    return Embedded(sets, extractor, ModelInfo(**{k: info.get(k) for k in keys}))
+    return Embedded(sets, extractor, ModelInfo(**{k: info.get(k) for k in keys}), labelled)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from worker.errors import JobError
-from worker.images import ImageError, decode_image
+from worker.images import ImageError, decode_image, decode_pixels
 from worker.sources import Item, read_bytes
 
 LOGGER = logging.getLogger("worker")
@@ -61,10 +61,13 @@ class _Loaded:
     skip: str | None = None
 
 
-def read_decoded(item: Item, storage, cache, key: str, draft: int | None = None) -> _Loaded:
+def read_decoded(
+    item: Item, storage, cache, key: str, draft: int | None = None, pixels: bool = False
+) -> _Loaded:
     """Read one image, hash it, look it up in the cache; on a miss decode it to RGB.
 
-    Returns a cached `vector`, the decoded PIL image as `prepared`, or a `skip` reason.
+    Returns a cached `vector`, the decoded PIL image as `prepared` (with `pixels`: a uint8
+    (H, W, 3) array, worker.images.decode_pixels, for a file), or a `skip` reason.
     Shared by the local loader threads and the Ray Data read stage. A sample (a video frame
     or an object crop, worker.sources.samples.Sample) is looked up under its own `digest`
     (its source file's hash plus its position and settings) and makes its own pixels.
@@ -81,7 +84,7 @@ def read_decoded(item: Item, storage, cache, key: str, draft: int | None = None)
         if vector is not None:
             return _Loaded(item, digest, vector=vector)
     try:
-        img = decode_image(data, draft=draft)
+        img = (decode_pixels if pixels else decode_image)(data, draft=draft)
     except ImageError as err:
         return _Loaded(item, skip=str(err))
     return _Loaded(item, digest, prepared=img)
@@ -198,9 +201,10 @@ def embed_items(
     window = max(batch_size * max(prefetch_batches, 1), 2 * workers, 1)
 
     draft = extractor.info.get("decode_size")
+    pixels = bool(extractor.info.get("decode_pixels")) and prepare is not None
 
     def load(item: Item) -> _Loaded:
-        loaded = read_decoded(item, storage, cache, key, draft)
+        loaded = read_decoded(item, storage, cache, key, draft, pixels)
         if loaded.prepared is None or prepare is None:
             return loaded
         prepared, skip = prepare_or_skip(prepare, loaded.prepared)

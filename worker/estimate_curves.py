@@ -16,6 +16,7 @@ from worker.estimate_fit import (
     Target,
     fit_isotonic,
 )
+from worker.interrupt import stoppable
 from worker.results import (
     Curve,
 )
@@ -82,7 +83,7 @@ def _curves(
     b_img = [np.zeros((n_boot, len(x))) for x in t_x]
     b_set = np.full((n_boot, len(targets)), np.nan)
     ok = np.isfinite(t_o)
-    for b in range(n_boot):
+    for b in stoppable(range(n_boot)):
         idx = [rng.integers(0, len(e.f), size=len(e.f)) for e in evidence]
         xb = np.concatenate([e.i_dist_mean[i] for e, i in zip(evidence, idx, strict=True)])
         sb = np.concatenate([e.i_dist_scaled[i] for e, i in zip(evidence, idx, strict=True)])

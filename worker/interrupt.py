@@ -4,7 +4,11 @@
 signals only *record* the request: no exception is raised at a random bytecode (that is what
 printed "Exception ignored in ... WeakSet ... KeyboardInterrupt" and broke process pools).
 The run stops at the next safe point, where `check()` raises `Interrupted` naming the signal:
-when a stage starts or ends (worker.logs.stage) and after each embedded batch. A second signal
+when a stage starts or ends (worker.logs.stage), after each embedded batch, and in every long
+loop, which iterates through `stoppable()` (the engine's row blocks, training steps, each batch
+of permutations, bootstrap replicates and random subsets, k-center picks) or waits through
+`wait()` (the report stage's forked helpers): a stop takes effect within one iteration, about
+a second at most. Inside those loops `check()` is cheap (one list test). A second signal
 stops at once (exit 130, nothing published; a later run removes what the stopped one left in
 the store). Forked report helpers inherit the handler, so a Ctrl-C sent to the whole process
 group never raises in them either; they die with their parent (worker.report.forked).
@@ -14,6 +18,11 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+WAIT_STEP_S = 0.1  # how often wait() looks for a stop while it blocks
 
 EXIT_INTERRUPTED = 130
 _REQUESTED: list[int] = []  # signal numbers received, in order
@@ -27,6 +36,7 @@ class Interrupted(BaseException):  # noqa: N818 - it is a stop request, not an e
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
+        self.stage: str | None = None  # the innermost stage it stopped (worker.logs.stage)
 
     @property
     def name(self) -> str:
@@ -69,3 +79,22 @@ def check() -> None:
     """Raise Interrupted when a stop was asked for (a safe point)."""
     if _REQUESTED and (not _OWNER or os.getpid() == _OWNER[0]):
         raise Interrupted(_REQUESTED[0])
+
+
+def stoppable(items: Iterable[T]) -> Iterator[T]:
+    """Each item of `items`, with a safe point (check()) before it: how a long loop lets a
+    stop take effect within one iteration. In a forked helper it never raises (its parent
+    stops, and the helper dies with it)."""
+    for item in items:
+        check()
+        yield item
+
+
+def wait(ready: Callable[[float], object], step: float = WAIT_STEP_S) -> None:
+    """Block until `ready(timeout)` is true, with a safe point every `step` seconds: `ready`
+    waits at most `timeout` seconds for what it waits on (a pipe's poll, futures.wait) and
+    says whether it came."""
+    while True:
+        check()
+        if ready(step):
+            return

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 LOGGER = logging.getLogger("worker")
-CURRENT = {"stage": None}  # the stage running now, for "interrupted during ..." messages
 
 
 class JsonFormatter(logging.Formatter):
@@ -37,19 +36,24 @@ def setup_logging(fmt: str = "text", quiet: bool = False) -> None:
 
 @contextmanager
 def stage(name: str, **fields) -> Iterator[dict]:
-    """Log one line when a stage ends, with its duration in seconds. Its start and its end
-    are safe points: a stop asked for by a signal (worker.interrupt) is raised there."""
-    from worker.interrupt import check
+    """Log one line when a stage ends ("done in", or "stopped after" when an exception or a
+    stop left it), with its duration in seconds. Its start and its end
+    are safe points: a stop asked for by a signal (worker.interrupt) is raised there, and a
+    stop raised inside it is marked with its name (the innermost stage) for the message."""
+    from worker.interrupt import Interrupted, check
 
     start = time.perf_counter()
     extra: dict = dict(fields)
-    previous, CURRENT["stage"] = CURRENT["stage"], name
+    done = "stopped after"  # an exception or a stop left the stage
     try:
         check()
         yield extra
         check()
+        done = "done in"
+    except (Interrupted, KeyboardInterrupt) as stop:
+        stop.stage = getattr(stop, "stage", None) or name
+        raise
     finally:
-        CURRENT["stage"] = previous
         duration = round(time.perf_counter() - start, 3)
         extra.update({"stage": name, "duration_s": duration})
-        LOGGER.info("%s done in %.2fs", name, duration, extra={"fields": extra})
+        LOGGER.info("%s %s %.2fs", name, done, duration, extra={"fields": extra})

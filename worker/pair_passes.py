@@ -38,6 +38,9 @@ class PairSpace:
     sweep_secondary: np.ndarray | None = None
     nested: bool = False  # primary / secondary are the first columns of the sweep arrays
     sweep_i_dist: dict[int, np.ndarray] | None = None  # I_dist per sweep z (engine.pair_pass)
+    #: (k, z) the labelled images outside the job's datasets, projected by the fit they do
+    #: not enter (selection.labelled); None without any
+    labelled: np.ndarray | None = None
 
 
 def _engine_kw(job: Job) -> dict:
@@ -52,21 +55,28 @@ def _engine_kw(job: Job) -> dict:
     }
 
 
-def project_pair(p: np.ndarray, s: np.ndarray, job: Job) -> PairSpace:
-    """Joint PCA of [P; S] to `pca.dims` (method.md §1.1-1.2); one wider fit serves the sweep."""
+def project_pair(
+    p: np.ndarray, s: np.ndarray, job: Job, labelled: np.ndarray | None = None
+) -> PairSpace:
+    """Joint PCA of [P; S] to `pca.dims` (method.md §1.1-1.2); one wider fit serves the sweep.
+    `labelled` (k, q): rows projected by the fit without entering it (selection.labelled),
+    so every quantity of the pair is the same with or without them."""
     dims = job.pca.dims
     sweep_max = max(job.pca.sweep) if job.pca.sweep else None
-    seed = job.seed
+    kw = {"route": job.pca.route, "seed": job.seed}
+    also = [] if labelled is None else [labelled]
     if dims is not None and (sweep_max is None or sweep_max <= dims):
-        (pl, sl), info = joint_pca([p, s], dims, route=job.pca.route, seed=seed)
-        return PairSpace(pl, sl, info, pl, sl, nested=True)
+        (pl, sl, *ll), info = joint_pca([p, s], dims, also=also, **kw)
+        return PairSpace(pl, sl, info, pl, sl, nested=True, labelled=next(iter(ll), None))
     if dims is None:
-        (pl, sl), info = joint_pca([p, s], None, route=job.pca.route, seed=seed)
+        (pl, sl, *ll), info = joint_pca([p, s], None, also=also, **kw)
         wide = None
         if sweep_max is not None:
-            wide, _ = joint_pca([p, s], sweep_max, route=job.pca.route, seed=seed)
-        return PairSpace(pl, sl, info, *(wide or (None, None)))
-    (pw, sw), info = joint_pca([p, s], sweep_max, route=job.pca.route, seed=seed)
+            wide, _ = joint_pca([p, s], sweep_max, **kw)
+        space = PairSpace(pl, sl, info, *(wide or (None, None)))
+        space.labelled = next(iter(ll), None)
+        return space
+    (pw, sw, *lw), info = joint_pca([p, s], sweep_max, also=also, **kw)
     z = min(dims, pw.shape[1])
     info = info.model_copy(
         update={
@@ -75,7 +85,8 @@ def project_pair(p: np.ndarray, s: np.ndarray, job: Job) -> PairSpace:
             "explained_variance_ratio": info.explained_variance_ratio[:z],
         }
     )
-    return PairSpace(pw[:, :z], sw[:, :z], info, pw, sw, nested=True)
+    ll = lw[0][:, :z] if lw else None
+    return PairSpace(pw[:, :z], sw[:, :z], info, pw, sw, nested=True, labelled=ll)
 
 
 def _spread(d: dict | None, bins: int) -> Spread | None:
@@ -106,6 +117,7 @@ def _selections(
     nearest_primary: np.ndarray,
     novelty: dict | None = None,
     memory: selection.SelectionMemory | None = None,
+    labelled_set: EmbeddedSet | None = None,
 ) -> tuple[
     list[SelectionResult], dict[tuple[str, int], list[int]], SelectionPool | None, list[int]
 ]:
@@ -117,7 +129,8 @@ def _selections(
     leave-one-out nearest distances; `novelty`: the per-image novelty and novel flags
     (_novelty; None when P is too small: no image is novel); `memory`: the earlier runs'
     selections. Images selected earlier or named by selection.labelled join the pool and are
-    never proposed.
+    never proposed; `labelled_set`: the labelled images outside the job's datasets (their
+    rows projected into this pair's space: `space.labelled`) join it beside P.
     The adaptation stage's (strategy, count) pairs are chosen here too, by the same code.
     A secondary with `select: false` (a blind set) gets none.
     """
@@ -131,6 +144,14 @@ def _selections(
     cfg = job.selection
     earlier = selection.earlier_mask(sec.name, sec.ids, sec.hashes, memory)
     labelled = selection.labelled_mask(sec.ids, sec.uris, cfg.labelled, job.base_dir)
+    pool_l, outside_l = p_l, None  # labelled images outside S: pool rows beside P (as if in P)
+    if labelled_set is not None and space.labelled is not None:
+        in_s, outside = selection.labelled_outside(
+            sec.ids, sec.hashes, labelled_set.ids, labelled_set.hashes
+        )
+        labelled |= in_s
+        outside_l = space.labelled[outside]
+        pool_l = np.vstack([p_l, outside_l])
     exclude = earlier | labelled
     hold = np.zeros(len(s_l), dtype=bool)  # the adaptation's held-out split (method.md §5.7)
     if job.adaptation.enabled and config is not None and config.masks is not None:
@@ -138,14 +159,14 @@ def _selections(
     if novelty is None:
         novelty = {"novelty": np.zeros(len(s_l)), "novel": np.zeros(len(s_l), dtype=bool)}
     novel = np.asarray(novelty["novel"], dtype=bool)
-    pool_nearest = selection.pool_nearest(s_l, nearest_primary, exclude, **kw)
+    pool_nearest = selection.pool_nearest(s_l, nearest_primary, exclude, outside_l, **kw)
     candidates = selection.candidates(len(s_l), exclude, hold)
 
     def pick(strategy: str, count: int) -> list[int]:
         return selection.select(
             strategy,
             S_L=s_l,
-            P_L=p_l,
+            P_L=pool_l,
             i_dist=i_dist,
             count=count,
             band=cfg.band,
@@ -218,6 +239,7 @@ def _selections(
         candidates=len(candidates),
         earlier_selected=int(earlier.sum()),
         labelled=int(labelled.sum()),
+        labelled_outside=0 if outside_l is None else len(outside_l),
         novel=int(novel.sum()),
         held_out=int(hold.sum()),
     )

@@ -397,14 +397,17 @@ def joint_pca(
     route: str = "auto",
     seed: int = 0,
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
+    also: Sequence[np.ndarray] = (),
 ) -> tuple[list[np.ndarray], PairPca]:
     """One PCA fitted on vstack(blocks), each block projected. See the module docstring.
 
-    Returns (projected, info): projected[i] is (len(blocks[i]), z) float64; info is the
-    fit's PairPca (route, dims, requested_dims, explained_variance_ratio, warnings).
+    Returns (projected, info): projected[i] is (len(blocks[i]), z) float64, followed by the
+    projections of the `also` arrays, which the fit does not see (the labelled images of
+    selection.labelled); info is the fit's PairPca (route, dims, requested_dims,
+    explained_variance_ratio, warnings).
     """
     if not isinstance(blocks, (list, tuple)):
         raise ValueError("pca: blocks must be a list of (n_i, q) arrays")
     model = fit_pca(list(blocks), dims, route=route, seed=seed, memory_budget_mb=memory_budget_mb)
-    projected = [project(model, b, memory_budget_mb=memory_budget_mb) for b in blocks]
+    projected = [project(model, b, memory_budget_mb=memory_budget_mb) for b in [*blocks, *also]]
     return projected, model.info()

@@ -43,6 +43,7 @@ from worker.embed_stage import (  # noqa: F401
 from worker.errors import JobError
 from worker.gates import evaluate_gates
 from worker.job import Job, ModelConfig
+from worker.labelled import unmatched_ids
 from worker.logs import LOGGER, stage
 from worker.preflight import check_locations
 from worker.report.inputs import AdaptationFigureData, RenderInputs
@@ -121,7 +122,9 @@ def _run(
                 with stage("embed", model=model.label):
                     embedded = embed_all(job, model, show_progress)
                 with stage("measure", model=model.label), numeric_input_errors():
-                    analysis = analyse_model(embedded.sets[0], embedded.sets[1:], job, memory)
+                    analysis = analyse_model(
+                        embedded.sets[0], embedded.sets[1:], job, memory, _labelled(embedded)
+                    )
                 robustness = None
                 if job.metrics.robustness:
                     with stage("robustness", model=model.label), numeric_input_errors():
@@ -147,7 +150,14 @@ def _run(
                 RunInfo(**_run_info(started, engine_info), run_id=run_id),
                 matrix=matrix,
             )
-            report.selection = selection_summary(job, memory)
+            report.selection = selection_summary(job, memory, measured[0].embedded)
+            for entry in report.selection.labelled_unmatched:
+                warning = (
+                    f"selection.labelled: {entry} matches no image (no secondary image has "
+                    "this id and no image lies under it); check the entry"
+                )
+                LOGGER.warning("%s", warning)
+                report.warnings = sorted({*report.warnings, warning})
         with stage("estimate"):
             attach_estimate(report, scores, job.seed)
         with stage("history"):
@@ -283,7 +293,7 @@ def measure_trained(job: Job, encoder, memory: SelectionMemory | None = None) ->
     """Distances measured with the trained baseline M's own encoder (features_from_trained);
     `memory`: the earlier runs' selections, as for the other extractors."""
     embedded = embed_all(job, ModelConfig(name="trained"), False, extractor=encoder)
-    analysis = analyse_model(embedded.sets[0], embedded.sets[1:], job, memory)
+    analysis = analyse_model(embedded.sets[0], embedded.sets[1:], job, memory, _labelled(embedded))
     return Measured("trained (baseline M encoder)", embedded, analysis)
 
 
@@ -377,10 +387,10 @@ def build_report(
         pca_sweep_stable=first.pca_sweep_stable,
         models=models,
         gates=[],
-        skipped=[s for ds in measured[0].embedded.sets for s in ds.skipped],
+        skipped=[s for ds in _read_sets(measured[0].embedded) for s in ds.skipped],
         warnings=sorted(
             {w for m in measured for w in m.analysis.warnings}
-            | {w for ds in measured[0].embedded.sets for w in ds.warnings}
+            | {w for ds in _read_sets(measured[0].embedded) for w in ds.warnings}
         ),
         model_agreement=agreement,
         robustness=robustness,
@@ -509,9 +519,24 @@ def selection_memory(job: Job, store: str) -> SelectionMemory | None:
     return memory
 
 
-def selection_summary(job: Job, memory: SelectionMemory | None) -> SelectionInfo:
-    """report.json's `selection` block: strategies, judging, memory and exports."""
+def _labelled(embedded: Embedded):
+    """The labelled images outside the job's datasets (selection.labelled), or None."""
+    return embedded.labelled.images if embedded.labelled is not None else None
+
+
+def _read_sets(embedded: Embedded) -> list:
+    """Every set the embed stage read: the datasets, then the labelled images."""
+    labelled = _labelled(embedded)
+    return embedded.sets + ([labelled] if labelled is not None else [])
+
+
+def selection_summary(
+    job: Job, memory: SelectionMemory | None, embedded: Embedded
+) -> SelectionInfo:
+    """report.json's `selection` block: strategies, judging, memory, labelled images and
+    exports."""
     cfg = job.selection
+    labelled = _labelled(embedded)
     return SelectionInfo(
         strategies=cfg.strategies,
         paper_strategy=PAPER_STRATEGY,
@@ -520,6 +545,8 @@ def selection_summary(job: Job, memory: SelectionMemory | None) -> SelectionInfo
         exclude_previous=cfg.exclude_previous,
         earlier_runs=0 if memory is None else memory.runs,
         labelled=list(cfg.labelled),
+        labelled_pool=labelled.count if labelled is not None else 0,
+        labelled_unmatched=unmatched_ids(job, embedded.sets[1:], embedded.labelled),
         exports=[exports.FILES[f] for f in exports.FILES if f in cfg.export],
     )
 

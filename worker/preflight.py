@@ -5,6 +5,7 @@ line option) for a location that cannot work: a missing dataset folder, an embed
 that is a folder, a path leaving the job folder when `allow_outside_paths: false`, dataset
 folders nested in one another (the outer listing would read the inner one's images), an
 output folder inside a dataset folder (its figures would be listed as images on the next run),
+a selection.labelled entry that names a missing folder or a file the job cannot use,
 an output or `--junit` location that cannot be written, and any output (`--junit`, the store)
 that would overwrite the job file, a dataset or the store's own files. `validate` and `run`
 both call it, so
@@ -79,6 +80,9 @@ def check_locations(job, *, out: str | None = None, junit: str | None = None) ->
             raise JobError(f"{field}: {given} is not a file; give a .npy or .npz file")
         if kind == "folder" and not os.access(p, os.R_OK | os.X_OK):
             raise JobError(f"{field}: {given} cannot be read; check its permissions")
+    from worker.labelled import entries
+
+    entries(job)  # selection.labelled: missing or unusable folders and files
     folders = [(f, _real(r)) for f, kind, r in locations if kind == "folder"]
     for field_a, a in folders:
         for field_b, b in folders:

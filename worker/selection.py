@@ -7,9 +7,10 @@ Strategies (each returns indices into S, deterministic for a given seed):
 - `band` (the paper's, section 4.3) and `farthest`: aim at novelty.
 - `kcenter`: greedy k-center over all of S; aims at coverage of S.
 
-The pool: P plus every S image that must not be proposed again (selected in an earlier run,
-or already labelled: `exclude`, a boolean mask over S); pool images count as already-chosen
-centres and are never returned. `hold` (a boolean mask over S: the adaptation's held-out
+The pool: P, the labelled images outside S (selection.labelled; the caller stacks them under
+P_L) and every S image that must not be proposed again (selected in an earlier run, or already
+labelled: `exclude`, a boolean mask over S); pool images count as already-chosen centres and
+are never returned. `hold` (a boolean mask over S: the adaptation's held-out
 split) is neither proposed nor a centre. A count above the candidates selects them all; 0
 selects none.
 
@@ -17,7 +18,8 @@ Judging (method.md §3.5): a selection is compared on each aim with B seeded ran
 the same size drawn from the same candidates; `judge_value` gives its percentile among them,
 a Monte Carlo p-value and `beats_random`.
 
-Shapes: S_L (m, z), P_L (n, z), i_dist / novelty / exclude / novel (m,).
+Shapes: S_L (m, z), P_L (n, z) (P, then any labelled images outside S),
+i_dist / novelty / exclude / novel (m,).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from worker import engine
+from worker.interrupt import stoppable
 from worker.metrics import min_max_scale
 from worker.results import Report
 
@@ -262,7 +265,7 @@ def random_subsets(candidates: np.ndarray, count: int, subsets: int, seed: int) 
     count = _count(count, len(candidates))
     rng = np.random.default_rng([int(seed), count])
     out = np.empty((int(subsets), count), dtype=np.int64)
-    for b in range(int(subsets)):
+    for b in stoppable(range(int(subsets))):
         out[b] = rng.choice(candidates, size=count, replace=False)
     return out
 
@@ -304,7 +307,7 @@ def covering_radii(
     pool2 = pool_nearest**2
     step = max(1, chunk_values // max(1, len(used) + len(subsets)))
     radii2 = np.full(len(subsets), -np.inf)
-    for start in range(0, len(rows), step):
+    for start in stoppable(range(0, len(rows), step)):
         r = rows[start : start + step]
         x = S_L[r] - centre
         d2 = np.maximum((x**2).sum(axis=1)[:, None] + c2[None, :] - 2.0 * (x @ centres.T), 0.0)
@@ -444,16 +447,22 @@ def verdict(strategy: str, count: int, judged: list[dict[str, Any]], subsets: in
 
 
 def pool_nearest(
-    S_L: np.ndarray, nearest_primary: np.ndarray, exclude: np.ndarray, **engine_kw: Any
+    S_L: np.ndarray,
+    nearest_primary: np.ndarray,
+    exclude: np.ndarray,
+    outside: np.ndarray | None = None,
+    **engine_kw: Any,
 ) -> np.ndarray:
-    """(m,) each S image's distance to its nearest pool image: P (`nearest_primary`, (m,))
-    or an excluded S image (an excluded image is at distance 0 from the pool)."""
+    """(m,) each S image's distance to its nearest pool image: P (`nearest_primary`, (m,)),
+    a labelled image outside S (`outside`, (k, z)) or an excluded S image (an excluded image
+    is at distance 0 from the pool)."""
     out = np.asarray(nearest_primary, dtype=np.float64).copy()
     exclude = np.asarray(exclude, dtype=bool)
-    if exclude.any():
-        S_L = np.asarray(S_L)
-        d, _ = engine.nearest_distances(S_L, S_L[exclude], **engine_kw)
-        out = np.minimum(out, d)
+    S_L = np.asarray(S_L)
+    for rows in (None if outside is None else np.asarray(outside), S_L[exclude]):
+        if rows is not None and len(rows):
+            d, _ = engine.nearest_distances(S_L, rows, **engine_kw)
+            out = np.minimum(out, d)
     return out
 
 
@@ -532,3 +541,35 @@ def labelled_mask(
     return np.array(
         [named(i) or named(u) for i, u in zip(ids, uris, strict=True)], dtype=bool
     ).reshape(len(ids))
+
+
+def labelled_outside(
+    ids: Sequence[str],
+    hashes: Sequence[str],
+    labelled_ids: Sequence[str],
+    labelled_hashes: Sequence[str],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The labelled images outside the job's datasets (selection.labelled folders, prefixes,
+    files) against one secondary's m images: ((m,) True for the S images they are: the same
+    content hash, or, for embeddings of precomputed sets, the same id; (k,) True for the
+    labelled images that are not an S image, the rows that join the pool beside P)."""
+    hashes = list(hashes) or [None] * len(ids)
+    labelled_hashes = list(labelled_hashes) or [None] * len(labelled_ids)
+    lab_hash = {h for h in labelled_hashes if h}
+    lab_id = set(labelled_ids)
+    s_hash, s_id = {h for h in hashes if h}, set(ids)
+    in_s = np.array(
+        [
+            (i in lab_id) or (h is not None and h in lab_hash)
+            for i, h in zip(ids, hashes, strict=True)
+        ],
+        dtype=bool,
+    ).reshape(len(ids))
+    outside = np.array(
+        [
+            i not in s_id and (h is None or h not in s_hash)
+            for i, h in zip(labelled_ids, labelled_hashes, strict=True)
+        ],
+        dtype=bool,
+    ).reshape(len(labelled_ids))
+    return in_s, outside

@@ -44,6 +44,7 @@ from worker.duplicates import (  # noqa: F401
     near_duplicate_threshold,
     threshold_from_nearest,
 )
+from worker.interrupt import stoppable
 from worker.rank_agreement import (  # noqa: F401
     _finite_or_none,
     kendall_tau,
@@ -57,6 +58,9 @@ NULL_MAX_SAMPLES = 2000  # P rows drawn per null repeat (halves of 1000): cost O
 MMD_MAX_SAMPLES = 1000  # per set; larger sets are subsampled (seeded) for the MMD test
 MEDIAN_MAX_SAMPLES = 1000  # pooled points whose pairwise distances give the median heuristic
 KERNEL_BLOCK_MB = 32  # memory for one block of kernel rows, and for one batch of permutations
+#: multiply-adds in one batch of the energy test's permutations (about 0.1 s): each batch is a
+#: safe point where a stop asked for by a signal takes effect (worker.interrupt)
+ENERGY_BATCH_WORK = 1 << 28
 
 
 def _matrix(x: np.ndarray, name: str) -> np.ndarray:
@@ -115,7 +119,7 @@ def null_o_dist_means(
     k = max(NULL_MIN_SIZE, null_sample_size(n, max_samples))
     rng = np.random.default_rng(seed)
     out = np.empty(int(repeats))
-    for r in range(int(repeats)):
+    for r in stoppable(range(int(repeats))):
         order = rng.permutation(n)[:k]
         a, b = P[order[: k // 2]], P[order[k // 2 :]]
         out[r] = metrics.o_dist_mean(engine.row_distance_sums(a, b, **engine_kw), len(b))
@@ -172,7 +176,7 @@ def _row_blocks(n_rows: int, n_cols: int) -> Iterator[slice]:
     """Row slices such that a (rows x n_cols) float64 block and its temporaries fit in
     KERNEL_BLOCK_MB."""
     rows = max(1, int(KERNEL_BLOCK_MB * 1024 * 1024 // (3 * 8 * max(1, n_cols))))
-    for s in range(0, n_rows, rows):
+    for s in stoppable(range(0, n_rows, rows)):
         yield slice(s, min(s + rows, n_rows))
 
 
@@ -327,7 +331,7 @@ def mmd_test(
     batch = max(1, min(permutations, int(KERNEL_BLOCK_MB * 1024 * 1024 // (8 * N))))
     slack = 1e-12 * max(1.0, abs(stat), total / (N * N))
     exceed = 0
-    for start in range(0, permutations, batch):
+    for start in stoppable(range(0, permutations, batch)):
         cols = min(batch, permutations - start)
         labels = np.zeros((N, cols))
         for c in range(cols):
@@ -400,10 +404,11 @@ def energy_test(
     if permutations <= 0 or n < 2 or m < 2:
         out["permutations"] = permutations if n >= 2 and m >= 2 else 0
         return out
-    batch = max(1, min(permutations, int(KERNEL_BLOCK_MB * 1024 * 1024 // (8 * N))))
+    batch = min(permutations, int(KERNEL_BLOCK_MB * 1024 * 1024 // (8 * N)))
+    batch = max(1, min(batch, ENERGY_BATCH_WORK // (N * N)))
     slack = 1e-12 * max(1.0, abs(stat), total / (N * N))
     exceed = 0
-    for start in range(0, permutations, batch):
+    for start in stoppable(range(0, permutations, batch)):
         cols = min(batch, permutations - start)
         labels = np.zeros((N, cols))
         for c in range(cols):
@@ -507,7 +512,7 @@ def kid(
     d = X.shape[1]
     values = np.empty(int(subsets))
     pairs = size * (size - 1)
-    for t in range(int(subsets)):
+    for t in stoppable(range(int(subsets))):
         x = X[rng.choice(len(X), size, replace=False)]
         y = Y[rng.choice(len(Y), size, replace=False)]
         if d * d < size:

@@ -15,6 +15,25 @@ def write_job(folder: Path, job: dict, name: str = "job.yaml") -> Path:
     return path
 
 
+def labelling_job(primary: str, secondary: str, out: str, **selection) -> dict:
+    """A small image job (hog at 32 px) of P and one secondary S, for the labelling loop:
+    novel and kcenter selections of 2 and 4 images; `selection` adds or replaces settings."""
+    return {
+        "version": 1,
+        "seed": 0,
+        "model": {"name": "hog", "image_size": 32},
+        "pca": {"dims": 4, "sweep": [2, 4]},
+        "datasets": {
+            "primary": {"name": "P", "path": primary},
+            "secondary": [{"name": "S", "path": secondary}],
+        },
+        "metrics": {"statistics": False, "duplicates": False, "null_repeats": 2},
+        "selection": {"strategy": ["novel", "kcenter"], "counts": [2, 4], **selection},
+        "output": {"dir": out},
+        "cache": {"enabled": False},
+    }
+
+
 def embeddings_job(*secondaries: str, primary: str = "P", **over) -> dict:
     """A job dict on precomputed embeddings `<name>.npy` (primary, then each secondary);
     `over` replaces top-level blocks. The files are not written: tests that run the job write

@@ -32,6 +32,7 @@ from worker.adapt.masks import Sample  # noqa: F401  (re-exported)
 from worker.adapt.segmenters import Segmenter
 from worker.errors import JobError
 from worker.images import ImageError, decode_image, resize_square
+from worker.interrupt import stoppable
 from worker.sources import read_bytes
 
 LOGGER = logging.getLogger("worker")
@@ -213,7 +214,7 @@ def train_segmenter(
             order = torch.randperm(n, generator=gen)
             model.train()
             total = 0.0
-            for b in range(0, n, batch_size):
+            for b in stoppable(range(0, n, batch_size)):  # a stop takes effect between steps
                 idx = order[b : b + batch_size]
                 optimizer.zero_grad(set_to_none=True)
                 xb, yb = as_float_images(x[idx], dev), y[idx].to(dev).float()
@@ -247,7 +248,7 @@ def predict_probs(model: Segmenter, x: torch.Tensor, batch_size: int = 8) -> tor
     dev = next(model.parameters()).device
     out = [
         torch.sigmoid(model(as_float_images(x[b : b + batch_size], dev))).float().cpu()
-        for b in range(0, x.shape[0], batch_size)
+        for b in stoppable(range(0, x.shape[0], batch_size))
     ]
     if not out:
         return torch.zeros((0, 1, *x.shape[-2:]), dtype=torch.float32)

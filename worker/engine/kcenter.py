@@ -17,6 +17,7 @@ from worker.engine.planning import (
 )
 from worker.engine.small import small_kcenter
 from worker.engine.tiles import cpu_single_threaded, tile_ops
+from worker.interrupt import stoppable
 
 
 def kcenter_greedy(
@@ -92,7 +93,7 @@ def _kcenter_greedy(
 
 def _kcenter_loop(ops, x, k: int, first: int | None, min_d, chunk: int, chosen: list) -> None:
     """The O(k N) greedy loop; min_d (float64) is updated in place after each pick."""
-    for it in range(k):
+    for it in stoppable(range(k)):
         j = first if (it == 0 and first is not None) else ops.argmax(min_d)
         chosen.append(j)
         xj = x[j]

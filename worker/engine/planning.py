@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from worker.devices import is_cpu, usable_cores
+from worker.interrupt import check, stoppable
 
 DEFAULT_MEMORY_BUDGET_MB = 256
 #: compute.memory_budget_mb "auto" on CUDA (capped at a quarter of the free device memory):
@@ -243,13 +244,14 @@ def run_row_blocks(n_rows: int, plan: Plan, ops, make_buffer: Callable, fn: Call
     wake-ups than they gain) and the row blocks are shared by `plan.workers` Python threads;
     callers run inside ops.single_threaded() (tiles.cpu_single_threaded kernels), which
     restores the process-wide thread settings afterwards. On CUDA the blocks run in order on
-    the current stream.
+    the current stream. Each block is a safe point (worker.interrupt): a stop asked for
+    takes effect after the blocks running now.
     """
     starts = list(range(0, n_rows, plan.tile_rows))
 
     def serial() -> None:
         buf = make_buffer()
-        for s in starts:
+        for s in stoppable(starts):
             fn(s, min(s + plan.tile_rows, n_rows), buf)
 
     if ops.cuda:
@@ -259,6 +261,7 @@ def run_row_blocks(n_rows: int, plan: Plan, ops, make_buffer: Callable, fn: Call
     local = threading.local()
 
     def task(s: int) -> None:
+        check()  # in the row-block thread: blocks not started when a stop comes never run
         if not getattr(local, "ready", False):
             ops.thread_setup()
             local.buf = make_buffer()
@@ -268,6 +271,9 @@ def run_row_blocks(n_rows: int, plan: Plan, ops, make_buffer: Callable, fn: Call
     if plan.workers <= 1 or len(starts) <= 1:
         serial()
     else:
-        with ThreadPoolExecutor(max_workers=plan.workers) as pool:
+        pool = ThreadPoolExecutor(max_workers=plan.workers)
+        try:
             for _ in pool.map(task, starts):
                 pass
+        finally:  # a stop (or an error) drops the blocks not started yet
+            pool.shutdown(wait=True, cancel_futures=True)

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from worker.interrupt import stoppable
+
 
 def squared_by_columns(a: np.ndarray, b: np.ndarray, bounds: list[int]) -> Iterator[np.ndarray]:
     """For each prefix in `bounds` (increasing), ||a_i[:p] - b_j[:p]||^2 (m, n) float64 by
@@ -81,7 +83,7 @@ def small_kcenter(x_np: np.ndarray, k: int, min_d: np.ndarray | None) -> list[in
         min_d = np.full(len(x), np.inf)
     min_d = np.array(min_d, dtype=np.float64)
     chosen: list[int] = []
-    for it in range(k):
+    for it in stoppable(range(k)):
         j = first if (it == 0 and first is not None) else int(np.argmax(min_d))
         chosen.append(j)
         diff = x - x[j]

@@ -29,14 +29,17 @@ square the model sees.
 
 Preparation (`model.preprocess`):
 
-- `fast` (default): `prepare(image)` returns the resized uint8 (H, W, 3) pixels (torch's
-  uint8 antialiased bilinear kernel, within 1 of PIL's values and about twice as fast), and
-  `embed_prepared` stacks a batch, moves it to the device (pinned memory on CUDA) and applies
-  the processor's per-channel affine map (rescale, normalise, EfficientNet's offset and
-  `include_top`) as one tensor operation there. The affine map is read off the checkpoint's
-  processor itself (its output for constant black, white and grey images) and checked to be
-  affine; a processor that is not falls back to `exact`. Pixel values are within 1/255 of
-  the exact path's (tests/test_extractors.py), features' cosine >= 0.9999.
+- `fast` (default): the loader threads decode JPEGs with libjpeg-turbo straight into an
+  array (worker.images.decode_pixels, bit-identical to PIL's decode), `prepare(pixels)`
+  resizes them to uint8 (3, H, W) planes (torch's uint8 antialiased bilinear kernel, within
+  1 of PIL's values and about 2.5 times as fast), and `embed_prepared` applies the
+  processor's per-channel affine map (rescale, normalise, EfficientNet's offset and
+  `include_top`): on the CPU per image into one reused float32 batch buffer, on a GPU as one
+  tensor operation on the device after a uint8 transfer (pinned memory). The affine map is
+  read off the checkpoint's processor itself (its output for constant black, white and grey
+  images) and checked to be affine; a processor that is not falls back to `exact`. Pixel
+  values are within 1/255 of the exact path's (tests/test_extractors.py), features' cosine
+  >= 0.9999.
 - `exact`: `prepare(image)` returns the checkpoint processor's float32 (3, H, W) output
   (its resize and crop turned off as above), the reference the tests compare against.
 
@@ -382,6 +385,8 @@ class HFExtractor:
             "input_size": self.input_size,
             "preprocess": self.preprocess,
             "decode_size": self.decode_size,
+            # the fast path's prepare takes decode_pixels' arrays (no PIL image in between)
+            "decode_pixels": self.preprocess == "fast",
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "feature": fam.feature,
@@ -391,13 +396,19 @@ class HFExtractor:
         if model_id.startswith("local:"):
             self.info["checkpoint_sha256"] = model_id.removeprefix("local:")
         self._lock = threading.Lock()
+        self._buffer: np.ndarray | None = None  # the fast path's CPU input (_cpu_input)
         self.batch_size = cfg.batch_size if cfg.batch_size != "auto" else self._auto_batch_size()
 
     # -- preparation (runs in worker threads) ------------------------------------------
 
-    def prepare(self, image: Image.Image) -> np.ndarray:
-        """One RGB image -> the model's input: uint8 (H, W, 3) pixels on the fast path
-        (normalised per batch in embed_prepared), float32 (C, H, W) on the exact path."""
+    def prepare(self, image: Image.Image | np.ndarray) -> np.ndarray:
+        """One RGB image (PIL, or uint8 (H, W, 3) pixels from worker.images.decode_pixels)
+        -> the model's input: uint8 (3, H, W) pixels on the fast path (normalised per batch
+        in embed_prepared), float32 (3, H, W) on the exact path."""
+        if isinstance(image, np.ndarray):
+            if self.preprocess == "fast" and self.input_size == self.image_size:
+                return resize_uint8(image, self.image_size)
+            image = Image.fromarray(image)
         if image.mode != "RGB":
             image = image.convert("RGB")
         if self.preprocess == "exact":
@@ -405,8 +416,8 @@ class HFExtractor:
         if self.input_size != self.image_size:  # SAM: its native input, two PIL resizes
             resized = resize_square(image, self.image_size)
             resized = resized.resize((self.input_size, self.input_size), self._native_resample)
-            return np.asarray(resized, dtype=np.uint8)
-        return resize_uint8(np.array(image, dtype=np.uint8), self.image_size)
+            return np.ascontiguousarray(np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1))
+        return resize_uint8(np.asarray(image, dtype=np.uint8), self.image_size)
 
     def exact_input(self, resized: Image.Image) -> np.ndarray:
         """The checkpoint processor's output for an image already resized to image_size:
@@ -431,7 +442,7 @@ class HFExtractor:
         torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         before = torch.cuda.memory_allocated(self.device)
-        probe = np.zeros((2, self.input_size, self.input_size, 3), dtype=np.uint8)
+        probe = np.zeros((2, 3, self.input_size, self.input_size), dtype=np.uint8)
         self._forward(torch.from_numpy(probe).to(self.device))
         per_image = max((torch.cuda.max_memory_allocated(self.device) - before) / 2, 1)
         free, _ = torch.cuda.mem_get_info(self.device)
@@ -486,18 +497,33 @@ class HFExtractor:
 
     def _forward_input(self, batch: torch.Tensor) -> torch.Tensor:
         """A stacked batch on the device -> the model's float32 (B, C, H, W) input: uint8
-        (B, H, W, 3) pixels get the processor's affine map as one tensor op; the exact
+        (B, 3, H, W) pixels get the processor's affine map as one tensor op; the exact
         path's float32 input passes as it is."""
         if batch.dtype != torch.uint8:
             return batch
-        # one strided pass to NCHW float32, then two vectorised in-place passes per channel
-        x = batch.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
-        return x.mul_(self._scale).add_(self._shift)
+        return batch.to(torch.float32).mul_(self._scale).add_(self._shift)
 
-    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        """A stacked batch on the device -> (B, d) float32 features on the CPU."""
+    def _cpu_input(self, inputs: list[np.ndarray]) -> torch.Tensor:
+        """Fast-path uint8 (3, H, W) inputs -> the model's float32 (B, 3, H, W) input on the
+        CPU: the affine map per image and channel plane (cache-sized, contiguous) into one
+        reused buffer (no fresh pages per batch; 0.5 ms per 448 x 448 image against 2.1 ms
+        for one batched op, benchmarks/RESULTS.md session 8). Call under self._lock."""
+        n, shape, buf = len(inputs), inputs[0].shape, self._buffer
+        if buf is None or buf.shape[1:] != shape or len(buf) < n:
+            buf = self._buffer = np.empty((max(n, self.batch_size), *shape), np.float32)
+        out = buf[:n]
+        for img, dst in zip(inputs, out, strict=True):
+            for c in range(3):
+                np.multiply(img[c], self._affine[0][c], out=dst[c], dtype=np.float32)
+                dst[c] += self._affine[1][c]
+        return torch.from_numpy(out)
+
+    def _forward(self, batch: torch.Tensor | list[np.ndarray]) -> torch.Tensor:
+        """A stacked batch on the device, or fast-path CPU inputs -> (B, d) float32
+        features on the CPU."""
         with self._lock, torch.inference_mode():
-            feats = self._features(self._forward_input(batch).to(dtype=self.dtype))
+            x = self._cpu_input(batch) if isinstance(batch, list) else self._forward_input(batch)
+            feats = self._features(x.to(dtype=self.dtype))
         return feats.float().cpu()
 
     def embed_prepared(self, inputs: list[np.ndarray]) -> np.ndarray:
@@ -506,7 +532,11 @@ class HFExtractor:
             return np.zeros((0, self.info["feature_dim"] or 0), dtype=np.float32)
         chunks = []
         for start in range(0, len(inputs), self.batch_size):
-            batch = torch.from_numpy(np.stack(inputs[start : start + self.batch_size]))
+            part = inputs[start : start + self.batch_size]
+            if self.device.type == "cpu" and part[0].dtype == np.uint8:
+                chunks.append(self._forward(list(part)).numpy())
+                continue
+            batch = torch.from_numpy(np.stack(part))
             if self.device.type == "cuda":
                 batch = batch.pin_memory().to(self.device, non_blocking=True)
             chunks.append(self._forward(batch).numpy())
@@ -527,17 +557,20 @@ class HFExtractor:
 
 
 def resize_uint8(pixels: np.ndarray, size: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (size, size, 3) uint8, bilinear with PIL's antialiasing, by torch's
-    uint8 kernel (about twice PIL's speed, releases the GIL; within 1 of PIL's values,
-    tests/test_extractors.py)."""
+    """(H, W, 3) uint8 -> (3, size, size) uint8, bilinear with PIL's antialiasing, by torch's
+    uint8 kernel (about 2.5 times PIL's speed, releases the GIL; within 1 of PIL's values,
+    tests/test_extractors.py). The kernel reads channels-last and writes channel planes, the
+    layout the model's input takes: no transpose on either side."""
     if pixels.shape[:2] == (size, size):
-        return pixels
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+    if not pixels.flags.writeable:  # torch.from_numpy warns on read-only arrays (PIL's)
+        pixels = pixels.copy()
     x = torch.from_numpy(pixels).permute(2, 0, 1)[None]  # channels-last memory
     with torch.inference_mode():
         out = torch.nn.functional.interpolate(
             x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
         )
-    return out[0].permute(1, 2, 0).numpy()
+    return np.ascontiguousarray(out[0].numpy())
 
 
 def processor_affine(processor) -> tuple[np.ndarray, np.ndarray] | None:

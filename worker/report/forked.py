@@ -13,7 +13,9 @@ overlap with whatever this process does in between (drawing the figures before s
 report.html between send and result).
 
 Every child dies with this process (`die_with_parent`: prctl PR_SET_PDEATHSIG), so a
-parent killed with SIGKILL leaves no helper behind.
+parent killed with SIGKILL leaves no helper behind. While this process waits for its children
+it stops at a safe point every 0.1 s (worker.interrupt.wait): a stop asked for by a signal
+kills the children at once instead of waiting for their figures.
 
 Fork copies one thread only, so the children must not use what other threads of this
 process may hold (torch, CUDA, OpenMP, Ray): they use matplotlib, numpy, PIL and WeasyPrint.
@@ -30,6 +32,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from worker.devices import usable_cores
+from worker.interrupt import stoppable, wait
 
 MAX_PROCESSES = 8  # forks beyond this cost more than the few dozen figures of a report save
 
@@ -87,8 +90,9 @@ def run_tasks(tasks: Sequence[Callable[[], Any]], processes: int | None = None) 
     tasks = list(tasks)
     n = default_processes(len(tasks)) if processes is None else min(processes, len(tasks))
     if n <= 1:
-        return [task() for task in tasks]
+        return [task() for task in stoppable(tasks)]
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import wait as futures_wait
 
     pool = ProcessPoolExecutor(
         n,
@@ -98,9 +102,24 @@ def run_tasks(tasks: Sequence[Callable[[], Any]], processes: int | None = None) 
     )
     try:
         futures = [pool.submit(_run, i) for i in range(len(tasks))]
+        wait(lambda timeout: not futures_wait(futures, timeout).not_done)
         return [f.result() for f in futures]
+    except BaseException:  # a stop or a failed task: the other tasks' work is not wanted
+        _kill_workers(pool)
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _kill_workers(pool) -> None:
+    """SIGKILL the worker processes of a ProcessPoolExecutor (Python 3.14 has
+    kill_workers(); before it, the processes are only reachable as `_processes`)."""
+    kill = getattr(pool, "kill_workers", None)
+    if kill is not None:
+        kill()
+        return
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        proc.kill()
 
 
 class RemoteTraceback(Exception):
@@ -171,6 +190,7 @@ class Child:
             self._prepare()
             return self._finish(self._x)
         try:
+            wait(self._outbox.poll)  # a stop while the child works: __exit__ kills it
             ok, value, trace = self._outbox.recv()
         except EOFError:
             self._proc.join()

@@ -175,6 +175,16 @@ class SelectionInfo(Result):
     )
     earlier_runs: Count = Field(description="Earlier runs of the store whose selections count.")
     labelled: list[str] = Field(description="selection.labelled: images already labelled.")
+    labelled_pool: Count = Field(
+        default=0,
+        description="Labelled images in no dataset of the job (selection.labelled folders, "
+        "prefixes, files), embedded by the first model and added to every selection's pool "
+        "as if in P.",
+    )
+    labelled_unmatched: list[str] = Field(
+        default_factory=list,
+        description="selection.labelled entries that matched no image (also in warnings).",
+    )
     exports: list[str] = Field(
         description="Files written into the run folder for labelling tools (selection.export)."
     )
@@ -189,6 +199,11 @@ class SelectionPool(Result):
         "proposed again (selection.exclude_previous)."
     )
     labelled: Count = Field(description="Images named by selection.labelled, never proposed.")
+    labelled_outside: Count = Field(
+        default=0,
+        description="Labelled images outside this secondary (selection.labelled) in its pool "
+        "beside P: centres for kcenter and novel and for the coverage judged against random.",
+    )
     novel: Count = Field(description="Novel images (beyond P's calibrated quantile).")
     held_out: Count = Field(
         default=0,
