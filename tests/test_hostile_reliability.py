@@ -729,3 +729,33 @@ def test_an_old_one_folder_layout_is_kept_as_a_run(folder, capsys):
     assert tree(legacy) == kept  # every old file, byte for byte
     assert f"kept as run {legacy.name}" in err and "one-folder layout" in err
     assert json.loads((old / "report.json").read_text())["run"]["run_id"] != legacy.name
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_boxes_below_crop_min_size_never_refuse_a_job_validate_accepted(tmp_path, capsys, command):
+    """Half of S's boxes are 8x8, below crop.min_size 16: the job's own setting leaves them
+    out (a warning naming min_size), they are not skipped images, so the skip limit (5%)
+    never refuses the run that validate accepted."""
+    job = _image_job(
+        tmp_path, {"name": "S", "path": "S", "boxes": "ann.json", "crop": {"min_size": 16}}
+    )
+    annotations = []
+    for i in range(4):
+        for k, size in enumerate((8, 20)):
+            bbox = [2, 2, size, size]
+            annotations.append({"id": 10 * i + k, "image_id": i, "category_id": 1, "bbox": bbox})
+    coco = {
+        "images": [{"id": i, "file_name": f"{i}.png", "width": 32, "height": 32} for i in range(4)],
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": "crack"}],
+    }
+    (tmp_path / "ann.json").write_text(json.dumps(coco))
+    argv = [command, str(job)] + (["--out", str(tmp_path / "out")] if command == "run" else [])
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 0, err
+    if command == "run":
+        report = json.loads((tmp_path / "out" / "latest" / "report.json").read_text())
+        sec = report["secondaries"][0]
+        assert sec["count"] == 4 and not report.get("skipped")
+        assert any("crop.min_size 16" in w for w in report["warnings"])
