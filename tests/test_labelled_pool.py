@@ -249,6 +249,15 @@ def test_precomputed_labelled_embeddings_join_the_pool(tmp_path):
     assert _paper_quantities(report) == _paper_quantities(without)
 
 
+def test_precomputed_labelled_embeddings_are_reduced_like_the_datasets(tmp_path):
+    np.save(tmp_path / "labelled.npy", _vectors()["L"])
+    job = _embedding_job(tmp_path, labelled=["labelled.npy"])
+    job["model"]["reduce"] = {"dims": 5, "seed": 1}  # the same random projection for all
+    report = run(parse_job(job, tmp_path)).report
+    assert report.model.reduce.dims == 5 and report.selection.labelled_pool == 5
+    assert report.secondaries[0].selection_pool.labelled_outside == 5
+
+
 def test_labelled_entries_the_model_cannot_use_are_refused(tmp_path, world):
     from worker.errors import JobError
 
