@@ -411,3 +411,63 @@ def test_a_stop_in_the_report_stage_stops_its_forked_helpers(small_image_job, tm
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before
     assert len([p for p in (out / "runs").iterdir() if not p.name.startswith(".")]) == 1
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group `pgid`, from /proc."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rpartition(")")[2].split()  # state, ppid, pgrp, ...
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            out.append(int(entry))
+    return out
+
+
+def test_sigkill_of_the_parent_in_the_report_stage_takes_its_helpers_with_it(
+    small_image_job, tmp_path
+):
+    """SIGKILL to the worker alone (not its group) while the report stage's forked helpers
+    work: every helper dies with it (PR_SET_PDEATHSIG), none stays blocked on a pipe; no run
+    is published; the next run removes the killed one's staging folder and publishes."""
+    for name in ("P", "S"):
+        os.symlink(small_image_job / name, tmp_path / name)
+    (tmp_path / "job.yaml").write_text((small_image_job / "job.yaml").read_text())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker", "run", "job.yaml"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        start_new_session=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    for line in proc.stderr:
+        if "gates done" in line:
+            break
+    deadline = time.time() + 60
+    while len(_group_members(proc.pid)) < 3:  # the PDF child and the figure pool are up
+        assert proc.poll() is None and time.time() < deadline, "no helpers were seen"
+        time.sleep(0.02)
+    proc.kill()  # the parent only
+    proc.wait()
+    deadline = time.time() + 30
+    while _group_members(proc.pid):
+        assert time.time() < deadline, f"helpers outlived their parent: {_group_members(proc.pid)}"
+        time.sleep(0.1)
+    runs = tmp_path / "out" / "runs"
+    assert not (tmp_path / "out" / "latest").exists()
+    assert [p.name for p in runs.iterdir() if not p.name.startswith(".")] == []
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "run", "job.yaml", "--quiet"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert not [p for p in runs.iterdir() if p.name.endswith((".partial", ".writer"))]
