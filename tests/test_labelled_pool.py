@@ -162,6 +162,11 @@ def test_a_labelled_s3_prefix_joins_the_pool(world, admin, bucket, moto_endpoint
     assert not (world / "out_missing").exists()
 
 
+def test_validate_lists_the_labelled_folders(world, capsys):
+    assert main(["validate", str(write_job(world, _job(labelled=["L", "h/h00.png"])))]) == 0
+    assert "selection.labelled: 6 images in 1 folder(s)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("entry", ["missing", "missing/", "./gone.png"])
 def test_a_missing_labelled_folder_is_refused_before_any_work(world, capsys, entry):
     path = write_job(world, _job(labelled=[entry]))
