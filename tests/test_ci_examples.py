@@ -248,6 +248,7 @@ def test_the_github_workflow_passes_on_two_identical_nights(aws, tmp_path):
     (workspace / Path(workflow["env"]["JOB"]).parent).mkdir(parents=True)
     (workspace / workflow["env"]["JOB"]).write_text(_local_job(_nightly_job()))
     for _night in (1, 2):
+        (tmp_path / "github_output").write_text("")
         for step in job["steps"]:
             if "run" in step:
                 done = _workflow_step(step, workflow, workspace, env, tmp_path)
@@ -256,7 +257,7 @@ def test_the_github_workflow_passes_on_two_identical_nights(aws, tmp_path):
                     done.stdout[-2000:],
                     done.stderr[-3000:],
                 )
-        assert "exit_code=0" in (tmp_path / "github_output").read_text()
+        assert (tmp_path / "github_output").read_text() == "exit_code=0\n"
         _assert_artifacts(job["steps"], workspace)
         cases = list(ET.parse(workspace / "out" / "junit.xml").getroot().iter("testcase"))
         assert cases and not [c for c in cases if c.find("failure") is not None]
@@ -368,3 +369,55 @@ def test_the_kuberay_rayjob_passes_on_two_identical_nights(aws, tmp_path, monkey
 def _read(client, uri: str) -> bytes:
     bucket, key = uri[5:].split("/", 1)
     return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def _docker_lines(path: Path) -> list[str]:
+    """The `docker run` command lines of a Markdown file's code blocks (continuations
+    joined), except the demo's (it trains a model for a minute; `make docker-smoke` runs it
+    in the real image)."""
+    import re
+
+    lines = []
+    for block in re.findall(r"```\n(.*?)```", path.read_text(), re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            if line.startswith("docker run") and " demo " not in line:
+                lines.append(line)
+    return lines
+
+
+@pytest.mark.slow
+def test_the_docker_run_lines_of_the_docs_pass_on_two_identical_nights(aws, tmp_path):
+    """docs/scheduling.md's and docker/README.md's `docker run` lines, run by bash from a
+    folder holding job/ ("a mounted folder with job.yaml, data and an out/"): the nightly
+    job on local copies of its data (and its store where a line gives --out). Each line
+    twice: exit 0, its --junit file written, the store's stable report there."""
+    env, client = aws
+    lines = _docker_lines(DOCS / "scheduling.md") + _docker_lines(ROOT / "docker" / "README.md")
+    assert len(lines) == 3, lines
+    work = tmp_path / "work"
+    job = yaml.safe_load(_local_job(_nightly_job()))
+    ds = job["datasets"]
+    for d in [ds["primary"], *ds["secondary"]]:  # the same images, in the mounted folder
+        bucket, prefix = d["path"][5:].split("/", 1)
+        folder = work / "job" / d["name"]
+        folder.mkdir(parents=True)
+        for obj in client.list_objects_v2(Bucket=bucket, Prefix=prefix + "/")["Contents"]:
+            client.download_file(bucket, obj["Key"], str(folder / Path(obj["Key"]).name))
+        d["path"] = d["name"]
+    job["output"], job["cache"] = {"dir": "out"}, {"dir": "cache"}
+    (work / "job" / "job.yaml").write_text(yaml.safe_dump(job))
+    step = {"name": "docs", "run": ""}
+    for line in lines:
+        words = shlex.split(line)
+        for _night in (1, 2):
+            done = _workflow_step({**step, "run": line}, {}, work, env, tmp_path)
+            assert done.returncode == 0, (line, done.stderr[-3000:])
+        out = words[words.index("--out") + 1] if "--out" in words else None
+        if out is None:
+            assert (work / "job" / "out" / "latest" / "report.json").is_file()
+        else:
+            _assert_s3_night(client, out, 2)
+        if "--junit" in words:
+            junit = words[words.index("--junit") + 1].replace("/job/", "job/", 1)
+            cases = list(ET.parse(work / junit).getroot().iter("testcase"))
+            assert cases and not [c for c in cases if c.find("failure") is not None]

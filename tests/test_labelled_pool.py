@@ -162,6 +162,11 @@ def test_a_labelled_s3_prefix_joins_the_pool(world, admin, bucket, moto_endpoint
     assert not (world / "out_missing").exists()
 
 
+def test_validate_lists_the_labelled_folders(world, capsys):
+    assert main(["validate", str(write_job(world, _job(labelled=["L", "h/h00.png"])))]) == 0
+    assert "selection.labelled: 6 images in 1 folder(s)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("entry", ["missing", "missing/", "./gone.png"])
 def test_a_missing_labelled_folder_is_refused_before_any_work(world, capsys, entry):
     path = write_job(world, _job(labelled=[entry]))
@@ -247,6 +252,15 @@ def test_precomputed_labelled_embeddings_join_the_pool(tmp_path):
     pool = report.secondaries[0].selection_pool
     assert pool.labelled == 2 and pool.labelled_outside == 5
     assert _paper_quantities(report) == _paper_quantities(without)
+
+
+def test_precomputed_labelled_embeddings_are_reduced_like_the_datasets(tmp_path):
+    np.save(tmp_path / "labelled.npy", _vectors()["L"])
+    job = _embedding_job(tmp_path, labelled=["labelled.npy"])
+    job["model"]["reduce"] = {"dims": 5, "seed": 1}  # the same random projection for all
+    report = run(parse_job(job, tmp_path)).report
+    assert report.model.reduce.dims == 5 and report.selection.labelled_pool == 5
+    assert report.secondaries[0].selection_pool.labelled_outside == 5
 
 
 def test_labelled_entries_the_model_cannot_use_are_refused(tmp_path, world):

@@ -56,11 +56,23 @@ def run_container(
     )
 
 
+#: what stands for the network and a bare host inside the stand-in container (the moto
+#: endpoint, no AWS config files); every other AWS_ variable reaches it only through -e
+NETWORK = (
+    "AWS_ENDPOINT_URL",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_EC2_METADATA_DISABLED",
+)
+
+
 def _docker(argv: list[str]) -> int:
-    """`docker run` with the options the examples use (--rm, --user, --gpus, -v, -w, -e)."""
+    """`docker run` with the options the examples use (--rm, --user, --gpus, -v, -w, -e).
+    As in docker, the container sees no credentials or AWS settings of the caller unless an
+    `-e NAME` passes them."""
     assert argv[0] == "run", argv
     mounts: dict[str, str] = {}
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") or k in NETWORK}
     workdir, k = os.getcwd(), 1
     while argv[k].startswith("-"):
         opt = argv[k]
@@ -76,6 +88,8 @@ def _docker(argv: list[str]) -> int:
         elif opt == "-e" and "=" in value:
             name, _, val = value.partition("=")
             env[name] = val
+        elif opt == "-e" and value in os.environ:
+            env[value] = os.environ[value]
         elif opt not in ("-e", "--user", "--gpus"):
             raise SystemExit(f"stand-in docker: option {opt} is not handled")
         k += 2
