@@ -305,12 +305,23 @@ def grid_mosaic(rows: list[list[np.ndarray]], cell: int = GRID_CELL, gap: int = 
     return out
 
 
+def _font(px: int):
+    """DejaVu Sans (matplotlib's own copy) at `px` pixels, for the grid's labels."""
+    from matplotlib import font_manager
+    from PIL import ImageFont
+
+    return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), px)
+
+
 def plot_grid(
     adaptation: Adaptation, data: AdaptationFigureData, dataset: str, path: Path
 ) -> Path | None:
     """Image, mask and each model's probability map of the GRID_EXAMPLES farthest images
-    (paper fig. 8): one mosaic in one axes, column titles on top, each row's id and scaled
-    I_dist on its left."""
+    (paper fig. 8): the mosaic of panels, column titles above, each row's id and scaled
+    I_dist on its left, a title on top. Pictures, not a plot: drawn with PIL and written as
+    a JPEG (`path`'s suffix replaced), which WeasyPrint embeds without re-encoding."""
+    from PIL import Image, ImageDraw
+
     examples = (data.examples.get(dataset) or [])[:GRID_EXAMPLES]
     if not examples:
         return None
@@ -321,30 +332,29 @@ def plot_grid(
     )
     curves = data.curves.get(dataset)
     scaled = curves.scaled() if curves is not None else {}
-    labels = []
-    for ex in examples:
+    small, mid, big = _font(10), _font(12), _font(15)
+    left, title_h, head_h = 110, 24, 18  # pixels: row labels, title, column titles
+    height, width = mosaic.shape[:2]
+    img = Image.new("RGB", (left + width + 6, title_h + head_h + height + 4), "white")
+    img.paste(Image.fromarray(mosaic, "RGB"), (left, title_h + head_h))
+    draw = ImageDraw.Draw(img)
+    step = GRID_CELL + GRID_GAP
+    title = f"{dataset}: the {len(examples)} farthest evaluated images"
+    draw.text((img.width / 2, 2), title, fill="black", font=big, anchor="ma")
+    for j, name in enumerate(cols):
+        x = left + j * step + GRID_CELL / 2
+        draw.text((x, title_h + head_h - 3), name, fill="black", font=mid, anchor="md")
+    for i, ex in enumerate(examples):
         label = ex.id if len(ex.id) <= 18 else "..." + ex.id[-15:]
         if ex.id in scaled:
             label += f"\nI_dist {scaled[ex.id]:.2f}"
-        labels.append(label)
-    left, top = 0.9, 0.45  # inches for the row labels and the title with the column titles
-    h_in, w_in = mosaic.shape[0] / DPI, mosaic.shape[1] / DPI
-    fig = plt.figure(figsize=(w_in + left + 0.1, h_in + top + 0.05))
-    ax = fig.add_axes((left / fig.get_figwidth(), 0.05 / fig.get_figheight(),
-                       w_in / fig.get_figwidth(), h_in / fig.get_figheight()))  # fmt: skip
-    ax.imshow(mosaic, interpolation="nearest")
-    step = GRID_CELL + GRID_GAP
-    ax.set_xticks([j * step + GRID_CELL / 2 for j in range(len(cols))], cols, fontsize=8)
-    ax.set_yticks([i * step + GRID_CELL / 2 for i in range(len(examples))], labels, fontsize=6)
-    ax.xaxis.tick_top()
-    ax.tick_params(length=0, pad=2)
-    ax.grid(False)
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-    fig.suptitle(
-        f"{dataset}: the {len(examples)} farthest evaluated images", fontsize=9, y=0.995, va="top"
-    )
-    return save_png(fig, path, DPI)
+        y = title_h + head_h + i * step + GRID_CELL / 2
+        draw.multiline_text(
+            (left - 6, y), label, fill="black", font=small, anchor="rm", align="right"
+        )
+    out = Path(path).with_suffix(".jpg")
+    img.save(out, format="JPEG", quality=90)
+    return out
 
 
 def adaptation_figures(
@@ -370,7 +380,7 @@ def adaptation_figures(
                                            out / "adaptation_arch_f_bars.png")),
         ("adaptation_choice", partial(plot_choice, a, out / "adaptation_choice.png")),
         *[(f"adaptation_grid_{name}",
-           partial(plot_grid, a, d, name, out / f"adaptation_grid_{k}_{safe}.png"))
+           partial(plot_grid, a, d, name, out / f"adaptation_grid_{k}_{safe}.jpg"))
           for k, name, safe in named],
     ]  # fmt: skip
 
