@@ -269,3 +269,75 @@ def test_energy_matrix_zero_diagonal_symmetric_and_nearest_itself():
     np.testing.assert_allclose(e, ref, rtol=1e-10, atol=1e-12)
     sep = comparison.matrix_separations(e, list("aaabbb"), permutations=100, seed=0)[0]
     assert sep["separation"] == 1.0 and sep["p_value"] < 0.2  # 1 of 10 partitions of 3 + 3
+
+
+def _luminance(rgb) -> float:
+    """WCAG 2 relative luminance of an sRGB colour (components in 0..1)."""
+    lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb[:3]]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def test_matrix_figure_numbers_are_readable_and_groups_are_a_bar(tmp_path):
+    """Every number of the heatmap keeps a WCAG contrast of at least 3 against its cell (white
+    on cividis yellow had 1.1), and the bar above the columns gives each dataset its group's
+    colour, one colour per group, in the heatmap's order."""
+    from matplotlib.axes import Axes
+    from matplotlib.colors import to_rgb
+
+    from tests.helpers.sample_report import make_report
+    from worker.report import distance_figures
+    from worker.results import DatasetMatrix, Groups, GroupSummary, Report
+
+    rng = np.random.default_rng(4)
+    pts = rng.normal(size=(6, 3)) * [1, 3, 9]
+    m = np.sqrt(((pts[:, None] - pts[None]) ** 2).sum(-1))
+    order, tree = comparison.cluster_tree(m)
+    names = ["a", "b", "c", "d", "e", "f"]
+    block = DatasetMatrix(
+        names=names, o_dist_mean=m.tolist(), pca="pair", dims=None,
+        order=[names[i] for i in order], nearest=comparison.nearest_other(m, names),
+        energy=m.tolist(), ordered_by="energy", linkage=tree,
+    )  # fmt: skip
+    member = {"a": "g1", "b": "g2", "c": "g1", "d": "g2", "e": "g1", "f": "g2"}
+    groups = Groups.model_construct(
+        groups=[
+            GroupSummary.model_construct(name=g, members=[n for n in names if member[n] == g])
+            for g in ("g1", "g2")
+        ]
+    )
+    report = Report.model_validate(make_report()).model_copy(
+        update={"matrix": block, "groups": groups}
+    )
+    texts, images = [], []
+    real_text, real_imshow = Axes.text, Axes.imshow
+
+    def text(self, x, y, s, *a, **k):
+        texts.append((x, y, s, k.get("color")))
+        return real_text(self, x, y, s, *a, **k)
+
+    def imshow(self, data, *a, **k):
+        images.append((np.asarray(data), k))
+        return real_imshow(self, data, *a, **k)
+
+    Axes.text, Axes.imshow = text, imshow
+    try:
+        assert distance_figures.plot_matrix(report, tmp_path / "m.png").exists()
+    finally:
+        Axes.text, Axes.imshow = real_text, real_imshow
+    (values, heat), (bar, _) = images[0], images[1]
+    cmap = heat["cmap"]
+    span = heat["vmax"] - heat["vmin"]
+    numbers = [t for t in texts if t[3] in ("black", "white")]
+    assert len(numbers) == len(names) ** 2
+    for x, y, s, colour in numbers:
+        cell = _luminance(cmap((values[y, x] - heat["vmin"]) / span))
+        ink = _luminance(to_rgb(colour))
+        ratio = (max(cell, ink) + 0.05) / (min(cell, ink) + 0.05)
+        assert ratio >= 3.0, (s, colour, ratio)
+    ordered = [names[i] for i in order]
+    bar_colour = {n: tuple(bar[0, j]) for j, n in enumerate(ordered)}
+    assert bar.shape[:2] == (1, len(names))
+    for n in names:
+        same = [o for o in names if member[o] == member[n]]
+        assert all(bar_colour[o] == bar_colour[n] for o in same)
+    assert bar_colour["a"] != bar_colour["b"]

@@ -279,6 +279,38 @@ def test_twenty_interrupts_at_random_moments_leave_no_traceback(small_image_job)
 # --------------------------------------------------------------------- a stop inside long work
 
 
+def _launch(root: Path, *args: str) -> subprocess.Popen:
+    """`python -m worker run job.yaml ARGS` in `root`, in a process group of its own, its
+    stderr piped (text)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "worker", "run", "job.yaml", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=root,
+        start_new_session=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+
+
+def _read_until(proc: subprocess.Popen, text: str) -> list[str]:
+    """The stderr lines up to the first one containing `text` (all of them if none does)."""
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if text in line:
+            break
+    return seen
+
+
+def _job_copy(job_root: Path, folder: Path) -> None:
+    """The job of `job_root` in `folder`, its image folders linked, so runs there start
+    from an empty store."""
+    for name in ("P", "S"):
+        os.symlink(job_root / name, folder / name)
+    (folder / "job.yaml").write_text((job_root / "job.yaml").read_text())
+
+
 def _stop_during(
     root: Path, after: str, sig: int, delay: float = 1.5, args: tuple[str, ...] = ()
 ) -> tuple[int, str, float]:
@@ -286,20 +318,8 @@ def _stop_during(
     stderr line contains `after`, then `delay` seconds more, and send `sig` to the whole group
     (as a terminal's Ctrl-C does, forked helpers included). Returns (exit code, stderr, seconds
     from the signal to the exit); asserts that no process of the group outlives the run."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "worker", "run", "job.yaml", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=root,
-        start_new_session=True,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
-    )
-    seen = []
-    for line in proc.stderr:
-        seen.append(line)
-        if after in line:
-            break
+    proc = _launch(root, *args)
+    seen = _read_until(proc, after)
     assert proc.poll() is None, "".join(seen)[-3000:]
     time.sleep(delay)
     assert proc.poll() is None, "the run finished before it could be stopped"
@@ -398,9 +418,7 @@ def test_a_stop_in_the_report_stage_stops_its_forked_helpers(small_image_job, tm
     naming the render stage; no helper prints a traceback or outlives it; no run is
     published and the previous latest run is unchanged."""
     out = tmp_path / "out"
-    for name in ("P", "S"):
-        os.symlink(small_image_job / name, tmp_path / name)
-    (tmp_path / "job.yaml").write_text((small_image_job / "job.yaml").read_text())
+    _job_copy(small_image_job, tmp_path)
     subprocess.run(
         [sys.executable, "-m", "worker", "run", "job.yaml", "--quiet"], cwd=tmp_path, check=True
     )
@@ -411,3 +429,51 @@ def test_a_stop_in_the_report_stage_stops_its_forked_helpers(small_image_job, tm
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before
     assert len([p for p in (out / "runs").iterdir() if not p.name.startswith(".")]) == 1
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group `pgid`, from /proc."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rpartition(")")[2].split()  # state, ppid, pgrp, ...
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            out.append(int(entry))
+    return out
+
+
+def test_sigkill_of_the_parent_in_the_report_stage_takes_its_helpers_with_it(
+    small_image_job, tmp_path
+):
+    """SIGKILL to the worker alone (not its group) while the report stage's forked helpers
+    work: every helper dies with it (PR_SET_PDEATHSIG), none stays blocked on a pipe; no run
+    is published; the next run removes the killed one's staging folder and publishes."""
+    _job_copy(small_image_job, tmp_path)
+    proc = _launch(tmp_path)
+    _read_until(proc, "gates done")
+    deadline = time.time() + 60
+    while len(_group_members(proc.pid)) < 3:  # the PDF child and the figure pool are up
+        assert proc.poll() is None and time.time() < deadline, "no helpers were seen"
+        time.sleep(0.02)
+    proc.kill()  # the parent only
+    proc.wait()
+    deadline = time.time() + 30
+    while _group_members(proc.pid):
+        assert time.time() < deadline, f"helpers outlived their parent: {_group_members(proc.pid)}"
+        time.sleep(0.1)
+    runs = tmp_path / "out" / "runs"
+    assert not (tmp_path / "out" / "latest").exists()
+    assert [p.name for p in runs.iterdir() if not p.name.startswith(".")] == []
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "run", "job.yaml", "--quiet"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert not [p for p in runs.iterdir() if p.name.endswith((".partial", ".writer"))]

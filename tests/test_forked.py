@@ -95,6 +95,27 @@ def test_child_prepares_at_once_and_finishes_with_what_it_is_given(tmp_path, for
     assert marker.exists()
 
 
+@pytest.mark.parametrize("fork", [pytest.param(True, marks=needs_fork), False])
+def test_child_finishes_while_this_process_works_after_send(tmp_path, fork):
+    """send(x) returns at once; in the child finish(x) runs meanwhile, before result() is
+    called; without a child it runs at result()."""
+    marker = tmp_path / "finished"
+
+    def finish(x: int) -> tuple[int, int]:
+        marker.touch()
+        return _pid_plus(x)
+
+    with forked.Child(lambda: None, finish, fork=fork) as child:
+        child.send(41)
+        for _ in range(500 if fork else 0):  # this process's own work meanwhile
+            if marker.exists():
+                break
+            time.sleep(0.01)
+        assert marker.exists() == fork
+        pid, value = child.result()
+    assert value == 42 and (pid != os.getpid()) == fork and marker.exists()
+
+
 @needs_fork
 def test_child_failure_is_raised_here_with_its_traceback():
     with forked.Child(lambda: None, lambda x: _fail()) as child:

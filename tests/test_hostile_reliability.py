@@ -670,3 +670,92 @@ def test_a_gate_that_can_never_be_computed_is_refused_by_both(folder, capsys, co
     job = _job(folder, "gates: [{metric: estimated_f, dataset: S, min: 0.5}]\n")
     argv = [command, str(job)] + (["--out", str(folder / "out")] if command == "run" else [])
     refused(capsys, argv, folder, "gates[0]", "estimated_f can never be computed")
+
+
+# ------------------------------------------------------------- audit: what was left untested
+
+
+def test_gate_reasons_say_why_a_value_is_missing(folder, capsys):
+    """FID and the p-values of a one-image secondary cannot exist: the gates fail (exit 1)
+    with the report's reason ("needs at least 2 images in each set; ONE has 1"), in
+    report.json and in the JUnit failure, never a bare "was not computed"."""
+    import xml.etree.ElementTree as ET
+
+    np.save(folder / "emb" / "ONE.npy", np.ones((1, 4)))
+    job = _job(
+        folder,
+        "gates:\n"
+        "  - {metric: fid, dataset: ONE, max: 10}\n"
+        "  - {metric: energy_p_value, dataset: ONE, min: 0.01}\n"
+        "  - {metric: mmd_p_value, dataset: ONE, min: 0.01}\n",
+    )
+    text = job.read_text().replace(
+        "- {name: S, embeddings: emb/S.npy}",
+        "- {name: S, embeddings: emb/S.npy}\n    - {name: ONE, embeddings: emb/ONE.npy}",
+    )
+    job.write_text(text)
+    out, junit = folder / "out", folder / "gates.xml"
+    code = main(["run", str(job), "--out", str(out), "--quiet", "--junit", str(junit)])
+    assert code == 1, capsys.readouterr().err
+    gates = json.loads((out / "report.json").read_text())["gates"]
+    assert len(gates) == 3 and not any(g["passed"] for g in gates)
+    for g in gates:
+        assert g["value"] is None
+        assert g["reason"] == f"{g['metric']}: needs at least 2 images in each set; ONE has 1"
+    failures = [f.get("message", "") + (f.text or "") for f in ET.parse(junit).iter("failure")]
+    assert len(failures) == 3 and all("ONE has 1" in f for f in failures)
+
+
+def test_an_old_one_folder_layout_is_kept_as_a_run(folder, capsys):
+    """A store folder holding the old one-folder layout (report.json, report.pdf, figures/
+    as plain files, no runs/): the next run keeps those files, byte for byte, as a run of
+    their own (runs/<id from report.json's time>/) and says so; nothing is deleted."""
+    job = _job(folder)
+    first = folder / "first"
+    assert main(["run", str(job), "--out", str(first), "--quiet"]) == 0
+    old = folder / "old"
+    old.mkdir()
+    for name in ("report.json", "report.pdf"):
+        (old / name).write_bytes((first / "latest" / name).read_bytes())
+    (old / "figures").mkdir()
+    (old / "figures" / "scatter.png").write_bytes(b"an old figure")
+    kept = tree(old)
+    capsys.readouterr()
+    assert main(["run", str(job), "--out", str(old)]) == 0
+    err = capsys.readouterr().err
+    runs = sorted(p for p in (old / "runs").iterdir() if not p.name.startswith("."))
+    assert len(runs) == 2 and (old / "latest").is_symlink()
+    legacy = next(r for r in runs if r.name != os.readlink(old / "latest").split("/")[-1])
+    assert tree(legacy) == kept  # every old file, byte for byte
+    assert f"kept as run {legacy.name}" in err and "one-folder layout" in err
+    assert json.loads((old / "report.json").read_text())["run"]["run_id"] != legacy.name
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_boxes_below_crop_min_size_never_refuse_a_job_validate_accepted(tmp_path, capsys, command):
+    """Half of S's boxes are 8x8, below crop.min_size 16: the job's own setting leaves them
+    out (a warning naming min_size), they are not skipped images, so the skip limit (5%)
+    never refuses the run that validate accepted."""
+    job = _image_job(
+        tmp_path, {"name": "S", "path": "S", "boxes": "ann.json", "crop": {"min_size": 16}}
+    )
+    annotations = []
+    for i in range(4):
+        for k, size in enumerate((8, 20)):
+            bbox = [2, 2, size, size]
+            annotations.append({"id": 10 * i + k, "image_id": i, "category_id": 1, "bbox": bbox})
+    coco = {
+        "images": [{"id": i, "file_name": f"{i}.png", "width": 32, "height": 32} for i in range(4)],
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": "crack"}],
+    }
+    (tmp_path / "ann.json").write_text(json.dumps(coco))
+    argv = [command, str(job)] + (["--out", str(tmp_path / "out")] if command == "run" else [])
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 0, err
+    if command == "run":
+        report = json.loads((tmp_path / "out" / "latest" / "report.json").read_text())
+        sec = report["secondaries"][0]
+        assert sec["count"] == 4 and not report.get("skipped")
+        assert any("crop.min_size 16" in w for w in report["warnings"])

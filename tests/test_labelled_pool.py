@@ -123,12 +123,13 @@ def test_a_labelled_folder_outside_s_covers_the_s_images_beside_it(world):
     assert _paper_quantities(report) == _paper_quantities(without)
 
 
-def test_labelled_images_in_s_are_matched_by_location_and_content(world, tmp_path):
+@pytest.mark.parametrize("folder", ["S/h", "h/", "h"])  # from the job folder, or ids of S
+def test_labelled_images_in_s_are_matched_by_location_and_content(world, folder):
     # S/h is a folder of S: its images are S's own (never proposed, not extra pool rows); a
     # copy of S/v/v00.png outside S marks that S image labelled by its content
     (world / "copy").mkdir()
     (world / "copy" / "same.png").write_bytes((world / "S/v/v00.png").read_bytes())
-    report = run(load_job(write_job(world, _job(labelled=["S/h", "copy"])))).report
+    report = run(load_job(write_job(world, _job(labelled=[folder, "copy"])))).report
     pool = report.secondaries[0].selection_pool
     assert pool.labelled == 7 and pool.labelled_outside == 0
     assert report.selection.labelled_pool == 1 and report.selection.labelled_unmatched == []
@@ -136,7 +137,7 @@ def test_labelled_images_in_s_are_matched_by_location_and_content(world, tmp_pat
         assert not any(i.startswith("h/") or i == "v/v00.png" for i in ids)
 
 
-def test_a_labelled_s3_prefix_joins_the_pool(world, admin, bucket, moto_endpoint):
+def test_a_labelled_s3_prefix_joins_the_pool(world, admin, bucket, moto_endpoint, capsys):
     for rel, data in _world().items():
         if rel.startswith("L/"):
             admin.put_object(Bucket=bucket, Key=f"done/{rel}", Body=data)
@@ -151,6 +152,19 @@ def test_a_labelled_s3_prefix_joins_the_pool(world, admin, bucket, moto_endpoint
     # the unreadable image is skipped and listed, as for a dataset
     skipped = [s for s in report.skipped if s.dataset == "selection.labelled"]
     assert [s.id for s in skipped] == [f"s3://{bucket}/done/L/broken.png"]
+    # a prefix without objects is the S3 form of a missing folder: exit 2, nothing written
+    job["selection"]["labelled"] = [f"s3://{bucket}/nothing/here"]
+    job["output"]["dir"] = "out_missing"
+    assert main(["run", str(write_job(world, job, "missing.yaml"))]) == 2
+    err = capsys.readouterr().err
+    assert f"selection.labelled: s3://{bucket}/nothing/here: no objects" in err
+    assert "check the entry" in err
+    assert not (world / "out_missing").exists()
+
+
+def test_validate_lists_the_labelled_folders(world, capsys):
+    assert main(["validate", str(write_job(world, _job(labelled=["L", "h/h00.png"])))]) == 0
+    assert "selection.labelled: 6 images in 1 folder(s)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("entry", ["missing", "missing/", "./gone.png"])
@@ -169,6 +183,21 @@ def test_an_empty_labelled_folder_is_a_warning(world):
     assert report.selection.labelled_unmatched == ["empty"]
     assert any("selection.labelled: empty matches no image" in w for w in report.warnings)
     assert report.selection.labelled_pool == 0
+
+
+def test_ids_of_an_s3_secondary_are_matched_once_listed(world):
+    # S on s3: "later" may be a prefix of its ids, known only once listed: no error before
+    # the run, and a warning when S holds no such image
+    from worker.embeddings import EmbeddedSet
+    from worker.errors import JobError
+    from worker.labelled import entries, unmatched_ids
+
+    job = load_job(write_job(world, _job(secondary="s3://bucket/S", labelled=["later", "h"])))
+    assert [(e.given, e.kind) for e in entries(job)] == [("later", "id"), ("h", "id")]
+    listed = EmbeddedSet("S", ["h/h00.png", "v/v00.png"], np.zeros((2, 3)))
+    assert unmatched_ids(job, [listed], None) == ["later"]
+    with pytest.raises(JobError, match=r"selection\.labelled: later: folder not found"):
+        entries(load_job(write_job(world, _job(labelled=["later"]))))
 
 
 # --------------------------------------------------------------------------- precomputed
@@ -223,6 +252,15 @@ def test_precomputed_labelled_embeddings_join_the_pool(tmp_path):
     pool = report.secondaries[0].selection_pool
     assert pool.labelled == 2 and pool.labelled_outside == 5
     assert _paper_quantities(report) == _paper_quantities(without)
+
+
+def test_precomputed_labelled_embeddings_are_reduced_like_the_datasets(tmp_path):
+    np.save(tmp_path / "labelled.npy", _vectors()["L"])
+    job = _embedding_job(tmp_path, labelled=["labelled.npy"])
+    job["model"]["reduce"] = {"dims": 5, "seed": 1}  # the same random projection for all
+    report = run(parse_job(job, tmp_path)).report
+    assert report.model.reduce.dims == 5 and report.selection.labelled_pool == 5
+    assert report.secondaries[0].selection_pool.labelled_outside == 5
 
 
 def test_labelled_entries_the_model_cannot_use_are_refused(tmp_path, world):

@@ -13,7 +13,7 @@ import pytest
 from scipy.spatial.distance import cdist
 
 from tests.helpers.jobs import write_job
-from tests.helpers.pdf import pdf_text
+from tests.helpers.pdf import pdf_text, underfull_pages
 from worker.job import load_job
 from worker.pipeline import run
 
@@ -107,6 +107,8 @@ def test_summary_pdf_is_short_and_names_every_secondary(many):
 
     pdf = folder / "out" / "report.pdf"
     assert len(PdfReader(str(pdf)).pages) <= 16  # the page budget of 49 secondaries
+    # no page less than a third full except at a section's end
+    assert not underfull_pages(pdf), underfull_pages(pdf)
     text = pdf_text(pdf)
     for s in report["secondaries"]:
         assert s["name"] in text

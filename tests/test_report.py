@@ -226,6 +226,38 @@ def test_pdf_opens_and_names_every_dataset(rendered, report):
     assert not re.search(r"\de-1[4-9]", text)  # no float noise such as -4.441e-16
 
 
+def test_fmt_ratio_keeps_a_ratio_below_one_below_one():
+    from worker.report.fmt import fmt_ratio
+
+    assert fmt_ratio(0.95) == "0.95×"  # was rounded to '1.0x'
+    assert fmt_ratio(0.999) == "0.999×" and fmt_ratio(12.34) == "12.3×"
+    assert fmt_ratio(None) == "n/a"
+
+
+def test_headers_wrap_at_underscores_never_mid_word(tmp_path):
+    """A column title in a column narrower than it wraps after an underscore (hdr filter),
+    never inside a word ('o_dist_mea / n' was the defect); the cells' names still fit."""
+    from weasyprint import HTML
+
+    from tests.helpers.pdf import pdf_text
+    from worker.report.pdf import header_breaks, templates_dir
+
+    title = "o_dist_mean_scaled_p90"
+    assert str(header_breaks(title)) == "o_<wbr>dist_<wbr>mean_<wbr>scaled_<wbr>p90"
+    html = (
+        '<link rel="stylesheet" href="report.css"><table class="data">'
+        '<colgroup><col style="width:14mm"><col></colgroup>'
+        f"<thead><tr><th>{header_breaks(title)}</th><th>other</th></tr></thead>"
+        "<tbody><tr><td>1</td><td>2</td></tr></tbody></table>"
+    )
+    pdf = tmp_path / "h.pdf"
+    HTML(string=html, base_url=templates_dir().as_uri() + "/").write_pdf(pdf)
+    tokens = pdf_text(pdf).split()
+    pieces = [t for t in tokens if t not in ("other", "1", "2", "Page", "of")]
+    assert len(pieces) > 1 and "".join(pieces) == title  # wrapped, nothing lost
+    assert all(p.endswith("_") for p in pieces[:-1]), pieces  # each line ends at a '_'
+
+
 def test_fmt_num():
     assert fmt_num(None) == "n/a"
     assert fmt_num(12345) == "12,345"
@@ -418,6 +450,45 @@ def test_page_one_names_every_secondary_its_verdict_and_what_to_do(report, typed
         assert words in page1, words
     assert "38%" in page1 and "base 5%" in page1
     assert not re.search(r"\de-1\d", page1)
+    # every column of a row: the ranking metric with its adjusted p, the paper's o_dist_mean,
+    # the estimate's reason and the change as numbered footnotes, the gates' outcome
+    assert page1.count("p = 0.003") == len(decided.secondaries)
+    for s in decided.secondaries:
+        assert fmt_num(s.o_dist_mean, 4) in page1, s.o_dist_mean
+    assert "no labelled secondaries to estimate from" in page1 and "first run" in page1
+    assert "✗ 1 of 2" in page1 and "✓ 1" in page1
+    assert f"Label {d.todo[0].split()[1]} images" in page1
+
+
+def test_page_one_cells_say_the_estimate_its_interval_and_the_change(typed):
+    """The estimate with its 90% interval (or the reason there is none) and the relative
+    change of o_dist_mean since the previous run, as decide.py writes them."""
+    from worker.report.decide import decision
+    from worker.results import Change, DatasetEstimate, History, SecondaryHistory
+
+    rep = _decided(typed)
+    a, b, c = rep.secondaries
+    a.estimate = DatasetEstimate.model_construct(
+        estimated_f=0.612, low=0.5, high=0.74, extrapolation=False, reason=None
+    )
+    b.estimate = DatasetEstimate.model_construct(
+        estimated_f=None, low=None, high=None, extrapolation=True, reason="farther than all"
+    )
+    rep.history = History.model_construct(
+        secondaries=[
+            SecondaryHistory.model_construct(
+                name=a.name, status="kept", vs_previous=Change.model_construct(o_dist_mean_rel=0.05)
+            ),
+            SecondaryHistory.model_construct(name=b.name, status="added", vs_previous=None),
+        ]
+    )
+    rows = {r.name: r for r in decision(rep).rows}
+    assert (rows[a.name].estimate.text, rows[a.name].estimate.sub) == ("0.61", "[0.50, 0.74]")
+    assert (
+        rows[b.name].estimate.text == "none" and rows[b.name].estimate.title == "farther than all"
+    )
+    assert rows[a.name].change.text == "+5.0%"
+    assert rows[b.name].change.text == "added" and rows[c.name].change.text == "new"
 
 
 def test_page_one_says_whether_each_selection_beat_random(report, typed, tmp_path):
@@ -455,9 +526,43 @@ def test_page_one_shows_both_ends_of_a_long_ranking(typed):
 
 
 def _pages(pdf: Path) -> int:
+    """The page count, after checking that no page is less than a third full except at a
+    section's end (tests.helpers.pdf.page_fill: measured from what the PDF draws; a section
+    ends on the last page or where the next page starts with an h1/h2)."""
     from pypdf import PdfReader
 
+    from tests.helpers.pdf import underfull_pages
+
+    under = underfull_pages(pdf)
+    assert not under, f"{pdf.name}: pages less than a third full mid-section: {under}"
     return len(PdfReader(str(pdf)).pages)
+
+
+def test_page_fill_measures_what_is_drawn(tmp_path):
+    """page_fill on a hand-made PDF: a half-full page that a section (h2) follows, a nearly
+    empty one that an h3 follows (mid-section), and the last page."""
+    from weasyprint import HTML
+
+    from tests.helpers.pdf import page_fill, underfull_pages
+    from worker.report.pdf import templates_dir
+
+    html = (
+        '<link rel="stylesheet" href="report.css"><h1>One</h1>'
+        '<div style="height:120mm;background:#eee"></div>'
+        '<h2 style="break-before:page">Two</h2><p>a line</p>'
+        '<h3 style="break-before:page">Three, inside Two</h3>'
+        '<div style="height:200mm;background:#eee"></div><p>last line</p>'
+    )
+    pdf = tmp_path / "fill.pdf"
+    HTML(string=html, base_url=templates_dir().as_uri() + "/").write_pdf(pdf)
+    pages = page_fill(pdf)
+    area = 297 - 17 - 19  # mm of the A4 content area
+    assert len(pages) == 3
+    assert pages[0].fill == pytest.approx((120 + 12) / area, abs=0.03)  # heading + block
+    assert pages[0].section_end and pages[0].next_starts == "Two"
+    assert pages[1].fill < 0.1 and not pages[1].section_end  # the h3 is no section start
+    assert pages[2].fill > 0.75 and pages[2].section_end and pages[2].next_starts is None
+    assert [p.number for p in underfull_pages(pdf)] == [2]
 
 
 @pytest.mark.slow
@@ -486,11 +591,22 @@ def test_matrix_job_fits_12_pages_and_decides_on_page_1(tmp_path):
 
 @pytest.mark.slow
 def test_demo_fits_14_pages(tmp_path):
+    from tests.helpers.pdf import pdf_text as text_of
     from worker.demo import write_demo
     from worker.job import load_job
     from worker.pipeline import run
 
     result = run(load_job(write_demo(tmp_path / "demo")), out_dir=str(tmp_path / "out"))
-    pages = _pages(Path(result.run_dir) / "report.pdf")
+    pdf = Path(result.run_dir) / "report.pdf"
+    pages = _pages(pdf)
     print(f"demo: {pages} pages")
     assert pages <= 14
+    # the issue's text defects, on the demo's own PDF
+    text = text_of(pdf)
+    assert not re.search(r"\de-1[4-9]", text)  # float noise
+    assert not re.search(r"[a-z)]\.[A-Z][a-z]", text)  # 'splits).MMD': a sentence glued on
+    assert text.count(result.run_id) >= 2  # page 1 and the Run table, never wrapped
+    yard = text[text.index("How far is far: yardsticks") :]
+    yard = yard[: yard.index("Duplicates and leakage")]
+    for s in result.report.secondaries:  # one row per secondary, its name said once
+        assert yard.count(s.name) == 1, s.name

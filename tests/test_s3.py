@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -554,6 +555,12 @@ def test_cli_runs_a_job_from_s3_to_s3(bucket, admin, moto_endpoint, tmp_path):
     _assert_no_secrets(text)
     pdf = admin.get_object(Bucket=bucket, Key="runs/nightly/report.pdf")["Body"].read()
     assert pdf.startswith(b"%PDF")
+    # report.html beside it (issue 30), one self-contained page served as HTML
+    html = admin.get_object(Bucket=bucket, Key="runs/nightly/report.html")
+    assert html["ContentType"] == "text/html"
+    page = html["Body"].read().decode("utf-8")
+    assert page.lstrip().startswith("<!DOCTYPE html>") and "Plotly" in page
+    assert not re.search(r"<(?:script|link|img)\b[^>]*\b(?:src|href)=\"?(?:https?:)?//", page)
 
 
 def test_cli_missing_bucket_exits_2_naming_the_uri(moto_endpoint, tmp_path, monkeypatch, capsys):

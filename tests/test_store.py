@@ -776,3 +776,61 @@ def test_concurrent_publishers_with_keep_1_never_leave_latest_dangling(tmp_path)
     assert latest in store.list_runs(str(out))
     assert (out / "latest" / "report.json").is_file() and (out / "report.json").is_file()
     assert_complete(out, read_raw(str(out))["tag"])
+
+
+def test_s3_run_killed_mid_render_leaves_a_staging_folder_the_next_run_removes(
+    bucket,  # noqa: F811
+    admin,  # noqa: F811
+    moto_endpoint,  # noqa: F811
+    small_job,
+    tmp_path,
+):
+    """A run into an S3 store stages in $TMPDIR/worker-out-<run_id>.<pid>. SIGKILL it while
+    the report stage draws (its forked helpers die with it): the store shows nothing of it;
+    its staging folder stays until the next run, which removes it first thing (the writer's
+    pid is gone) and publishes normally; a live run's folder is never touched."""
+    uri = f"s3://{bucket}/store"
+    storage = storage_config(moto_endpoint)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = dict(cli_env(moto_endpoint), TMPDIR=str(tmp))
+    argv = [sys.executable, "-m", "worker", "run", str(small_job), "--out", uri]
+    subprocess.run(argv + ["--quiet"], env=env, check=True, capture_output=True)
+    first = store.list_runs(uri, storage)
+    before = _keys(admin, bucket)
+    live = tmp / f"{store.STAGING_PREFIX}20300101T000000Z-aaaaaa.{os.getpid()}"
+    live.mkdir()  # a live process's staging: kept
+
+    proc = subprocess.Popen(
+        argv,
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    for line in proc.stderr:
+        if "gates done" in line:
+            break
+    deadline = time.time() + 120
+    staged = []
+    while not staged:  # the report stage has written its first figure
+        assert proc.poll() is None and time.time() < deadline, "the run ended before the kill"
+        staged = [
+            p for p in tmp.glob(f"{store.STAGING_PREFIX}*.{proc.pid}") if any(p.rglob("*.png"))
+        ]
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (dead,) = staged
+    assert dead.is_dir()  # nothing could remove it: the process was killed
+    assert _keys(admin, bucket) == before and store.list_runs(uri, storage) == first
+
+    done = subprocess.run(argv + ["--quiet"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert not dead.exists() and live.is_dir()
+    assert not [p for p in tmp.iterdir() if p != live]  # the new run's own staging is gone too
+    runs = store.list_runs(uri, storage)
+    assert len(runs) == 2 and runs[0] == first[0] and store.latest_run(uri, storage) == runs[1]
+    killed_id = dead.name[len(store.STAGING_PREFIX) :].rpartition(".")[0]
+    assert not [k for k in _keys(admin, bucket) if killed_id in k]

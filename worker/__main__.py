@@ -97,8 +97,9 @@ def _validate(job_path: Path) -> int:
     """The job's fields, then every local location it names (the checks run does first),
     then each local image folder is listed: nothing is decoded or computed."""
     from worker.job import load_job
+    from worker.labelled import entries as labelled_entries
     from worker.preflight import check_locations
-    from worker.sources import IMAGE_EXTENSIONS, is_s3, policy_for
+    from worker.sources import IMAGE_EXTENSIONS, is_s3, list_images, policy_for
     from worker.sources.samples import (
         VIDEO_EXTENSIONS,
         check_no_videos_for_adaptation,
@@ -123,6 +124,10 @@ def _validate(job_path: Path) -> int:
         videos = sum(is_video(it.id) for it in found)
         shown = f"{len(found) - videos} images" + (f", {videos} videos" if videos else "")
         counts.append(f"{ds.name}: {shown}")
+    folders = [e for e in labelled_entries(job) if e.kind == "folder"]
+    if folders:  # selection.labelled's local folders, listed like the datasets'
+        listed = sum(len(list_images(e.location, policy=policy_for(job))) for e in folders)
+        counts.append(f"selection.labelled: {listed} images in {len(folders)} folder(s)")
     if job.adaptation.enabled:
         from worker.adapt.masks import check_adaptation_inputs
 

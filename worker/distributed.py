@@ -38,6 +38,7 @@ import numpy as np
 from worker import engine
 from worker.embeddings import EmbeddedSet, prepare_or_skip, read_decoded
 from worker.errors import JobError
+from worker.interrupt import stoppable, wait
 from worker.sources import Item
 
 LOGGER = logging.getLogger("worker")
@@ -68,8 +69,13 @@ def _unwrap(err: Exception) -> Exception:
 
 
 def _get(refs):
+    """ray.get(refs), with a safe point (worker.interrupt) every 0.1 s while the tasks run:
+    a stop asked for by a signal does not wait for the cluster's work to end."""
     ray = import_ray()
+    pending = list(refs) if isinstance(refs, list) else [refs]
     try:
+        if pending:
+            wait(lambda t: not ray.wait(pending, num_returns=len(pending), timeout=t)[1])
         return ray.get(refs)
     except ray.exceptions.RayTaskError as err:
         raise _unwrap(err) from None
@@ -503,7 +509,7 @@ def embed_items_ray(
     )
     by_row: dict[int, tuple[str, str, bytes]] = {}
     try:
-        for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
+        for batch in stoppable(ds.iter_batches(batch_format="numpy", batch_size=None)):
             for row, digest, skip, vec in zip(
                 batch["row"], batch["digest"], batch["skip"], batch["vector"], strict=True
             ):

@@ -127,7 +127,8 @@ class FramesConfig(Strict):
 
 class CropConfig(Strict):
     """How boxes become crops: each side grows by `padding` times the box's width / height;
-    boxes whose clipped width or height is below `min_size` pixels are skipped."""
+    boxes whose clipped width or height is below `min_size` pixels are left out by this
+    setting (a warning; not counted as skipped images)."""
 
     padding: float = Field(default=0.1, ge=0, le=10)
     min_size: int = Field(default=16, ge=1, le=100_000)

@@ -9,13 +9,14 @@ Each entry of `selection.labelled` is one of (`entries`):
 - `image`: an existing local image file;
 - `embeddings`: a .npy/.npz file (local or s3://) of the labelled images' features, for
   jobs whose datasets are precomputed embeddings (nothing to embed images with);
-- `id`: anything else, an image id of a secondary (as report.json's images[].id).
+- `id`: anything else, an image id of a secondary (as report.json's images[].id) or a
+  prefix of ids (a subfolder of a secondary).
 
 In a job of images an id always ends in an image or video extension (before a '#' of a
-frame or crop), so a local entry that does not exist and does not look like an id, or that is
-written as a path (absolute, './', '../', '~', a trailing '/'), is a folder that is missing:
-a JobError naming `selection.labelled` and the path (`entries`, before any work, for
-`validate` and `run` alike).
+frame or crop) and a prefix of ids is a subfolder of a secondary's folder, so a local entry
+that does not exist and is neither, or that is written as a path (absolute, './', '../',
+'~'), is a folder that is missing: a JobError naming `selection.labelled` and the path
+(`entries`, before any work, for `validate` and `run` alike).
 
 Images of a folder, prefix or file that lie in a dataset of the job are matched against it by
 location (worker.selection.labelled_mask); the others (`embed_labelled`) are embedded with
@@ -61,18 +62,27 @@ def _precomputed(job) -> bool:
 
 
 def _looks_like_path(entry: str) -> bool:
-    """Written as a location: absolute, from the job folder ('./', '../'), from home ('~'),
-    a folder ('/' at the end) or an embeddings file."""
+    """Written as a location: absolute, from the job folder ('./', '../'), from home ('~')
+    or an embeddings file."""
     return (
         Path(entry).is_absolute()
         or entry.startswith(("./", "../", "~"))
-        or entry.endswith("/")
         or entry.lower().endswith(EMBEDDINGS_EXTENSIONS)
     )
 
 
-def _looks_like_id(entry: str) -> bool:
-    return entry.split("#", 1)[0].lower().endswith(_ID_EXTENSIONS)
+def _looks_like_id(job, entry: str) -> bool:
+    """An image id (an image or video extension before any '#'), or a prefix of ids: a folder
+    inside a secondary's local folder, or anything when a secondary is not a local folder of
+    images (s3://, embeddings: its ids are only known once read)."""
+    if entry.split("#", 1)[0].lower().endswith(_ID_EXTENSIONS):
+        return True
+    for ds in job.datasets.secondary:
+        if ds.path is None or is_s3(ds.path):
+            return True
+        if (Path(job.resolve(ds.path)) / entry.rstrip("/")).is_dir():
+            return True
+    return False
 
 
 def entries(job) -> list[Entry]:
@@ -109,7 +119,7 @@ def _classify(job, given: str, precomputed: bool) -> Entry:
     resolved = job.resolve(given)
     path = Path(resolved)
     if not path.exists():
-        if not _looks_like_path(given) and (precomputed or _looks_like_id(given)):
+        if not _looks_like_path(given) and (precomputed or _looks_like_id(job, given)):
             return Entry(given, "id", given)
         what = "file" if given.lower().endswith(EMBEDDINGS_EXTENSIONS) else "folder"
         raise JobError(
@@ -146,7 +156,9 @@ def _listing(job, entry: Entry, storage) -> Listing:
     try:
         found = list_images(entry.location, storage, policy=policy_for(job))
     except JobError as err:  # an s3:// prefix without objects, an unreachable bucket
-        raise JobError(f"{FIELD}: {entry.given}: {err}") from None
+        why = str(err).removeprefix(f"{entry.location}: ")
+        why = why.replace("the dataset 'path' in the job", "the entry")
+        raise JobError(f"{FIELD}: {entry.given}: {why}") from None
     items = [Item(id=it.uri, uri=it.uri) for it in found]
     return Listing(items, skipped=found.skipped, warnings=found.warnings)
 
@@ -175,7 +187,7 @@ def embed_labelled(job, extractor, embed, datasets: list[EmbeddedSet], storage) 
     if not found:
         return None
     if extractor is None:
-        return _load_embeddings(job, found, storage)
+        return _load_embeddings(found, storage)
     known = {_real(u) for ds in datasets for u in ds.uris}
     items: dict[str, Item] = {}
     skipped, warnings, unmatched = [], [], []
@@ -206,14 +218,15 @@ def check_labelled_width(images: EmbeddedSet, datasets: list[EmbeddedSet]) -> No
         )
 
 
-def _load_embeddings(job, found: list[Entry], storage) -> Labelled:
+def _load_embeddings(found: list[Entry], storage) -> Labelled:
     from worker.embeddings import load_precomputed
 
     ids: list[str] = []
     blocks = []
     for entry in found:
         loaded = load_precomputed(SET_NAME, entry.location, storage)
-        ids += [f"{entry.given}#{i}" if not _has_ids(entry, storage) else i for i in loaded.ids]
+        named = _has_ids(entry, storage)  # else rows are 0..n-1: named after the file
+        ids += [i if named else f"{entry.given}#{i}" for i in loaded.ids]
         blocks.append(np.asarray(loaded.vectors, dtype=np.float64))
     widths = {b.shape[1] for b in blocks}
     if len(widths) > 1:
@@ -240,11 +253,13 @@ def unmatched_ids(job, secondaries: list[EmbeddedSet], labelled: Labelled | None
     """Entries of selection.labelled that named nothing: folder and prefix entries without
     images (`labelled.unmatched`), and id entries that are no image id of any secondary (nor
     of a labelled embeddings file)."""
+    from worker.selection import labelled_mask
+
     out = list(labelled.unmatched) if labelled is not None else []
-    known = {i for s in secondaries for i in s.ids}
-    if labelled is not None:
-        known |= set(labelled.images.ids)
+    known = set(labelled.images.ids) if labelled is not None else set()
     for entry in entries(job):
-        if entry.kind == "id" and entry.given not in known:
+        if entry.kind != "id" or entry.given in known:
+            continue
+        if not any(labelled_mask(s.ids, s.uris, [entry.given]).any() for s in secondaries):
             out.append(entry.given)
     return out

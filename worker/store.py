@@ -160,12 +160,13 @@ def staging_dir(store_uri: str, run_id: str) -> Iterator[Path]:
     Local store: `<store>/runs/.<run_id>.partial/` with a `.<run_id>.writer` record (host,
     pid), so when this process dies a later run of the store removes it (clean_stale), and
     publishing renames it into place instead of copying. S3 store: a folder
-    `worker-out-<run_id>.<pid>` under $TMPDIR; such folders of dead processes are removed
-    at the start of every run. Left by an exception or a stop, the folder is removed, and
-    the store folders this call created are removed again (nothing visible changes)."""
+    `worker-out-<run_id>.<pid>` under $TMPDIR; such folders of dead processes (a run killed
+    with SIGKILL) are removed at the start of every later run on this machine, into any
+    store. Left by an exception or a stop, the folder is removed, and the store folders this
+    call created are removed again (nothing visible changes)."""
+    _clean_stale_tmp(Path(tempfile.gettempdir()))
     if is_s3(store_uri):
         root = Path(tempfile.gettempdir())
-        _clean_stale_tmp(root)
         path = root / f"{STAGING_PREFIX}{run_id}.{os.getpid()}"
         path.mkdir(mode=0o700)
         try:

@@ -21,6 +21,8 @@ false-positive pixel rate (noise, appendix C) instead.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import matplotlib
@@ -261,36 +263,126 @@ def plot_choice(adaptation: Adaptation, path: Path) -> Path | None:
     return save_png(fig, path, DPI)
 
 
+GRID_CELL = 104  # pixels of one panel of the prediction grid (at DPI)
+GRID_GAP = 6  # white pixels between two panels
+
+
+def _panel(arr: np.ndarray, cell: int) -> np.ndarray:
+    """One grid panel as a cell x cell RGB uint8 array, as imshow shows it (grey arrays on
+    0-255, RGB as given, float RGB on 0-1), shrunk to fit and centred on white."""
+    from PIL import Image
+
+    a = np.asarray(arr)
+    if a.ndim == 2:
+        rgb = np.repeat(np.clip(a, 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
+    elif np.issubdtype(a.dtype, np.floating):
+        rgb = (np.clip(a[..., :3], 0.0, 1.0) * 255).round().astype(np.uint8)
+    else:
+        rgb = np.clip(a[..., :3], 0, 255).astype(np.uint8)
+    img = Image.fromarray(np.ascontiguousarray(rgb), "RGB")
+    scale = cell / max(img.size)
+    img = img.resize(
+        (max(1, round(img.width * scale)), max(1, round(img.height * scale))),
+        Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BOX,
+    )
+    out = np.full((cell, cell, 3), 255, np.uint8)
+    top, left = (cell - img.height) // 2, (cell - img.width) // 2
+    out[top : top + img.height, left : left + img.width] = np.asarray(img)
+    return out
+
+
+def grid_mosaic(rows: list[list[np.ndarray]], cell: int = GRID_CELL, gap: int = GRID_GAP):
+    """The panels of `rows` (one list of arrays per row, equal lengths) as one RGB uint8
+    image: cell x cell panels with `gap` white pixels between them."""
+    cols = len(rows[0])
+    out = np.full(
+        (len(rows) * (cell + gap) - gap, cols * (cell + gap) - gap, 3), 255, dtype=np.uint8
+    )
+    for i, row in enumerate(rows):
+        for j, arr in enumerate(row):
+            y, x = i * (cell + gap), j * (cell + gap)
+            out[y : y + cell, x : x + cell] = _panel(arr, cell)
+    return out
+
+
+def _font(px: int):
+    """DejaVu Sans (matplotlib's own copy) at `px` pixels, for the grid's labels."""
+    from matplotlib import font_manager
+    from PIL import ImageFont
+
+    return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), px)
+
+
 def plot_grid(
     adaptation: Adaptation, data: AdaptationFigureData, dataset: str, path: Path
 ) -> Path | None:
+    """Image, mask and each model's probability map of the GRID_EXAMPLES farthest images
+    (paper fig. 8): the mosaic of panels, column titles above, each row's id and scaled
+    I_dist on its left, a title on top. Pictures, not a plot: drawn with PIL and written as
+    a JPEG (`path`'s suffix replaced), which WeasyPrint embeds without re-encoding."""
+    from PIL import Image, ImageDraw
+
     examples = (data.examples.get(dataset) or [])[:GRID_EXAMPLES]
     if not examples:
         return None
     models = [m for m in _model_order(adaptation, data) if m in examples[0].predictions]
     cols = ["image", "mask", *models]
-    rows = len(examples)
-    fig, axes = plt.subplots(
-        rows, len(cols), figsize=(1.1 * len(cols), 1.15 * rows + 0.3), squeeze=False
+    mosaic = grid_mosaic(
+        [[ex.image, ex.mask, *[ex.predictions[m] for m in models]] for ex in examples]
     )
     curves = data.curves.get(dataset)
     scaled = curves.scaled() if curves is not None else {}
+    small, mid, big = _font(10), _font(12), _font(15)
+    left, title_h, head_h = 110, 24, 18  # pixels: row labels, title, column titles
+    height, width = mosaic.shape[:2]
+    img = Image.new("RGB", (left + width + 6, title_h + head_h + height + 4), "white")
+    img.paste(Image.fromarray(mosaic, "RGB"), (left, title_h + head_h))
+    draw = ImageDraw.Draw(img)
+    step = GRID_CELL + GRID_GAP
+    title = f"{dataset}: the {len(examples)} farthest evaluated images"
+    draw.text((img.width / 2, 2), title, fill="black", font=big, anchor="ma")
+    for j, name in enumerate(cols):
+        x = left + j * step + GRID_CELL / 2
+        draw.text((x, title_h + head_h - 3), name, fill="black", font=mid, anchor="md")
     for i, ex in enumerate(examples):
-        panels = [ex.image, ex.mask, *[ex.predictions[m] for m in models]]
-        for j, (title, arr) in enumerate(zip(cols, panels, strict=True)):
-            ax = axes[i, j]
-            ax.imshow(arr, cmap=None if arr.ndim == 3 else "gray", vmin=0, vmax=255)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(title, fontsize=8)
         label = ex.id if len(ex.id) <= 18 else "..." + ex.id[-15:]
         if ex.id in scaled:
             label += f"\nI_dist {scaled[ex.id]:.2f}"
-        axes[i, 0].set_ylabel(label, fontsize=6)
-    fig.suptitle(f"{dataset}: the {len(examples)} farthest evaluated images", fontsize=9)
-    fig.tight_layout()
-    return save_png(fig, path, DPI)
+        y = title_h + head_h + i * step + GRID_CELL / 2
+        draw.multiline_text(
+            (left - 6, y), label, fill="black", font=small, anchor="rm", align="right"
+        )
+    out = Path(path).with_suffix(".jpg")
+    img.save(out, format="JPEG", quality=90)
+    return out
+
+
+def adaptation_figures(
+    adaptation: Adaptation, data: AdaptationFigureData | None, out: Path
+) -> list[tuple[str, Callable[[], Path | None]]]:
+    """Every adaptation figure of the typed block as (figure key, draw): draw() writes the
+    figure under `out` and returns its path, or None where its data is missing. Keys start
+    with "adaptation_"; each draw is independent of the others (one task each)."""
+    data = data or AdaptationFigureData()
+    datasets = list(dict.fromkeys(r.dataset for r in adaptation.results))
+    named = [(k, name, safe_name(name)) for k, name in enumerate(datasets)]
+    a, d = adaptation, data
+    return [
+        *[(f"adaptation_f_vs_idist_{name}",
+           partial(plot_f_vs_idist, a, d, name, out / f"adaptation_f_vs_idist_{k}_{safe}.png"))
+          for k, name, safe in named],
+        ("adaptation_f_bars", partial(plot_f_bars, a, d, out / "adaptation_f_bars.png")),
+        *[(f"adaptation_arch_f_vs_idist_{name}",
+           partial(plot_f_vs_idist_architectures, a, d, name,
+                   out / f"adaptation_arch_f_vs_idist_{k}_{safe}.png"))
+          for k, name, safe in named],
+        ("adaptation_arch_f_bars", partial(plot_architecture_bars, a,
+                                           out / "adaptation_arch_f_bars.png")),
+        ("adaptation_choice", partial(plot_choice, a, out / "adaptation_choice.png")),
+        *[(f"adaptation_grid_{name}",
+           partial(plot_grid, a, d, name, out / f"adaptation_grid_{k}_{safe}.jpg"))
+          for k, name, safe in named],
+    ]  # fmt: skip
 
 
 def make_adaptation_figures(
@@ -300,34 +392,11 @@ def make_adaptation_figures(
     the adapt stage's figure data. Returns {figure key: path}; keys start with "adaptation_"."""
     if adaptation is None:
         return {}
-    data = data or AdaptationFigureData()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures: dict[str, Path] = {}
-    datasets = list(dict.fromkeys(r.dataset for r in adaptation.results))
-    for k, name in enumerate(datasets):
-        p = plot_f_vs_idist(
-            adaptation, data, name, out / f"adaptation_f_vs_idist_{k}_{safe_name(name)}.png"
-        )
-        if p is not None:
-            figures[f"adaptation_f_vs_idist_{name}"] = p
-    p = plot_f_bars(adaptation, data, out / "adaptation_f_bars.png")
-    if p is not None:
-        figures["adaptation_f_bars"] = p
-    for k, name in enumerate(datasets):
-        p = plot_f_vs_idist_architectures(
-            adaptation, data, name, out / f"adaptation_arch_f_vs_idist_{k}_{safe_name(name)}.png"
-        )
-        if p is not None:
-            figures[f"adaptation_arch_f_vs_idist_{name}"] = p
-    p = plot_architecture_bars(adaptation, out / "adaptation_arch_f_bars.png")
-    if p is not None:
-        figures["adaptation_arch_f_bars"] = p
-    p = plot_choice(adaptation, out / "adaptation_choice.png")
-    if p is not None:
-        figures["adaptation_choice"] = p
-    for k, name in enumerate(datasets):
-        p = plot_grid(adaptation, data, name, out / f"adaptation_grid_{k}_{safe_name(name)}.png")
-        if p is not None:
-            figures[f"adaptation_grid_{name}"] = p
+    for key, draw in adaptation_figures(adaptation, data, out):
+        path = draw()
+        if path is not None:
+            figures[key] = path
     return figures

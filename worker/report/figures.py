@@ -45,7 +45,7 @@ def _figures(make: Callable[..., dict[str, Path]], *args) -> Task:
 
 
 def figure_tasks(report: Report, data: FigureData, out: Path) -> list[Task]:
-    """One task per figure of the PDF (one per module for estimate, history, adaptation)."""
+    """One task per figure of the PDF (one per module for estimate and history)."""
     tasks = [
         _figure("i_dist_violin", dist.plot_violin_overview, report, out / "i_dist_violin.png"),
         _figure("i_dist_sorted", dist.plot_sorted_overview, report, out / "i_dist_sorted.png"),
@@ -64,9 +64,10 @@ def figure_tasks(report: Report, data: FigureData, out: Path) -> list[Task]:
 
         tasks.append(_figures(make_history_figures, report.history, out))
     if report.adaptation is not None:
-        from worker.report.adaptation_figures import make_adaptation_figures
+        from worker.report.adaptation_figures import adaptation_figures
 
-        tasks.append(_figures(make_adaptation_figures, report.adaptation, data.adaptation, out))
+        for key, draw in adaptation_figures(report.adaptation, data.adaptation, out):
+            tasks.append(_figure(key, draw))
     return tasks
 
 

@@ -8,8 +8,9 @@ exception is raised here with the child's traceback as its cause; a child that d
 BrokenProcessPool.
 
 `Child(prepare, finish)` forks one child that runs `prepare()` at once (WeasyPrint's
-import) and `finish(x)` once `result(x)` hands it x (the figures): the two overlap with
-whatever this process does in between (drawing the figures).
+import) and `finish(x)` once `send(x)` or `result(x)` hands it x (the figures): the two
+overlap with whatever this process does in between (drawing the figures before send,
+report.html between send and result).
 
 Every child dies with this process (`die_with_parent`: prctl PR_SET_PDEATHSIG), so a
 parent killed with SIGKILL leaves no helper behind. While this process waits for its children
@@ -153,6 +154,7 @@ class Child:
     ):
         self._prepare, self._finish = prepare, finish
         self._proc = None
+        self._x: Any = None
         if not (can_fork() if fork is None else fork):
             return
         ctx = multiprocessing.get_context("fork")
@@ -167,17 +169,26 @@ class Child:
         child_in.close()  # the child's ends: EOF here once it is gone
         child_out.close()
 
-    def result(self, x: Any) -> Any:
-        """finish(x): its return value, or its exception raised here."""
+    def send(self, x: Any) -> None:
+        """Hand x to finish(x) and return at once (in the child, finish runs meanwhile)."""
+        self._x = x
         if self._proc is None:
-            self._prepare()
-            return self._finish(x)
+            return
         try:
             self._inbox.send(x)
         except BrokenPipeError:
             pass  # the child stopped before reading x (prepare failed): its reply says why
         finally:
             self._inbox.close()
+
+    def result(self, *x: Any) -> Any:
+        """finish(x): its return value, or its exception raised here. x: the value handed
+        to finish, unless send(x) handed it already."""
+        if x:
+            self.send(*x)
+        if self._proc is None:
+            self._prepare()
+            return self._finish(self._x)
         try:
             wait(self._outbox.poll)  # a stop while the child works: __exit__ kills it
             ok, value, trace = self._outbox.recv()

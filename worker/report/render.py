@@ -41,11 +41,11 @@ def render_outputs(report: Report, inputs: RenderInputs, folder: Path) -> dict[s
     """Draw the figures, print report.pdf, write report.html, then report.json (last), into
     `folder`.
 
-    A forked child loads WeasyPrint while the figures and report.html are made (in forked
-    processes too), then prints the PDF (worker.report.forked). Returns {figure key: PNG
-    path}."""
+    A forked child loads WeasyPrint while the figures are drawn (in forked processes too),
+    then prints the PDF while this process writes report.html and serialises report.json
+    (worker.report.forked). Returns {figure key: PNG path}."""
     from worker.report.forked import Child
-    from worker.report.model import write_report_json
+    from worker.report.model import atomic_write_bytes, to_json_bytes
     from worker.report.pdf import prepare, render_pdf
 
     pdf_path = folder / "report.pdf"
@@ -62,18 +62,16 @@ def render_outputs(report: Report, inputs: RenderInputs, folder: Path) -> dict[s
 
         pictures = Pictures(inputs)
         shown = picture_sets(report, pictures)
-        page = html_data(report, inputs, pictures)
         data = FigureData(scatter=inputs.scatter, adaptation=inputs.adaptation)
         out = folder / "figures"
         out.mkdir(parents=True, exist_ok=True)
-
-        def html_task() -> dict:
-            render_interactive(report, page, folder / "report.html")
-            return {}
-
         figures: dict[str, Path] = {}
-        for drawn in run_tasks([html_task, *figure_tasks(report, data, out)]):
+        for drawn in run_tasks(figure_tasks(report, data, out)):
             figures.update(drawn)
-        printer.result((figures, shown))
-    write_report_json(report, folder / "report.json")
+        printer.send((figures, shown))
+        # while the child prints the PDF: report.html and report.json's bytes here
+        render_interactive(report, html_data(report, inputs, pictures), folder / "report.html")
+        json_bytes = to_json_bytes(report)
+        printer.result()
+    atomic_write_bytes(folder / "report.json", json_bytes)
     return figures
