@@ -73,11 +73,13 @@ from worker.job import ModelConfig  # noqa: E402
 from worker.sources import list_images  # noqa: E402
 
 MODELS = {
-    # name: (hidden, layers, heads); patch 14, as DINOv2
-    "nano": (32, 1, 1),  # a forward pass far cheaper than the preparation
-    "tiny": (64, 2, 2),
-    "small": (192, 4, 3),
-    "base": (768, 12, 12),  # the shape of facebook/dinov2-base (random weights)
+    # name: (hidden, layers, heads, patch); DINOv2's patch is 14
+    # nano: 257 tokens at 448 (patch 28), a forward pass far cheaper than the preparation of
+    # the same 448 x 448 input, so a stage with it measures the stage's own overhead
+    "nano": (32, 1, 1, 28),
+    "tiny": (64, 2, 2, 14),
+    "small": (192, 4, 3, 14),
+    "base": (768, 12, 12, 14),  # the shape of facebook/dinov2-base (random weights)
 }
 
 
@@ -88,15 +90,15 @@ def load() -> str:
 def build_model(kind: str, folder: Path) -> Path:
     from transformers import BitImageProcessorPil, Dinov2Config, Dinov2Model
 
-    hidden, layers, heads = MODELS[kind]
+    hidden, layers, heads, patch = MODELS[kind]
     torch.manual_seed(0)
     config = Dinov2Config(
         hidden_size=hidden,
         num_hidden_layers=layers,
         num_attention_heads=heads,
         intermediate_size=4 * hidden,
-        image_size=224,
-        patch_size=14,
+        image_size=16 * patch,  # 16 x 16 position embeddings, as DINOv2's 224 / 14
+        patch_size=patch,
     )
     Dinov2Model(config).eval().save_pretrained(folder)
     # dinov2-base's processor: shortest edge 256 (bicubic), centre crop 224, ImageNet norm
@@ -169,6 +171,13 @@ def write_images(folder: Path, files: list[bytes]) -> Path:
     for i, data in enumerate(files):
         (folder / f"img_{i:05d}.jpg").write_bytes(data)
     return folder
+
+
+def clocked(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the whole process) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def best(repeats: int, fn, clock=time.perf_counter) -> float:
@@ -282,14 +291,17 @@ def part_stage(models: dict[str, Path], images: Path, repeats: int, image_size: 
     out: dict = {"image_size": image_size, "images": n}
     for kind, folder in models.items():
         ex = extractor(folder, image_size, num_workers=2)
-        torch.set_num_threads(1)  # the preparation's CPU per image (decode threads' work)
-        start = time.process_time()
-        prepared = [ex.prepare(decode_pixels(d, ex.decode_size)) for d in files]
-        for i in range(0, n, 32):
-            with ex._lock:
-                ex._cpu_input(prepared[i : i + 32])
-        t_prep = (time.process_time() - start) / n
-        torch.set_num_threads(cores)
+        prepared: list[np.ndarray] = []
+
+        def prep(ex=ex, prepared=prepared) -> None:  # the CPU work the stage adds per image
+            torch.set_num_threads(1)
+            prepared[:] = [ex.prepare(decode_pixels(d, ex.decode_size)) for d in files]
+            for i in range(0, n, 32):
+                with ex._lock:
+                    ex._cpu_input(prepared[i : i + 32])
+            torch.set_num_threads(cores)
+
+        prep()
         ex.embed_prepared(prepared[:32])  # warm-up
 
         def stage(ex=ex) -> None:
@@ -298,38 +310,61 @@ def part_stage(models: dict[str, Path], images: Path, repeats: int, image_size: 
         def model_only(ex=ex, prepared=prepared) -> None:
             ex.embed_prepared(prepared)
 
-        t = {"bare": np.inf, "model": np.inf, "stage_t2": np.inf, "stage_t1": np.inf}
+        variants = (cores, 1) if cores > 1 else (1,)  # torch's intra-op threads
+        runs = [("bare", bare, cores)] + [
+            (f"{name}{th}", fn, th)
+            for th in variants
+            for name, fn in (("model", model_only), ("stage", stage))
+        ]
+        t = {name: np.inf for name, _, _ in runs}  # wall seconds, best of the rounds
+        c = dict(t)  # CPU seconds of the process, best of the rounds
+        t_prep = np.inf
         for _ in range(repeats):  # interleaved rounds
-            t["bare"] = min(t["bare"], best(1, bare))
-            t["model"] = min(t["model"], best(1, model_only))
-            for threads in (2, 1):
-                torch.set_num_threads(threads)
-                t[f"stage_t{threads}"] = min(t[f"stage_t{threads}"], best(1, stage))
+            t_prep = min(t_prep, best(1, prep, time.process_time) / n)
+            for name, fn, th in runs:
+                torch.set_num_threads(th)
+                wall, cpu = clocked(fn)
+                t[name], c[name] = min(t[name], wall), min(c[name], cpu)
             torch.set_num_threads(cores)
-        stage = min(t["stage_t2"], t["stage_t1"])
-        ideal = 1 / (t["model"] / n + t_prep / 2)
+        # the job's setting: torch's default intra-op threads (one per core)
+        t_stage, t_model = t[f"stage{cores}"], t[f"model{cores}"]
+        ideal = 1 / (min(t[f"model{th}"] for th in variants) / n + t_prep / cores)
+        parts_cpu = t_prep + c["model1"] / n  # preparation + forward pass, no threads
         r = out[kind] = {
             "model": MODELS[kind],
             "attention": ex.model.config._attn_implementation,
             "bare_decode_img_s": n / t["bare"],
-            "stage_img_s_torch2": n / t["stage_t2"],
-            "stage_img_s_torch1": n / t["stage_t1"],
-            "model_only_img_s": n / t["model"],
+            "stage_img_s": n / t_stage,
+            "model_only_img_s": n / t_model,
+            **{f"stage_img_s_torch{th}": n / t[f"stage{th}"] for th in variants},
+            **{f"model_only_img_s_torch{th}": n / t[f"model{th}"] for th in variants},
+            **{f"stage_cpu_ms_torch{th}": c[f"stage{th}"] * 1000 / n for th in variants},
+            "bare_decode_cpu_ms": c["bare"] * 1000 / n,
             "prep_cpu_ms": t_prep * 1000,
+            "model_cpu_ms_torch1": c["model1"] * 1000 / n,
             "ideal_img_s": ideal,
-            "ratio": t["bare"] / stage,
-            "stage_vs_model": t["model"] / stage,
-            "stage_vs_ideal": (n / stage) / ideal,
+            "ratio": t["bare"] / t_stage,
+            # the ratio if the stage had all its cores and bare decoding its one (CPU time)
+            "ratio_cpu": cores * c["bare"] / c[f"stage{cores}"],
+            "stage_vs_model": t_model / t_stage,
+            "stage_vs_ideal": (n / t_stage) / ideal,
+            "stage_cpu_vs_parts": c[f"stage{cores}"] / n / parts_cpu,
         }
+        by = ", ".join(
+            f"{th}: stage {n / t[f'stage{th}']:.0f} img/s ({c[f'stage{th}'] * 1000 / n:.2f} ms "
+            f"CPU per image), model {n / t[f'model{th}']:.0f} img/s"
+            for th in variants
+        )
         print(
             f"stage, {kind} DINOv2 {MODELS[kind]} at {image_size} ({r['attention']} attention), "
-            f"2 decode threads ({load()}): {n / stage:.0f} img/s (torch threads 2: "
-            f"{r['stage_img_s_torch2']:.0f}, 1: {r['stage_img_s_torch1']:.0f}); bare single-core "
-            f"PIL decode {r['bare_decode_img_s']:.0f} img/s: {r['ratio']:.2f}x (target >= 0.5x). "
-            f"Model alone {r['model_only_img_s']:.0f} img/s: stage / model "
-            f"{r['stage_vs_model']:.2f}; "
-            f"prep {r['prep_cpu_ms']:.2f} ms CPU per image, ideal 1 / (t_model + t_prep / 2) = "
-            f"{ideal:.0f} img/s: stage / ideal {r['stage_vs_ideal']:.2f}"
+            f"2 decode threads, torch threads {cores} ({load()}): {n / t_stage:.0f} img/s; bare "
+            f"single-core PIL decode {r['bare_decode_img_s']:.0f} img/s: {r['ratio']:.2f}x "
+            f"(target >= 0.5x; in CPU time, {cores} cores against one: {r['ratio_cpu']:.2f}x). "
+            f"Model alone {n / t_model:.0f} img/s: stage / model {r['stage_vs_model']:.2f}. "
+            f"Prep {r['prep_cpu_ms']:.2f} ms CPU per image, ideal 1 / (t_model + t_prep / "
+            f"{cores}) = {ideal:.0f} img/s: stage / ideal {r['stage_vs_ideal']:.2f}. Stage CPU "
+            f"per image / (prep + model at 1 thread, {parts_cpu * 1000:.2f} ms): "
+            f"{r['stage_cpu_vs_parts']:.2f}. By torch threads: {by}"
         )
     return out
 
@@ -349,16 +384,24 @@ def part_threads(model: Path, images: Path, repeats: int) -> dict:
     items = list_images(str(images))
     free = _NoModel(extractor(model, 448))
     n = len(items)
-    t = {1: np.inf, 2: np.inf}
+    t, c = {1: np.inf, 2: np.inf}, {1: np.inf, 2: np.inf}
     torch.set_num_threads(1)  # the decode threads' own work, no intra-op threads beside them
     for _ in range(repeats):
         for w in (1, 2):
-            t[w] = min(t[w], best(1, lambda w=w: embed_items("b", items, free, num_workers=w)))
+            wall, cpu = clocked(lambda w=w: embed_items("b", items, free, num_workers=w))
+            t[w], c[w] = min(t[w], wall), min(c[w], cpu)
     torch.set_num_threads(os.cpu_count() or 1)
-    out = {"one_img_s": n / t[1], "two_img_s": n / t[2], "ratio": t[1] / t[2]}
+    out = {
+        "one_img_s": n / t[1],
+        "two_img_s": n / t[2],
+        "ratio": t[1] / t[2],
+        "one_cpu_ms": c[1] * 1000 / n,
+        "two_cpu_ms": c[2] * 1000 / n,
+    }
     print(
         f"threads (read + decode + prepare, no model; {load()}): 1 thread {n / t[1]:.0f} "
-        f"img/s, 2 threads {n / t[2]:.0f} img/s: {out['ratio']:.2f}x (target >= 1.8x)"
+        f"img/s, 2 threads {n / t[2]:.0f} img/s: {out['ratio']:.2f}x (target >= 1.8x); CPU "
+        f"per image {out['one_cpu_ms']:.2f} ms and {out['two_cpu_ms']:.2f} ms"
     )
     return out
 

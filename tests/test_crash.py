@@ -15,6 +15,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from worker.report.forked import can_fork
+
 SIZE = 320
 
 
@@ -279,6 +281,9 @@ def test_twenty_interrupts_at_random_moments_leave_no_traceback(small_image_job)
 # --------------------------------------------------------------------- a stop inside long work
 
 
+FORKS = pytest.mark.skipif(not can_fork(), reason="the report stage forks no helpers here")
+
+
 def _launch(root: Path, *args: str) -> subprocess.Popen:
     """`python -m worker run job.yaml ARGS` in `root`, in a process group of its own, its
     stderr piped (text)."""
@@ -312,16 +317,18 @@ def _job_copy(job_root: Path, folder: Path) -> None:
 
 
 def _stop_during(
-    root: Path, after: str, sig: int, delay: float = 1.5, args: tuple[str, ...] = ()
+    root: Path, after: str, sig: int, delay: float = 1.5, helpers: int = 0
 ) -> tuple[int, str, float]:
     """Start `python -m worker run job.yaml` in `root` (its own process group), wait until a
-    stderr line contains `after`, then `delay` seconds more, and send `sig` to the whole group
-    (as a terminal's Ctrl-C does, forked helpers included). Returns (exit code, stderr, seconds
-    from the signal to the exit); asserts that no process of the group outlives the run."""
-    proc = _launch(root, *args)
+    stderr line contains `after`, then `delay` seconds more and until `helpers` forked
+    helpers are up, and send `sig` to the whole group (as a terminal's Ctrl-C does, forked
+    helpers included). Returns (exit code, stderr, seconds from the signal to the exit);
+    asserts that no process of the group outlives the run."""
+    proc = _launch(root)
     seen = _read_until(proc, after)
     assert proc.poll() is None, "".join(seen)[-3000:]
     time.sleep(delay)
+    _wait_for_helpers(proc, helpers)
     assert proc.poll() is None, "the run finished before it could be stopped"
     sent = time.monotonic()
     os.killpg(proc.pid, sig)
@@ -412,6 +419,7 @@ def test_a_stop_during_adaptation_training_takes_effect_within_a_step(tmp_path):
     assert latency < 20, latency  # 10,000 epochs of 6 images take minutes
 
 
+@FORKS
 def test_a_stop_in_the_report_stage_stops_its_forked_helpers(small_image_job, tmp_path):
     """Ctrl-C to the process group while the report stage's forked helpers draw the figures
     and print the PDF: the parent stops at its next wait (0.1 s), kills them, exits 130
@@ -423,12 +431,20 @@ def test_a_stop_in_the_report_stage_stops_its_forked_helpers(small_image_job, tm
         [sys.executable, "-m", "worker", "run", "job.yaml", "--quiet"], cwd=tmp_path, check=True
     )
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    # after the figure modules are imported (a second or two): the helpers are at work
-    code, err, _ = _stop_during(tmp_path, "gates done", signal.SIGINT, delay=3.0)
+    # once the figure pool is up beside the PDF child: the helpers are at work
+    code, err, _ = _stop_during(tmp_path, "gates done", signal.SIGINT, delay=0.0, helpers=2)
     _assert_clean_stop(code, err, signal.SIGINT, "render")
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before
     assert len([p for p in (out / "runs").iterdir() if not p.name.startswith(".")]) == 1
+
+
+def _wait_for_helpers(proc: subprocess.Popen, count: int) -> None:
+    """Until the run's process group holds `count` processes besides the run itself."""
+    deadline = time.time() + 60
+    while len(_group_members(proc.pid)) < 1 + count:
+        assert proc.poll() is None and time.time() < deadline, "no helpers were seen"
+        time.sleep(0.02)
 
 
 def _group_members(pgid: int) -> list[int]:
@@ -447,6 +463,7 @@ def _group_members(pgid: int) -> list[int]:
     return out
 
 
+@FORKS
 def test_sigkill_of_the_parent_in_the_report_stage_takes_its_helpers_with_it(
     small_image_job, tmp_path
 ):
@@ -456,10 +473,7 @@ def test_sigkill_of_the_parent_in_the_report_stage_takes_its_helpers_with_it(
     _job_copy(small_image_job, tmp_path)
     proc = _launch(tmp_path)
     _read_until(proc, "gates done")
-    deadline = time.time() + 60
-    while len(_group_members(proc.pid)) < 3:  # the PDF child and the figure pool are up
-        assert proc.poll() is None and time.time() < deadline, "no helpers were seen"
-        time.sleep(0.02)
+    _wait_for_helpers(proc, 2)  # the PDF child and the figure pool are up
     proc.kill()  # the parent only
     proc.wait()
     deadline = time.time() + 30

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 from worker import comparison, engine, interrupt, selection, stats
+from worker.adapt import noise
+from worker.adapt.names import BASELINE
 from worker.engine import planning, tiles
 from worker.report import forked
 
@@ -69,6 +71,19 @@ def test_wait_returns_when_ready_and_raises_on_a_stop(stop):
     assert time.monotonic() - start < 5
 
 
+def _train() -> None:
+    import torch
+
+    from worker.adapt.segmenters import build_segmenter
+    from worker.adapt.train import train_segmenter
+
+    x = torch.zeros((4, 3, 16, 16), dtype=torch.uint8)
+    y = torch.zeros((4, 1, 16, 16), dtype=torch.bool)
+    train_segmenter(
+        build_segmenter("unet", width=2, depth=1), x, y, epochs=1, batch_size=2, lr=1e-3
+    )
+
+
 RNG = np.random.default_rng(0)
 X, Y = RNG.normal(size=(40, 3)), RNG.normal(size=(30, 3)) + 0.5
 LONG_LOOPS = {
@@ -85,6 +100,10 @@ LONG_LOOPS = {
     ),
     "k-center picks": lambda: engine.kcenter_greedy(X, 5),
     "report tasks here": lambda: forked.run_tasks([lambda: 1, lambda: 2], processes=1),
+    "training steps": lambda: _train(),
+    "model-choice bootstrap": lambda: noise.bootstrap_draws(
+        {("a", 0, BASELINE, "d"): np.ones((3, 4, 3))}, {"d": None}, ["a"], [0], ["d"], None
+    ),
 }
 
 

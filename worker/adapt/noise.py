@@ -17,6 +17,7 @@ import numpy as np
 
 from worker.adapt import ods
 from worker.adapt.names import BASELINE
+from worker.interrupt import stoppable
 
 N_BOOT = 1000
 
@@ -80,7 +81,7 @@ def bootstrap_draws(
     out: dict[str, dict[str, np.ndarray]] = {}
     for a in archs:
         per_seed: dict[str, list[np.ndarray]] = {"ods_unseen": [], "gain": [], "stability": []}
-        for s in seeds:
+        for s in stoppable(seeds):  # a safe point per architecture and seed
             ods_m, gains, slopes = [], [], []
             for d in datasets:
                 w = weights[d]

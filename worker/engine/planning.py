@@ -259,14 +259,21 @@ def run_row_blocks(n_rows: int, plan: Plan, ops, make_buffer: Callable, fn: Call
         return
 
     local = threading.local()
+    failed: list[bool] = []  # a block raised: the call is over, no other block starts
 
     def task(s: int) -> None:
         check()  # in the row-block thread: blocks not started when a stop comes never run
+        if failed:
+            return
         if not getattr(local, "ready", False):
             ops.thread_setup()
             local.buf = make_buffer()
             local.ready = True
-        fn(s, min(s + plan.tile_rows, n_rows), local.buf)
+        try:
+            fn(s, min(s + plan.tile_rows, n_rows), local.buf)
+        except BaseException:
+            failed.append(True)
+            raise
 
     if plan.workers <= 1 or len(starts) <= 1:
         serial()
