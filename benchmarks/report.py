@@ -58,12 +58,17 @@ def timed(label, fn):
         try:
             return fn(*a, **k)
         finally:
-            record(label=label, cpu=time.process_time() - cpu)
+            record(label=label, cpu=time.process_time() - cpu, end=time.process_time())
     return call
 
 def patch_figures(m):
+    import dataclasses
     real = m.figure_tasks
-    m.figure_tasks = lambda *a, **k: [timed(f"task{i}", t) for i, t in enumerate(real(*a, **k))]
+    def wrap(i, t):  # a FigureTask keeps its key and file (the PDF's plan); older: a closure
+        if dataclasses.is_dataclass(t):
+            return dataclasses.replace(t, draw=timed(f"task{i}", t.draw))
+        return timed(f"task{i}", t)
+    m.figure_tasks = lambda *a, **k: [wrap(i, t) for i, t in enumerate(real(*a, **k))]
 
 def patch_forked(m):
     real = m.run_tasks
@@ -72,6 +77,12 @@ def patch_forked(m):
         record(label="before_tasks", cpu=time.process_time() - CPU0, workers=n)
         return real(tasks, processes)
     m.run_tasks = run
+    if hasattr(m, "received"):  # the PDF's layout waits for the figures here
+        real_received = m.received
+        def received():
+            record(label="wait_at", cpu=time.process_time())  # the child's CPU since its fork
+            return real_received()
+        m.received = received
 
 def patch_pdf(m):
     m.prepare, m.render_pdf = timed("prepare", m.prepare), timed("pdf", m.render_pdf)
@@ -121,8 +132,11 @@ def critical_path(got: dict) -> float:
     """The stage's wall clock on a quiet machine with enough cores, from the CPU seconds of
     its parts: this process until the figures start (A), then the figure tasks greedily on
     their workers in submission order (F), then the PDF (P) from when both the figures and
-    the child's WeasyPrint import (C) are done; this process's report.html (when not one of
-    the tasks) and report.json run beside the PDF."""
+    the child's WeasyPrint import (C) are done, or, where the child lays out the PDF from
+    the planned figures, its CPU up to where it waits for them (wait_at) and the rest after;
+    this process's report.html (when not one of the tasks) and report.json run beside the
+    PDF. Contention for the cores while the child and the figure workers overlap is not
+    counted: a lower bound for 2 cores."""
     rows, parent = got["trace"], got["parent"]
     first = {r["label"]: r for r in reversed(rows)}
     a = first["before_tasks"]["cpu"]
@@ -132,10 +146,15 @@ def critical_path(got: dict) -> float:
         k = workers.index(min(workers))
         workers[k] += r["cpu"]
     figures_done = a + max(workers)
-    pdf_start = max(figures_done, first.get("prepare", {"cpu": 0.0})["cpu"])
+    pdf = first["pdf"]
+    if "wait_at" in first:  # laid out from the planned figures, waiting for them at wait_at
+        wait_at = first["wait_at"]["cpu"]
+        pdf_end = max(wait_at, figures_done) + (pdf["end"] - wait_at)
+    else:
+        pdf_end = max(figures_done, first.get("prepare", {"cpu": 0.0})["cpu"]) + pdf["cpu"]
     beside = sum(r["cpu"] for r in rows if r["label"] == "html" and r["pid"] == parent)
     rest = got["cpu"] - a - beside  # this process after the figures (json, waiting is free)
-    return max(pdf_start + first["pdf"]["cpu"], figures_done + beside) + max(0.0, rest)
+    return max(pdf_end, figures_done + beside) + max(0.0, rest)
 
 
 def _job(name: str, folder: Path) -> Path:

@@ -610,3 +610,30 @@ def test_demo_fits_14_pages(tmp_path):
     yard = yard[: yard.index("Duplicates and leakage")]
     for s in result.report.secondaries:  # one row per secondary, its name said once
         assert yard.count(s.name) == 1, s.name
+
+
+@pytest.mark.parametrize("missing", [None, "i_dist_sorted"])
+def test_render_outputs_lays_out_the_planned_figures_or_again_without_one(
+    report, typed, tmp_path, monkeypatch, missing
+):
+    """The PDF's layout starts from the planned figure files while they are drawn; a planned
+    figure whose data turns out missing (its draw returns None) is left out of the PDF, which
+    is laid out again without it."""
+    from tests.helpers.pdf import pdf_text
+    from worker.report import distance_figures
+    from worker.report.inputs import RenderInputs
+    from worker.report.render import render_outputs
+
+    if missing:
+        monkeypatch.setattr(distance_figures, "plot_sorted_overview", lambda *a: None)
+    inputs = RenderInputs(scatter=make_extras(report).scatter)
+    figures = render_outputs(typed, inputs, tmp_path)
+    expected = {"i_dist_violin", "i_dist_sorted", "scatter"} - {missing}
+    assert set(figures) == expected and all(p.exists() for p in figures.values())
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == sorted(
+        f"{k}.png" for k in expected
+    )
+    text = " ".join(pdf_text(tmp_path / "report.pdf").split())
+    assert "I_dist of every image" in text  # the violin's caption
+    assert ("sorted by I_dist, min-max scaled" in text) == (missing is None)
+    assert json.loads((tmp_path / "report.json").read_text())["schema_version"] == SCHEMA_VERSION

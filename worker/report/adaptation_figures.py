@@ -22,7 +22,6 @@ false-positive pixel rate (noise, appendix C) instead.
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 
 import matplotlib
@@ -359,29 +358,31 @@ def plot_grid(
 
 def adaptation_figures(
     adaptation: Adaptation, data: AdaptationFigureData | None, out: Path
-) -> list[tuple[str, Callable[[], Path | None]]]:
-    """Every adaptation figure of the typed block as (figure key, draw): draw() writes the
-    figure under `out` and returns its path, or None where its data is missing. Keys start
-    with "adaptation_"; each draw is independent of the others (one task each)."""
+) -> list[tuple[str, Callable[..., Path | None], tuple]]:
+    """Every adaptation figure of the typed block as (figure key, draw, args): draw(*args)
+    writes the figure to args[-1] (its file, under `out`) and returns it, or returns None
+    where its data is missing. Keys start with "adaptation_"; the draws are independent of
+    each other (one task each); figures for two or more architectures only where the block
+    has them."""
     data = data or AdaptationFigureData()
     datasets = list(dict.fromkeys(r.dataset for r in adaptation.results))
     named = [(k, name, safe_name(name)) for k, name in enumerate(datasets)]
     a, d = adaptation, data
+    several = len(adaptation.architectures or []) >= 2
     return [
-        *[(f"adaptation_f_vs_idist_{name}",
-           partial(plot_f_vs_idist, a, d, name, out / f"adaptation_f_vs_idist_{k}_{safe}.png"))
-          for k, name, safe in named],
-        ("adaptation_f_bars", partial(plot_f_bars, a, d, out / "adaptation_f_bars.png")),
-        *[(f"adaptation_arch_f_vs_idist_{name}",
-           partial(plot_f_vs_idist_architectures, a, d, name,
-                   out / f"adaptation_arch_f_vs_idist_{k}_{safe}.png"))
-          for k, name, safe in named],
-        ("adaptation_arch_f_bars", partial(plot_architecture_bars, a,
-                                           out / "adaptation_arch_f_bars.png")),
-        ("adaptation_choice", partial(plot_choice, a, out / "adaptation_choice.png")),
-        *[(f"adaptation_grid_{name}",
-           partial(plot_grid, a, d, name, out / f"adaptation_grid_{k}_{safe}.jpg"))
-          for k, name, safe in named],
+        *[(f"adaptation_f_vs_idist_{name}", plot_f_vs_idist,
+           (a, d, name, out / f"adaptation_f_vs_idist_{k}_{safe}.png")) for k, name, safe in named],
+        ("adaptation_f_bars", plot_f_bars, (a, d, out / "adaptation_f_bars.png")),
+        *[(f"adaptation_arch_f_vs_idist_{name}", plot_f_vs_idist_architectures,
+           (a, d, name, out / f"adaptation_arch_f_vs_idist_{k}_{safe}.png"))
+          for k, name, safe in named if several],
+        *[("adaptation_arch_f_bars", plot_architecture_bars,
+           (a, out / "adaptation_arch_f_bars.png"))] * several,
+        *[("adaptation_choice", plot_choice, (a, out / "adaptation_choice.png"))]
+        * (len(adaptation.summary.architectures) >= 2),
+        *[(f"adaptation_grid_{name}", plot_grid,
+           (a, d, name, out / f"adaptation_grid_{k}_{safe}.jpg"))
+          for k, name, safe in named if (d.examples.get(name) or [])],
     ]  # fmt: skip
 
 
@@ -395,8 +396,8 @@ def make_adaptation_figures(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures: dict[str, Path] = {}
-    for key, draw in adaptation_figures(adaptation, data, out):
-        path = draw()
+    for key, draw, args in adaptation_figures(adaptation, data, out):
+        path = draw(*args)
         if path is not None:
             figures[key] = path
     return figures

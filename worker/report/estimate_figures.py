@@ -57,9 +57,14 @@ def _mark(ax, x: float, y: float, lo: float, hi: float, name: str, extrapolated:
     ax.annotate(label, (x, y), xytext=(5, 5), textcoords="offset points", fontsize=7, color=colour)
 
 
+def has_curve(estimate: Estimate) -> bool:
+    """Whether a fit was made, so that `estimate_curve` is drawn."""
+    return bool(estimate.made) and estimate.curve is not None
+
+
 def plot_estimate(estimate: Estimate, path: str | Path) -> Path | None:
     """Draw `estimate_curve` (see module docstring); None when no fit was made."""
-    if not estimate.made or estimate.curve is None:
+    if not has_curve(estimate):
         return None
     path = Path(path)
     fig, (ax, ax2) = plt.subplots(

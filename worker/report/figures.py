@@ -14,6 +14,7 @@ pairs) are no figures: worker.report.pictures embeds them in the page.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -24,51 +25,66 @@ from worker.report.inputs import FigureData
 from worker.report.style import STYLE
 from worker.results import Report
 
-Task = Callable[[], dict[str, Path]]  # draws one figure (or one module's) -> {key: path}
 
+@dataclass(frozen=True)
+class FigureTask:
+    """One figure to draw: its key, the file it will be (known before drawing: the PDF's
+    layout starts from it), and draw(*args), which writes that file or returns None where
+    the figure's data is missing. Calling it draws: {key: path}, or {} without a figure."""
 
-def _figure(key: str, draw: Callable[..., Path | None], *args) -> Task:
-    def task() -> dict[str, Path]:
+    key: str
+    path: Path
+    draw: Callable[..., Path | None]
+    args: tuple = ()
+
+    def __call__(self) -> dict[str, Path]:
         with plt.rc_context(STYLE):
-            path = draw(*args)
-        return {} if path is None else {key: path}
-
-    return task
+            path = self.draw(*self.args)
+        return {} if path is None else {self.key: path}
 
 
-def _figures(make: Callable[..., dict[str, Path]], *args) -> Task:
-    def task() -> dict[str, Path]:
-        with plt.rc_context(STYLE):
-            return make(*args)
-
-    return task
+def _figure(key: str, draw: Callable[..., Path | None], *args) -> FigureTask:
+    """A figure drawn by draw(*args), whose last argument is its file."""
+    return FigureTask(key, Path(args[-1]), draw, args)
 
 
-def figure_tasks(report: Report, data: FigureData, out: Path) -> list[Task]:
-    """One task per figure of the PDF (one per module for estimate and history)."""
+def figure_tasks(report: Report, data: FigureData, out: Path) -> list[FigureTask]:
+    """One task per figure of the PDF that the report's blocks call for."""
     tasks = [
         _figure("i_dist_violin", dist.plot_violin_overview, report, out / "i_dist_violin.png"),
         _figure("i_dist_sorted", dist.plot_sorted_overview, report, out / "i_dist_sorted.png"),
-        _figure("matrix", dist.plot_matrix, report, out / "matrix.png"),
     ]
+    if report.matrix is not None:
+        tasks.append(_figure("matrix", dist.plot_matrix, report, out / "matrix.png"))
     if data.scatter is not None:
         tasks.append(
             _figure("scatter", dist.plot_scatter, report, data.scatter, out / "scatter.png")
         )
-    if report.estimate is not None:
-        from worker.report.estimate_figures import make_estimate_figures
+    from worker.report.estimate_figures import has_curve, plot_estimate
 
-        tasks.append(_figures(make_estimate_figures, report.estimate, out))
+    if report.estimate is not None and has_curve(report.estimate):
+        est = report.estimate
+        tasks.append(_figure("estimate_curve", plot_estimate, est, out / "estimate_curve.png"))
     if report.history is not None:
-        from worker.report.history_figures import make_history_figures
+        from worker.report.history_figures import history_figures
 
-        tasks.append(_figures(make_history_figures, report.history, out))
+        tasks += [
+            _figure(k, f, report.history, out / f"{k}.png")
+            for k, f in history_figures(report.history)
+        ]
     if report.adaptation is not None:
         from worker.report.adaptation_figures import adaptation_figures
 
-        for key, draw in adaptation_figures(report.adaptation, data.adaptation, out):
-            tasks.append(_figure(key, draw))
+        tasks += [
+            _figure(key, draw, *args)
+            for key, draw, args in adaptation_figures(report.adaptation, data.adaptation, out)
+        ]
     return tasks
+
+
+def planned(tasks: list[FigureTask]) -> dict[str, Path]:
+    """{key: file} of every figure the tasks will draw, unless its data turns out missing."""
+    return {t.key: t.path for t in tasks}
 
 
 def make_figures(

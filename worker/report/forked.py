@@ -8,9 +8,10 @@ exception is raised here with the child's traceback as its cause; a child that d
 BrokenProcessPool.
 
 `Child(prepare, finish)` forks one child that runs `prepare()` at once (WeasyPrint's
-import) and `finish(x)` once `send(x)` or `result(x)` hands it x (the figures): the two
-overlap with whatever this process does in between (drawing the figures before send,
-report.html between send and result).
+import) and `finish(x)` once `send(x)` or `result(x)` hands it x (the figures' plan): the two
+overlap with whatever this process does in between; finish may wait for later values
+sent to it (`received()`): the PDF's layout starts with the figures' planned files and waits
+for the figures themselves only where it needs their pixels.
 
 Every child dies with this process (`die_with_parent`: prctl PR_SET_PDEATHSIG), so a
 parent killed with SIGKILL leaves no helper behind. While this process waits for its children
@@ -129,10 +130,30 @@ class RemoteTraceback(Exception):
         return f'\n"""\n{self.args[0]}"""'
 
 
+_LATER: Callable[[], Any] | None = None  # received()'s source while a finish runs
+
+
+def received() -> Any:
+    """Inside finish(x): the next value this Child's parent sent after x (Child.send),
+    waiting for it in a forked child. RuntimeError when none will come."""
+    if _LATER is None:
+        raise RuntimeError("received() is only for a Child's finish")
+    return _LATER()
+
+
 def _child_main(prepare, finish, inbox, outbox, parent: int, parent_ends) -> None:
+    global _LATER
     die_with_parent(parent)
     for end in parent_ends:  # the parent's ends: holding them would hide its death (no EOF)
         end.close()
+
+    def later() -> Any:
+        try:
+            return inbox.recv()
+        except EOFError:
+            raise RuntimeError("the report stage stopped sending") from None
+
+    _LATER = later
     try:
         prepare()
         reply = (True, finish(inbox.recv()), None)
@@ -154,7 +175,7 @@ class Child:
     ):
         self._prepare, self._finish = prepare, finish
         self._proc = None
-        self._x: Any = None
+        self._sent: list[Any] = []
         if not (can_fork() if fork is None else fork):
             return
         ctx = multiprocessing.get_context("fork")
@@ -170,25 +191,31 @@ class Child:
         child_out.close()
 
     def send(self, x: Any) -> None:
-        """Hand x to finish(x) and return at once (in the child, finish runs meanwhile)."""
-        self._x = x
+        """Hand x over and return at once: the first x is finish's argument (in the child,
+        finish runs meanwhile), later ones are what finish gets from received()."""
+        self._sent.append(x)
         if self._proc is None:
             return
         try:
             self._inbox.send(x)
         except BrokenPipeError:
             pass  # the child stopped before reading x (prepare failed): its reply says why
-        finally:
-            self._inbox.close()
 
     def result(self, *x: Any) -> Any:
         """finish(x): its return value, or its exception raised here. x: the value handed
         to finish, unless send(x) handed it already."""
+        global _LATER
         if x:
             self.send(*x)
         if self._proc is None:
-            self._prepare()
-            return self._finish(self._x)
+            later = iter(self._sent[1:])
+            _LATER = lambda: next(later)  # noqa: E731 - what was sent, in order
+            try:
+                self._prepare()
+                return self._finish(self._sent[0])
+            finally:
+                _LATER = None
+        self._inbox.close()
         try:
             wait(self._outbox.poll)  # a stop while the child works: __exit__ kills it
             ok, value, trace = self._outbox.recv()

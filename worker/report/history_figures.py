@@ -11,6 +11,7 @@ model (worker/history.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -85,8 +86,12 @@ def _range(ax, y: float, s: Summary, colour, label: str) -> None:
     ax.plot([s.mean], [y], marker="D", color="black", ms=4)
 
 
+def _with_new_images(history: History) -> list:
+    return [s for s in history.secondaries if s.new_images is not None and s.new_images.count > 0]
+
+
 def plot_new_images(history: History, path: Path) -> Path | None:
-    rows = [s for s in history.secondaries if s.new_images is not None and s.new_images.count > 0]
+    rows = _with_new_images(history)
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.7 * len(rows)))
@@ -108,12 +113,21 @@ def plot_new_images(history: History, path: Path) -> Path | None:
     return save_png(fig, path, DPI)
 
 
+def history_figures(history: History) -> list[tuple[str, Callable[[History, Path], Path | None]]]:
+    """(figure key, draw) of the history page's figures that `history` has data for;
+    draw(history, path) writes one."""
+    figures = [("history_trend", plot_trend)]
+    if _with_new_images(history):
+        figures.append(("history_new_images", plot_new_images))
+    return figures
+
+
 def make_history_figures(history: History, out_dir: str | Path) -> dict[str, Path]:
     """Write the page's PNGs into out_dir; {figure key: path} for those drawn."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figs: dict[str, Path] = {}
-    for key, fn in (("history_trend", plot_trend), ("history_new_images", plot_new_images)):
+    for key, fn in history_figures(history):
         p = fn(history, out / f"{key}.png")
         if p is not None:
             figs[key] = p

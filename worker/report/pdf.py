@@ -129,29 +129,33 @@ def _allowed(url: str, roots: list[Path]) -> bool:
     return any(target == r or r in target.parents for r in roots)
 
 
-def _url_fetcher(allowed: list[Path]):
-    """A WeasyPrint fetcher that reads only data: URIs and files under `allowed` (no network)."""
+def _url_fetcher(allowed: list[Path], figure_files=(), figures_ready=None):
+    """A WeasyPrint fetcher that reads only data: URIs and files under `allowed` (no network).
+    figures_ready(): called once, before the first of `figure_files` is read."""
     import weasyprint
 
     roots = [p.resolve() for p in allowed]
+    waiting = {Path(f).resolve() for f in figure_files} if figures_ready else set()
 
-    def refuse(url: str):
-        raise ValueError(f"report.pdf: refusing to load {url!r} (not a report resource)")
+    def check(url: str) -> None:
+        if not _allowed(url, roots):
+            raise ValueError(f"report.pdf: refusing to load {url!r} (not a report resource)")
+        if waiting and Path(unquote(urlparse(url).path)).resolve() in waiting:
+            waiting.clear()
+            figures_ready()
 
     base = getattr(weasyprint, "URLFetcher", None)
     if base is not None:  # WeasyPrint >= 68: a URLFetcher subclass
 
         class _Fetcher(base):
             def fetch(self, url, headers=None):
-                if not _allowed(url, roots):
-                    refuse(url)
+                check(url)
                 return super().fetch(url, headers)
 
         return _Fetcher(allowed_protocols={"file", "data"})
 
     def fetch(url: str, *args, **kwargs):  # older WeasyPrint: a plain function
-        if not _allowed(url, roots):
-            refuse(url)
+        check(url)
         return weasyprint.default_url_fetcher(url, *args, **kwargs)
 
     return fetch
@@ -162,17 +166,23 @@ def render_pdf(
     figures: dict | None,
     out_path: str | Path,
     pictures: PictureSets | None = None,
+    figures_ready=None,
 ) -> Path:
-    """Render report.pdf (A4, page numbers) and write it atomically to `out_path`."""
+    """Render report.pdf (A4, page numbers) and write it atomically to `out_path`.
+
+    figures_ready: where `figures` are files still being drawn, called (once) before
+    WeasyPrint first reads one of them: it returns once they are all written (or raises,
+    e.g. when one of them will not be); what comes before (parsing the HTML, the style
+    cascade) overlaps with their drawing."""
     from weasyprint import HTML
 
     folder = templates_dir()
     html = render_html(report, figures, pictures)
-    allowed = [folder] + [Path(p).resolve() for p in (figures or {}).values() if p]
+    files = [Path(p).resolve() for p in (figures or {}).values() if p]
     document = HTML(
         string=html,
         base_url=folder.resolve().as_uri() + "/",
-        url_fetcher=_url_fetcher(allowed),
+        url_fetcher=_url_fetcher([folder, *files], files, figures_ready),
     )
     data = document.write_pdf()
     return atomic_write_bytes(out_path, data)

@@ -37,39 +37,58 @@ def html_data(report: Report, inputs: RenderInputs, pictures: Pictures):
     return HtmlData(scatter=inputs.scatter, pictures=pics, ids=ids)
 
 
+class FiguresChanged(BaseException):
+    """A planned figure was not drawn (its data turned out missing): the PDF is laid out
+    again with the figures there are. A BaseException, so that WeasyPrint's image loading,
+    which logs and skips an Exception, lets it through."""
+
+
 def render_outputs(report: Report, inputs: RenderInputs, folder: Path) -> dict[str, Path]:
     """Draw the figures, print report.pdf, write report.html, then report.json (last), into
     `folder`.
 
-    A forked child loads WeasyPrint while the figures are drawn (in forked processes too),
-    then prints the PDF while this process writes report.html and serialises report.json
-    (worker.report.forked). Returns {figure key: PNG path}."""
-    from worker.report.forked import Child
+    A forked child loads WeasyPrint and lays out the PDF while the figures are drawn (in
+    forked processes too): it starts from the figures' planned files and waits for the
+    drawn figures where it first reads one (pdf.render_pdf's figures_ready); meanwhile this
+    process writes report.html and serialises report.json (worker.report.forked). Returns
+    {figure key: PNG path}."""
+    from worker.report.forked import Child, received
     from worker.report.model import atomic_write_bytes, to_json_bytes
     from worker.report.pdf import prepare, render_pdf
 
     pdf_path = folder / "report.pdf"
+    out = folder / "figures"
 
-    def finish(x) -> Path:
-        figures, shown = x
-        return render_pdf(report, figures, pdf_path, pictures=shown)
+    def finish(plan: dict[str, Path]) -> Path:
+        shown = picture_sets(report, Pictures(inputs))
+        drawn: dict[str, Path] = {}
+
+        def figures_ready() -> None:
+            drawn.update(received())
+            if drawn != plan:
+                raise FiguresChanged
+
+        try:
+            return render_pdf(report, plan, pdf_path, shown, figures_ready)
+        except FiguresChanged:
+            return render_pdf(report, drawn, pdf_path, shown)
 
     with Child(prepare, finish) as printer:
         # after the fork: matplotlib loads here while WeasyPrint loads in the child
-        from worker.report.figures import figure_tasks
+        from worker.report.figures import figure_tasks, planned
         from worker.report.forked import run_tasks
         from worker.report.interactive import render_interactive
 
-        pictures = Pictures(inputs)
-        shown = picture_sets(report, pictures)
         data = FigureData(scatter=inputs.scatter, adaptation=inputs.adaptation)
-        out = folder / "figures"
+        tasks = figure_tasks(report, data, out)
+        printer.send(planned(tasks))
         out.mkdir(parents=True, exist_ok=True)
         figures: dict[str, Path] = {}
-        for drawn in run_tasks(figure_tasks(report, data, out)):
+        for drawn in run_tasks(tasks):
             figures.update(drawn)
-        printer.send((figures, shown))
+        printer.send(figures)
         # while the child prints the PDF: report.html and report.json's bytes here
+        pictures = Pictures(inputs)
         render_interactive(report, html_data(report, inputs, pictures), folder / "report.html")
         json_bytes = to_json_bytes(report)
         printer.result()
