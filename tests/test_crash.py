@@ -317,18 +317,19 @@ def _job_copy(job_root: Path, folder: Path) -> None:
 
 
 def _stop_during(
-    root: Path, after: str, sig: int, delay: float = 1.5, helpers: int = 0
+    root: Path, after: str, sig: int, delay: float = 1.5, ready=None
 ) -> tuple[int, str, float]:
     """Start `python -m worker run job.yaml` in `root` (its own process group), wait until a
-    stderr line contains `after`, then `delay` seconds more and until `helpers` forked
-    helpers are up, and send `sig` to the whole group (as a terminal's Ctrl-C does, forked
-    helpers included). Returns (exit code, stderr, seconds from the signal to the exit);
-    asserts that no process of the group outlives the run."""
+    stderr line contains `after`, then `delay` seconds more and until `ready(proc)` (when
+    given), and send `sig` to the whole group (as a terminal's Ctrl-C does, forked helpers
+    included). Returns (exit code, stderr, seconds from the signal to the exit); asserts that
+    no process of the group outlives the run."""
     proc = _launch(root)
     seen = _read_until(proc, after)
     assert proc.poll() is None, "".join(seen)[-3000:]
     time.sleep(delay)
-    _wait_for_helpers(proc, helpers)
+    if ready is not None:
+        _wait_until(proc, ready)
     assert proc.poll() is None, "the run finished before it could be stopped"
     sent = time.monotonic()
     os.killpg(proc.pid, sig)
@@ -384,8 +385,8 @@ def test_a_stop_during_the_permutation_tests_takes_effect_within_a_batch(tmp_pat
 
 
 def test_a_stop_during_adaptation_training_takes_effect_within_a_step(tmp_path):
-    """Adaptation with 10,000 epochs (minutes of training): SIGTERM two seconds into the adapt
-    stage stops within a training step: exit 130, the stage named, no traceback from the
+    """Adaptation with 10,000 epochs (minutes of training): SIGTERM once the first epoch is
+    done stops within a training step: exit 130, the stage named, no traceback from the
     process or its threads, nothing in the store, no checkpoint published into it."""
     from tests.helpers.adaptation import write_set
 
@@ -401,7 +402,7 @@ def test_a_stop_during_adaptation_training_takes_effect_within_a_step(tmp_path):
         },
         "metrics": {"null_repeats": 2, "mmd_permutations": 10, "energy_permutations": 10},
         "selection": {"counts": [1]},
-        "cache": {"enabled": False},
+        "cache": {"dir": "cache"},  # also where each epoch's checkpoint goes
         "output": {"dir": "out", "save_checkpoints": True},
         "adaptation": {
             "enabled": True,
@@ -413,10 +414,15 @@ def test_a_stop_during_adaptation_training_takes_effect_within_a_step(tmp_path):
         },
     }
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
-    code, err, latency = _stop_during(tmp_path, "measure done", signal.SIGTERM, delay=2.0)
+
+    def training(proc: subprocess.Popen) -> bool:
+        return any((tmp_path / "cache").rglob("last.pt"))
+
+    # once an epoch is done (its checkpoint written): the imports are over, training runs
+    code, err, latency = _stop_during(tmp_path, "measure done", signal.SIGTERM, 0.0, training)
     _assert_clean_stop(code, err, signal.SIGTERM, "adapt")
     assert not (tmp_path / "out").exists()
-    assert latency < 20, latency  # 10,000 epochs of 6 images take minutes
+    assert latency < 15, latency  # 10,000 epochs of 6 images take minutes
 
 
 @FORKS
@@ -432,19 +438,28 @@ def test_a_stop_in_the_report_stage_stops_its_forked_helpers(small_image_job, tm
     )
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     # once the figure pool is up beside the PDF child: the helpers are at work
-    code, err, _ = _stop_during(tmp_path, "gates done", signal.SIGINT, delay=0.0, helpers=2)
+    code, err, _ = _stop_during(tmp_path, "gates done", signal.SIGINT, 0.0, _helpers(2))
     _assert_clean_stop(code, err, signal.SIGINT, "render")
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before
     assert len([p for p in (out / "runs").iterdir() if not p.name.startswith(".")]) == 1
 
 
-def _wait_for_helpers(proc: subprocess.Popen, count: int) -> None:
-    """Until the run's process group holds `count` processes besides the run itself."""
+def _wait_until(proc: subprocess.Popen, ready) -> None:
+    """Until ready(proc) is true, while the run goes on (a minute at most)."""
     deadline = time.time() + 60
-    while len(_group_members(proc.pid)) < 1 + count:
-        assert proc.poll() is None and time.time() < deadline, "no helpers were seen"
+    while not ready(proc):
+        assert proc.poll() is None and time.time() < deadline, "the awaited moment never came"
         time.sleep(0.02)
+
+
+def _helpers(count: int):
+    """ready(proc): the run's process group holds `count` helpers besides the run."""
+
+    def ready(proc: subprocess.Popen) -> bool:
+        return len(_group_members(proc.pid)) >= 1 + count
+
+    return ready
 
 
 def _group_members(pgid: int) -> list[int]:
@@ -473,7 +488,7 @@ def test_sigkill_of_the_parent_in_the_report_stage_takes_its_helpers_with_it(
     _job_copy(small_image_job, tmp_path)
     proc = _launch(tmp_path)
     _read_until(proc, "gates done")
-    _wait_for_helpers(proc, 2)  # the PDF child and the figure pool are up
+    _wait_until(proc, _helpers(2))  # the PDF child and the figure pool are up
     proc.kill()  # the parent only
     proc.wait()
     deadline = time.time() + 30
