@@ -140,7 +140,10 @@ def _url_fetcher(allowed: list[Path], figure_files=(), figures_ready=None):
     def check(url: str) -> None:
         if not _allowed(url, roots):
             raise ValueError(f"report.pdf: refusing to load {url!r} (not a report resource)")
-        if waiting and Path(unquote(urlparse(url).path)).resolve() in waiting:
+        if not waiting:
+            return
+        parsed = urlparse(url)
+        if parsed.scheme == "file" and Path(unquote(parsed.path)).resolve() in waiting:
             waiting.clear()
             figures_ready()
 
