@@ -686,6 +686,17 @@ def test_figure_and_partial(tmp_path):
     far = _target("far", rng.uniform(8, 10, 30), energy=9.0, novel=np.arange(30) < 12)
     est = E.estimate_performance(ev, [near, far], n_bootstrap=30)
     assert est.made
+    # report.html's estimate curve: the fit with its band, the labelled sets, the estimates
+    from worker.report.interactive import estimate_plot
+
+    traces = {t.get("name"): t for t in estimate_plot(SimpleNamespace(estimate=est))["data"]}
+    assert traces["fit"]["y"] == est.curve.f and traces["90% band"]["y"] == est.curve.low
+    assert {f"{lab.dataset} (labelled)" for lab in est.labelled} <= set(traces)
+    mine = est.for_dataset("near<b>")
+    dot = traces["near<b> (estimate)"]
+    assert dot["y"] == [mine.estimated_f] and dot["x"] == [mine.o_dist_mean]
+    assert dot["error_y"]["array"] == [mine.high - mine.estimated_f]
+    assert "far (estimate)" not in traces  # extrapolated: no point estimate to draw
     figs = make_estimate_figures(est, tmp_path / "figs")
     with Image.open(figs["estimate_curve"]) as im:
         assert im.size[0] > 600 and im.size[1] > 300

@@ -155,3 +155,48 @@ def test_report_html_in_chromium(run_dir, tmp_path):
         assert _console_errors(driver) == []
     finally:
         driver.quit()
+
+
+def test_report_html_plots_the_matrix_with_groups_and_the_history():
+    """report.html's matrix heatmap: the report's matrix in clustering order, each dataset's
+    group in its label; its history plot: one line per secondary, one point per run."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from worker.report.interactive import history_plot, matrix_plot
+    from worker.results import DatasetMatrix, Groups, GroupSummary
+    from worker.results.history import History, HistoryPoint, SecondaryHistory
+
+    m = np.array([[0, 4, 1], [4, 0, 4], [1, 4, 0]], dtype=float)
+    names = ["a", "b", "c"]
+    block = DatasetMatrix(
+        names=names, o_dist_mean=(m / 2).tolist(), pca="pair", dims=None, order=["a", "c", "b"],
+        nearest={"a": "c", "b": "a", "c": "a"}, energy=m.tolist(), ordered_by="energy",
+    )  # fmt: skip
+    groups = Groups.model_construct(
+        groups=[GroupSummary.model_construct(name="g", members=["a", "c"])]
+    )
+    spec = matrix_plot(SimpleNamespace(matrix=block, groups=groups))
+    (trace,) = spec["data"]
+    assert trace["x"] == trace["y"] == ["a [g]", "c [g]", "b"]
+    assert trace["z"] == [[0.0, 1.0, 4.0], [1.0, 0.0, 4.0], [4.0, 4.0, 0.0]]
+    assert "energy" in spec["layout"]["title"]["text"].lower()
+
+    def point(run: str, value: float | None) -> HistoryPoint:
+        return HistoryPoint.model_construct(run_id=run, finished=None, o_dist_mean=value)
+
+    history = History.model_construct(
+        secondaries=[
+            SecondaryHistory.model_construct(
+                name="S1", series=[point("r1", 1.0), point("r2", 1.5)]
+            ),
+            SecondaryHistory.model_construct(name="S2", series=[point("r2", 3.0)]),
+        ]
+    )
+    spec = history_plot(SimpleNamespace(history=history))
+    assert [(t["name"], t["x"], t["y"]) for t in spec["data"]] == [
+        ("S1", ["r1", "r2"], [1.0, 1.5]),
+        ("S2", ["r2"], [3.0]),
+    ]
+    assert history_plot(SimpleNamespace(history=None)) is None

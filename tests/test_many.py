@@ -109,6 +109,13 @@ def test_summary_pdf_is_short_and_names_every_secondary(many):
     assert len(PdfReader(str(pdf)).pages) <= 16  # the page budget of 49 secondaries
     # no page less than a third full except at a section's end
     assert not underfull_pages(pdf), underfull_pages(pdf)
+    # page 1 shows both ends of the ranking and says where the rest are
+    order = report["ranking"]["order"]
+    page1 = " ".join(pdf_text(pdf).split("\f")[0].split())
+    rows = re.findall(r"(?:^|\s)(\d+) (S\d{3}) \d+ ", page1)  # rank, name, images
+    assert rows == [(str(k), order[k - 1]) for k in [1, 2, 3, 4, 5, 45, 46, 47, 48, 49]]
+    assert "39 more secondaries (ranks 6–44)" in page1
+    assert "in the appendix's first table and in report.html" in page1
     text = pdf_text(pdf)
     for s in report["secondaries"]:
         assert s["name"] in text

@@ -606,6 +606,16 @@ def test_demo_fits_14_pages(tmp_path):
     assert not re.search(r"\de-1[4-9]", text)  # float noise
     assert not re.search(r"[a-z)]\.[A-Z][a-z]", text)  # 'splits).MMD': a sentence glued on
     assert text.count(result.run_id) >= 2  # page 1 and the Run table, never wrapped
+    # page 1 decides, then the evidence, then the paper's tables as an appendix (h1/h2 order)
+    from pypdf import PdfReader
+
+    from tests.helpers.pdf import headings
+
+    tops = [title for level, _, _, title in headings(PdfReader(str(pdf))) if level <= 2]
+    parts = ("Is the new data far", "What to do", "Evidence", "The secondaries", "Adaptation",
+             "Appendix")  # fmt: skip
+    at = [next(i for i, t in enumerate(tops) if t.startswith(p)) for p in parts]
+    assert at == sorted(at), tops
     yard = text[text.index("How far is far: yardsticks") :]
     yard = yard[: yard.index("Duplicates and leakage")]
     for s in result.report.secondaries:  # one row per secondary, its name said once

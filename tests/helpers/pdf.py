@@ -69,7 +69,7 @@ class PageFill:
     next_starts: str | None  # the heading that starts the next page, if any
 
 
-def _headings(reader) -> list[tuple[int, int, float, str]]:
+def headings(reader) -> list[tuple[int, int, float, str]]:
     """(level, 0-based page, top, title) of every outline entry (WeasyPrint writes one per
     heading: level 1 = h1, 2 = h2, 3 = h3...)."""
     out = []
@@ -92,7 +92,7 @@ def page_fill(pdf: str | Path) -> list[PageFill]:
 
     reader = PdfReader(str(pdf))
     extents = [content_extent(p) for p in reader.pages]
-    heads = _headings(reader)
+    heads = headings(reader)
     out = []
     for k, (page, extent) in enumerate(zip(reader.pages, extents, strict=True)):
         height = float(page.mediabox.height)
