@@ -11,9 +11,11 @@ with the top-level modules loaded at that point. Each timing is then a fresh pro
 side (the reference exported with `git archive <ref>` into a temp folder, the repository
 unchanged) that imports those modules, unpickles the inputs and runs the stage's two calls
 (`write_exports`, `render_outputs`) into an empty folder: wall clock, and CPU seconds of the
-process and of its forked children (`resource.getrusage`). Sides alternate, best of
---repeats. Targets: demo <= 5 s, matrix job <= 10 s on 2 cores. Prints a Markdown table with
-the load average (`os.getloadavg`) beside each row.
+process and of its forked children (`resource.getrusage`), and the CPU seconds of each part
+(see critical_path: the stage's wall clock on a quiet 2-core machine, estimated from them,
+which a shared machine's load hardly moves). Sides alternate; every wall clock is listed,
+the other columns are of the run with the lowest estimate. Targets: demo <= 5 s, matrix job
+<= 10 s on 2 cores. Prints a Markdown table with the load average (`os.getloadavg`).
 """
 
 from __future__ import annotations
@@ -278,6 +280,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         sides = {"this": ROOT, opts.ref: export_ref(opts.ref, Path(tmp))}
         best: dict[tuple[str, str], dict] = {}
+        walls: dict[tuple[str, str], list[float]] = {}
         load: dict[str, float] = {}
         for _ in range(opts.repeats):
             for name in jobs:
@@ -285,10 +288,12 @@ def main() -> None:
                     got = time_side(code, states[name])
                     load[name] = os.getloadavg()[0]
                     key = (name, side)
+                    walls.setdefault(key, []).append(got["wall"])
                     if key not in best or critical_path(got) < critical_path(best[key]):
                         best[key] = got
     print(
-        "| job | side | wall s | quiet-machine estimate s | CPU s (process + children) "
+        "| job | side | wall s (each run, best first) | quiet-machine estimate s "
+        "| CPU s (process + children) "
         "| PDF CPU s | pages | target | load (1 min) |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
@@ -297,11 +302,12 @@ def main() -> None:
             r = best[(name, side)]
             cpu = f"{r['cpu']:.2f} + {r['children']:.2f}"
             pdf_cpu = next(x["cpu"] for x in r["trace"] if x["label"] == "pdf")
+            wall = " / ".join(f"{w:.2f}" for w in sorted(walls[(name, side)]))
             print(
-                f"| {name} | {side} | {r['wall']:.2f} | {critical_path(r):.2f} | {cpu} | "
+                f"| {name} | {side} | {wall} | {critical_path(r):.2f} | {cpu} | "
                 f"{pdf_cpu:.2f} | {r['pages']} | <= {TARGETS[name]:g} s | {load[name]:.1f} |"
             )
-        ratio = best[(name, opts.ref)]["wall"] / best[(name, "this")]["wall"]
+        ratio = min(walls[(name, opts.ref)]) / min(walls[(name, "this")])
         est = critical_path(best[(name, opts.ref)]) / critical_path(best[(name, "this")])
         print(f"| {name} | {opts.ref} / this | {ratio:.2f}x | {est:.2f}x | | | | | |")
     for name, seconds in stage.items():
