@@ -4,7 +4,8 @@ adaptation_figures; every number comes from the typed Report, points and adaptat
 from FigureData (worker.report.inputs). Pictures (thumbnails, the ranking strip, duplicate
 pairs) are no figures: worker.report.pictures embeds them in the page.
 
-`make_figures(report, data, out_dir)` returns {key: PNG path}. Keys:
+`make_figures(report, data, out_dir)` returns {key: file} (PNG plots; the prediction grids
+are JPEG pictures). Keys:
 
 - `i_dist_violin`, `i_dist_sorted`, `scatter`, `matrix` (distance_figures);
 - `estimate_curve`, `history_*`, `adaptation_*`: from their modules when the report has the
@@ -94,11 +95,11 @@ def make_figures(
     *,
     processes: int | None = None,
 ) -> dict[str, Path]:
-    """Draw every figure of the PDF into `out_dir`; returns {figure key: PNG path}.
+    """Draw every figure of the PDF into `out_dir`; returns {figure key: file}.
 
     Figures whose data is missing (no images, no scatter) are left out; the template checks
     each key before using it. The figures are drawn in forked processes
-    (worker.report.forked; `processes` None: one per core); the PNG bytes are those of a
+    (worker.report.forked; `processes` None: one per core); the files' bytes are those of a
     serial run (processes=1).
     """
     out = Path(out_dir)

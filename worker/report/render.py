@@ -51,7 +51,7 @@ def render_outputs(report: Report, inputs: RenderInputs, folder: Path) -> dict[s
     forked processes too): it starts from the figures' planned files and waits for the
     drawn figures where it first reads one (pdf.render_pdf's figures_ready); meanwhile this
     process writes report.html and serialises report.json (worker.report.forked). Returns
-    {figure key: PNG path}."""
+    {figure key: file}."""
     from worker.report.forked import Child, received
     from worker.report.model import atomic_write_bytes, to_json_bytes
     from worker.report.pdf import prepare, render_pdf
