@@ -128,6 +128,18 @@ def test_summary_pdf_is_short_and_names_every_secondary(many):
     assert "ranking_strip.png" not in figures  # precomputed: no images to show
 
 
+def test_summary_pdf_tables_fit_their_columns(many):
+    """Issue 30: laid out as report.pdf is (without its figures, which are no table), no
+    cell's text of the 49-secondary report runs past its cell or the page."""
+    from tests.helpers.pdf import overflowing_text
+    from worker.report.pdf import render_html, templates_dir
+    from worker.results import Report
+
+    _, _, report = many
+    html = render_html(Report.model_validate(report), None)
+    assert overflowing_text(html, templates_dir().resolve().as_uri() + "/") == []
+
+
 def test_random_subset_coverage_is_reported(many):
     folder, _, report = many
     vec = _vectors(folder)

@@ -258,6 +258,22 @@ def test_headers_wrap_at_underscores_never_mid_word(tmp_path):
     assert all(p.endswith("_") for p in pieces[:-1]), pieces  # each line ends at a '_'
 
 
+def test_tables_fit_their_columns_and_the_page():
+    """Issue 30: every table cell's text stays inside its cell, and nothing runs past the
+    page's content area, for the sample report (hostile ids: markup, a 130-character path
+    without spaces); the check itself finds a cell and a line that overflow."""
+    from tests.helpers.pdf import overflowing_text
+
+    assert _overflowing(Report.model_validate(make_report())) == []
+    narrow = (
+        "<table style='width:60px;table-layout:fixed'><tr>"
+        "<td style='white-space:nowrap'>an_identifier_without_breaks</td><td>x</td></tr></table>"
+        "<p style='white-space:nowrap'>" + "word " * 200 + "</p>"
+    )
+    found = {(o.where, o.text.split()[0]) for o in overflowing_text(narrow)}
+    assert found == {("cell", "an_identifier_without_breaks"), ("page", "word")}
+
+
 def test_fmt_num():
     assert fmt_num(None) == "n/a"
     assert fmt_num(12345) == "12,345"
@@ -525,6 +541,14 @@ def test_page_one_shows_both_ends_of_a_long_ranking(typed):
     assert many.ranking.highlighted == order[:3] + order[-3:]
 
 
+def _overflowing(report: Report) -> list:
+    """The text of `report`'s PDF layout (figures aside) that runs past its cell or page."""
+    from tests.helpers.pdf import overflowing_text
+    from worker.report.pdf import templates_dir
+
+    return overflowing_text(render_html(report, None), templates_dir().resolve().as_uri() + "/")
+
+
 def _pages(pdf: Path) -> int:
     """The page count, after checking that no page is less than a third full except at a
     section's end (tests.helpers.pdf.page_fill: measured from what the PDF draws; a section
@@ -587,6 +611,7 @@ def test_matrix_job_fits_12_pages_and_decides_on_page_1(tmp_path):
     assert "What to do" in page1 and "Fine-tuning:" in page1
     assert not re.search(r"\de-1[4-9]", text)  # no float noise (tiny p-values may print as 1e-13)
     assert (run_dir / "report.html").stat().st_size > 100_000
+    assert _overflowing(rep) == []  # tables fit their columns and the page
 
 
 @pytest.mark.slow
@@ -620,6 +645,7 @@ def test_demo_fits_14_pages(tmp_path):
     yard = yard[: yard.index("Duplicates and leakage")]
     for s in result.report.secondaries:  # one row per secondary, its name said once
         assert yard.count(s.name) == 1, s.name
+    assert _overflowing(result.report) == []  # tables fit their columns and the page
 
 
 @pytest.mark.parametrize("missing", [None, "i_dist_sorted"])

@@ -118,3 +118,45 @@ def underfull_pages(pdf: str | Path, least: float = 1 / 3) -> list[PageFill]:
     """The pages of `pdf` less than `least` full that end no section (issue 30: no page less
     than a third full except at a section's end)."""
     return [p for p in page_fill(pdf) if p.fill < least and not p.section_end]
+
+
+@dataclass(frozen=True)
+class Overflow:
+    """A piece of text laid out past the right edge of its table cell (`where` = "cell") or of
+    the page's content area (`where` = "page"), by `beyond` CSS pixels."""
+
+    page: int  # 1-based
+    where: str
+    text: str
+    beyond: float
+
+
+def overflowing_text(html: str, base_url: str | None = None, slack: float = 0.5) -> list[Overflow]:
+    """Lay `html` out with WeasyPrint (as report.pdf is) and return every text box that
+    reaches more than `slack` CSS px past its table cell's padding box or past the page's
+    content box: a table that does not fit its columns or its page (issue 30)."""
+    from weasyprint import HTML
+    from weasyprint.formatting_structure import boxes
+
+    document = HTML(string=html, base_url=base_url).render()
+    out: list[Overflow] = []
+
+    def visit(box, cell, page_no: int, page_right: float) -> None:
+        if isinstance(box, boxes.TableCellBox):
+            cell = box
+        if isinstance(box, boxes.TextBox):
+            right = box.position_x + box.width
+            if cell is not None:
+                edge = cell.padding_box_x() + cell.padding_width()
+                if right > edge + slack:
+                    out.append(Overflow(page_no, "cell", box.text, right - edge))
+            if right > page_right + slack:
+                out.append(Overflow(page_no, "page", box.text, right - page_right))
+        for child in getattr(box, "children", None) or ():
+            visit(child, cell, page_no, page_right)
+
+    for k, page in enumerate(document.pages, start=1):
+        root = page._page_box  # WeasyPrint's laid-out page: the only way to its boxes
+        page_right = root.content_box_x() + root.width
+        visit(root, None, k, page_right)
+    return out
