@@ -91,6 +91,20 @@ def _job(tmp_path, names: list[str], **metrics_over):
     )
 
 
+def _world(n_primary: int, n_secondary: int, seed: int):
+    """P's hog features (n_primary brick crops), then the unshifted brick crops, gravel crops
+    and unit noise (n_secondary each) the families shift; one seeded stream, in that order."""
+    from skimage import data
+
+    brick = data.brick().astype(np.float64) / 255.0
+    gravel = data.gravel().astype(np.float64) / 255.0
+    rng = np.random.default_rng(seed)
+    p = _embed(_crops(brick, n_primary, rng))
+    base, other = _crops(brick, n_secondary, rng), _crops(gravel, n_secondary, rng)
+    noise = [rng.normal(size=a.shape) for a in base]
+    return p, base, other, noise
+
+
 def _set(name: str, x: np.ndarray) -> EmbeddedSet:
     return EmbeddedSet(name, [f"{name}-{i}" for i in range(len(x))], x)
 
@@ -99,14 +113,7 @@ def _set(name: str, x: np.ndarray) -> EmbeddedSet:
 def textures():
     """P: 100 crops of skimage's brick; per family 9 secondaries: the same 60 other brick
     crops shifted at the family's strengths (hog features, 64 x 64)."""
-    from skimage import data
-
-    brick = data.brick().astype(np.float64) / 255.0
-    gravel = data.gravel().astype(np.float64) / 255.0
-    rng = np.random.default_rng(0)
-    p = _embed(_crops(brick, 100, rng))
-    base, other = _crops(brick, 60, rng), _crops(gravel, 60, rng)
-    noise = [rng.normal(size=a.shape) for a in base]
+    p, base, other, noise = _world(100, 60, seed=0)
     sets = {
         family: [_embed(_shift(family, t, base, other, noise)) for t in strengths]
         for family, strengths in FAMILIES.items()
@@ -228,14 +235,7 @@ def test_a_diluted_set_fails_the_change_test():
 def test_denser_grid_with_larger_sets(family, tmp_path):
     """The heavier variant: 17 strengths over the same range, P of 200 and sets of 120 crops;
     Spearman >= 0.95 over all, >= 0.6 over the 8 nearest, the unshifted set first or second."""
-    from skimage import data
-
-    brick = data.brick().astype(np.float64) / 255.0
-    gravel = data.gravel().astype(np.float64) / 255.0
-    rng = np.random.default_rng(1)
-    p = _embed(_crops(brick, 200, rng))
-    base, other = _crops(brick, 120, rng), _crops(gravel, 120, rng)
-    noise = [rng.normal(size=a.shape) for a in base]
+    p, base, other, noise = _world(200, 120, seed=1)
     lo, hi = FAMILIES[family][0], FAMILIES[family][-1]
     strengths = np.linspace(lo, hi, 17)
     names = [f"{family}{k}" for k in range(len(strengths))]
