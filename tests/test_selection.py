@@ -307,6 +307,35 @@ def test_covering_radii_against_brute_force():
     assert not (selection.random_subsets(np.arange(60), 5, 30, 3) == subsets).all()
 
 
+@pytest.mark.parametrize("pool_kind", ["nearest", "empty", "zero", "ties"])
+def test_covering_radii_visit_that_stops_early_is_exact(pool_kind):
+    """Rows are visited farthest from the pool first and the visit stops early: every radius
+    must still equal the brute-force max over all rows of min(pool, nearest subset member)."""
+    rng = np.random.default_rng(5)
+    for trial in range(25):
+        m, d = int(rng.integers(2, 120)), int(rng.integers(1, 5))
+        S = rng.normal(size=(m, d)) * 10.0 ** rng.integers(-3, 4)
+        pool = {
+            "nearest": R.nearest(S, rng.normal(size=(30, d)) * np.abs(S).max())[0],
+            "empty": np.full(m, np.inf),
+            "zero": np.zeros(m),
+            "ties": np.round(rng.exponential(size=m), 1) * np.abs(S).mean(),
+        }[pool_kind]
+        k = int(rng.integers(1, min(m, 6) + 1))
+        subsets = np.array(
+            [rng.choice(m, k, replace=False) for _ in range(int(rng.integers(1, 20)))]
+        )
+        rows = np.sort(rng.choice(m, int(rng.integers(1, m + 1)), replace=False))
+        got = selection.covering_radii(
+            S, pool, subsets, rows, chunk_values=int(rng.integers(1, 500))
+        )
+        d2 = ((S[rows][:, None, :] - S[None, :, :]) ** 2).sum(axis=2)  # (rows, m) float64
+        for b, row in enumerate(subsets):
+            ref = np.sqrt(np.minimum(pool[rows] ** 2, d2[:, row].min(axis=1)).max())
+            # abs: a zero distance from expanded squares is sqrt(eps) * scale, not 0
+            assert got[b] == pytest.approx(ref, rel=1e-9, abs=1e-7 * np.abs(S).max()), trial
+
+
 def _two_cluster_world(seed: int):
     """P: a big tight cluster at the origin and a small one at (10, 0). S: images on P's small
     cluster (large I_dist, not novel) and a spread of novel images near the big one (small

@@ -24,6 +24,7 @@ i_dist / novelty / exclude / novel (m,).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -292,7 +293,11 @@ def covering_radii(
     §2.2). `pool_nearest` (m,): each S image's distance to its nearest pool image (P, earlier
     selections, labelled images; +inf for an empty pool). NaN when `rows` is empty.
     float64 from squared distances of centred rows (sqrt taken at the end), in chunks of rows
-    of about `chunk_values` values."""
+    of about `chunk_values` values.
+
+    Rows are visited farthest from the pool first, and the visit stops at the first row whose
+    pool distance is no larger than every subset's radius so far: no later row can raise a
+    max whose terms it caps at its pool distance (exact; most rows of S lie near the pool)."""
     S_L = np.asarray(S_L, dtype=np.float64)
     pool_nearest = np.asarray(pool_nearest, dtype=np.float64)
     subsets = np.asarray(subsets, dtype=np.int64).reshape(len(subsets), -1)
@@ -305,10 +310,16 @@ def covering_radii(
     centres = S_L[used] - centre
     c2 = (centres**2).sum(axis=1)
     pool2 = pool_nearest**2
+    rows = rows[np.argsort(-pool2[rows], kind="stable")]  # farthest from the pool first
     step = max(1, chunk_values // max(1, len(used) + len(subsets)))
     radii2 = np.full(len(subsets), -np.inf)
-    for start in stoppable(range(0, len(rows), step)):
-        r = rows[start : start + step]
+    start = 0
+    chunk = max(1, min(step, 256))  # small first chunks: the visit often ends within them
+    for _ in stoppable(itertools.count()):
+        if start >= len(rows) or pool2[rows[start]] <= radii2.min():
+            break
+        r = rows[start : start + chunk]
+        start, chunk = start + len(r), min(step, 2 * chunk)
         x = S_L[r] - centre
         d2 = np.maximum((x**2).sum(axis=1)[:, None] + c2[None, :] - 2.0 * (x @ centres.T), 0.0)
         nearest2 = np.broadcast_to(pool2[r][:, None], (len(r), len(subsets))).copy()
