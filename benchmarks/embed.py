@@ -2,6 +2,7 @@
 same run, on the same files.
 
     python benchmarks/embed.py [--parts prep,stage,threads,cache,reduce,big] [--images 256]
+                               [--device cpu|cuda] [--workers 2] [--batch-size 32]
                                [--big-n 20000] [--big-dim 200000] [--out embed.json]
 
 No download: a small random DINOv2 is built from its config class, saved with
@@ -21,8 +22,13 @@ entropy makes libjpeg's decoding about 1.5x slower, the worst case.
   (libjpeg-turbo straight into an array), torch's uint8 resize to channel planes, the affine
   map per image into the extractor's reused batch buffer; its parts are timed alone too.
   Target: fast <= 3 ms on the photographs. Also printed: the CPU part when the model runs on
-  a GPU (the affine map then runs there).
-- stage: embed_items on the photographs on 2 decode threads (the job's setting) against bare
+  a GPU, for the route a GPU takes now (decode_pixels, then `prepare`, which passes the
+  decoded pixels on: the resize and the affine map run on the device) and for the former one
+  (decode, CPU resize; only the affine map on the device), each against the CPU's fast path,
+  and the main thread's copy of each decoded image into pinned (here: plain) host memory
+  before its upload. With --device cuda the GPU route's extractor is a real CUDA one.
+- stage: embed_items on the photographs on --workers decode threads (2, the job's setting
+  on this machine) on --device, against bare
   single-core PIL decoding (Image.open + load) of the same files: target >= 0.5x. Printed
   beside it: the model alone on pre-made inputs (torch at 2 threads), stage / model-only,
   and the ideal rate 1 / (t_model + t_prep / 2) of two cores sharing the model and the
@@ -189,19 +195,29 @@ def best(repeats: int, fn, clock=time.perf_counter) -> float:
     return min(times)
 
 
-def extractor(folder: Path, image_size: int, **kw):
+def extractor(folder: Path, image_size: int, batch_size: int = 32, **kw):
     cfg = ModelConfig(
-        name="dinov2", checkpoint=str(folder), image_size=image_size, batch_size=32, **kw
+        name="dinov2", checkpoint=str(folder), image_size=image_size, batch_size=batch_size, **kw
     )
     return get_extractor(cfg)
+
+
+def gpu_route(folder: Path, image_size: int, device: str):
+    """The extractor of a model on a GPU: a CUDA one, or without a GPU a CPU one switched to
+    the GPU's route (its host part, decode_pixels + prepare, is the same code)."""
+    ex = extractor(folder, image_size, device=device)
+    if ex.device.type != "cuda":
+        ex._device_resize = True
+    return ex
 
 
 # --------------------------------------------------------------------------- parts
 
 
-def part_prep(model: Path, sets: dict[str, list[bytes]], repeats: int) -> dict:
+def part_prep(model: Path, sets: dict[str, list[bytes]], repeats: int, device: str) -> dict:
     torch.set_num_threads(1)
     ex = extractor(model, 448)
+    gpu = gpu_route(model, 448, device)
     proc, size, draft = ex.image_processor, ex.image_size, ex.decode_size
     scale, shift = ex._scale, ex._shift
 
@@ -237,15 +253,26 @@ def part_prep(model: Path, sets: dict[str, list[bytes]], repeats: int) -> dict:
                     model_input(batch)
                     batch = []
 
+        def gpu_host() -> None:  # the loader threads' work when the model is on a GPU
+            for data in files:
+                gpu.prepare(decode_pixels(data, draft))
+
+        def staging() -> None:  # the main thread's copy of each image before its upload
+            for px in decoded:
+                np.copyto(pinned[px.shape], px)
+
         n = len(files) // 32 * 32 or len(files)  # whole batches
         files = files[:n]
         decoded = [decode_pixels(data, draft) for data in files]
         resized = [ex.prepare(px) for px in decoded]
+        pinned = {px.shape: np.empty_like(px) for px in decoded}
         steps = {
             "old": old,
             "exact": exact,
             "session7": session7,
             "fast": fast,
+            "gpu_host": gpu_host,
+            "staging": staging,
             "decode_pil": lambda: [decode_image(d) for d in files],
             "decode_turbo": lambda: [decode_pixels(d, draft) for d in files],
             "resize": lambda: [ex.prepare(px) for px in decoded],
@@ -256,7 +283,9 @@ def part_prep(model: Path, sets: dict[str, list[bytes]], repeats: int) -> dict:
             for name, fn in steps.items():
                 ms = best(1, fn, time.process_time) * 1000 / n
                 out[name] = min(out.get(name, np.inf), ms)
-        out["fast_on_gpu"] = out["fast"] - out["normalise"]  # the affine map on the device
+        out["fast_on_gpu"] = out["fast"] - out["normalise"]  # the former GPU route's host part
+        out["gpu_host_vs_fast"] = out["fast"] / out["gpu_host"]
+        out["gpu_host_vs_fast_on_gpu"] = out["fast_on_gpu"] / out["gpu_host"]
         out["fast_vs_old"] = out["old"] / out["fast"]
         out["fast_vs_session7"] = out["session7"] / out["fast"]
         return out
@@ -267,8 +296,12 @@ def part_prep(model: Path, sets: dict[str, list[bytes]], repeats: int) -> dict:
         print(
             f"prep, {label} (CPU ms per 640x480 JPEG at 448, one core; {load()}): "
             f"fast {r['fast']:.2f} (target <= 3 ms) = decode {r['decode_turbo']:.2f} + resize "
-            f"{r['resize']:.2f} + normalise {r['normalise']:.2f}; on a GPU (normalised there) "
-            f"{r['fast_on_gpu']:.2f}. Baselines: session 7's fast {r['session7']:.2f} "
+            f"{r['resize']:.2f} + normalise {r['normalise']:.2f}. Model on a GPU ({gpu.device}): "
+            f"host part (decode + prepare; resized and normalised there) {r['gpu_host']:.2f}, "
+            f"{r['gpu_host_vs_fast']:.2f}x less than fast, {r['gpu_host_vs_fast_on_gpu']:.2f}x "
+            f"less than the former GPU route (CPU resize, normalised there) "
+            f"{r['fast_on_gpu']:.2f}; plus the copy into pinned memory {r['staging']:.2f}. "
+            f"Baselines: session 7's fast {r['session7']:.2f} "
             f"({r['fast_vs_session7']:.2f}x), session 6's path {r['old']:.2f} "
             f"({r['fast_vs_old']:.2f}x), exact {r['exact']:.2f}; PIL decode alone "
             f"{r['decode_pil']:.2f}"
@@ -277,7 +310,15 @@ def part_prep(model: Path, sets: dict[str, list[bytes]], repeats: int) -> dict:
     return results
 
 
-def part_stage(models: dict[str, Path], images: Path, repeats: int, image_size: int) -> dict:
+def part_stage(
+    models: dict[str, Path],
+    images: Path,
+    repeats: int,
+    image_size: int,
+    device: str = "cpu",
+    workers: int = 2,
+    batch_size: int = 32,
+) -> dict:
     items = list_images(str(images))
     paths = [Path(it.uri) for it in items]
     files = [p.read_bytes() for p in paths]
@@ -290,22 +331,22 @@ def part_stage(models: dict[str, Path], images: Path, repeats: int, image_size: 
 
     out: dict = {"image_size": image_size, "images": n}
     for kind, folder in models.items():
-        ex = extractor(folder, image_size, num_workers=2)
+        ex = extractor(folder, image_size, batch_size, num_workers=workers, device=device)
         prepared: list[np.ndarray] = []
 
         def prep(ex=ex, prepared=prepared) -> None:  # the CPU work the stage adds per image
             torch.set_num_threads(1)
             prepared[:] = [ex.prepare(decode_pixels(d, ex.decode_size)) for d in files]
-            for i in range(0, n, 32):
+            for i in range(0, n, batch_size) if ex.device.type == "cpu" else ():
                 with ex._lock:
-                    ex._cpu_input(prepared[i : i + 32])
+                    ex._cpu_input(prepared[i : i + batch_size])
             torch.set_num_threads(cores)
 
         prep()
-        ex.embed_prepared(prepared[:32])  # warm-up
+        ex.embed_prepared(prepared[:batch_size])  # warm-up
 
         def stage(ex=ex) -> None:
-            embed_items("bench", items, ex, batch_size=32, num_workers=2)
+            embed_items("bench", items, ex, batch_size=batch_size, num_workers=workers)
 
         def model_only(ex=ex, prepared=prepared) -> None:
             ex.embed_prepared(prepared)
@@ -357,7 +398,9 @@ def part_stage(models: dict[str, Path], images: Path, repeats: int, image_size: 
         )
         print(
             f"stage, {kind} DINOv2 {MODELS[kind]} at {image_size} ({r['attention']} attention), "
-            f"2 decode threads, torch threads {cores} ({load()}): {n / t_stage:.0f} img/s; bare "
+            f"on {ex.device} ({'resize there' if ex._device_resize else 'CPU resize'}), "
+            f"{workers} decode threads, batch {batch_size}, torch threads {cores} ({load()}): "
+            f"{n / t_stage:.0f} img/s; bare "
             f"single-core PIL decode {r['bare_decode_img_s']:.0f} img/s: {r['ratio']:.2f}x "
             f"(target >= 0.5x; in CPU time, {cores} cores against one: {r['ratio_cpu']:.2f}x). "
             f"Model alone {n / t_model:.0f} img/s: stage / model {r['stage_vs_model']:.2f}. "
@@ -406,16 +449,18 @@ def part_threads(model: Path, images: Path, repeats: int) -> dict:
     return out
 
 
-def part_cache(model: Path, images: Path, tmp: Path, repeats: int) -> dict:
+def part_cache(
+    model: Path, images: Path, tmp: Path, repeats: int, device: str = "cpu", workers: int = 2
+) -> dict:
     items = list_images(str(images))
-    ex = extractor(model, 392, num_workers=2)  # 785 tokens x 64 = 50,240 floats
+    ex = extractor(model, 392, num_workers=workers, device=device)  # 785 x 64 = 50,240 floats
     folder = tmp / "cache"
     start = time.perf_counter()
-    cold = embed_items("b", items, ex, cache=EmbeddingCache(str(folder)), num_workers=2)
+    cold = embed_items("b", items, ex, cache=EmbeddingCache(str(folder)), num_workers=workers)
     t_cold = time.perf_counter() - start
     warm = EmbeddingCache(str(folder))
-    t_warm = best(repeats, lambda: embed_items("b", items, ex, cache=warm, num_workers=2))
-    again = embed_items("b", items, ex, cache=EmbeddingCache(str(folder)), num_workers=2)
+    t_warm = best(repeats, lambda: embed_items("b", items, ex, cache=warm, num_workers=workers))
+    again = embed_items("b", items, ex, cache=EmbeddingCache(str(folder)), num_workers=workers)
     np.testing.assert_array_equal(again.vectors, cold.vectors)
     assert warm.stats["misses"] == 0, warm.stats
     out = {
@@ -568,6 +613,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", choices=sorted(MODELS), default="tiny")
     ap.add_argument("--image-size", type=int, default=448, help="for the stage part")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="model.device of prep, stage and cache")
+    ap.add_argument("--workers", type=int, default=2, help="decode threads of stage and cache")
+    ap.add_argument("--batch-size", type=int, default=32, help="for the stage part")
     ap.add_argument("--big-n", type=int, default=20_000)
     ap.add_argument("--big-dim", type=int, default=200_000)
     ap.add_argument("--out", default=None, help="write the results as JSON")
@@ -582,16 +630,26 @@ def main(argv: list[str] | None = None) -> int:
         images = write_images(tmp / "images", photos)
         if "prep" in parts:
             sets = {"photographs": photos, "noise (worst case)": noise_jpegs(min(args.images, 64))}
-            results["prep"] = part_prep(model, sets, args.repeats)
+            results["prep"] = part_prep(model, sets, args.repeats, args.device)
         if "stage" in parts:
             models = {args.model: model}
             if args.model != "nano":
                 models["nano"] = build_model("nano", tmp / "nano")
-            results["stage"] = part_stage(models, images, args.repeats, args.image_size)
+            results["stage"] = part_stage(
+                models,
+                images,
+                args.repeats,
+                args.image_size,
+                args.device,
+                args.workers,
+                args.batch_size,
+            )
         if "threads" in parts:
             results["threads"] = part_threads(model, images, args.repeats)
         if "cache" in parts:
-            results["cache"] = part_cache(model, images, tmp, args.repeats)
+            results["cache"] = part_cache(
+                model, images, tmp, args.repeats, args.device, args.workers
+            )
         if "reduce" in parts:
             (tmp / "reduce").mkdir()
             results["reduce"] = part_reduce(tmp / "reduce")

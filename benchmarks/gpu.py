@@ -10,9 +10,11 @@ One prepared script for a GPU machine; every ratio is measured in this one run.
    chunks, one call per prefix plus one for the nearest row) and our engine on this machine's
    CPU cores (the first m' rows of S, scaled by m / m'). Error of float32 against float64.
 2. Self pass (diversity: nearest other row of P) on CUDA at n.
-3. Embedding: benchmarks/embed.py on CUDA (small random DINOv2 through the real
-   from_pretrained path): the whole pipeline's images/s against the model alone on
-   pre-loaded tensors, and a cached re-run against a cold run.
+3. Embedding: benchmarks/embed.py's prep, stage and cache parts on CUDA (small random
+   DINOv2 through the real from_pretrained path; the GPU's route: the decode threads only
+   read and decode, each image is resized and normalised on the GPU): the host CPU ms per
+   image of that route against the CPU's, the whole pipeline's images/s against the model
+   alone on pre-decoded images, and a cached re-run against a cold run.
 
 Writes a Markdown report (--out) with the card's name.
 """
@@ -191,6 +193,8 @@ def embedding(images: int, workers: int, models: list[str]) -> list[str]:
         with contextlib.redirect_stdout(buf):
             embed.main(
                 [
+                    "--parts",
+                    "prep,stage,cache",
                     "--device",
                     DEVICE,
                     "--images",
@@ -273,9 +277,10 @@ def main() -> int:
                 "## Embedding: whole pipeline against the model alone (`benchmarks/embed.py`)",
                 "",
                 f"{args.images} JPEGs 640 x 480, model.image_size 448, batch 64, {args.workers} "
-                "decode threads. 'model only' runs the forward passes on tensors decoded and "
-                "processed beforehand; 'pipeline' is embed_items (read, decode, resize, processor, "
-                "forward, in order). Goal: pipeline / model-only >= 0.9.",
+                "decode threads. 'model only' (embed_prepared) runs on images decoded "
+                "beforehand: their upload, resize and normalisation on the device and the "
+                "forward passes; 'stage' is embed_items (read and decode in the threads, then "
+                "the same, in order). Goal: stage / model-only >= 0.9.",
                 "",
                 *emb,
                 f"Total benchmark time {time.perf_counter() - start:.0f} s.",

@@ -282,20 +282,135 @@ def test_fast_preparation_equals_the_processor(family, extractors, tiny_dirs):
         cpu = ex._cpu_input(prepared).clone()
     fast = ex._forward_input(torch.from_numpy(np.stack(prepared)))
     torch.testing.assert_close(cpu, fast, rtol=0, atol=1e-6)
-    ref = processor_input(ex, family, imgs)
-    assert fast.shape == ref.shape
+    assert_pixels_within_one(ex, family, fast, processor_input(ex, family, imgs))
+    assert_cosine(ex.embed_prepared(prepared), exact.embed(imgs))
+
+
+def assert_pixels_within_one(ex, family: str, got: torch.Tensor, ref: torch.Tensor) -> None:
+    """Model inputs within 1/255 of the [0, 1] range (1 in uint8 units) on every pixel: the
+    normalised difference times the processor's std (twice for EfficientNet's include_top,
+    which divides by it a second time)."""
+    assert got.shape == ref.shape
     std = np.asarray(ex.image_processor.image_std, dtype=np.float64)
-    err = (fast - ref).abs().amax(dim=(0, 2, 3)).double().numpy() * std  # in [0, 1] units
-    if family == "efficientnet":  # include_top divides by the std a second time
+    err = (got - ref).abs().amax(dim=(0, 2, 3)).double().numpy() * std  # in [0, 1] units
+    if family == "efficientnet":
         err = err * std
     assert err.max() <= 1 / 255 + 1e-5, err
-    a = ex.embed_prepared(prepared).astype(np.float64)
-    b = exact.embed(imgs).astype(np.float64)
+
+
+def assert_cosine(a: np.ndarray, b: np.ndarray, least: float = 0.9999) -> None:
+    """Row-wise cosine of two feature arrays >= least (float64); all-zero rows equal."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     live = norms > 0  # the tiny random EfficientNet's pooled features can be all zero
     np.testing.assert_array_equal(a[~live], b[~live])
     cos = (a * b).sum(1)[live] / norms[live]
-    assert cos.size == 0 or cos.min() >= 0.9999, cos
+    assert cos.size == 0 or cos.min() >= least, cos
+
+
+def device_route(tiny_dirs, family: str, **kw):
+    """A fast-path extractor on the CPU switched to the route a GPU takes (resize on the
+    model's device, here CPU tensors)."""
+    ex = get_extractor(
+        ModelConfig(name=family, checkpoint=str(tiny_dirs[family]), image_size=RESIZE, **kw)
+    )
+    assert not ex._device_resize and "|prep=fast|" in ex.cache_key  # the CPU's own route
+    ex._device_resize = True
+    return ex
+
+
+def test_resize_route_follows_the_device():
+    """The fast path resizes on a GPU, in the loader threads on the CPU; never for the
+    exact path or SAM's native input (its two PIL resizes stay)."""
+    from worker.extractors.hf import resizes_on_device
+
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert resizes_on_device(cuda, "fast", 448, 448)
+    assert not resizes_on_device(cpu, "fast", 448, 448)
+    assert not resizes_on_device(cuda, "exact", 448, 448)
+    assert not resizes_on_device(cuda, "fast", 1024, 448)
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "sam"])
+def test_device_resize_equals_the_processor(family, extractors, tiny_dirs):
+    """The GPU's route on CPU tensors: prepare passes the decoded pixels on unchanged,
+    embed_prepared resizes each image (float32, antialiased bilinear), stacks them and
+    applies the affine map. Pixel values within 1/255 of the processor after PIL's resize
+    on odd sizes, an EXIF rotation, greyscale, RGBA, 16-bit and CMYK files in one batch;
+    features with cosine >= 0.9999 against the exact path's."""
+    exact, ex = extractors[family], device_route(tiny_dirs, family)
+    files = _hostile_files()
+    imgs = [decode_image(b) for b in files]
+    pixels = [decode_pixels(b, ex.decode_size) for b in files]
+    prepared = [ex.prepare(px) for px in pixels]
+    assert all(p is px for p, px in zip(prepared, pixels, strict=True))  # no resize here
+    assert prepared[0].shape == (97, 61, 3)  # the EXIF rotation was applied
+    np.testing.assert_array_equal(ex.prepare(imgs[2]), pixels[2])  # a PIL image: its pixels
+    with ex._lock, torch.inference_mode():
+        x = ex._list_input(prepared)
+    assert_pixels_within_one(ex, family, x, processor_input(ex, family, imgs))
+    assert_cosine(ex.embed_prepared(prepared), exact.embed(imgs))
+
+
+def _write_files(folder: Path, files: list[bytes]) -> Path:
+    """The files under names with their format's extension (JPEG or PNG)."""
+    folder.mkdir()
+    for i, data in enumerate(files):
+        ext = ".jpg" if data[:3] == b"\xff\xd8\xff" else ".png"
+        (folder / f"img{i}{ext}").write_bytes(data)
+    return folder
+
+
+def test_device_resize_mixed_sizes_in_one_batch(tiny_dirs, tmp_path):
+    """A batch of seven images of four sizes on the device route: every row is the feature of its image
+    embedded alone (the stacked batch mixes no images), and the job's path (embed_items:
+    loader threads, decode_pixels, prepare, batches of 3) gives the same rows."""
+    from worker.embeddings import embed_items
+    from worker.sources import list_images
+
+    ex = device_route(tiny_dirs, "dinov2", batch_size=8)
+    files = _hostile_files()
+    pixels = [decode_pixels(b, ex.decode_size) for b in files]
+    assert len({p.shape for p in pixels}) == 4  # 97 x 61, 61 x 97, 7 x 333, 33 x 51
+    together = ex.embed_prepared(pixels)  # one batch
+    alone = np.concatenate([ex.embed_prepared([p]) for p in pixels])
+    assert_close(together, alone)
+    items = list_images(str(_write_files(tmp_path / "imgs", files)))
+    got = embed_items("d", items, ex, batch_size=3, num_workers=2)
+    assert got.ids == [
+        f"img{i}" + (".jpg" if f[:2] == b"\xff\xd8" else ".png") for i, f in enumerate(files)
+    ]
+    assert_close(got.vectors, together)
+
+
+def test_device_resize_has_its_own_cache_key(tiny_dirs, tmp_path):
+    """The two fast routes' features agree (cosine >= 0.9999) but are not bit-identical (the
+    two resizes differ by 1 on some pixels), so a cache must not mix them: the keys differ
+    in the preparation only, and a cache filled by one route is a miss for the other and a
+    hit for its own."""
+    from worker.cache import EmbeddingCache
+    from worker.embeddings import embed_items
+    from worker.sources import list_images
+
+    cpu = get_extractor(
+        ModelConfig(name="dinov2", checkpoint=str(tiny_dirs["dinov2"]), image_size=RESIZE)
+    )
+    dev = device_route(tiny_dirs, "dinov2")
+    assert dev.cache_key == cpu.cache_key.replace("|prep=fast|", "|prep=fast-device|")
+    files = _hostile_files()
+    items = list_images(str(_write_files(tmp_path / "imgs", files)))
+    folder = str(tmp_path / "cache")
+    runs = {}
+    for name, ex in (("cpu", cpu), ("dev", dev), ("cpu again", cpu), ("dev again", dev)):
+        cache = EmbeddingCache(folder)
+        runs[name] = embed_items("d", items, ex, cache=cache, num_workers=0).vectors
+        fresh = not name.endswith("again")
+        assert cache.stats["misses"] == (len(files) if fresh else 0), (name, cache.stats)
+        assert cache.stats["hits"] == (0 if fresh else len(files)), (name, cache.stats)
+    assert not np.array_equal(runs["cpu"], runs["dev"])
+    assert_cosine(runs["cpu"], runs["dev"])
+    np.testing.assert_array_equal(runs["cpu again"], runs["cpu"])
+    np.testing.assert_array_equal(runs["dev again"], runs["dev"])
 
 
 def test_clipseg_prompt_changes_features_and_key(tiny_dirs, extractors, images):
@@ -441,9 +556,10 @@ def test_paper_checkpoints_are_the_defaults():
 
 @pytest.mark.parametrize("shape", [(61, 97), (480, 640), (7, 333), (96, 96), (1000, 30)])
 def test_uint8_resize_is_within_one_of_pil(shape):
-    """worker.extractors.hf.resize_uint8 (torch) against PIL's bilinear resize (the exact
-    path's): at most 1 apart on every pixel, down- and upsampling, odd sizes."""
-    from worker.extractors.hf import resize_uint8
+    """worker.extractors.hf.resize_uint8 (torch) and resize_on_device against PIL's bilinear
+    resize (the exact path's): at most 1 apart on every pixel, down- and upsampling, odd
+    sizes."""
+    from worker.extractors.hf import resize_on_device, resize_uint8
 
     h, w = shape
     rng = np.random.default_rng(h * w)
@@ -454,3 +570,9 @@ def test_uint8_resize_is_within_one_of_pil(shape):
     ref = np.asarray(resize_square(Image.fromarray(arr), RESIZE)).astype(int).transpose(2, 0, 1)
     assert got.shape == ref.shape == (3, RESIZE, RESIZE)
     assert np.abs(got - ref).max() <= 1
+    # the GPU route's float32 resize (here on CPU tensors), also at the paper's 448
+    for size in (RESIZE, 448):
+        ref = np.asarray(resize_square(Image.fromarray(arr), size)).transpose(2, 0, 1)
+        dev = resize_on_device([arr], size, torch.device("cpu"))
+        assert dev.shape == (1, 3, size, size) and dev.dtype == torch.float32
+        assert np.abs(dev[0].double().numpy() - ref).max() <= 1

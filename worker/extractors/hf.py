@@ -30,21 +30,32 @@ square the model sees.
 Preparation (`model.preprocess`):
 
 - `fast` (default): the loader threads decode JPEGs with libjpeg-turbo straight into an
-  array (worker.images.decode_pixels, bit-identical to PIL's decode), `prepare(pixels)`
-  resizes them to uint8 (3, H, W) planes (torch's uint8 antialiased bilinear kernel, within
-  1 of PIL's values and about 2.5 times as fast), and `embed_prepared` applies the
+  array (worker.images.decode_pixels, bit-identical to PIL's decode); the resize and the
   processor's per-channel affine map (rescale, normalise, EfficientNet's offset and
-  `include_top`): on the CPU per image into one reused float32 batch buffer, on a GPU as one
-  tensor operation on the device after a uint8 transfer (pinned memory). The affine map is
-  read off the checkpoint's processor itself (its output for constant black, white and grey
-  images) and checked to be affine; a processor that is not falls back to `exact`. Pixel
-  values are within 1/255 of the exact path's (tests/test_extractors.py), features' cosine
-  >= 0.9999.
+  `include_top`) follow, by one of two routes fixed at construction from the device
+  (`resizes_on_device`):
+  - CPU (model on the CPU, and SAM's native input anywhere): `prepare(pixels)` resizes them
+    in the threads to uint8 (3, H, W) planes (torch's uint8 antialiased bilinear kernel,
+    within 1 of PIL's values and about 2.5 times as fast) and `embed_prepared` applies the
+    affine map, on the CPU per image into one reused float32 batch buffer, on a GPU (SAM)
+    as one tensor operation on the device after a pinned uint8 transfer.
+  - device (model on a GPU): `prepare` returns the decoded uint8 (H, W, 3) pixels as they
+    are, so the threads only read and decode; `embed_prepared` uploads each image (uint8,
+    pinned memory, non-blocking), resizes it there in float32 (`resize_on_device`: PIL's
+    two bilinear passes and their rounding as tensor operations), stacks the batch and
+    applies the affine map. Its pixels are within 1 of the CPU route's but not
+    bit-identical, so the cache key says which route made the features (`prep=fast-device`).
+  The affine map is read off the checkpoint's processor itself (its output for constant
+  black, white and grey images) and checked to be affine; a processor that is not falls
+  back to `exact`. On both routes pixel values are within 1/255 of the exact path's and
+  features' cosine >= 0.9999 (tests/test_extractors.py; the device route tested on CPU
+  tensors).
 - `exact`: `prepare(image)` returns the checkpoint processor's float32 (3, H, W) output
   (its resize and crop turned off as above), the reference the tests compare against.
 
 `prepare` is thread-safe and needs no model, so worker.embeddings runs it in parallel threads
-(PIL resizing releases the GIL) while the model works; `embed(images)` does both.
+(decoding and torch's resize release the GIL) while the model works; `embed(images)` does
+both.
 
 Loading goes through `from_pretrained` only, `trust_remote_code` is never passed, and a
 Hugging Face id's revision is resolved once to a commit hash that config, processor and
@@ -342,6 +353,10 @@ class HFExtractor:
             if self._affine is not None
             else (None, None)
         )
+        # where the fast path resizes: in the loader threads (CPU) or on the GPU
+        self._device_resize = resizes_on_device(
+            self.device, self.preprocess, self.input_size, self.image_size
+        )
         # decode JPEGs at a DCT scale that keeps image_size (worker.images.decode_image)
         self.decode_size = self.image_size if self.preprocess == "fast" else None
         # SAM's second resize (image_size square -> native input) uses its processor's filter
@@ -361,20 +376,7 @@ class HFExtractor:
                 )
 
         self.revision = commit or cfg.revision
-        self.cache_key = "|".join(
-            [
-                f"hf-v{FEATURE_VERSION}",
-                fam.name,
-                model_id,
-                f"pool={self.pooling}",
-                f"size={self.image_size}",
-                f"input={self.input_size}",
-                f"prep={self.preprocess}",
-                f"prompt={self.prompt}" if self.prompt is not None else "prompt=",
-                f"dtype={str(self.dtype).removeprefix('torch.')}",
-                f"decode={DECODE_VERSION}",
-            ]
-        )
+        self._model_id = model_id
         self.info = {
             "name": fam.name,
             "checkpoint": checkpoint,
@@ -399,12 +401,38 @@ class HFExtractor:
         self._buffer: np.ndarray | None = None  # the fast path's CPU input (_cpu_input)
         self.batch_size = cfg.batch_size if cfg.batch_size != "auto" else self._auto_batch_size()
 
+    @property
+    def cache_key(self) -> str:
+        """What the features depend on: model, pooling, sizes, preparation (and its resize
+        route: the device route's features are not bit-identical to the CPU route's), prompt,
+        dtype, decoding."""
+        prep = "fast-device" if self._device_resize else self.preprocess
+        return "|".join(
+            [
+                f"hf-v{FEATURE_VERSION}",
+                self.family.name,
+                self._model_id,
+                f"pool={self.pooling}",
+                f"size={self.image_size}",
+                f"input={self.input_size}",
+                f"prep={prep}",
+                f"prompt={self.prompt}" if self.prompt is not None else "prompt=",
+                f"dtype={str(self.dtype).removeprefix('torch.')}",
+                f"decode={DECODE_VERSION}",
+            ]
+        )
+
     # -- preparation (runs in worker threads) ------------------------------------------
 
     def prepare(self, image: Image.Image | np.ndarray) -> np.ndarray:
         """One RGB image (PIL, or uint8 (H, W, 3) pixels from worker.images.decode_pixels)
-        -> the model's input: uint8 (3, H, W) pixels on the fast path (normalised per batch
-        in embed_prepared), float32 (3, H, W) on the exact path."""
+        -> the model's input: on the fast path uint8 (3, H, W) pixels resized here, or on
+        the device route the uint8 (H, W, 3) pixels as they are (resized on the device),
+        normalised per batch in embed_prepared; float32 (3, H, W) on the exact path."""
+        if self._device_resize:
+            if isinstance(image, np.ndarray):
+                return image
+            return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
         if isinstance(image, np.ndarray):
             if self.preprocess == "fast" and self.input_size == self.image_size:
                 return resize_uint8(image, self.image_size)
@@ -518,11 +546,20 @@ class HFExtractor:
                 dst[c] += self._affine[1][c]
         return torch.from_numpy(out)
 
+    def _list_input(self, inputs: list[np.ndarray]) -> torch.Tensor:
+        """Fast-path inputs as `prepare` gives them -> the model's float32 (B, 3, H, W)
+        input on the device: the device route's (H, W, 3) pixels resized there, then the
+        affine map; the CPU route's planes by _cpu_input. Call under self._lock."""
+        if self._device_resize:
+            x = resize_on_device(inputs, self.image_size, self.device)
+            return x.mul_(self._scale).add_(self._shift)
+        return self._cpu_input(inputs)
+
     def _forward(self, batch: torch.Tensor | list[np.ndarray]) -> torch.Tensor:
-        """A stacked batch on the device, or fast-path CPU inputs -> (B, d) float32
-        features on the CPU."""
+        """A stacked batch on the device, or fast-path inputs (a list, _list_input) ->
+        (B, d) float32 features on the CPU."""
         with self._lock, torch.inference_mode():
-            x = self._cpu_input(batch) if isinstance(batch, list) else self._forward_input(batch)
+            x = self._list_input(batch) if isinstance(batch, list) else self._forward_input(batch)
             feats = self._features(x.to(dtype=self.dtype))
         return feats.float().cpu()
 
@@ -533,7 +570,8 @@ class HFExtractor:
         chunks = []
         for start in range(0, len(inputs), self.batch_size):
             part = inputs[start : start + self.batch_size]
-            if self.device.type == "cpu" and part[0].dtype == np.uint8:
+            on_list = self._device_resize or self.device.type == "cpu"
+            if on_list and part[0].dtype == np.uint8:
                 chunks.append(self._forward(list(part)).numpy())
                 continue
             batch = torch.from_numpy(np.stack(part))
@@ -571,6 +609,46 @@ def resize_uint8(pixels: np.ndarray, size: int) -> np.ndarray:
             x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
         )
     return np.ascontiguousarray(out[0].numpy())
+
+
+def resizes_on_device(
+    device: torch.device, preprocess: str, input_size: int, image_size: int
+) -> bool:
+    """Whether the fast path resizes on the model's device (resize_on_device) rather than
+    in the loader threads (resize_uint8): on a GPU, unless the model's input is not the
+    image_size square (SAM's native input keeps its two PIL resizes)."""
+    return device.type == "cuda" and preprocess == "fast" and input_size == image_size
+
+
+def resize_on_device(pixels: list[np.ndarray], size: int, device: torch.device) -> torch.Tensor:
+    """uint8 (H, W, 3) images of any sizes -> float32 (B, 3, size, size) on `device`, integer
+    values in [0, 255]: each image uploaded as uint8 (on CUDA from pinned memory,
+    non-blocking), resized there and written into the stacked batch.
+
+    The resize is PIL's bilinear as PIL computes it, in float32 tensor operations: torch's
+    antialiased bilinear filter (PIL's weights) across the width, rounded half up to whole
+    values, then across the height, rounded again (PIL's two passes and their 8-bit rounding).
+    One unrounded 2-D pass is within 1 of PIL too, but its sub-unit offsets on every pixel
+    moved tiny models' features to cosine 0.9993; this stays within 1 of PIL, as
+    resize_uint8 does, and at cosine >= 0.9999 (tests/test_extractors.py)."""
+    out = torch.empty((len(pixels), 3, size, size), dtype=torch.float32, device=device)
+    for img, dst in zip(pixels, out, strict=True):
+        if device.type == "cuda":
+            host = torch.empty(img.shape, dtype=torch.uint8, pin_memory=True)
+            np.copyto(host.numpy(), img)
+            x = host.to(device, non_blocking=True)
+        else:  # torch.from_numpy warns on read-only arrays (PIL's)
+            x = torch.from_numpy(img if img.flags.writeable else img.copy())
+        x = x.permute(2, 0, 1)[None].to(torch.float32)
+        height, width = x.shape[-2:]
+        for shape, changes in (((height, size), width != size), ((size, size), height != size)):
+            if changes:
+                x = torch.nn.functional.interpolate(
+                    x, size=shape, mode="bilinear", antialias=True, align_corners=False
+                )
+                x = x.add_(0.5).floor_()
+        dst.copy_(x[0])
+    return out
 
 
 def processor_affine(processor) -> tuple[np.ndarray, np.ndarray] | None:
