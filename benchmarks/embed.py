@@ -290,13 +290,14 @@ def part_prep(model: Path, sets: dict[str, list[bytes]], repeats: int, device: s
         out["fast_vs_session7"] = out["session7"] / out["fast"]
         return out
 
+    where = gpu.device if gpu.device.type == "cuda" else "its host part run on this CPU"
     results = {}
     for label, files in sets.items():
         r = results[label] = timed(files)
         print(
             f"prep, {label} (CPU ms per 640x480 JPEG at 448, one core; {load()}): "
             f"fast {r['fast']:.2f} (target <= 3 ms) = decode {r['decode_turbo']:.2f} + resize "
-            f"{r['resize']:.2f} + normalise {r['normalise']:.2f}. Model on a GPU ({gpu.device}): "
+            f"{r['resize']:.2f} + normalise {r['normalise']:.2f}. Model on a GPU ({where}): "
             f"host part (decode + prepare; resized and normalised there) {r['gpu_host']:.2f}, "
             f"{r['gpu_host_vs_fast']:.2f}x less than fast, {r['gpu_host_vs_fast_on_gpu']:.2f}x "
             f"less than the former GPU route (CPU resize, normalised there) "

@@ -362,9 +362,10 @@ def _write_files(folder: Path, files: list[bytes]) -> Path:
 
 
 def test_device_resize_mixed_sizes_in_one_batch(tiny_dirs, tmp_path):
-    """A batch of seven images of four sizes on the device route: every row is the feature of its image
-    embedded alone (the stacked batch mixes no images), and the job's path (embed_items:
-    loader threads, decode_pixels, prepare, batches of 3) gives the same rows."""
+    """A batch of seven images of four sizes on the device route: every row is the feature
+    of its image embedded alone (the stacked batch mixes no images), and the job's path
+    (embed_items: loader threads, decode_pixels, prepare, batches of 3) gives the same
+    rows."""
     from worker.embeddings import embed_items
     from worker.sources import list_images
 
