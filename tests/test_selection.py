@@ -134,6 +134,23 @@ def test_select_dispatch():
         selection.select("nearest", count=1, **kw)
 
 
+@pytest.mark.parametrize("strategy", selection.NESTED)
+def test_nested_strategies_are_prefixes_of_larger_selections(strategy):
+    """The job picks a nested strategy once at its largest count and slices: that must be
+    what each count would pick alone (novel: both with more novel images than the count and
+    with fewer, where k-center continues over the rest; with a pool and held images)."""
+    rng = np.random.default_rng(4)
+    for trial in range(12):
+        m = int(rng.integers(8, 60))
+        S, P = rng.normal(size=(m, 3)), rng.normal(size=(int(rng.integers(0, 30)), 3)) - 1
+        novel = rng.random(m) < rng.choice([0.1, 0.5, 1.0])
+        exclude, hold = rng.random(m) < 0.1, rng.random(m) < 0.1
+        kw = dict(S_L=S, P_L=P, i_dist=rng.random(m), novel=novel, exclude=exclude, hold=hold)
+        largest = selection.select(strategy, count=m, **kw)
+        for count in (1, 2, 3, 7, m // 2):
+            assert selection.select(strategy, count=count, **kw) == largest[:count], trial
+
+
 def test_random_subset():
     assert selection.random_subset(10, 3, 0) == selection.random_subset(10, 3, 0)
     got = selection.random_subset(10, 3, 0)

@@ -162,13 +162,20 @@ def _selections(
     pool_nearest = selection.pool_nearest(s_l, nearest_primary, exclude, outside_l, **kw)
     candidates = selection.candidates(len(s_l), exclude, hold)
 
+    adapt_counts = job.adaptation.counts if job.adaptation.enabled else []
+    largest = max([*cfg.counts, *adapt_counts], default=0)
+    greedy: dict[str, list[int]] = {}  # a nested strategy's picks at the largest count
+
     def pick(strategy: str, count: int) -> list[int]:
-        return selection.select(
+        nested = strategy in selection.NESTED
+        if nested and strategy in greedy:
+            return greedy[strategy][:count]
+        idx = selection.select(
             strategy,
             S_L=s_l,
             P_L=pool_l,
             i_dist=i_dist,
-            count=count,
+            count=largest if nested else count,
             band=cfg.band,
             seed=job.seed,
             novel=novel,
@@ -176,6 +183,9 @@ def _selections(
             hold=hold,
             **kw,
         )
+        if nested:
+            greedy[strategy] = idx
+        return idx[:count]
 
     if job.adaptation.enabled:
         for q in job.adaptation.counts:

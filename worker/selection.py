@@ -38,6 +38,9 @@ from worker.metrics import min_max_scale
 from worker.results import Report
 
 STRATEGIES = ("novel", "band", "farthest", "kcenter")
+#: greedy strategies, whose picks are nested: the first c picks of a selection of k > c images
+#: are the selection of c (each pick depends only on the picks before it)
+NESTED = ("novel", "kcenter")
 #: the strategy the paper used (section 4.3: random within the band [0.6, 1] of scaled I_dist)
 PAPER_STRATEGY = "band"
 #: aim -> True when a higher value is better
