@@ -361,21 +361,25 @@ def _write_files(folder: Path, files: list[bytes]) -> Path:
     return folder
 
 
-def test_device_resize_mixed_sizes_in_one_batch(tiny_dirs, tmp_path):
+def test_device_resize_mixed_sizes_in_one_batch(tiny_dirs, tmp_path, monkeypatch):
     """A batch of seven images of four sizes on the device route: every row is the feature
-    of its image embedded alone (the stacked batch mixes no images), and the job's path
-    (embed_items: loader threads, decode_pixels, prepare, batches of 3) gives the same
-    rows."""
+    of its image embedded alone (the stacked batch mixes no images, also when the images of
+    one size go up in several parts), and the job's path (embed_items: loader threads,
+    decode_pixels, prepare, batches of 3) gives the same rows."""
     from worker.embeddings import embed_items
+    from worker.extractors import hf
     from worker.sources import list_images
 
     ex = device_route(tiny_dirs, "dinov2", batch_size=8)
     files = _hostile_files()
     pixels = [decode_pixels(b, ex.decode_size) for b in files]
-    assert len({p.shape for p in pixels}) == 4  # 97 x 61, 61 x 97, 7 x 333, 33 x 51
+    shapes = [p.shape[:2] for p in pixels]
+    assert len(set(shapes)) == 4 and shapes.count((61, 97)) == 4  # and 97 x 61, 7 x 333, 33 x 51
     together = ex.embed_prepared(pixels)  # one batch
     alone = np.concatenate([ex.embed_prepared([p]) for p in pixels])
     assert_close(together, alone)
+    monkeypatch.setattr(hf, "DEVICE_RESIZE_PIXELS", 2 * 61 * 97)  # 61 x 97 in two parts
+    np.testing.assert_array_equal(ex.embed_prepared(pixels), together)
     items = list_images(str(_write_files(tmp_path / "imgs", files)))
     got = embed_items("d", items, ex, batch_size=3, num_workers=2)
     assert got.ids == [

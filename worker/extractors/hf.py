@@ -40,10 +40,10 @@ Preparation (`model.preprocess`):
     affine map, on the CPU per image into one reused float32 batch buffer, on a GPU (SAM)
     as one tensor operation on the device after a pinned uint8 transfer.
   - device (model on a GPU): `prepare` returns the decoded uint8 (H, W, 3) pixels as they
-    are, so the threads only read and decode; `embed_prepared` uploads each image (uint8,
-    pinned memory, non-blocking), resizes it there in float32 (`resize_on_device`: PIL's
-    two bilinear passes and their rounding as tensor operations), stacks the batch and
-    applies the affine map. Its pixels are within 1 of the CPU route's but not
+    are, so the threads only read and decode; `embed_prepared` uploads the images (uint8,
+    pinned memory, non-blocking; those of one size together), resizes them there in float32
+    (`resize_on_device`: PIL's two bilinear passes and their rounding as tensor operations),
+    stacks the batch and applies the affine map. Its pixels are within 1 of the CPU route's but not
     bit-identical, so the cache key says which route made the features (`prep=fast-device`).
   The affine map is read off the checkpoint's processor itself (its output for constant
   black, white and grey images) and checked to be affine; a processor that is not falls
@@ -620,10 +620,16 @@ def resizes_on_device(
     return device.type == "cuda" and preprocess == "fast" and input_size == image_size
 
 
+#: resize_on_device turns at most this many pixels into float32 at once (200 MB with the
+#: first pass's output), however many images of one size a batch has
+DEVICE_RESIZE_PIXELS = 1 << 24
+
+
 def resize_on_device(pixels: list[np.ndarray], size: int, device: torch.device) -> torch.Tensor:
-    """uint8 (H, W, 3) images of any sizes -> float32 (B, 3, size, size) on `device`, integer
-    values in [0, 255]: each image uploaded as uint8 (on CUDA from pinned memory,
-    non-blocking), resized there and written into the stacked batch.
+    """uint8 (H, W, 3) images of any sizes -> float32 (B, 3, size, size) on `device` in the
+    input order, integer values in [0, 255]. Images of one size go together (at most
+    DEVICE_RESIZE_PIXELS pixels at a time): copied into one (pinned, on CUDA) uint8 buffer,
+    uploaded non-blocking, resized there and written into their rows of the batch.
 
     The resize is PIL's bilinear as PIL computes it, in float32 tensor operations: torch's
     antialiased bilinear filter (PIL's weights) across the width, rounded half up to whole
@@ -632,22 +638,31 @@ def resize_on_device(pixels: list[np.ndarray], size: int, device: torch.device) 
     moved tiny models' features to cosine 0.9993; this stays within 1 of PIL, as
     resize_uint8 does, and at cosine >= 0.9999 (tests/test_extractors.py)."""
     out = torch.empty((len(pixels), 3, size, size), dtype=torch.float32, device=device)
-    for img, dst in zip(pixels, out, strict=True):
-        if device.type == "cuda":
-            host = torch.empty(img.shape, dtype=torch.uint8, pin_memory=True)
-            np.copyto(host.numpy(), img)
-            x = host.to(device, non_blocking=True)
-        else:  # torch.from_numpy warns on read-only arrays (PIL's)
-            x = torch.from_numpy(img if img.flags.writeable else img.copy())
-        x = x.permute(2, 0, 1)[None].to(torch.float32)
-        height, width = x.shape[-2:]
-        for shape, changes in (((height, size), width != size), ((size, size), height != size)):
-            if changes:
-                x = torch.nn.functional.interpolate(
-                    x, size=shape, mode="bilinear", antialias=True, align_corners=False
-                )
-                x = x.add_(0.5).floor_()
-        dst.copy_(x[0])
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for row, img in enumerate(pixels):
+        by_shape.setdefault(img.shape, []).append(row)
+    for (height, width, _), rows in by_shape.items():
+        step = max(1, DEVICE_RESIZE_PIXELS // (height * width))
+        for start in range(0, len(rows), step):
+            chunk = rows[start : start + step]
+            host = torch.empty(
+                (len(chunk), height, width, 3),
+                dtype=torch.uint8,
+                pin_memory=device.type == "cuda",
+            )
+            staged = host.numpy()
+            for j, row in enumerate(chunk):
+                staged[j] = pixels[row]
+            x = host.to(device, non_blocking=True).permute(0, 3, 1, 2)
+            x = x.to(torch.float32, memory_format=torch.contiguous_format)  # NCHW planes
+            for shape, changes in (((height, size), width != size), ((size, size), height != size)):
+                if changes:
+                    x = torch.nn.functional.interpolate(
+                        x, size=shape, mode="bilinear", antialias=True, align_corners=False
+                    )
+                    x = x.add_(0.5).floor_()
+            for j, row in enumerate(chunk):
+                out[row].copy_(x[j])
     return out
 
 
