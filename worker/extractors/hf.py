@@ -43,8 +43,9 @@ Preparation (`model.preprocess`):
     are, so the threads only read and decode; `embed_prepared` uploads the images (uint8,
     pinned memory, non-blocking; those of one size together), resizes them there in float32
     (`resize_on_device`: PIL's two bilinear passes and their rounding as tensor operations),
-    stacks the batch and applies the affine map. Its pixels are within 1 of the CPU route's but not
-    bit-identical, so the cache key says which route made the features (`prep=fast-device`).
+    stacks the batch and applies the affine map. Its pixels are within 1 of the CPU
+    route's but not bit-identical, so the cache key says which route made the features
+    (`prep=fast-device`).
   The affine map is read off the checkpoint's processor itself (its output for constant
   black, white and grey images) and checked to be affine; a processor that is not falls
   back to `exact`. On both routes pixel values are within 1/255 of the exact path's and
