@@ -180,10 +180,11 @@ def embed_items(
     """Read, decode and embed every item; unreadable images are skipped and listed.
 
     Reading, hashing, the cache lookup, decoding and the extractor's `prepare` (resize and
-    processor, when it has one) run in `num_workers` threads (default: the extractor's
-    `num_workers`, else 2; 0 = sequential), up to `prefetch_batches` batches ahead, while
-    the main thread runs the model on full batches. Results keep the order of `items`
-    whatever `num_workers` is, so the vectors are the same as a sequential run.
+    processor, when it has one; a model on a GPU resizes there) run in `num_workers`
+    threads (default: the extractor's `num_workers`, else 2; 0 = sequential), up to
+    `prefetch_batches` batches ahead, while the main thread runs the model on full batches.
+    Results keep the order of `items` whatever `num_workers` is, so the vectors are the
+    same as a sequential run.
 
     `cache` (optional) has get(hash, key) -> vector | None and put_many(hashes, key, vectors);
     finished batches are gathered into shards of up to SHARD_ROWS images (SHARD_BYTES,
