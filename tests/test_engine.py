@@ -504,28 +504,34 @@ def test_self_pass_is_the_nearest_other_by_index():
     assert one.index.tolist() == [-1] and np.isinf(one.distance).all()
 
 
-def test_self_pass_row_sums_hand_vector():
-    """Points 0, 1, 3 on a line: each row's summed distance to the other rows."""
+def test_self_pass_later_sums_hand_vector():
+    """Points 0, 1, 3 on a line: each row's summed distance to the later rows (1 + 3, 2, 0),
+    and every ordered pair's (2 * 6 = 4 + 3 + 5)."""
     x = np.array([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0]])
     res = engine.self_pass(x)
-    np.testing.assert_allclose(res.row_sums, [4.0, 3.0, 5.0], rtol=1e-12)
-    assert res.row_sums.dtype == np.float64
+    np.testing.assert_allclose(res.later_sums, [4.0, 2.0, 0.0], rtol=1e-12)
+    assert res.later_sums.dtype == np.float64 and res.pair_sum == pytest.approx(12.0, rel=1e-12)
     np.testing.assert_array_equal(res.index, [1, 0, 1])
-    assert engine.self_pass(x[:1]).row_sums.tolist() == [0.0]
-    assert engine.self_pass(x[:0]).row_sums.shape == (0,)
+    assert engine.self_pass(x[:1]).later_sums.tolist() == [0.0]
+    assert (
+        engine.self_pass(x[:0]).later_sums.shape == (0,) and engine.self_pass(x[:0]).pair_sum == 0
+    )
 
 
 @pytest.mark.parametrize(("precision", "rtol"), [("float64", 1e-12), ("float32", 1e-6)])
 @pytest.mark.parametrize("budget", [0.05, 256])
-def test_self_pass_row_sums_come_from_the_same_tiles_as_the_nearest(precision, rtol, budget):
-    """row_sums equals numpy's sums over the other rows (duplicates included, the self
-    distance exactly 0), and the nearest of the same pass equals the separate nearest call."""
+def test_self_pass_later_sums_come_from_the_same_tiles_as_the_nearest(precision, rtol, budget):
+    """later_sums equals numpy's sums over the later rows (the upper triangle; duplicates
+    included) whatever the tiling (budget 0.05 MB: tiles straddle the diagonal at every
+    offset), and the nearest of the same pass equals the separate nearest call."""
     rng = np.random.default_rng(8)
     x = rng.normal(size=(150, 6)) * 2 + 5
     x[9] = x[4]
     kw = {"memory_budget_mb": budget, "precision": precision}
     res = engine.self_pass(x, **kw)
-    np.testing.assert_allclose(res.row_sums, R.pairwise(x, x).sum(axis=1), rtol=rtol)
+    ref = R.pairwise(x, x)
+    np.testing.assert_allclose(res.later_sums, np.triu(ref, 1).sum(axis=1), rtol=rtol)
+    assert res.pair_sum == pytest.approx(ref.sum(), rel=rtol)
     d, idx = nearest_distances(x, x, exclude_self=True, **kw)
     np.testing.assert_array_equal(res.distance, d)
     np.testing.assert_array_equal(res.index, idx)
@@ -547,7 +553,8 @@ def test_self_pass_row_blocks_equal_the_whole_call(block):
         for s in range(0, len(x), block)
     ]
     joined = engine.concat_pair_results(parts)
-    np.testing.assert_allclose(joined.i_dist[5], whole.row_sums, rtol=1e-12)
+    np.testing.assert_allclose(joined.i_dist[5], whole.later_sums, rtol=1e-12)
+    np.testing.assert_allclose(whole.later_sums, np.triu(R.pairwise(x, x), 1).sum(1), rtol=1e-12)
     np.testing.assert_allclose(joined.nearest_distance, whole.distance, rtol=1e-12)
     assert joined.nearest_distance[12] == 0.0 and joined.nearest_index[12] == 13
 
@@ -568,7 +575,7 @@ def test_self_pass_goes_to_the_backend_as_a_pair_pass_without_self():
         res = engine.self_pass(x)
     assert len(calls) == 1 and calls[0]["exclude_self"] is True and calls[0]["nearest"] is True
     ref = R.pairwise(x, x)
-    np.testing.assert_allclose(res.row_sums, ref.sum(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(res.later_sums, np.triu(ref, 1).sum(axis=1), rtol=1e-12)
     np.fill_diagonal(ref, np.inf)
     np.testing.assert_allclose(res.distance, ref.min(axis=1), rtol=1e-12)
 
@@ -629,3 +636,19 @@ def test_interrupt_stops_the_row_blocks(monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         planning.run_row_blocks(400, plan, tiles.NUMPY_TILES, lambda: None, block)
     assert len(ran) < 400
+
+
+@pytest.mark.parametrize("offset", [-6, -1, 0, 3, 7])
+def test_zero_through_diagonal_numpy_and_torch_tiles_agree(offset):
+    """The self pass's sums mask (entries j <= i + offset) on both tile backends, against
+    np.triu's complement."""
+    import torch
+
+    from worker.engine.tiles import NumpyTiles, TorchTiles
+
+    t = RNG.normal(size=(5, 7)) + 10.0
+    a, b = t.copy(), torch.tensor(t)
+    NumpyTiles().zero_through_diagonal(a, offset)
+    TorchTiles(torch.device("cpu")).zero_through_diagonal(b, offset)
+    np.testing.assert_array_equal(a, np.triu(t, offset + 1))
+    np.testing.assert_array_equal(b.numpy(), np.triu(t, offset + 1))

@@ -308,8 +308,9 @@ def _pair_passes(space: PairSpace, job: Job, kw: dict) -> dict:
     """Every distance pass of one pair, planned once (method.md §8): one fused S x P pass for
     I_dist, the sweep's I_dist (nested prefixes of the wide fit) and the nearest P of each S
     image; one S x S and one P x P self pass (nearest other row: diversity, duplicates,
-    novelty's leave-one-out distances; row sums: the energy distance's within-set terms).
-    Returns {pair, i_dist, sweep, s_self, p_self, s_within, p_within}."""
+    novelty's leave-one-out distances; sums over the later rows: the energy distance's
+    within-set terms). Returns {pair, i_dist, sweep, s_self, p_self, s_within, p_within}
+    (s_within, p_within: the ordered-pair sums, SelfPassResult.pair_sum)."""
     p_l, s_l = space.primary, space.secondary
     z = p_l.shape[1]
     need_nearest = True  # each S image's nearest P image: novelty (k = 1), coverage, duplicates
@@ -344,8 +345,8 @@ def _pair_passes(space: PairSpace, job: Job, kw: dict) -> dict:
         "sweep": sweep,
         "s_self": s_self,
         "p_self": p_self,
-        "s_within": s_self.row_sums,
-        "p_within": p_self.row_sums,
+        "s_within": s_self.pair_sum,
+        "p_within": p_self.pair_sum,
     }
 
 
@@ -356,8 +357,8 @@ def _energy(space: PairSpace, passes: dict, job: Job) -> EnergyResult:
     p_l, s_l = space.primary, space.secondary
     terms = metrics.energy_from_sums(
         passes["i_dist"].sum(),
-        passes["s_within"].sum(),
-        passes["p_within"].sum(),
+        passes["s_within"],
+        passes["p_within"],
         len(s_l),
         len(p_l),
     )

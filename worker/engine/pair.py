@@ -359,9 +359,11 @@ def fused_pass(
     center: np.ndarray | None = None,
 ) -> PairPassResult:
     """The tiled kernel of every pair call (pair_pass's arguments). exclude_self: rows are
-    cols[row_offset:...]; row i's nearest skips column row_offset + i, and its sums count that
-    self-distance as exactly 0. workers: CPU threads (None: tile_ops' default); center: the
-    whole call's mean for a row block (None: this call's, as call_center)."""
+    cols[row_offset:...]; row i's nearest skips column row_offset + i, and its sums take only
+    the later columns k > row_offset + i (each unordered pair once: the self pass's sums; the
+    tiles left of a row block skip their square roots). workers: CPU threads (None:
+    tile_ops' default); center: the whole call's mean for a row block (None: this call's, as
+    call_center)."""
     a_np, b_np = as_matrix(rows, "rows"), as_matrix(cols, "cols")
     check_pair(a_np, b_np, "rows", "cols")
     m, n = len(a_np), len(b_np)
@@ -417,6 +419,9 @@ def fused_pass(
                 t = ops.tile(buf, r, c1 - c0)
                 w = ops.tile(buf[tr * tc :], r, c1 - c0) if n_buf == 2 else None
                 diagonal = exclude_self and c0 < g0 + r and g0 < c1
+                # exclude_self sums: a tile's entries right of the diagonal only
+                earlier = exclude_self and c1 <= g0 + 1  # no column after any of its rows
+                straddles = exclude_self and not earlier and c0 <= g0 + r - 1
                 for g, zp in enumerate(bounds):
                     if g == 0:
                         ops.mm(a_groups[0][s:e], b_groups[0][c0:c1], out=t)
@@ -448,14 +453,12 @@ def fused_pass(
                         if changed:
                             v, vi = ops.row_min_index(t)
                         take_better(ops, t, v, vi, bv, bi, c0)
-                        if diagonal:  # the self-distance, exactly, for the sums
-                            ops.fill_diagonal(t, g0 - c0, 0.0)
-                    if not in_sums[g]:
+                    if not in_sums[g] or earlier:
                         continue
-                    if g == last:
-                        ops.row_sum(ops.sqrt_(t), out=acc)
-                    else:
-                        ops.row_sum(ops.sqrt_(t, out=w), out=acc)
+                    roots = ops.sqrt_(t) if g == last else ops.sqrt_(t, out=w)
+                    if straddles:
+                        ops.zero_through_diagonal(roots, g0 - c0)
+                    ops.row_sum(roots, out=acc)
                     out[zp][s:e] += acc
 
         with ops.exact_matmul():

@@ -59,13 +59,15 @@ def small_pair_pass(
     a: np.ndarray, b: np.ndarray, sums_at: list[int], near: int | None, exclude_self: bool
 ) -> tuple[dict[int, np.ndarray], np.ndarray | None, np.ndarray | None]:
     """pair_pass's quantities for a small call: (i_dist per prefix, nearest distance, nearest
-    index). With exclude_self (a is b) the sums include the zero self-distance."""
+    index). With exclude_self (a is b) row j sums the later rows k > j only (each unordered
+    pair once, as the tiled pass)."""
     bounds = sorted({*sums_at, *([near] if near is not None else [])})
     i_dist: dict[int, np.ndarray] = {}
     dist = idx = None
     for p, sq in zip(bounds, squared_by_columns(a, b, bounds), strict=True):
         if p in sums_at:
-            i_dist[p] = np.sqrt(sq).sum(axis=1)
+            roots = np.sqrt(sq)
+            i_dist[p] = (np.triu(roots, 1) if exclude_self else roots).sum(axis=1)
         if p == near:
             dist, idx = small_nearest(a, b, sq, p, exclude_self)
     for p in sums_at:

@@ -164,6 +164,10 @@ class NumpyTiles:
         i = np.arange(max(0, -offset), min(t.shape[0], t.shape[1] - offset))
         t[i, i + offset] = value
 
+    def zero_through_diagonal(self, t: np.ndarray, offset: int) -> None:
+        """t[i, j] = 0 where j <= i + offset (np.tri's part)."""
+        t[np.tri(*t.shape, k=offset, dtype=bool)] = 0.0
+
     def point_distances(self, x: np.ndarray, point: np.ndarray) -> np.ndarray:
         """||x_i - point|| by direct differences in x's precision, as float64."""
         diff = x - point
@@ -252,6 +256,10 @@ class TorchTiles:
 
     def fill_diagonal(self, t: torch.Tensor, offset: int, value: float) -> None:
         t.diagonal(offset=offset).fill_(value)
+
+    def zero_through_diagonal(self, t: torch.Tensor, offset: int) -> None:
+        """t[i, j] = 0 where j <= i + offset."""
+        t.triu_(offset + 1)
 
     def point_distances(self, x: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
         d = torch.cdist(x, point[None, :], compute_mode="donot_use_mm_for_euclid_dist")
