@@ -316,6 +316,7 @@ def device_route(tiny_dirs, family: str, **kw):
     )
     assert not ex._device_resize and "|prep=fast|" in ex.cache_key  # the CPU's own route
     ex._device_resize = True
+    ex.info["resize_on"] = "device"
     return ex
 
 
@@ -329,6 +330,25 @@ def test_resize_route_follows_the_device():
     assert not resizes_on_device(cpu, "fast", 448, 448)
     assert not resizes_on_device(cuda, "exact", 448, 448)
     assert not resizes_on_device(cuda, "fast", 1024, 448)
+
+
+def test_report_names_the_resize_route(extractors, tiny_dirs, tmp_path):
+    """model.resize_on: cpu for the fast path on the CPU, null for exact and hog, and the
+    embed stage's ModelInfo (report.json's model block) carries it."""
+    from worker.results import ModelInfo
+
+    fast = get_extractor(
+        ModelConfig(name="dinov2", checkpoint=str(tiny_dirs["dinov2"]), image_size=RESIZE)
+    )
+    assert fast.info["resize_on"] == "cpu"
+    assert extractors["dinov2"].info["resize_on"] is None  # the exact path
+    keys = ModelInfo.model_fields
+    assert ModelInfo(**{k: fast.info.get(k) for k in keys}).resize_on == "cpu"
+    assert (
+        ModelInfo(**{k: device_route(tiny_dirs, "clip").info.get(k) for k in keys}).resize_on
+        == "device"
+    )
+    assert get_extractor(ModelConfig(name="hog", image_size=64)).info.get("resize_on") is None
 
 
 @pytest.mark.parametrize("family", [f for f in FAMILIES if f != "sam"])

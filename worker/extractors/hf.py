@@ -387,6 +387,9 @@ class HFExtractor:
             "image_size": self.image_size,
             "input_size": self.input_size,
             "preprocess": self.preprocess,
+            "resize_on": (
+                None if self.preprocess != "fast" else "device" if self._device_resize else "cpu"
+            ),
             "decode_size": self.decode_size,
             # the fast path's prepare takes decode_pixels' arrays (no PIL image in between)
             "decode_pixels": self.preprocess == "fast",

@@ -4,6 +4,8 @@ and sweep, model info and model results.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from worker.results.base import (
@@ -140,6 +142,14 @@ class ModelInfo(Result):
     preprocess: str | None = Field(
         default=None,
         description="fast (tensor rescale and normalisation) or exact (the processor's own).",
+    )
+    resize_on: Literal["cpu", "device"] | None = Field(
+        default=None,
+        description=(
+            "Where the fast path resized the images: cpu (in the decode threads) or device "
+            "(on the model's GPU). The two routes' features differ slightly (pixels at most 1 "
+            "apart) and are cached apart; null for exact, hog and precomputed features."
+        ),
     )
     reduce: ReduceInfo | None = optional_block(
         "The random projection of the features (model.reduce); left out when none."
