@@ -316,7 +316,6 @@ def device_route(tiny_dirs, family: str, **kw):
     )
     assert not ex._device_resize and "|prep=fast|" in ex.cache_key  # the CPU's own route
     ex._device_resize = True
-    ex.info["resize_on"] = "device"
     return ex
 
 
@@ -332,9 +331,10 @@ def test_resize_route_follows_the_device():
     assert not resizes_on_device(cuda, "fast", 1024, 448)
 
 
-def test_report_names_the_resize_route(extractors, tiny_dirs, tmp_path):
-    """model.resize_on: cpu for the fast path on the CPU, null for exact and hog, and the
-    embed stage's ModelInfo (report.json's model block) carries it."""
+def test_report_names_the_resize_route(extractors, tiny_dirs):
+    """model.resize_on: cpu for the fast path on the CPU, device on a GPU, null for exact and
+    hog, and the embed stage's ModelInfo (report.json's model block) carries it."""
+    from worker.extractors.hf import resize_route
     from worker.results import ModelInfo
 
     fast = get_extractor(
@@ -344,10 +344,9 @@ def test_report_names_the_resize_route(extractors, tiny_dirs, tmp_path):
     assert extractors["dinov2"].info["resize_on"] is None  # the exact path
     keys = ModelInfo.model_fields
     assert ModelInfo(**{k: fast.info.get(k) for k in keys}).resize_on == "cpu"
-    assert (
-        ModelInfo(**{k: device_route(tiny_dirs, "clip").info.get(k) for k in keys}).resize_on
-        == "device"
-    )
+    assert resize_route("fast", on_device=True) == "device"
+    assert resize_route("fast", on_device=False) == "cpu"
+    assert resize_route("exact", on_device=True) is None
     assert get_extractor(ModelConfig(name="hog", image_size=64)).info.get("resize_on") is None
 
 

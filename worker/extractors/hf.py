@@ -387,9 +387,7 @@ class HFExtractor:
             "image_size": self.image_size,
             "input_size": self.input_size,
             "preprocess": self.preprocess,
-            "resize_on": (
-                None if self.preprocess != "fast" else "device" if self._device_resize else "cpu"
-            ),
+            "resize_on": resize_route(self.preprocess, self._device_resize),
             "decode_size": self.decode_size,
             # the fast path's prepare takes decode_pixels' arrays (no PIL image in between)
             "decode_pixels": self.preprocess == "fast",
@@ -622,6 +620,14 @@ def resizes_on_device(
     in the loader threads (resize_uint8): on a GPU, unless the model's input is not the
     image_size square (SAM's native input keeps its two PIL resizes)."""
     return device.type == "cuda" and preprocess == "fast" and input_size == image_size
+
+
+def resize_route(preprocess: str, on_device: bool) -> str | None:
+    """report.json's model.resize_on: where the fast path resizes, "device" (the model's GPU)
+    or "cpu" (the loader threads); None for the exact path (the processor's own)."""
+    if preprocess != "fast":
+        return None
+    return "device" if on_device else "cpu"
 
 
 #: resize_on_device turns at most this many pixels into float32 at once (200 MB with the
