@@ -103,8 +103,14 @@ def make_figures(
     serial run (processes=1).
     """
     out = Path(out_dir)
+    return draw_figures(figure_tasks(report, data or FigureData(), out), out, processes)
+
+
+def draw_figures(
+    tasks: list[FigureTask], out: Path, processes: int | None = None
+) -> dict[str, Path]:
+    """Run `tasks` (figure_tasks of `out`) in forked processes; {key: file} of those drawn."""
     out.mkdir(parents=True, exist_ok=True)
-    tasks = figure_tasks(report, data or FigureData(), out)
     figures: dict[str, Path] = {}
     for drawn in run_tasks(tasks, processes):
         figures.update(drawn)

@@ -75,17 +75,13 @@ def render_outputs(report: Report, inputs: RenderInputs, folder: Path) -> dict[s
 
     with Child(prepare, finish) as printer:
         # after the fork: matplotlib loads here while WeasyPrint loads in the child
-        from worker.report.figures import figure_tasks, planned
-        from worker.report.forked import run_tasks
+        from worker.report.figures import draw_figures, figure_tasks, planned
         from worker.report.interactive import render_interactive
 
         data = FigureData(scatter=inputs.scatter, adaptation=inputs.adaptation)
         tasks = figure_tasks(report, data, out)
         printer.send(planned(tasks))
-        out.mkdir(parents=True, exist_ok=True)
-        figures: dict[str, Path] = {}
-        for drawn in run_tasks(tasks):
-            figures.update(drawn)
+        figures = draw_figures(tasks, out)
         printer.send(figures)
         # while the child prints the PDF: report.html and report.json's bytes here
         pictures = Pictures(inputs)
