@@ -673,3 +673,26 @@ def test_render_outputs_lays_out_the_planned_figures_or_again_without_one(
     assert "I_dist of every image" in text  # the violin's caption
     assert ("sorted by I_dist, min-max scaled" in text) == (missing is None)
     assert json.loads((tmp_path / "report.json").read_text())["schema_version"] == SCHEMA_VERSION
+
+
+@pytest.mark.parametrize(
+    ("model", "says", "absent"),
+    [
+        ({"input_size": 1024, "preprocess": "fast", "resize_on": "device"},
+         ["(the model sees 1024 px)", "preparation fast, resized on the GPU"], []),
+        ({"input_size": 32, "preprocess": "fast", "resize_on": "cpu"},
+         ["preparation fast, resized on the CPU"], ["the model sees"]),
+        ({"input_size": 32, "preprocess": "exact", "resize_on": None},
+         ["preparation exact"], ["resized on the"]),
+    ],
+)  # fmt: skip
+def test_run_block_names_the_model_input_and_its_preparation(typed, model, says, absent):
+    """report.json's model.input_size (where it differs from image_size), preprocess and
+    resize_on, in the PDF's run block."""
+    report = typed.model_copy(deep=True)
+    report.model = report.model.model_copy(update={"image_size": 32, **model})
+    row = next(r for r in render_html(report, None).split("<tr>") if "<th>model</th>" in r)
+    for text in says:
+        assert text in row, row
+    for text in absent:
+        assert text not in row, row
